@@ -285,7 +285,9 @@ mod tests {
             );
             return;
         }
-        fixture.add_disk(major, minor, "fixturedisk", 512, 4096).unwrap();
+        fixture
+            .add_disk(major, minor, "fixturedisk", 512, 4096)
+            .unwrap();
         let device = BlockDevice::discover_at(scratch.path(), scratch.path())
             .unwrap()
             .unwrap();

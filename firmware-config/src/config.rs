@@ -156,15 +156,15 @@ impl<'de> Deserialize<'de> for LeuCount {
                 if value == "auto" {
                     Ok(LeuCount::Auto)
                 } else {
-                    Err(E::custom(format!("`{value}` is not accepted; expected {EXPECTED}")))
+                    Err(E::custom(format!(
+                        "`{value}` is not accepted; expected {EXPECTED}"
+                    )))
                 }
             }
 
             fn visit_i64<E: de::Error>(self, value: i64) -> Result<LeuCount, E> {
                 match u16::try_from(value) {
-                    Ok(count) if (1..=LEU_COUNT_MAX).contains(&count) => {
-                        Ok(LeuCount::Fixed(count))
-                    }
+                    Ok(count) if (1..=LEU_COUNT_MAX).contains(&count) => Ok(LeuCount::Fixed(count)),
                     _ => Err(E::custom(format!(
                         "{value} is out of range; expected {EXPECTED}"
                     ))),
@@ -601,7 +601,10 @@ mod tests {
     fn bad_enum_value_lists_the_accepted_ones() {
         let error = invalid("[memory]\nlock = \"always\"\n");
         assert_eq!(error.field, "memory.lock");
-        assert!(error.message.contains("`required`, `try`, `off`"), "{error}");
+        assert!(
+            error.message.contains("`required`, `try`, `off`"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -620,11 +623,31 @@ mod tests {
     #[test]
     fn out_of_range_values_are_refused_with_what_is_accepted() {
         let cases = [
-            ("[io_uring]\nqueue_depth = 300\n", "io_uring.queue_depth", "power of two"),
-            ("[io_uring]\nqueue_depth = 4\n", "io_uring.queue_depth", "8 to 32768"),
-            ("[io_uring]\ninflight_max = 0\n", "io_uring.inflight_max", "1 to 512"),
-            ("[io_uring]\nsqpoll_idle_ms = 0\n", "io_uring.sqpoll_idle_ms", "1 to 10000"),
-            ("[limits]\nconnections_max = 0\n", "limits.connections_max", "1 to"),
+            (
+                "[io_uring]\nqueue_depth = 300\n",
+                "io_uring.queue_depth",
+                "power of two",
+            ),
+            (
+                "[io_uring]\nqueue_depth = 4\n",
+                "io_uring.queue_depth",
+                "8 to 32768",
+            ),
+            (
+                "[io_uring]\ninflight_max = 0\n",
+                "io_uring.inflight_max",
+                "1 to 512",
+            ),
+            (
+                "[io_uring]\nsqpoll_idle_ms = 0\n",
+                "io_uring.sqpoll_idle_ms",
+                "1 to 10000",
+            ),
+            (
+                "[limits]\nconnections_max = 0\n",
+                "limits.connections_max",
+                "1 to",
+            ),
             (
                 "[limits]\nframe_size_max_bytes = 100\n",
                 "limits.frame_size_max_bytes",
@@ -637,9 +660,21 @@ mod tests {
             ),
             ("[network]\nport = 0\n", "network.port", "1 to 65535"),
             ("[network]\nport = 70000\n", "network.port", "u16"),
-            ("[network]\nbackend = \"dpdk\"\n", "network.backend", "\"uring\""),
-            ("[network]\nbackend = \"xdp\"\n", "network.backend", "`uring` or `dpdk`"),
-            ("[storage]\ndata_dir = \"\"\n", "storage.data_dir", "directory"),
+            (
+                "[network]\nbackend = \"dpdk\"\n",
+                "network.backend",
+                "\"uring\"",
+            ),
+            (
+                "[network]\nbackend = \"xdp\"\n",
+                "network.backend",
+                "`uring` or `dpdk`",
+            ),
+            (
+                "[storage]\ndata_dir = \"\"\n",
+                "storage.data_dir",
+                "directory",
+            ),
             ("[log]\nlevel = \"loud\"\n", "log.level", "`error`"),
         ];
         for (text, field, accepted) in cases {
@@ -663,7 +698,10 @@ mod tests {
     fn per_leu_ports_must_fit_and_not_overlap_the_shared_port() {
         let error = invalid("[network]\nport = 7712\nleu_port_base = 7710\n[leu]\ncount = 4\n");
         assert_eq!(error.field, "network.leu_port_base");
-        assert!(error.message.contains("include network.port 7712"), "{error}");
+        assert!(
+            error.message.contains("include network.port 7712"),
+            "{error}"
+        );
         let error = invalid("[network]\nleu_port_base = 65535\n[leu]\ncount = 2\n");
         assert!(error.message.contains("expected at most 65534"), "{error}");
     }

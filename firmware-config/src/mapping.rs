@@ -171,7 +171,12 @@ fn choose_automatically(topology: &Topology, count: LeuCount) -> Result<Vec<u32>
             .count();
         (std::cmp::Reverse(isolated), node)
     });
-    let node_rank = |node: u32| node_ids.iter().position(|&id| id == node).unwrap_or(usize::MAX);
+    let node_rank = |node: u32| {
+        node_ids
+            .iter()
+            .position(|&id| id == node)
+            .unwrap_or(usize::MAX)
+    };
     let cpu_zero_core = topology.cpus.first().map(|cpu| cpu.siblings.clone());
 
     let mut ranked: Vec<(bool, bool, usize, u32)> = topology
@@ -320,7 +325,11 @@ mod tests {
     fn isolated_cores_on_the_second_node_rank_that_node_first() {
         let machine = topology(2, 4, 1, "4-5");
         let three = plan(&machine, LeuCount::Fixed(3), &[]).unwrap();
-        assert_eq!(three.cpus(), vec![4, 5, 6], "node 1 holds the isolated cores");
+        assert_eq!(
+            three.cpus(),
+            vec![4, 5, 6],
+            "node 1 holds the isolated cores"
+        );
         assert!(three.leus.iter().all(|leu| leu.node == 1));
     }
 

@@ -159,7 +159,11 @@ impl Topology {
 
     /// Logical CPUs per physical core at most (1 without SMT).
     pub fn threads_per_core_max(&self) -> usize {
-        self.cores.iter().map(|core| core.cpus.len()).max().unwrap_or(1)
+        self.cores
+            .iter()
+            .map(|core| core.cpus.len())
+            .max()
+            .unwrap_or(1)
     }
 }
 
@@ -297,11 +301,17 @@ mod tests {
             .join("sys/devices/system/cpu/cpu1/topology/core_id");
         std::fs::write(&core_id, "banana\n").unwrap();
         let error = Topology::discover_at(scratch.path()).unwrap_err();
-        assert!(error.to_string().contains("cpu1/topology/core_id"), "{error}");
+        assert!(
+            error.to_string().contains("cpu1/topology/core_id"),
+            "{error}"
+        );
         assert_eq!(error.exit_code(), 1);
         std::fs::remove_file(&core_id).unwrap();
         let error = Topology::discover_at(scratch.path()).unwrap_err();
-        assert!(error.to_string().contains("cpu1/topology/core_id"), "{error}");
+        assert!(
+            error.to_string().contains("cpu1/topology/core_id"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -321,8 +331,16 @@ mod tests {
         let topology = Topology::discover().unwrap();
         assert!(!topology.cpus.is_empty());
         let covered: usize = topology.cores.iter().map(|core| core.cpus.len()).sum();
-        assert_eq!(covered, topology.cpus.len(), "every CPU in exactly one core");
+        assert_eq!(
+            covered,
+            topology.cpus.len(),
+            "every CPU in exactly one core"
+        );
         let in_nodes: usize = topology.nodes.iter().map(|node| node.cpus.len()).sum();
-        assert_eq!(in_nodes, topology.cpus.len(), "every CPU in exactly one node");
+        assert_eq!(
+            in_nodes,
+            topology.cpus.len(),
+            "every CPU in exactly one node"
+        );
     }
 }

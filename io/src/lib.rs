@@ -1,0 +1,20 @@
+//! The LEU's platform layer: its io_uring, its pinning, and the process's memory locking.
+//!
+//! This crate sits below both `vortex-storage` and `vortex-dataplane`: the WAL submits its
+//! Direct I/O writes through the same per-LEU [`RingDriver`] that the reactor uses for
+//! sockets, and storage must not depend on the dataplane to get it (docs/ARCHITECTURE.md).
+//!
+//! - [`ring`]: `RingDriver`, one io_uring per LEU with probed setup flags, bounded in-flight
+//!   operations and completion dispatch by user data.
+//! - [`affinity`]: pinning a thread to a CPU and reading the pinning back from procfs.
+//! - [`memlock`]: `mlockall` under the `required` / `try` / `off` policy.
+
+pub mod affinity;
+pub mod memlock;
+pub mod ring;
+
+pub use memlock::{MemlockError, MemlockLimit, MemlockOutcome};
+pub use ring::{
+    Completion, OpId, Owner, PushError, RingConfig, RingDriver, RingError, RingSetup, RingStats,
+    SetupFlag,
+};
