@@ -1,1 +1,9 @@
+//! The VORTEX dataplane: one pinned, polling thread per core (an LEU, logical execution unit).
+//!
+//! Today this crate starts LEUs on the cores that `vortex-config`'s `ThreadMapping` chose,
+//! pins them, gives each its own io_uring ([`vortex_io::RingDriver`]), and proves the pinning
+//! from outside the threads ([`leu::verify`], behind `vortex-dataplane topology --verify`).
+//! The reactor, the VBP server, routing and backpressure (issue #8) build on these LEUs.
 
+pub mod leu;
+pub mod report;

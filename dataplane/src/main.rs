@@ -1,1 +1,164 @@
-fn main() {}
+//! `vortex-dataplane`: the dataplane binary.
+//!
+//! Exit status: 0 success; 1 the machine failed us (pinning mismatch, io_uring unavailable,
+//! memory lock required and refused, sysfs unreadable); 2 a mistake in the config or the
+//! command line, reported on one line naming the field and what is accepted.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vortex_config::{ApplianceConfig, BlockDevice, DirectIoAlignment, Topology};
+use vortex_dataplane::leu;
+use vortex_dataplane::report::TopologyReport;
+use vortex_io::{memlock, MemlockOutcome, RingConfig};
+
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(name = "vortex-dataplane", version, about = "The VORTEX dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the discovered hardware and the LEU mapping; with --verify, start the LEUs,
+    /// pin them and check their affinity from /proc.
+    Topology {
+        /// The appliance config (TOML). Without it, the built-in defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Start and pin the LEU threads, bring up their io_uring, and check each thread's
+        /// affinity from /proc/self/task/*/status; exit 1 on any mismatch.
+        #[arg(long)]
+        verify: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure with the exit status it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn runtime(error: impl std::fmt::Display) -> Self {
+        Failure {
+            code: EXIT_RUNTIME,
+            message: error.to_string(),
+        }
+    }
+
+    fn from_config_error(error: vortex_config::Error) -> Self {
+        Failure {
+            code: u8::try_from(error.exit_code()).unwrap_or(EXIT_RUNTIME),
+            message: error.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Topology {
+            config,
+            verify,
+            json,
+        } => topology(config, verify, json),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("vortex-dataplane: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<(ApplianceConfig, String), Failure> {
+    match path {
+        Some(path) => {
+            let config = ApplianceConfig::load(path).map_err(Failure::from_config_error)?;
+            Ok((config, path.display().to_string()))
+        }
+        None => Ok((ApplianceConfig::default(), "built-in defaults".to_owned())),
+    }
+}
+
+fn init_logging(config: &ApplianceConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log.level.as_str()));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn topology(config_path: Option<PathBuf>, verify: bool, json: bool) -> Result<u8, Failure> {
+    let (config, origin) = load_config(config_path.as_ref())?;
+    init_logging(&config);
+    let topology = Topology::discover().map_err(Failure::from_config_error)?;
+    let mapping = config
+        .plan_leus(&topology)
+        .map_err(Failure::from_config_error)?;
+    let data_dir = config
+        .prepare_data_dir()
+        .map_err(Failure::from_config_error)?;
+    let block_device = BlockDevice::for_path(&data_dir).map_err(Failure::from_config_error)?;
+    let direct_io = DirectIoAlignment::probe(&data_dir, block_device.as_ref())
+        .map_err(Failure::from_config_error)?;
+
+    let mut report = TopologyReport {
+        config_origin: origin,
+        topology,
+        data_dir,
+        block_device,
+        direct_io,
+        mapping,
+        memory_lock: None,
+        verification: None,
+    };
+    if verify {
+        let outcome = memlock::apply(config.memory.lock).map_err(Failure::runtime)?;
+        report.memory_lock = Some(match outcome {
+            MemlockOutcome::Locked => "locked".to_owned(),
+            MemlockOutcome::Skipped => "off".to_owned(),
+            MemlockOutcome::Unlocked { limit, .. } => {
+                format!("not locked, RLIMIT_MEMLOCK {limit}")
+            }
+        });
+        let ring_config = RingConfig::from_config(&config.io_uring);
+        let results = leu::verify(&report.mapping, &ring_config)
+            .map_err(|error| Failure::runtime(format!("cannot start LEU threads: {error}")))?;
+        report.verification = Some(results);
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&report).map_err(Failure::runtime)?;
+        println!("{text}");
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.all_match() {
+        Ok(0)
+    } else {
+        Ok(EXIT_RUNTIME)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -702,7 +702,7 @@ fn unavailable(source: io::Error) -> RingError {
     let hint = match source.raw_os_error() {
         Some(libc::ENOSYS) => "the kernel lacks io_uring (5.1 or later is needed, 6.1 or later recommended), or a seccomp filter blocks it",
         Some(libc::EPERM) => "io_uring is disabled: check the sysctl kernel.io_uring_disabled (0 enables it) and any seccomp or container policy",
-        Some(libc::ENOMEM) => "the ring could not be locked in memory: raise RLIMIT_MEMLOCK (kernels before 5.12 charge rings to it) or lower io_uring.queue_depth",
+        Some(libc::ENOMEM) => "ring memory counts against RLIMIT_MEMLOCK for processes without CAP_IPC_LOCK: raise the limit (LimitMEMLOCK=infinity) or lower io_uring.queue_depth",
         Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors: raise the open-files limit",
         _ => "see INSTALL.md for the kernel requirements",
     };
