@@ -1,1 +1,11 @@
+//! VORTEX benchmarks: load generators, the recall/QPS harness and side-by-side peer runs.
+//!
+//! Performance targets live here, never in timed tests. Each rig prints the exact command
+//! that produced it and reports ratios against a baseline measured in the same run, because
+//! absolute times on a shared machine are noise.
+//!
+//! - [`nop`]: io_uring NOP round trips per LEU through `vortex_io::RingDriver`, with the
+//!   context switches each LEU thread took during the run (the plan's "zero context-switch
+//!   baseline"), tuned setup flags against a plain ring.
 
+pub mod nop;

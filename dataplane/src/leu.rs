@@ -89,7 +89,7 @@ pub fn verify(
         let report_sender = report_sender.clone();
         let (release, parked) = mpsc::sync_channel::<()>(0);
         let mut ring_config = ring_config.clone();
-        ring_config.sqpoll_cpu = assignment.idle_siblings.first();
+        ring_config.sqpoll_cpu = mapping.sqpoll_cpu(assignment.leu);
         let handle = std::thread::Builder::new()
             .name(format!("leu-{}", assignment.leu))
             .spawn(move || {

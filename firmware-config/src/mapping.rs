@@ -89,6 +89,22 @@ impl ThreadMapping {
         Ok(ThreadMapping { leus, housekeeping })
     }
 
+    /// Where LEU `leu`'s SQPOLL kernel thread should run: its core's idle SMT sibling, else a
+    /// housekeeping CPU (spread round-robin), else nowhere in particular (`None`). Never the
+    /// LEU's own CPU: the kernel thread inherits the creating thread's affinity otherwise,
+    /// and a polling LEU and a polling kernel thread on one CPU starve each other.
+    pub fn sqpoll_cpu(&self, leu: u16) -> Option<u32> {
+        let assignment = self.leus.get(usize::from(leu))?;
+        if let Some(sibling) = assignment.idle_siblings.first() {
+            return Some(sibling);
+        }
+        let housekeeping = self.housekeeping.as_slice();
+        if housekeeping.is_empty() {
+            return None;
+        }
+        Some(housekeeping[usize::from(leu) % housekeeping.len()])
+    }
+
     /// The CPU of each LEU, in LEU order.
     pub fn cpus(&self) -> Vec<u32> {
         self.leus.iter().map(|leu| leu.cpu).collect()
@@ -350,6 +366,22 @@ mod tests {
         let smt = topology(1, 4, 2, "");
         let error = invalid(plan(&smt, LeuCount::Auto, &[1, 5]));
         assert!(error.message.contains("SMT siblings"), "{error}");
+    }
+
+    #[test]
+    fn sqpoll_threads_go_to_a_sibling_or_a_housekeeping_cpu() {
+        let smt = topology(1, 4, 2, "");
+        let mapping = plan(&smt, LeuCount::Fixed(2), &[]).unwrap();
+        assert_eq!(mapping.cpus(), vec![1, 2]);
+        assert_eq!(mapping.sqpoll_cpu(0), Some(5), "the idle sibling of CPU 1");
+        let flat = topology(1, 4, 1, "");
+        let mapping = plan(&flat, LeuCount::Fixed(2), &[]).unwrap();
+        assert_eq!(mapping.housekeeping.to_string(), "0,3");
+        assert_eq!(mapping.sqpoll_cpu(0), Some(0));
+        assert_eq!(mapping.sqpoll_cpu(1), Some(3));
+        let full = plan(&flat, LeuCount::Fixed(4), &[]).unwrap();
+        assert_eq!(full.sqpoll_cpu(0), None, "no CPU to spare");
+        assert_eq!(full.sqpoll_cpu(9), None, "no such LEU");
     }
 
     #[test]

@@ -263,8 +263,9 @@ pub struct RingStats {
     pub pushed: u64,
     /// Operations completed (last completion seen).
     pub completed: u64,
-    /// `io_uring_enter` calls made.
-    pub enters: u64,
+    /// Submit and wait calls made; each enters the kernel, except under SQPOLL when the
+    /// polling thread is awake and nothing is awaited.
+    pub submit_calls: u64,
     /// Pushes refused because `inflight_max` operations were in flight.
     pub busy: u64,
     /// Completions whose user data matched no live operation (a bug if ever non-zero).
@@ -469,7 +470,7 @@ impl<T> RingDriver<T> {
         let last = ops.len().saturating_sub(1);
         // Room for the whole chain in the SQ first, so that it cannot be cut in two.
         if self.sq_room() < ops.len() {
-            self.stats.enters += 1;
+            self.stats.submit_calls += 1;
             if let Err(error) = self.ring.submit() {
                 return Err(PushError::Ring(ops, error));
             }
@@ -506,13 +507,13 @@ impl<T> RingDriver<T> {
     /// Submits what is queued without waiting. With `DEFER_TASKRUN` this also runs pending
     /// completion work when the kernel flags some.
     pub fn submit(&mut self) -> Result<usize, RingError> {
-        self.stats.enters += 1;
+        self.stats.submit_calls += 1;
         self.ring.submit().map_err(RingError::Enter)
     }
 
     /// Submits what is queued and waits until at least `want` completions are ready.
     pub fn submit_and_wait(&mut self, want: usize) -> Result<usize, RingError> {
-        self.stats.enters += 1;
+        self.stats.submit_calls += 1;
         match self.ring.submit_and_wait(want) {
             Ok(count) => Ok(count),
             Err(error) if error.raw_os_error() == Some(libc::EINTR) => Ok(0),
@@ -526,7 +527,7 @@ impl<T> RingDriver<T> {
         want: usize,
         timeout: Duration,
     ) -> Result<usize, RingError> {
-        self.stats.enters += 1;
+        self.stats.submit_calls += 1;
         if !self.setup.feature_ext_arg {
             // Kernels before 5.11: no timed wait; do not block at all.
             return self.ring.submit().map_err(RingError::Enter);
@@ -603,7 +604,7 @@ impl<T> RingDriver<T> {
         if !self.ring.submission().is_full() {
             return Ok(());
         }
-        self.stats.enters += 1;
+        self.stats.submit_calls += 1;
         self.ring.submit()?;
         if self.ring.submission().is_full() {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
