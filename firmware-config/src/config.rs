@@ -759,3 +759,36 @@ mod example_tests {
         assert_eq!(config.io_uring.queue_depth, 1024);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary text is a config or one line of error, never a panic.
+        #[test]
+        fn arbitrary_text_is_parsed_or_refused_on_one_line(text in "(?s).{0,200}") {
+            if let Err(error) = ApplianceConfig::from_toml_str(&text, "fuzz.toml") {
+                prop_assert_eq!(error.to_string().lines().count(), 1);
+            }
+        }
+
+        /// TOML-shaped text with our section and field names, and arbitrary values.
+        #[test]
+        fn config_shaped_text_is_parsed_or_refused_on_one_line(
+            section in "(network|storage|leu|memory|io_uring|limits|log|bogus)",
+            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|connections_max|frame_size_max_bytes|inflight_per_connection_max|level|bogus)",
+            value in "(-?[0-9]{1,12}|\"[a-z]{0,8}\"|true|\\[[0-9, ]{0,12}\\]|[0-9]\\.[0-9])",
+        ) {
+            let text = format!("[{section}]\n{key} = {value}\n");
+            match ApplianceConfig::from_toml_str(&text, "fuzz.toml") {
+                Ok(config) => prop_assert!(config.validate().is_ok()),
+                Err(error) => {
+                    prop_assert_eq!(error.to_string().lines().count(), 1);
+                    prop_assert!(!error.field.is_empty());
+                }
+            }
+        }
+    }
+}

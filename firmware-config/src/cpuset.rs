@@ -215,3 +215,34 @@ mod tests {
         assert_eq!(c.to_string(), "0-2,4-7,20");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Printing and parsing are inverse: any set survives a round trip.
+        #[test]
+        fn display_parse_round_trip(ids in proptest::collection::vec(0u32..=CPU_ID_MAX, 0..64)) {
+            let set: CpuSet = ids.into_iter().collect();
+            let text = set.to_string();
+            let text = if set.is_empty() { String::new() } else { text };
+            prop_assert_eq!(CpuSet::parse_list(&text).unwrap(), set);
+        }
+
+        /// Arbitrary text is parsed or refused, never a panic, and never a set beyond the
+        /// id bound.
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,64}") {
+            if let Ok(set) = CpuSet::parse_list(&text) {
+                prop_assert!(set.iter().all(|id| id <= CPU_ID_MAX));
+            }
+        }
+
+        #[test]
+        fn list_shaped_text_never_panics(text in "[0-9,\\- ]{0,32}") {
+            let _ = CpuSet::parse_list(&text);
+        }
+    }
+}

@@ -91,3 +91,16 @@ mod tests {
         assert_eq!(error.raw_os_error(), Some(libc::EINVAL));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_status_text_never_panics(text in "(?s).{0,200}") {
+            let _ = parse_cpus_allowed(&text);
+        }
+    }
+}
