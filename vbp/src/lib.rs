@@ -1,9 +1,18 @@
 //! VBP, the VORTEX Binary Protocol.
 //!
-//! Owns the wire format (a fixed little-endian frame header followed by an rkyv-archived body,
-//! 16-byte aligned), the `LayoutValidator` that checks every frame before any byte of its body
-//! is used, the TCP stream decoder, the pre-allocated `BufferPool` whose buffers are handed to
-//! the shard engines without copying, and the client library.
+//! A frame is a fixed 32-byte little-endian header ([`header`]) followed by an rkyv 0.8
+//! archived body ([`message`]) padded to 16 bytes. docs/VBP.md is the format's reference.
 //!
-//! Empty until issue #3 fills it: the crate exists now so that the workspace has its final
-//! shape and later crates can name it.
+//! - [`codec`]: building frames from owned messages.
+//! - [`validator`]: the `LayoutValidator`, which checks every byte of a frame before any of
+//!   its body is used and hands out archived bodies read in place.
+//! - [`pool`]: the pre-allocated, 4 KiB-aligned `BufferPool` that receive buffers and frames
+//!   live in, with the persistence lock that keeps a write's buffer until it is durable.
+//! - [`stream`]: the TCP stream decoder, zero-copy for frames that lie whole in one buffer.
+//! - [`client`]: the Rust client library (pipelined, timeouts, several endpoints).
+
+pub mod codec;
+pub mod header;
+pub mod message;
+pub mod samples;
+pub mod validator;
