@@ -14,5 +14,7 @@
 pub mod codec;
 pub mod header;
 pub mod message;
+pub mod pool;
 pub mod samples;
+pub mod stream;
 pub mod validator;
