@@ -11,6 +11,7 @@
 //! - [`stream`]: the TCP stream decoder, zero-copy for frames that lie whole in one buffer.
 //! - [`client`]: the Rust client library (pipelined, timeouts, several endpoints).
 
+pub mod client;
 pub mod codec;
 pub mod header;
 pub mod message;

@@ -149,6 +149,21 @@ impl FrameError {
     }
 }
 
+impl FrameError {
+    /// Whether the stream is lost with this error (the next frame's start is unknown), so the
+    /// connection must close. Every other error is answered with an error frame carrying the
+    /// request's id, and the connection goes on: this is the version rule too, since a frame
+    /// of another version is framed by the same header and refused on its own.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, FrameError::BadMagic(_) | FrameError::TooLarge { .. })
+    }
+
+    /// The error frame a server answers with.
+    pub fn to_response(&self) -> Response {
+        Response::error(self.code(), self.to_string())
+    }
+}
+
 fn invalid(field: &'static str, detail: impl Into<String>) -> FrameError {
     FrameError::Invalid {
         field,
