@@ -31,9 +31,11 @@ enum Mode {
     CloseAfter(usize),
 }
 
+type Points = BTreeMap<u64, (Vec<f32>, Option<Payload>)>;
+
 #[derive(Default)]
 struct Model {
-    collections: HashMap<String, (CollectionSpec, BTreeMap<u64, (Vec<f32>, Option<Payload>)>)>,
+    collections: HashMap<String, (CollectionSpec, Points)>,
 }
 
 fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
@@ -442,7 +444,7 @@ fn many_threads_share_one_client() {
 #[test]
 fn connect_failure_names_the_endpoints_and_what_to_do() {
     let dead = dead_endpoint();
-    let error = Client::connect(&[dead.clone()], options()).unwrap_err();
+    let error = Client::connect(std::slice::from_ref(&dead), options()).unwrap_err();
     let message = error.to_string();
     assert!(message.contains(&dead), "{message}");
     assert!(message.contains("running"), "{message}");
