@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Fuzzes the VBP parsers with cargo-fuzz (libFuzzer + AddressSanitizer).
+#
+#   tools/fuzz/run.sh [SECONDS] [TARGET...]     default: 60 seconds each, every target
+#
+# Runs each target for SECONDS on the committed corpus (tools/fuzz/corpus/TARGET), which
+# grows with what the fuzzer finds; a crash leaves its input in tools/fuzz/artifacts/TARGET
+# and fails the script. Installs cargo-fuzz if missing. Uses the nightly toolchain when
+# rustup has one, else the stable one with RUSTC_BOOTSTRAP=1 (stable ships the sanitizer
+# runtimes; cargo-fuzz only needs the -Z flags unlocked).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(validator stream)
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+toolchain=()
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  toolchain=(+nightly)
+else
+  export RUSTC_BOOTSTRAP=1
+fi
+
+declare -A max_len=([validator]=4096 [stream]=16384)
+for target in "${targets[@]}"; do
+  echo "==> fuzzing ${target} for ${seconds} s"
+  log=$(mktemp)
+  if ! cargo "${toolchain[@]}" fuzz run "$target" -O -- \
+      -max_total_time="$seconds" -max_len="${max_len[$target]:-4096}" \
+      -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 60 "$log"
+    echo "fuzz target ${target} failed: see the input in tools/fuzz/artifacts/${target}/" >&2
+    exit 1
+  fi
+  grep -E '^(stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb)' "$log" || true
+  grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n 1 || true
+  rm -f "$log"
+done

@@ -1,0 +1,345 @@
+//! The bodies of the fuzz targets, as plain functions.
+//!
+//! The libFuzzer targets in `tools/fuzz/` call these, and so does an ordinary test
+//! (`tools/tests/fuzz_corpus.rs`) that replays the committed corpus on stable Rust: every
+//! input the fuzzer ever kept is checked by `cargo test` too, with no nightly toolchain.
+//!
+//! Each function panics only when the code under test broke one of its promises (a frame
+//! accepted that does not round-trip, a frame out of the decoder that is not the stream's
+//! next bytes, a leaked pool buffer); libFuzzer reports that panic as a crash.
+
+use vortex_vbp::codec::{FrameBytes, Request, Response};
+use vortex_vbp::header::{self, FrameHeader, FRAME_ALIGN, HEADER_BYTES};
+use vortex_vbp::pool::{BufferPool, PoolConfig, SizeClass};
+use vortex_vbp::stream::{StreamDecoder, StreamError};
+use vortex_vbp::validator::{FrameError, LayoutValidator, RequestRef};
+
+/// Mode bit of the validator target's first byte: rewrite the body length to the input's
+/// length less the header (so the input should carry no padding; see [`MODE_PAD`]).
+pub const MODE_FIX_LENGTH: u8 = 1;
+/// Mode bit: pad to 16 bytes with zeros (after the length fix).
+pub const MODE_PAD: u8 = 2;
+/// Mode bit: recompute the checksum, so that mutations reach the body checks.
+pub const MODE_SEAL: u8 = 4;
+/// Mode bit: validate as a response instead of a request.
+pub const MODE_RESPONSE: u8 = 8;
+/// Mode bit: validate with a 256-byte frame limit.
+pub const MODE_SMALL_LIMIT: u8 = 16;
+
+/// Small limit used under [`MODE_SMALL_LIMIT`].
+const SMALL_FRAME_SIZE_MAX_BYTES: u32 = 256;
+
+/// Builds a validator-target input from a mode byte and a frame.
+pub fn validator_input(mode: u8, frame: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(frame.len() + 1);
+    input.push(mode);
+    input.extend_from_slice(frame);
+    input
+}
+
+/// Validator target: `data[0]` is a mode (the `MODE_*` bits), the rest a frame. The frame
+/// is copied into a 16-aligned buffer, optionally repaired so that mutations get past the
+/// length and checksum checks, then validated. Accepted frames must round-trip; refused
+/// ones must turn into a valid error frame. Returns whether the frame was accepted.
+pub fn validator(data: &[u8]) -> bool {
+    let Some((&mode, input)) = data.split_first() else {
+        return false;
+    };
+    let mut frame = FrameBytes::with_capacity(input.len() + FRAME_ALIGN);
+    frame.extend_from_slice(input);
+    if frame.len() >= HEADER_BYTES {
+        if mode & MODE_FIX_LENGTH != 0 {
+            let body_length = u32::try_from(frame.len() - HEADER_BYTES).unwrap_or(u32::MAX);
+            frame[12..16].copy_from_slice(&body_length.to_le_bytes());
+        }
+        if mode & MODE_PAD != 0 {
+            let padding = (FRAME_ALIGN - frame.len() % FRAME_ALIGN) % FRAME_ALIGN;
+            frame.extend_from_slice(&[0u8; FRAME_ALIGN][..padding]);
+        }
+        if mode & MODE_SEAL != 0 {
+            header::seal(&mut frame);
+        }
+    }
+    let validator = if mode & MODE_SMALL_LIMIT != 0 {
+        LayoutValidator::new(SMALL_FRAME_SIZE_MAX_BYTES)
+    } else {
+        LayoutValidator::default()
+    };
+    let request_id = FrameHeader::parse(&frame).map_or(0, |header| header.request_id);
+    let refusal = if mode & MODE_RESPONSE != 0 {
+        match validator.response(&frame) {
+            Ok((header, response)) => {
+                check_response_round_trip(&header, &response);
+                None
+            }
+            Err(error) => Some(error),
+        }
+    } else {
+        match validator.request(&frame) {
+            Ok((header, request)) => {
+                check_views_in_frame(&frame, &request);
+                check_request_round_trip(&header, &request);
+                None
+            }
+            Err(error) => Some(error),
+        }
+    };
+    match refusal {
+        Some(error) => {
+            check_error_answer(&error, request_id);
+            false
+        }
+        None => true,
+    }
+}
+
+/// Vectors handed out in place must lie inside the frame and have the promised length.
+fn check_views_in_frame(frame: &[u8], request: &RequestRef<'_>) {
+    let frame_range = frame.as_ptr_range();
+    let inside = |vector: &[f32]| {
+        let range = vector.as_ptr_range();
+        vector.is_empty()
+            || (range.start.cast::<u8>() >= frame_range.start
+                && range.end.cast::<u8>() <= frame_range.end)
+    };
+    match request {
+        RequestRef::Upsert(view) => {
+            assert!(inside(view.vectors), "upsert vectors outside the frame");
+            assert_eq!(
+                view.vectors.len() as u64,
+                view.len() as u64 * u64::from(view.dimension()),
+                "upsert vectors are not ids × dimension"
+            );
+            assert!(view.vectors.iter().all(|value| value.is_finite()));
+        }
+        RequestRef::Search(view) => {
+            assert!(inside(view.vector), "search vector outside the frame");
+            assert!(!view.vector.is_empty());
+            assert!(view.vector.iter().all(|value| value.is_finite()));
+        }
+        _ => {}
+    }
+}
+
+/// An accepted frame need not be laid out as rkyv would write it (a fuzzed archive may share
+/// bytes between fields), so the re-encoded frame can be longer: it is checked under the
+/// default limit.
+fn check_request_round_trip(header: &FrameHeader, request: &RequestRef<'_>) {
+    let owned: Request = request
+        .to_request()
+        .expect("a validated request must deserialize");
+    let again = owned
+        .encode(header.request_id)
+        .expect("a validated request must encode");
+    let (again_header, again_request) = LayoutValidator::default()
+        .request(&again)
+        .expect("a re-encoded request must validate");
+    assert_eq!(again_header.request_id, header.request_id);
+    assert_eq!(again_header.opcode, header.opcode);
+    let again_owned = again_request
+        .to_request()
+        .expect("a re-encoded request must deserialize");
+    // Compared as canonical encodings, not with `==`: floats compare by bits that way.
+    let canonical = again_owned
+        .encode(header.request_id)
+        .expect("a round-tripped request must encode");
+    assert_eq!(
+        &canonical[..],
+        &again[..],
+        "request changed in a round trip"
+    );
+}
+
+fn check_response_round_trip(header: &FrameHeader, response: &Response) {
+    let again = response
+        .encode(header.request_id)
+        .expect("a validated response must encode");
+    let (again_header, again_response) = LayoutValidator::default()
+        .response(&again)
+        .expect("a re-encoded response must validate");
+    assert_eq!(again_header.request_id, header.request_id);
+    // Compared as canonical encodings: a response's floats are not checked for NaN (the
+    // client takes them as the server sent them), and NaN != NaN.
+    let canonical = again_response
+        .encode(header.request_id)
+        .expect("a round-tripped response must encode");
+    assert_eq!(
+        &canonical[..],
+        &again[..],
+        "response changed in a round trip"
+    );
+}
+
+/// Every refusal must become an error frame that a client accepts.
+fn check_error_answer(error: &FrameError, request_id: u64) {
+    let answer = error.to_response();
+    let frame = answer
+        .encode(request_id)
+        .expect("an error answer must encode");
+    let (header, decoded) = LayoutValidator::default()
+        .response(&frame)
+        .expect("an error answer must validate");
+    assert_eq!(header.request_id, request_id);
+    assert_eq!(decoded, answer);
+}
+
+/// Receive buffer size of the stream target.
+const STREAM_BUFFER_BYTES: usize = 4096;
+/// Frame limit of the stream target: a few receive buffers, so large frames are exercised.
+const STREAM_FRAME_SIZE_MAX_BYTES: u32 = 3 * STREAM_BUFFER_BYTES as u32;
+/// Most receives one input may make (bounds the time per input).
+const STREAM_RECEIVES_MAX: usize = 4096;
+
+/// Stream-decoder target: `data[0..2]` seed the receive sizes (and `data[2]` bit 0 forces
+/// misaligned receives), the rest is the byte stream. The stream is received in pieces
+/// into pool buffers; every frame that comes out must be exactly the stream's next bytes,
+/// 16-aligned, whole; a framing error must stick; and no pool buffer may leak. Returns the
+/// number of frames decoded.
+pub fn stream(data: &[u8]) -> usize {
+    if data.len() < 3 {
+        return 0;
+    }
+    let mut seed = u32::from(u16::from_le_bytes([data[0], data[1]])) | 1;
+    let misalign = data[2] & 1 != 0;
+    let bytes = &data[3..];
+    let pool = BufferPool::new(PoolConfig {
+        buffer_bytes: STREAM_BUFFER_BYTES,
+        buffer_count: 4,
+        large_buffer_bytes: 4 * STREAM_BUFFER_BYTES,
+        large_buffer_count: 1,
+    })
+    .expect("the fuzz pool's configuration is valid");
+    let validator = LayoutValidator::new(STREAM_FRAME_SIZE_MAX_BYTES);
+    let mut decoder = StreamDecoder::new(pool.clone(), validator);
+    let mut sent = 0usize;
+    let mut consumed = 0usize;
+    let mut failed = false;
+    let mut frames = 0usize;
+    for _ in 0..STREAM_RECEIVES_MAX {
+        if sent == bytes.len() || failed {
+            break;
+        }
+        // xorshift32: receive sizes from 1 to a buffer, weighted towards small ones.
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let offset = if misalign {
+            (seed >> 24) as usize % FRAME_ALIGN
+        } else {
+            decoder.receive_offset()
+        };
+        let room = STREAM_BUFFER_BYTES - offset;
+        let size_max = if seed & 0x100 != 0 { 64 } else { room };
+        let size = (seed as usize % size_max + 1)
+            .min(room)
+            .min(bytes.len() - sent);
+        let Ok(mut lease) = pool.lease(SizeClass::Standard) else {
+            // Every buffer is held by the decoder: the reactor would throttle. The frames
+            // we took are dropped, so this only happens while a frame is being assembled.
+            break;
+        };
+        lease.as_mut_slice()[offset..offset + size].copy_from_slice(&bytes[sent..sent + size]);
+        decoder
+            .push(lease, offset..offset + size)
+            .expect("push after draining must succeed");
+        sent += size;
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    let frame_bytes = frame.bytes();
+                    assert_eq!(frame_bytes.as_ptr() as usize % FRAME_ALIGN, 0);
+                    assert_eq!(frame_bytes.len() as u64, frame.header().frame_length());
+                    assert!(frame_bytes.len() <= STREAM_FRAME_SIZE_MAX_BYTES as usize);
+                    assert_eq!(
+                        frame_bytes,
+                        &bytes[consumed..consumed + frame_bytes.len()],
+                        "a frame is not the stream's next bytes"
+                    );
+                    consumed += frame_bytes.len();
+                    frames += 1;
+                    if let Err(error) = validator.request(frame_bytes) {
+                        check_error_answer(&error, frame.header().request_id);
+                    }
+                }
+                Ok(None) => break,
+                Err(StreamError::Framing(_)) => {
+                    failed = true;
+                    assert!(matches!(decoder.next_frame(), Err(StreamError::Failed)));
+                    break;
+                }
+                Err(StreamError::Pool(_)) => {
+                    failed = true;
+                    break;
+                }
+                Err(other) => panic!("unexpected decoder error: {other}"),
+            }
+        }
+    }
+    assert!(consumed <= sent);
+    drop(decoder);
+    for class in [SizeClass::Standard, SizeClass::Large] {
+        let stats = pool.stats(class);
+        assert_eq!(
+            stats.free,
+            pool.buffer_count(class),
+            "pool buffers leaked: {stats:?}"
+        );
+    }
+    frames
+}
+
+/// The modes that let a mutated header and body through to the body checks.
+const REPAIR: u8 = MODE_FIX_LENGTH | MODE_PAD | MODE_SEAL;
+
+/// A frame without its padding: header and body, as [`REPAIR`] expects them.
+fn unpadded(frame: &[u8]) -> &[u8] {
+    let body_length = FrameHeader::parse(frame).map_or(0, |header| header.body_length as usize);
+    &frame[..(HEADER_BYTES + body_length).min(frame.len())]
+}
+
+/// Seed inputs for the corpus: every sample request and response, in every useful mode,
+/// and streams of them. Returned as (target, name, bytes).
+pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    use vortex_vbp::samples;
+    let mut seeds = Vec::new();
+    let mut stream_bytes = Vec::new();
+    for (index, request) in samples::requests().into_iter().enumerate() {
+        let frame = request
+            .encode(index as u64)
+            .expect("samples encode")
+            .to_vec();
+        seeds.push((
+            "validator",
+            format!("request-{:?}-sealed", request.opcode()),
+            validator_input(0, &frame),
+        ));
+        seeds.push((
+            "validator",
+            format!("request-{:?}-repaired", request.opcode()),
+            validator_input(REPAIR, unpadded(&frame)),
+        ));
+        stream_bytes.extend_from_slice(&frame);
+    }
+    for (index, response) in samples::responses().into_iter().enumerate() {
+        let frame = response
+            .encode(index as u64)
+            .expect("samples encode")
+            .to_vec();
+        seeds.push((
+            "validator",
+            format!("response-{:?}-repaired", response.opcode()),
+            validator_input(MODE_RESPONSE | REPAIR, unpadded(&frame)),
+        ));
+    }
+    let large = Request::Search(samples::search(1500, true))
+        .encode(99)
+        .expect("samples encode")
+        .to_vec();
+    for (name, misalign) in [("aligned", 0u8), ("misaligned", 1)] {
+        let mut input = vec![0x5A, 0xA5, misalign];
+        input.extend_from_slice(&stream_bytes);
+        input.extend_from_slice(&large);
+        seeds.push(("stream", format!("samples-{name}"), input));
+    }
+    seeds
+}

@@ -1,0 +1,103 @@
+//! Replays the committed fuzz corpus (`tools/fuzz/corpus/<target>/`) through the fuzz
+//! targets' bodies on stable Rust, so every input the fuzzer kept, and every crash input
+//! saved as a regression (`tools/fuzz/regressions/<target>/`), runs in `cargo test`.
+//! Also checks that the seed inputs are in the corpus (`VORTEX_WRITE_SEEDS=1` writes them).
+
+use std::path::{Path, PathBuf};
+use vortex_tools::fuzz;
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+fn replay<T>(kind: &str, target: &str, run: fn(&[u8]) -> T) -> usize {
+    let dir = fuzz_dir().join(kind).join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .map(|entry| entry.expect("readable corpus entry").path())
+        .filter(|path| path.is_file())
+        .collect();
+    paths.sort();
+    for path in &paths {
+        let data = std::fs::read(path).expect("readable corpus file");
+        // A panic here names the input: replay it with
+        // `cargo +nightly fuzz run <target> <path>` from tools/.
+        eprintln!("replaying {}", path.display());
+        let _ = run(&data);
+    }
+    paths.len()
+}
+
+#[test]
+fn seeds_are_in_the_corpus() {
+    let write = std::env::var_os("VORTEX_WRITE_SEEDS").is_some();
+    for (target, name, data) in fuzz::seeds() {
+        let path = fuzz_dir()
+            .join("corpus")
+            .join(target)
+            .join(format!("seed-{name}"));
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &data).unwrap();
+        }
+        let stored = std::fs::read(&path).unwrap_or_else(|error| {
+            panic!(
+                "{}: {error}; run VORTEX_WRITE_SEEDS=1 cargo test -p vortex-tools --test fuzz_corpus",
+                path.display()
+            )
+        });
+        assert_eq!(
+            stored,
+            data,
+            "{} is stale: run VORTEX_WRITE_SEEDS=1 cargo test -p vortex-tools --test fuzz_corpus",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn seeds_exercise_the_accepting_paths() {
+    let mut accepted = 0;
+    let mut frames = 0;
+    for (target, name, data) in fuzz::seeds() {
+        match target {
+            "validator" => {
+                assert!(fuzz::validator(&data), "seed {name} is refused");
+                accepted += 1;
+            }
+            "stream" => {
+                let decoded = fuzz::stream(&data);
+                // Every sample request, plus the large search.
+                assert_eq!(decoded, vortex_vbp::samples::requests().len() + 1, "{name}");
+                frames += decoded;
+            }
+            other => panic!("unknown target {other}"),
+        }
+    }
+    assert!(accepted > 0 && frames > 0);
+    // And a refusal: a flipped body byte without resealing.
+    let mut broken = fuzz::seeds()
+        .into_iter()
+        .find(|(target, name, _)| *target == "validator" && name.ends_with("sealed"))
+        .map(|(_, _, data)| data)
+        .expect("a mode-0 validator seed");
+    let last = broken.len() - 1;
+    broken[last] ^= 0x40;
+    assert!(!fuzz::validator(&broken));
+}
+
+#[test]
+fn validator_corpus_replays() {
+    let count = replay("corpus", "validator", fuzz::validator)
+        + replay("regressions", "validator", fuzz::validator);
+    assert!(count > 0, "the validator corpus is empty");
+}
+
+#[test]
+fn stream_corpus_replays() {
+    let count =
+        replay("corpus", "stream", fuzz::stream) + replay("regressions", "stream", fuzz::stream);
+    assert!(count > 0, "the stream corpus is empty");
+}
