@@ -338,7 +338,7 @@ mod tests {
             assert_eq!(leu.error, None);
             assert!(leu.pinned);
             // Whole batches only: the count is a multiple of the batch size.
-            assert!(leu.nops > 0 && leu.nops % 16 == 0, "{leu:?}");
+            assert!(leu.nops > 0 && leu.nops.is_multiple_of(16), "{leu:?}");
         }
     }
 }

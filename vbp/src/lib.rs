@@ -10,6 +10,7 @@
 //!   live in, with the persistence lock that keeps a write's buffer until it is durable.
 //! - [`stream`]: the TCP stream decoder, zero-copy for frames that lie whole in one buffer.
 //! - [`client`]: the Rust client library (pipelined, timeouts, several endpoints).
+//! - [`simd`]: the CRC32C and finite-float loops, dispatched at run time.
 
 pub mod client;
 pub mod codec;
@@ -17,5 +18,6 @@ pub mod header;
 pub mod message;
 pub mod pool;
 pub mod samples;
+pub mod simd;
 pub mod stream;
 pub mod validator;

@@ -224,7 +224,8 @@ impl StreamDecoder {
         let total = self.validator.check_framing(&header)? as usize;
         if available >= total {
             let start = chunk.position;
-            let aligned = (chunk.buffer.as_slice().as_ptr() as usize + start) % FRAME_ALIGN == 0;
+            let aligned =
+                (chunk.buffer.as_slice().as_ptr() as usize + start).is_multiple_of(FRAME_ALIGN);
             let frame = if aligned {
                 self.stats.in_place += 1;
                 FrameBuf {

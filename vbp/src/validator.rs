@@ -408,7 +408,7 @@ impl LayoutValidator {
                 have,
             });
         }
-        if frame.as_ptr() as usize % FRAME_ALIGN != 0 {
+        if !(frame.as_ptr() as usize).is_multiple_of(FRAME_ALIGN) {
             return Err(FrameError::Misaligned);
         }
         let body_end = HEADER_BYTES + header.body_length as usize;
@@ -633,11 +633,8 @@ fn check_dimension(field: &'static str, dimension: u32) -> Result<(), FrameError
 }
 
 fn check_finite(field: &'static str, values: &[f32]) -> Result<(), FrameError> {
-    // Branch-free over the whole slice so the compiler vectorizes it; position only on error.
-    let all_finite = values
-        .iter()
-        .fold(true, |finite, value| finite & value.is_finite());
-    if all_finite {
+    // One SIMD pass over the whole slice; the position is looked for only on error.
+    if crate::simd::all_finite(values) {
         return Ok(());
     }
     let position = values

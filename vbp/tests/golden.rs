@@ -347,7 +347,7 @@ struct BodyWriter {
 
 impl BodyWriter {
     fn align(&mut self, align: usize) {
-        while self.bytes.len() % align != 0 {
+        while !self.bytes.len().is_multiple_of(align) {
             self.bytes.push(0);
         }
     }

@@ -1,0 +1,96 @@
+//! VBP frame access against a copying serde codec (issue #3's benchmark).
+//!
+//! The server's cost of taking a request off the wire: for VBP, `LayoutValidator::request`
+//! on a received frame (header checks, CRC32C over the whole frame, rkyv's checked access,
+//! the field rules, every float checked finite) and then reading the query vector in place;
+//! for the copying codec, `bincode::deserialize` of the same message into owned Rust types
+//! (a `String` and a `Vec<f32>` allocated and filled), with no checksum and no field rules.
+//! Each touches every float once: the validator checks each is finite, bincode copies each.
+//! The result (the in-place slice, the decoded struct) goes to `black_box`, and the decoded
+//! struct is dropped inside the measurement, since freeing is part of a copying codec's cost.
+//!
+//! Run: `cargo bench -p vortex-bench --bench vbp_frames`; the ratio is vbp / bincode per
+//! dimension. Results: bench-rigs/README.md.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde::{Deserialize, Serialize};
+use vortex_vbp::codec::Request;
+use vortex_vbp::message::Search;
+use vortex_vbp::samples;
+use vortex_vbp::validator::{LayoutValidator, RequestRef};
+
+/// The same message as `vortex_vbp::message::Search` without a filter, for serde.
+#[derive(Serialize, Deserialize)]
+struct SerdeSearch {
+    collection: String,
+    vector: Vec<f32>,
+    k: u32,
+    ef: u32,
+    filter: Option<Vec<u32>>,
+    with_payload: bool,
+}
+
+fn search(dimension: usize) -> Search {
+    samples::search(dimension, false)
+}
+
+/// The query vector, read in place: the validator has already read every float once (the
+/// finiteness check), so the vector is returned, not summed again.
+fn vbp_access<'a>(validator: &LayoutValidator, frame: &'a [u8]) -> &'a [f32] {
+    match validator.request(frame) {
+        Ok((_, RequestRef::Search(view))) => view.vector,
+        _ => panic!("the benchmark frame must validate as a search"),
+    }
+}
+
+/// The decoded message: every float has been copied once into a new `Vec`.
+fn bincode_decode(bytes: &[u8]) -> SerdeSearch {
+    bincode::deserialize(bytes).expect("bincode decodes its own bytes")
+}
+
+fn bench_search_frames(c: &mut Criterion) {
+    let mut group = c.benchmark_group("search_frame");
+    let validator = LayoutValidator::default();
+    for dimension in [128usize, 768, 1536] {
+        let message = search(dimension);
+        let frame = Request::Search(message.clone())
+            .encode(1)
+            .expect("the sample encodes");
+        let serde_message = SerdeSearch {
+            collection: message.collection.clone(),
+            vector: message.vector.clone(),
+            k: message.k,
+            ef: message.ef,
+            filter: None,
+            with_payload: message.with_payload,
+        };
+        let bincode_bytes = bincode::serialize(&serde_message).expect("bincode encodes");
+        assert_eq!(
+            vbp_access(&validator, &frame),
+            &bincode_decode(&bincode_bytes).vector[..],
+            "both paths must read the same vector"
+        );
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(
+            BenchmarkId::new("vbp_validate_access", dimension),
+            &frame,
+            |b, frame| b.iter(|| vbp_access(&validator, black_box(frame))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("bincode_decode", dimension),
+            &bincode_bytes,
+            |b, bytes| b.iter(|| bincode_decode(black_box(bytes))),
+        );
+    }
+    // A 768-d search with the six-node sample filter: what filter validation adds.
+    let filtered = Request::Search(samples::search(768, true))
+        .encode(2)
+        .expect("the sample encodes");
+    group.bench_function("vbp_validate_access_filtered/768", |b| {
+        b.iter(|| vbp_access(&validator, black_box(&filtered)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_search_frames);
+criterion_main!(benches);
