@@ -12,6 +12,8 @@
 //! Run: `cargo bench -p vortex-bench --bench vbp_frames`; the ratio is vbp / bincode per
 //! dimension. Results: bench-rigs/README.md.
 
+use std::time::Instant;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
 use vortex_vbp::codec::Request;
@@ -90,7 +92,95 @@ fn bench_search_frames(c: &mut Criterion) {
         b.iter(|| vbp_access(&validator, black_box(&filtered)))
     });
     group.finish();
+
+    // Where the time of the 768-d frame goes: the two passes over every byte.
+    let mut parts = c.benchmark_group("search_frame_parts");
+    let frame = Request::Search(search(768))
+        .encode(1)
+        .expect("the sample encodes");
+    parts.bench_function("frame_checksum/768", |b| {
+        b.iter(|| vortex_vbp::header::frame_checksum(black_box(&frame)))
+    });
+    parts.bench_function("crc32c_crate/768", |b| {
+        b.iter(|| vortex_vbp::checksum::crc32c_append_portable(0, black_box(&frame)))
+    });
+    let vector = search(768).vector;
+    parts.bench_function("all_finite/768", |b| {
+        b.iter(|| vortex_vbp::simd::all_finite(black_box(&vector)))
+    });
+    parts.finish();
 }
 
-criterion_group!(benches, bench_search_frames);
+/// Time per call of `routine` over `iterations` calls, in nanoseconds.
+fn batch_ns<T>(iterations: u32, mut routine: impl FnMut() -> T) -> f64 {
+    let start = Instant::now();
+    for _ in 0..iterations {
+        black_box(routine());
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(iterations)
+}
+
+/// Paired comparison: short batches of the two routines alternate, and the ratio is taken
+/// per pair, so drifts of this shared machine's speed (which move criterion's sequential
+/// figures by ±30 % from run to run) cancel out. Prints medians and the ratio's spread.
+fn paired(name: &str, mut ours: impl FnMut() -> f32, mut theirs: impl FnMut() -> f32) {
+    const PAIRS: usize = 301;
+    const BATCH: u32 = 2000;
+    let mut ours_ns = Vec::with_capacity(PAIRS);
+    let mut theirs_ns = Vec::with_capacity(PAIRS);
+    let mut ratios = Vec::with_capacity(PAIRS);
+    for _ in 0..PAIRS {
+        let a = batch_ns(BATCH, &mut ours);
+        let b = batch_ns(BATCH, &mut theirs);
+        ours_ns.push(a);
+        theirs_ns.push(b);
+        ratios.push(b / a);
+    }
+    let median = |values: &mut Vec<f64>, quantile: f64| {
+        values.sort_by(f64::total_cmp);
+        values[((values.len() - 1) as f64 * quantile) as usize]
+    };
+    println!(
+        "paired {name}: ours {:.0} ns, theirs {:.0} ns (medians); theirs/ours {:.2} (p10 {:.2}, p90 {:.2})",
+        median(&mut ours_ns, 0.5),
+        median(&mut theirs_ns, 0.5),
+        median(&mut ratios, 0.5),
+        median(&mut ratios, 0.1),
+        median(&mut ratios, 0.9),
+    );
+}
+
+fn bench_paired(_: &mut Criterion) {
+    let validator = LayoutValidator::default();
+    for dimension in [128usize, 768, 1536] {
+        let message = search(dimension);
+        let frame = Request::Search(message.clone())
+            .encode(1)
+            .expect("the sample encodes");
+        let bincode_bytes = bincode::serialize(&SerdeSearch {
+            collection: message.collection.clone(),
+            vector: message.vector.clone(),
+            k: message.k,
+            ef: message.ef,
+            filter: None,
+            with_payload: message.with_payload,
+        })
+        .expect("bincode encodes");
+        paired(
+            &format!("search_frame/{dimension} vbp_validate_access vs bincode_decode"),
+            || vbp_access(&validator, black_box(&frame))[0],
+            || bincode_decode(black_box(&bincode_bytes)).vector[0],
+        );
+    }
+    let frame = Request::Search(search(768))
+        .encode(1)
+        .expect("the sample encodes");
+    paired(
+        "frame_checksum/768 fused kernel vs crc32c crate",
+        || vortex_vbp::header::frame_checksum(black_box(&frame)) as f32,
+        || vortex_vbp::checksum::crc32c_append_portable(0, black_box(&frame)) as f32,
+    );
+}
+
+criterion_group!(benches, bench_search_frames, bench_paired);
 criterion_main!(benches);

@@ -30,7 +30,7 @@ pub const FRAME_SIZE_MAX_BYTES_DEFAULT: u32 = 16 << 20;
 /// The RESPONSE bit of `flags`.
 pub const FLAG_RESPONSE: u16 = 1;
 
-use crate::simd;
+use crate::checksum;
 
 const CHECKSUM_OFFSET: usize = 24;
 
@@ -195,16 +195,15 @@ pub fn padded(length: u64) -> u64 {
 
 /// The CRC32C of a whole frame with its checksum field taken as zero.
 ///
-/// For a large frame this is most of the cost of validating it, so it runs on the folding
-/// kernel of [`crate::simd`] where the CPU has one.
+/// For a large frame this is most of the cost of validating it: see [`crate::checksum`].
 pub fn frame_checksum(frame: &[u8]) -> u32 {
     debug_assert!(frame.len() >= HEADER_BYTES);
     let header_length = frame.len().min(HEADER_BYTES);
     let mut header = [0u8; HEADER_BYTES];
     header[..header_length].copy_from_slice(&frame[..header_length]);
     header[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 4].fill(0);
-    let crc = simd::crc32c_append(0, &header[..header_length]);
-    simd::crc32c_append(crc, &frame[header_length..])
+    let crc = checksum::crc32c_append(0, &header[..header_length]);
+    checksum::crc32c_append(crc, &frame[header_length..])
 }
 
 /// Fills in the checksum of a complete frame.

@@ -10,8 +10,10 @@
 //!   live in, with the persistence lock that keeps a write's buffer until it is durable.
 //! - [`stream`]: the TCP stream decoder, zero-copy for frames that lie whole in one buffer.
 //! - [`client`]: the Rust client library (pipelined, timeouts, several endpoints).
-//! - [`simd`]: the CRC32C and finite-float loops, dispatched at run time.
+//! - [`checksum`]: CRC32C on two execution ports at once; [`simd`]: the finite-float check
+//!   of vectors. Both dispatched at run time.
 
+pub mod checksum;
 pub mod client;
 pub mod codec;
 pub mod header;
