@@ -57,23 +57,21 @@ const STEPS_MAX: usize = 64;
 
 /// `x^exponent mod P` as a clmul operand: the coefficient of `x^d` at bit `63 - d`.
 const fn power(exponent: u32) -> u64 {
-    let mut remainder: u32 = 1;
-    let mut step = 0;
-    while step < exponent {
-        remainder = times_x(remainder);
-        step += 1;
-    }
-    as_operand(remainder)
+    as_operand(times_x_power(1, exponent))
 }
 
-const fn times_x(remainder: u32) -> u32 {
-    let carry = remainder & 0x8000_0000 != 0;
-    let shifted = remainder << 1;
-    if carry {
-        shifted ^ POLYNOMIAL
-    } else {
-        shifted
+/// `remainder · x^count mod P`, normal bit order.
+const fn times_x_power(mut remainder: u32, count: u32) -> u32 {
+    let mut step = 0;
+    while step < count {
+        let carry = remainder & 0x8000_0000 != 0;
+        remainder <<= 1;
+        if carry {
+            remainder ^= POLYNOMIAL;
+        }
+        step += 1;
     }
+    remainder
 }
 
 const fn as_operand(remainder: u32) -> u64 {
@@ -101,22 +99,13 @@ const KEYS_LANES: [[u64; 2]; 7] = {
 
 /// `SHIFTS[k]` shifts a raw state by `k` stream steps (`40·k` bytes): `x^(320k-65)`.
 const SHIFTS: [u64; 3 * STEPS_MAX + 1] = {
+    const STEP_BITS: u32 = STREAM_STEP_BYTES as u32 * 8;
     let mut shifts = [0u64; 3 * STEPS_MAX + 1];
-    // x^(320·1 - 65), then ×x^320 per entry.
-    let mut remainder: u32 = 1;
-    let mut step = 0;
-    while step < STREAM_STEP_BYTES as u32 * 8 - 65 {
-        remainder = times_x(remainder);
-        step += 1;
-    }
+    let mut remainder = times_x_power(1, STEP_BITS - 65);
     let mut k = 1;
     while k <= 3 * STEPS_MAX {
         shifts[k] = as_operand(remainder);
-        let mut bit = 0;
-        while bit < STREAM_STEP_BYTES * 8 {
-            remainder = times_x(remainder);
-            bit += 1;
-        }
+        remainder = times_x_power(remainder, STEP_BITS);
         k += 1;
     }
     shifts
