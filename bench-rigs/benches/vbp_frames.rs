@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
-use vortex_vbp::codec::Request;
+use vortex_vbp::codec::{FrameBytes, Request};
 use vortex_vbp::message::Search;
 use vortex_vbp::samples;
 use vortex_vbp::validator::{LayoutValidator, RequestRef};
@@ -37,6 +37,15 @@ struct SerdeSearch {
 
 fn search(dimension: usize) -> Search {
     samples::search(dimension, false)
+}
+
+/// The `dimension`-d sample search as a VBP frame and as bincode bytes.
+fn inputs(dimension: usize) -> (FrameBytes, Vec<u8>) {
+    let message = search(dimension);
+    let frame = Request::Search(message.clone())
+        .encode(1)
+        .expect("the sample encodes");
+    (frame, bincode_bytes(&message))
 }
 
 /// The same search, bincode-encoded (it carries no filter).
@@ -70,11 +79,7 @@ fn bench_search_frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("search_frame");
     let validator = LayoutValidator::default();
     for dimension in [128usize, 768, 1536] {
-        let message = search(dimension);
-        let frame = Request::Search(message.clone())
-            .encode(1)
-            .expect("the sample encodes");
-        let bincode_bytes = bincode_bytes(&message);
+        let (frame, bincode_bytes) = inputs(dimension);
         assert_eq!(
             vbp_access(&validator, &frame),
             &bincode_decode(&bincode_bytes).vector[..],
@@ -158,18 +163,14 @@ fn paired(name: &str, mut ours: impl FnMut() -> f32, mut theirs: impl FnMut() ->
 fn bench_paired(_: &mut Criterion) {
     let validator = LayoutValidator::default();
     for dimension in [128usize, 768, 1536] {
-        let message = search(dimension);
-        let frame = Request::Search(message.clone())
-            .encode(1)
-            .expect("the sample encodes");
-        let bincode_bytes = bincode_bytes(&message);
+        let (frame, bincode_bytes) = inputs(dimension);
         paired(
             &format!("search_frame/{dimension} vbp_validate_access vs bincode_decode"),
             || vbp_access(&validator, black_box(&frame))[0],
             || bincode_decode(black_box(&bincode_bytes)).vector[0],
         );
         paired(
-            &format!("frame_checksum/{dimension} fused kernel vs crc32c crate"),
+            &format!("frame_checksum/{dimension} (vbp checksum dispatch) vs crc32c crate"),
             || vortex_vbp::header::frame_checksum(black_box(&frame)) as f32,
             || vortex_vbp::checksum::crc32c_append_portable(0, black_box(&frame)) as f32,
         );
@@ -185,7 +186,7 @@ fn bench_paired(_: &mut Criterion) {
     .encode(3)
     .expect("the upsert encodes");
     paired(
-        "frame_checksum/upsert-32x768 fused kernel vs crc32c crate",
+        "frame_checksum/upsert-32x768 (vbp checksum dispatch) vs crc32c crate",
         || vortex_vbp::header::frame_checksum(black_box(&upsert)) as f32,
         || vortex_vbp::checksum::crc32c_append_portable(0, black_box(&upsert)) as f32,
     );
