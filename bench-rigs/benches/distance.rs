@@ -1,0 +1,57 @@
+//! Distance kernels per SIMD level, side by side (issue #4's kernels; the recall/QPS
+//! harness against the peers comes with the index).
+//!
+//! Run: `cargo bench -p vortex-bench --bench distance`. Results: bench-rigs/README.md.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use vortex_index::distance::{Kernels, Level};
+
+/// Deterministic values in [-1, 1).
+fn values(length: usize, seed: u32) -> Vec<f32> {
+    (0..length)
+        .map(|index| {
+            ((index as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed)
+                % 2000) as f32
+                / 1000.0
+                - 1.0
+        })
+        .collect()
+}
+
+fn bench_kernels(c: &mut Criterion) {
+    let levels: Vec<Kernels> = Level::ALL
+        .into_iter()
+        .filter_map(|level| Kernels::for_level(level).ok())
+        .collect();
+    for dimension in [128usize, 768] {
+        let a = values(dimension, 1);
+        let b = values(dimension, 2);
+        let codes_a: Vec<i8> = a.iter().map(|value| (value * 127.0) as i8).collect();
+        let codes_b: Vec<i8> = b.iter().map(|value| (value * 127.0) as i8).collect();
+        let mut group = c.benchmark_group(format!("distance/{dimension}"));
+        for kernels in &levels {
+            let name = kernels.level.name();
+            group.bench_function(BenchmarkId::new("l2_squared", name), |bencher| {
+                bencher.iter(|| (kernels.l2_squared)(black_box(&a), black_box(&b)))
+            });
+            group.bench_function(BenchmarkId::new("dot", name), |bencher| {
+                bencher.iter(|| (kernels.dot)(black_box(&a), black_box(&b)))
+            });
+            group.bench_function(BenchmarkId::new("cosine_distance", name), |bencher| {
+                bencher.iter(|| (kernels.cosine_distance)(black_box(&a), black_box(&b)))
+            });
+            group.bench_function(BenchmarkId::new("dot_i8", name), |bencher| {
+                bencher.iter(|| (kernels.dot_i8)(black_box(&codes_a), black_box(&codes_b)))
+            });
+            group.bench_function(BenchmarkId::new("l2_squared_i8", name), |bencher| {
+                bencher.iter(|| (kernels.l2_squared_i8)(black_box(&codes_a), black_box(&codes_b)))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench_kernels);
+criterion_main!(benches);
