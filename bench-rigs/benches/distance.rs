@@ -5,20 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use vortex_index::distance::{Kernels, Level};
-
-/// Deterministic values in [-1, 1).
-fn values(length: usize, seed: u32) -> Vec<f32> {
-    (0..length)
-        .map(|index| {
-            ((index as u32)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(seed)
-                % 2000) as f32
-                / 1000.0
-                - 1.0
-        })
-        .collect()
-}
+use vortex_vbp::samples::vector as values;
 
 fn bench_kernels(c: &mut Criterion) {
     let levels: Vec<Kernels> = Level::ALL
