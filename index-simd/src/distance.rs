@@ -119,14 +119,7 @@ impl Kernels {
             return Err(LevelError::Unavailable(level));
         }
         Ok(match level {
-            Level::Scalar => Kernels {
-                level,
-                l2_squared: scalar::l2_squared,
-                dot: scalar::dot,
-                cosine_distance: scalar::cosine_distance,
-                dot_i8: scalar::dot_i8,
-                l2_squared_i8: scalar::l2_squared_i8,
-            },
+            Level::Scalar => SCALAR,
             #[cfg(target_arch = "x86_64")]
             Level::Avx2Fma => Kernels {
                 level,
@@ -170,19 +163,20 @@ impl Kernels {
                     Level::detected()
                 }
             };
-            Kernels::for_level(level)
-                .or_else(|_| Kernels::for_level(Level::Scalar))
-                .unwrap_or(Kernels {
-                    level: Level::Scalar,
-                    l2_squared: scalar::l2_squared,
-                    dot: scalar::dot,
-                    cosine_distance: scalar::cosine_distance,
-                    dot_i8: scalar::dot_i8,
-                    l2_squared_i8: scalar::l2_squared_i8,
-                })
+            Kernels::for_level(level).unwrap_or(SCALAR)
         })
     }
 }
+
+/// The portable kernels, which every CPU runs.
+const SCALAR: Kernels = Kernels {
+    level: Level::Scalar,
+    l2_squared: scalar::l2_squared,
+    dot: scalar::dot,
+    cosine_distance: scalar::cosine_distance,
+    dot_i8: scalar::dot_i8,
+    l2_squared_i8: scalar::l2_squared_i8,
+};
 
 /// `1 - dot / (|a|·|b|)`, 1 when a norm is zero, clamped to [0, 2] against rounding. The
 /// norms are square-rooted before they are multiplied, so that tiny or huge vectors do not
@@ -198,7 +192,7 @@ fn cosine_from_parts(dot: f32, norm_a_squared: f32, norm_b_squared: f32) -> f32 
 }
 
 /// Portable kernels.
-pub mod scalar {
+mod scalar {
     use super::cosine_from_parts;
 
     /// Independent partial sums: enough for the baseline target's SSE2 to vectorize the
@@ -297,10 +291,11 @@ pub mod scalar {
     }
 }
 
-/// AVX2 + FMA kernels. Each public function is safe: [`Kernels::for_level`] hands them out
-/// only after checking the CPU, and each is also guarded by a debug assertion.
+/// AVX2 + FMA kernels. The module is private because its functions are safe to call only
+/// on a CPU with AVX2 and FMA: [`Kernels::for_level`] is the one place that hands them out,
+/// after checking; each also carries a debug assertion.
 #[cfg(target_arch = "x86_64")]
-pub mod avx2 {
+mod avx2 {
     use super::cosine_from_parts;
     use std::arch::x86_64::*;
 

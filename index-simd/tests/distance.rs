@@ -221,28 +221,26 @@ fn the_environment_variable_forces_a_level_in_a_child_process() {
         assert_eq!(Kernels::active().level.name(), expected);
         return;
     }
-    let executable = std::env::current_exe().expect("the test binary's path");
     for kernels in levels() {
-        let status = std::process::Command::new(&executable)
-            .args([
-                "the_environment_variable_forces_a_level_in_a_child_process",
-                "--exact",
-            ])
-            .env(LEVEL_ENV, kernels.level.name())
-            .env("VORTEX_EXPECT_LEVEL", kernels.level.name())
-            .status()
-            .expect("the test binary runs");
-        assert!(status.success(), "forcing {}", kernels.level.name());
+        let name = kernels.level.name();
+        assert!(child_reports(name, name), "forcing {name}");
     }
     // An unknown name falls back to the detected level.
-    let status = std::process::Command::new(&executable)
+    assert!(child_reports("avx9000", Level::detected().name()));
+}
+
+/// Runs the probe above in a child with `VORTEX_SIMD_LEVEL=forced`; whether it saw
+/// `expected`.
+fn child_reports(forced: &str, expected: &str) -> bool {
+    let executable = std::env::current_exe().expect("the test binary's path");
+    std::process::Command::new(executable)
         .args([
             "the_environment_variable_forces_a_level_in_a_child_process",
             "--exact",
         ])
-        .env(LEVEL_ENV, "avx9000")
-        .env("VORTEX_EXPECT_LEVEL", Level::detected().name())
+        .env(LEVEL_ENV, forced)
+        .env("VORTEX_EXPECT_LEVEL", expected)
         .status()
-        .expect("the test binary runs");
-    assert!(status.success());
+        .expect("the test binary runs")
+        .success()
 }

@@ -139,15 +139,17 @@ fn check_request_round_trip(header: &FrameHeader, request: &RequestRef<'_>) {
     let again_owned = again_request
         .to_request()
         .expect("a re-encoded request must deserialize");
-    // Compared as canonical encodings, not with `==`: floats compare by bits that way.
     let canonical = again_owned
         .encode(header.request_id)
         .expect("a round-tripped request must encode");
-    assert_eq!(
-        &canonical[..],
-        &again[..],
-        "request changed in a round trip"
-    );
+    assert_same_encoding(&canonical, &again, "request");
+}
+
+/// Round trips are compared as canonical encodings, not with `==`: floats then compare by
+/// their bits, and a response's NaN (responses are not checked for finite floats: a client
+/// takes what the server sent) equals itself.
+fn assert_same_encoding(canonical: &[u8], first: &[u8], what: &str) {
+    assert_eq!(canonical, first, "{what} changed in a round trip");
 }
 
 fn check_response_round_trip(header: &FrameHeader, response: &Response) {
@@ -158,16 +160,10 @@ fn check_response_round_trip(header: &FrameHeader, response: &Response) {
         .response(&again)
         .expect("a re-encoded response must validate");
     assert_eq!(again_header.request_id, header.request_id);
-    // Compared as canonical encodings: a response's floats are not checked for NaN (the
-    // client takes them as the server sent them), and NaN != NaN.
     let canonical = again_response
         .encode(header.request_id)
         .expect("a round-tripped response must encode");
-    assert_eq!(
-        &canonical[..],
-        &again[..],
-        "response changed in a round trip"
-    );
+    assert_same_encoding(&canonical, &again, "response");
 }
 
 /// Every refusal must become an error frame that a client accepts.
