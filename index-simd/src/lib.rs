@@ -1,12 +1,21 @@
 //! The vector index: distance kernels, quantization and HNSW.
 //!
-//! Owns the SIMD distance kernels (AVX2 + FMA and scalar today, AVX-512 next, chosen once at
-//! run time), scalar (i8) quantization, and the HNSW graph stored CSR-style with 32-bit local
-//! node ids over one contiguous 64-byte-aligned vector array, as the side-car index of a
-//! segment.
-//!
-//! Built so far (issue #4 in progress): [`distance`].
+//! Owns the SIMD distance kernels ([`distance`]: AVX2 + FMA and scalar, chosen once at run
+//! time), scalar `i8` quantization ([`quantize`]), and the HNSW graph ([`hnsw`]) stored
+//! CSR-style with 32-bit local node ids over one contiguous 64-byte-aligned vector array,
+//! persisted as a file that loads by mmap: the side-car index of a segment.
 
 pub mod distance;
+pub mod filter;
+pub mod hnsw;
+pub mod metric;
+pub mod quantize;
+mod store;
 
 pub use distance::{Kernels, Level, LevelError};
+pub use filter::{Filter, NodeSet};
+pub use hnsw::{
+    BuildParams, Compacted, Hnsw, IndexError, Neighbor, Quantization, SearchParams, SearchScratch,
+};
+pub use metric::Metric;
+pub use quantize::ScalarQuantizer;

@@ -1,0 +1,486 @@
+//! Building a graph: the paper's insertion (Malkov & Yashunin, algorithms 1 and 4) over a
+//! fixed set of vectors, in parallel.
+//!
+//! Every node's level is drawn up front from the seed, so the layout of the upper layers is
+//! known before the first insertion and no array ever grows. Node 0 is inserted first; the
+//! others are claimed in order from a shared counter by `threads` workers. Neighbour lists
+//! are `AtomicU32` blocks guarded by one small lock per node: a reader copies a list under
+//! the lock, a writer replaces it under the lock, and no thread holds two locks at once, so
+//! there is no deadlock. A node whose level is above the current top holds the entry lock
+//! for its whole insertion, so the entry point always has its links (as hnswlib does).
+//!
+//! With one thread the insertion order, and therefore the graph, is a pure function of the
+//! vectors and the parameters: a build is deterministic for a seed.
+
+use super::search::{beam, greedy, ExactSpace, Links, Scored, SearchScratch, Space};
+use super::{
+    code_stride, vector_stride, Hnsw, IndexError, DIM_MAX, EF_MAX, LEVEL_MAX, M_MAX, NO_NODE,
+};
+use crate::distance::Kernels;
+use crate::metric::{normalize, Metric};
+use crate::quantize::ScalarQuantizer;
+use crate::store::Store;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
+
+/// How vectors are kept for the graph walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// The walk compares `f32` vectors.
+    #[default]
+    None,
+    /// The walk compares `i8` codes and re-ranks with `f32` (the vectors are kept too).
+    ScalarI8,
+}
+
+/// How a graph is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildParams {
+    /// The metric.
+    pub metric: Metric,
+    /// Neighbours per node on layers above 0; layer 0 keeps `2m`.
+    pub m: usize,
+    /// The beam width while inserting.
+    pub ef_construction: usize,
+    /// The seed of the level draw.
+    pub seed: u64,
+    /// Worker threads (0: one per available core). One thread gives a deterministic graph.
+    pub threads: usize,
+    /// Whether the walk uses `i8` codes.
+    pub quantization: Quantization,
+}
+
+impl Default for BuildParams {
+    fn default() -> BuildParams {
+        BuildParams {
+            metric: Metric::L2,
+            m: 16,
+            ef_construction: 200,
+            seed: 0x5EED_0F4E_5F00,
+            threads: 1,
+            quantization: Quantization::None,
+        }
+    }
+}
+
+/// splitmix64: a small, well-mixed generator for the level draw.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The paper's level draw: `⌊-ln(U) · mL⌋` with `mL = 1 / ln m`, capped.
+pub(crate) fn draw_levels(count: usize, m: usize, seed: u64) -> Vec<u8> {
+    let level_scale = 1.0 / (m as f64).ln();
+    let mut random = SplitMix(seed);
+    (0..count)
+        .map(|_| (-random.unit().ln() * level_scale).min(f64::from(LEVEL_MAX)) as u8)
+        .collect()
+}
+
+/// Where each node's upper-layer blocks start, and the total length, or `None` when that
+/// does not fit the `u32` offsets.
+pub(crate) fn upper_layout(levels: &[u8], m: usize) -> Option<(Vec<u32>, usize)> {
+    let mut offsets = Vec::with_capacity(levels.len());
+    let mut total = 0usize;
+    for &level in levels {
+        offsets.push(if level == 0 {
+            NO_NODE
+        } else {
+            u32::try_from(total).ok()?
+        });
+        total = total.checked_add(level as usize * (1 + m))?;
+    }
+    u32::try_from(total).ok()?;
+    Some((offsets, total))
+}
+
+/// The paper's neighbour-selection heuristic (algorithm 4, without extending candidates or
+/// keeping pruned ones, as hnswlib): walking `candidates` from the nearest, keep one when it
+/// is nearer to the base than to every one kept so far, up to `max`. This keeps links that
+/// point in different directions, which is what lets clustered data stay navigable.
+pub(crate) fn select_neighbors(
+    space: &ExactSpace<'_>,
+    candidates: &[Scored],
+    max: usize,
+    selected: &mut Vec<Scored>,
+) {
+    debug_assert!(candidates.is_sorted());
+    selected.clear();
+    for &candidate in candidates {
+        if selected.len() >= max {
+            break;
+        }
+        let row = space.row(candidate.node);
+        let diverse = selected.iter().all(|kept| {
+            space
+                .metric
+                .distance(space.kernels, row, space.row(kept.node))
+                >= candidate.distance
+        });
+        if diverse {
+            selected.push(candidate);
+        }
+    }
+}
+
+/// Checks the parameters of a build.
+pub(crate) fn check_params(dim: usize, params: &BuildParams) -> Result<(), IndexError> {
+    let invalid = |message: String| Err(IndexError::InvalidParameter(message));
+    if dim == 0 || dim > DIM_MAX {
+        return invalid(format!("dimension must be in 1..={DIM_MAX}, not {dim}"));
+    }
+    if params.m < 2 || params.m > M_MAX {
+        return invalid(format!("m must be in 2..={M_MAX}, not {}", params.m));
+    }
+    if params.ef_construction == 0 || params.ef_construction > EF_MAX {
+        return invalid(format!(
+            "ef_construction must be in 1..={EF_MAX}, not {}",
+            params.ef_construction
+        ));
+    }
+    Ok(())
+}
+
+/// The graph while it is built.
+struct Builder<'a> {
+    space: ExactSpace<'a>,
+    m: usize,
+    m0: usize,
+    ef_construction: usize,
+    levels: &'a [u8],
+    upper_offsets: &'a [u32],
+    links0: Vec<AtomicU32>,
+    upper_links: Vec<AtomicU32>,
+    locks: Vec<Mutex<()>>,
+    /// The entry point and the top layer.
+    entry: Mutex<(u32, u8)>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a node lock cannot leave a list half-written in a way that
+    // matters (counts are stored last), so a poisoned lock is taken as is.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Links for Builder<'_> {
+    #[inline]
+    fn for_each_neighbor(&self, node: u32, layer: u8, visit: impl FnMut(u32)) {
+        let _guard = lock(&self.locks[node as usize]);
+        let block = self.block(node, layer);
+        let count = (block[0].load(Relaxed) as usize).min(block.len() - 1);
+        block[1..1 + count]
+            .iter()
+            .map(|id| id.load(Relaxed))
+            .for_each(visit);
+    }
+}
+
+impl Builder<'_> {
+    /// The neighbour block (count, then ids) of `node` at `layer`.
+    fn block(&self, node: u32, layer: u8) -> &[AtomicU32] {
+        if layer == 0 {
+            let start = node as usize * (1 + self.m0);
+            &self.links0[start..start + 1 + self.m0]
+        } else {
+            let start =
+                self.upper_offsets[node as usize] as usize + (layer as usize - 1) * (1 + self.m);
+            &self.upper_links[start..start + 1 + self.m]
+        }
+    }
+
+    /// Writes `neighbors` as the list of `node` at `layer`; the caller holds its lock.
+    fn store(&self, node: u32, layer: u8, neighbors: &[Scored]) {
+        let block = self.block(node, layer);
+        debug_assert!(neighbors.len() < block.len());
+        for (slot, neighbor) in block[1..].iter().zip(neighbors) {
+            slot.store(neighbor.node, Relaxed);
+        }
+        block[0].store(neighbors.len() as u32, Relaxed);
+    }
+
+    /// Inserts `node` (already in the vector array) into the graph.
+    fn insert(&self, node: u32, scratch: &mut SearchScratch, work: &mut Work) {
+        let level = self.levels[node as usize];
+        let mut entry_guard = Some(lock(&self.entry));
+        let (entry, top) = *entry_guard.as_deref().unwrap_or(&(0, 0));
+        if level <= top {
+            entry_guard = None;
+        }
+        let space = self.space.with_query(self.space.row(node));
+        let mut current = Scored {
+            distance: space.distance(entry),
+            node: entry,
+        };
+        for layer in (level.saturating_add(1)..=top).rev() {
+            current = greedy(self, &space, current, layer);
+        }
+        for layer in (0..=level.min(top)).rev() {
+            scratch.visited.reset(self.levels.len());
+            beam(
+                self,
+                scratch,
+                &space,
+                current,
+                self.ef_construction,
+                layer,
+                &|_| true,
+            );
+            work.candidates.clear();
+            work.candidates.extend(scratch.results.drain());
+            work.candidates.sort_unstable();
+            current = work.candidates[0];
+            select_neighbors(&space, &work.candidates, self.m, &mut work.selected);
+            {
+                let _guard = lock(&self.locks[node as usize]);
+                self.store(node, layer, &work.selected);
+            }
+            let max = if layer == 0 { self.m0 } else { self.m };
+            for index in 0..work.selected.len() {
+                let neighbor = work.selected[index].node;
+                self.link(neighbor, node, layer, max, work);
+            }
+        }
+        if let Some(mut guard) = entry_guard {
+            *guard = (node, level);
+        }
+    }
+
+    /// Adds `node` to the list of `target` at `layer`, pruning with the heuristic when the
+    /// list is full.
+    fn link(&self, target: u32, node: u32, layer: u8, max: usize, work: &mut Work) {
+        let _guard = lock(&self.locks[target as usize]);
+        let block = self.block(target, layer);
+        let count = (block[0].load(Relaxed) as usize).min(block.len() - 1);
+        if block[1..1 + count]
+            .iter()
+            .any(|id| id.load(Relaxed) == node)
+        {
+            return;
+        }
+        if count < max {
+            block[1 + count].store(node, Relaxed);
+            block[0].store(count as u32 + 1, Relaxed);
+            return;
+        }
+        let space = self.space.with_query(self.space.row(target));
+        work.pruned.clear();
+        work.pruned.extend(
+            block[1..1 + count]
+                .iter()
+                .map(|id| id.load(Relaxed))
+                .chain(std::iter::once(node))
+                .map(|id| Scored {
+                    distance: space.distance(id),
+                    node: id,
+                }),
+        );
+        work.pruned.sort_unstable();
+        select_neighbors(&space, &work.pruned, max, &mut work.selected_for_link);
+        self.store(target, layer, &work.selected_for_link);
+    }
+}
+
+/// A worker's reusable buffers.
+#[derive(Default)]
+struct Work {
+    candidates: Vec<Scored>,
+    selected: Vec<Scored>,
+    pruned: Vec<Scored>,
+    selected_for_link: Vec<Scored>,
+}
+
+impl Hnsw {
+    /// Builds an index over `vectors` (row-major, `dim` components per row). Node `i` is row
+    /// `i`; `labels[i]` is its caller-given id (default: `i`).
+    pub fn build(
+        dim: usize,
+        vectors: &[f32],
+        labels: Option<&[u64]>,
+        params: &BuildParams,
+    ) -> Result<Hnsw, IndexError> {
+        check_params(dim, params)?;
+        if !vectors.len().is_multiple_of(dim) {
+            return Err(IndexError::DimensionMismatch {
+                expected: dim,
+                actual: vectors.len() % dim,
+            });
+        }
+        let count = vectors.len() / dim;
+        if count >= NO_NODE as usize {
+            return Err(IndexError::InvalidParameter(format!(
+                "an index holds fewer than {NO_NODE} vectors, not {count}"
+            )));
+        }
+        if let Some(row) = vectors
+            .chunks_exact(dim)
+            .position(|row| !row.iter().all(|x| x.is_finite()))
+        {
+            return Err(IndexError::NotFinite { row });
+        }
+        let labels: Vec<u64> = match labels {
+            Some(labels) if labels.len() == count => labels.to_vec(),
+            Some(labels) => {
+                return Err(IndexError::InvalidParameter(format!(
+                    "{} labels for {count} vectors",
+                    labels.len()
+                )))
+            }
+            None => (0..count as u64).collect(),
+        };
+
+        let kernels = Kernels::active();
+        let stride = vector_stride(dim);
+        let mut stored = Store::<f32>::zeroed(count * stride);
+        for (row, source) in stored
+            .chunks_exact_mut(stride)
+            .zip(vectors.chunks_exact(dim))
+        {
+            row[..dim].copy_from_slice(source);
+            if params.metric.normalizes() {
+                normalize(&mut row[..dim]);
+            }
+        }
+
+        let (quantizer, codes) = match params.quantization {
+            Quantization::None => (None, Store::<i8>::zeroed(0)),
+            Quantization::ScalarI8 => {
+                let quantizer = ScalarQuantizer::train(params.metric, dim, vectors);
+                let quantizer = if params.metric.normalizes() {
+                    // Train on what is stored: the normalised rows.
+                    let rows: Vec<f32> = stored
+                        .chunks_exact(stride)
+                        .flat_map(|row| row[..dim].iter().copied())
+                        .collect();
+                    ScalarQuantizer::train(params.metric, dim, &rows)
+                } else {
+                    quantizer
+                };
+                let code_stride = code_stride(dim);
+                let mut codes = Store::<i8>::zeroed(count * code_stride);
+                for (code_row, row) in codes
+                    .chunks_exact_mut(code_stride)
+                    .zip(stored.chunks_exact(stride))
+                {
+                    quantizer.encode(&row[..dim], &mut code_row[..dim]);
+                }
+                (Some(quantizer), codes)
+            }
+        };
+
+        let m = params.m;
+        let m0 = 2 * m;
+        let levels = draw_levels(count, m, params.seed);
+        let (upper_offsets, upper_length) = upper_layout(&levels, m).ok_or_else(|| {
+            IndexError::InvalidParameter("the upper layers outgrow 32-bit offsets".into())
+        })?;
+        let links0_length = count.checked_mul(1 + m0).filter(|&l| l < u32::MAX as usize);
+        let Some(links0_length) = links0_length else {
+            return Err(IndexError::InvalidParameter(format!(
+                "{count} nodes × {} links outgrow the layer-0 array",
+                1 + m0
+            )));
+        };
+
+        let (links0, upper_links, entry, top_level) = {
+            let builder = Builder {
+                space: ExactSpace {
+                    metric: params.metric,
+                    kernels,
+                    vectors: &stored,
+                    stride,
+                    dim,
+                    query: &[],
+                },
+                m,
+                m0,
+                ef_construction: params.ef_construction.max(m),
+                levels: &levels,
+                upper_offsets: &upper_offsets,
+                links0: (0..links0_length).map(|_| AtomicU32::new(0)).collect(),
+                upper_links: (0..upper_length).map(|_| AtomicU32::new(0)).collect(),
+                locks: (0..count).map(|_| Mutex::new(())).collect(),
+                entry: Mutex::new((0, levels.first().copied().unwrap_or(0))),
+            };
+            let threads = match params.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                threads => threads,
+            }
+            .min(count.max(1));
+            let next = AtomicUsize::new(1);
+            let worker = || {
+                let mut scratch = SearchScratch::new();
+                let mut work = Work::default();
+                loop {
+                    let node = next.fetch_add(1, Relaxed);
+                    if node >= count {
+                        break;
+                    }
+                    builder.insert(node as u32, &mut scratch, &mut work);
+                }
+            };
+            if threads <= 1 {
+                worker();
+            } else {
+                std::thread::scope(|scope| {
+                    for _ in 0..threads {
+                        scope.spawn(worker);
+                    }
+                });
+            }
+            let (entry, top_level) = *lock(&builder.entry);
+            let into_store = |links: Vec<AtomicU32>| {
+                let mut values = Store::<u32>::zeroed(links.len());
+                for (value, link) in values.iter_mut().zip(links) {
+                    *value = link.into_inner();
+                }
+                Store::from_avec(values)
+            };
+            (
+                into_store(builder.links0),
+                into_store(builder.upper_links),
+                entry,
+                top_level,
+            )
+        };
+
+        Ok(Hnsw {
+            metric: params.metric,
+            dim,
+            vector_stride: stride,
+            code_stride: code_stride(dim),
+            m,
+            m0,
+            ef_construction: params.ef_construction,
+            seed: params.seed,
+            count,
+            entry: if count == 0 { NO_NODE } else { entry },
+            top_level,
+            vectors: Store::from_avec(stored),
+            quantizer,
+            codes: Store::from_avec(codes),
+            labels: Store::owned(&labels),
+            levels: Store::owned(&levels),
+            upper_offsets: Store::owned(&upper_offsets),
+            links0,
+            upper_links,
+            tombstones: vec![0; count.div_ceil(64)],
+            deleted_count: 0,
+            kernels,
+        })
+    }
+}

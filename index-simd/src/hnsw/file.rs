@@ -1,0 +1,478 @@
+//! The index file: a self-describing header, then every array of the index as a section,
+//! each 64-byte aligned and covered by its own CRC32C, so that loading maps the file and
+//! uses the arrays in place. The byte layout is in docs/INDEX.md.
+//!
+//! Loading checks, in order: the magic, the version, the header's checksum, the parameters'
+//! ranges, every section's place and length (all derived from the parameters), every
+//! section's checksum, and then the graph's bounds: every level, offset, neighbour count and
+//! neighbour id is in range, so that a search can never index out of bounds whatever the
+//! file says. These are linear scans over the mapped arrays; nothing is parsed or allocated
+//! per node (the tombstone bitset, which deletes modify, is the one array copied).
+//!
+//! Saving writes a temporary file beside the target, syncs it, renames it over the target
+//! and syncs the directory, so a crash leaves the old file or the new one, never a mix.
+
+use super::build::upper_layout;
+use super::{code_stride, vector_stride, Hnsw, DIM_MAX, EF_MAX, LEVEL_MAX, M_MAX, NO_NODE};
+use crate::distance::Kernels;
+use crate::metric::Metric;
+use crate::quantize::ScalarQuantizer;
+use crate::store::{as_bytes, Mapping, Plain, Store, ALIGN_BYTES};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The first eight bytes of every index file.
+pub const FILE_MAGIC: [u8; 8] = *b"VXHNSW\r\n";
+
+/// The format version this build writes and reads.
+pub const FILE_VERSION: u32 = 1;
+
+/// The header's size: parameters, the section table, and the header's checksum last.
+const HEADER_BYTES: usize = 512;
+
+/// Where the section table starts in the header.
+const TABLE_OFFSET: usize = 80;
+
+/// Bytes per section-table entry: kind u32, crc32c u32, offset u64, length u64.
+const TABLE_ENTRY_BYTES: usize = 24;
+
+/// The sections, in file order. The discriminant is the kind stored in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Vectors = 1,
+    Quantizer = 2,
+    Codes = 3,
+    Labels = 4,
+    Levels = 5,
+    UpperOffsets = 6,
+    Links0 = 7,
+    UpperLinks = 8,
+    Tombstones = 9,
+}
+
+const SECTIONS: [Section; 9] = [
+    Section::Vectors,
+    Section::Quantizer,
+    Section::Codes,
+    Section::Labels,
+    Section::Levels,
+    Section::UpperOffsets,
+    Section::Links0,
+    Section::UpperLinks,
+    Section::Tombstones,
+];
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Vectors => "vectors",
+            Section::Quantizer => "quantizer",
+            Section::Codes => "codes",
+            Section::Labels => "labels",
+            Section::Levels => "levels",
+            Section::UpperOffsets => "upper offsets",
+            Section::Links0 => "layer-0 links",
+            Section::UpperLinks => "upper links",
+            Section::Tombstones => "tombstones",
+        }
+    }
+}
+
+/// An error from saving or loading an index file.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file system refused.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The file does not start with the index magic.
+    #[error("{path}: not a VORTEX HNSW index file (bad magic)")]
+    NotAnIndex {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is from another format version.
+    #[error("{path}: index file version {found}; this build reads version {supported}")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The file is damaged or inconsistent.
+    #[error("{path}: corrupt index file: {detail}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        detail: String,
+    },
+    /// This platform cannot use the format.
+    #[error("index files are little-endian; this platform is not")]
+    BigEndian,
+}
+
+/// Little-endian field access over the header bytes.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.0[at..at + 4].try_into().unwrap_or_default())
+    }
+    fn u64(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.0[at..at + 8].try_into().unwrap_or_default())
+    }
+}
+
+impl Hnsw {
+    /// Writes the index to `path` atomically (temporary file, sync, rename, sync the
+    /// directory).
+    pub fn save(&self, path: &Path) -> Result<(), FileError> {
+        if cfg!(target_endian = "big") {
+            return Err(FileError::BigEndian);
+        }
+        let io = |source| FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let quantizer: Vec<f32> = self
+            .quantizer
+            .as_ref()
+            .map(|q| {
+                std::iter::once(q.scale())
+                    .chain(q.offsets().iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let bodies: [&[u8]; 9] = [
+            as_bytes(&self.vectors),
+            as_bytes(&quantizer),
+            as_bytes(&self.codes),
+            as_bytes(&self.labels),
+            as_bytes(&self.levels),
+            as_bytes(&self.upper_offsets),
+            as_bytes(&self.links0),
+            as_bytes(&self.upper_links),
+            as_bytes(&self.tombstones),
+        ];
+
+        let mut header = vec![0u8; HEADER_BYTES];
+        let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
+        put(0, &FILE_MAGIC);
+        put(8, &FILE_VERSION.to_le_bytes());
+        put(12, &(HEADER_BYTES as u32).to_le_bytes());
+        put(16, &(self.dim as u32).to_le_bytes());
+        put(
+            20,
+            &[
+                self.metric.code(),
+                u8::from(self.quantizer.is_some()),
+                self.top_level,
+                0,
+            ],
+        );
+        put(24, &(self.m as u32).to_le_bytes());
+        put(28, &(self.m0 as u32).to_le_bytes());
+        put(32, &(self.ef_construction as u32).to_le_bytes());
+        put(36, &(self.count as u32).to_le_bytes());
+        put(40, &self.entry.to_le_bytes());
+        put(44, &(self.deleted_count as u32).to_le_bytes());
+        put(48, &self.seed.to_le_bytes());
+        put(56, &(self.vector_stride as u32).to_le_bytes());
+        put(60, &(self.code_stride as u32).to_le_bytes());
+        put(64, &(SECTIONS.len() as u32).to_le_bytes());
+        let mut offset = HEADER_BYTES;
+        for (index, (section, body)) in SECTIONS.iter().zip(bodies).enumerate() {
+            let at = TABLE_OFFSET + index * TABLE_ENTRY_BYTES;
+            put(at, &(*section as u32).to_le_bytes());
+            put(at + 4, &crc32c::crc32c(body).to_le_bytes());
+            put(at + 8, &(offset as u64).to_le_bytes());
+            put(at + 16, &(body.len() as u64).to_le_bytes());
+            offset = (offset + body.len()).next_multiple_of(ALIGN_BYTES);
+        }
+        let checksum = crc32c::crc32c(&header[..HEADER_BYTES - 4]);
+        header[HEADER_BYTES - 4..].copy_from_slice(&checksum.to_le_bytes());
+
+        let temporary = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temporary)?;
+            let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+            writer.write_all(&header)?;
+            let mut written = HEADER_BYTES;
+            for body in bodies {
+                writer.write_all(body)?;
+                written += body.len();
+                let padding = written.next_multiple_of(ALIGN_BYTES) - written;
+                writer.write_all(&[0u8; ALIGN_BYTES][..padding])?;
+                written += padding;
+            }
+            let file = writer.into_inner().map_err(|error| error.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, path)?;
+            let directory = path.parent().filter(|p| !p.as_os_str().is_empty());
+            File::open(directory.unwrap_or(Path::new(".")))?.sync_all()
+        };
+        write().map_err(|error| {
+            let _ = std::fs::remove_file(&temporary);
+            io(error)
+        })
+    }
+
+    /// Maps the index file at `path` and checks it (see the module docs).
+    pub fn load(path: &Path) -> Result<Hnsw, FileError> {
+        if cfg!(target_endian = "big") {
+            return Err(FileError::BigEndian);
+        }
+        let io = |source| FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let corrupt = |detail: String| FileError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let mut file = File::open(path).map_err(io)?;
+        let mut header = vec![0u8; HEADER_BYTES];
+        let mut filled = 0;
+        while filled < HEADER_BYTES {
+            match file.read(&mut header[filled..]).map_err(io)? {
+                0 => break,
+                read => filled += read,
+            }
+        }
+        if filled < FILE_MAGIC.len() || header[..8] != FILE_MAGIC {
+            return Err(FileError::NotAnIndex {
+                path: path.to_path_buf(),
+            });
+        }
+        let fields = Fields(&header);
+        let version = if filled >= 12 { fields.u32(8) } else { 0 };
+        if version != FILE_VERSION {
+            return Err(FileError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: version,
+                supported: FILE_VERSION,
+            });
+        }
+        if filled < HEADER_BYTES {
+            return Err(corrupt(format!(
+                "file ends inside the header ({filled} bytes)"
+            )));
+        }
+        let stored = u32::from_le_bytes(header[HEADER_BYTES - 4..].try_into().unwrap_or_default());
+        if crc32c::crc32c(&header[..HEADER_BYTES - 4]) != stored {
+            return Err(corrupt("header checksum mismatch".into()));
+        }
+
+        // Parameters.
+        let dim = fields.u32(16) as usize;
+        let [metric, quantized, top_level, _] = [header[20], header[21], header[22], header[23]];
+        let m = fields.u32(24) as usize;
+        let m0 = fields.u32(28) as usize;
+        let ef_construction = fields.u32(32) as usize;
+        let count = fields.u32(36) as usize;
+        let entry = fields.u32(40);
+        let deleted_count = fields.u32(44) as usize;
+        let seed = fields.u64(48);
+        let stride = fields.u32(56) as usize;
+        let codes_stride = fields.u32(60) as usize;
+        let metric = Metric::from_code(metric)
+            .ok_or_else(|| corrupt(format!("unknown metric code {metric}")))?;
+        let checks = [
+            (fields.u32(12) as usize == HEADER_BYTES, "header size"),
+            ((1..=DIM_MAX).contains(&dim), "dimension"),
+            (quantized <= 1, "quantization code"),
+            (top_level <= LEVEL_MAX, "top level"),
+            ((2..=M_MAX).contains(&m) && m0 == 2 * m, "m / m0"),
+            ((1..=EF_MAX).contains(&ef_construction), "ef_construction"),
+            (count < NO_NODE as usize, "node count"),
+            (
+                (count == 0 && entry == NO_NODE) || (entry as usize) < count,
+                "entry point",
+            ),
+            (deleted_count <= count, "deleted count"),
+            (
+                stride == vector_stride(dim) && codes_stride == code_stride(dim),
+                "row strides",
+            ),
+            (fields.u32(64) as usize == SECTIONS.len(), "section count"),
+        ];
+        if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(corrupt(format!("{what} out of range")));
+        }
+
+        // Sections: place, length and checksum.
+        let mapping = Arc::new(Mapping::of(&file).map_err(io)?);
+        let bytes = mapping.bytes();
+        let table = |index: usize| {
+            let at = TABLE_OFFSET + index * TABLE_ENTRY_BYTES;
+            (
+                fields.u32(at),
+                fields.u32(at + 4),
+                fields.u64(at + 8),
+                fields.u64(at + 16),
+            )
+        };
+        let quantized = quantized == 1;
+        let mut places = [(0usize, 0usize); 9];
+        for (index, &section) in SECTIONS.iter().enumerate() {
+            let (kind, checksum, offset, length) = table(index);
+            let name = section.name();
+            if kind != section as u32 {
+                return Err(corrupt(format!(
+                    "section {index} has kind {kind}, expected {name}"
+                )));
+            }
+            let (offset, length) = (offset as usize, length as usize);
+            let end = offset.checked_add(length).filter(|&end| end <= bytes.len());
+            let Some(end) = end else {
+                return Err(corrupt(format!(
+                    "{name} section ({length} bytes at {offset}) runs past the end of the file ({} bytes)",
+                    bytes.len()
+                )));
+            };
+            if offset < HEADER_BYTES || !offset.is_multiple_of(ALIGN_BYTES) {
+                return Err(corrupt(format!("{name} section misplaced at {offset}")));
+            }
+            if crc32c::crc32c(&bytes[offset..end]) != checksum {
+                return Err(corrupt(format!(
+                    "{name} section checksum mismatch (bytes {offset}..{end})"
+                )));
+            }
+            places[index] = (offset, length);
+        }
+        let view =
+            |section: Section, expected_length: usize| -> Result<(usize, usize), FileError> {
+                let (offset, length) = places[section as usize - 1];
+                if length != expected_length {
+                    return Err(corrupt(format!(
+                        "{} section is {length} bytes, expected {expected_length}",
+                        section.name()
+                    )));
+                }
+                Ok((offset, length))
+            };
+        fn store<T: Plain>(mapping: &Arc<Mapping>, (offset, length): (usize, usize)) -> Store<T> {
+            Store::mapped(mapping, offset, length / size_of::<T>())
+                .unwrap_or_else(|| Store::owned(&[]))
+        }
+        let vectors: Store<f32> = store(&mapping, view(Section::Vectors, count * stride * 4)?);
+        let quantizer_values: Store<f32> = store(
+            &mapping,
+            view(
+                Section::Quantizer,
+                if quantized { (1 + dim) * 4 } else { 0 },
+            )?,
+        );
+        let codes: Store<i8> = store(
+            &mapping,
+            view(
+                Section::Codes,
+                if quantized { count * codes_stride } else { 0 },
+            )?,
+        );
+        let labels: Store<u64> = store(&mapping, view(Section::Labels, count * 8)?);
+        let levels: Store<u8> = store(&mapping, view(Section::Levels, count)?);
+        let upper_offsets: Store<u32> = store(&mapping, view(Section::UpperOffsets, count * 4)?);
+        let links0: Store<u32> = store(&mapping, view(Section::Links0, count * (1 + m0) * 4)?);
+        let (expected_offsets, upper_length) = upper_layout(&levels, m)
+            .ok_or_else(|| corrupt("upper layers outgrow 32-bit offsets".into()))?;
+        let upper_links: Store<u32> = store(&mapping, view(Section::UpperLinks, upper_length * 4)?);
+        let tombstone_bytes = view(Section::Tombstones, count.div_ceil(64) * 8)?;
+        let tombstones: Vec<u64> = store::<u64>(&mapping, tombstone_bytes).to_vec();
+
+        // The graph's bounds, so that no search can go out of range.
+        if levels.iter().any(|&level| level > top_level) {
+            return Err(corrupt("a node's level is above the top level".into()));
+        }
+        if count > 0 && levels[entry as usize] != top_level {
+            return Err(corrupt("the entry point is not on the top level".into()));
+        }
+        if *upper_offsets != expected_offsets[..] {
+            return Err(corrupt(
+                "upper-layer offsets do not match the levels".into(),
+            ));
+        }
+        let block_valid = |block: &[u32], layer: u8| {
+            let used = block[0] as usize;
+            used < block.len()
+                && block[1..1 + used]
+                    .iter()
+                    .all(|&n| (n as usize) < count && levels[n as usize] >= layer)
+        };
+        if let Some(node) = links0
+            .chunks_exact(1 + m0)
+            .position(|block| !block_valid(block, 0))
+        {
+            return Err(corrupt(format!(
+                "layer-0 links of node {node} out of range"
+            )));
+        }
+        for node in 0..count {
+            for layer in 1..=levels[node] {
+                let start = upper_offsets[node] as usize + (layer as usize - 1) * (1 + m);
+                if !block_valid(&upper_links[start..start + 1 + m], layer) {
+                    return Err(corrupt(format!(
+                        "layer-{layer} links of node {node} out of range"
+                    )));
+                }
+            }
+        }
+        let marked: usize = tombstones
+            .iter()
+            .map(|word| word.count_ones() as usize)
+            .sum();
+        let stray = tombstones
+            .last()
+            .is_some_and(|&last| !count.is_multiple_of(64) && last >> (count % 64) != 0);
+        if marked != deleted_count || stray {
+            return Err(corrupt("tombstones disagree with the deleted count".into()));
+        }
+        let quantizer = if quantized {
+            let values = &*quantizer_values;
+            Some(
+                ScalarQuantizer::from_parts(values[1..].to_vec(), values[0])
+                    .ok_or_else(|| corrupt("quantizer scale or offsets not finite".into()))?,
+            )
+        } else {
+            None
+        };
+
+        Ok(Hnsw {
+            metric,
+            dim,
+            vector_stride: stride,
+            code_stride: codes_stride,
+            m,
+            m0,
+            ef_construction,
+            seed,
+            count,
+            entry: if count == 0 { NO_NODE } else { entry },
+            top_level,
+            vectors,
+            quantizer,
+            codes,
+            labels,
+            levels,
+            upper_offsets,
+            links0,
+            upper_links,
+            tombstones,
+            deleted_count,
+            kernels: Kernels::active(),
+        })
+    }
+}

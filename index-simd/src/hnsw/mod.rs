@@ -1,0 +1,258 @@
+//! HNSW (hierarchical navigable small world) graphs, stored CSR-style.
+//!
+//! Layout (no per-node heap allocation; every array is one allocation, 64-byte aligned, and
+//! the same arrays are the sections of the index file, so a mapped file is used as is):
+//! - `vectors`: every vector in one array, each row padded to a multiple of 16 floats (64
+//!   bytes) so that every row starts on a cache line; cosine vectors are stored normalised.
+//! - `codes`: with `i8` quantization, every vector's codes, rows padded to 64 bytes.
+//! - `links0`: layer 0, one fixed block of `1 + m0` `u32` per node: the neighbour count,
+//!   then up to `m0` neighbour ids (node ids are `u32`, local to the index: the row of the
+//!   vector).
+//! - `upper_links`: layers 1 and up, one fixed block of `1 + m` per node and layer; the
+//!   blocks of node `n` (layers 1..=level) are consecutive from `upper_offsets[n]`. About one
+//!   node in `m` has any.
+//! - `levels`: each node's top layer; `labels`: each node's caller-given `u64` id.
+//! - tombstones: a bitset of deleted nodes (never returned; [`Hnsw::compact`] removes them).
+//!
+//! Searches walk the graph greedily through the upper layers and then run the beam search of
+//! the paper at layer 0, with a visited set and heaps that live in a reusable
+//! [`SearchScratch`], prefetching each neighbour's vector before it is needed. With
+//! quantization the walk compares `i8` codes and the best candidates are re-ranked with the
+//! `f32` vectors.
+
+mod build;
+mod compact;
+mod file;
+mod search;
+
+use crate::distance::Kernels;
+use crate::metric::Metric;
+use crate::quantize::ScalarQuantizer;
+use crate::store::Store;
+
+pub use build::{BuildParams, Quantization};
+pub use compact::Compacted;
+pub use file::{FileError, FILE_MAGIC, FILE_VERSION};
+pub use search::{Neighbor, SearchParams, SearchScratch};
+
+/// The marker of an unused neighbour slot or "no node".
+pub(crate) const NO_NODE: u32 = u32::MAX;
+
+/// The highest layer a node may reach (with `m ≥ 2`, reaching it by chance has a
+/// probability below 2⁻³²).
+pub const LEVEL_MAX: u8 = 31;
+
+/// The largest `m` accepted: `m0 = 2m` neighbours per node at layer 0.
+pub const M_MAX: usize = 256;
+
+/// The largest dimension accepted (VBP's limit).
+pub const DIM_MAX: usize = 65_536;
+
+/// The largest `ef` accepted for a search or a build.
+pub const EF_MAX: usize = 1 << 16;
+
+/// An error from building or searching an index.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum IndexError {
+    /// A parameter is out of its range.
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    /// A vector has the wrong number of components.
+    #[error("vector has {actual} components, the index has {expected}")]
+    DimensionMismatch {
+        /// The index's dimension.
+        expected: usize,
+        /// The vector's length.
+        actual: usize,
+    },
+    /// A vector holds NaN or an infinity.
+    #[error("vector {row} holds a NaN or an infinity")]
+    NotFinite {
+        /// The row of the vector (0 for a query).
+        row: usize,
+    },
+    /// A node id is not in the index.
+    #[error("node {node} is not in the index ({count} nodes)")]
+    NoSuchNode {
+        /// The node asked for.
+        node: u32,
+        /// The number of nodes.
+        count: usize,
+    },
+}
+
+/// An HNSW index over a fixed set of vectors.
+#[derive(Debug)]
+pub struct Hnsw {
+    pub(crate) metric: Metric,
+    pub(crate) dim: usize,
+    /// Floats per row of `vectors` (`dim` rounded up to 16).
+    pub(crate) vector_stride: usize,
+    /// Bytes per row of `codes` (`dim` rounded up to 64).
+    pub(crate) code_stride: usize,
+    pub(crate) m: usize,
+    pub(crate) m0: usize,
+    pub(crate) ef_construction: usize,
+    pub(crate) seed: u64,
+    pub(crate) count: usize,
+    pub(crate) entry: u32,
+    pub(crate) top_level: u8,
+    pub(crate) vectors: Store<f32>,
+    pub(crate) quantizer: Option<ScalarQuantizer>,
+    pub(crate) codes: Store<i8>,
+    pub(crate) labels: Store<u64>,
+    pub(crate) levels: Store<u8>,
+    pub(crate) upper_offsets: Store<u32>,
+    pub(crate) links0: Store<u32>,
+    pub(crate) upper_links: Store<u32>,
+    pub(crate) tombstones: Vec<u64>,
+    pub(crate) deleted_count: usize,
+    pub(crate) kernels: &'static Kernels,
+}
+
+impl Hnsw {
+    /// The metric.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// The number of components of every vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Nodes in the index, deleted ones included (until [`Hnsw::compact`]).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the index has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Nodes not deleted.
+    pub fn live_count(&self) -> usize {
+        self.count - self.deleted_count
+    }
+
+    /// Nodes deleted and not yet compacted away.
+    pub fn deleted_count(&self) -> usize {
+        self.deleted_count
+    }
+
+    /// Neighbours per node on layers above 0.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// The beam width the graph was built with.
+    pub fn ef_construction(&self) -> usize {
+        self.ef_construction
+    }
+
+    /// The quantizer, when the index walks on `i8` codes.
+    pub fn quantizer(&self) -> Option<&ScalarQuantizer> {
+        self.quantizer.as_ref()
+    }
+
+    /// The caller's id of `node`.
+    pub fn label(&self, node: u32) -> Option<u64> {
+        self.labels.get(node as usize).copied()
+    }
+
+    /// The stored vector of `node` (normalised for cosine).
+    pub fn vector(&self, node: u32) -> Option<&[f32]> {
+        ((node as usize) < self.count).then(|| self.row(node))
+    }
+
+    /// The neighbours of `node` at `layer`, if the node reaches that layer.
+    pub fn neighbors_of(&self, node: u32, layer: u8) -> Option<&[u32]> {
+        let level = *self.levels.get(node as usize)?;
+        (layer <= level).then(|| self.neighbors(node, layer))
+    }
+
+    /// The top layer of `node`.
+    pub fn level_of(&self, node: u32) -> Option<u8> {
+        self.levels.get(node as usize).copied()
+    }
+
+    /// Whether `node` is deleted.
+    pub fn is_deleted(&self, node: u32) -> bool {
+        self.tombstones
+            .get(node as usize / 64)
+            .is_some_and(|word| word & (1 << (node % 64)) != 0)
+    }
+
+    /// Deletes `node`: searches never return it again. Its links stay (other nodes route
+    /// through it) until [`Hnsw::compact`]. True when it was live.
+    pub fn delete(&mut self, node: u32) -> Result<bool, IndexError> {
+        if node as usize >= self.count {
+            return Err(IndexError::NoSuchNode {
+                node,
+                count: self.count,
+            });
+        }
+        let (word, bit) = (node as usize / 64, node % 64);
+        let fresh = self.tombstones[word] & (1 << bit) == 0;
+        self.tombstones[word] |= 1 << bit;
+        self.deleted_count += usize::from(fresh);
+        Ok(fresh)
+    }
+
+    /// Resident bytes of the index's arrays (mapped ones included).
+    pub fn memory_bytes(&self) -> usize {
+        size_of_val(&*self.vectors)
+            + size_of_val(&*self.codes)
+            + size_of_val(&*self.labels)
+            + size_of_val(&*self.levels)
+            + size_of_val(&*self.upper_offsets)
+            + size_of_val(&*self.links0)
+            + size_of_val(&*self.upper_links)
+            + size_of_val(&*self.tombstones)
+    }
+
+    /// Whether the arrays live in a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        self.vectors.is_mapped()
+    }
+
+    /// The stored vector of `node` (no padding).
+    #[inline(always)]
+    pub(crate) fn row(&self, node: u32) -> &[f32] {
+        let start = node as usize * self.vector_stride;
+        &self.vectors[start..start + self.dim]
+    }
+
+    /// The codes of `node` (no padding).
+    #[inline(always)]
+    pub(crate) fn code_row(&self, node: u32) -> &[i8] {
+        let start = node as usize * self.code_stride;
+        &self.codes[start..start + self.dim]
+    }
+
+    /// The neighbours of `node` at `layer` (which must be at most its level).
+    #[inline(always)]
+    pub(crate) fn neighbors(&self, node: u32, layer: u8) -> &[u32] {
+        let block = if layer == 0 {
+            let start = node as usize * (1 + self.m0);
+            &self.links0[start..start + 1 + self.m0]
+        } else {
+            let start =
+                self.upper_offsets[node as usize] as usize + (layer as usize - 1) * (1 + self.m);
+            &self.upper_links[start..start + 1 + self.m]
+        };
+        let count = (block[0] as usize).min(block.len() - 1);
+        &block[1..1 + count]
+    }
+}
+
+/// `dim` rounded up to whole 64-byte rows of `f32`.
+pub(crate) fn vector_stride(dim: usize) -> usize {
+    dim.next_multiple_of(crate::store::ALIGN_BYTES / size_of::<f32>())
+}
+
+/// `dim` rounded up to whole 64-byte rows of `i8`.
+pub(crate) fn code_stride(dim: usize) -> usize {
+    dim.next_multiple_of(crate::store::ALIGN_BYTES)
+}

@@ -1,0 +1,531 @@
+//! Search: a greedy descent through the upper layers, then the paper's beam search at layer
+//! 0, optionally on `i8` codes with an `f32` re-rank, optionally filtered.
+//!
+//! Nothing is allocated per query once a [`SearchScratch`] has served one query of the same
+//! size: the visited set is an epoch-stamped array (bumping the epoch clears it), and the
+//! heaps and buffers keep their capacity.
+//!
+//! Filters: a node that the filter refuses (or that is deleted) is still walked through, so
+//! the graph stays connected, but never enters the results; the walk therefore goes on until
+//! it has `ef` admissible results, which widens it by itself as the filter gets more
+//! selective. When the filter knows its size and the allowed nodes are fewer than such a
+//! walk would visit, an exact scan of just those nodes is both faster and exact.
+
+use super::{Hnsw, IndexError, EF_MAX, NO_NODE};
+use crate::distance::Kernels;
+use crate::filter::Filter;
+use crate::metric::{normalize, Metric};
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+/// One result: the node, its label and its distance to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbor {
+    /// The node (local id: the row its vector was given in).
+    pub node: u32,
+    /// The caller's id of the node.
+    pub label: u64,
+    /// The distance to the query (exact `f32`, also after a quantized walk).
+    pub distance: f32,
+}
+
+/// How a search runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchParams {
+    /// Results wanted.
+    pub k: usize,
+    /// The beam width at layer 0 (raised to `k` when smaller). Larger is slower and finds
+    /// more of the true neighbours.
+    pub ef: usize,
+    /// With quantization: re-rank the best `k × rerank_factor` candidates of the walk with
+    /// the `f32` vectors (at least `k`, at most `ef`).
+    pub rerank_factor: usize,
+}
+
+impl Default for SearchParams {
+    fn default() -> SearchParams {
+        SearchParams {
+            k: 10,
+            ef: 64,
+            rerank_factor: 4,
+        }
+    }
+}
+
+/// A node and its distance, ordered by distance (then node, so that ties are deterministic).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scored {
+    pub distance: f32,
+    pub node: u32,
+}
+
+impl PartialEq for Scored {
+    fn eq(&self, other: &Scored) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Scored) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    fn cmp(&self, other: &Scored) -> Ordering {
+        self.distance
+            .total_cmp(&other.distance)
+            .then(self.node.cmp(&other.node))
+    }
+}
+
+/// A set of visited nodes that is cleared in O(1): a node is visited when its tag equals the
+/// current epoch.
+#[derive(Debug, Default)]
+pub(crate) struct Visited {
+    tags: Vec<u16>,
+    epoch: u16,
+}
+
+impl Visited {
+    /// Empties the set and makes room for nodes below `count`.
+    pub fn reset(&mut self, count: usize) {
+        if self.tags.len() < count {
+            self.tags.resize(count, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // Every 65,535 queries the tags are really cleared, so no stale tag can match.
+            self.tags.fill(0);
+            self.epoch = 1;
+        }
+    }
+
+    /// Marks `node`; true when it was not visited yet.
+    #[inline(always)]
+    pub fn insert(&mut self, node: u32) -> bool {
+        let tag = &mut self.tags[node as usize];
+        let fresh = *tag != self.epoch;
+        *tag = self.epoch;
+        fresh
+    }
+}
+
+/// The reusable state of a search (one per thread).
+#[derive(Debug, Default)]
+pub struct SearchScratch {
+    pub(crate) visited: Visited,
+    pub(crate) candidates: BinaryHeap<Reverse<Scored>>,
+    pub(crate) results: BinaryHeap<Scored>,
+    pub(crate) fresh: Vec<u32>,
+    query: Vec<f32>,
+    query_codes: Vec<i8>,
+    ranked: Vec<Scored>,
+}
+
+impl SearchScratch {
+    /// An empty scratch; it grows to the index's size on first use.
+    pub fn new() -> SearchScratch {
+        SearchScratch::default()
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<SearchScratch> = RefCell::new(SearchScratch::new());
+}
+
+/// Distances from one query to nodes, and how to prefetch a node's data.
+pub(crate) trait Space {
+    fn distance(&self, node: u32) -> f32;
+    fn prefetch(&self, node: u32);
+}
+
+/// Exact `f32` distances from `query` to rows of `vectors`.
+pub(crate) struct ExactSpace<'a> {
+    pub metric: Metric,
+    pub kernels: &'static Kernels,
+    pub vectors: &'a [f32],
+    pub stride: usize,
+    pub dim: usize,
+    pub query: &'a [f32],
+}
+
+impl<'a> ExactSpace<'a> {
+    /// Distances from `query` to the vectors of `index`.
+    pub fn of(index: &'a Hnsw, query: &'a [f32]) -> ExactSpace<'a> {
+        ExactSpace {
+            metric: index.metric,
+            kernels: index.kernels,
+            vectors: &index.vectors,
+            stride: index.vector_stride,
+            dim: index.dim,
+            query,
+        }
+    }
+
+    /// The same rows, from another query.
+    pub fn with_query<'b>(&self, query: &'b [f32]) -> ExactSpace<'b>
+    where
+        'a: 'b,
+    {
+        ExactSpace { query, ..*self }
+    }
+
+    /// The vector of `node`.
+    #[inline(always)]
+    pub fn row(&self, node: u32) -> &'a [f32] {
+        let start = node as usize * self.stride;
+        &self.vectors[start..start + self.dim]
+    }
+}
+
+impl Space for ExactSpace<'_> {
+    #[inline(always)]
+    fn distance(&self, node: u32) -> f32 {
+        self.metric
+            .distance(self.kernels, self.query, self.row(node))
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, node: u32) {
+        let start = node as usize * self.stride;
+        if let Some(row) = self.vectors.get(start..start + self.dim) {
+            prefetch_bytes(row.as_ptr().cast(), size_of_val(row));
+        }
+    }
+}
+
+/// Read access to neighbour lists.
+pub(crate) trait Links {
+    /// Calls `visit` with every neighbour of `node` at `layer`.
+    fn for_each_neighbor(&self, node: u32, layer: u8, visit: impl FnMut(u32));
+}
+
+impl Links for Hnsw {
+    #[inline(always)]
+    fn for_each_neighbor(&self, node: u32, layer: u8, visit: impl FnMut(u32)) {
+        self.neighbors(node, layer).iter().copied().for_each(visit);
+    }
+}
+
+/// Distances on `i8` codes.
+struct CodeSpace<'a> {
+    index: &'a Hnsw,
+    query: &'a [i8],
+}
+
+impl Space for CodeSpace<'_> {
+    #[inline(always)]
+    fn distance(&self, node: u32) -> f32 {
+        self.index
+            .metric
+            .code_distance(self.index.kernels, self.query, self.index.code_row(node))
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, node: u32) {
+        let start = node as usize * self.index.code_stride;
+        if let Some(row) = self.index.codes.get(start..start + self.index.dim) {
+            prefetch_bytes(row.as_ptr().cast(), row.len());
+        }
+    }
+}
+
+/// The most cache lines of one row that a prefetch asks for; the hardware's own prefetcher
+/// follows the rest of a long row once it is read.
+const PREFETCH_LINES_MAX: usize = 4;
+
+/// Asks the CPU to start loading the cache lines of `bytes` bytes at `address`.
+#[inline(always)]
+pub(crate) fn prefetch_bytes(address: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let lines = bytes.div_ceil(64).min(PREFETCH_LINES_MAX);
+        for line in 0..lines {
+            // SAFETY: SSE is part of the x86-64 baseline, and a prefetch is only a hint: it
+            // never faults, whatever the address (`wrapping_add` keeps the arithmetic defined).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(address.wrapping_add(line * 64).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (address, bytes);
+    }
+}
+
+impl Hnsw {
+    /// The `k` nearest live nodes to `query` with beam width `ef`, on this thread's scratch.
+    pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Neighbor>, IndexError> {
+        let params = SearchParams {
+            k,
+            ef,
+            ..SearchParams::default()
+        };
+        let mut results = Vec::with_capacity(k);
+        SCRATCH.with_borrow_mut(|scratch| {
+            self.search_with(scratch, query, &params, None, &mut results)
+        })?;
+        Ok(results)
+    }
+
+    /// The `k` nearest live nodes that `filter` allows, on this thread's scratch.
+    pub fn search_filtered(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+        filter: &dyn Filter,
+    ) -> Result<Vec<Neighbor>, IndexError> {
+        let mut results = Vec::with_capacity(params.k);
+        SCRATCH.with_borrow_mut(|scratch| {
+            self.search_with(scratch, query, params, Some(filter), &mut results)
+        })?;
+        Ok(results)
+    }
+
+    /// The full search: writes the `params.k` nearest live nodes that `filter` allows into
+    /// `results`, nearest first, using `scratch` (which then holds no allocation to make for
+    /// the next query on this index).
+    pub fn search_with(
+        &self,
+        scratch: &mut SearchScratch,
+        query: &[f32],
+        params: &SearchParams,
+        filter: Option<&dyn Filter>,
+        results: &mut Vec<Neighbor>,
+    ) -> Result<(), IndexError> {
+        results.clear();
+        if query.len() != self.dim {
+            return Err(IndexError::DimensionMismatch {
+                expected: self.dim,
+                actual: query.len(),
+            });
+        }
+        if !query.iter().all(|x| x.is_finite()) {
+            return Err(IndexError::NotFinite { row: 0 });
+        }
+        if params.k == 0 || params.ef > EF_MAX || params.k > EF_MAX {
+            return Err(IndexError::InvalidParameter(format!(
+                "k must be in 1..={EF_MAX} and ef at most {EF_MAX} (k = {}, ef = {})",
+                params.k, params.ef
+            )));
+        }
+        if self.live_count() == 0 || self.entry == NO_NODE {
+            return Ok(());
+        }
+        let ef = params.ef.max(params.k);
+
+        let mut query_buffer = std::mem::take(&mut scratch.query);
+        query_buffer.clear();
+        query_buffer.extend_from_slice(query);
+        if self.metric.normalizes() {
+            normalize(&mut query_buffer);
+        }
+        let query = query_buffer.as_slice();
+
+        let allowed_count = filter.and_then(|filter| filter.allowed_count());
+        if let (Some(filter), Some(allowed)) = (filter, allowed_count) {
+            if self.prefers_scan(allowed, ef) {
+                self.scan(scratch, query, params.k, filter, results);
+                scratch.query = query_buffer;
+                return Ok(());
+            }
+        }
+
+        let exact = ExactSpace::of(self, query);
+        let accepts_all = filter.is_none() && self.deleted_count == 0;
+        let accept = |node: u32| {
+            accepts_all || (!self.is_deleted(node) && filter.is_none_or(|f| f.allows(node)))
+        };
+        match &self.quantizer {
+            None => {
+                self.walk(scratch, &exact, ef, &accept);
+                scratch.ranked.clear();
+                scratch.ranked.extend(scratch.results.drain());
+                scratch.ranked.sort_unstable();
+            }
+            Some(quantizer) => {
+                let mut codes = std::mem::take(&mut scratch.query_codes);
+                codes.resize(self.dim, 0);
+                quantizer.encode(query, &mut codes);
+                self.walk(
+                    scratch,
+                    &CodeSpace {
+                        index: self,
+                        query: &codes,
+                    },
+                    ef,
+                    &accept,
+                );
+                scratch.query_codes = codes;
+                scratch.ranked.clear();
+                scratch.ranked.extend(scratch.results.drain());
+                scratch.ranked.sort_unstable();
+                let rerank = (params.k * params.rerank_factor.max(1)).clamp(params.k, ef);
+                scratch.ranked.truncate(rerank);
+                for candidate in scratch.ranked.iter_mut() {
+                    candidate.distance = exact.distance(candidate.node);
+                }
+                scratch.ranked.sort_unstable();
+            }
+        }
+        results.extend(scratch.ranked.iter().take(params.k).map(|scored| Neighbor {
+            node: scored.node,
+            label: self.labels[scored.node as usize],
+            distance: scored.distance,
+        }));
+        scratch.query = query_buffer;
+        Ok(())
+    }
+
+    /// Whether an exact scan of `allowed` nodes costs less than a filtered walk: the walk
+    /// admits about `allowed / count` of the nodes it reaches, so it reaches about
+    /// `ef · count / allowed` of them to fill its beam, each with up to `m0` distances.
+    fn prefers_scan(&self, allowed: usize, ef: usize) -> bool {
+        let walk_distances = (ef * self.m0) as f64 * self.count as f64 / allowed.max(1) as f64;
+        allowed as f64 <= walk_distances
+    }
+
+    /// Exact top-`k` over the nodes `filter` allows.
+    fn scan(
+        &self,
+        scratch: &mut SearchScratch,
+        query: &[f32],
+        k: usize,
+        filter: &dyn Filter,
+        results: &mut Vec<Neighbor>,
+    ) {
+        let exact = ExactSpace::of(self, query);
+        let heap = &mut scratch.results;
+        heap.clear();
+        filter.for_each_allowed(self.count as u32, &mut |node| {
+            if self.is_deleted(node) {
+                return;
+            }
+            let distance = exact.distance(node);
+            if heap.len() < k {
+                heap.push(Scored { distance, node });
+            } else if heap.peek().is_some_and(|worst| distance < worst.distance) {
+                heap.pop();
+                heap.push(Scored { distance, node });
+            }
+        });
+        scratch.ranked.clear();
+        scratch.ranked.extend(heap.drain());
+        scratch.ranked.sort_unstable();
+        results.extend(scratch.ranked.iter().map(|scored| Neighbor {
+            node: scored.node,
+            label: self.labels[scored.node as usize],
+            distance: scored.distance,
+        }));
+    }
+
+    /// Descends from the entry point to layer 0 and leaves the `ef` best admissible nodes
+    /// in `scratch.results`.
+    fn walk<S: Space>(
+        &self,
+        scratch: &mut SearchScratch,
+        space: &S,
+        ef: usize,
+        accept: &impl Fn(u32) -> bool,
+    ) {
+        let mut current = Scored {
+            distance: space.distance(self.entry),
+            node: self.entry,
+        };
+        for layer in (1..=self.top_level).rev() {
+            current = greedy(self, space, current, layer);
+        }
+        scratch.visited.reset(self.count);
+        beam(self, scratch, space, current, ef, 0, accept);
+    }
+}
+
+/// Moves to the nearest neighbour while that gets closer to the query.
+pub(crate) fn greedy<L: Links, S: Space>(
+    links: &L,
+    space: &S,
+    mut current: Scored,
+    layer: u8,
+) -> Scored {
+    loop {
+        let before = current.node;
+        links.for_each_neighbor(before, layer, |neighbor| {
+            let distance = space.distance(neighbor);
+            if distance < current.distance {
+                current = Scored {
+                    distance,
+                    node: neighbor,
+                };
+            }
+        });
+        if current.node == before {
+            return current;
+        }
+    }
+}
+
+/// The paper's beam search at `layer` from `entry`: afterwards `scratch.results` holds the
+/// best `ef` nodes that `accept` admits. The visited set must have been reset.
+pub(crate) fn beam<L: Links, S: Space>(
+    links: &L,
+    scratch: &mut SearchScratch,
+    space: &S,
+    entry: Scored,
+    ef: usize,
+    layer: u8,
+    accept: &impl Fn(u32) -> bool,
+) {
+    let SearchScratch {
+        visited,
+        candidates,
+        results,
+        fresh,
+        ..
+    } = scratch;
+    candidates.clear();
+    results.clear();
+    visited.insert(entry.node);
+    candidates.push(Reverse(entry));
+    if accept(entry.node) {
+        results.push(entry);
+    }
+    while let Some(Reverse(current)) = candidates.pop() {
+        if results.len() >= ef
+            && results
+                .peek()
+                .is_some_and(|w| current.distance > w.distance)
+        {
+            break;
+        }
+        // First pass: pick the unvisited neighbours and start loading their data, so
+        // that the loads overlap instead of each distance waiting for its own.
+        fresh.clear();
+        links.for_each_neighbor(current.node, layer, |neighbor| {
+            if visited.insert(neighbor) {
+                space.prefetch(neighbor);
+                fresh.push(neighbor);
+            }
+        });
+        for &neighbor in fresh.iter() {
+            let distance = space.distance(neighbor);
+            let bound = results.peek().map_or(f32::INFINITY, |worst| worst.distance);
+            if results.len() < ef || distance < bound {
+                let scored = Scored {
+                    distance,
+                    node: neighbor,
+                };
+                candidates.push(Reverse(scored));
+                if accept(neighbor) {
+                    results.push(scored);
+                    if results.len() > ef {
+                        results.pop();
+                    }
+                }
+            }
+        }
+    }
+}

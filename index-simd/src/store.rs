@@ -1,0 +1,175 @@
+//! Read-only arrays that live either in a 64-byte-aligned heap allocation (an index just
+//! built) or inside a read-only mapping of an index file (an index loaded by mmap). The
+//! index reads both through `&[T]`, so loading a file parses nothing per node.
+//!
+//! The `unsafe` here is the mapping itself and the view of mapped bytes as `&[T]`; it is
+//! sound because `T` is a plain number type (every bit pattern is a value), the view is
+//! checked to be aligned and inside the mapping, and the mapping is private and read-only
+//! and outlives every view (each view holds an `Arc` of it).
+//!
+//! A mapped file must not be truncated by another process while it is mapped (the kernel
+//! would raise SIGBUS on access): index files are written once, under a new name, and
+//! renamed into place, never rewritten.
+
+use aligned_vec::{AVec, ConstAlign};
+use std::fs::File;
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+/// The alignment of every array: a cache line, and a whole AVX-512 register.
+pub const ALIGN_BYTES: usize = 64;
+
+/// A number type whose every bit pattern is a valid value.
+pub trait Plain: Copy + Default + Send + Sync + std::fmt::Debug + 'static {}
+impl Plain for u8 {}
+impl Plain for i8 {}
+impl Plain for u32 {}
+impl Plain for u64 {}
+impl Plain for f32 {}
+
+/// A read-only mapping of a whole file.
+#[derive(Debug)]
+pub struct Mapping {
+    address: *mut libc::c_void,
+    length: usize,
+}
+
+// SAFETY: the mapping is read-only and private; nothing writes through it, so shared access
+// from any thread is sound.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps all of `file` read-only. An empty file cannot be mapped.
+    pub fn of(file: &File) -> std::io::Result<Mapping> {
+        let length = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::other("file larger than the address space"))?;
+        if length == 0 {
+            return Err(std::io::Error::other("empty file"));
+        }
+        // SAFETY: a fresh private read-only mapping of a file we hold open; the kernel picks
+        // the address. Failure is reported as MAP_FAILED and checked below.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                length,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping { address, length })
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `address` is a live mapping of `length` readable bytes until `drop`.
+        unsafe { std::slice::from_raw_parts(self.address.cast::<u8>(), self.length) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the region `of` mapped; no view outlives `self` (views hold
+        // an `Arc<Mapping>`).
+        unsafe {
+            libc::munmap(self.address, self.length);
+        }
+    }
+}
+
+/// A read-only array of `T`.
+#[derive(Debug)]
+pub struct Store<T: Plain> {
+    inner: Inner<T>,
+}
+
+#[derive(Debug)]
+enum Inner<T: Plain> {
+    Owned(AVec<T, ConstAlign<ALIGN_BYTES>>),
+    Mapped {
+        mapping: Arc<Mapping>,
+        offset_bytes: usize,
+        length: usize,
+    },
+}
+
+impl<T: Plain> Store<T> {
+    /// An owned array holding `values`.
+    pub fn owned(values: &[T]) -> Store<T> {
+        Store {
+            inner: Inner::Owned(AVec::from_slice(ALIGN_BYTES, values)),
+        }
+    }
+
+    /// An owned array of `length` default values.
+    pub fn zeroed(length: usize) -> AVec<T, ConstAlign<ALIGN_BYTES>> {
+        AVec::from_iter(ALIGN_BYTES, std::iter::repeat_n(T::default(), length))
+    }
+
+    /// An owned array taking `values`.
+    pub fn from_avec(values: AVec<T, ConstAlign<ALIGN_BYTES>>) -> Store<T> {
+        Store {
+            inner: Inner::Owned(values),
+        }
+    }
+
+    /// A view of `length` values at `offset_bytes` into `mapping`, if that range is inside
+    /// it and aligned for `T`.
+    pub fn mapped(mapping: &Arc<Mapping>, offset_bytes: usize, length: usize) -> Option<Store<T>> {
+        let size = length.checked_mul(size_of::<T>())?;
+        let end = offset_bytes.checked_add(size)?;
+        let address = mapping.bytes().as_ptr() as usize + offset_bytes;
+        (end <= mapping.length && address.is_multiple_of(align_of::<T>())).then(|| Store {
+            inner: Inner::Mapped {
+                mapping: Arc::clone(mapping),
+                offset_bytes,
+                length,
+            },
+        })
+    }
+
+    /// Whether the array lives in a file mapping.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.inner, Inner::Mapped { .. })
+    }
+}
+
+impl<T: Plain> Deref for Store<T> {
+    type Target = [T];
+
+    #[inline(always)]
+    fn deref(&self) -> &[T] {
+        match &self.inner {
+            Inner::Owned(values) => values,
+            Inner::Mapped {
+                mapping,
+                offset_bytes,
+                length,
+            } => {
+                // SAFETY: `mapped` checked that the range is inside the mapping and aligned
+                // for `T`; `T` is `Plain`, so any bytes are valid values; the mapping is
+                // read-only and lives as long as `self` (we hold an `Arc`).
+                unsafe {
+                    std::slice::from_raw_parts(
+                        mapping.bytes().as_ptr().add(*offset_bytes).cast::<T>(),
+                        *length,
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// The bytes of a plain array, for checksums and writing.
+pub fn as_bytes<T: Plain>(values: &[T]) -> &[u8] {
+    // SAFETY: `T` is a plain number type without padding; its bytes are initialised, and the
+    // view covers exactly the slice's memory for the slice's lifetime.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of_val(values)) }
+}

@@ -1,0 +1,361 @@
+//! HNSW against a brute-force oracle: recall@10 on random and clustered data for every
+//! metric, with and without quantization, one and two build threads; determinism; deletes
+//! and compaction; filters; bad input. Seeded; every test prints its seed.
+
+mod common;
+
+use common::{clustered, clustered_split, exact, recall, uniform, Predicate, Random};
+use vortex_index::{
+    BuildParams, Hnsw, IndexError, Metric, NodeSet, Quantization, SearchParams, SearchScratch,
+};
+
+const SEED: u64 = 0x4E5F_2026_1125;
+const K: usize = 10;
+
+fn params(metric: Metric) -> BuildParams {
+    BuildParams {
+        metric,
+        m: 16,
+        ef_construction: 100,
+        seed: SEED,
+        threads: 1,
+        quantization: Quantization::None,
+    }
+}
+
+/// Mean recall@10 of `queries` against the exact answer over the nodes `allowed` admits.
+fn mean_recall(
+    index: &Hnsw,
+    data: &[f32],
+    queries: &[f32],
+    search: &SearchParams,
+    allowed: &dyn Fn(u32) -> bool,
+    filtered: Option<&dyn vortex_index::Filter>,
+) -> f64 {
+    let dim = index.dim();
+    let mut scratch = SearchScratch::new();
+    let mut results = Vec::new();
+    let mut total = 0.0;
+    for query in queries.chunks_exact(dim) {
+        index
+            .search_with(&mut scratch, query, search, filtered, &mut results)
+            .unwrap();
+        let found: Vec<u32> = results.iter().map(|n| n.node).collect();
+        assert!(
+            found.iter().all(|&node| allowed(node)),
+            "a refused node came back"
+        );
+        assert!(
+            results.windows(2).all(|w| w[0].distance <= w[1].distance),
+            "results out of order"
+        );
+        let truth = exact(index.metric(), data, dim, query, search.k, allowed);
+        assert_eq!(
+            found.len(),
+            truth.len(),
+            "fewer results than admissible nodes"
+        );
+        total += recall(&found, &truth);
+    }
+    total / (queries.len() / dim) as f64
+}
+
+fn search_params(ef: usize) -> SearchParams {
+    SearchParams {
+        k: K,
+        ef,
+        rerank_factor: 4,
+    }
+}
+
+#[test]
+fn recall_on_random_and_clustered_data_for_every_metric() {
+    eprintln!("seed {SEED:#x}");
+    let (count, dim) = (4000, 48);
+    for metric in Metric::ALL {
+        for (name, (data, queries)) in [
+            (
+                "uniform",
+                (uniform(count, dim, SEED), uniform(100, dim, SEED + 1)),
+            ),
+            (
+                "clustered",
+                clustered_split(count, 100, dim, 4, SEED, metric),
+            ),
+        ] {
+            let index = Hnsw::build(dim, &data, None, &params(metric)).unwrap();
+            let recall = mean_recall(&index, &data, &queries, &search_params(64), &|_| true, None);
+            // Uniform 48-d data has no structure to navigate by: the hardest case (measured
+            // 0.957-0.962 here); the clustered sets, like real embeddings, measure 0.987+.
+            let floor = if name == "uniform" { 0.93 } else { 0.97 };
+            eprintln!("{} {name}: recall@10 = {recall:.3} at ef 64", metric.name());
+            assert!(
+                recall >= floor,
+                "{} {name}: recall@10 {recall} < {floor} at ef 64",
+                metric.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn quantized_walk_with_rerank_keeps_recall() {
+    eprintln!("seed {SEED:#x}");
+    let (count, dim) = (4000, 32);
+    for metric in [Metric::L2, Metric::Cosine] {
+        let (data, queries) = clustered_split(count, 100, dim, 20, SEED, metric);
+        let build = BuildParams {
+            quantization: Quantization::ScalarI8,
+            ..params(metric)
+        };
+        let index = Hnsw::build(dim, &data, None, &build).unwrap();
+        assert!(index.quantizer().is_some());
+        let recall = mean_recall(&index, &data, &queries, &search_params(64), &|_| true, None);
+        eprintln!("{} i8: recall@10 = {recall:.3} at ef 64", metric.name());
+        assert!(
+            recall >= 0.95,
+            "{}: quantized recall@10 {recall} < 0.95",
+            metric.name()
+        );
+        // Re-ranked distances are the exact f32 ones.
+        let query = &queries[..dim];
+        let found = index.search(query, K, 64).unwrap();
+        let kernels = vortex_index::Kernels::active();
+        for neighbor in &found {
+            let expected = metric.distance(kernels, query, index.vector(neighbor.node).unwrap());
+            assert!((neighbor.distance - expected).abs() <= 1e-4 * expected.abs().max(1.0));
+        }
+    }
+}
+
+#[test]
+fn one_thread_builds_the_same_graph_every_time_and_two_threads_keep_recall() {
+    eprintln!("seed {SEED:#x}");
+    let (count, dim) = (3000, 16);
+    let (data, queries) = clustered_split(count, 100, dim, 10, SEED, Metric::L2);
+    let first = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
+    let second = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
+    for node in 0..count as u32 {
+        let level = first.level_of(node).unwrap();
+        assert_eq!(level, second.level_of(node).unwrap());
+        for layer in 0..=level {
+            assert_eq!(
+                first.neighbors_of(node, layer),
+                second.neighbors_of(node, layer)
+            );
+        }
+    }
+    let parallel = BuildParams {
+        threads: 2,
+        ..params(Metric::L2)
+    };
+    let index = Hnsw::build(dim, &data, None, &parallel).unwrap();
+    let recall = mean_recall(&index, &data, &queries, &search_params(64), &|_| true, None);
+    eprintln!("two threads: recall@10 = {recall:.3}");
+    assert!(recall >= 0.95);
+}
+
+#[test]
+fn links_are_bounded_valid_and_free_of_self_loops() {
+    let (count, dim) = (2000, 8);
+    let data = clustered(count, dim, 5, SEED, Metric::L2);
+    let index = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
+    for node in 0..count as u32 {
+        for layer in 0..=index.level_of(node).unwrap() {
+            let neighbors = index.neighbors_of(node, layer).unwrap();
+            let max = if layer == 0 { 2 * index.m() } else { index.m() };
+            assert!(neighbors.len() <= max);
+            assert!(!neighbors.contains(&node), "node {node} links to itself");
+            for &neighbor in neighbors {
+                assert!(index.level_of(neighbor).unwrap() >= layer);
+            }
+        }
+    }
+}
+
+#[test]
+fn deleted_nodes_never_come_back_and_compaction_reclaims_them() {
+    eprintln!("seed {SEED:#x}");
+    let (count, dim) = (4000, 32);
+    let (data, queries) = clustered_split(count, 100, dim, 4, SEED, Metric::L2);
+    let labels: Vec<u64> = (0..count as u64).map(|row| 1_000_000 + row * 7).collect();
+    let mut index = Hnsw::build(dim, &data, Some(&labels), &params(Metric::L2)).unwrap();
+    let mut random = Random::new(SEED);
+    let mut deleted = NodeSet::with_capacity(count);
+    while deleted.len() < count * 3 / 10 {
+        let node = random.below(count) as u32;
+        assert_eq!(index.delete(node).unwrap(), deleted.insert(node));
+    }
+    assert_eq!(index.deleted_count(), deleted.len());
+    assert_eq!(
+        index.delete(count as u32),
+        Err(IndexError::NoSuchNode {
+            node: count as u32,
+            count
+        })
+    );
+    let live = |node: u32| !deleted.contains(node);
+    let recall = mean_recall(&index, &data, &queries, &search_params(64), &live, None);
+    eprintln!("30% deleted: recall@10 = {recall:.3}");
+    assert!(recall >= 0.95);
+
+    let memory_before = index.memory_bytes();
+    let compacted = index.compact();
+    let fresh = &compacted.index;
+    assert_eq!(fresh.len(), count - deleted.len());
+    assert_eq!(fresh.deleted_count(), 0);
+    assert!(fresh.memory_bytes() < memory_before * 8 / 10);
+    // Labels and vectors moved with their nodes.
+    for old in 0..count as u32 {
+        let new = compacted.old_to_new[old as usize];
+        if deleted.contains(old) {
+            assert_eq!(new, u32::MAX);
+        } else {
+            assert_eq!(fresh.label(new), Some(labels[old as usize]));
+            assert_eq!(fresh.vector(new), index.vector(old));
+        }
+    }
+    // The repaired graph still finds the live neighbours, and only them.
+    let live_rows: Vec<f32> = (0..count)
+        .filter(|&row| !deleted.contains(row as u32))
+        .flat_map(|row| data[row * dim..(row + 1) * dim].to_vec())
+        .collect();
+    let recall = mean_recall(
+        fresh,
+        &live_rows,
+        &queries,
+        &search_params(64),
+        &|_| true,
+        None,
+    );
+    eprintln!("after compact: recall@10 = {recall:.3}");
+    assert!(recall >= 0.95);
+    for query in queries.chunks_exact(dim) {
+        for neighbor in fresh.search(query, K, 64).unwrap() {
+            assert!(!labels
+                .iter()
+                .enumerate()
+                .any(|(row, &label)| label == neighbor.label && deleted.contains(row as u32)));
+        }
+    }
+}
+
+#[test]
+fn filters_are_respected_and_keep_recall_when_selective() {
+    eprintln!("seed {SEED:#x}");
+    let (count, dim) = (20_000, 32);
+    let (data, queries) = clustered_split(count, 50, dim, 8, SEED, Metric::L2);
+    let index = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
+    for selectivity_percent in [1u64, 10, 50] {
+        // A pseudo-random subset, unrelated to the clusters.
+        let allowed = |node: u32| {
+            (u64::from(node).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 < selectivity_percent
+        };
+        let set: NodeSet = (0..count as u32).filter(|&node| allowed(node)).collect();
+        let with_set = mean_recall(
+            &index,
+            &data,
+            &queries,
+            &search_params(64),
+            &allowed,
+            Some(&set),
+        );
+        let predicate = Predicate(allowed);
+        let with_predicate = mean_recall(
+            &index,
+            &data,
+            &queries,
+            &search_params(64),
+            &allowed,
+            Some(&predicate),
+        );
+        eprintln!(
+            "{selectivity_percent}% allowed: recall@10 {with_set:.3} (set), {with_predicate:.3} (predicate walk)"
+        );
+        assert!(
+            with_set >= 0.95,
+            "{selectivity_percent}%: set recall {with_set}"
+        );
+        assert!(
+            with_predicate >= 0.95,
+            "{selectivity_percent}%: walk recall {with_predicate}"
+        );
+    }
+    // Nothing allowed: nothing returned.
+    let none = NodeSet::with_capacity(count);
+    let found = index
+        .search_filtered(&queries[..dim], &search_params(64), &none)
+        .unwrap();
+    assert!(found.is_empty());
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let dim = 8;
+    let data = uniform(100, dim, SEED);
+    let index = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
+    assert_eq!(
+        index.search(&[0.0; 7], K, 64),
+        Err(IndexError::DimensionMismatch {
+            expected: 8,
+            actual: 7
+        })
+    );
+    let mut query = vec![0.0; dim];
+    query[3] = f32::NAN;
+    assert_eq!(
+        index.search(&query, K, 64),
+        Err(IndexError::NotFinite { row: 0 })
+    );
+    assert!(matches!(
+        index.search(&[0.0; 8], 0, 64),
+        Err(IndexError::InvalidParameter(_))
+    ));
+
+    let mut bad = data.clone();
+    bad[5 * dim + 1] = f32::INFINITY;
+    assert_eq!(
+        Hnsw::build(dim, &bad, None, &params(Metric::L2)).unwrap_err(),
+        IndexError::NotFinite { row: 5 }
+    );
+    assert!(Hnsw::build(dim, &data[..dim * 3 + 1], None, &params(Metric::L2)).is_err());
+    for m in [0, 1, 1000] {
+        let build = BuildParams {
+            m,
+            ..params(Metric::L2)
+        };
+        let error = Hnsw::build(dim, &data, None, &build).unwrap_err();
+        assert!(error.to_string().contains("m must be"), "{error}");
+    }
+    assert!(Hnsw::build(0, &[], None, &params(Metric::L2)).is_err());
+    assert!(Hnsw::build(dim, &data, Some(&[1, 2, 3]), &params(Metric::L2)).is_err());
+}
+
+#[test]
+fn degenerate_sets_work() {
+    let dim = 4;
+    // Empty.
+    let empty = Hnsw::build(dim, &[], None, &params(Metric::L2)).unwrap();
+    assert!(empty.search(&[0.0; 4], K, 16).unwrap().is_empty());
+    // One vector.
+    let one = Hnsw::build(dim, &[1.0, 2.0, 3.0, 4.0], None, &params(Metric::L2)).unwrap();
+    let found = one.search(&[1.0, 2.0, 3.0, 4.0], K, 16).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].distance, 0.0);
+    // Many copies of the same vector, and zero vectors under cosine.
+    let same = vec![0.5f32; 500 * dim];
+    let index = Hnsw::build(dim, &same, None, &params(Metric::L2)).unwrap();
+    assert_eq!(index.search(&[0.5; 4], K, 16).unwrap().len(), K);
+    let zeros = vec![0.0f32; 50 * dim];
+    let index = Hnsw::build(dim, &zeros, None, &params(Metric::Cosine)).unwrap();
+    assert_eq!(index.search(&[0.0; 4], K, 16).unwrap().len(), K);
+    // Everything deleted.
+    let mut index = Hnsw::build(dim, &same[..20 * dim], None, &params(Metric::L2)).unwrap();
+    for node in 0..20 {
+        index.delete(node).unwrap();
+    }
+    assert!(index.search(&[0.5; 4], K, 16).unwrap().is_empty());
+    let compacted = index.compact();
+    assert!(compacted.index.is_empty());
+    assert!(compacted.index.search(&[0.5; 4], K, 16).unwrap().is_empty());
+}
