@@ -4,8 +4,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
+use vortex_bench::ann::{self, AnnConfig};
+use vortex_bench::dataset::{self, DatasetMeta};
 use vortex_bench::nop::{self, NopBenchConfig, NopMode};
 use vortex_config::{ApplianceConfig, LeuCount, Topology};
+use vortex_index::Quantization;
 use vortex_io::RingConfig;
 
 #[derive(Debug, Parser)]
@@ -37,6 +40,58 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Generate a clustered Gaussian-mixture dataset with exact top-100 ground truth
+    /// (base.fvecs, query.fvecs, groundtruth.ivecs, meta.json).
+    Dataset {
+        /// A named set: `clustered-128-l2` (1,000,000 × 128, l2) or `clustered-384-cosine`
+        /// (200,000 × 384, cosine).
+        #[arg(long)]
+        preset: String,
+        /// Base vectors (default: the preset's); a different count adds `-N` to the name.
+        #[arg(long)]
+        n: Option<usize>,
+        /// Query vectors.
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        /// Where the dataset's directory is made.
+        #[arg(long, default_value = "bench-rigs/data")]
+        out: PathBuf,
+        /// Threads for generation and ground truth (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Recall@10, QPS and latency of our index on a dataset, in the peers' result format.
+    Ann {
+        /// The dataset directory (from `dataset`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Beam widths, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256")]
+        ef: Vec<usize>,
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
+        #[arg(long, default_value_t = 2)]
+        build_threads: usize,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// `none` (walk on f32) or `i8` (walk on codes, re-rank with f32).
+        #[arg(long, default_value = "none")]
+        quantization: String,
+        /// With `i8`: re-rank the best k × this many candidates.
+        #[arg(long, default_value_t = 4)]
+        rerank_factor: usize,
+        /// Timed passes per ef (the fastest is kept).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Also measure filtered search (ef 64) with this percentage of the nodes allowed.
+        #[arg(long)]
+        filter_percent: Option<f64>,
+        /// Results go to OUT/<dataset>/<engine>.json.
+        #[arg(long, default_value = "bench-rigs/results")]
+        out: PathBuf,
     },
 }
 
@@ -85,6 +140,81 @@ fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", nop::render(&results, &command_line));
             }
+        }
+        Command::Dataset {
+            preset,
+            n,
+            queries,
+            out,
+            threads,
+        } => {
+            let (metric, default_n, dim, clusters, seed) = match preset.as_str() {
+                "clustered-128-l2" => ("l2", 1_000_000, 128, 1024, 128),
+                "clustered-384-cosine" => ("cosine", 200_000, 384, 512, 384),
+                other => anyhow::bail!(
+                    "unknown preset `{other}`: use clustered-128-l2 or clustered-384-cosine"
+                ),
+            };
+            let count = n.unwrap_or(default_n);
+            let name = if count == default_n {
+                preset.clone()
+            } else {
+                format!("{preset}-{count}")
+            };
+            let meta = DatasetMeta {
+                name: name.clone(),
+                metric: metric.into(),
+                n: count,
+                dim,
+                queries,
+                clusters,
+                seed,
+            };
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let directory = out.join(&name);
+            let started = std::time::Instant::now();
+            dataset::generate(&meta, &directory, threads)?;
+            eprintln!(
+                "{}: {count} × {dim} {metric}, {queries} queries, ground truth in {:.1} s",
+                directory.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Ann {
+            data,
+            ef,
+            m,
+            ef_construction,
+            build_threads,
+            k,
+            quantization,
+            rerank_factor,
+            repeats,
+            filter_percent,
+            out,
+        } => {
+            let quantization = match quantization.as_str() {
+                "none" | "f32" => Quantization::None,
+                "i8" => Quantization::ScalarI8,
+                other => anyhow::bail!("unknown quantization `{other}`: use none or i8"),
+            };
+            let config = AnnConfig {
+                data,
+                ef,
+                m,
+                ef_construction,
+                build_threads,
+                k,
+                quantization,
+                rerank_factor,
+                repeats,
+                filter_percent,
+                out,
+            };
+            eprintln!("{command_line}");
+            let (_, path) = ann::run(&config)?;
+            eprintln!("wrote {}", path.display());
         }
     }
     Ok(())

@@ -72,7 +72,8 @@ impl Metric {
     pub fn code_distance(self, kernels: &Kernels, a: &[i8], b: &[i8]) -> f32 {
         match self {
             Metric::L2 => (kernels.l2_squared_i8)(a, b) as f32,
-            Metric::InnerProduct | Metric::Cosine => -((kernels.dot_i8)(a, b) as f32),
+            // Quantizer codes stay within ±127, which the narrow kernel needs.
+            Metric::InnerProduct | Metric::Cosine => -((kernels.dot_i8_narrow)(a, b) as f32),
         }
     }
 }

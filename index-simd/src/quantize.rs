@@ -22,8 +22,10 @@ pub const CODE_MAX: i8 = 127;
 /// The quantile of centred magnitudes that maps to [`CODE_MAX`].
 const SCALE_QUANTILE: f64 = 0.999;
 
-/// The most components the training looks at (rows are strided through the sample).
-const TRAINING_VALUES_MAX: usize = 4 << 20;
+/// The most components the training looks at (rows evenly spaced through the sample): a
+/// million values place the 99.9 % quantile within a few hundredths of a percent, and keep
+/// the training's scratch at 4 MiB whatever the index's size.
+const TRAINING_VALUES_MAX: usize = 1 << 20;
 
 /// The trained mapping from `f32` vectors to `i8` codes.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,10 +38,25 @@ impl ScalarQuantizer {
     /// Trains on `rows` (row-major, `dim` components each) for `metric`. An empty sample,
     /// or one whose values are all equal, gives a scale of 1.
     pub fn train(metric: Metric, dim: usize, rows: &[f32]) -> ScalarQuantizer {
-        assert!(dim > 0 && rows.len().is_multiple_of(dim));
-        let row_count = rows.len() / dim;
+        ScalarQuantizer::train_strided(metric, dim, dim, rows)
+    }
+
+    /// Trains on rows that start `stride` floats apart (the first `dim` of each are the
+    /// vector), as the index stores them.
+    pub fn train_strided(
+        metric: Metric,
+        dim: usize,
+        stride: usize,
+        rows: &[f32],
+    ) -> ScalarQuantizer {
+        assert!(dim > 0 && stride >= dim && rows.len().is_multiple_of(stride));
+        let row_count = rows.len() / stride;
         let row_step = (row_count * dim).div_ceil(TRAINING_VALUES_MAX).max(1);
-        let sample = || rows.chunks_exact(dim).step_by(row_step);
+        let sample = || {
+            rows.chunks_exact(stride)
+                .step_by(row_step)
+                .map(|row| &row[..dim])
+        };
         let mut offsets = vec![0.0f32; dim];
         if metric == Metric::L2 && row_count > 0 {
             let mut low = vec![f32::INFINITY; dim];

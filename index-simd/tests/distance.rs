@@ -183,6 +183,33 @@ fn i8_kernels_are_exact() {
                 kernels.level.name()
             );
         }
+        // The narrow kernel on codes (within ±127): exact too.
+        for length in 0..=1024 {
+            let offset = (random.next() % 16) as usize;
+            let a: Vec<i8> = pool_a[offset..offset + length]
+                .iter()
+                .map(|&x| x.max(-127))
+                .collect();
+            let b: Vec<i8> = pool_b[offset..offset + length]
+                .iter()
+                .map(|&x| x.max(-127))
+                .collect();
+            let dot: i64 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| i64::from(x) * i64::from(y))
+                .sum();
+            assert_eq!(
+                i64::from((kernels.dot_i8_narrow)(&a[..], &b[..])),
+                dot,
+                "{} dot_i8_narrow length {length}",
+                kernels.level.name()
+            );
+        }
+        let edge = vec![-127i8; 65_536];
+        let top = vec![127i8; 65_536];
+        assert_eq!((kernels.dot_i8_narrow)(&edge, &edge), 127 * 127 * 65_536);
+        assert_eq!((kernels.dot_i8_narrow)(&edge, &top), -127 * 127 * 65_536);
         // The extremes, at VBP's largest dimension: every lane at its bound.
         let low = vec![-128i8; 65_536];
         let high = vec![127i8; 65_536];

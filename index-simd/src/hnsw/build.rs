@@ -359,17 +359,8 @@ impl Hnsw {
         let (quantizer, codes) = match params.quantization {
             Quantization::None => (None, Store::<i8>::zeroed(0)),
             Quantization::ScalarI8 => {
-                let quantizer = ScalarQuantizer::train(params.metric, dim, vectors);
-                let quantizer = if params.metric.normalizes() {
-                    // Train on what is stored: the normalised rows.
-                    let rows: Vec<f32> = stored
-                        .chunks_exact(stride)
-                        .flat_map(|row| row[..dim].iter().copied())
-                        .collect();
-                    ScalarQuantizer::train(params.metric, dim, &rows)
-                } else {
-                    quantizer
-                };
+                // Trained on what is stored (normalised rows for cosine).
+                let quantizer = ScalarQuantizer::train_strided(params.metric, dim, stride, &stored);
                 let code_stride = code_stride(dim);
                 let mut codes = Store::<i8>::zeroed(count * code_stride);
                 for (code_row, row) in codes

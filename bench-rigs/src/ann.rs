@@ -1,0 +1,354 @@
+//! The recall/QPS harness for our index, writing the same JSON as the peers' script
+//! (`bench-rigs/peers/ann_peers.py`) so that `peers/report.py` tables and plots both.
+//!
+//! Build: on `build_threads` threads, timed wall-clock; memory is the growth of the resident
+//! set across the build (the dataset is already loaded, as it is for the peers). Search: the
+//! queries one after another on one thread, each timed, after one untimed warm-up pass at
+//! the same `ef`; QPS is queries over the summed time of a timed pass. The timed pass runs
+//! `repeats` times and the fastest is kept (latencies from that pass): this machine is shared
+//! and noisy, and best-of-N is the least noisy estimate of what an engine can do. The peers'
+//! script does the same.
+
+use crate::dataset::Dataset;
+use anyhow::Context;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+use vortex_index::{
+    BuildParams, Hnsw, Kernels, NodeSet, Quantization, SearchParams, SearchScratch,
+};
+
+/// One harness run.
+#[derive(Debug, Clone)]
+pub struct AnnConfig {
+    /// The dataset directory.
+    pub data: PathBuf,
+    /// Beam widths to search with.
+    pub ef: Vec<usize>,
+    /// Graph degree.
+    pub m: usize,
+    /// Beam width of the build.
+    pub ef_construction: usize,
+    /// Build threads.
+    pub build_threads: usize,
+    /// Results per query.
+    pub k: usize,
+    /// The walk's vector type.
+    pub quantization: Quantization,
+    /// Re-rank factor for the quantized walk.
+    pub rerank_factor: usize,
+    /// Timed passes per `ef`; the fastest is kept.
+    pub repeats: usize,
+    /// Also measure filtered search with this percentage of the nodes allowed (at
+    /// [`FILTERED_EF`]).
+    pub filter_percent: Option<f64>,
+    /// Where `<dataset>/<engine>.json` goes.
+    pub out: PathBuf,
+}
+
+/// One `ef` of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnRun {
+    pub ef: usize,
+    pub recall_at_10: f64,
+    pub qps: f64,
+    pub latency_us_mean: f64,
+    pub latency_us_p99: f64,
+}
+
+/// The beam width of the filtered measurement.
+pub const FILTERED_EF: usize = 64;
+
+/// Filtered search: a pseudo-random subset of the nodes (unrelated to the clusters) as a
+/// `NodeSet`, recall against the exact top-k among the allowed nodes.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilteredRun {
+    pub percent: f64,
+    pub allowed: usize,
+    pub ef: usize,
+    pub recall_at_10: f64,
+    pub qps: f64,
+    pub latency_us_mean: f64,
+    pub latency_us_p99: f64,
+}
+
+/// The host a run was made on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub cpu: String,
+    pub cores: usize,
+}
+
+/// A whole run, in the peers' schema.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnResult {
+    pub engine: String,
+    pub engine_version: String,
+    pub dataset: String,
+    pub metric: String,
+    pub n: usize,
+    pub dim: usize,
+    pub queries: usize,
+    pub m: usize,
+    pub ef_construction: usize,
+    pub build_threads: usize,
+    pub build_seconds: f64,
+    pub memory_bytes: i64,
+    pub bytes_per_vector: f64,
+    pub index_bytes: usize,
+    pub search_threads: usize,
+    pub repeats: usize,
+    pub simd_level: String,
+    pub rerank_factor: Option<usize>,
+    pub runs: Vec<AnnRun>,
+    pub filtered: Option<FilteredRun>,
+    pub host: Host,
+    pub date: String,
+}
+
+/// The resident set of this process, in bytes.
+pub fn resident_bytes() -> i64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: i64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|field| field.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf reads a constant of the system; no memory is touched.
+    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page_bytes.max(1)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|date| date.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs the harness on our index and writes the result file; returns the result and its path.
+pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
+    let dataset = Dataset::load(&config.data)
+        .with_context(|| format!("loading the dataset in {}", config.data.display()))?;
+    let metric = dataset.meta.metric()?;
+    anyhow::ensure!(
+        config.k <= dataset.truth.dim,
+        "k = {} but the ground truth has {} neighbours per query",
+        config.k,
+        dataset.truth.dim
+    );
+    let params = BuildParams {
+        metric,
+        m: config.m,
+        ef_construction: config.ef_construction,
+        threads: config.build_threads,
+        quantization: config.quantization,
+        ..BuildParams::default()
+    };
+
+    let before = resident_bytes();
+    let started = Instant::now();
+    let index = Hnsw::build(dataset.meta.dim, &dataset.base.values, None, &params)?;
+    let build_seconds = started.elapsed().as_secs_f64();
+    let memory_bytes = resident_bytes() - before;
+    eprintln!(
+        "built {} × {} in {build_seconds:.1} s; resident +{:.1} MiB",
+        dataset.meta.n,
+        dataset.meta.dim,
+        memory_bytes as f64 / (1 << 20) as f64
+    );
+
+    let mut scratch = SearchScratch::new();
+    let mut results = Vec::with_capacity(config.k);
+    let mut latencies_ns = Vec::with_capacity(dataset.queries.len());
+    let mut runs = Vec::new();
+    for &ef in &config.ef {
+        let search = SearchParams {
+            k: config.k,
+            ef,
+            rerank_factor: config.rerank_factor,
+        };
+        for query in dataset.queries.values.chunks_exact(dataset.meta.dim) {
+            index.search_with(&mut scratch, query, &search, None, &mut results)?;
+        }
+        let mut best_ns: Option<Vec<u64>> = None;
+        let mut hits = 0usize;
+        for _ in 0..config.repeats.max(1) {
+            latencies_ns.clear();
+            hits = 0;
+            for (q, query) in dataset
+                .queries
+                .values
+                .chunks_exact(dataset.meta.dim)
+                .enumerate()
+            {
+                let started = Instant::now();
+                index.search_with(&mut scratch, query, &search, None, &mut results)?;
+                latencies_ns.push(started.elapsed().as_nanos() as u64);
+                let truth = &dataset.truth.row(q)[..config.k];
+                hits += results
+                    .iter()
+                    .filter(|found| truth.contains(&(found.node as i32)))
+                    .count();
+            }
+            let total: u64 = latencies_ns.iter().sum();
+            if best_ns
+                .as_ref()
+                .is_none_or(|best| total < best.iter().sum::<u64>())
+            {
+                best_ns = Some(latencies_ns.clone());
+            }
+        }
+        let mut latencies_ns = best_ns.unwrap_or_default();
+        let total_ns: u64 = latencies_ns.iter().sum();
+        latencies_ns.sort_unstable();
+        let p99 = latencies_ns[(latencies_ns.len() * 99).div_ceil(100).saturating_sub(1)];
+        let queries = dataset.queries.len() as f64;
+        let run = AnnRun {
+            ef,
+            recall_at_10: hits as f64 / (queries * config.k as f64),
+            qps: queries / (total_ns as f64 / 1e9),
+            latency_us_mean: total_ns as f64 / queries / 1e3,
+            latency_us_p99: p99 as f64 / 1e3,
+        };
+        eprintln!(
+            "ef {:>4}: recall@{} {:.4}  {:>9.0} QPS  mean {:.1} µs  p99 {:.1} µs",
+            ef, config.k, run.recall_at_10, run.qps, run.latency_us_mean, run.latency_us_p99
+        );
+        runs.push(run);
+    }
+
+    let filtered = match config.filter_percent {
+        Some(percent) => Some(filtered_run(&index, &dataset, config, percent)?),
+        None => None,
+    };
+
+    let quantized = config.quantization == Quantization::ScalarI8;
+    let result = AnnResult {
+        engine: if quantized { "vortex-i8" } else { "vortex" }.into(),
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        dataset: dataset.meta.name.clone(),
+        metric: dataset.meta.metric.clone(),
+        n: dataset.meta.n,
+        dim: dataset.meta.dim,
+        queries: dataset.meta.queries,
+        m: config.m,
+        ef_construction: config.ef_construction,
+        build_threads: config.build_threads,
+        build_seconds,
+        memory_bytes,
+        bytes_per_vector: memory_bytes as f64 / dataset.meta.n as f64,
+        index_bytes: index.memory_bytes(),
+        search_threads: 1,
+        repeats: config.repeats.max(1),
+        simd_level: vortex_index::Kernels::active().level.name().into(),
+        rerank_factor: quantized.then_some(config.rerank_factor),
+        runs,
+        filtered,
+        host: Host {
+            cpu: cpu_model(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
+        date: today(),
+    };
+    let directory = config.out.join(&result.dataset);
+    std::fs::create_dir_all(&directory)?;
+    let path = directory.join(format!("{}.json", result.engine));
+    std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok((result, path))
+}
+
+/// Whether the filtered measurement allows `node`: a hash of the id, so that the allowed set
+/// has nothing to do with the clusters.
+fn allowed(node: u32, percent: f64) -> bool {
+    let hash = u64::from(node).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    ((hash % 1_000_000) as f64) < percent * 10_000.0
+}
+
+/// Filtered search at [`FILTERED_EF`] with `percent` % of the nodes allowed.
+fn filtered_run(
+    index: &Hnsw,
+    dataset: &Dataset,
+    config: &AnnConfig,
+    percent: f64,
+) -> anyhow::Result<FilteredRun> {
+    anyhow::ensure!(
+        percent > 0.0 && percent <= 100.0,
+        "--filter-percent must be in (0, 100]"
+    );
+    let metric = dataset.meta.metric()?;
+    let set: NodeSet = (0..dataset.base.len() as u32)
+        .filter(|&node| allowed(node, percent))
+        .collect();
+    let kernels = Kernels::active();
+    let dim = dataset.meta.dim;
+    let search = SearchParams {
+        k: config.k,
+        ef: FILTERED_EF,
+        rerank_factor: config.rerank_factor,
+    };
+    let mut scratch = SearchScratch::new();
+    let mut results = Vec::with_capacity(config.k);
+    let mut latencies_ns = Vec::with_capacity(dataset.queries.len());
+    let mut hits = 0usize;
+    let mut expected = 0usize;
+    let mut exact: Vec<(f32, u32)> = Vec::with_capacity(set.len());
+    for query in dataset.queries.values.chunks_exact(dim) {
+        let started = Instant::now();
+        index.search_with(&mut scratch, query, &search, Some(&set), &mut results)?;
+        latencies_ns.push(started.elapsed().as_nanos() as u64);
+        // The exact answer among the allowed nodes (the dataset's vectors are stored as the
+        // index stores them: cosine sets are normalised already).
+        exact.clear();
+        for node in (0..dataset.base.len() as u32).filter(|&node| set.contains(node)) {
+            let distance = metric.distance(kernels, query, dataset.base.row(node as usize));
+            exact.push((distance, node));
+        }
+        let k = config.k.min(exact.len());
+        if k > 0 {
+            exact.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
+        }
+        let truth = &exact[..k];
+        expected += k;
+        hits += results
+            .iter()
+            .filter(|found| truth.iter().any(|&(_, node)| node == found.node))
+            .count();
+        anyhow::ensure!(
+            results.iter().all(|found| set.contains(found.node)),
+            "a filtered search returned a node the filter refuses"
+        );
+    }
+    let total_ns: u64 = latencies_ns.iter().sum();
+    latencies_ns.sort_unstable();
+    let queries = dataset.queries.len() as f64;
+    let run = FilteredRun {
+        percent,
+        allowed: set.len(),
+        ef: FILTERED_EF,
+        recall_at_10: hits as f64 / expected.max(1) as f64,
+        qps: queries / (total_ns as f64 / 1e9),
+        latency_us_mean: total_ns as f64 / queries / 1e3,
+        latency_us_p99: latencies_ns[(latencies_ns.len() * 99).div_ceil(100).saturating_sub(1)]
+            as f64
+            / 1e3,
+    };
+    eprintln!(
+        "filtered ({percent} % = {} nodes allowed), ef {}: recall@{} {:.4}  {:.0} QPS  p99 {:.1} µs",
+        run.allowed, FILTERED_EF, config.k, run.recall_at_10, run.qps, run.latency_us_p99
+    );
+    Ok(run)
+}
