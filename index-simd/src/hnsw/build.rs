@@ -164,6 +164,10 @@ struct Builder<'a> {
     upper_offsets: &'a [u32],
     links0: Vec<AtomicU32>,
     upper_links: Vec<AtomicU32>,
+    /// Beside every link slot, the link's distance (`f32` bits), so that pruning a full list
+    /// does not compute again the distances it was chosen by. Build-time only.
+    distances0: Vec<AtomicU32>,
+    upper_distances: Vec<AtomicU32>,
     locks: Vec<Mutex<()>>,
     /// The entry point and the top layer.
     entry: Mutex<(u32, u8)>,
@@ -191,24 +195,46 @@ impl Links for Builder<'_> {
 }
 
 impl Builder<'_> {
-    /// The neighbour block (count, then ids) of `node` at `layer`.
-    fn block(&self, node: u32, layer: u8) -> &[AtomicU32] {
+    /// Where the neighbour block of `node` at `layer` lies in its layer's array.
+    fn range(&self, node: u32, layer: u8) -> std::ops::Range<usize> {
         if layer == 0 {
             let start = node as usize * (1 + self.m0);
-            &self.links0[start..start + 1 + self.m0]
+            start..start + 1 + self.m0
         } else {
             let start =
                 self.upper_offsets[node as usize] as usize + (layer as usize - 1) * (1 + self.m);
-            &self.upper_links[start..start + 1 + self.m]
+            start..start + 1 + self.m
+        }
+    }
+
+    /// The neighbour block (count, then ids) of `node` at `layer`.
+    fn block(&self, node: u32, layer: u8) -> &[AtomicU32] {
+        let range = self.range(node, layer);
+        if layer == 0 {
+            &self.links0[range]
+        } else {
+            &self.upper_links[range]
+        }
+    }
+
+    /// The distances beside the block of `node` at `layer` (slot 0 unused).
+    fn block_distances(&self, node: u32, layer: u8) -> &[AtomicU32] {
+        let range = self.range(node, layer);
+        if layer == 0 {
+            &self.distances0[range]
+        } else {
+            &self.upper_distances[range]
         }
     }
 
     /// Writes `neighbors` as the list of `node` at `layer`; the caller holds its lock.
     fn store(&self, node: u32, layer: u8, neighbors: &[Scored]) {
         let block = self.block(node, layer);
+        let distances = self.block_distances(node, layer);
         debug_assert!(neighbors.len() < block.len());
-        for (slot, neighbor) in block[1..].iter().zip(neighbors) {
+        for ((slot, distance), neighbor) in block[1..].iter().zip(&distances[1..]).zip(neighbors) {
             slot.store(neighbor.node, Relaxed);
+            distance.store(neighbor.distance.to_bits(), Relaxed);
         }
         block[0].store(neighbors.len() as u32, Relaxed);
     }
@@ -251,8 +277,10 @@ impl Builder<'_> {
             }
             let max = if layer == 0 { self.m0 } else { self.m };
             for index in 0..work.selected.len() {
-                let neighbor = work.selected[index].node;
-                self.link(neighbor, node, layer, max, work);
+                let neighbor = work.selected[index];
+                // Every metric here is symmetric: the distance from the neighbour to the
+                // node is the one the node chose it by.
+                self.link(neighbor.node, node, neighbor.distance, layer, max, work);
             }
         }
         if let Some(mut guard) = entry_guard {
@@ -262,9 +290,10 @@ impl Builder<'_> {
 
     /// Adds `node` to the list of `target` at `layer`, pruning with the heuristic when the
     /// list is full.
-    fn link(&self, target: u32, node: u32, layer: u8, max: usize, work: &mut Work) {
+    fn link(&self, target: u32, node: u32, distance: f32, layer: u8, max: usize, work: &mut Work) {
         let _guard = lock(&self.locks[target as usize]);
         let block = self.block(target, layer);
+        let distances = self.block_distances(target, layer);
         let count = (block[0].load(Relaxed) as usize).min(block.len() - 1);
         if block[1..1 + count]
             .iter()
@@ -274,6 +303,7 @@ impl Builder<'_> {
         }
         if count < max {
             block[1 + count].store(node, Relaxed);
+            distances[1 + count].store(distance.to_bits(), Relaxed);
             block[0].store(count as u32 + 1, Relaxed);
             return;
         }
@@ -282,12 +312,12 @@ impl Builder<'_> {
         work.pruned.extend(
             block[1..1 + count]
                 .iter()
-                .map(|id| id.load(Relaxed))
-                .chain(std::iter::once(node))
-                .map(|id| Scored {
-                    distance: space.distance(id),
-                    node: id,
-                }),
+                .zip(&distances[1..])
+                .map(|(id, distance)| Scored {
+                    distance: f32::from_bits(distance.load(Relaxed)),
+                    node: id.load(Relaxed),
+                })
+                .chain(std::iter::once(Scored { distance, node })),
         );
         work.pruned.sort_unstable();
         select_neighbors(&space, &work.pruned, max, &mut work.selected_for_link);
@@ -404,6 +434,8 @@ impl Hnsw {
                 upper_offsets: &upper_offsets,
                 links0: (0..links0_length).map(|_| AtomicU32::new(0)).collect(),
                 upper_links: (0..upper_length).map(|_| AtomicU32::new(0)).collect(),
+                distances0: (0..links0_length).map(|_| AtomicU32::new(0)).collect(),
+                upper_distances: (0..upper_length).map(|_| AtomicU32::new(0)).collect(),
                 locks: (0..count).map(|_| Mutex::new(())).collect(),
                 entry: Mutex::new((0, levels.first().copied().unwrap_or(0))),
             };

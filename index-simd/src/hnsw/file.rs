@@ -146,11 +146,7 @@ impl Hnsw {
         let quantizer: Vec<f32> = self
             .quantizer
             .as_ref()
-            .map(|q| {
-                std::iter::once(q.scale())
-                    .chain(q.offsets().iter().copied())
-                    .collect()
-            })
+            .map(|q| q.offsets().iter().chain(q.scales()).copied().collect())
             .unwrap_or_default();
         let bodies: [&[u8]; 9] = [
             as_bytes(&self.vectors),
@@ -371,10 +367,7 @@ impl Hnsw {
         let vectors: Store<f32> = store(&mapping, view(Section::Vectors, count * stride * 4)?);
         let quantizer_values: Store<f32> = store(
             &mapping,
-            view(
-                Section::Quantizer,
-                if quantized { (1 + dim) * 4 } else { 0 },
-            )?,
+            view(Section::Quantizer, if quantized { 2 * dim * 4 } else { 0 })?,
         );
         let codes: Store<i8> = store(
             &mapping,
@@ -443,8 +436,10 @@ impl Hnsw {
         let quantizer = if quantized {
             let values = &*quantizer_values;
             Some(
-                ScalarQuantizer::from_parts(values[1..].to_vec(), values[0])
-                    .ok_or_else(|| corrupt("quantizer scale or offsets not finite".into()))?,
+                ScalarQuantizer::from_parts(metric, values[..dim].to_vec(), values[dim..].to_vec())
+                    .ok_or_else(|| {
+                        corrupt("quantizer offsets or scales unusable for the metric".into())
+                    })?,
             )
         } else {
             None

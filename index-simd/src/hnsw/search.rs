@@ -369,7 +369,7 @@ impl Hnsw {
             Some(quantizer) => {
                 let mut codes = std::mem::take(&mut scratch.query_codes);
                 codes.resize(self.dim, 0);
-                quantizer.encode(query, &mut codes);
+                quantizer.encode_query(query, &mut codes);
                 self.walk(
                     scratch,
                     &CodeSpace {
@@ -422,11 +422,23 @@ impl Hnsw {
         results: &mut Vec<Neighbor>,
     ) {
         let exact = ExactSpace::of(self, query);
+        // The allowed live nodes first, so that the rows a few places ahead can be
+        // prefetched while one is compared (the rows are scattered: each is a cold miss).
+        let nodes = &mut scratch.fresh;
+        nodes.clear();
+        filter.for_each_allowed(self.count as u32, &mut |node| {
+            if !self.is_deleted(node) {
+                nodes.push(node);
+            }
+        });
         let heap = &mut scratch.results;
         heap.clear();
-        filter.for_each_allowed(self.count as u32, &mut |node| {
-            if self.is_deleted(node) {
-                return;
+        for &node in nodes.iter().take(PREFETCH_AHEAD) {
+            exact.prefetch(node);
+        }
+        for (position, &node) in nodes.iter().enumerate() {
+            if let Some(&next) = nodes.get(position + PREFETCH_AHEAD) {
+                exact.prefetch(next);
             }
             let distance = exact.distance(node);
             if heap.len() < k {
@@ -435,7 +447,7 @@ impl Hnsw {
                 heap.pop();
                 heap.push(Scored { distance, node });
             }
-        });
+        }
         scratch.ranked.clear();
         scratch.ranked.extend(heap.drain());
         scratch.ranked.sort_unstable();
