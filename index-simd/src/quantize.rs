@@ -17,23 +17,19 @@
 //!   q·x / t`, and `t` is the same for every stored vector, so the integer dot product ranks
 //!   like the true one.
 //!
-//! Scales come from a high quantile (99.9 %) of the centred magnitudes in the sample, not
-//! the maximum, so that one outlier does not cost every other value its resolution; the
-//! rare values beyond it clamp. The search re-ranks its best candidates with the `f32`
-//! vectors, which repairs the order among near ties that quantization blurs.
+//! Scales map the largest centred magnitude of each dimension (of all dimensions for `l2`)
+//! to 127: nothing clamps. A high quantile (99.9 %) with clamping beyond it was tried
+//! first and measured worse: on the 384-d cosine benchmark set, the true top 10 were within
+//! the 40 best by codes for 95.9 % of queries with the quantile and 99.75 % with the
+//! maximum, and on the 128-d l2 set within the 10 best for 93.8 % against 96.4 %. The
+//! values in the tails are exactly the ones that decide near neighbours in clustered data.
+//! The search re-ranks its best candidates with the `f32` vectors, which repairs the order
+//! among near ties that quantization blurs.
 
 use crate::metric::Metric;
 
 /// The largest magnitude of a code.
 pub const CODE_MAX: i8 = 127;
-
-/// The quantile of centred magnitudes that maps to [`CODE_MAX`].
-const SCALE_QUANTILE: f64 = 0.999;
-
-/// The most components the training looks at (rows evenly spaced through the sample): a
-/// million values place the quantiles well, and keep the training's scratch at 4 MiB
-/// whatever the index's size.
-const TRAINING_VALUES_MAX: usize = 1 << 20;
 
 /// The trained mapping from `f32` vectors to `i8` codes.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,15 +39,10 @@ pub struct ScalarQuantizer {
     scales: Vec<f32>,
 }
 
-/// The `SCALE_QUANTILE` of `magnitudes` over [`CODE_MAX`], or `None` when that is not a
-/// usable scale (no values, all zero).
-fn quantile_scale(magnitudes: &mut [f32]) -> Option<f32> {
-    if magnitudes.is_empty() {
-        return None;
-    }
-    let rank = ((magnitudes.len() - 1) as f64 * SCALE_QUANTILE).round() as usize;
-    let (_, &mut quantile, _) = magnitudes.select_nth_unstable_by(rank, f32::total_cmp);
-    let scale = quantile / f32::from(CODE_MAX);
+/// The scale that maps `largest` to [`CODE_MAX`], or `None` when that is not usable (no
+/// spread at all).
+fn scale_for(largest: f32) -> Option<f32> {
+    let scale = largest / f32::from(CODE_MAX);
     (scale > 0.0 && scale.is_finite()).then_some(scale)
 }
 
@@ -62,8 +53,8 @@ impl ScalarQuantizer {
     }
 
     /// Trains on rows that start `stride` floats apart (the first `dim` of each are the
-    /// vector), as the index stores them. A dimension with no spread in the sample gets the
-    /// other dimensions' scale (or 1 when none has any).
+    /// vector), as the index stores them: one pass over every row. A dimension with no
+    /// spread gets the widest dimension's scale (or 1 when none has any).
     pub fn train_strided(
         metric: Metric,
         dim: usize,
@@ -71,46 +62,38 @@ impl ScalarQuantizer {
         rows: &[f32],
     ) -> ScalarQuantizer {
         assert!(dim > 0 && stride >= dim && rows.len().is_multiple_of(stride));
-        let row_count = rows.len() / stride;
-        let row_step = (row_count * dim).div_ceil(TRAINING_VALUES_MAX).max(1);
-        let sample = || {
-            rows.chunks_exact(stride)
-                .step_by(row_step)
-                .map(|row| &row[..dim])
-        };
+        let vectors = || rows.chunks_exact(stride).map(|row| &row[..dim]);
         let mut offsets = vec![0.0f32; dim];
-        if metric == Metric::L2 && row_count > 0 {
+        if metric == Metric::L2 {
             let mut low = vec![f32::INFINITY; dim];
             let mut high = vec![f32::NEG_INFINITY; dim];
-            for row in sample() {
+            for row in vectors() {
                 for (d, &x) in row.iter().enumerate() {
                     low[d] = low[d].min(x);
                     high[d] = high[d].max(x);
                 }
             }
             for d in 0..dim {
-                offsets[d] = low[d] / 2.0 + high[d] / 2.0;
+                if low[d] <= high[d] {
+                    offsets[d] = low[d] / 2.0 + high[d] / 2.0;
+                }
             }
         }
-        let mut all: Vec<f32> = sample()
-            .flat_map(|row| row.iter().zip(&offsets).map(|(&x, &o)| (x - o).abs()))
-            .collect();
-        let sampled_rows = all.len() / dim;
-        let global = quantile_scale(&mut all.clone()).unwrap_or(1.0);
+        let mut largest = vec![0.0f32; dim];
+        for row in vectors() {
+            for ((top, &x), &offset) in largest.iter_mut().zip(row).zip(&offsets) {
+                *top = top.max((x - offset).abs());
+            }
+        }
+        let global = scale_for(largest.iter().copied().fold(0.0, f32::max)).unwrap_or(1.0);
         let scales = if metric == Metric::L2 {
             vec![global; dim]
         } else {
-            // Column d of the row-major sample, one dimension at a time.
-            let mut column = Vec::with_capacity(sampled_rows);
-            (0..dim)
-                .map(|d| {
-                    column.clear();
-                    column.extend((0..sampled_rows).map(|row| all[row * dim + d]));
-                    quantile_scale(&mut column).unwrap_or(global)
-                })
+            largest
+                .iter()
+                .map(|&top| scale_for(top).unwrap_or(global))
                 .collect()
         };
-        all.clear();
         ScalarQuantizer {
             metric,
             offsets,
