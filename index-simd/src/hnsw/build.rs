@@ -19,7 +19,7 @@ use super::{
 use crate::distance::Kernels;
 use crate::metric::{normalize, Metric};
 use crate::quantize::ScalarQuantizer;
-use crate::store::Store;
+use crate::store::{huge_vec, Store};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
@@ -432,11 +432,11 @@ impl Hnsw {
                 ef_construction: params.ef_construction.max(m),
                 levels: &levels,
                 upper_offsets: &upper_offsets,
-                links0: (0..links0_length).map(|_| AtomicU32::new(0)).collect(),
-                upper_links: (0..upper_length).map(|_| AtomicU32::new(0)).collect(),
-                distances0: (0..links0_length).map(|_| AtomicU32::new(0)).collect(),
-                upper_distances: (0..upper_length).map(|_| AtomicU32::new(0)).collect(),
-                locks: (0..count).map(|_| Mutex::new(())).collect(),
+                links0: huge_vec(links0_length, || AtomicU32::new(0)),
+                upper_links: huge_vec(upper_length, || AtomicU32::new(0)),
+                distances0: huge_vec(links0_length, || AtomicU32::new(0)),
+                upper_distances: huge_vec(upper_length, || AtomicU32::new(0)),
+                locks: huge_vec(count, || Mutex::new(())),
                 entry: Mutex::new((0, levels.first().copied().unwrap_or(0))),
             };
             let threads = match params.threads {

@@ -94,7 +94,9 @@ impl Visited {
     /// Empties the set and makes room for nodes below `count`.
     pub fn reset(&mut self, count: usize) {
         if self.tags.len() < count {
-            self.tags.resize(count, 0);
+            // Grown once per index size; huge pages, since every query touches it at random.
+            self.tags = crate::store::huge_vec(count, || 0);
+            self.epoch = 0;
         }
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
