@@ -16,11 +16,11 @@
 use crate::vecs::{self, Rows};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::path::Path;
 use vortex_index::metric::normalize;
-use vortex_index::{Kernels, Metric};
+use vortex_index::random::SplitMix;
+use vortex_index::{Kernels, Metric, Scored};
 
 /// Ground-truth neighbours written per query.
 pub const GROUND_TRUTH_DEPTH: usize = 100;
@@ -56,35 +56,11 @@ impl DatasetMeta {
     }
 }
 
-/// splitmix64.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box-Muller, one of the pair).
-    fn gaussian(&mut self) -> f32 {
-        let (u, v) = (self.unit(), self.unit());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-}
-
 /// The generator of one row, from (seed, row).
 fn row_random(seed: u64, stream: u64, row: usize) -> SplitMix {
-    let mut mix = SplitMix(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
-    let base = mix.next();
-    SplitMix(base ^ (row as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB))
+    let mut mix = SplitMix::new(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
+    let base = mix.next_u64();
+    SplitMix::new(base ^ (row as u64).wrapping_mul(0xE703_7ED1_A0B4_28DB))
 }
 
 /// The mixture: every cluster's centre and per-component spread.
@@ -104,7 +80,7 @@ impl Mixture {
             // A random ordering of the components (Fisher-Yates), then the decaying spread.
             let mut ranks: Vec<usize> = (0..dim).collect();
             for i in (1..dim).rev() {
-                ranks.swap(i, (random.next() % (i as u64 + 1)) as usize);
+                ranks.swap(i, (random.next_u64() % (i as u64 + 1)) as usize);
             }
             spreads.extend(ranks.iter().map(|&rank| 1.0 / ((rank + 1) as f32).sqrt()));
         }
@@ -122,7 +98,7 @@ impl Mixture {
     /// Writes draw number `row` of stream `stream` into `out`.
     fn draw(&self, seed: u64, stream: u64, row: usize, metric: Metric, out: &mut [f32]) {
         let mut random = row_random(seed, stream, row);
-        let cluster = (random.next() % self.clusters() as u64) as usize;
+        let cluster = (random.next_u64() % self.clusters() as u64) as usize;
         let range = cluster * self.dim..(cluster + 1) * self.dim;
         for ((x, &centre), &spread) in out
             .iter_mut()
@@ -160,24 +136,6 @@ impl Mixture {
     }
 }
 
-/// A row and its distance, ordered by distance then row.
-#[derive(Clone, Copy, PartialEq)]
-struct Scored(f32, u32);
-
-impl Eq for Scored {}
-
-impl PartialOrd for Scored {
-    fn partial_cmp(&self, other: &Scored) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scored {
-    fn cmp(&self, other: &Scored) -> Ordering {
-        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
-    }
-}
-
 /// The exact `depth` nearest base rows of every query, on `threads` threads.
 pub fn ground_truth(
     metric: Metric,
@@ -206,15 +164,21 @@ pub fn ground_truth(
                     for (row, vector) in base.values.chunks_exact(base.dim).enumerate() {
                         let distance = metric.distance(kernels, query, vector);
                         if heap.len() < depth {
-                            heap.push(Scored(distance, row as u32));
-                        } else if heap.peek().is_some_and(|w: &Scored| distance < w.0) {
+                            heap.push(Scored {
+                                distance,
+                                node: row as u32,
+                            });
+                        } else if heap.peek().is_some_and(|w: &Scored| distance < w.distance) {
                             heap.pop();
-                            heap.push(Scored(distance, row as u32));
+                            heap.push(Scored {
+                                distance,
+                                node: row as u32,
+                            });
                         }
                     }
                     let sorted = std::mem::take(&mut heap).into_sorted_vec();
                     for (slot, scored) in out.iter_mut().zip(&sorted) {
-                        *slot = scored.1 as i32;
+                        *slot = scored.node as i32;
                     }
                     heap = BinaryHeap::from(sorted);
                 }

@@ -10,12 +10,14 @@ pub mod filter;
 pub mod hnsw;
 pub mod metric;
 pub mod quantize;
+pub mod random;
 mod store;
 
 pub use distance::{Kernels, Level, LevelError};
 pub use filter::{Filter, NodeSet};
 pub use hnsw::{
-    BuildParams, Compacted, Hnsw, IndexError, Neighbor, Quantization, SearchParams, SearchScratch,
+    BuildParams, Compacted, Hnsw, IndexError, Neighbor, Quantization, Scored, SearchParams,
+    SearchScratch,
 };
 pub use metric::Metric;
 pub use quantize::ScalarQuantizer;

@@ -19,6 +19,7 @@ use super::{
 use crate::distance::Kernels;
 use crate::metric::{normalize, Metric};
 use crate::quantize::ScalarQuantizer;
+use crate::random::SplitMix;
 use crate::store::{huge_vec, Store};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
@@ -63,28 +64,10 @@ impl Default for BuildParams {
     }
 }
 
-/// splitmix64: a small, well-mixed generator for the level draw.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// The paper's level draw: `⌊-ln(U) · mL⌋` with `mL = 1 / ln m`, capped.
 pub(crate) fn draw_levels(count: usize, m: usize, seed: u64) -> Vec<u8> {
     let level_scale = 1.0 / (m as f64).ln();
-    let mut random = SplitMix(seed);
+    let mut random = SplitMix::new(seed);
     (0..count)
         .map(|_| (-random.unit().ln() * level_scale).min(f64::from(LEVEL_MAX)) as u8)
         .collect()

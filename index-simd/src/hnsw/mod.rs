@@ -33,7 +33,7 @@ use crate::store::Store;
 pub use build::{BuildParams, Quantization};
 pub use compact::Compacted;
 pub use file::{FileError, FILE_MAGIC, FILE_VERSION};
-pub use search::{Neighbor, SearchParams, SearchScratch};
+pub use search::{Neighbor, Scored, SearchParams, SearchScratch};
 
 /// The marker of an unused neighbour slot or "no node".
 pub(crate) const NO_NODE: u32 = u32::MAX;

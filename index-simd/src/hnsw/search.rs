@@ -53,10 +53,13 @@ impl Default for SearchParams {
     }
 }
 
-/// A node and its distance, ordered by distance (then node, so that ties are deterministic).
+/// A node and its distance, ordered by distance (then node, so that ties are deterministic;
+/// `total_cmp`, so that even a NaN has a place).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Scored {
+pub struct Scored {
+    /// The distance.
     pub distance: f32,
+    /// The node (or row).
     pub node: u32,
 }
 
