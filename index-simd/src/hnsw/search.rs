@@ -438,21 +438,14 @@ impl Hnsw {
         });
         let heap = &mut scratch.results;
         heap.clear();
-        for &node in nodes.iter().take(PREFETCH_AHEAD) {
-            exact.prefetch(node);
-        }
-        for (position, &node) in nodes.iter().enumerate() {
-            if let Some(&next) = nodes.get(position + PREFETCH_AHEAD) {
-                exact.prefetch(next);
-            }
-            let distance = exact.distance(node);
+        for_each_distance(&exact, nodes, |node, distance| {
             if heap.len() < k {
                 heap.push(Scored { distance, node });
             } else if heap.peek().is_some_and(|worst| distance < worst.distance) {
                 heap.pop();
                 heap.push(Scored { distance, node });
             }
-        }
+        });
         scratch.ranked.clear();
         scratch.ranked.extend(heap.drain());
         scratch.ranked.sort_unstable();
@@ -545,22 +538,14 @@ pub(crate) fn beam<L: Links, S: Space>(
             break;
         }
         // Pick the unvisited neighbours, then compute their distances while the data of
-        // the next few is loading: a window of prefetches rather than all at once, so that
-        // the CPU's line-fill buffers do not fill up and stall the loop.
+        // the next few is loading.
         fresh.clear();
         links.for_each_neighbor(current.node, layer, |neighbor| {
             if visited.insert(neighbor) {
                 fresh.push(neighbor);
             }
         });
-        for &neighbor in fresh.iter().take(PREFETCH_AHEAD) {
-            space.prefetch(neighbor);
-        }
-        for (position, &neighbor) in fresh.iter().enumerate() {
-            if let Some(&next) = fresh.get(position + PREFETCH_AHEAD) {
-                space.prefetch(next);
-            }
-            let distance = space.distance(neighbor);
+        for_each_distance(space, fresh, |neighbor, distance| {
             let bound = results.peek().map_or(f32::INFINITY, |worst| worst.distance);
             if results.len() < ef || distance < bound {
                 let scored = Scored {
@@ -575,6 +560,23 @@ pub(crate) fn beam<L: Links, S: Space>(
                     }
                 }
             }
+        });
+    }
+}
+
+/// Calls `visit` with each of `nodes` and its distance, in order, prefetching the data of
+/// the node [`PREFETCH_AHEAD`] places on while the current one is compared: a window of
+/// loads in flight rather than all at once, so the CPU's line-fill buffers do not fill up
+/// and stall the loop.
+#[inline(always)]
+fn for_each_distance<S: Space>(space: &S, nodes: &[u32], mut visit: impl FnMut(u32, f32)) {
+    for &node in nodes.iter().take(PREFETCH_AHEAD) {
+        space.prefetch(node);
+    }
+    for (position, &node) in nodes.iter().enumerate() {
+        if let Some(&next) = nodes.get(position + PREFETCH_AHEAD) {
+            space.prefetch(next);
         }
+        visit(node, space.distance(node));
     }
 }
