@@ -213,8 +213,7 @@ pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
         }
         let mut latencies_ns = best_ns.unwrap_or_default();
         let total_ns: u64 = latencies_ns.iter().sum();
-        latencies_ns.sort_unstable();
-        let p99 = latencies_ns[(latencies_ns.len() * 99).div_ceil(100).saturating_sub(1)];
+        let p99 = p99_ns(&mut latencies_ns);
         let queries = dataset.queries.len() as f64;
         let run = AnnRun {
             ef,
@@ -269,6 +268,13 @@ pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
     std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     Ok((result, path))
+}
+
+/// The 99th percentile of `latencies_ns` (nearest rank; sorts them), 0 when empty.
+fn p99_ns(latencies_ns: &mut [u64]) -> u64 {
+    latencies_ns.sort_unstable();
+    let rank = (latencies_ns.len() * 99).div_ceil(100).saturating_sub(1);
+    latencies_ns.get(rank).copied().unwrap_or(0)
 }
 
 /// Whether the filtered measurement allows `node`: a hash of the id, so that the allowed set
@@ -333,7 +339,6 @@ fn filtered_run(
         );
     }
     let total_ns: u64 = latencies_ns.iter().sum();
-    latencies_ns.sort_unstable();
     let queries = dataset.queries.len() as f64;
     let run = FilteredRun {
         percent,
@@ -342,9 +347,7 @@ fn filtered_run(
         recall_at_10: hits as f64 / expected.max(1) as f64,
         qps: queries / (total_ns as f64 / 1e9),
         latency_us_mean: total_ns as f64 / queries / 1e3,
-        latency_us_p99: latencies_ns[(latencies_ns.len() * 99).div_ceil(100).saturating_sub(1)]
-            as f64
-            / 1e3,
+        latency_us_p99: p99_ns(&mut latencies_ns) as f64 / 1e3,
     };
     eprintln!(
         "filtered ({percent} % = {} nodes allowed), ef {}: recall@{} {:.4}  {:.0} QPS  p99 {:.1} µs",

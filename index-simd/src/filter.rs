@@ -72,6 +72,17 @@ impl NodeSet {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+
+    /// The bitset's words (node `n` is bit `n % 64` of word `n / 64`).
+    pub(crate) fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// A set from its bitset words.
+    pub(crate) fn from_words(words: Vec<u64>) -> NodeSet {
+        let count = words.iter().map(|word| word.count_ones() as usize).sum();
+        NodeSet { words, count }
+    }
 }
 
 impl FromIterator<u32> for NodeSet {

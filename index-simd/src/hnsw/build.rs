@@ -14,9 +14,11 @@
 
 use super::search::{beam, greedy, ExactSpace, Links, Scored, SearchScratch, Space};
 use super::{
-    code_stride, vector_stride, Hnsw, IndexError, DIM_MAX, EF_MAX, LEVEL_MAX, M_MAX, NO_NODE,
+    block_range, code_stride, vector_stride, Hnsw, IndexError, DIM_MAX, EF_MAX, LEVEL_MAX, M_MAX,
+    NO_NODE,
 };
 use crate::distance::Kernels;
+use crate::filter::NodeSet;
 use crate::metric::{normalize, Metric};
 use crate::quantize::ScalarQuantizer;
 use crate::random::SplitMix;
@@ -180,14 +182,7 @@ impl Links for Builder<'_> {
 impl Builder<'_> {
     /// Where the neighbour block of `node` at `layer` lies in its layer's array.
     fn range(&self, node: u32, layer: u8) -> std::ops::Range<usize> {
-        if layer == 0 {
-            let start = node as usize * (1 + self.m0);
-            start..start + 1 + self.m0
-        } else {
-            let start =
-                self.upper_offsets[node as usize] as usize + (layer as usize - 1) * (1 + self.m);
-            start..start + 1 + self.m
-        }
+        block_range(self.m, self.upper_offsets, node, layer)
     }
 
     /// The neighbour block (count, then ids) of `node` at `layer`.
@@ -484,8 +479,7 @@ impl Hnsw {
             upper_offsets: Store::owned(&upper_offsets),
             links0,
             upper_links,
-            tombstones: vec![0; count.div_ceil(64)],
-            deleted_count: 0,
+            tombstones: NodeSet::with_capacity(count),
             kernels,
         })
     }

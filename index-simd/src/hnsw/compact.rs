@@ -10,7 +10,8 @@
 
 use super::build::{select_neighbors, upper_layout};
 use super::search::{ExactSpace, Scored, Space};
-use super::{Hnsw, NO_NODE};
+use super::{block_range, Hnsw, NO_NODE};
+use crate::filter::NodeSet;
 use crate::store::Store;
 
 /// The result of [`Hnsw::compact`].
@@ -79,12 +80,11 @@ impl Hnsw {
                     let max = if layer == 0 { self.m0 } else { self.m };
                     select_neighbors(&space, &scored, max, &mut selected);
                 }
+                let range = block_range(self.m, &upper_offsets, new as u32, layer);
                 let block = if layer == 0 {
-                    let start = new * (1 + self.m0);
-                    &mut links0[start..start + 1 + self.m0]
+                    &mut links0[range]
                 } else {
-                    let start = upper_offsets[new] as usize + (layer as usize - 1) * (1 + self.m);
-                    &mut upper_links[start..start + 1 + self.m]
+                    &mut upper_links[range]
                 };
                 block[0] = selected.len() as u32;
                 for (slot, neighbor) in block[1..].iter_mut().zip(&selected) {
@@ -141,8 +141,7 @@ impl Hnsw {
             upper_offsets: Store::owned(&upper_offsets),
             links0: Store::from_avec(links0),
             upper_links: Store::from_avec(upper_links),
-            tombstones: vec![0; count.div_ceil(64)],
-            deleted_count: 0,
+            tombstones: NodeSet::with_capacity(count),
             kernels: self.kernels,
         };
         Compacted { index, old_to_new }

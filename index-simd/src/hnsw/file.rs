@@ -13,8 +13,11 @@
 //! and syncs the directory, so a crash leaves the old file or the new one, never a mix.
 
 use super::build::upper_layout;
-use super::{code_stride, vector_stride, Hnsw, DIM_MAX, EF_MAX, LEVEL_MAX, M_MAX, NO_NODE};
+use super::{
+    block_range, code_stride, vector_stride, Hnsw, DIM_MAX, EF_MAX, LEVEL_MAX, M_MAX, NO_NODE,
+};
 use crate::distance::Kernels;
+use crate::filter::NodeSet;
 use crate::metric::Metric;
 use crate::quantize::ScalarQuantizer;
 use crate::store::{as_bytes, Mapping, Plain, Store, ALIGN_BYTES};
@@ -157,7 +160,7 @@ impl Hnsw {
             as_bytes(&self.upper_offsets),
             as_bytes(&self.links0),
             as_bytes(&self.upper_links),
-            as_bytes(&self.tombstones),
+            as_bytes(self.tombstones.words()),
         ];
 
         let mut header = vec![0u8; HEADER_BYTES];
@@ -180,7 +183,7 @@ impl Hnsw {
         put(32, &(self.ef_construction as u32).to_le_bytes());
         put(36, &(self.count as u32).to_le_bytes());
         put(40, &self.entry.to_le_bytes());
-        put(44, &(self.deleted_count as u32).to_le_bytes());
+        put(44, &(self.tombstones.len() as u32).to_le_bytes());
         put(48, &self.seed.to_le_bytes());
         put(56, &(self.vector_stride as u32).to_le_bytes());
         put(60, &(self.code_stride as u32).to_le_bytes());
@@ -415,8 +418,8 @@ impl Hnsw {
         }
         for node in 0..count {
             for layer in 1..=levels[node] {
-                let start = upper_offsets[node] as usize + (layer as usize - 1) * (1 + m);
-                if !block_valid(&upper_links[start..start + 1 + m], layer) {
+                let range = block_range(m, &upper_offsets, node as u32, layer);
+                if !block_valid(&upper_links[range], layer) {
                     return Err(corrupt(format!(
                         "layer-{layer} links of node {node} out of range"
                     )));
@@ -465,8 +468,7 @@ impl Hnsw {
             upper_offsets,
             links0,
             upper_links,
-            tombstones,
-            deleted_count,
+            tombstones: NodeSet::from_words(tombstones),
             kernels: Kernels::active(),
         })
     }

@@ -26,6 +26,7 @@ mod file;
 mod search;
 
 use crate::distance::Kernels;
+use crate::filter::NodeSet;
 use crate::metric::Metric;
 use crate::quantize::ScalarQuantizer;
 use crate::store::Store;
@@ -105,8 +106,8 @@ pub struct Hnsw {
     pub(crate) upper_offsets: Store<u32>,
     pub(crate) links0: Store<u32>,
     pub(crate) upper_links: Store<u32>,
-    pub(crate) tombstones: Vec<u64>,
-    pub(crate) deleted_count: usize,
+    /// The deleted nodes.
+    pub(crate) tombstones: NodeSet,
     pub(crate) kernels: &'static Kernels,
 }
 
@@ -133,12 +134,12 @@ impl Hnsw {
 
     /// Nodes not deleted.
     pub fn live_count(&self) -> usize {
-        self.count - self.deleted_count
+        self.count - self.tombstones.len()
     }
 
     /// Nodes deleted and not yet compacted away.
     pub fn deleted_count(&self) -> usize {
-        self.deleted_count
+        self.tombstones.len()
     }
 
     /// Neighbours per node on layers above 0.
@@ -179,9 +180,7 @@ impl Hnsw {
 
     /// Whether `node` is deleted.
     pub fn is_deleted(&self, node: u32) -> bool {
-        self.tombstones
-            .get(node as usize / 64)
-            .is_some_and(|word| word & (1 << (node % 64)) != 0)
+        self.tombstones.contains(node)
     }
 
     /// Deletes `node`: searches never return it again. Its links stay (other nodes route
@@ -193,11 +192,7 @@ impl Hnsw {
                 count: self.count,
             });
         }
-        let (word, bit) = (node as usize / 64, node % 64);
-        let fresh = self.tombstones[word] & (1 << bit) == 0;
-        self.tombstones[word] |= 1 << bit;
-        self.deleted_count += usize::from(fresh);
-        Ok(fresh)
+        Ok(self.tombstones.insert(node))
     }
 
     /// Resident bytes of the index's arrays (mapped ones included).
@@ -209,7 +204,7 @@ impl Hnsw {
             + size_of_val(&*self.upper_offsets)
             + size_of_val(&*self.links0)
             + size_of_val(&*self.upper_links)
-            + size_of_val(&*self.tombstones)
+            + size_of_val(self.tombstones.words())
     }
 
     /// Whether the arrays live in a mapped file.
@@ -234,16 +229,34 @@ impl Hnsw {
     /// The neighbours of `node` at `layer` (which must be at most its level).
     #[inline(always)]
     pub(crate) fn neighbors(&self, node: u32, layer: u8) -> &[u32] {
+        let range = block_range(self.m, &self.upper_offsets, node, layer);
         let block = if layer == 0 {
-            let start = node as usize * (1 + self.m0);
-            &self.links0[start..start + 1 + self.m0]
+            &self.links0[range]
         } else {
-            let start =
-                self.upper_offsets[node as usize] as usize + (layer as usize - 1) * (1 + self.m);
-            &self.upper_links[start..start + 1 + self.m]
+            &self.upper_links[range]
         };
         let count = (block[0] as usize).min(block.len() - 1);
         &block[1..1 + count]
+    }
+}
+
+/// Where the neighbour block (count, then ids) of `node` at `layer` lies: in the layer-0
+/// array (`1 + 2m` per node) for layer 0, else in the upper-links array (`1 + m` per layer,
+/// from the node's offset). The one statement of the layout; `layer` must be at most the
+/// node's level.
+#[inline(always)]
+pub(crate) fn block_range(
+    m: usize,
+    upper_offsets: &[u32],
+    node: u32,
+    layer: u8,
+) -> std::ops::Range<usize> {
+    if layer == 0 {
+        let start = node as usize * (1 + 2 * m);
+        start..start + 1 + 2 * m
+    } else {
+        let start = upper_offsets[node as usize] as usize + (layer as usize - 1) * (1 + m);
+        start..start + 1 + m
     }
 }
 

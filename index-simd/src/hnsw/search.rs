@@ -11,7 +11,7 @@
 //! selective. When the filter knows its size and the allowed nodes are fewer than such a
 //! walk would visit, an exact scan of just those nodes is both faster and exact.
 
-use super::{Hnsw, IndexError, EF_MAX, NO_NODE};
+use super::{block_range, Hnsw, IndexError, EF_MAX, NO_NODE};
 use crate::distance::Kernels;
 use crate::filter::Filter;
 use crate::metric::{normalize, Metric};
@@ -221,8 +221,7 @@ impl Links for Hnsw {
     #[inline(always)]
     fn prefetch_neighbors(&self, node: u32, layer: u8) {
         if layer == 0 {
-            let start = node as usize * (1 + self.m0);
-            if let Some(block) = self.links0.get(start..start + 1 + self.m0) {
+            if let Some(block) = self.links0.get(block_range(self.m, &[], node, 0)) {
                 prefetch_bytes(block.as_ptr().cast(), size_of_val(block));
             }
         }
@@ -360,7 +359,7 @@ impl Hnsw {
         }
 
         let exact = ExactSpace::of(self, query);
-        let accepts_all = filter.is_none() && self.deleted_count == 0;
+        let accepts_all = filter.is_none() && self.tombstones.is_empty();
         let accept = |node: u32| {
             accepts_all || (!self.is_deleted(node) && filter.is_none_or(|f| f.allows(node)))
         };
