@@ -1,7 +1,27 @@
 //! The storage engine: an LSM tree of vector segments.
 //!
 //! Owns the write-ahead log (Direct I/O appends through the LEU's io_uring from `vortex-io`),
-//! the MANIFEST and crash recovery, the memtable, 4 KiB-block SSTables with CRC32C, compaction
-//! with the side-car index hook, and the scrubber.
+//! the MANIFEST and crash recovery, and (issue #6) the memtable, 4 KiB-block SSTables with
+//! CRC32C, compaction with the side-car index hook, and the scrubber. The on-disk formats are
+//! written down in docs/STORAGE.md.
 //!
-//! Empty until issues #5 and #6 fill it.
+//! - [`record`]: the block-framed log record format shared by WAL segments and the MANIFEST.
+//! - [`wal`]: group commit, rotation, checkpoints, BOOT_REPLAY.
+//! - [`manifest`]: versioned edits and the atomic CURRENT switch.
+//! - [`env`]: what storage asks of the file system; [`posix`] runs it on real files and the
+//!   LEU's io_uring, [`fault`] in memory with injected faults.
+
+pub mod env;
+pub mod error;
+pub mod fault;
+pub mod manifest;
+pub mod posix;
+pub mod record;
+pub mod wal;
+
+pub use env::Env;
+pub use error::StorageError;
+pub use fault::{Fault, FaultEnv, Target};
+pub use manifest::{Edit, Manifest, ManifestState};
+pub use posix::{DirectIo, PosixEnv};
+pub use wal::{ReplayReport, ReplayedRecord, Wal, WalOptions, WalStats};

@@ -1,0 +1,94 @@
+//! The crate's error type.
+
+use crate::record::Defect;
+use std::io;
+use std::path::PathBuf;
+
+/// What can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A file system operation failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Damage in the middle of the log: valid records follow it, so it is not a torn tail.
+    #[error(
+        "{path} is corrupt at offset {offset}: {defect}, with valid records after it; recovery \
+         stopped rather than skip acknowledged writes. Salvage mode (WalOptions::salvage) \
+         skips the damage and loses what it held"
+    )]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Offset of the damaged record.
+        offset: u64,
+        /// What is wrong.
+        defect: Defect,
+    },
+    /// A MANIFEST or CURRENT that cannot be understood.
+    #[error("{path}: {detail}")]
+    BadManifest {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        detail: String,
+    },
+    /// The files of the log do not fit together.
+    #[error("inconsistent WAL directory {dir}: {detail}")]
+    Inconsistent {
+        /// The directory.
+        dir: PathBuf,
+        /// What does not fit.
+        detail: String,
+    },
+    /// An earlier write or sync failed: the WAL refuses appends until it is reopened.
+    #[error(
+        "the WAL is read-only since {operation} failed at {path} offset {offset}: {cause}; \
+         appends not yet durable were failed. Fix the cause and restart: recovery decides \
+         what is on disk"
+    )]
+    ReadOnly {
+        /// The failed operation.
+        operation: &'static str,
+        /// The segment.
+        path: PathBuf,
+        /// Where in it.
+        offset: u64,
+        /// The error.
+        cause: String,
+    },
+    /// The open batch is full (bytes or appends): retry after the write in flight completes.
+    #[error("the WAL is busy: {0} (THROTTLED; retry after the write in flight completes)")]
+    Throttled(&'static str),
+    /// A record larger than the WAL accepts.
+    #[error("a WAL record of {bytes} bytes exceeds the limit of {max_bytes} bytes")]
+    RecordTooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max_bytes: usize,
+    },
+    /// A record kind of 0, which the format reserves.
+    #[error("record kind 0 is reserved")]
+    ReservedKind,
+}
+
+/// Shorthand for an I/O error with its context.
+pub(crate) fn io_error(
+    operation: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> StorageError {
+    let path = path.into();
+    move |source| StorageError::Io {
+        operation,
+        path,
+        source,
+    }
+}

@@ -1,0 +1,349 @@
+//! The MANIFEST: a log of versioned edits to what is live on disk, and CURRENT, which names
+//! the MANIFEST in force.
+//!
+//! A MANIFEST file (`MANIFEST-000007`) uses the log record format of `record.rs`; each record
+//! (kind [`EDIT_KIND`]) is one [`Edit`]. Replaying the edits in order gives the
+//! [`ManifestState`]: today the WAL checkpoint and segment numbering, in #6 the live SSTables
+//! too. An edit is appended and `fdatasync`ed before anything relies on it (a segment is
+//! deleted only after the edit that retires it is durable).
+//!
+//! A new MANIFEST starts with a snapshot edit of the whole state. It is switched to
+//! atomically: CURRENT's new content is written to `CURRENT.tmp`, synced, renamed over
+//! CURRENT, and the directory is synced. A crash at any point leaves CURRENT naming either
+//! the old MANIFEST (still whole) or the new one (already synced). The WAL starts a new
+//! MANIFEST at every open, and when the current one grows past [`MANIFEST_BYTES_MAX`].
+
+use crate::env::Env;
+use crate::error::{io_error, StorageError};
+use crate::record::{self, LogReader, Step};
+use std::path::{Path, PathBuf};
+
+/// The record kind of an edit.
+pub const EDIT_KIND: u8 = 1;
+/// The name of the file naming the live MANIFEST.
+pub const CURRENT: &str = "CURRENT";
+/// Where CURRENT's next content is written before the rename.
+pub const CURRENT_TEMP: &str = "CURRENT.tmp";
+/// A MANIFEST larger than this is rewritten as one snapshot edit.
+pub const MANIFEST_BYTES_MAX: u64 = 4 << 20;
+/// The largest edit accepted on reading.
+const EDIT_BYTES_MAX: usize = 64 << 10;
+/// The edit encoding's version.
+const EDIT_VERSION: u8 = 1;
+
+/// Field tags of an edit.
+const TAG_WAL_REPLAY_FROM_SEGMENT: u8 = 1;
+const TAG_WAL_CHECKPOINT_SEQUENCE: u8 = 2;
+const TAG_SEGMENT_NEXT: u8 = 3;
+
+/// The file name of MANIFEST number `number`.
+pub fn manifest_name(number: u64) -> String {
+    format!("MANIFEST-{number:06}")
+}
+
+/// The number in a MANIFEST file name.
+pub fn parse_manifest_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("MANIFEST-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// What the MANIFEST says is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestState {
+    /// The first WAL segment recovery reads; older ones may be deleted.
+    pub wal_replay_from_segment: u64,
+    /// Records with sequence numbers up to this one are persisted elsewhere: replay skips them.
+    pub wal_checkpoint_sequence: u64,
+    /// The next unused segment number (numbers are never reused).
+    pub segment_next: u64,
+}
+
+impl Default for ManifestState {
+    fn default() -> Self {
+        ManifestState {
+            wal_replay_from_segment: 1,
+            wal_checkpoint_sequence: 0,
+            segment_next: 1,
+        }
+    }
+}
+
+/// One change to the state; absent fields are unchanged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Edit {
+    /// New [`ManifestState::wal_replay_from_segment`].
+    pub wal_replay_from_segment: Option<u64>,
+    /// New [`ManifestState::wal_checkpoint_sequence`].
+    pub wal_checkpoint_sequence: Option<u64>,
+    /// New [`ManifestState::segment_next`].
+    pub segment_next: Option<u64>,
+}
+
+impl Edit {
+    /// An edit that sets every field: the first record of a new MANIFEST.
+    pub fn snapshot(state: &ManifestState) -> Self {
+        Edit {
+            wal_replay_from_segment: Some(state.wal_replay_from_segment),
+            wal_checkpoint_sequence: Some(state.wal_checkpoint_sequence),
+            segment_next: Some(state.segment_next),
+        }
+    }
+
+    fn fields(&self) -> [(u8, Option<u64>); 3] {
+        [
+            (TAG_WAL_REPLAY_FROM_SEGMENT, self.wal_replay_from_segment),
+            (TAG_WAL_CHECKPOINT_SEQUENCE, self.wal_checkpoint_sequence),
+            (TAG_SEGMENT_NEXT, self.segment_next),
+        ]
+    }
+
+    /// Encodes: version byte, field count, then each field as a tag byte and a little-endian
+    /// `u64`.
+    pub fn encode(&self) -> Vec<u8> {
+        let present: Vec<(u8, u64)> = self
+            .fields()
+            .iter()
+            .filter_map(|(tag, value)| value.map(|value| (*tag, value)))
+            .collect();
+        let mut bytes = vec![EDIT_VERSION, present.len() as u8];
+        for (tag, value) in present {
+            bytes.push(tag);
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// Decodes an edit; unknown versions and tags, repeated tags and stray bytes are errors.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let [version, count, rest @ ..] = bytes else {
+            return Err("edit shorter than its header".to_owned());
+        };
+        if *version != EDIT_VERSION {
+            return Err(format!("unknown edit version {version}"));
+        }
+        if rest.len() != *count as usize * 9 {
+            return Err(format!(
+                "edit of {count} fields has {} bytes of fields",
+                rest.len()
+            ));
+        }
+        let mut edit = Edit::default();
+        for field in rest.chunks_exact(9) {
+            let mut value = [0u8; 8];
+            value.copy_from_slice(&field[1..9]);
+            let value = u64::from_le_bytes(value);
+            let slot = match field[0] {
+                TAG_WAL_REPLAY_FROM_SEGMENT => &mut edit.wal_replay_from_segment,
+                TAG_WAL_CHECKPOINT_SEQUENCE => &mut edit.wal_checkpoint_sequence,
+                TAG_SEGMENT_NEXT => &mut edit.segment_next,
+                tag => return Err(format!("unknown edit field tag {tag}")),
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("edit field tag {} repeated", field[0]));
+            }
+        }
+        Ok(edit)
+    }
+
+    /// Applies the edit to `state`.
+    pub fn apply(&self, state: &mut ManifestState) {
+        if let Some(value) = self.wal_replay_from_segment {
+            state.wal_replay_from_segment = value;
+        }
+        if let Some(value) = self.wal_checkpoint_sequence {
+            state.wal_checkpoint_sequence = value;
+        }
+        if let Some(value) = self.segment_next {
+            state.segment_next = value;
+        }
+    }
+}
+
+/// Replays the edits in a MANIFEST's bytes. A torn last edit (damage with nothing valid after
+/// it) is ignored: it was never synced, so nothing relied on it.
+pub fn replay_edits(bytes: &[u8], path: &Path) -> Result<(ManifestState, u64), StorageError> {
+    let mut reader = LogReader::new(bytes, EDIT_BYTES_MAX);
+    let mut state = ManifestState::default();
+    let mut edits = 0u64;
+    loop {
+        match reader.next_record() {
+            Step::Record(record) => {
+                if record.kind != EDIT_KIND {
+                    return Err(StorageError::BadManifest {
+                        path: path.to_owned(),
+                        detail: format!(
+                            "record of unknown kind {} at offset {}",
+                            record.kind, record.offset
+                        ),
+                    });
+                }
+                let edit =
+                    Edit::decode(record.payload).map_err(|detail| StorageError::BadManifest {
+                        path: path.to_owned(),
+                        detail: format!("edit at offset {}: {detail}", record.offset),
+                    })?;
+                edit.apply(&mut state);
+                edits += 1;
+            }
+            Step::End => break,
+            Step::Damaged(damage) if damage.resume.is_none() => {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = damage.offset,
+                    defect = %damage.defect,
+                    "ignoring a torn last MANIFEST edit"
+                );
+                break;
+            }
+            Step::Damaged(damage) => {
+                return Err(StorageError::Corrupt {
+                    path: path.to_owned(),
+                    offset: damage.offset,
+                    defect: damage.defect,
+                })
+            }
+        }
+    }
+    if edits == 0 {
+        return Err(StorageError::BadManifest {
+            path: path.to_owned(),
+            detail: "no edit in the MANIFEST".to_owned(),
+        });
+    }
+    Ok((state, reader.last_sequence()))
+}
+
+/// The live MANIFEST, open for appending edits.
+#[derive(Debug)]
+pub struct Manifest {
+    dir: PathBuf,
+    number: u64,
+    position: u64,
+    sequence: u64,
+    state: ManifestState,
+}
+
+impl Manifest {
+    /// Reads CURRENT and the MANIFEST it names: `None` when there is no CURRENT.
+    pub fn load<E: Env>(
+        env: &mut E,
+        dir: &Path,
+    ) -> Result<Option<(u64, ManifestState)>, StorageError> {
+        let current = dir.join(CURRENT);
+        if !env.exists(&current).map_err(io_error("stat", &current))? {
+            return Ok(None);
+        }
+        let text = env.read(&current).map_err(io_error("read", &current))?;
+        let name = std::str::from_utf8(&text)
+            .ok()
+            .and_then(|text| text.strip_suffix('\n'))
+            .filter(|name| parse_manifest_name(name).is_some())
+            .ok_or_else(|| StorageError::BadManifest {
+                path: current.clone(),
+                detail: format!(
+                    "expected \"MANIFEST-<number>\\n\", found {:?}",
+                    String::from_utf8_lossy(&text[..text.len().min(64)])
+                ),
+            })?;
+        let number = parse_manifest_name(name).unwrap_or_default();
+        let path = dir.join(name);
+        let bytes = env.read(&path).map_err(io_error("read", &path))?;
+        let (state, _) = replay_edits(&bytes, &path)?;
+        Ok(Some((number, state)))
+    }
+
+    /// Writes MANIFEST `number` holding `state`, syncs it and makes it current; the MANIFEST it
+    /// replaces (`previous`) is then removed.
+    pub fn create<E: Env>(
+        env: &mut E,
+        dir: &Path,
+        number: u64,
+        state: ManifestState,
+        previous: Option<u64>,
+    ) -> Result<Self, StorageError> {
+        let mut manifest = Manifest {
+            dir: dir.to_owned(),
+            number,
+            position: 0,
+            sequence: 0,
+            state,
+        };
+        let path = manifest.path();
+        if env.exists(&path).map_err(io_error("stat", &path))? {
+            // Left by a crash between writing it and switching CURRENT: never current.
+            env.remove(&path).map_err(io_error("remove", &path))?;
+        }
+        manifest.append(env, &Edit::snapshot(&state))?;
+        let temp = dir.join(CURRENT_TEMP);
+        let current = dir.join(CURRENT);
+        let content = format!("{}\n", manifest_name(number));
+        env.write_synced(&temp, content.as_bytes())
+            .map_err(io_error("write", &temp))?;
+        env.rename(&temp, &current)
+            .map_err(io_error("rename", &temp))?;
+        env.sync_dir(dir).map_err(io_error("fsync", dir))?;
+        if let Some(previous) = previous.filter(|&previous| previous != number) {
+            let old = dir.join(manifest_name(previous));
+            if let Err(error) = env.remove(&old) {
+                tracing::warn!(path = %old.display(), %error, "cannot remove an old MANIFEST");
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The state after every edit so far.
+    pub fn state(&self) -> ManifestState {
+        self.state
+    }
+
+    /// This MANIFEST's number.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Appends `edit` durably; on success the state includes it. A MANIFEST past
+    /// [`MANIFEST_BYTES_MAX`] is then replaced by a new one holding a snapshot.
+    pub fn apply<E: Env>(&mut self, env: &mut E, edit: &Edit) -> Result<(), StorageError> {
+        self.append(env, edit)?;
+        edit.apply(&mut self.state);
+        if self.position > MANIFEST_BYTES_MAX {
+            *self = Manifest::create(
+                env,
+                &self.dir,
+                self.number + 1,
+                self.state,
+                Some(self.number),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(manifest_name(self.number))
+    }
+
+    fn append<E: Env>(&mut self, env: &mut E, edit: &Edit) -> Result<(), StorageError> {
+        let payload = edit.encode();
+        let start = self.position;
+        let mut bytes = vec![0u8; record::framed_bytes(start, payload.len()) as usize];
+        let end = record::frame(
+            start,
+            EDIT_KIND,
+            self.sequence + 1,
+            &payload,
+            |at, piece| {
+                let at = (at - start) as usize;
+                bytes[at..at + piece.len()].copy_from_slice(piece);
+            },
+        );
+        let path = self.path();
+        env.append_synced(&path, &bytes)
+            .map_err(io_error("append", &path))?;
+        self.position = end;
+        self.sequence += 1;
+        Ok(())
+    }
+}

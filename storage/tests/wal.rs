@@ -1,0 +1,623 @@
+//! The WAL against real files (io_uring, Direct I/O) and against the fault-injecting file
+//! system: round trips, group commit, bounds, rotation and checkpoints, torn tails, corruption,
+//! salvage, and every injected fault with its expected outcome.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vortex_io::RingConfig;
+use vortex_storage::fault::{Fault, FaultEnv, Target};
+use vortex_storage::record::{Defect, LogReader, Step, BLOCK_BYTES};
+use vortex_storage::wal::{segment_name, ReplayReport, Wal, WalOptions};
+use vortex_storage::{DirectIo, Env, PosixEnv, StorageError};
+
+type Records = Vec<(u8, u64, Vec<u8>)>;
+
+const DIR: &str = "/db/wal";
+
+fn dir() -> PathBuf {
+    PathBuf::from(DIR)
+}
+
+/// A payload that depends only on the sequence number, so that a record read back can be
+/// checked without remembering it.
+fn payload_for(sequence: u64, size: usize) -> Vec<u8> {
+    let mut state = sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn open<E: Env>(
+    env: E,
+    dir: &Path,
+    options: WalOptions,
+) -> Result<(Wal<E>, Records, ReplayReport), StorageError> {
+    let mut records = Vec::new();
+    let (wal, report) = Wal::open(env, dir, options, |record| {
+        records.push((record.kind, record.sequence, record.payload.to_vec()))
+    })?;
+    Ok((wal, records, report))
+}
+
+/// Appends `sizes` and waits until all are durable; returns what was written.
+fn append_all<E: Env>(wal: &mut Wal<E>, sizes: &[usize]) -> Records {
+    let mut written = Vec::new();
+    for &size in sizes {
+        let sequence = wal.next_sequence();
+        let payload = payload_for(sequence, size);
+        let kind = 1 + (sequence % 3) as u8;
+        loop {
+            match wal.append(kind, &payload) {
+                Ok(got) => {
+                    assert_eq!(got, sequence);
+                    break;
+                }
+                Err(StorageError::Throttled(_)) => {
+                    wal.poll(Some(Duration::from_millis(10))).unwrap();
+                }
+                Err(error) => panic!("append: {error}"),
+            }
+        }
+        written.push((kind, sequence, payload));
+    }
+    wal.flush().unwrap();
+    written
+}
+
+fn sizes(count: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed | 1;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            match state % 10 {
+                0 => (state >> 8) as usize % (3 * BLOCK_BYTES),
+                1..=3 => (state >> 8) as usize % 4096,
+                _ => (state >> 8) as usize % 300,
+            }
+        })
+        .collect()
+}
+
+fn small_options() -> WalOptions {
+    WalOptions {
+        segment_bytes_target: 256 << 10,
+        batch_bytes_max: 256 << 10,
+        appends_pending_max: 64,
+        record_bytes_max: 128 << 10,
+        salvage: false,
+    }
+}
+
+#[test]
+fn records_survive_a_reopen_on_real_files() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("wal");
+    let env = PosixEnv::new(&RingConfig::plain(64), DirectIo::Auto).unwrap();
+    let (mut wal, replayed, report) = open(env, &dir, small_options()).unwrap();
+    assert!(replayed.is_empty());
+    assert_eq!(report.segments, 0);
+    println!("direct I/O on {}: {}", dir.display(), wal.direct_io());
+    let written = append_all(&mut wal, &sizes(400, 7));
+    assert!(wal.stats().rotations > 0, "{:?}", wal.stats());
+    drop(wal);
+
+    let env = PosixEnv::new(&RingConfig::plain(64), DirectIo::Auto).unwrap();
+    let (mut wal, replayed, report) = open(env, &dir, small_options()).unwrap();
+    assert_eq!(replayed, written);
+    assert_eq!(report.last_sequence, 400);
+    assert!(report.truncated.is_empty());
+    // Appends continue the numbering.
+    let more = append_all(&mut wal, &[10, 20]);
+    assert_eq!(more[0].1, 401);
+}
+
+#[test]
+fn direct_io_is_used_where_the_file_system_allows_it_and_buffered_where_not() {
+    let scratch = tempfile::tempdir().unwrap();
+    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Auto).unwrap();
+    let (wal, _, _) = open(env, &scratch.path().join("wal"), WalOptions::default()).unwrap();
+    let direct_here = wal.direct_io();
+    drop(wal);
+    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Off).unwrap();
+    let (wal, _, _) = open(env, &scratch.path().join("off"), WalOptions::default()).unwrap();
+    assert!(!wal.direct_io());
+    drop(wal);
+
+    // tmpfs refuses O_DIRECT: the WAL falls back to buffered writes + fdatasync and works.
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        println!("no /dev/shm here; the tmpfs fallback is not exercised (direct: {direct_here})");
+        return;
+    }
+    let tmpfs = tempfile::tempdir_in(shm).unwrap();
+    let dir = tmpfs.path().join("wal");
+    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Auto).unwrap();
+    let (mut wal, _, _) = open(env, &dir, small_options()).unwrap();
+    // tmpfs accepts O_DIRECT from Linux 6.6 on; either way the WAL must work.
+    println!("tmpfs: direct I/O {}", wal.direct_io());
+    let written = append_all(&mut wal, &sizes(50, 3));
+    drop(wal);
+    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Auto).unwrap();
+    let (_, replayed, _) = open(env, &dir, small_options()).unwrap();
+    assert_eq!(replayed, written);
+}
+
+#[test]
+fn appends_during_a_write_are_batched_into_the_next_one() {
+    let env = FaultEnv::direct(512);
+    let (mut wal, _, _) = open(env, &dir(), WalOptions::default()).unwrap();
+    for sequence in 1..=100u64 {
+        assert_eq!(
+            wal.append(1, &payload_for(sequence, 100)).unwrap(),
+            sequence
+        );
+    }
+    // Nothing is durable before the write completes.
+    assert_eq!(wal.durable_sequence(), 0);
+    wal.flush().unwrap();
+    assert_eq!(wal.durable_sequence(), 100);
+    assert_eq!(wal.stats().chains, 1, "{:?}", wal.stats());
+
+    // With a write in flight (the fault env completes it at the next reap), new appends
+    // queue in the open batch and go out together as the second chain.
+    wal.append(1, b"a").unwrap();
+    wal.poll(None).unwrap();
+    let chains_before = wal.stats().chains;
+    for _ in 0..10 {
+        wal.append(1, b"b").unwrap();
+    }
+    wal.flush().unwrap();
+    assert!(wal.stats().chains <= chains_before + 1, "{:?}", wal.stats());
+    assert_eq!(wal.durable_sequence(), 111);
+}
+
+#[test]
+fn batches_are_bounded_and_full_batches_throttle() {
+    let env = FaultEnv::direct(4096);
+    let options = WalOptions {
+        appends_pending_max: 5,
+        ..small_options()
+    };
+    let (mut wal, _, _) = open(env, &dir(), options).unwrap();
+    for _ in 0..5 {
+        wal.append(1, b"x").unwrap();
+    }
+    assert!(matches!(
+        wal.append(1, b"x"),
+        Err(StorageError::Throttled(_))
+    ));
+    wal.poll(None).unwrap();
+    wal.append(1, b"x").unwrap();
+
+    let big = vec![7u8; 100 << 10];
+    let env = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(env, &dir(), small_options()).unwrap();
+    wal.append(1, &big).unwrap();
+    wal.append(1, &big).unwrap();
+    let error = wal.append(1, &big).unwrap_err();
+    assert!(matches!(error, StorageError::Throttled(_)), "{error}");
+    assert!(error.to_string().contains("THROTTLED"));
+    let error = wal.append(1, &vec![0u8; (128 << 10) + 1]).unwrap_err();
+    assert!(
+        matches!(error, StorageError::RecordTooLarge { .. }),
+        "{error}"
+    );
+    assert!(matches!(
+        wal.append(0, b"x"),
+        Err(StorageError::ReservedKind)
+    ));
+}
+
+#[test]
+fn checkpoints_delete_old_segments_and_replay_skips_them() {
+    let env = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    let written = append_all(&mut wal, &[20_000; 100]);
+    let segments_before = env
+        .files(&dir())
+        .iter()
+        .filter(|n| n.starts_with("wal-"))
+        .count();
+    assert!(segments_before >= 4, "{segments_before}");
+    wal.checkpoint(40).unwrap();
+    let segments_after = env
+        .files(&dir())
+        .iter()
+        .filter(|n| n.starts_with("wal-"))
+        .count();
+    assert!(
+        segments_after < segments_before,
+        "{segments_after} < {segments_before}"
+    );
+    assert_eq!(wal.manifest_state().wal_checkpoint_sequence, 40);
+    drop(wal);
+    env.crash();
+    let (_, replayed, report) = open(env, &dir(), small_options()).unwrap();
+    assert_eq!(report.checkpoint_sequence, 40);
+    assert_eq!(replayed, written[40..].to_vec());
+}
+
+#[test]
+fn every_truncation_inside_the_last_record_keeps_every_earlier_record() {
+    let base = FaultEnv::direct(512);
+    let (mut wal, _, _) = open(base.clone(), &dir(), small_options()).unwrap();
+    // Two small records, one that ends 1000 bytes before the block's end, and a last record
+    // of 3000 bytes that therefore spans the block boundary (FIRST + LAST fragments).
+    let third = BLOCK_BYTES - 1000 - (116 + 216) - 16;
+    let written = append_all(&mut wal, &[100, 200, third, 3000]);
+    let segment = dir().join(segment_name(wal.segment_number()));
+    drop(wal);
+    base.crash();
+    let bytes = base.durable_bytes(&segment).unwrap();
+    let (last_start, last_end) = last_record(&bytes);
+    // Records may have rotated into the newest segment only partly: find what it holds.
+    let newest_first = first_sequence(&bytes);
+    println!(
+        "newest segment {} holds records {newest_first}..; last record at {last_start}..{last_end}",
+        segment.display()
+    );
+    for cut in last_start..last_end {
+        let env = base.snapshot();
+        env.cut(&segment, cut as usize).unwrap();
+        let (mut wal, replayed, report) = open(env.clone(), &dir(), small_options())
+            .unwrap_or_else(|error| panic!("cut at {cut}: {error}"));
+        assert_eq!(
+            replayed,
+            written[..written.len() - 1].to_vec(),
+            "cut at {cut}"
+        );
+        if cut > last_start {
+            assert_eq!(report.truncated.len(), 1, "cut at {cut}: {report:?}");
+            assert_eq!(report.truncated[0].offset, last_start);
+        }
+        // The log goes on after the cut, and the cut stays cut.
+        let next = wal.append(1, b"after").unwrap();
+        assert_eq!(next, written.len() as u64);
+        wal.flush().unwrap();
+        drop(wal);
+        let (_, replayed, report) = open(env, &dir(), small_options()).unwrap();
+        assert_eq!(replayed.len(), written.len(), "cut at {cut}");
+        assert!(report.truncated.is_empty());
+    }
+}
+
+#[test]
+fn truncation_on_real_files_at_a_stride() {
+    let scratch = tempfile::tempdir().unwrap();
+    let source = scratch.path().join("source");
+    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Auto).unwrap();
+    let (mut wal, _, _) = open(env, &source, small_options()).unwrap();
+    let written = append_all(&mut wal, &[100, 5000, 300, 9000]);
+    let segment_file = segment_name(wal.segment_number());
+    drop(wal);
+    let bytes = std::fs::read(source.join(&segment_file)).unwrap();
+    let (last_start, last_end) = last_record(&bytes);
+    for cut in (last_start..last_end).step_by(397) {
+        let copy = scratch.path().join(format!("cut-{cut}"));
+        std::fs::create_dir(&copy).unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.join(&segment_file))
+            .unwrap();
+        file.set_len(cut).unwrap();
+        let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Auto).unwrap();
+        let (_, replayed, _) = open(env, &copy, small_options()).unwrap();
+        assert_eq!(replayed, written[..3].to_vec(), "cut at {cut}");
+        assert_eq!(
+            std::fs::metadata(copy.join(&segment_file)).unwrap().len(),
+            last_start,
+            "the torn tail is cut off on disk"
+        );
+    }
+}
+
+/// The offsets of the last record in a log file.
+fn last_record(bytes: &[u8]) -> (u64, u64) {
+    let mut reader = LogReader::new(bytes, usize::MAX);
+    let mut last = None;
+    while let Step::Record(record) = reader.next_record() {
+        last = Some((record.offset, record.end));
+    }
+    last.expect("a record")
+}
+
+fn first_sequence(bytes: &[u8]) -> u64 {
+    match LogReader::new(bytes, usize::MAX).next_record() {
+        Step::Record(record) => record.sequence,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The offsets of every record in a log file.
+fn record_spans(bytes: &[u8]) -> Vec<(u64, u64)> {
+    let mut reader = LogReader::new(bytes, usize::MAX);
+    let mut spans = Vec::new();
+    while let Step::Record(record) = reader.next_record() {
+        spans.push((record.offset, record.end));
+    }
+    spans
+}
+
+#[test]
+fn a_flipped_bit_in_a_middle_record_stops_recovery_with_its_offset() {
+    let base = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(base.clone(), &dir(), WalOptions::default()).unwrap();
+    let written = append_all(&mut wal, &[200; 20]);
+    let segment = dir().join(segment_name(wal.segment_number()));
+    drop(wal);
+    let spans = record_spans(&base.durable_bytes(&segment).unwrap());
+    let (start, end) = spans[7];
+    for offset in [start, start + 5, start + 16 + 100, end - 1] {
+        let env = base.snapshot();
+        env.flip_bit(&segment, offset as usize, 3).unwrap();
+        let error = open(env.clone(), &dir(), WalOptions::default()).unwrap_err();
+        match &error {
+            StorageError::Corrupt {
+                path,
+                offset: at,
+                defect,
+            } => {
+                assert_eq!(path, &segment);
+                assert_eq!(*at, start, "flip at {offset}: {error}");
+                assert_ne!(*defect, Defect::SequenceRegression);
+            }
+            other => panic!("flip at {offset}: {other}"),
+        }
+        let message = error.to_string();
+        assert!(message.contains(&format!("offset {start}")), "{message}");
+
+        // Salvage skips the damaged record, keeps the rest, and leaves a clean log behind.
+        let salvage = WalOptions {
+            salvage: true,
+            ..WalOptions::default()
+        };
+        let (wal, replayed, report) = open(env.clone(), &dir(), salvage).unwrap();
+        let mut expected = written.clone();
+        expected.remove(7);
+        assert_eq!(replayed, expected);
+        assert_eq!(report.skipped.len(), 1, "{report:?}");
+        assert_eq!(report.skipped[0].offset, start);
+        drop(wal);
+        env.crash();
+        let (_, replayed, report) = open(env, &dir(), WalOptions::default()).unwrap();
+        assert_eq!(replayed, expected, "after salvage, a normal start is clean");
+        assert!(report.skipped.is_empty() && report.truncated.is_empty());
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_tail_record_is_a_truncation() {
+    let base = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(base.clone(), &dir(), WalOptions::default()).unwrap();
+    let written = append_all(&mut wal, &[200; 20]);
+    let segment = dir().join(segment_name(wal.segment_number()));
+    drop(wal);
+    let spans = record_spans(&base.durable_bytes(&segment).unwrap());
+    let (start, end) = spans[19];
+    for offset in [start, start + 9, end - 1] {
+        let env = base.snapshot();
+        env.flip_bit(&segment, offset as usize, 0).unwrap();
+        let (_, replayed, report) = open(env, &dir(), WalOptions::default()).unwrap();
+        assert_eq!(replayed, written[..19].to_vec());
+        assert_eq!(report.truncated.len(), 1);
+        assert_eq!(report.truncated[0].offset, start);
+    }
+}
+
+/// The outcome every failed write or sync must have: the appends not yet durable fail, the
+/// WAL refuses more, nothing is retried, and after a crash every acknowledged record is back.
+fn assert_fail_stop(env: FaultEnv, fault: Fault, errno_text: &str) {
+    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    let acknowledged = append_all(&mut wal, &[300; 10]);
+    env.inject(fault);
+    for sequence in 11..=15u64 {
+        wal.append(1, &payload_for(sequence, 300)).unwrap();
+    }
+    let error = wal.flush().unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, StorageError::ReadOnly { .. }), "{message}");
+    assert!(message.contains(errno_text), "{message}");
+    assert_eq!(
+        wal.durable_sequence(),
+        10,
+        "nothing past the failure is acknowledged"
+    );
+    let writes = env.log_writes();
+    let refused = wal.append(1, b"more").unwrap_err();
+    assert!(
+        matches!(refused, StorageError::ReadOnly { .. }),
+        "{refused}"
+    );
+    assert!(wal.poll(Some(Duration::from_millis(1))).is_err());
+    assert_eq!(env.log_writes(), writes, "a failed WAL must not retry");
+    drop(wal);
+    env.crash();
+    let (_, replayed, _) = open(env, &dir(), small_options()).unwrap();
+    assert!(replayed.len() >= 10);
+    assert_eq!(replayed[..10].to_vec(), acknowledged);
+}
+
+#[test]
+fn eio_and_enospc_on_a_log_write_make_the_wal_read_only() {
+    for (errno, text) in [
+        (libc::EIO, "Input/output error"),
+        (libc::ENOSPC, "No space left"),
+    ] {
+        for env in [FaultEnv::direct(4096), FaultEnv::buffered()] {
+            let fault = Fault::Fail {
+                target: Target::LogWrite,
+                errno,
+                skip: 0,
+            };
+            assert_fail_stop(env, fault, text);
+        }
+    }
+}
+
+#[test]
+fn eio_and_enospc_on_fsync_make_the_wal_read_only_and_unsynced_data_is_lost() {
+    for (errno, text) in [
+        (libc::EIO, "Input/output error"),
+        (libc::ENOSPC, "No space left"),
+    ] {
+        let env = FaultEnv::buffered();
+        let fault = Fault::Fail {
+            target: Target::LogSync,
+            errno,
+            skip: 0,
+        };
+        assert_fail_stop(env.clone(), fault, text);
+        // The failed fsync's data never became durable: records 11..=15 are gone.
+        let (_, replayed, _) = open(env, &dir(), small_options()).unwrap();
+        assert_eq!(replayed.len(), 10);
+    }
+}
+
+#[test]
+fn a_short_write_is_finished_by_resubmitting_the_rest() {
+    for env in [FaultEnv::direct(512), FaultEnv::buffered()] {
+        let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+        let first = append_all(&mut wal, &[1000; 3]);
+        env.inject(Fault::ShortWrite { bytes: 1024 });
+        let second = append_all(&mut wal, &[BLOCK_BYTES + 500, 100]);
+        assert_eq!(wal.stats().short_writes, 1);
+        drop(wal);
+        env.crash();
+        let (_, replayed, _) = open(env, &dir(), small_options()).unwrap();
+        assert_eq!(replayed, [first, second].concat());
+    }
+}
+
+#[test]
+fn a_write_torn_at_any_byte_loses_only_unacknowledged_records() {
+    let base = FaultEnv::direct(512);
+    let (mut wal, _, _) = open(base.clone(), &dir(), small_options()).unwrap();
+    let acknowledged = append_all(&mut wal, &[700; 5]);
+    drop(wal);
+    base.crash();
+    // Tear the first write of the next batch at every 7th byte of its (aligned) extent.
+    for torn in (0..4096).step_by(7) {
+        let env = base.snapshot();
+        let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+        env.inject(Fault::TearWrite { bytes: torn });
+        for sequence in 6..=9u64 {
+            wal.append(1, &payload_for(sequence, 700)).unwrap();
+        }
+        let _ = wal.poll(Some(Duration::from_millis(1)));
+        assert_eq!(
+            wal.durable_sequence(),
+            5,
+            "a torn write is never acknowledged"
+        );
+        drop(wal);
+        env.crash();
+        let (_, replayed, report) = open(env, &dir(), small_options())
+            .unwrap_or_else(|error| panic!("torn at {torn}: {error}"));
+        assert_eq!(replayed[..5].to_vec(), acknowledged, "torn at {torn}");
+        // What survives of the torn batch is a prefix of it, intact.
+        for (index, (kind, sequence, payload)) in replayed[5..].iter().enumerate() {
+            assert_eq!(*sequence, 6 + index as u64);
+            assert_eq!((*kind, payload.clone()), (1, payload_for(*sequence, 700)));
+        }
+        assert!(report.skipped.is_empty());
+    }
+}
+
+#[test]
+fn a_failed_segment_creation_at_rotation_makes_the_wal_read_only() {
+    let env = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    env.inject(Fault::Fail {
+        target: Target::OpenLog,
+        errno: libc::ENOSPC,
+        skip: 0,
+    });
+    let mut outcome = Ok(0);
+    for sequence in 1..200u64 {
+        outcome = wal
+            .append(1, &payload_for(sequence, 20_000))
+            .and_then(|_| wal.flush());
+        if outcome.is_err() {
+            break;
+        }
+    }
+    let error = outcome.unwrap_err();
+    assert!(error.to_string().contains("No space left"), "{error}");
+    assert!(wal.read_only().is_some());
+    let acknowledged = wal.durable_sequence();
+    drop(wal);
+    env.crash();
+    let (_, replayed, _) = open(env, &dir(), small_options()).unwrap();
+    assert_eq!(replayed.len() as u64, acknowledged);
+}
+
+#[test]
+fn the_current_switch_is_atomic_across_a_crash() {
+    let env = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    let written = append_all(&mut wal, &[100; 5]);
+    drop(wal);
+    // The next open fails to sync the directory after renaming CURRENT.tmp over CURRENT:
+    // after a crash, CURRENT still names a whole MANIFEST, old or new.
+    for skip in 0..3 {
+        let trial = env.snapshot();
+        trial.inject(Fault::Fail {
+            target: Target::DirSync,
+            errno: libc::EIO,
+            skip,
+        });
+        let _ = open(trial.clone(), &dir(), small_options());
+        trial.crash();
+        let (_, replayed, _) = open(trial, &dir(), small_options())
+            .unwrap_or_else(|error| panic!("dir sync {skip} failed: {error}"));
+        assert_eq!(replayed, written);
+    }
+    // And a failed MANIFEST write at open is an error, not a silent start.
+    env.inject(Fault::Fail {
+        target: Target::FileSync,
+        errno: libc::EIO,
+        skip: 0,
+    });
+    let error = open(env.clone(), &dir(), small_options()).unwrap_err();
+    assert!(matches!(error, StorageError::Io { .. }), "{error}");
+}
+
+#[test]
+fn a_missing_current_or_segment_is_refused() {
+    let env = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    append_all(&mut wal, &[20_000; 60]);
+    drop(wal);
+    let mut copy = env.snapshot();
+    copy.remove(&dir().join("CURRENT")).unwrap();
+    let error = open(copy, &dir(), small_options()).unwrap_err();
+    assert!(error.to_string().contains("CURRENT does not"), "{error}");
+
+    let segments: Vec<String> = env
+        .files(&dir())
+        .into_iter()
+        .filter(|name| name.starts_with("wal-"))
+        .collect();
+    assert!(segments.len() >= 3, "{segments:?}");
+    // A segment in the middle, or the newest one: either loses acknowledged records.
+    for name in [&segments[1], segments.last().unwrap()] {
+        let mut copy = env.snapshot();
+        copy.remove(&dir().join(name)).unwrap();
+        let error = open(copy, &dir(), small_options()).unwrap_err();
+        assert!(
+            error.to_string().contains(&format!("{name} is missing")),
+            "{error}"
+        );
+    }
+}
