@@ -283,7 +283,7 @@ fn parent(args: &[String]) -> Result<(), String> {
     for index in 0..cycles {
         // One kill in eight lands within the first few milliseconds: during BOOT_REPLAY.
         let roll = splitmix(&mut random);
-        let delay_ms = if roll % 8 == 0 {
+        let delay_ms = if roll.is_multiple_of(8) {
             roll % 4
         } else {
             10 + (roll >> 8) % kill_after_ms_max
@@ -327,7 +327,7 @@ fn parent(args: &[String]) -> Result<(), String> {
             ));
         }
         acknowledged = acknowledged.max(cycle.acknowledged);
-        if index % 25 == 0 || index + 1 == cycles {
+        if index.is_multiple_of(25) || index + 1 == cycles {
             println!(
                 "cycle {index}: killed after {delay_ms} ms; acknowledged so far {acknowledged}; {}",
                 cycle.replayed.as_deref().unwrap_or("killed during replay")
