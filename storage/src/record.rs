@@ -81,8 +81,14 @@ pub fn encode_header(out: &mut [u8], fragment: Fragment, kind: u8, sequence: u64
     out[6] = fragment as u8;
     out[7] = kind;
     out[8..16].copy_from_slice(&sequence.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[4..HEADER_BYTES]), payload);
+    let crc = fragment_crc(&out[4..HEADER_BYTES], payload);
     out[0..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The checksum of a fragment: CRC32C over header bytes 4..16 (`header_tail`), then the
+/// payload.
+pub fn fragment_crc(header_tail: &[u8], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(header_tail), payload)
 }
 
 /// The bytes a record of `payload_bytes` takes when it starts at `position` in the log,
@@ -450,7 +456,7 @@ fn check_fragment(bytes: &[u8], at: usize) -> Result<(Header, usize), Option<Def
         return Err(Some(Defect::TruncatedPayload));
     };
     let crc = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
-    if crc32c::crc32c_append(crc32c::crc32c(&raw[4..HEADER_BYTES]), payload) != crc {
+    if fragment_crc(&raw[4..HEADER_BYTES], payload) != crc {
         return Err(Some(Defect::Checksum));
     }
     Ok((
@@ -517,6 +523,15 @@ mod tests {
         let (read, damage) = read_all(&log);
         assert_eq!(damage, None);
         assert_eq!(read, records);
+    }
+
+    #[test]
+    fn the_example_in_docs_storage_md_holds() {
+        let log = log_of(&[(2, 7, vec![0xAA; 100]), (1, 8, vec![0xBB; 40_000])]);
+        let header = |at: usize| log[at + 4..at + 16].to_vec();
+        assert_eq!(header(0), [0x64, 0, 1, 2, 7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(header(0x74), [0x7c, 0x7f, 2, 1, 8, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(header(0x8000), [0xc4, 0x1c, 4, 1, 8, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The bodies of the fuzz targets, as plain functions.
+//! The bodies of the fuzz targets, as plain functions: the VBP frame validator and stream
+//! decoder, the WAL's log reader with BOOT_REPLAY, and the MANIFEST's edits.
 //!
 //! The libFuzzer targets in `tools/fuzz/` call these, and so does an ordinary test
 //! (`tools/tests/fuzz_corpus.rs`) that replays the committed corpus on stable Rust: every
@@ -13,6 +14,14 @@ use vortex_vbp::header::{self, FrameHeader, FRAME_ALIGN, HEADER_BYTES};
 use vortex_vbp::pool::{BufferPool, PoolConfig, SizeClass};
 use vortex_vbp::stream::{StreamDecoder, StreamError};
 use vortex_vbp::validator::{FrameError, LayoutValidator, RequestRef};
+
+use std::path::Path;
+use vortex_storage::manifest::{self, Edit};
+use vortex_storage::record::{
+    self, LogReader, Step, BLOCK_BYTES, HEADER_BYTES as LOG_HEADER_BYTES,
+};
+use vortex_storage::wal::{segment_name, Wal, WalOptions};
+use vortex_storage::{Env, FaultEnv};
 
 /// Mode bit of the validator target's first byte: rewrite the body length to the input's
 /// length less the header (so the input should carry no padding; see [`MODE_PAD`]).
@@ -284,6 +293,152 @@ pub fn stream(data: &[u8]) -> usize {
     frames
 }
 
+/// Mode bit of the `wal_log` target's first byte: recompute every fragment's CRC, so that
+/// mutations reach the structure checks behind it.
+pub const LOG_MODE_SEAL: u8 = 1;
+/// Mode bit: also run BOOT_REPLAY over the bytes as the newest WAL segment.
+pub const LOG_MODE_REPLAY: u8 = 2;
+/// Mode bit: replay in salvage mode.
+pub const LOG_MODE_SALVAGE: u8 = 4;
+
+/// Records larger than this are damage to the `wal_log` target's reader.
+const FUZZ_RECORD_BYTES_MAX: usize = 64 << 10;
+
+/// Recomputes the CRC of every fragment where the reader would look for one.
+fn seal_log(log: &mut [u8]) {
+    let mut at = 0usize;
+    while at + LOG_HEADER_BYTES <= log.len() {
+        let in_block = BLOCK_BYTES - at % BLOCK_BYTES;
+        if in_block < LOG_HEADER_BYTES {
+            at += in_block;
+            continue;
+        }
+        let length = u16::from_le_bytes([log[at + 4], log[at + 5]]) as usize;
+        let end = (at + LOG_HEADER_BYTES + length).min(log.len());
+        let crc = record::fragment_crc(
+            &log[at + 4..at + LOG_HEADER_BYTES],
+            &log[at + LOG_HEADER_BYTES..end],
+        );
+        log[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+        at = end.max(at + LOG_HEADER_BYTES);
+    }
+}
+
+/// WAL log target: `data[0]` is a mode (the `LOG_MODE_*` bits), the rest a log file. The
+/// reader must never panic, must make progress through damage, must hand out records with
+/// strictly increasing sequence numbers inside the file, and every record it accepts must
+/// frame again into a log that reads back the same. With [`LOG_MODE_REPLAY`] the bytes are
+/// also the newest segment of a WAL that BOOT_REPLAY opens (in memory): it must answer with
+/// records or an error, never a panic. Returns the records read.
+pub fn wal_log(data: &[u8]) -> usize {
+    let Some((&mode, input)) = data.split_first() else {
+        return 0;
+    };
+    let mut log = input.to_vec();
+    if mode & LOG_MODE_SEAL != 0 {
+        seal_log(&mut log);
+    }
+    let mut reader = LogReader::new(&log, FUZZ_RECORD_BYTES_MAX);
+    let mut records: Vec<(u8, u64, Vec<u8>)> = Vec::new();
+    let mut last_sequence = 0u64;
+    // Every step consumes at least one byte, so this bounds the loop.
+    for _ in 0..=log.len() + 1 {
+        match reader.next_record() {
+            Step::Record(found) => {
+                assert!(found.sequence > last_sequence, "sequence did not increase");
+                assert!(found.offset < found.end && found.end as usize <= log.len());
+                last_sequence = found.sequence;
+                records.push((found.kind, found.sequence, found.payload.to_vec()));
+            }
+            Step::End => break,
+            Step::Damaged(damage) => match damage.resume {
+                Some(resume) => {
+                    assert!(resume > damage.offset && resume as usize <= log.len());
+                    reader.resume_at(resume);
+                }
+                None => break,
+            },
+        }
+    }
+    // What was accepted frames into a log that reads back the same.
+    let framed = sample_log(&records);
+    let mut again = LogReader::new(&framed, FUZZ_RECORD_BYTES_MAX);
+    for (kind, sequence, payload) in &records {
+        match again.next_record() {
+            Step::Record(found) => {
+                assert_eq!((found.kind, found.sequence), (*kind, *sequence));
+                assert_eq!(found.payload, payload.as_slice());
+            }
+            other => panic!("a re-framed record did not read back: {other:?}"),
+        }
+    }
+    if mode & LOG_MODE_REPLAY != 0 {
+        replay_segment(&log, mode & LOG_MODE_SALVAGE != 0);
+    }
+    records.len()
+}
+
+/// BOOT_REPLAY of `segment` as the only WAL segment, in memory.
+fn replay_segment(segment: &[u8], salvage: bool) {
+    let dir = Path::new("/fuzz/wal");
+    let options = WalOptions {
+        segment_bytes_target: 1 << 20,
+        batch_bytes_max: 128 << 10,
+        appends_pending_max: 64,
+        record_bytes_max: FUZZ_RECORD_BYTES_MAX,
+        salvage,
+    };
+    // A fresh WAL makes the MANIFEST and CURRENT; its first segment is then replaced.
+    let mut env = FaultEnv::direct(512);
+    let Ok((wal, _)) = Wal::open(env.clone(), dir, options.clone(), |_| {}) else {
+        panic!("a fresh WAL failed to open");
+    };
+    drop(wal);
+    let path = dir.join(segment_name(1));
+    let written = env
+        .remove(&path)
+        .and_then(|()| env.write_synced(&path, segment));
+    assert!(written.is_ok(), "the in-memory file system refused a write");
+    let mut replayed = 0usize;
+    if let Ok((mut wal, report)) = Wal::open(env.clone(), dir, options.clone(), |_| replayed += 1) {
+        assert_eq!(report.records as usize, replayed);
+        // The recovered log takes appends and opens again with the same records and more.
+        let appended = wal.append(1, b"after replay").is_ok() && wal.flush().is_ok();
+        drop(wal);
+        let mut again = 0usize;
+        match Wal::open(env, dir, options, |_| again += 1) {
+            Ok(_) => assert_eq!(again, replayed + usize::from(appended)),
+            Err(error) => panic!("a recovered WAL failed to open again: {error}"),
+        }
+    }
+}
+
+/// MANIFEST target: the bytes of a MANIFEST file. Replaying its edits must answer with a
+/// state or an error, never a panic; any record payload that decodes as an edit must encode
+/// back to the same bytes.
+pub fn manifest(data: &[u8]) -> bool {
+    let accepted = manifest::replay_edits(data, Path::new("MANIFEST-000001")).is_ok();
+    let mut reader = LogReader::new(data, 64 << 10);
+    for _ in 0..=data.len() + 1 {
+        match reader.next_record() {
+            Step::Record(found) => {
+                if let Ok(edit) = Edit::decode(found.payload) {
+                    assert_eq!(
+                        Edit::decode(&edit.encode()),
+                        Ok(edit),
+                        "an edit did not round-trip"
+                    );
+                }
+            }
+            _ => break,
+        }
+    }
+    if let Ok(edit) = Edit::decode(data) {
+        assert_eq!(Edit::decode(&edit.encode()), Ok(edit));
+    }
+    accepted
+}
+
 /// The modes that let a mutated header and body through to the body checks.
 const REPAIR: u8 = MODE_FIX_LENGTH | MODE_PAD | MODE_SEAL;
 
@@ -337,5 +492,53 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         input.extend_from_slice(&large);
         seeds.push(("stream", format!("samples-{name}"), input));
     }
+    let log = sample_log(&[
+        (1, 1, vec![0x11; 40]),
+        (2, 2, vec![0x22; BLOCK_BYTES + 300]),
+        (3, 3, Vec::new()),
+        (1, 4, vec![0x44; 700]),
+    ]);
+    for (name, mode) in [
+        ("plain", 0u8),
+        ("sealed-replay", LOG_MODE_SEAL | LOG_MODE_REPLAY),
+        (
+            "salvage",
+            LOG_MODE_SEAL | LOG_MODE_REPLAY | LOG_MODE_SALVAGE,
+        ),
+    ] {
+        let mut input = vec![mode];
+        input.extend_from_slice(&log);
+        seeds.push(("wal_log", format!("records-{name}"), input));
+    }
+    let edits = [
+        Edit::snapshot(&manifest::ManifestState::default()),
+        Edit {
+            wal_checkpoint_sequence: Some(41),
+            wal_replay_from_segment: Some(3),
+            segment_next: None,
+        },
+    ];
+    let manifest_log = sample_log(
+        &edits
+            .iter()
+            .enumerate()
+            .map(|(index, edit)| (manifest::EDIT_KIND, index as u64 + 1, edit.encode()))
+            .collect::<Vec<_>>(),
+    );
+    seeds.push(("manifest", "two-edits".to_owned(), manifest_log));
     seeds
+}
+
+/// A log file holding `records` (kind, sequence, payload) from offset 0.
+fn sample_log(records: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
+    let mut log = Vec::new();
+    let mut position = 0u64;
+    for (kind, sequence, payload) in records {
+        let size = record::framed_bytes(position, payload.len()) as usize;
+        log.resize(position as usize + size, 0);
+        position = record::frame(position, *kind, *sequence, payload, |at, bytes| {
+            log[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+        });
+    }
+    log
 }

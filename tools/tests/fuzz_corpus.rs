@@ -67,6 +67,12 @@ fn seeds_exercise_the_accepting_paths() {
                 assert!(fuzz::validator(&data), "seed {name} is refused");
                 accepted += 1;
             }
+            "wal_log" => {
+                assert_eq!(fuzz::wal_log(&data), 4, "{name}");
+            }
+            "manifest" => {
+                assert!(fuzz::manifest(&data), "{name}");
+            }
             "stream" => {
                 let decoded = fuzz::stream(&data);
                 // Every sample request, plus the large search.
@@ -100,4 +106,33 @@ fn stream_corpus_replays() {
     let count =
         replay("corpus", "stream", fuzz::stream) + replay("regressions", "stream", fuzz::stream);
     assert!(count > 0, "the stream corpus is empty");
+}
+
+#[test]
+fn wal_log_corpus_replays() {
+    let count = replay("corpus", "wal_log", fuzz::wal_log)
+        + replay("regressions", "wal_log", fuzz::wal_log);
+    assert!(count > 0, "the wal_log corpus is empty");
+}
+
+#[test]
+fn manifest_corpus_replays() {
+    let count = replay("corpus", "manifest", fuzz::manifest)
+        + replay("regressions", "manifest", fuzz::manifest);
+    assert!(count > 0, "the manifest corpus is empty");
+}
+
+#[test]
+fn a_damaged_manifest_is_refused_not_a_panic() {
+    let seed = fuzz::seeds()
+        .into_iter()
+        .find(|(target, _, _)| *target == "manifest")
+        .map(|(_, _, data)| data)
+        .expect("a manifest seed");
+    // A flipped bit in the first edit, with a valid edit after it: an error.
+    let mut broken = seed.clone();
+    broken[20] ^= 1;
+    assert!(!fuzz::manifest(&broken));
+    // A truncated last edit: ignored, the first one stands.
+    assert!(fuzz::manifest(&seed[..seed.len() - 3]));
 }
