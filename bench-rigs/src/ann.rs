@@ -272,9 +272,7 @@ pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
 
 /// The 99th percentile of `latencies_ns` (nearest rank; sorts them), 0 when empty.
 fn p99_ns(latencies_ns: &mut [u64]) -> u64 {
-    latencies_ns.sort_unstable();
-    let rank = (latencies_ns.len() * 99).div_ceil(100).saturating_sub(1);
-    latencies_ns.get(rank).copied().unwrap_or(0)
+    crate::percentile_ns(latencies_ns, 99)
 }
 
 /// Whether the filtered measurement allows `node`: a hash of the id, so that the allowed set

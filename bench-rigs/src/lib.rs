@@ -12,8 +12,20 @@
 //! - [`ann`]: recall@10 / QPS / latency / build time / memory of our HNSW on such a set, in
 //!   the same JSON as the peers' script (`peers/ann_peers.py`); `peers/report.py` turns both
 //!   into tables and plots.
+//! - [`wal`]: durable WAL appends/s and ack latency by record size and appender count, beside
+//!   a `write` + `fdatasync` loop on the same file system (the device's floor).
 
 pub mod ann;
 pub mod dataset;
 pub mod nop;
 pub mod vecs;
+pub mod wal;
+
+/// The `percent`th percentile of `latencies_ns`, nearest rank (sorts them); 0 when empty.
+pub fn percentile_ns(latencies_ns: &mut [u64], percent: usize) -> u64 {
+    latencies_ns.sort_unstable();
+    let rank = (latencies_ns.len() * percent)
+        .div_ceil(100)
+        .saturating_sub(1);
+    latencies_ns.get(rank).copied().unwrap_or(0)
+}

@@ -7,9 +7,11 @@ use std::time::Duration;
 use vortex_bench::ann::{self, AnnConfig};
 use vortex_bench::dataset::{self, DatasetMeta};
 use vortex_bench::nop::{self, NopBenchConfig, NopMode};
+use vortex_bench::wal::{self, WalBenchConfig};
 use vortex_config::{ApplianceConfig, LeuCount, Topology};
 use vortex_index::Quantization;
 use vortex_io::RingConfig;
+use vortex_storage::DirectIo;
 
 #[derive(Debug, Parser)]
 #[command(name = "vortex-bench", version, about = "VORTEX benchmarks")]
@@ -90,6 +92,29 @@ enum Command {
         #[arg(long)]
         filter_percent: Option<f64>,
         /// Results go to OUT/<dataset>/<engine>.json.
+        #[arg(long, default_value = "bench-rigs/results")]
+        out: PathBuf,
+    },
+    /// Durable WAL appends/s and p50/p99 ack latency by record size and concurrent appenders,
+    /// beside a write + fdatasync loop on the same file system (the floor).
+    Wal {
+        /// A scratch directory on the file system under test (its `wal/` and `floor/` are
+        /// replaced).
+        #[arg(long, default_value = "bench-rigs/data/wal-bench")]
+        dir: PathBuf,
+        /// Record payload sizes in bytes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "128,1024,4096")]
+        record_bytes: Vec<usize>,
+        /// Concurrent appenders, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        appenders: Vec<usize>,
+        /// Measured seconds per configuration.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Buffered writes + fdatasync instead of O_DIRECT | O_DSYNC.
+        #[arg(long)]
+        buffered: bool,
+        /// The JSON result is written to OUT/wal/wal.json.
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
     },
@@ -214,6 +239,39 @@ fn main() -> anyhow::Result<()> {
             };
             eprintln!("{command_line}");
             let (_, path) = ann::run(&config)?;
+            eprintln!("wrote {}", path.display());
+        }
+        Command::Wal {
+            dir,
+            record_bytes,
+            appenders,
+            seconds,
+            buffered,
+            out,
+        } => {
+            let config = WalBenchConfig {
+                dir,
+                record_bytes,
+                appenders,
+                seconds,
+                direct: if buffered {
+                    DirectIo::Off
+                } else {
+                    DirectIo::Auto
+                },
+            };
+            eprintln!("{command_line}");
+            let result = wal::run(&config, &command_line)?;
+            let dir = out.join("wal");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let name = if buffered {
+                "wal-buffered.json"
+            } else {
+                "wal.json"
+            };
+            let path = dir.join(name);
+            std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wrote {}", path.display());
         }
     }

@@ -534,7 +534,12 @@ impl Env for FaultEnv {
         _wait: Option<Duration>,
         finished: &mut Vec<FinishedChain>,
     ) -> io::Result<()> {
-        finished.append(&mut self.state.borrow_mut().finished);
+        let mut state = self.state.borrow_mut();
+        if state.powered_off {
+            // The device is gone: what was in flight will never complete.
+            return Err(errno(libc::EIO));
+        }
+        finished.append(&mut state.finished);
         Ok(())
     }
 }

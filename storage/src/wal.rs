@@ -80,7 +80,7 @@ impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             segment_bytes_target: 64 << 20,
-            batch_bytes_max: 1 << 20,
+            batch_bytes_max: 2 << 20,
             appends_pending_max: 16_384,
             record_bytes_max: 512 << 10,
             salvage: false,
