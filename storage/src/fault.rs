@@ -83,6 +83,8 @@ struct State {
     /// Direct I/O alignment of log files; `None` for buffered logs.
     direct_alignment: Option<u32>,
     powered_off: bool,
+    /// Completed chains are kept back from `reap` (a slow device).
+    holding: bool,
     log_writes: u64,
 }
 
@@ -152,6 +154,12 @@ impl FaultEnv {
         self.state.borrow_mut().faults.push(fault);
     }
 
+    /// Keeps completed log writes from being reported (`true`), as a slow device would, or
+    /// lets them through again (`false`).
+    pub fn hold_completions(&self, hold: bool) {
+        self.state.borrow_mut().holding = hold;
+    }
+
     /// Disarms every fault not yet triggered.
     pub fn clear_faults(&self) {
         self.state.borrow_mut().faults.clear();
@@ -171,6 +179,7 @@ impl FaultEnv {
         state.finished.clear();
         state.faults.clear();
         state.powered_off = false;
+        state.holding = false;
     }
 
     /// Flips bit `bit` of byte `offset` of `path`, in both images.
@@ -539,7 +548,9 @@ impl Env for FaultEnv {
             // The device is gone: what was in flight will never complete.
             return Err(errno(libc::EIO));
         }
-        finished.append(&mut state.finished);
+        if !state.holding {
+            finished.append(&mut state.finished);
+        }
         Ok(())
     }
 }

@@ -35,6 +35,11 @@ const EDIT_VERSION: u8 = 1;
 const TAG_WAL_REPLAY_FROM_SEGMENT: u8 = 1;
 const TAG_WAL_CHECKPOINT_SEQUENCE: u8 = 2;
 const TAG_SEGMENT_NEXT: u8 = 3;
+const TAG_WAL_SEALED_SEQUENCE: u8 = 4;
+
+/// The largest segment or MANIFEST number accepted: far beyond any real log, and far from
+/// `u64::MAX` so that `number + 1` cannot overflow.
+pub const FILE_NUMBER_MAX: u64 = 1 << 40;
 
 /// The file name of MANIFEST number `number`.
 pub fn manifest_name(number: u64) -> String {
@@ -47,7 +52,10 @@ pub fn parse_manifest_name(name: &str) -> Option<u64> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits
+        .parse()
+        .ok()
+        .filter(|&number| number <= FILE_NUMBER_MAX)
 }
 
 /// What the MANIFEST says is live.
@@ -59,6 +67,9 @@ pub struct ManifestState {
     pub wal_checkpoint_sequence: u64,
     /// The next unused segment number (numbers are never reused).
     pub segment_next: u64,
+    /// Every record up to this sequence number was read back whole by a previous open: the
+    /// log may never end below it again, so damage there is corruption, not a torn tail.
+    pub wal_sealed_sequence: u64,
 }
 
 impl Default for ManifestState {
@@ -67,7 +78,22 @@ impl Default for ManifestState {
             wal_replay_from_segment: 1,
             wal_checkpoint_sequence: 0,
             segment_next: 1,
+            wal_sealed_sequence: 0,
         }
+    }
+}
+
+impl ManifestState {
+    /// Why the state cannot be right, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::record::SEQUENCE_MAX;
+        if self.segment_next > FILE_NUMBER_MAX || self.wal_replay_from_segment > FILE_NUMBER_MAX {
+            return Err(format!("segment numbers out of range: {self:?}"));
+        }
+        if self.wal_checkpoint_sequence > SEQUENCE_MAX || self.wal_sealed_sequence > SEQUENCE_MAX {
+            return Err(format!("sequence numbers out of range: {self:?}"));
+        }
+        Ok(())
     }
 }
 
@@ -80,6 +106,8 @@ pub struct Edit {
     pub wal_checkpoint_sequence: Option<u64>,
     /// New [`ManifestState::segment_next`].
     pub segment_next: Option<u64>,
+    /// New [`ManifestState::wal_sealed_sequence`].
+    pub wal_sealed_sequence: Option<u64>,
 }
 
 impl Edit {
@@ -89,14 +117,16 @@ impl Edit {
             wal_replay_from_segment: Some(state.wal_replay_from_segment),
             wal_checkpoint_sequence: Some(state.wal_checkpoint_sequence),
             segment_next: Some(state.segment_next),
+            wal_sealed_sequence: Some(state.wal_sealed_sequence),
         }
     }
 
-    fn fields(&self) -> [(u8, Option<u64>); 3] {
+    fn fields(&self) -> [(u8, Option<u64>); 4] {
         [
             (TAG_WAL_REPLAY_FROM_SEGMENT, self.wal_replay_from_segment),
             (TAG_WAL_CHECKPOINT_SEQUENCE, self.wal_checkpoint_sequence),
             (TAG_SEGMENT_NEXT, self.segment_next),
+            (TAG_WAL_SEALED_SEQUENCE, self.wal_sealed_sequence),
         ]
     }
 
@@ -139,6 +169,7 @@ impl Edit {
                 TAG_WAL_REPLAY_FROM_SEGMENT => &mut edit.wal_replay_from_segment,
                 TAG_WAL_CHECKPOINT_SEQUENCE => &mut edit.wal_checkpoint_sequence,
                 TAG_SEGMENT_NEXT => &mut edit.segment_next,
+                TAG_WAL_SEALED_SEQUENCE => &mut edit.wal_sealed_sequence,
                 tag => return Err(format!("unknown edit field tag {tag}")),
             };
             if slot.replace(value).is_some() {
@@ -158,6 +189,9 @@ impl Edit {
         }
         if let Some(value) = self.segment_next {
             state.segment_next = value;
+        }
+        if let Some(value) = self.wal_sealed_sequence {
+            state.wal_sealed_sequence = value;
         }
     }
 }
@@ -207,6 +241,10 @@ pub fn replay_edits(bytes: &[u8], path: &Path) -> Result<(ManifestState, u64), S
             }
         }
     }
+    state.check().map_err(|detail| StorageError::BadManifest {
+        path: path.to_owned(),
+        detail,
+    })?;
     if edits == 0 {
         return Err(StorageError::BadManifest {
             path: path.to_owned(),

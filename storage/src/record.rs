@@ -29,6 +29,12 @@ use std::fmt;
 pub const BLOCK_BYTES: usize = 32 * 1024;
 /// Bytes per fragment header.
 pub const HEADER_BYTES: usize = 16;
+/// The largest sequence number a log may hold: far beyond any real log, and far enough from
+/// `u64::MAX` that arithmetic on it cannot overflow.
+pub const SEQUENCE_MAX: u64 = 1 << 62;
+/// How far above the last record's sequence number a fragment found inside a damaged block
+/// may be to count as a record after the damage: no block holds more records than this.
+const SEQUENCE_WINDOW_IN_BLOCK: u64 = (BLOCK_BYTES / HEADER_BYTES) as u64;
 /// The most payload one fragment carries.
 pub const FRAGMENT_PAYLOAD_MAX_BYTES: usize = BLOCK_BYTES - HEADER_BYTES;
 
@@ -178,6 +184,10 @@ pub enum Defect {
     OutOfOrder,
     /// A record's sequence number is not above the one before it.
     SequenceRegression,
+    /// A sequence number above [`SEQUENCE_MAX`].
+    SequenceOutOfRange,
+    /// A record longer than the reader's limit.
+    RecordTooLarge,
 }
 
 impl fmt::Display for Defect {
@@ -193,6 +203,8 @@ impl fmt::Display for Defect {
             Defect::Checksum => "a checksum mismatch",
             Defect::OutOfOrder => "a fragment out of order",
             Defect::SequenceRegression => "a sequence number not above the previous record's",
+            Defect::SequenceOutOfRange => "a sequence number out of range",
+            Defect::RecordTooLarge => "a record longer than the limit",
         })
     }
 }
@@ -349,7 +361,7 @@ impl<'a> LogReader<'a> {
                         let (start, _, _) = record_start.unwrap_or((at, 0, 0));
                         return Step::Damaged(Damage {
                             offset: start as u64,
-                            defect: Defect::OverrunsBlock,
+                            defect: Defect::RecordTooLarge,
                             resume: self.find_valid_after(at),
                         });
                     }
@@ -415,9 +427,14 @@ impl<'a> LogReader<'a> {
     fn find_valid_after(&self, at: usize) -> Option<u64> {
         let block_end = ((at / BLOCK_BYTES) + 1) * BLOCK_BYTES;
         let in_block_end = block_end.min(self.bytes.len());
+        // Inside the block, a valid-looking fragment could be an image embedded in some
+        // payload; one that continues the log's numbering is not an accident.
+        let window = self.last_sequence + 1..=self.last_sequence + SEQUENCE_WINDOW_IN_BLOCK;
         for candidate in at + 1..in_block_end {
-            if check_fragment(self.bytes, candidate).is_ok() {
-                return Some(candidate as u64);
+            if let Ok((header, _)) = check_fragment(self.bytes, candidate) {
+                if window.contains(&header.sequence) {
+                    return Some(candidate as u64);
+                }
             }
         }
         (block_end..self.bytes.len())
@@ -447,6 +464,9 @@ fn check_fragment(bytes: &[u8], at: usize) -> Result<(Header, usize), Option<Def
     let sequence = u64::from_le_bytes(sequence_bytes);
     if kind == 0 || sequence == 0 {
         return Err(Some(Defect::ZeroField));
+    }
+    if sequence > SEQUENCE_MAX {
+        return Err(Some(Defect::SequenceOutOfRange));
     }
     if length as usize > in_block - HEADER_BYTES {
         return Err(Some(Defect::OverrunsBlock));

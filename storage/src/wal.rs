@@ -36,7 +36,7 @@
 
 use crate::env::{block_buffer, BlockBuffer, BlockWrite, Env, FinishedChain, LogFile, WriteChain};
 use crate::error::{io_error, StorageError};
-use crate::manifest::{parse_manifest_name, Edit, Manifest, ManifestState};
+use crate::manifest::{parse_manifest_name, Edit, Manifest, ManifestState, FILE_NUMBER_MAX};
 use crate::record::{self, Damage, Defect, LogReader, Step, BLOCK_BYTES};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,10 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits
+        .parse()
+        .ok()
+        .filter(|&number| number <= FILE_NUMBER_MAX)
 }
 
 /// How the WAL is run.
@@ -208,7 +211,7 @@ impl Failure {
 #[derive(Debug, Clone)]
 struct Segment {
     number: u64,
-    /// The last sequence number written to it (0 if none).
+    /// The last sequence number sealed into a write to it (0 if none).
     last_sequence: u64,
 }
 
@@ -291,13 +294,37 @@ impl<E: Env> Wal<E> {
         let (manifest_number, state) = match Manifest::load(&mut env, dir)? {
             Some(found) => found,
             None => {
+                // A crash during the very first open can leave empty segments (and a MANIFEST
+                // that never became current) before CURRENT exists: nothing was ever
+                // acknowledged then, so start afresh. Anything else is refused.
+                let mut written = false;
+                for &number in &numbers {
+                    let path = dir.join(segment_name(number));
+                    let bytes = env.read(&path).map_err(io_error("read", &path))?;
+                    written |= bytes.iter().any(|&byte| byte != 0);
+                }
+                if !written {
+                    for name in names.iter().filter(|n| {
+                        parse_segment_name(n).is_some() || parse_manifest_name(n).is_some()
+                    }) {
+                        let path = dir.join(name);
+                        env.remove(&path).map_err(io_error("remove", &path))?;
+                    }
+                    numbers.clear();
+                }
                 let manifests = names.iter().any(|n| parse_manifest_name(n).is_some());
-                if !numbers.is_empty() || manifests {
+                if written {
                     return Err(StorageError::Inconsistent {
                         dir: dir.to_owned(),
-                        detail: "WAL segments or MANIFEST files exist but CURRENT does not; \
-                                 refusing to start over them"
-                            .to_owned(),
+                        detail: format!(
+                            "WAL segments with data exist but CURRENT does not{}; refusing \
+                             to start over them",
+                            if manifests {
+                                " (MANIFEST files do)"
+                            } else {
+                                ""
+                            }
+                        ),
                     });
                 }
                 (0, ManifestState::default())
@@ -342,7 +369,7 @@ impl<E: Env> Wal<E> {
             options: &options,
             checkpoint: state.wal_checkpoint_sequence,
             last_sequence: 0,
-            tail: None,
+            tails: Vec::new(),
             salvaged: Vec::new(),
             segments: VecDeque::new(),
         };
@@ -353,7 +380,25 @@ impl<E: Env> Wal<E> {
             report.bytes += bytes.len() as u64;
             replay.segment(number, &path, &bytes, &mut report, &mut on_record)?;
         }
-        if let Some(tail) = replay.tail.take() {
+        report.last_sequence = replay.last_sequence.max(state.wal_checkpoint_sequence);
+        // Records a previous open read back whole cannot be a torn tail now.
+        if !options.salvage && report.last_sequence < state.wal_sealed_sequence {
+            return Err(match replay.tails.first() {
+                Some(tail) => StorageError::Corrupt {
+                    path: tail.path.clone(),
+                    offset: tail.damage.offset,
+                    defect: tail.damage.defect,
+                },
+                None => StorageError::Inconsistent {
+                    dir: dir.to_owned(),
+                    detail: format!(
+                        "the log ends at sequence {} but reached {} at an earlier start",
+                        report.last_sequence, state.wal_sealed_sequence
+                    ),
+                },
+            });
+        }
+        for tail in std::mem::take(&mut replay.tails) {
             let dropped = tail.length - tail.valid_end;
             tracing::warn!(
                 path = %tail.path.display(),
@@ -371,7 +416,6 @@ impl<E: Env> Wal<E> {
                 bytes_dropped: dropped,
             });
         }
-        report.last_sequence = replay.last_sequence.max(state.wal_checkpoint_sequence);
 
         // Appends go to a new segment, so that no file is ever written after a crash left
         // it, and a torn tail stays cut off.
@@ -394,6 +438,7 @@ impl<E: Env> Wal<E> {
                 state.wal_replay_from_segment
             },
             segment_next: number + 1,
+            wal_sealed_sequence: report.last_sequence.max(state.wal_sealed_sequence),
             ..state
         };
         let manifest = Manifest::create(
@@ -555,11 +600,16 @@ impl<E: Env> Wal<E> {
             .segments
             .iter()
             .find(|segment| segment.number == current || segment.last_sequence > sequence)
-            .map_or(current, |segment| segment.number);
+            .map_or(current, |segment| segment.number)
+            .min(
+                self.in_flight
+                    .as_ref()
+                    .map_or(u64::MAX, |flight| flight.segment),
+            );
         let edit = Edit {
             wal_replay_from_segment: Some(replay_from),
             wal_checkpoint_sequence: Some(sequence),
-            segment_next: None,
+            ..Edit::default()
         };
         if let Err(error) = self.manifest.apply(&mut self.env, &edit) {
             self.fail("MANIFEST append", 0, &error.to_string());
@@ -751,6 +801,12 @@ impl<E: Env> Wal<E> {
             writes,
             sync: !self.file.direct,
         };
+        // A segment's last sequence number counts from the moment its records are sealed into
+        // a chain, not when the chain completes: a checkpoint must never retire a segment
+        // whose last write is still in flight.
+        if let Some(segment) = self.segments.back_mut() {
+            segment.last_sequence = batch.last_sequence;
+        }
         self.in_flight = Some(InFlight {
             segment: self.segments.back().map_or(0, |segment| segment.number),
             file: self.file,
@@ -842,13 +898,6 @@ impl<E: Env> Wal<E> {
         }
         self.recycle(chain);
         self.durable_sequence = in_flight.last_sequence;
-        if let Some(segment) = self
-            .segments
-            .iter_mut()
-            .find(|segment| segment.number == in_flight.segment)
-        {
-            segment.last_sequence = in_flight.last_sequence;
-        }
         if self.closing == Some(in_flight.file) {
             self.closing = None;
             self.env.close_log(in_flight.file);
@@ -917,7 +966,7 @@ impl<E: Env> Wal<E> {
         let edit = Edit {
             wal_replay_from_segment: Some(segment),
             wal_checkpoint_sequence: Some(checkpoint),
-            segment_next: None,
+            ..Edit::default()
         };
         self.manifest.apply(&mut self.env, &edit)?;
         while let Some(front) = self.segments.front() {
@@ -949,7 +998,8 @@ struct Replay<'o> {
     options: &'o WalOptions,
     checkpoint: u64,
     last_sequence: u64,
-    tail: Option<TailCandidate>,
+    /// Damage with nothing valid after it so far (one per segment at most).
+    tails: Vec<TailCandidate>,
     /// Records kept for re-writing (salvage mode only).
     salvaged: Vec<(u8, u64, Vec<u8>)>,
     segments: VecDeque<Segment>,
@@ -964,14 +1014,16 @@ impl Replay<'_> {
         report: &mut ReplayReport,
         on_record: &mut impl FnMut(ReplayedRecord<'_>),
     ) -> Result<(), StorageError> {
-        let mut reader = LogReader::new(bytes, self.options.record_bytes_max);
+        // No record limit on reading: the segment in memory bounds it, and a record written
+        // under a larger `record_bytes_max` must not turn into damage after a config change.
+        let mut reader = LogReader::new(bytes, usize::MAX);
         reader.set_last_sequence(self.last_sequence);
         let mut segment_last = 0;
         loop {
             match reader.next_record() {
                 Step::Record(record) => {
-                    if let Some(tail) = self.tail.take() {
-                        // Valid records after the damage: it was not the tail after all.
+                    // Valid records after earlier damage: it was not the tail after all.
+                    for tail in std::mem::take(&mut self.tails) {
                         if !self.options.salvage {
                             return Err(StorageError::Corrupt {
                                 path: tail.path,
@@ -1007,10 +1059,7 @@ impl Replay<'_> {
                 Step::End => break,
                 Step::Damaged(damage) => match damage.resume {
                     None => {
-                        if let Some(tail) = &self.tail {
-                            debug_assert!(false, "two tail candidates: {tail:?}");
-                        }
-                        self.tail = Some(TailCandidate {
+                        self.tails.push(TailCandidate {
                             path: path.to_owned(),
                             damage,
                             valid_end: reader.valid_end(),

@@ -743,3 +743,127 @@ fn buffered_mode_on_real_files_round_trips() {
     let (_, replayed, _) = open(env, &dir, small_options()).unwrap();
     assert_eq!(replayed, written);
 }
+
+#[test]
+fn a_checkpoint_never_retires_a_segment_whose_last_write_is_in_flight() {
+    let env = FaultEnv::direct(4096);
+    let options = WalOptions {
+        segment_bytes_target: 64 << 10,
+        ..small_options()
+    };
+    let (mut wal, _, _) = open(env.clone(), &dir(), options.clone()).unwrap();
+    let mut written = append_all(&mut wal, &[1000; 10]);
+    // The next batch crosses the segment target and stays in flight (a slow device)...
+    env.hold_completions(true);
+    for _ in 0..60 {
+        let sequence = wal.next_sequence();
+        wal.append(1, &payload_for(sequence, 1100)).unwrap();
+        written.push((1, sequence, payload_for(sequence, 1100)));
+    }
+    wal.poll(None).unwrap();
+    assert_eq!(wal.durable_sequence(), 10);
+    // ... then the next append rotates, and a checkpoint comes in.
+    let segment_before = wal.segment_number();
+    let sequence = wal.next_sequence();
+    wal.append(1, &payload_for(sequence, 1000)).unwrap();
+    written.push((1, sequence, payload_for(sequence, 1000)));
+    assert!(wal.segment_number() > segment_before, "no rotation");
+    wal.checkpoint(u64::MAX).unwrap();
+    env.hold_completions(false);
+    wal.flush().unwrap();
+    drop(wal);
+    env.crash();
+    let (_, replayed, _) = open(env, &dir(), options).unwrap();
+    assert_eq!(
+        replayed,
+        written[10..].to_vec(),
+        "records after the checkpoint survive"
+    );
+}
+
+#[test]
+fn a_crash_during_the_very_first_open_starts_afresh() {
+    let mut env = FaultEnv::direct(4096);
+    env.create_dir_all(&dir()).unwrap();
+    // What the first open leaves if it dies after creating its segment, before CURRENT.
+    env.open_log(&dir().join(segment_name(1))).unwrap();
+    env.sync_dir(&dir()).unwrap();
+    env.crash();
+    let (mut wal, replayed, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    assert!(replayed.is_empty());
+    let written = append_all(&mut wal, &[10, 20]);
+    drop(wal);
+    let (_, replayed, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    assert_eq!(replayed, written);
+
+    // A segment with data and no CURRENT is another matter.
+    let mut copy = env.snapshot();
+    copy.remove(&dir().join("CURRENT")).unwrap();
+    let error = open(copy, &dir(), small_options()).unwrap_err();
+    assert!(error.to_string().contains("with data exist"), "{error}");
+}
+
+#[test]
+fn torn_tails_in_two_segments_are_both_cut() {
+    let env = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    let written = append_all(&mut wal, &[300; 10]);
+    let newest = dir().join(segment_name(wal.segment_number()));
+    drop(wal);
+    env.crash();
+    let spans = record_spans(&env.durable_bytes(&newest).unwrap());
+    env.cut(&newest, (spans[9].0 + 20) as usize).unwrap();
+    // A later segment holding only garbage (a crash just after rotation, on a device that
+    // wrote junk).
+    let mut writer = env.clone();
+    let garbage = dir().join(segment_name(wal_number(&newest) + 1));
+    writer.write_synced(&garbage, &[0x5A; 700]).unwrap();
+    writer.sync_dir(&dir()).unwrap();
+    let (_, replayed, report) = open(env, &dir(), small_options()).unwrap();
+    assert_eq!(replayed, written[..9].to_vec());
+    assert_eq!(report.truncated.len(), 2, "{report:?}");
+}
+
+fn wal_number(path: &Path) -> u64 {
+    vortex_storage::wal::parse_segment_name(&path.file_name().unwrap().to_string_lossy()).unwrap()
+}
+
+#[test]
+fn damage_below_what_an_earlier_start_read_is_corruption_not_a_tail() {
+    let env = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    append_all(&mut wal, &[300; 10]);
+    let segment = dir().join(segment_name(wal.segment_number()));
+    drop(wal);
+    // A second start reads everything back whole and opens an empty segment after it.
+    let (wal, replayed, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    assert_eq!(replayed.len(), 10);
+    drop(wal);
+    // Bit rot in record 10 now: nothing valid follows it, but it was read whole before.
+    let spans = record_spans(&env.durable_bytes(&segment).unwrap());
+    env.flip_bit(&segment, (spans[9].0 + 30) as usize, 2)
+        .unwrap();
+    let error = open(env, &dir(), small_options()).unwrap_err();
+    match error {
+        StorageError::Corrupt { path, offset, .. } => {
+            assert_eq!(path, segment);
+            assert_eq!(offset, spans[9].0);
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn records_written_under_a_larger_limit_replay_after_it_is_lowered() {
+    let env = FaultEnv::direct(4096);
+    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
+    let written = append_all(&mut wal, &[100, 100 << 10]);
+    drop(wal);
+    let lowered = WalOptions {
+        record_bytes_max: 16 << 10,
+        ..small_options()
+    };
+    let (_, replayed, report) = open(env, &dir(), lowered).unwrap();
+    assert_eq!(replayed, written);
+    assert!(report.truncated.is_empty());
+}

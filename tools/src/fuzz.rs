@@ -515,7 +515,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         Edit {
             wal_checkpoint_sequence: Some(41),
             wal_replay_from_segment: Some(3),
-            segment_next: None,
+            ..Edit::default()
         },
     ];
     let manifest_log = sample_log(
