@@ -208,6 +208,23 @@ impl FaultEnv {
         self.state.borrow().log_writes
     }
 
+    /// `write_synced` and `append_synced`: the file is created if missing, changed (a write
+    /// fault changes nothing), then synced (a sync fault leaves the change unsynced).
+    fn write_file(&mut self, path: &Path, change: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        state.parent_exists(path)?;
+        state.check(Target::FileWrite)?;
+        let inode = match state.names.get(path) {
+            Some(&inode) => inode,
+            None => state.create(path),
+        };
+        change(&mut state.inodes.entry(inode).or_default().data);
+        state.check(Target::FileSync)?;
+        let node = state.inodes.entry(inode).or_default();
+        node.durable = node.data.clone();
+        Ok(())
+    }
+
     fn modify(&self, path: &Path, change: impl Fn(&mut Vec<u8>)) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
         let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
@@ -402,39 +419,11 @@ impl Env for FaultEnv {
     }
 
     fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
-        state.parent_exists(path)?;
-        state.check(Target::FileWrite)?;
-        let inode = match state.names.get(path) {
-            Some(&inode) => inode,
-            None => state.create(path),
-        };
-        let node = state.inodes.entry(inode).or_default();
-        node.data = bytes.to_vec();
-        state.check(Target::FileSync)?;
-        let node = state.inodes.entry(inode).or_default();
-        node.durable = node.data.clone();
-        Ok(())
+        self.write_file(path, |data| *data = bytes.to_vec())
     }
 
     fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
-        state.parent_exists(path)?;
-        state.check(Target::FileWrite)?;
-        let inode = match state.names.get(path) {
-            Some(&inode) => inode,
-            None => state.create(path),
-        };
-        state
-            .inodes
-            .entry(inode)
-            .or_default()
-            .data
-            .extend_from_slice(bytes);
-        state.check(Target::FileSync)?;
-        let node = state.inodes.entry(inode).or_default();
-        node.durable = node.data.clone();
-        Ok(())
+        self.write_file(path, |data| data.extend_from_slice(bytes))
     }
 
     fn truncate_synced(&mut self, path: &Path, length: u64) -> io::Result<()> {

@@ -48,7 +48,13 @@ pub fn manifest_name(number: u64) -> String {
 
 /// The number in a MANIFEST file name.
 pub fn parse_manifest_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("MANIFEST-")?;
+    parse_file_number(name, "MANIFEST-", "")
+}
+
+/// The number between `prefix` and `suffix` in a file name: decimal digits only, at most
+/// [`FILE_NUMBER_MAX`].
+pub(crate) fn parse_file_number(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

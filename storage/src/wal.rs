@@ -36,7 +36,7 @@
 
 use crate::env::{block_buffer, BlockBuffer, BlockWrite, Env, FinishedChain, LogFile, WriteChain};
 use crate::error::{io_error, StorageError};
-use crate::manifest::{parse_manifest_name, Edit, Manifest, ManifestState, FILE_NUMBER_MAX};
+use crate::manifest::{parse_file_number, parse_manifest_name, Edit, Manifest, ManifestState};
 use crate::record::{self, Damage, Defect, LogReader, Step, BLOCK_BYTES};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -54,14 +54,7 @@ pub fn segment_name(number: u64) -> String {
 
 /// The number in a WAL segment's file name.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("wal-")?.strip_suffix(".log")?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits
-        .parse()
-        .ok()
-        .filter(|&number| number <= FILE_NUMBER_MAX)
+    parse_file_number(name, "wal-", ".log")
 }
 
 /// How the WAL is run.
@@ -606,9 +599,15 @@ impl<E: Env> Wal<E> {
                     .as_ref()
                     .map_or(u64::MAX, |flight| flight.segment),
             );
+        self.move_replay_point(replay_from, sequence)
+    }
+
+    /// Records a new replay point and checkpoint in the MANIFEST (durably), then deletes the
+    /// segments below the replay point. A failed MANIFEST append makes the WAL read-only.
+    fn move_replay_point(&mut self, replay_from: u64, checkpoint: u64) -> Result<(), StorageError> {
         let edit = Edit {
             wal_replay_from_segment: Some(replay_from),
-            wal_checkpoint_sequence: Some(sequence),
+            wal_checkpoint_sequence: Some(checkpoint),
             ..Edit::default()
         };
         if let Err(error) = self.manifest.apply(&mut self.env, &edit) {
@@ -963,23 +962,7 @@ impl<E: Env> Wal<E> {
         self.sequence_next = self.sequence_next.max(last + 1);
         self.durable_sequence = self.sequence_next - 1;
         let checkpoint = self.manifest.state().wal_checkpoint_sequence;
-        let edit = Edit {
-            wal_replay_from_segment: Some(segment),
-            wal_checkpoint_sequence: Some(checkpoint),
-            ..Edit::default()
-        };
-        self.manifest.apply(&mut self.env, &edit)?;
-        while let Some(front) = self.segments.front() {
-            if front.number >= segment {
-                break;
-            }
-            let path = self.dir.join(segment_name(front.number));
-            self.env.remove(&path).map_err(io_error("remove", &path))?;
-            self.segments.pop_front();
-        }
-        self.env
-            .sync_dir(&self.dir)
-            .map_err(io_error("fsync", &self.dir))
+        self.move_replay_point(segment, checkpoint)
     }
 }
 

@@ -137,16 +137,23 @@ fn direct_io_is_used_where_the_file_system_allows_it_and_buffered_where_not() {
         return;
     }
     let tmpfs = tempfile::tempdir_in(shm).unwrap();
-    let dir = tmpfs.path().join("wal");
-    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Auto).unwrap();
-    let (mut wal, _, _) = open(env, &dir, small_options()).unwrap();
     // tmpfs accepts O_DIRECT from Linux 6.6 on; either way the WAL must work.
-    println!("tmpfs: direct I/O {}", wal.direct_io());
-    let written = append_all(&mut wal, &sizes(50, 3));
+    let direct = real_round_trip(&tmpfs.path().join("wal"), DirectIo::Auto, &sizes(50, 3));
+    println!("tmpfs: direct I/O {direct}");
+}
+
+/// Appends `sizes` on real files in `dir`, reopens, checks that replay gives them back, and
+/// returns whether the WAL used Direct I/O.
+fn real_round_trip(dir: &Path, direct: DirectIo, sizes: &[usize]) -> bool {
+    let env = PosixEnv::new(&RingConfig::plain(32), direct).unwrap();
+    let (mut wal, _, _) = open(env, dir, small_options()).unwrap();
+    let used_direct_io = wal.direct_io();
+    let written = append_all(&mut wal, sizes);
     drop(wal);
-    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Auto).unwrap();
-    let (_, replayed, _) = open(env, &dir, small_options()).unwrap();
+    let env = PosixEnv::new(&RingConfig::plain(32), direct).unwrap();
+    let (_, replayed, _) = open(env, dir, small_options()).unwrap();
     assert_eq!(replayed, written);
+    used_direct_io
 }
 
 #[test]
@@ -733,15 +740,8 @@ fn random_faults_and_crashes_never_lose_an_acknowledged_record() {
 #[test]
 fn buffered_mode_on_real_files_round_trips() {
     let scratch = tempfile::tempdir().unwrap();
-    let dir = scratch.path().join("wal");
-    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Off).unwrap();
-    let (mut wal, _, _) = open(env, &dir, small_options()).unwrap();
-    assert!(!wal.direct_io());
-    let written = append_all(&mut wal, &sizes(200, 5));
-    drop(wal);
-    let env = PosixEnv::new(&RingConfig::plain(32), DirectIo::Off).unwrap();
-    let (_, replayed, _) = open(env, &dir, small_options()).unwrap();
-    assert_eq!(replayed, written);
+    let direct = real_round_trip(&scratch.path().join("wal"), DirectIo::Off, &sizes(200, 5));
+    assert!(!direct);
 }
 
 #[test]
