@@ -8,13 +8,17 @@
 //! - [`record`]: the block-framed log record format shared by WAL segments and the MANIFEST.
 //! - [`wal`]: group commit, rotation, checkpoints, BOOT_REPLAY.
 //! - [`manifest`]: versioned edits and the atomic CURRENT switch.
+//! - [`memtable`]: one LEU's fresh writes in key order, newest version per key, bounded.
+//! - [`bloom`]: bloom filters for SSTable point lookups.
 //! - [`env`]: what storage asks of the file system; [`posix`] runs it on real files and the
 //!   LEU's io_uring, [`fault`] in memory with injected faults.
 
+pub mod bloom;
 pub mod env;
 pub mod error;
 pub mod fault;
 pub mod manifest;
+pub mod memtable;
 pub mod posix;
 pub mod record;
 pub mod wal;
@@ -23,5 +27,6 @@ pub use env::Env;
 pub use error::StorageError;
 pub use fault::{Fault, FaultEnv, Target};
 pub use manifest::{Edit, Manifest, ManifestState};
+pub use memtable::{Key, Lookup, MemTable, MemTableFull};
 pub use posix::{DirectIo, PosixEnv};
 pub use wal::{ReplayReport, ReplayedRecord, Wal, WalOptions, WalStats};
