@@ -9,7 +9,7 @@
 //! - [`wal`]: group commit, rotation, checkpoints, BOOT_REPLAY.
 //! - [`manifest`]: versioned edits and the atomic CURRENT switch.
 //! - [`memtable`]: one LEU's fresh writes in key order, newest version per key, bounded.
-//! - [`bloom`]: bloom filters for SSTable point lookups.
+//! - [`bloom`]: bloom filters for SSTable point lookups; [`sstable`]: the 4 KiB data blocks.
 //! - [`env`]: what storage asks of the file system; [`posix`] runs it on real files and the
 //!   LEU's io_uring, [`fault`] in memory with injected faults.
 
@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod memtable;
 pub mod posix;
 pub mod record;
+pub mod sstable;
 pub mod wal;
 
 pub use env::Env;

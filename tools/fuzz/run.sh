@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes every parser (VBP frames and streams, WAL segments, MANIFEST edits) with cargo-fuzz (libFuzzer + AddressSanitizer).
+# Fuzzes every parser (VBP frames and streams, WAL segments, MANIFEST edits, SSTable blocks) with cargo-fuzz (libFuzzer + AddressSanitizer).
 #
 #   tools/fuzz/run.sh [SECONDS] [TARGET...]     default: 60 seconds each, every target
 #
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(validator stream wal_log manifest)
+[ ${#targets[@]} -gt 0 ] || targets=(validator stream wal_log manifest sstable_block)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
@@ -26,7 +26,7 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 
-declare -A max_len=([validator]=4096 [stream]=16384 [wal_log]=70000 [manifest]=4096)
+declare -A max_len=([validator]=4096 [stream]=16384 [wal_log]=70000 [manifest]=4096 [sstable_block]=9000)
 for target in "${targets[@]}"; do
   echo "==> fuzzing ${target} for ${seconds} s"
   log=$(mktemp)

@@ -1,5 +1,6 @@
 //! The bodies of the fuzz targets, as plain functions: the VBP frame validator and stream
-//! decoder, the WAL's log reader with BOOT_REPLAY, and the MANIFEST's edits.
+//! decoder, the WAL's log reader with BOOT_REPLAY, the MANIFEST's edits, and SSTable data
+//! blocks.
 //!
 //! The libFuzzer targets in `tools/fuzz/` call these, and so does an ordinary test
 //! (`tools/tests/fuzz_corpus.rs`) that replays the committed corpus on stable Rust: every
@@ -17,9 +18,11 @@ use vortex_vbp::validator::{FrameError, LayoutValidator, RequestRef};
 
 use std::path::Path;
 use vortex_storage::manifest::{self, Edit};
+use vortex_storage::memtable::{Key, Value, Version};
 use vortex_storage::record::{
     self, LogReader, Step, BLOCK_BYTES, HEADER_BYTES as LOG_HEADER_BYTES,
 };
+use vortex_storage::sstable::block::{Block, BlockBuilder, BLOCK_UNIT_BYTES};
 use vortex_storage::wal::{segment_name, Wal, WalOptions};
 use vortex_storage::{Env, FaultEnv};
 
@@ -439,6 +442,58 @@ pub fn manifest(data: &[u8]) -> bool {
     accepted
 }
 
+/// Mode bit of the `sstable_block` target's first byte: pad the block to whole 4 KiB units
+/// and recompute its CRC32C, so that mutations reach the layout checks.
+pub const BLOCK_MODE_SEAL: u8 = 1;
+
+/// SSTable data block target: `data[0]` is a mode (the `BLOCK_MODE_*` bits), the rest a
+/// block. Parsing must refuse or accept without panicking; an accepted block's entries must
+/// each be found again by key, in strictly increasing key order, and must build into a block
+/// that parses to the same entries. Returns the entries read.
+pub fn sstable_block(data: &[u8]) -> usize {
+    let Some((&mode, input)) = data.split_first() else {
+        return 0;
+    };
+    let mut bytes = input.to_vec();
+    if mode & BLOCK_MODE_SEAL != 0 && !bytes.is_empty() {
+        let length = bytes.len().div_ceil(BLOCK_UNIT_BYTES).max(1) * BLOCK_UNIT_BYTES;
+        bytes.resize(length, 0);
+        let crc = crc32c::crc32c(&bytes[..length - 4]);
+        bytes[length - 4..].copy_from_slice(&crc.to_le_bytes());
+    }
+    let Ok(block) = Block::parse(&bytes) else {
+        return 0;
+    };
+    let mut previous: Option<Key> = None;
+    let mut rebuilt = BlockBuilder::new();
+    let mut fits = true;
+    for entry in block.iter() {
+        assert!(
+            previous.is_none_or(|key| key < entry.key),
+            "keys out of order"
+        );
+        previous = Some(entry.key);
+        assert_eq!(
+            block.get(&entry.key),
+            Some(entry),
+            "an entry not found by its key"
+        );
+        let version = Version {
+            sequence: entry.sequence,
+            value: entry
+                .value
+                .map_or(Value::Tombstone, |v| Value::Put(v.to_vec())),
+        };
+        fits &= rebuilt.try_add(entry.key, &version);
+    }
+    if fits && !rebuilt.is_empty() {
+        let again = rebuilt.finish();
+        let reparsed = Block::parse(&again).expect("a rebuilt block parses");
+        assert!(reparsed.iter().eq(block.iter()), "a rebuilt block differs");
+    }
+    block.len()
+}
+
 /// The modes that let a mutated header and body through to the body checks.
 const REPAIR: u8 = MODE_FIX_LENGTH | MODE_PAD | MODE_SEAL;
 
@@ -526,6 +581,30 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             .collect::<Vec<_>>(),
     );
     seeds.push(("manifest", "two-edits".to_owned(), manifest_log));
+    let mut builder = BlockBuilder::new();
+    for (point, value) in [
+        (1u64, Some(&b"one"[..])),
+        (5, None),
+        (9, Some(&[7u8; 300][..])),
+    ] {
+        let version = Version {
+            sequence: point + 10,
+            value: value.map_or(Value::Tombstone, |v| Value::Put(v.to_vec())),
+        };
+        builder.try_add(
+            Key {
+                collection: 3,
+                point,
+            },
+            &version,
+        );
+    }
+    let block = builder.finish();
+    for (name, mode) in [("plain", 0u8), ("sealed", BLOCK_MODE_SEAL)] {
+        let mut input = vec![mode];
+        input.extend_from_slice(&block);
+        seeds.push(("sstable_block", format!("three-entries-{name}"), input));
+    }
     seeds
 }
 

@@ -73,6 +73,9 @@ fn seeds_exercise_the_accepting_paths() {
             "manifest" => {
                 assert!(fuzz::manifest(&data), "{name}");
             }
+            "sstable_block" => {
+                assert_eq!(fuzz::sstable_block(&data), 3, "{name}");
+            }
             "stream" => {
                 let decoded = fuzz::stream(&data);
                 // Every sample request, plus the large search.
@@ -135,4 +138,11 @@ fn a_damaged_manifest_is_refused_not_a_panic() {
     assert!(!fuzz::manifest(&broken));
     // A truncated last edit: ignored, the first one stands.
     assert!(fuzz::manifest(&seed[..seed.len() - 3]));
+}
+
+#[test]
+fn sstable_block_corpus_replays() {
+    let count = replay("corpus", "sstable_block", fuzz::sstable_block)
+        + replay("regressions", "sstable_block", fuzz::sstable_block);
+    assert!(count > 0, "the sstable_block corpus is empty");
 }
