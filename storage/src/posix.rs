@@ -81,6 +81,8 @@ pub struct PosixEnv {
     /// The Direct I/O alignment of the log directory, probed at the first `open_log`.
     alignment: Option<DirectIoAlignment>,
     fallback_warned: bool,
+    /// Completions taken off the ring by one `reap`, kept to reuse its allocation.
+    completed: Vec<(ChainOp, i32)>,
 }
 
 impl PosixEnv {
@@ -99,6 +101,7 @@ impl PosixEnv {
             pending: (0..CHAINS_INFLIGHT_MAX).map(|_| None).collect(),
             alignment: None,
             fallback_warned: false,
+            completed: Vec::with_capacity(CHAINS_INFLIGHT_MAX * 8),
         }
     }
 
@@ -397,15 +400,16 @@ impl Env for PosixEnv {
                 self.ring.submit().map_err(io::Error::other)?;
             }
         }
-        let mut done: Vec<(ChainOp, i32)> = Vec::new();
+        let mut done = std::mem::take(&mut self.completed);
         self.ring.reap(|completion, owner| {
             if let Owner::Finished(op) = owner {
                 done.push((op, completion.result));
             }
         });
-        for (op, result) in done {
+        for (op, result) in done.drain(..) {
             self.finish_op(op, result, finished);
         }
+        self.completed = done;
         Ok(())
     }
 }
