@@ -9,10 +9,12 @@
 //! - [`wal`]: group commit, rotation, checkpoints, BOOT_REPLAY.
 //! - [`manifest`]: versioned edits and the atomic CURRENT switch.
 //! - [`memtable`]: one LEU's fresh writes in key order, newest version per key, bounded.
+//! - [`background`]: the bounded pool for flushes and compactions, and the byte-rate limiter.
 //! - [`bloom`]: bloom filters for SSTable point lookups; [`sstable`]: the 4 KiB data blocks.
 //! - [`env`]: what storage asks of the file system; [`posix`] runs it on real files and the
 //!   LEU's io_uring, [`fault`] in memory with injected faults.
 
+pub mod background;
 pub mod bloom;
 pub mod env;
 pub mod error;

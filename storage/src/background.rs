@@ -1,0 +1,209 @@
+//! Work off the reactor threads (issue #6): a bounded pool for flushes and compactions, and a
+//! byte-rate limiter that keeps compaction and the scrubber from starving foreground I/O.
+//!
+//! **The pool.** A fixed number of worker threads take jobs from a bounded queue. An LEU
+//! never waits on it: [`BackgroundPool::try_submit`] either queues the job or gives it back
+//! at once ([`PoolFull`]), and the LEU retries later (a flush that cannot be queued leaves the
+//! MemTable growing towards its hard limit, which throttles writes: the pressure reaches the
+//! client as THROTTLED, never as unbounded memory). Dropping the pool lets queued jobs finish
+//! and joins the workers.
+//!
+//! **The rate limiter.** A token bucket in bytes: [`RateLimiter::delay_for`] charges a read or
+//! write of `bytes` and says how long the caller must wait first so that the long-run rate
+//! stays at `bytes_per_second`, with bursts of at most one second's worth. The clock is passed
+//! in, so the accounting is tested without timing anything.
+
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A unit of background work.
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The queue was full: the job comes back.
+pub struct PoolFull(pub Job);
+
+impl std::fmt::Debug for PoolFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolFull(..)")
+    }
+}
+
+/// A fixed set of worker threads over a bounded queue.
+#[derive(Debug)]
+pub struct BackgroundPool {
+    sender: Option<SyncSender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl BackgroundPool {
+    /// `threads` workers (at least one) and room for `queue_max` waiting jobs.
+    pub fn new(name: &str, threads: usize, queue_max: usize) -> std::io::Result<Self> {
+        let (sender, receiver) = mpsc::sync_channel::<Job>(queue_max);
+        let receiver: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(receiver));
+        let mut workers = Vec::new();
+        for index in 0..threads.max(1) {
+            let receiver = Arc::clone(&receiver);
+            let worker = std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || loop {
+                    // Hold the lock only to take a job, never while running one.
+                    let job = match receiver.lock() {
+                        Ok(receiver) => receiver.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return, // the pool was dropped and the queue drained
+                    }
+                })?;
+            workers.push(worker);
+        }
+        Ok(BackgroundPool {
+            sender: Some(sender),
+            workers,
+        })
+    }
+
+    /// Queues `job`, or gives it back at once when `queue_max` jobs are waiting.
+    pub fn try_submit(&self, job: Job) -> Result<(), PoolFull> {
+        let Some(sender) = &self.sender else {
+            return Err(PoolFull(job));
+        };
+        match sender.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => Err(PoolFull(job)),
+        }
+    }
+}
+
+impl Drop for BackgroundPool {
+    fn drop(&mut self) {
+        // Closing the queue ends each worker once it is drained.
+        drop(self.sender.take());
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// A token bucket in bytes.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    bytes_per_second: u64,
+    /// Bytes that may go now (negative: owed).
+    balance: i128,
+    updated: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter at `bytes_per_second` (0: unlimited), starting with a full one-second burst.
+    pub fn new(bytes_per_second: u64, now: Instant) -> Self {
+        RateLimiter {
+            bytes_per_second,
+            balance: i128::from(bytes_per_second),
+            updated: now,
+        }
+    }
+
+    /// Charges `bytes` at `now` and returns how long to wait before doing the I/O.
+    pub fn delay_for(&mut self, bytes: u64, now: Instant) -> Duration {
+        if self.bytes_per_second == 0 {
+            return Duration::ZERO;
+        }
+        let rate = i128::from(self.bytes_per_second);
+        let elapsed = now.saturating_duration_since(self.updated);
+        self.updated = self.updated.max(now);
+        let earned = (elapsed.as_nanos() as i128).saturating_mul(rate) / 1_000_000_000;
+        // At most one second's worth is saved up.
+        self.balance = (self.balance + earned).min(rate) - i128::from(bytes);
+        if self.balance >= 0 {
+            return Duration::ZERO;
+        }
+        let owed_nanos = (-self.balance).saturating_mul(1_000_000_000) / rate;
+        Duration::from_nanos(owed_nanos.min(i128::from(u64::MAX)) as u64)
+    }
+
+    /// Charges `bytes` and sleeps as long as needed.
+    pub fn throttle(&mut self, bytes: u64) {
+        let delay = self.delay_for(bytes, Instant::now());
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+    }
+
+    /// The configured rate.
+    pub fn bytes_per_second(&self) -> u64 {
+        self.bytes_per_second
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Barrier;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_rate_holds_over_a_long_run_with_one_second_of_burst() {
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(10 * MIB, start);
+        // The first second's worth goes at once.
+        assert_eq!(limiter.delay_for(10 * MIB, start), Duration::ZERO);
+        // The next MiB must wait a tenth of a second.
+        assert_eq!(limiter.delay_for(MIB, start), Duration::from_millis(100));
+        // Having waited, 100 MiB in 1 MiB pieces, each charged when the last wait ended,
+        // take 10 s: the long-run rate is the configured one.
+        let mut now = start + Duration::from_millis(100);
+        for _ in 0..100 {
+            now += limiter.delay_for(MIB, now);
+        }
+        let seconds = (now - start).as_secs_f64();
+        assert!((10.0..10.2).contains(&seconds), "{seconds}");
+        // Idle time saves up at most one second's worth.
+        let later = now + Duration::from_secs(60);
+        assert_eq!(limiter.delay_for(10 * MIB, later), Duration::ZERO);
+        assert!(limiter.delay_for(MIB, later) > Duration::ZERO);
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let now = Instant::now();
+        let mut limiter = RateLimiter::new(0, now);
+        assert_eq!(limiter.delay_for(u64::MAX, now), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_queued_jobs_finish_at_drop() {
+        let pool = BackgroundPool::new("test-pool", 1, 2).unwrap();
+        let gate = Arc::new(Barrier::new(2));
+        let done = Arc::new(AtomicUsize::new(0));
+        // The worker blocks on the first job, so the queue fills behind it.
+        let blocker = Arc::clone(&gate);
+        pool.try_submit(Box::new(move || {
+            blocker.wait();
+        }))
+        .unwrap();
+        let mut accepted = 0;
+        let mut refused = 0;
+        for _ in 0..10 {
+            let done = Arc::clone(&done);
+            match pool.try_submit(Box::new(move || {
+                done.fetch_add(1, Ordering::SeqCst);
+            })) {
+                Ok(()) => accepted += 1,
+                Err(PoolFull(_)) => refused += 1,
+            }
+        }
+        // Two places in the queue, one of them still held by the blocker if the worker has
+        // not taken it off yet.
+        assert!((1..=2).contains(&accepted), "{accepted}");
+        assert_eq!(accepted + refused, 10);
+        gate.wait();
+        drop(pool);
+        assert_eq!(done.load(Ordering::SeqCst), accepted);
+    }
+}
