@@ -370,23 +370,11 @@ impl Manifest {
     }
 
     fn append<E: Env>(&mut self, env: &mut E, edit: &Edit) -> Result<(), StorageError> {
-        let payload = edit.encode();
-        let start = self.position;
-        let mut bytes = vec![0u8; record::framed_bytes(start, payload.len()) as usize];
-        let end = record::frame(
-            start,
-            EDIT_KIND,
-            self.sequence + 1,
-            &payload,
-            |at, piece| {
-                let at = (at - start) as usize;
-                bytes[at..at + piece.len()].copy_from_slice(piece);
-            },
-        );
+        let bytes = record::framed(self.position, EDIT_KIND, self.sequence + 1, &edit.encode());
         let path = self.path();
         env.append_synced(&path, &bytes)
             .map_err(io_error("append", &path))?;
-        self.position = end;
+        self.position += bytes.len() as u64;
         self.sequence += 1;
         Ok(())
     }

@@ -160,6 +160,27 @@ pub fn frame(
     }
 }
 
+/// The bytes of one record framed at log position `position`: what the log holds from
+/// `position` to `position + framed_bytes(position, payload.len())`.
+pub fn framed(position: u64, kind: u8, sequence: u64, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0u8; framed_bytes(position, payload.len()) as usize];
+    frame(position, kind, sequence, payload, |at, piece| {
+        let at = (at - position) as usize;
+        bytes[at..at + piece.len()].copy_from_slice(piece);
+    });
+    bytes
+}
+
+/// A whole log holding `records` (kind, sequence, payload) from position 0.
+pub fn encode_log(records: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
+    let mut log = Vec::new();
+    for (kind, sequence, payload) in records {
+        let bytes = framed(log.len() as u64, *kind, *sequence, payload);
+        log.extend_from_slice(&bytes);
+    }
+    log
+}
+
 /// Why the bytes at an offset are not a valid fragment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Defect {
@@ -497,20 +518,15 @@ mod tests {
     use proptest::prelude::*;
 
     /// Frames `records` into a log image starting at position 0.
+    /// Frames `records` into a log image, checking each record's size against
+    /// `framed_bytes`.
     fn log_of(records: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
-        let mut log = Vec::new();
+        let log = encode_log(records);
         let mut position = 0;
-        for (kind, sequence, payload) in records {
-            let end = frame(position, *kind, *sequence, payload, |at, bytes| {
-                let at = at as usize;
-                if log.len() < at + bytes.len() {
-                    log.resize(at + bytes.len(), 0);
-                }
-                log[at..at + bytes.len()].copy_from_slice(bytes);
-            });
-            assert_eq!(end - position, framed_bytes(position, payload.len()));
-            position = end;
+        for (_, _, payload) in records {
+            position += framed_bytes(position, payload.len());
         }
+        assert_eq!(position, log.len() as u64);
         log
     }
 

@@ -254,16 +254,13 @@ fn checkpoints_delete_old_segments_and_replay_skips_them() {
 #[test]
 fn every_truncation_inside_the_last_record_keeps_every_earlier_record() {
     let base = FaultEnv::direct(512);
-    let (mut wal, _, _) = open(base.clone(), &dir(), small_options()).unwrap();
     // Two small records, one that ends 1000 bytes before the block's end, and a last record
     // of 3000 bytes that therefore spans the block boundary (FIRST + LAST fragments).
     let third = BLOCK_BYTES - 1000 - (116 + 216) - 16;
-    let written = append_all(&mut wal, &[100, 200, third, 3000]);
-    let segment = dir().join(segment_name(wal.segment_number()));
-    drop(wal);
+    let (written, segment, spans) = written_log(&base, &[100, 200, third, 3000], small_options());
     base.crash();
     let bytes = base.durable_bytes(&segment).unwrap();
-    let (last_start, last_end) = last_record(&bytes);
+    let (last_start, last_end) = spans[spans.len() - 1];
     // Records may have rotated into the newest segment only partly: find what it holds.
     let newest_first = first_sequence(&bytes);
     println!(
@@ -356,14 +353,25 @@ fn record_spans(bytes: &[u8]) -> Vec<(u64, u64)> {
     spans
 }
 
+/// Opens a WAL on `env`, appends `sizes` until durable and closes it: returns what was
+/// written, the newest segment's path and the spans of the records in it.
+fn written_log(
+    env: &FaultEnv,
+    sizes: &[usize],
+    options: WalOptions,
+) -> (Records, PathBuf, Vec<(u64, u64)>) {
+    let (mut wal, _, _) = open(env.clone(), &dir(), options).unwrap();
+    let written = append_all(&mut wal, sizes);
+    let segment = dir().join(segment_name(wal.segment_number()));
+    drop(wal);
+    let spans = record_spans(&env.durable_bytes(&segment).unwrap());
+    (written, segment, spans)
+}
+
 #[test]
 fn a_flipped_bit_in_a_middle_record_stops_recovery_with_its_offset() {
     let base = FaultEnv::direct(4096);
-    let (mut wal, _, _) = open(base.clone(), &dir(), WalOptions::default()).unwrap();
-    let written = append_all(&mut wal, &[200; 20]);
-    let segment = dir().join(segment_name(wal.segment_number()));
-    drop(wal);
-    let spans = record_spans(&base.durable_bytes(&segment).unwrap());
+    let (written, segment, spans) = written_log(&base, &[200; 20], WalOptions::default());
     let (start, end) = spans[7];
     for offset in [start, start + 5, start + 16 + 100, end - 1] {
         let env = base.snapshot();
@@ -406,11 +414,7 @@ fn a_flipped_bit_in_a_middle_record_stops_recovery_with_its_offset() {
 #[test]
 fn a_flipped_bit_in_the_tail_record_is_a_truncation() {
     let base = FaultEnv::direct(4096);
-    let (mut wal, _, _) = open(base.clone(), &dir(), WalOptions::default()).unwrap();
-    let written = append_all(&mut wal, &[200; 20]);
-    let segment = dir().join(segment_name(wal.segment_number()));
-    drop(wal);
-    let spans = record_spans(&base.durable_bytes(&segment).unwrap());
+    let (written, segment, spans) = written_log(&base, &[200; 20], WalOptions::default());
     let (start, end) = spans[19];
     for offset in [start, start + 9, end - 1] {
         let env = base.snapshot();
@@ -806,12 +810,8 @@ fn a_crash_during_the_very_first_open_starts_afresh() {
 #[test]
 fn torn_tails_in_two_segments_are_both_cut() {
     let env = FaultEnv::direct(4096);
-    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
-    let written = append_all(&mut wal, &[300; 10]);
-    let newest = dir().join(segment_name(wal.segment_number()));
-    drop(wal);
+    let (written, newest, spans) = written_log(&env, &[300; 10], small_options());
     env.crash();
-    let spans = record_spans(&env.durable_bytes(&newest).unwrap());
     env.cut(&newest, (spans[9].0 + 20) as usize).unwrap();
     // A later segment holding only garbage (a crash just after rotation, on a device that
     // wrote junk).
@@ -831,10 +831,7 @@ fn wal_number(path: &Path) -> u64 {
 #[test]
 fn damage_below_what_an_earlier_start_read_is_corruption_not_a_tail() {
     let env = FaultEnv::direct(4096);
-    let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
-    append_all(&mut wal, &[300; 10]);
-    let segment = dir().join(segment_name(wal.segment_number()));
-    drop(wal);
+    let (_, segment, _) = written_log(&env, &[300; 10], small_options());
     // A second start reads everything back whole and opens an empty segment after it.
     let (wal, replayed, _) = open(env.clone(), &dir(), small_options()).unwrap();
     assert_eq!(replayed.len(), 10);

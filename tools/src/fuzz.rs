@@ -364,7 +364,7 @@ pub fn wal_log(data: &[u8]) -> usize {
         }
     }
     // What was accepted frames into a log that reads back the same.
-    let framed = sample_log(&records);
+    let framed = record::encode_log(&records);
     let mut again = LogReader::new(&framed, FUZZ_RECORD_BYTES_MAX);
     for (kind, sequence, payload) in &records {
         match again.next_record() {
@@ -547,7 +547,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         input.extend_from_slice(&large);
         seeds.push(("stream", format!("samples-{name}"), input));
     }
-    let log = sample_log(&[
+    let log = record::encode_log(&[
         (1, 1, vec![0x11; 40]),
         (2, 2, vec![0x22; BLOCK_BYTES + 300]),
         (3, 3, Vec::new()),
@@ -573,7 +573,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             ..Edit::default()
         },
     ];
-    let manifest_log = sample_log(
+    let manifest_log = record::encode_log(
         &edits
             .iter()
             .enumerate()
@@ -606,18 +606,4 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         seeds.push(("sstable_block", format!("three-entries-{name}"), input));
     }
     seeds
-}
-
-/// A log file holding `records` (kind, sequence, payload) from offset 0.
-fn sample_log(records: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
-    let mut log = Vec::new();
-    let mut position = 0u64;
-    for (kind, sequence, payload) in records {
-        let size = record::framed_bytes(position, payload.len()) as usize;
-        log.resize(position as usize + size, 0);
-        position = record::frame(position, *kind, *sequence, payload, |at, bytes| {
-            log[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
-        });
-    }
-    log
 }

@@ -97,32 +97,30 @@ fn seeds_exercise_the_accepting_paths() {
     assert!(!fuzz::validator(&broken));
 }
 
+/// Replays a target's corpus and regressions; the corpus must not be empty.
+fn replay_target<T>(target: &str, run: fn(&[u8]) -> T) {
+    let count = replay("corpus", target, run) + replay("regressions", target, run);
+    assert!(count > 0, "the {target} corpus is empty");
+}
+
 #[test]
 fn validator_corpus_replays() {
-    let count = replay("corpus", "validator", fuzz::validator)
-        + replay("regressions", "validator", fuzz::validator);
-    assert!(count > 0, "the validator corpus is empty");
+    replay_target("validator", fuzz::validator);
 }
 
 #[test]
 fn stream_corpus_replays() {
-    let count =
-        replay("corpus", "stream", fuzz::stream) + replay("regressions", "stream", fuzz::stream);
-    assert!(count > 0, "the stream corpus is empty");
+    replay_target("stream", fuzz::stream);
 }
 
 #[test]
 fn wal_log_corpus_replays() {
-    let count = replay("corpus", "wal_log", fuzz::wal_log)
-        + replay("regressions", "wal_log", fuzz::wal_log);
-    assert!(count > 0, "the wal_log corpus is empty");
+    replay_target("wal_log", fuzz::wal_log);
 }
 
 #[test]
 fn manifest_corpus_replays() {
-    let count = replay("corpus", "manifest", fuzz::manifest)
-        + replay("regressions", "manifest", fuzz::manifest);
-    assert!(count > 0, "the manifest corpus is empty");
+    replay_target("manifest", fuzz::manifest);
 }
 
 #[test]
@@ -142,7 +140,5 @@ fn a_damaged_manifest_is_refused_not_a_panic() {
 
 #[test]
 fn sstable_block_corpus_replays() {
-    let count = replay("corpus", "sstable_block", fuzz::sstable_block)
-        + replay("regressions", "sstable_block", fuzz::sstable_block);
-    assert!(count > 0, "the sstable_block corpus is empty");
+    replay_target("sstable_block", fuzz::sstable_block);
 }
