@@ -75,6 +75,35 @@ pub enum StorageError {
         /// The limit.
         max_bytes: usize,
     },
+    /// A damaged SSTable: a checksum or layout check failed. The table is quarantined.
+    #[error(
+        "SSTable {path} is corrupt: {section} at offset {offset}: {detail}; the table is \
+         quarantined and reads that need it fail until it is repaired or restored"
+    )]
+    TableCorrupt {
+        /// The table.
+        path: PathBuf,
+        /// The part found damaged.
+        section: crate::sstable::table::Section,
+        /// Where.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A read needed a table quarantined earlier for corruption.
+    #[error("SSTable {path} is quarantined ({reason}); reads that need it fail")]
+    Quarantined {
+        /// The table.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A request the store cannot take (a bad argument, a limit).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store was closed, or a background worker is gone.
+    #[error("the store is shutting down: {0}")]
+    Closed(&'static str),
     /// A record kind of 0, which the format reserves.
     #[error("record kind 0 is reserved")]
     ReservedKind,

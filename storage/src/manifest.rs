@@ -26,16 +26,76 @@ pub const CURRENT: &str = "CURRENT";
 pub const CURRENT_TEMP: &str = "CURRENT.tmp";
 /// A MANIFEST larger than this is rewritten as one snapshot edit.
 pub const MANIFEST_BYTES_MAX: u64 = 4 << 20;
-/// The largest edit accepted on reading.
-const EDIT_BYTES_MAX: usize = 64 << 10;
-/// The edit encoding's version.
-const EDIT_VERSION: u8 = 1;
+/// The largest edit accepted on reading (a snapshot of about 90 000 tables).
+const EDIT_BYTES_MAX: usize = 4 << 20;
+/// The edit encoding's version: 2 adds the SSTable fields and a 16-bit field count; version 1
+/// edits (WAL fields only, 8-bit count) are still read.
+const EDIT_VERSION: u8 = 2;
+/// The deepest LSM level plus one.
+pub const LEVELS: usize = 7;
 
 /// Field tags of an edit.
 const TAG_WAL_REPLAY_FROM_SEGMENT: u8 = 1;
 const TAG_WAL_CHECKPOINT_SEQUENCE: u8 = 2;
 const TAG_SEGMENT_NEXT: u8 = 3;
 const TAG_WAL_SEALED_SEQUENCE: u8 = 4;
+const TAG_TABLE_NEXT: u8 = 5;
+const TAG_TABLE_ADD: u8 = 6;
+const TAG_TABLE_REMOVE: u8 = 7;
+/// Bytes of an added table's description.
+const TABLE_META_BYTES: usize = 8 + 1 + 4 + 8 * 4;
+
+/// A live SSTable, as the MANIFEST records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableMeta {
+    /// Its file number (`000042.sst`).
+    pub number: u64,
+    /// Its level, 0 (flushes, overlapping) to `LEVELS - 1`.
+    pub level: u8,
+    /// The collection it holds.
+    pub collection: u32,
+    /// Its smallest point id.
+    pub smallest: u64,
+    /// Its largest point id.
+    pub largest: u64,
+    /// Its size in bytes.
+    pub file_bytes: u64,
+    /// The highest sequence number in it.
+    pub max_sequence: u64,
+}
+
+impl TableMeta {
+    fn encode_into(&self, bytes: &mut Vec<u8>) {
+        bytes.extend_from_slice(&self.number.to_le_bytes());
+        bytes.push(self.level);
+        bytes.extend_from_slice(&self.collection.to_le_bytes());
+        for value in [
+            self.smallest,
+            self.largest,
+            self.file_bytes,
+            self.max_sequence,
+        ] {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Self {
+        let u64_at = |at: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(word)
+        };
+        TableMeta {
+            number: u64_at(0),
+            level: bytes[8],
+            collection: u32::from_le_bytes([bytes[9], bytes[10], bytes[11], bytes[12]]),
+            smallest: u64_at(13),
+            largest: u64_at(21),
+            file_bytes: u64_at(29),
+            max_sequence: u64_at(37),
+        }
+    }
+}
 
 /// The largest segment or MANIFEST number accepted: far beyond any real log, and far from
 /// `u64::MAX` so that `number + 1` cannot overflow.
@@ -65,7 +125,7 @@ pub(crate) fn parse_file_number(name: &str, prefix: &str, suffix: &str) -> Optio
 }
 
 /// What the MANIFEST says is live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestState {
     /// The first WAL segment recovery reads; older ones may be deleted.
     pub wal_replay_from_segment: u64,
@@ -76,6 +136,10 @@ pub struct ManifestState {
     /// Every record up to this sequence number was read back whole by a previous open: the
     /// log may never end below it again, so damage there is corruption, not a torn tail.
     pub wal_sealed_sequence: u64,
+    /// The next unused SSTable number.
+    pub table_next: u64,
+    /// The live SSTables by number.
+    pub tables: std::collections::BTreeMap<u64, TableMeta>,
 }
 
 impl Default for ManifestState {
@@ -85,6 +149,8 @@ impl Default for ManifestState {
             wal_checkpoint_sequence: 0,
             segment_next: 1,
             wal_sealed_sequence: 0,
+            table_next: 1,
+            tables: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -99,12 +165,24 @@ impl ManifestState {
         if self.wal_checkpoint_sequence > SEQUENCE_MAX || self.wal_sealed_sequence > SEQUENCE_MAX {
             return Err(format!("sequence numbers out of range: {self:?}"));
         }
+        if self.table_next > FILE_NUMBER_MAX {
+            return Err(format!("table_next {} out of range", self.table_next));
+        }
+        for (number, table) in &self.tables {
+            if *number != table.number
+                || table.number >= self.table_next
+                || table.level as usize >= LEVELS
+                || table.smallest > table.largest
+            {
+                return Err(format!("impossible table {table:?}"));
+            }
+        }
         Ok(())
     }
 }
 
 /// One change to the state; absent fields are unchanged.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Edit {
     /// New [`ManifestState::wal_replay_from_segment`].
     pub wal_replay_from_segment: Option<u64>,
@@ -114,6 +192,12 @@ pub struct Edit {
     pub segment_next: Option<u64>,
     /// New [`ManifestState::wal_sealed_sequence`].
     pub wal_sealed_sequence: Option<u64>,
+    /// New [`ManifestState::table_next`].
+    pub table_next: Option<u64>,
+    /// Tables that stop being live (applied before `tables_added`).
+    pub tables_removed: Vec<u64>,
+    /// Tables that become live.
+    pub tables_added: Vec<TableMeta>,
 }
 
 impl Edit {
@@ -124,63 +208,109 @@ impl Edit {
             wal_checkpoint_sequence: Some(state.wal_checkpoint_sequence),
             segment_next: Some(state.segment_next),
             wal_sealed_sequence: Some(state.wal_sealed_sequence),
+            table_next: Some(state.table_next),
+            tables_removed: Vec::new(),
+            tables_added: state.tables.values().copied().collect(),
         }
     }
 
-    fn fields(&self) -> [(u8, Option<u64>); 4] {
+    fn fields(&self) -> [(u8, Option<u64>); 5] {
         [
             (TAG_WAL_REPLAY_FROM_SEGMENT, self.wal_replay_from_segment),
             (TAG_WAL_CHECKPOINT_SEQUENCE, self.wal_checkpoint_sequence),
             (TAG_SEGMENT_NEXT, self.segment_next),
             (TAG_WAL_SEALED_SEQUENCE, self.wal_sealed_sequence),
+            (TAG_TABLE_NEXT, self.table_next),
         ]
     }
 
-    /// Encodes: version byte, field count, then each field as a tag byte and a little-endian
-    /// `u64`.
+    /// Encodes: version byte, field count (`u16`), then each field as a tag byte and its
+    /// value: a little-endian `u64`, or for an added table its description.
     pub fn encode(&self) -> Vec<u8> {
-        let present: Vec<(u8, u64)> = self
-            .fields()
-            .iter()
-            .filter_map(|(tag, value)| value.map(|value| (*tag, value)))
-            .collect();
-        let mut bytes = vec![EDIT_VERSION, present.len() as u8];
-        for (tag, value) in present {
-            bytes.push(tag);
-            bytes.extend_from_slice(&value.to_le_bytes());
+        let mut count = 0u16;
+        let mut fields = Vec::new();
+        for (tag, value) in self.fields() {
+            if let Some(value) = value {
+                fields.push(tag);
+                fields.extend_from_slice(&value.to_le_bytes());
+                count += 1;
+            }
         }
+        for number in &self.tables_removed {
+            fields.push(TAG_TABLE_REMOVE);
+            fields.extend_from_slice(&number.to_le_bytes());
+            count += 1;
+        }
+        for table in &self.tables_added {
+            fields.push(TAG_TABLE_ADD);
+            table.encode_into(&mut fields);
+            count += 1;
+        }
+        let mut bytes = vec![EDIT_VERSION];
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(&fields);
         bytes
     }
 
-    /// Decodes an edit; unknown versions and tags, repeated tags and stray bytes are errors.
+    /// Decodes an edit; unknown versions and tags, repeated fields and stray bytes are errors.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let [version, count, rest @ ..] = bytes else {
-            return Err("edit shorter than its header".to_owned());
+        let (count, mut rest) = match bytes {
+            [1, count, rest @ ..] => (usize::from(*count), rest),
+            [EDIT_VERSION, low, high, rest @ ..] => {
+                (usize::from(u16::from_le_bytes([*low, *high])), rest)
+            }
+            [version, ..] if *version != 1 && *version != EDIT_VERSION => {
+                return Err(format!("unknown edit version {version}"))
+            }
+            _ => return Err("edit shorter than its header".to_owned()),
         };
-        if *version != EDIT_VERSION {
-            return Err(format!("unknown edit version {version}"));
-        }
-        if rest.len() != *count as usize * 9 {
-            return Err(format!(
-                "edit of {count} fields has {} bytes of fields",
-                rest.len()
-            ));
-        }
+        let version_1 = bytes[0] == 1;
         let mut edit = Edit::default();
-        for field in rest.chunks_exact(9) {
-            let mut value = [0u8; 8];
-            value.copy_from_slice(&field[1..9]);
-            let value = u64::from_le_bytes(value);
-            let slot = match field[0] {
+        for _ in 0..count {
+            let [tag, after_tag @ ..] = rest else {
+                return Err(format!("edit of {count} fields ends early"));
+            };
+            let width = if *tag == TAG_TABLE_ADD {
+                TABLE_META_BYTES
+            } else {
+                8
+            };
+            if after_tag.len() < width {
+                return Err(format!("edit field tag {tag} truncated"));
+            }
+            let (field, after) = after_tag.split_at(width);
+            rest = after;
+            if version_1 && *tag > TAG_WAL_SEALED_SEQUENCE {
+                return Err(format!("edit field tag {tag} in a version 1 edit"));
+            }
+            if *tag == TAG_TABLE_ADD {
+                edit.tables_added.push(TableMeta::decode(field));
+                continue;
+            }
+            let mut word = [0u8; 8];
+            word.copy_from_slice(field);
+            let value = u64::from_le_bytes(word);
+            let slot = match *tag {
                 TAG_WAL_REPLAY_FROM_SEGMENT => &mut edit.wal_replay_from_segment,
                 TAG_WAL_CHECKPOINT_SEQUENCE => &mut edit.wal_checkpoint_sequence,
                 TAG_SEGMENT_NEXT => &mut edit.segment_next,
                 TAG_WAL_SEALED_SEQUENCE => &mut edit.wal_sealed_sequence,
+                TAG_TABLE_NEXT => &mut edit.table_next,
+                TAG_TABLE_REMOVE => {
+                    edit.tables_removed.push(value);
+                    continue;
+                }
                 tag => return Err(format!("unknown edit field tag {tag}")),
             };
             if slot.replace(value).is_some() {
-                return Err(format!("edit field tag {} repeated", field[0]));
+                return Err(format!("edit field tag {tag} repeated"));
             }
+        }
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} stray bytes after the edit's fields",
+                rest.len()
+            ));
         }
         Ok(edit)
     }
@@ -198,6 +328,15 @@ impl Edit {
         }
         if let Some(value) = self.wal_sealed_sequence {
             state.wal_sealed_sequence = value;
+        }
+        if let Some(value) = self.table_next {
+            state.table_next = value;
+        }
+        for number in &self.tables_removed {
+            state.tables.remove(number);
+        }
+        for table in &self.tables_added {
+            state.tables.insert(table.number, *table);
         }
     }
 }
@@ -320,7 +459,8 @@ impl Manifest {
             // Left by a crash between writing it and switching CURRENT: never current.
             env.remove(&path).map_err(io_error("remove", &path))?;
         }
-        manifest.append(env, &Edit::snapshot(&state))?;
+        let snapshot = Edit::snapshot(&manifest.state);
+        manifest.append(env, &snapshot)?;
         let temp = dir.join(CURRENT_TEMP);
         let current = dir.join(CURRENT);
         let content = format!("{}\n", manifest_name(number));
@@ -339,8 +479,8 @@ impl Manifest {
     }
 
     /// The state after every edit so far.
-    pub fn state(&self) -> ManifestState {
-        self.state
+    pub fn state(&self) -> &ManifestState {
+        &self.state
     }
 
     /// This MANIFEST's number.
@@ -358,7 +498,7 @@ impl Manifest {
                 env,
                 &self.dir,
                 self.number + 1,
-                self.state,
+                self.state.clone(),
                 Some(self.number),
             )?;
         }

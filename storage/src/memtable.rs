@@ -23,11 +23,31 @@ pub struct Key {
     pub point: u64,
 }
 
+/// A point as stored: its vector (the collection's element encoding, opaque here) and its
+/// payload. SSTables keep the two apart: vectors go to the file's aligned vector region.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Point {
+    /// The vector's bytes.
+    pub vector: Vec<u8>,
+    /// The encoded payload.
+    pub payload: Vec<u8>,
+}
+
+impl Point {
+    /// A point from borrowed parts.
+    pub fn new(vector: &[u8], payload: &[u8]) -> Self {
+        Point {
+            vector: vector.to_vec(),
+            payload: payload.to_vec(),
+        }
+    }
+}
+
 /// What a key holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
-    /// The point's encoded record.
-    Put(Vec<u8>),
+    /// The point's newest content.
+    Put(Point),
     /// The point was deleted.
     Tombstone,
 }
@@ -45,7 +65,7 @@ pub struct Version {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup<'a> {
     /// The newest version is a value.
-    Found(&'a [u8]),
+    Found(&'a Point),
     /// The newest version is a tombstone: older tables must not be consulted.
     Deleted,
     /// The MemTable knows nothing of the key.
@@ -84,9 +104,9 @@ impl MemTable {
         }
     }
 
-    /// Stores `value` for `key` at `sequence`, unless a newer version is held.
-    pub fn put(&mut self, key: Key, sequence: u64, value: &[u8]) -> Result<(), MemTableFull> {
-        self.apply(key, sequence, Value::Put(value.to_vec()))
+    /// Stores `point` for `key` at `sequence`, unless a newer version is held.
+    pub fn put(&mut self, key: Key, sequence: u64, point: Point) -> Result<(), MemTableFull> {
+        self.apply(key, sequence, Value::Put(point))
     }
 
     /// Records that `key` was deleted at `sequence`, unless a newer version is held.
@@ -94,10 +114,22 @@ impl MemTable {
         self.apply(key, sequence, Value::Tombstone)
     }
 
-    fn apply(&mut self, key: Key, sequence: u64, value: Value) -> Result<(), MemTableFull> {
+    /// Applies a write whatever the size: for WAL replay, whose writes were acknowledged
+    /// already and cannot be refused (the store flushes right after replay).
+    pub fn apply_replayed(&mut self, key: Key, sequence: u64, value: Value) {
+        self.insert(key, sequence, value);
+    }
+
+    /// Applies a write unless the MemTable is at its hard limit.
+    pub fn apply(&mut self, key: Key, sequence: u64, value: Value) -> Result<(), MemTableFull> {
         if self.bytes >= 2 * self.bytes_flush {
             return Err(MemTableFull { bytes: self.bytes });
         }
+        self.insert(key, sequence, value);
+        Ok(())
+    }
+
+    fn insert(&mut self, key: Key, sequence: u64, value: Value) {
         self.last_sequence = self.last_sequence.max(sequence);
         let added = entry_bytes(&value);
         match self.map.get_mut(&key) {
@@ -111,16 +143,15 @@ impl MemTable {
                 self.map.insert(key, Version { sequence, value });
             }
         }
-        Ok(())
     }
 
     /// The newest version of `key` held here.
     pub fn get(&self, key: &Key) -> Lookup<'_> {
         match self.map.get(key) {
             Some(Version {
-                value: Value::Put(bytes),
+                value: Value::Put(point),
                 ..
-            }) => Lookup::Found(bytes),
+            }) => Lookup::Found(point),
             Some(Version {
                 value: Value::Tombstone,
                 ..
@@ -183,7 +214,7 @@ impl MemTable {
 fn entry_bytes(value: &Value) -> usize {
     ENTRY_OVERHEAD_BYTES
         + match value {
-            Value::Put(bytes) => bytes.len(),
+            Value::Put(point) => point.vector.len() + point.payload.len(),
             Value::Tombstone => 0,
         }
 }
@@ -197,15 +228,21 @@ mod tests {
         Key { collection, point }
     }
 
+    fn with_payload(payload: &[u8]) -> Point {
+        Point::new(&[1, 2, 3, 4], payload)
+    }
+
     #[test]
     fn the_newest_version_wins_whatever_the_order_applied() {
         let mut table = MemTable::new(1 << 20);
-        table.put(key(1, 7), 5, b"five").unwrap();
-        table.put(key(1, 7), 3, b"three").unwrap(); // replayed older write: ignored
-        assert_eq!(table.get(&key(1, 7)), Lookup::Found(b"five"));
+        table.put(key(1, 7), 5, with_payload(b"five")).unwrap();
+        table.put(key(1, 7), 3, with_payload(b"three")).unwrap(); // replayed older write: ignored
+        assert_eq!(table.get(&key(1, 7)), Lookup::Found(&with_payload(b"five")));
         table.delete(key(1, 7), 6).unwrap();
         assert_eq!(table.get(&key(1, 7)), Lookup::Deleted);
-        table.put(key(1, 7), 6, b"same sequence").unwrap(); // applied twice: no change
+        table
+            .put(key(1, 7), 6, with_payload(b"same sequence"))
+            .unwrap(); // applied twice: no change
         assert_eq!(table.get(&key(1, 7)), Lookup::Deleted);
         assert_eq!(table.get(&key(2, 7)), Lookup::Missing);
         assert_eq!(table.last_sequence(), 6);
@@ -215,7 +252,9 @@ mod tests {
     fn collections_iterate_in_point_order_and_apart() {
         let mut table = MemTable::new(1 << 20);
         for (collection, point) in [(2, 5), (1, u64::MAX), (1, 0), (3, 1), (1, 9)] {
-            table.put(key(collection, point), 1, b"v").unwrap();
+            table
+                .put(key(collection, point), 1, Point::new(&[], b"v"))
+                .unwrap();
         }
         let points: Vec<u64> = table.collection(1).map(|(k, _)| k.point).collect();
         assert_eq!(points, vec![0, 9, u64::MAX]);
@@ -229,13 +268,15 @@ mod tests {
         let value = vec![0u8; 1000];
         let mut point = 0;
         while !table.needs_flush() {
-            table.put(key(1, point), point + 1, &value).unwrap();
+            table
+                .put(key(1, point), point + 1, Point::new(&[], &value))
+                .unwrap();
             point += 1;
         }
         assert!(point < 20);
         let mut refused = None;
         for _ in 0..100 {
-            if let Err(full) = table.put(key(1, point), point + 1, &value) {
+            if let Err(full) = table.put(key(1, point), point + 1, Point::new(&[], &value)) {
                 refused = Some(full);
                 break;
             }
@@ -246,8 +287,12 @@ mod tests {
         assert!(full.to_string().contains("THROTTLED"));
         // Overwrites account for the bytes they replace.
         let mut table = MemTable::new(1 << 20);
-        table.put(key(1, 1), 1, &[0; 500]).unwrap();
-        table.put(key(1, 1), 2, &[0; 100]).unwrap();
+        table
+            .put(key(1, 1), 1, Point::new(&[0; 100], &[0; 400]))
+            .unwrap();
+        table
+            .put(key(1, 1), 2, Point::new(&[0; 60], &[0; 40]))
+            .unwrap();
         assert_eq!(table.bytes(), ENTRY_OVERHEAD_BYTES + 100);
     }
 
@@ -264,7 +309,7 @@ mod tests {
             for (collection, point, sequence, value) in ops {
                 let k = key(collection, point);
                 match &value {
-                    Some(bytes) => table.put(k, sequence, bytes).unwrap(),
+                    Some(bytes) => table.put(k, sequence, with_payload(bytes)).unwrap(),
                     None => table.delete(k, sequence).unwrap(),
                 }
                 let held = model.entry(k).or_insert((0, None));
@@ -277,7 +322,7 @@ mod tests {
                 let version = table.version(k).unwrap();
                 prop_assert_eq!(version.sequence, *sequence);
                 match value {
-                    Some(bytes) => prop_assert_eq!(table.get(k), Lookup::Found(bytes)),
+                    Some(bytes) => prop_assert_eq!(table.get(k), Lookup::Found(&with_payload(bytes))),
                     None => prop_assert_eq!(table.get(k), Lookup::Deleted),
                 }
             }

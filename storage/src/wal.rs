@@ -544,7 +544,7 @@ impl<E: Env> Wal<E> {
     }
 
     /// The MANIFEST state in force.
-    pub fn manifest_state(&self) -> ManifestState {
+    pub fn manifest_state(&self) -> &ManifestState {
         self.manifest.state()
     }
 
@@ -584,9 +584,24 @@ impl<E: Env> Wal<E> {
     /// durable sequence number): replay will skip them, and segments holding only such
     /// records are deleted.
     pub fn checkpoint(&mut self, sequence: u64) -> Result<(), StorageError> {
+        self.publish(Some(sequence), Edit::default())
+    }
+
+    /// Appends `edit` (the SSTable changes of a flush or a compaction) to the MANIFEST
+    /// durably, in the same record as a [`checkpoint`](Self::checkpoint) at `checkpoint` when
+    /// one is given: a flush's new table and the checkpoint it allows land atomically. A
+    /// failed MANIFEST append makes the WAL read-only.
+    pub fn publish(&mut self, checkpoint: Option<u64>, edit: Edit) -> Result<(), StorageError> {
         if let Some(failure) = &self.failure {
             return Err(failure.error());
         }
+        let Some(sequence) = checkpoint else {
+            if let Err(error) = self.manifest.apply(&mut self.env, &edit) {
+                self.fail("MANIFEST append", 0, &error.to_string());
+                return Err(error);
+            }
+            return Ok(());
+        };
         let sequence = sequence.min(self.durable_sequence);
         let current = self.segments.back().map_or(0, |segment| segment.number);
         let replay_from = self
@@ -599,16 +614,21 @@ impl<E: Env> Wal<E> {
                     .as_ref()
                     .map_or(u64::MAX, |flight| flight.segment),
             );
-        self.move_replay_point(replay_from, sequence)
+        self.move_replay_point(replay_from, sequence, edit)
     }
 
     /// Records a new replay point and checkpoint in the MANIFEST (durably), then deletes the
     /// segments below the replay point. A failed MANIFEST append makes the WAL read-only.
-    fn move_replay_point(&mut self, replay_from: u64, checkpoint: u64) -> Result<(), StorageError> {
+    fn move_replay_point(
+        &mut self,
+        replay_from: u64,
+        checkpoint: u64,
+        tables: Edit,
+    ) -> Result<(), StorageError> {
         let edit = Edit {
             wal_replay_from_segment: Some(replay_from),
             wal_checkpoint_sequence: Some(checkpoint),
-            ..Edit::default()
+            ..tables
         };
         if let Err(error) = self.manifest.apply(&mut self.env, &edit) {
             self.fail("MANIFEST append", 0, &error.to_string());
@@ -962,7 +982,7 @@ impl<E: Env> Wal<E> {
         self.sequence_next = self.sequence_next.max(last + 1);
         self.durable_sequence = self.sequence_next - 1;
         let checkpoint = self.manifest.state().wal_checkpoint_sequence;
-        self.move_replay_point(segment, checkpoint)
+        self.move_replay_point(segment, checkpoint, Edit::default())
     }
 }
 

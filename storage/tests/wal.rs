@@ -2,6 +2,9 @@
 //! system: round trips, group commit, bounds, rotation and checkpoints, torn tails, corruption,
 //! salvage, and every injected fault with its expected outcome.
 
+mod common;
+
+use common::{test_seed, Rng};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vortex_io::RingConfig;
@@ -631,35 +634,6 @@ fn a_missing_current_or_segment_is_refused() {
             "{error}"
         );
     }
-}
-
-/// A tiny seeded generator for the randomized tests (the seed is printed on failure).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-}
-
-fn test_seed() -> u64 {
-    std::env::var("VORTEX_TEST_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_nanos() as u64)
-                .unwrap_or(1)
-        })
 }
 
 /// Random appends, random faults (a write torn at a random byte, EIO on a write or a sync),

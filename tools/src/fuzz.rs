@@ -18,7 +18,7 @@ use vortex_vbp::validator::{FrameError, LayoutValidator, RequestRef};
 
 use std::path::Path;
 use vortex_storage::manifest::{self, Edit};
-use vortex_storage::memtable::{Key, Value, Version};
+use vortex_storage::memtable::Key;
 use vortex_storage::record::{
     self, LogReader, Step, BLOCK_BYTES, HEADER_BYTES as LOG_HEADER_BYTES,
 };
@@ -478,13 +478,7 @@ pub fn sstable_block(data: &[u8]) -> usize {
             Some(entry),
             "an entry not found by its key"
         );
-        let version = Version {
-            sequence: entry.sequence,
-            value: entry
-                .value
-                .map_or(Value::Tombstone, |v| Value::Put(v.to_vec())),
-        };
-        fits &= rebuilt.try_add(entry.key, &version);
+        fits &= rebuilt.try_add(entry.key, entry.sequence, entry.value);
     }
     if fits && !rebuilt.is_empty() {
         let again = rebuilt.finish();
@@ -587,16 +581,13 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         (5, None),
         (9, Some(&[7u8; 300][..])),
     ] {
-        let version = Version {
-            sequence: point + 10,
-            value: value.map_or(Value::Tombstone, |v| Value::Put(v.to_vec())),
-        };
         builder.try_add(
             Key {
                 collection: 3,
                 point,
             },
-            &version,
+            point + 10,
+            value,
         );
     }
     let block = builder.finish();

@@ -15,7 +15,7 @@
 //! its own output the same way before handing it over, and a reader checks again after a read:
 //! the pair of assertions around the disk.
 
-use crate::memtable::{Key, Value, Version};
+use crate::memtable::Key;
 
 /// Bytes per block unit.
 pub const BLOCK_UNIT_BYTES: usize = 4096;
@@ -233,15 +233,18 @@ impl BlockBuilder {
 
     /// Adds an entry if it keeps the block at one unit (or the block is empty, when a large
     /// entry gets a block of its own). Keys must increase. Returns whether it was added.
-    pub fn try_add(&mut self, key: Key, version: &Version) -> bool {
+    /// `value` is `None` for a tombstone.
+    pub fn try_add(&mut self, key: Key, sequence: u64, value: Option<&[u8]>) -> bool {
         debug_assert!(
             self.last_key.is_none_or(|last| last < key),
             "keys out of order"
         );
-        let value: &[u8] = match &version.value {
-            Value::Put(bytes) => bytes,
-            Value::Tombstone => &[],
+        let kind = if value.is_some() {
+            KIND_PUT
+        } else {
+            KIND_TOMBSTONE
         };
+        let value = value.unwrap_or_default();
         let entry_bytes = ENTRY_HEADER_BYTES + value.len();
         if !self.offsets.is_empty() && self.size_with(entry_bytes, 1) > BLOCK_UNIT_BYTES {
             return false;
@@ -250,12 +253,8 @@ impl BlockBuilder {
         self.entries
             .extend_from_slice(&key.collection.to_le_bytes());
         self.entries.extend_from_slice(&key.point.to_le_bytes());
-        self.entries
-            .extend_from_slice(&version.sequence.to_le_bytes());
-        self.entries.push(match version.value {
-            Value::Put(_) => KIND_PUT,
-            Value::Tombstone => KIND_TOMBSTONE,
-        });
+        self.entries.extend_from_slice(&sequence.to_le_bytes());
+        self.entries.push(kind);
         self.entries
             .extend_from_slice(&(value.len() as u32).to_le_bytes());
         self.entries.extend_from_slice(value);
@@ -301,13 +300,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn put(sequence: u64, value: &[u8]) -> Version {
-        Version {
-            sequence,
-            value: Value::Put(value.to_vec()),
-        }
-    }
-
     fn key(point: u64) -> Key {
         Key {
             collection: 1,
@@ -318,15 +310,9 @@ mod tests {
     #[test]
     fn entries_round_trip_and_are_found_by_key() {
         let mut builder = BlockBuilder::new();
-        assert!(builder.try_add(key(1), &put(5, b"one")));
-        assert!(builder.try_add(
-            key(4),
-            &Version {
-                sequence: 6,
-                value: Value::Tombstone
-            }
-        ));
-        assert!(builder.try_add(key(9), &put(7, &[])));
+        assert!(builder.try_add(key(1), 5, Some(b"one")));
+        assert!(builder.try_add(key(4), 6, None));
+        assert!(builder.try_add(key(9), 7, Some(&[])));
         let bytes = builder.finish();
         assert_eq!(bytes.len(), BLOCK_UNIT_BYTES);
         let block = Block::parse(&bytes).unwrap();
@@ -343,13 +329,13 @@ mod tests {
     fn a_block_stops_at_one_unit_and_a_large_entry_gets_its_own() {
         let mut builder = BlockBuilder::new();
         let mut point = 0;
-        while builder.try_add(key(point), &put(1, &[7; 500])) {
+        while builder.try_add(key(point), 1, Some(&[7; 500])) {
             point += 1;
         }
         assert_eq!(point, 7, "7 entries of 525 bytes + offsets fit in 4 KiB");
         assert_eq!(builder.finish().len(), BLOCK_UNIT_BYTES);
-        assert!(builder.try_add(key(100), &put(1, &[1; 10_000])));
-        assert!(!builder.try_add(key(101), &put(1, b"x")));
+        assert!(builder.try_add(key(100), 1, Some(&[1; 10_000])));
+        assert!(!builder.try_add(key(101), 1, Some(b"x")));
         let big = builder.finish();
         assert_eq!(big.len(), 3 * BLOCK_UNIT_BYTES);
         assert_eq!(
@@ -368,7 +354,7 @@ mod tests {
     fn every_flipped_bit_is_detected() {
         let mut builder = BlockBuilder::new();
         for point in 0..5 {
-            builder.try_add(key(point), &put(point + 1, b"value"));
+            builder.try_add(key(point), point + 1, Some(b"value"));
         }
         let good = builder.finish();
         for at in 0..good.len() {
@@ -404,8 +390,8 @@ mod tests {
             Err(BlockError::Malformed(_))
         ));
         let mut builder = BlockBuilder::new();
-        builder.try_add(key(1), &put(1, b"a"));
-        builder.try_add(key(2), &put(2, b"b"));
+        builder.try_add(key(1), 1, Some(b"a"));
+        builder.try_add(key(2), 2, Some(b"b"));
         let mut swapped = builder.finish();
         swapped[4..12].copy_from_slice(&9u64.to_le_bytes()); // first key now above the second
         assert!(matches!(
@@ -422,25 +408,19 @@ mod tests {
             let mut builder = BlockBuilder::new();
             let mut added = Vec::new();
             for (point, value) in values.iter().enumerate() {
-                let version = match value {
-                    Some(bytes) => put(point as u64 + 1, bytes),
-                    None => Version { sequence: point as u64 + 1, value: Value::Tombstone },
-                };
-                if !builder.try_add(key(point as u64), &version) {
+                let sequence = point as u64 + 1;
+                if !builder.try_add(key(point as u64), sequence, value.as_deref()) {
                     break;
                 }
-                added.push((key(point as u64), version));
+                added.push((key(point as u64), sequence, value));
             }
             let bytes = builder.finish();
             let block = Block::parse(&bytes).unwrap();
             prop_assert_eq!(block.len(), added.len());
-            for ((key, version), entry) in added.iter().zip(block.iter()) {
+            for ((key, sequence, value), entry) in added.iter().zip(block.iter()) {
                 prop_assert_eq!(entry.key, *key);
-                prop_assert_eq!(entry.sequence, version.sequence);
-                match &version.value {
-                    Value::Put(bytes) => prop_assert_eq!(entry.value, Some(&bytes[..])),
-                    Value::Tombstone => prop_assert_eq!(entry.value, None),
-                }
+                prop_assert_eq!(entry.sequence, *sequence);
+                prop_assert_eq!(entry.value, value.as_deref());
             }
         }
 

@@ -1,7 +1,8 @@
 //! SSTables (issue #6): immutable sorted files of 4 KiB blocks, each checked with CRC32C.
 //!
-//! Built so far: [`block`], the data block format with its builder and verifying parser. The
-//! file around the blocks (vector region, index block, bloom filter, footer), flush,
-//! compaction and the scrubber come next; docs/STORAGE.md describes what exists.
+//! - [`block`]: the data block format with its builder and verifying parser.
+//! - [`table`]: the file around the blocks (the aligned vector region, the index block, the
+//!   bloom filter, the footer), its builder and its reader.
 
 pub mod block;
+pub mod table;

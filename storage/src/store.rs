@@ -1,0 +1,1279 @@
+//! The store: one LEU's LSM tree. WAL and MemTable in front, SSTables in levels behind,
+//! flushes and compactions on a bounded background pool, a rate-limited scrubber.
+//!
+//! **Writes.** [`Store::put`] and [`Store::delete`] append a record to the WAL and return its
+//! sequence number; [`Store::poll`] moves the WAL and, once a write is durable (it is then
+//! acknowledged), applies it to the MemTable. Reads therefore never see a write that a crash
+//! could still take back. Writes are refused with THROTTLED while the MemTable plus the
+//! writes in flight hold twice `memtable_bytes` (a flush is then running or queued).
+//!
+//! **Flush.** A full MemTable is frozen (still read) and handed to the pool, which writes one
+//! SSTable per collection (and per vector length) into level 0, syncs them and the directory,
+//! and calls the [`CompactionHook`] for each. The LEU then publishes the new tables and the
+//! WAL checkpoint in one MANIFEST edit: the tables are live and the log below the checkpoint
+//! is gone at the same instant.
+//!
+//! **Compaction (leveled).** Level 0 holds whole flushes, which may overlap; levels 1 to 6
+//! each hold non-overlapping tables, level `n` up to `level1_bytes × multiplierⁿ⁻¹`. When
+//! level 0 has `l0_compaction_trigger` tables, or a level is past its size, one compaction
+//! merges the chosen tables with the overlapping ones of the next level, keeping only the
+//! newest version of each key and dropping tombstones when nothing older can lie below. The
+//! outputs are published, and the inputs dropped, in one MANIFEST edit; an input's file is
+//! deleted only when the last reader holding it lets go. Compaction I/O goes through a
+//! byte-rate limiter. docs/STORAGE.md gives the reasons for leveled over size-tiered.
+//!
+//! **Reads.** [`Store::get`] looks in the MemTable, the frozen MemTable, level 0 newest
+//! first, then each level (one table per level at most, bloom filter first). [`Store::scan`]
+//! pages through a collection in point order over the merge of all of them.
+//!
+//! **Scrubber.** A thread walks every block of every live table at `scrub_bytes_per_second`
+//! and checks its CRC32C; corruption quarantines the table (reads that need it then fail with
+//! a clear error), counts in [`StoreStats`], is logged, and is handed to the
+//! [`ReplicaRepair`] hook, where repair from a replica plugs in once there is Raft.
+
+use crate::background::{BackgroundPool, Job, PoolFull, RateLimiter};
+use crate::env::Env;
+use crate::error::{io_error, StorageError};
+use crate::manifest::{Edit, TableMeta, LEVELS};
+use crate::memtable::{Key, Lookup, MemTable, Point, Value};
+use crate::merge::{memtable_entry, Merge, Source};
+use crate::sstable::table::VECTOR_BYTES_MAX;
+use crate::sstable::table::{parse_table_name, table_name, Entry, Table, TableBuilder};
+use crate::wal::{ReplayReport, Wal, WalOptions, WalStats};
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// WAL record kinds written by the store.
+const RECORD_PUT: u8 = 2;
+const RECORD_DELETE: u8 = 3;
+/// How long a failed flush or compaction waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How the store is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The WAL's options.
+    pub wal: WalOptions,
+    /// A MemTable this large is flushed; writes are refused (THROTTLED) at twice this.
+    pub memtable_bytes: usize,
+    /// Compaction outputs are cut at about this size.
+    pub table_bytes_target: u64,
+    /// Level 0 is compacted when it holds this many tables.
+    pub l0_compaction_trigger: usize,
+    /// Flushes wait (and writes are soon throttled) while level 0 holds this many tables.
+    pub l0_stop: usize,
+    /// Level 1's size target; level `n` gets `level_multiplier` times level `n - 1`'s.
+    pub level1_bytes: u64,
+    /// The growth factor between levels.
+    pub level_multiplier: u64,
+    /// Compaction reads plus writes, in bytes per second (0: unlimited).
+    pub compaction_bytes_per_second: u64,
+    /// The scrubber's rate in bytes per second (0: no scrubber thread).
+    pub scrub_bytes_per_second: u64,
+    /// The pause between two scrubber passes.
+    pub scrub_interval: Duration,
+    /// Bloom filter bits per key (10: about 1 % false positives).
+    pub bloom_bits_per_key: usize,
+    /// Worker threads for flushes and compactions.
+    pub background_threads: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            wal: WalOptions::default(),
+            memtable_bytes: 64 << 20,
+            table_bytes_target: 64 << 20,
+            l0_compaction_trigger: 4,
+            l0_stop: 24,
+            level1_bytes: 256 << 20,
+            level_multiplier: 10,
+            compaction_bytes_per_second: 256 << 20,
+            scrub_bytes_per_second: 16 << 20,
+            scrub_interval: Duration::from_secs(3600),
+            bloom_bits_per_key: 10,
+            background_threads: 2,
+        }
+    }
+}
+
+impl StoreOptions {
+    fn validate(&self) -> Result<(), String> {
+        if self.memtable_bytes == 0 || self.table_bytes_target == 0 || self.level1_bytes == 0 {
+            return Err(
+                "memtable_bytes, table_bytes_target and level1_bytes must be positive".into(),
+            );
+        }
+        if self.l0_compaction_trigger < 2 || self.l0_stop <= self.l0_compaction_trigger {
+            return Err("need 2 <= l0_compaction_trigger < l0_stop".into());
+        }
+        if self.level_multiplier < 2 {
+            return Err("level_multiplier must be at least 2".into());
+        }
+        Ok(())
+    }
+}
+
+/// Called for each SSTable a flush or compaction writes, before it is published: the
+/// side-car index of issue #7 is built here.
+pub trait CompactionHook: Send + Sync {
+    /// `table` is written, synced and verified, not yet live. Build its side-car and make it
+    /// durable before returning: the table is published only after `Ok`. An error abandons
+    /// the flush or compaction (its outputs are deleted) and it is tried again later.
+    fn table_written(&self, table: &Table) -> Result<(), String>;
+
+    /// The table's file was deleted (it was compacted away and no reader holds it): its
+    /// side-car can go too.
+    fn table_deleted(&self, number: u64) {
+        let _ = number;
+    }
+
+    /// At open: the live tables. Side-cars of any other table are leftovers of a crash.
+    fn retain(&self, live: &BTreeSet<u64>) {
+        let _ = live;
+    }
+}
+
+/// The hook when there is no side-car to build.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoSideCar;
+
+impl CompactionHook for NoSideCar {
+    fn table_written(&self, _table: &Table) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Where repair of a corrupt table from a replica plugs in.
+pub trait ReplicaRepair: Send + Sync {
+    /// `table` was found corrupt and is quarantined. Fetch a good copy from a replica and
+    /// bring it back; until then reads that need it fail.
+    fn request(&self, table: &Table, damage: &StorageError);
+}
+
+/// No replicas yet (Raft membership comes later): repair requests are logged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoReplicas;
+
+impl ReplicaRepair for NoReplicas {
+    fn request(&self, table: &Table, damage: &StorageError) {
+        tracing::error!(
+            path = %table.path().display(),
+            %damage,
+            "no replica to repair from: the table stays quarantined; restore it from a backup \
+             or drop and re-ingest its collection"
+        );
+    }
+}
+
+/// The hooks a store calls.
+#[derive(Clone)]
+pub struct StoreHooks {
+    /// Side-car builder.
+    pub compaction: Arc<dyn CompactionHook>,
+    /// Repair of corrupt tables.
+    pub repair: Arc<dyn ReplicaRepair>,
+}
+
+impl Default for StoreHooks {
+    fn default() -> Self {
+        StoreHooks {
+            compaction: Arc::new(NoSideCar),
+            repair: Arc::new(NoReplicas),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreHooks")
+    }
+}
+
+/// Tables and bytes in one level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LevelStats {
+    /// Tables.
+    pub tables: usize,
+    /// Bytes of their files.
+    pub bytes: u64,
+}
+
+/// Counters and sizes, for stats and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The WAL's counters.
+    pub wal: WalStats,
+    /// Bytes in the MemTable (values plus bookkeeping).
+    pub memtable_bytes: usize,
+    /// Whether a frozen MemTable is being flushed.
+    pub flushing: bool,
+    /// Per level.
+    pub levels: [LevelStats; LEVELS],
+    /// Key and value bytes of acknowledged writes (for write amplification).
+    pub user_bytes: u64,
+    /// WAL bytes written.
+    pub wal_bytes: u64,
+    /// Flushes published.
+    pub flushes: u64,
+    /// Bytes of tables written by flushes.
+    pub flush_bytes: u64,
+    /// Compactions published.
+    pub compactions: u64,
+    /// Bytes of tables read by compactions.
+    pub compaction_bytes_read: u64,
+    /// Bytes of tables written by compactions.
+    pub compaction_bytes_written: u64,
+    /// Flushes and compactions that failed (and were retried).
+    pub background_errors: u64,
+    /// Live tables quarantined for corruption.
+    pub quarantined_tables: usize,
+    /// Scrubber passes over every table.
+    pub scrub_passes: u64,
+    /// Bytes the scrubber verified.
+    pub scrub_bytes: u64,
+    /// Corrupt tables the scrubber found.
+    pub scrub_corruptions: u64,
+}
+
+impl StoreStats {
+    /// Bytes written to disk per byte of user data: WAL, flushes and compactions.
+    pub fn write_amplification(&self) -> f64 {
+        (self.wal_bytes + self.flush_bytes + self.compaction_bytes_written) as f64
+            / self.user_bytes.max(1) as f64
+    }
+}
+
+/// The live tables: level 0 newest first, other levels in key order.
+#[derive(Debug, Default, Clone)]
+struct Version {
+    levels: [Vec<Arc<Table>>; LEVELS],
+}
+
+impl Version {
+    fn tables(&self) -> impl Iterator<Item = (usize, &Arc<Table>)> {
+        self.levels
+            .iter()
+            .enumerate()
+            .flat_map(|(level, tables)| tables.iter().map(move |table| (level, table)))
+    }
+
+    fn insert(&mut self, level: usize, table: Arc<Table>) {
+        let tables = &mut self.levels[level];
+        tables.push(table);
+        if level == 0 {
+            tables.sort_by_key(|table| Reverse(table.number()));
+        } else {
+            tables.sort_by_key(|table| table.smallest());
+        }
+    }
+
+    fn level_bytes(&self, level: usize) -> u64 {
+        self.levels[level].iter().map(|t| t.file_bytes()).sum()
+    }
+}
+
+use std::cmp::Reverse;
+
+fn overlaps(table: &Table, range: &(Key, Key)) -> bool {
+    table.smallest() <= range.1 && table.largest() >= range.0
+}
+
+fn key_range<'a>(tables: impl IntoIterator<Item = &'a Arc<Table>>) -> Option<(Key, Key)> {
+    tables.into_iter().fold(None, |range, table| match range {
+        None => Some((table.smallest(), table.largest())),
+        Some((low, high)) => Some((low.min(table.smallest()), high.max(table.largest()))),
+    })
+}
+
+/// State shared with the background threads.
+struct Shared {
+    tables_dir: PathBuf,
+    table_next: AtomicU64,
+    current: Mutex<Arc<Version>>,
+    hooks: StoreHooks,
+    stop: AtomicBool,
+    scrub_passes: AtomicU64,
+    scrub_bytes: AtomicU64,
+    scrub_corruptions: AtomicU64,
+}
+
+/// What a background job reports.
+enum Finished {
+    Flush {
+        outputs: Result<Vec<Arc<Table>>, StorageError>,
+        last_sequence: u64,
+    },
+    Compaction {
+        inputs: Vec<Arc<Table>>,
+        output_level: usize,
+        outputs: Result<Vec<Arc<Table>>, StorageError>,
+    },
+}
+
+/// What a compaction is to do.
+struct CompactionPlan {
+    inputs: Vec<Arc<Table>>,
+    output_level: usize,
+    drop_tombstones: bool,
+}
+
+/// A write appended to the WAL and not yet durable.
+#[derive(Debug)]
+struct Pending {
+    sequence: u64,
+    key: Key,
+    value: Value,
+}
+
+/// One LEU's store.
+pub struct Store<E: Env> {
+    dir: PathBuf,
+    options: StoreOptions,
+    wal: Wal<E>,
+    memtable: MemTable,
+    frozen: Option<Arc<MemTable>>,
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    version: Arc<Version>,
+    shared: Arc<Shared>,
+    pool: Option<BackgroundPool>,
+    finished_tx: SyncSender<Finished>,
+    finished_rx: Receiver<Finished>,
+    deferred: Option<Job>,
+    flush_running: bool,
+    compaction_running: bool,
+    retry_at: Option<Instant>,
+    compact_pointer: [Option<Key>; LEVELS],
+    scrubber: Option<JoinHandle<()>>,
+    scratch: Vec<u8>,
+    stats: StoreStats,
+}
+
+impl<E: Env> std::fmt::Debug for Store<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What opening found.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    /// What WAL replay did.
+    pub replay: ReplayReport,
+    /// Live tables opened.
+    pub tables: usize,
+    /// Files removed that no MANIFEST version lists (outputs of an interrupted flush or
+    /// compaction).
+    pub orphans_removed: usize,
+    /// Tables that could not be opened and were quarantined.
+    pub quarantined: usize,
+}
+
+fn encode_put(out: &mut Vec<u8>, key: Key, vector: &[u8], payload: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&key.collection.to_le_bytes());
+    out.extend_from_slice(&key.point.to_le_bytes());
+    out.extend_from_slice(&(vector.len() as u32).to_le_bytes());
+    out.extend_from_slice(vector);
+    out.extend_from_slice(payload);
+}
+
+/// Decodes a WAL record written by the store.
+fn decode_record(kind: u8, payload: &[u8]) -> Result<(Key, Value), String> {
+    let key_of = |bytes: &[u8]| -> Option<Key> {
+        Some(Key {
+            collection: u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?),
+            point: u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?),
+        })
+    };
+    match kind {
+        RECORD_PUT => {
+            let key = key_of(payload).ok_or("put record shorter than its key")?;
+            let vector_len = payload
+                .get(12..16)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or("put record without a vector length")?;
+            let vector = payload
+                .get(16..16 + vector_len)
+                .ok_or("put record shorter than its vector")?;
+            let point = Point::new(vector, &payload[16 + vector_len..]);
+            Ok((key, Value::Put(point)))
+        }
+        RECORD_DELETE if payload.len() == 12 => {
+            Ok((key_of(payload).ok_or("bad delete")?, Value::Tombstone))
+        }
+        RECORD_DELETE => Err(format!("delete record of {} bytes", payload.len())),
+        kind => Err(format!("unknown record kind {kind}")),
+    }
+}
+
+fn value_bytes(value: &Value) -> usize {
+    64 + match value {
+        Value::Put(point) => point.vector.len() + point.payload.len(),
+        Value::Tombstone => 0,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(io_error("fsync", dir))
+}
+
+impl<E: Env> Store<E> {
+    /// Opens (or creates) the store in `dir`: the WAL and MANIFEST in `dir/wal`, tables in
+    /// `dir/tables`. Replays the WAL into the MemTable, opens every live table, removes
+    /// files no version lists, and starts the background workers and the scrubber.
+    pub fn open(
+        env: E,
+        dir: &Path,
+        options: StoreOptions,
+        hooks: StoreHooks,
+    ) -> Result<(Self, OpenReport), StorageError> {
+        options.validate().map_err(StorageError::Invalid)?;
+        let tables_dir = dir.join("tables");
+        std::fs::create_dir_all(&tables_dir).map_err(io_error("create", &tables_dir))?;
+        let mut memtable = MemTable::new(options.memtable_bytes);
+        let mut bad_record = None;
+        let (wal, replay) =
+            Wal::open(
+                env,
+                &dir.join("wal"),
+                options.wal.clone(),
+                |record| match decode_record(record.kind, record.payload) {
+                    Ok((key, value)) => memtable.apply_replayed(key, record.sequence, value),
+                    Err(detail) => {
+                        bad_record.get_or_insert(format!("record {}: {detail}", record.sequence));
+                    }
+                },
+            )?;
+        if let Some(detail) = bad_record {
+            return Err(StorageError::Inconsistent {
+                dir: dir.join("wal"),
+                detail: format!("a checksum-valid WAL record the store cannot read: {detail}"),
+            });
+        }
+        let state = wal.manifest_state().clone();
+        let mut version = Version::default();
+        let mut quarantined = 0;
+        for meta in state.tables.values() {
+            let path = tables_dir.join(table_name(meta.number));
+            let table = match Table::open(&path, meta.number) {
+                Ok(table) => table,
+                Err(error) => {
+                    quarantined += 1;
+                    Table::broken(&path, meta, &error.to_string())
+                }
+            };
+            version.insert(meta.level as usize, Arc::new(table));
+        }
+        let live: BTreeSet<u64> = state.tables.keys().copied().collect();
+        let mut orphans_removed = 0;
+        let names = std::fs::read_dir(&tables_dir).map_err(io_error("list", &tables_dir))?;
+        for name in names.flatten() {
+            let name = name.file_name().to_string_lossy().into_owned();
+            if parse_table_name(&name).is_some_and(|number| !live.contains(&number)) {
+                let path = tables_dir.join(&name);
+                std::fs::remove_file(&path).map_err(io_error("remove", &path))?;
+                tracing::info!(path = %path.display(), "removed an SSTable no version lists");
+                orphans_removed += 1;
+            }
+        }
+        if orphans_removed > 0 {
+            sync_dir(&tables_dir)?;
+        }
+        hooks.compaction.retain(&live);
+        let version = Arc::new(version);
+        let shared = Arc::new(Shared {
+            tables_dir,
+            table_next: AtomicU64::new(state.table_next),
+            current: Mutex::new(Arc::clone(&version)),
+            hooks,
+            stop: AtomicBool::new(false),
+            scrub_passes: AtomicU64::new(0),
+            scrub_bytes: AtomicU64::new(0),
+            scrub_corruptions: AtomicU64::new(0),
+        });
+        let pool = BackgroundPool::new("vortex-compact", options.background_threads, 4)
+            .map_err(io_error("spawn", dir))?;
+        let (finished_tx, finished_rx) = mpsc::sync_channel(8);
+        let scrubber = if options.scrub_bytes_per_second > 0 {
+            let shared = Arc::clone(&shared);
+            let rate = options.scrub_bytes_per_second;
+            let interval = options.scrub_interval;
+            Some(
+                std::thread::Builder::new()
+                    .name("vortex-scrub".into())
+                    .spawn(move || scrub_loop(&shared, rate, interval))
+                    .map_err(io_error("spawn", dir))?,
+            )
+        } else {
+            None
+        };
+        let report = OpenReport {
+            replay,
+            tables: live.len(),
+            orphans_removed,
+            quarantined,
+        };
+        tracing::info!(
+            tables = report.tables,
+            orphans = orphans_removed,
+            quarantined,
+            replayed = report.replay.records,
+            "store open"
+        );
+        let mut store = Store {
+            dir: dir.to_owned(),
+            options,
+            wal,
+            memtable,
+            frozen: None,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            version,
+            shared,
+            pool: Some(pool),
+            finished_tx,
+            finished_rx,
+            deferred: None,
+            flush_running: false,
+            compaction_running: false,
+            retry_at: None,
+            compact_pointer: [None; LEVELS],
+            scrubber,
+            scratch: Vec::new(),
+            stats: StoreStats::default(),
+        };
+        store.maintain(false)?;
+        Ok((store, report))
+    }
+
+    /// Appends a put of `vector` and `payload` under `key`; returns its sequence number. It
+    /// is acknowledged (durable, and visible to reads) once [`poll`](Self::poll) returns a
+    /// durable sequence number at least as high.
+    pub fn put(&mut self, key: Key, vector: &[u8], payload: &[u8]) -> Result<u64, StorageError> {
+        if vector.len() > VECTOR_BYTES_MAX {
+            return Err(StorageError::Invalid(format!(
+                "a vector of {} bytes exceeds the limit of {VECTOR_BYTES_MAX}",
+                vector.len()
+            )));
+        }
+        let value = Value::Put(Point::new(vector, payload));
+        let mut scratch = std::mem::take(&mut self.scratch);
+        encode_put(&mut scratch, key, vector, payload);
+        let result = self.append(RECORD_PUT, &scratch, key, value);
+        self.scratch = scratch;
+        result
+    }
+
+    /// Appends a delete of `key`; acknowledged as for [`put`](Self::put).
+    pub fn delete(&mut self, key: Key) -> Result<u64, StorageError> {
+        let mut record = [0u8; 12];
+        record[..4].copy_from_slice(&key.collection.to_le_bytes());
+        record[4..].copy_from_slice(&key.point.to_le_bytes());
+        self.append(RECORD_DELETE, &record, key, Value::Tombstone)
+    }
+
+    fn append(
+        &mut self,
+        kind: u8,
+        record: &[u8],
+        key: Key,
+        value: Value,
+    ) -> Result<u64, StorageError> {
+        let bytes = value_bytes(&value);
+        if self.memtable.bytes() + self.pending_bytes + bytes > 2 * self.options.memtable_bytes {
+            self.maintain(false)?;
+            return Err(StorageError::Throttled(
+                "the memtable is full until the running flush completes",
+            ));
+        }
+        let sequence = self.wal.append(kind, record)?;
+        self.pending_bytes += bytes;
+        self.stats.user_bytes += record.len() as u64;
+        self.pending.push_back(Pending {
+            sequence,
+            key,
+            value,
+        });
+        Ok(sequence)
+    }
+
+    /// Moves everything forward: WAL writes (waiting up to `wait` for one in flight), the
+    /// MemTable, finished flushes and compactions, and new ones. Returns the durable
+    /// sequence number: every write up to it is acknowledged.
+    pub fn poll(&mut self, wait: Option<Duration>) -> Result<u64, StorageError> {
+        let durable = self.wal.poll(wait)?;
+        self.apply_durable(durable);
+        self.maintain(false)?;
+        Ok(durable)
+    }
+
+    fn apply_durable(&mut self, durable: u64) {
+        while self.pending.front().is_some_and(|p| p.sequence <= durable) {
+            let Some(write) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes -= value_bytes(&write.value);
+            self.memtable
+                .apply_replayed(write.key, write.sequence, write.value);
+        }
+    }
+
+    /// Waits until every write so far is durable and applied.
+    pub fn sync(&mut self) -> Result<u64, StorageError> {
+        let durable = self.wal.flush()?;
+        self.apply_durable(durable);
+        self.maintain(false)?;
+        Ok(durable)
+    }
+
+    /// The newest version of `key`: `None` if it was never written or is deleted.
+    pub fn get(&self, key: &Key) -> Result<Option<Point>, StorageError> {
+        for memtable in std::iter::once(&self.memtable).chain(self.frozen.as_deref()) {
+            match memtable.get(key) {
+                Lookup::Found(point) => return Ok(Some(point.clone())),
+                Lookup::Deleted => return Ok(None),
+                Lookup::Missing => {}
+            }
+        }
+        for table in &self.version.levels[0] {
+            if let Some(entry) = table.get(key)? {
+                return Ok(entry.point);
+            }
+        }
+        for tables in &self.version.levels[1..] {
+            let at = tables.partition_point(|table| table.largest() < *key);
+            if let Some(table) = tables.get(at).filter(|t| t.smallest() <= *key) {
+                if let Some(entry) = table.get(key)? {
+                    return Ok(entry.point);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` live points of `collection` with ids above `after` (from the start when
+    /// `None`), in id order: page through a collection by passing the last id back.
+    pub fn scan(
+        &self,
+        collection: u32,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Point)>, StorageError> {
+        let start = Key {
+            collection,
+            point: after.map_or(0, |a| a.saturating_add(1)),
+        };
+        let end = Key {
+            collection,
+            point: u64::MAX,
+        };
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        let mut sources: Vec<Source<'_>> = Vec::new();
+        for memtable in std::iter::once(&self.memtable).chain(self.frozen.as_deref()) {
+            sources.push(Box::new(
+                memtable
+                    .collection(collection)
+                    .filter(move |(key, _)| **key >= start)
+                    .map(|(key, version)| memtable_entry(key, version)),
+            ));
+        }
+        for (_, table) in self.version.tables() {
+            if overlaps(table, &(start, end)) {
+                sources.push(Box::new(table.iter_after(after)));
+            }
+        }
+        let mut out = Vec::new();
+        for entry in Merge::new(sources)? {
+            if out.len() == limit {
+                break;
+            }
+            let entry = entry?;
+            if let Some(point) = entry.point {
+                out.push((entry.key.point, point));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes the MemTable now (if it holds anything) and waits until the flush is
+    /// published.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        self.sync()?;
+        let errors = self.stats.background_errors;
+        loop {
+            self.maintain(true)?;
+            if self.frozen.is_none() && self.memtable.is_empty() {
+                return Ok(());
+            }
+            if self.stats.background_errors > errors + 2 {
+                return Err(StorageError::Invalid(
+                    "the flush failed three times; see the log".to_owned(),
+                ));
+            }
+            self.wait_background()?;
+        }
+    }
+
+    /// Merges every table into the last non-empty level (at least level 1), dropping deleted
+    /// and overwritten versions, and waits for it; background compactions are let finish
+    /// first.
+    pub fn compact_all(&mut self) -> Result<(), StorageError> {
+        self.flush()?;
+        while self.compaction_running {
+            self.wait_background()?;
+        }
+        let inputs: Vec<Arc<Table>> = self.version.tables().map(|(_, t)| Arc::clone(t)).collect();
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        if let Some(table) = inputs.iter().find(|t| t.quarantined().is_some()) {
+            return Err(StorageError::Quarantined {
+                path: table.path().to_owned(),
+                reason: table.quarantined().unwrap_or_default(),
+            });
+        }
+        let output_level = (1..LEVELS)
+            .rev()
+            .find(|&level| !self.version.levels[level].is_empty())
+            .unwrap_or(1);
+        let errors = self.stats.background_errors;
+        self.start_compaction(CompactionPlan {
+            inputs,
+            output_level,
+            drop_tombstones: true,
+        })?;
+        while self.compaction_running {
+            self.wait_background()?;
+        }
+        if self.stats.background_errors > errors {
+            return Err(StorageError::Invalid(
+                "the compaction failed; see the log".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until no flush or compaction is running or due.
+    pub fn wait_idle(&mut self) -> Result<(), StorageError> {
+        self.sync()?;
+        loop {
+            self.maintain(false)?;
+            if !self.flush_running && !self.compaction_running && self.deferred.is_none() {
+                return Ok(());
+            }
+            self.wait_background()?;
+        }
+    }
+
+    /// Checks every live table now (outside the scrubber's pace); returns the corrupt ones'
+    /// errors. Each is quarantined and reported to the repair hook.
+    pub fn scrub(&self) -> Vec<StorageError> {
+        let mut found = Vec::new();
+        for (_, table) in self.version.tables() {
+            if let Err(error) = scrub_table(&self.shared, table, None) {
+                found.push(error);
+            }
+        }
+        found
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> StoreStats {
+        let mut stats = self.stats.clone();
+        stats.wal = self.wal.stats();
+        stats.memtable_bytes = self.memtable.bytes();
+        stats.flushing = self.frozen.is_some();
+        for (level, tables) in self.version.levels.iter().enumerate() {
+            stats.levels[level] = LevelStats {
+                tables: tables.len(),
+                bytes: self.version.level_bytes(level),
+            };
+        }
+        stats.quarantined_tables = self
+            .version
+            .tables()
+            .filter(|(_, t)| t.quarantined().is_some())
+            .count();
+        stats.scrub_passes = self.shared.scrub_passes.load(Ordering::Relaxed);
+        stats.scrub_bytes = self.shared.scrub_bytes.load(Ordering::Relaxed);
+        stats.scrub_corruptions = self.shared.scrub_corruptions.load(Ordering::Relaxed);
+        stats.wal_bytes = stats.wal.bytes_written;
+        stats
+    }
+
+    /// The live tables with their levels (for the side-car builder and tests).
+    pub fn tables(&self) -> Vec<(usize, Arc<Table>)> {
+        self.version
+            .tables()
+            .map(|(level, table)| (level, Arc::clone(table)))
+            .collect()
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The WAL (tests reach their fault injector through it).
+    pub fn wal(&self) -> &Wal<E> {
+        &self.wal
+    }
+
+    /// Waits for one background result and installs it.
+    fn wait_background(&mut self) -> Result<(), StorageError> {
+        if !self.flush_running && !self.compaction_running {
+            if let Some(at) = self.retry_at {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            }
+            return self.maintain(false);
+        }
+        match self.finished_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(finished) => self.install(finished)?,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(StorageError::Closed("background workers are gone"))
+            }
+        }
+        self.maintain(false)
+    }
+
+    /// Installs finished jobs and starts due ones. `force_flush` flushes a non-empty
+    /// MemTable whatever its size.
+    fn maintain(&mut self, force_flush: bool) -> Result<(), StorageError> {
+        while let Ok(finished) = self.finished_rx.try_recv() {
+            self.install(finished)?;
+        }
+        if let Some(job) = self.deferred.take() {
+            self.submit(job);
+        }
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(());
+        }
+        self.retry_at = None;
+        let l0 = self.version.levels[0].len();
+        if self.frozen.is_none()
+            && self.deferred.is_none()
+            && !self.memtable.is_empty()
+            && (force_flush || self.memtable.needs_flush() && l0 < self.options.l0_stop)
+        {
+            self.start_flush();
+        }
+        if !self.compaction_running && self.deferred.is_none() {
+            if let Some(plan) = self.pick_compaction() {
+                self.start_compaction(plan)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, job: Job) {
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        if let Err(PoolFull(job)) = pool.try_submit(job) {
+            self.deferred = Some(job);
+        }
+    }
+
+    fn start_flush(&mut self) {
+        let frozen = Arc::new(std::mem::replace(
+            &mut self.memtable,
+            MemTable::new(self.options.memtable_bytes),
+        ));
+        self.frozen = Some(Arc::clone(&frozen));
+        self.flush_running = true;
+        let shared = Arc::clone(&self.shared);
+        let sender = self.finished_tx.clone();
+        let options = self.options.clone();
+        self.submit(Box::new(move || {
+            let entries: Source<'_> = Box::new(frozen.iter().map(|(k, v)| memtable_entry(k, v)));
+            let outputs = write_tables(&shared, &options, entries, false, None);
+            let _ = sender.send(Finished::Flush {
+                outputs,
+                last_sequence: frozen.last_sequence(),
+            });
+        }));
+    }
+
+    fn start_compaction(&mut self, plan: CompactionPlan) -> Result<(), StorageError> {
+        self.compaction_running = true;
+        let shared = Arc::clone(&self.shared);
+        let sender = self.finished_tx.clone();
+        let options = self.options.clone();
+        self.submit(Box::new(move || {
+            let mut limiter = (options.compaction_bytes_per_second > 0)
+                .then(|| RateLimiter::new(options.compaction_bytes_per_second, Instant::now()));
+            let sources: Vec<Source<'static>> = plan
+                .inputs
+                .iter()
+                .map(|table| {
+                    let source: Source<'static> = Box::new(table.iter_after(None));
+                    source
+                })
+                .collect();
+            let outputs = Merge::new(sources).and_then(|merge| {
+                write_tables(
+                    &shared,
+                    &options,
+                    Box::new(merge),
+                    plan.drop_tombstones,
+                    limiter.as_mut(),
+                )
+            });
+            let _ = sender.send(Finished::Compaction {
+                inputs: plan.inputs,
+                output_level: plan.output_level,
+                outputs,
+            });
+        }));
+        Ok(())
+    }
+
+    /// Chooses the most urgent compaction, if any is due.
+    fn pick_compaction(&mut self) -> Option<CompactionPlan> {
+        let version = Arc::clone(&self.version);
+        let mut best: Option<(f64, usize)> = None;
+        for level in 0..LEVELS - 1 {
+            let score = if level == 0 {
+                version.levels[0].len() as f64 / self.options.l0_compaction_trigger as f64
+            } else {
+                let target = self.options.level1_bytes as f64
+                    * (self.options.level_multiplier as f64).powi(level as i32 - 1);
+                version.level_bytes(level) as f64 / target
+            };
+            if score >= 1.0 && best.is_none_or(|(top, _)| score > top) {
+                best = Some((score, level));
+            }
+        }
+        let (_, level) = best?;
+        let chosen: Vec<Arc<Table>> = if level == 0 {
+            version.levels[0].clone()
+        } else {
+            let tables = &version.levels[level];
+            let after = self.compact_pointer[level];
+            let next = tables
+                .iter()
+                .find(|t| after.is_none_or(|after| t.smallest() > after))
+                .or_else(|| tables.first())?;
+            self.compact_pointer[level] = Some(next.largest());
+            vec![Arc::clone(next)]
+        };
+        let range = key_range(&chosen)?;
+        let mut inputs = chosen;
+        inputs.extend(
+            version.levels[level + 1]
+                .iter()
+                .filter(|t| overlaps(t, &range))
+                .cloned(),
+        );
+        if inputs.iter().any(|t| t.quarantined().is_some()) {
+            return None; // never merge a damaged table: it waits for repair
+        }
+        // Tombstones go when no level below the output can hold an older version of any key
+        // the outputs will cover (the inputs' whole range, the next level's tables included).
+        let covered = key_range(&inputs)?;
+        let drop_tombstones = version.levels[level + 2..]
+            .iter()
+            .flatten()
+            .all(|t| !overlaps(t, &covered));
+        Some(CompactionPlan {
+            inputs,
+            output_level: level + 1,
+            drop_tombstones,
+        })
+    }
+
+    fn install(&mut self, finished: Finished) -> Result<(), StorageError> {
+        match finished {
+            Finished::Flush {
+                outputs,
+                last_sequence,
+            } => {
+                self.flush_running = false;
+                let outputs = match outputs {
+                    Ok(outputs) => outputs,
+                    Err(error) => {
+                        self.background_failed("flush", &error);
+                        // The frozen MemTable stays readable and is flushed again later.
+                        if let Some(frozen) = self.frozen.clone() {
+                            self.retry_flush(frozen);
+                        }
+                        return Ok(());
+                    }
+                };
+                let edit = Edit {
+                    table_next: Some(self.shared.table_next.load(Ordering::Acquire)),
+                    tables_added: outputs.iter().map(|t| table_meta(t, 0)).collect(),
+                    ..Edit::default()
+                };
+                if let Err(error) = self.wal.publish(Some(last_sequence), edit) {
+                    discard(&outputs);
+                    return Err(error);
+                }
+                let mut version = (*self.version).clone();
+                for table in outputs.iter() {
+                    self.stats.flush_bytes += table.file_bytes();
+                    version.insert(0, Arc::clone(table));
+                }
+                self.stats.flushes += 1;
+                self.frozen = None;
+                self.set_version(version);
+            }
+            Finished::Compaction {
+                inputs,
+                output_level,
+                outputs,
+            } => {
+                self.compaction_running = false;
+                let outputs = match outputs {
+                    Ok(outputs) => outputs,
+                    Err(error) => {
+                        self.background_failed("compaction", &error);
+                        return Ok(());
+                    }
+                };
+                let edit = Edit {
+                    table_next: Some(self.shared.table_next.load(Ordering::Acquire)),
+                    tables_removed: inputs.iter().map(|t| t.number()).collect(),
+                    tables_added: outputs
+                        .iter()
+                        .map(|t| table_meta(t, output_level as u8))
+                        .collect(),
+                    ..Edit::default()
+                };
+                if let Err(error) = self.wal.publish(None, edit) {
+                    discard(&outputs);
+                    return Err(error);
+                }
+                let mut version = (*self.version).clone();
+                for tables in &mut version.levels {
+                    tables.retain(|t| !inputs.iter().any(|i| i.number() == t.number()));
+                }
+                for table in &outputs {
+                    self.stats.compaction_bytes_written += table.file_bytes();
+                    version.insert(output_level, Arc::clone(table));
+                }
+                for table in &inputs {
+                    self.stats.compaction_bytes_read += table.file_bytes();
+                    let hook = Arc::clone(&self.shared.hooks.compaction);
+                    table.mark_obsolete(Some(Box::new(move |number| hook.table_deleted(number))));
+                }
+                self.stats.compactions += 1;
+                self.set_version(version);
+            }
+        }
+        Ok(())
+    }
+
+    fn retry_flush(&mut self, frozen: Arc<MemTable>) {
+        self.flush_running = true;
+        let shared = Arc::clone(&self.shared);
+        let sender = self.finished_tx.clone();
+        let options = self.options.clone();
+        self.submit(Box::new(move || {
+            std::thread::sleep(RETRY_AFTER);
+            let entries: Source<'_> = Box::new(frozen.iter().map(|(k, v)| memtable_entry(k, v)));
+            let outputs = write_tables(&shared, &options, entries, false, None);
+            let _ = sender.send(Finished::Flush {
+                outputs,
+                last_sequence: frozen.last_sequence(),
+            });
+        }));
+    }
+
+    fn background_failed(&mut self, what: &str, error: &StorageError) {
+        self.stats.background_errors += 1;
+        self.retry_at = Some(Instant::now() + RETRY_AFTER);
+        tracing::error!(%error, "{what} failed; retrying in {RETRY_AFTER:?}");
+    }
+
+    fn set_version(&mut self, version: Version) {
+        let version = Arc::new(version);
+        if let Ok(mut current) = self.shared.current.lock() {
+            *current = Arc::clone(&version);
+        }
+        self.version = version;
+    }
+
+    /// Lets running flushes and compactions finish and publishes them, makes every write
+    /// durable, and stops the background threads.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.sync()?;
+        while self.flush_running || self.compaction_running {
+            self.wait_background()?;
+        }
+        Ok(())
+    }
+}
+
+impl<E: Env> Drop for Store<E> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        drop(self.pool.take()); // lets a running job finish; its outputs are orphans
+        if let Some(scrubber) = self.scrubber.take() {
+            let _ = scrubber.join();
+        }
+    }
+}
+
+fn table_meta(table: &Table, level: u8) -> TableMeta {
+    let footer = table.footer();
+    TableMeta {
+        number: table.number(),
+        level,
+        collection: footer.collection,
+        smallest: footer.smallest,
+        largest: footer.largest,
+        file_bytes: table.file_bytes(),
+        max_sequence: footer.max_sequence,
+    }
+}
+
+/// Deletes tables that will never be published.
+fn discard(tables: &[Arc<Table>]) {
+    for table in tables {
+        table.mark_obsolete(None);
+    }
+}
+
+/// Writes `entries` into new tables (cut at collection, vector length and size
+/// boundaries), calls the side-car hook for each, and syncs the directory. On any failure
+/// the tables written so far are deleted.
+fn write_tables(
+    shared: &Shared,
+    options: &StoreOptions,
+    entries: Source<'_>,
+    drop_tombstones: bool,
+    mut limiter: Option<&mut RateLimiter>,
+) -> Result<Vec<Arc<Table>>, StorageError> {
+    let mut outputs: Vec<Arc<Table>> = Vec::new();
+    let result = (|| {
+        let mut builder: Option<(u64, TableBuilder)> = None;
+        for entry in entries {
+            if shared.stop.load(Ordering::Acquire) {
+                return Err(StorageError::Closed("stopping"));
+            }
+            let Entry {
+                key,
+                sequence,
+                point,
+            } = entry?;
+            if point.is_none() && drop_tombstones {
+                continue;
+            }
+            let vector_len = point.as_ref().map(|p| p.vector.len());
+            let full = builder.as_ref().is_some_and(|(_, b)| {
+                !b.accepts(&key, vector_len) || b.bytes() >= options.table_bytes_target
+            });
+            if full {
+                if let Some((number, done)) = builder.take() {
+                    outputs.push(finish_table(
+                        shared,
+                        options,
+                        number,
+                        done,
+                        limiter.as_deref_mut(),
+                    )?);
+                }
+            }
+            if builder.is_none() {
+                let number = shared.table_next.fetch_add(1, Ordering::AcqRel);
+                let path = shared.tables_dir.join(table_name(number));
+                builder = Some((number, TableBuilder::create(&path, key.collection)?));
+            }
+            if let Some((_, building)) = builder.as_mut() {
+                building.add(key, sequence, point.as_ref(), limiter.as_deref_mut())?;
+            }
+        }
+        if let Some((number, done)) = builder.take() {
+            outputs.push(finish_table(shared, options, number, done, limiter)?);
+        }
+        sync_dir(&shared.tables_dir)
+    })();
+    match result {
+        Ok(()) => Ok(outputs),
+        Err(error) => {
+            discard(&outputs);
+            Err(error)
+        }
+    }
+}
+
+fn finish_table(
+    shared: &Shared,
+    options: &StoreOptions,
+    number: u64,
+    builder: TableBuilder,
+    limiter: Option<&mut RateLimiter>,
+) -> Result<Arc<Table>, StorageError> {
+    let table = Arc::new(builder.finish(number, options.bloom_bits_per_key, limiter)?);
+    if let Err(detail) = shared.hooks.compaction.table_written(&table) {
+        table.mark_obsolete(None);
+        return Err(StorageError::Invalid(format!(
+            "the side-car builder failed for {}: {detail}",
+            table.path().display()
+        )));
+    }
+    Ok(table)
+}
+
+/// Verifies one table; corruption is counted, quarantines it, and goes to the repair hook.
+fn scrub_table(
+    shared: &Shared,
+    table: &Table,
+    limiter: Option<&mut RateLimiter>,
+) -> Result<u64, StorageError> {
+    if let Some(reason) = table.quarantined() {
+        return Err(StorageError::Quarantined {
+            path: table.path().to_owned(),
+            reason,
+        });
+    }
+    match table.verify(limiter) {
+        Ok(bytes) => {
+            shared.scrub_bytes.fetch_add(bytes, Ordering::Relaxed);
+            Ok(bytes)
+        }
+        Err(error) => {
+            shared.scrub_corruptions.fetch_add(1, Ordering::Relaxed);
+            shared.hooks.repair.request(table, &error);
+            Err(error)
+        }
+    }
+}
+
+fn scrub_loop(shared: &Shared, bytes_per_second: u64, interval: Duration) {
+    let mut limiter = RateLimiter::new(bytes_per_second, Instant::now());
+    while !shared.stop.load(Ordering::Acquire) {
+        let version = match shared.current.lock() {
+            Ok(current) => Arc::clone(&current),
+            Err(_) => return,
+        };
+        for (_, table) in version.tables() {
+            if shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let _ = scrub_table(shared, table, Some(&mut limiter));
+        }
+        drop(version);
+        shared.scrub_passes.fetch_add(1, Ordering::Relaxed);
+        let resume = Instant::now() + interval;
+        while Instant::now() < resume && !shared.stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(50).min(interval));
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! The LSM store on real files: a model-based test against a `BTreeMap` oracle, bit flips in
+//! every part of an SSTable, the side-car hook, reference-counted deletion, tombstones at the
+//! bottom, and the scrubber thread.
+
+mod common;
+
+use common::{test_seed, Rng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vortex_io::RingConfig;
+use vortex_storage::sstable::table::{table_name, Section, Table};
+use vortex_storage::store::{CompactionHook, OpenReport, StoreHooks};
+use vortex_storage::wal::WalOptions;
+use vortex_storage::{DirectIo, Key, Point, PosixEnv, StorageError, Store, StoreOptions};
+
+type TestStore = Store<PosixEnv>;
+
+/// Small everything, so that a few hundred writes flush and compact through several levels.
+fn small_options() -> StoreOptions {
+    StoreOptions {
+        wal: WalOptions {
+            segment_bytes_target: 256 << 10,
+            ..WalOptions::default()
+        },
+        memtable_bytes: 24 << 10,
+        table_bytes_target: 16 << 10,
+        l0_compaction_trigger: 3,
+        l0_stop: 8,
+        level1_bytes: 48 << 10,
+        level_multiplier: 3,
+        compaction_bytes_per_second: 0,
+        scrub_bytes_per_second: 0,
+        ..StoreOptions::default()
+    }
+}
+
+fn open_with(dir: &Path, options: StoreOptions, hooks: StoreHooks) -> (TestStore, OpenReport) {
+    let env = PosixEnv::new(&RingConfig::plain(64), DirectIo::Auto).unwrap();
+    Store::open(env, dir, options, hooks).unwrap()
+}
+
+fn open(dir: &Path) -> TestStore {
+    open_with(dir, small_options(), StoreHooks::default()).0
+}
+
+fn key(collection: u32, point: u64) -> Key {
+    Key { collection, point }
+}
+
+/// A vector and payload that depend on the write, so a stale or foreign version is caught.
+fn point_for(collection: u32, point: u64, version: u64, rng: &mut Rng) -> Point {
+    let dim = match collection {
+        0 => 16,                                // 64-byte vectors: 64-aligned without padding
+        1 => 3,                                 // 12-byte vectors, padded to 64
+        _ => [0, 5, 40][rng.below(3) as usize], // lengths change: tables split
+    };
+    let vector: Vec<u8> = (0..dim * 4)
+        .map(|i| (point as u8) ^ (version as u8).wrapping_add(i as u8))
+        .collect();
+    let mut payload = format!("c{collection} p{point} v{version}").into_bytes();
+    payload.resize(payload.len() + rng.below(300) as usize, b'.');
+    Point { vector, payload }
+}
+
+fn put(store: &mut TestStore, key: Key, point: &Point) -> u64 {
+    loop {
+        match store.put(key, &point.vector, &point.payload) {
+            Ok(sequence) => return sequence,
+            Err(StorageError::Throttled(_)) => {
+                store.poll(Some(Duration::from_millis(5))).unwrap();
+            }
+            Err(error) => panic!("put: {error}"),
+        }
+    }
+}
+
+fn delete(store: &mut TestStore, key: Key) -> u64 {
+    loop {
+        match store.delete(key) {
+            Ok(sequence) => return sequence,
+            Err(StorageError::Throttled(_)) => {
+                store.poll(Some(Duration::from_millis(5))).unwrap();
+            }
+            Err(error) => panic!("delete: {error}"),
+        }
+    }
+}
+
+fn check_against_model(store: &TestStore, model: &BTreeMap<Key, Point>, context: &str) {
+    for collection in 0..3 {
+        for point in 0..40 {
+            let k = key(collection, point);
+            let got = store
+                .get(&k)
+                .unwrap_or_else(|e| panic!("{context}: get {k:?}: {e}"));
+            assert_eq!(got.as_ref(), model.get(&k), "{context}: get {k:?}");
+        }
+        let mut scanned = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.scan(collection, after, 7).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|(id, _)| *id);
+            scanned.extend(page);
+        }
+        let expected: Vec<(u64, Point)> = model
+            .range(key(collection, 0)..=key(collection, u64::MAX))
+            .map(|(k, p)| (k.point, p.clone()))
+            .collect();
+        assert_eq!(
+            scanned, expected,
+            "{context}: scan of collection {collection}"
+        );
+    }
+}
+
+/// Random puts, overwrites, deletes, flushes, full compactions, closes and reopens (and
+/// drops without close: the WAL has everything acknowledged), checked against a `BTreeMap`.
+#[test]
+fn random_operations_match_a_btreemap() {
+    let seed = test_seed();
+    println!("seed {seed} (replay with VORTEX_TEST_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let mut model: BTreeMap<Key, Point> = BTreeMap::new();
+    let mut version = 0u64;
+    let mut compactions_seen = 0;
+    for step in 0..3_000u64 {
+        let context = format!("seed {seed} step {step}");
+        match rng.below(100) {
+            0..=59 => {
+                let k = key(rng.below(3) as u32, rng.below(40));
+                version += 1;
+                let point = point_for(k.collection, k.point, version, &mut rng);
+                put(&mut store, k, &point);
+                model.insert(k, point);
+            }
+            60..=79 => {
+                let k = key(rng.below(3) as u32, rng.below(40));
+                delete(&mut store, k);
+                model.remove(&k);
+            }
+            80..=89 => {
+                store.sync().unwrap();
+                check_against_model(&store, &model, &context);
+            }
+            90..=93 => store.flush().unwrap(),
+            94 => store.compact_all().unwrap(),
+            95..=97 => {
+                store.sync().unwrap();
+                compactions_seen += store.stats().compactions;
+                store.close().unwrap();
+                store = open(dir.path());
+                check_against_model(&store, &model, &context);
+            }
+            _ => {
+                // Dropped without close: acknowledged writes come back from the WAL.
+                store.sync().unwrap();
+                compactions_seen += store.stats().compactions;
+                drop(store);
+                store = open(dir.path());
+                check_against_model(&store, &model, &context);
+            }
+        }
+    }
+    store.sync().unwrap();
+    check_against_model(&store, &model, &format!("seed {seed} end"));
+    let stats = store.stats();
+    println!("final stats: {stats:?}");
+    compactions_seen += stats.compactions;
+    assert!(stats.flushes > 0 || compactions_seen > 0, "{stats:?}");
+    assert!(compactions_seen > 0, "no compaction ran: {stats:?}");
+    assert_eq!(stats.quarantined_tables, 0);
+    assert!(store.scrub().is_empty());
+}
+
+/// Where each part of a table is, from its footer.
+fn section_offset(table: &Table, section: Section) -> u64 {
+    let footer = table.footer();
+    match section {
+        Section::Data => 100,
+        Section::Vectors => footer.data_end + 5,
+        Section::VectorChecksums => footer.vcrc_offset + 1,
+        Section::Index => footer.index_offset + 6,
+        Section::Bloom => footer.bloom_offset + 2,
+        Section::Footer => footer.footer_offset + 9,
+    }
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x04;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A bit flipped in each part of an SSTable is found by a read and by the scrubber, with an
+/// error that names the table, and never returns garbage.
+#[test]
+fn a_flipped_bit_in_any_part_of_a_table_is_detected() {
+    let source = tempfile::tempdir().unwrap();
+    let mut store = open_with(
+        source.path(),
+        StoreOptions {
+            memtable_bytes: 1 << 20,
+            ..small_options()
+        },
+        StoreHooks::default(),
+    )
+    .0;
+    let mut rng = Rng(7);
+    for point in 0..30 {
+        let p = point_for(0, point, 1, &mut rng);
+        put(&mut store, key(0, point), &p);
+    }
+    store.flush().unwrap();
+    let tables = store.tables();
+    assert_eq!(tables.len(), 1);
+    let table = Arc::clone(&tables[0].1);
+    drop(tables);
+    store.close().unwrap();
+    for section in [
+        Section::Data,
+        Section::Vectors,
+        Section::VectorChecksums,
+        Section::Index,
+        Section::Bloom,
+        Section::Footer,
+    ] {
+        let scratch = tempfile::tempdir().unwrap();
+        copy_dir(source.path(), scratch.path());
+        let path = scratch
+            .path()
+            .join("tables")
+            .join(table_name(table.number()));
+        flip(&path, section_offset(&table, section));
+        let (store, report) = open_with(scratch.path(), small_options(), StoreHooks::default());
+        // Data blocks and vectors are checked when read; the meta blocks at open.
+        let read_fails = (0..30).any(|point| store.get(&key(0, point)).is_err());
+        assert!(read_fails, "{section}: no read failed");
+        for point in 0..30 {
+            match store.get(&key(0, point)) {
+                Ok(Some(p)) => {
+                    // Collection 0's vectors do not depend on the generator.
+                    assert_eq!(p.vector, point_for(0, point, 1, &mut Rng(0)).vector);
+                    assert!(p.payload.starts_with(format!("c0 p{point} v1").as_bytes()));
+                }
+                Ok(None) => panic!("{section}: point {point} vanished"),
+                Err(error) => {
+                    let text = error.to_string();
+                    assert!(text.contains(&table_name(table.number())), "{text}");
+                    assert!(
+                        matches!(
+                            error,
+                            StorageError::TableCorrupt { .. } | StorageError::Quarantined { .. }
+                        ),
+                        "{section}: {error}"
+                    );
+                }
+            }
+        }
+        assert_eq!(store.stats().quarantined_tables, 1, "{section}");
+        let found = store.scrub();
+        assert_eq!(found.len(), 1, "{section}: the scrubber reports the table");
+        drop(store);
+        if report.quarantined == 0 {
+            // Found by a read: the section named is the one flipped.
+            let fresh = open_with(scratch.path(), small_options(), StoreHooks::default()).0;
+            let found = fresh.scrub();
+            match &found[..] {
+                [StorageError::TableCorrupt { section: s, .. }] => assert_eq!(*s, section),
+                other => panic!("{section}: scrub found {other:?}"),
+            }
+        } else {
+            assert!(
+                matches!(
+                    section,
+                    Section::VectorChecksums | Section::Index | Section::Bloom | Section::Footer
+                ),
+                "{section} quarantined at open"
+            );
+        }
+    }
+}
+
+/// A side-car builder for tests: writes `<number>.side` holding the table's vector region's
+/// checksum, durably; can be told to fail.
+#[derive(Default)]
+struct SideCars {
+    dir: Mutex<Option<PathBuf>>,
+    fail: AtomicBool,
+    written: AtomicUsize,
+    deleted: Mutex<Vec<u64>>,
+}
+
+impl CompactionHook for SideCars {
+    fn table_written(&self, table: &Table) -> Result<(), String> {
+        if self.fail.load(Ordering::Acquire) {
+            return Err("side-car builder told to fail".into());
+        }
+        let dir = self.dir.lock().unwrap().clone().unwrap();
+        let path = dir.join(format!("{}.side", table.number()));
+        let crc = crc32c::crc32c(table.vector_region());
+        std::fs::write(&path, crc.to_le_bytes()).map_err(|e| e.to_string())?;
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| e.to_string())?;
+        self.written.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn table_deleted(&self, number: u64) {
+        self.deleted.lock().unwrap().push(number);
+    }
+}
+
+/// Tables are published only after their side-car is durable; a failing builder holds the
+/// flush back (the data stays readable) until it works again; compaction removes inputs'
+/// files only when nobody holds them, and tells the hook.
+#[test]
+fn the_side_car_hook_gates_publication_and_files_outlive_their_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let side = tempfile::tempdir().unwrap();
+    let hook = Arc::new(SideCars::default());
+    *hook.dir.lock().unwrap() = Some(side.path().to_owned());
+    let hooks = StoreHooks {
+        compaction: Arc::clone(&hook) as Arc<dyn CompactionHook>,
+        ..StoreHooks::default()
+    };
+    let options = StoreOptions {
+        memtable_bytes: 1 << 20,
+        l0_compaction_trigger: 100,
+        l0_stop: 200,
+        ..small_options()
+    };
+    let (mut store, _) = open_with(dir.path(), options.clone(), hooks.clone());
+    let mut rng = Rng(3);
+    for point in 0..50 {
+        let p = point_for(0, point, 1, &mut rng);
+        put(&mut store, key(0, point), &p);
+    }
+    hook.fail.store(true, Ordering::Release);
+    let refused = store.flush();
+    assert!(
+        refused.is_err(),
+        "a flush whose side-car fails is not published"
+    );
+    assert!(store.tables().is_empty());
+    assert!(store.stats().background_errors >= 1);
+    assert!(store.get(&key(0, 7)).unwrap().is_some(), "still readable");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tables"))
+            .unwrap()
+            .count(),
+        0,
+        "unpublished outputs are deleted"
+    );
+    hook.fail.store(false, Ordering::Release);
+    store.flush().unwrap();
+    let tables = store.tables();
+    assert_eq!(tables.len(), 1);
+    let first = tables[0].1.number();
+    assert!(side.path().join(format!("{first}.side")).exists());
+    drop(tables);
+
+    for point in 0..50 {
+        store.delete(key(0, point)).unwrap();
+    }
+    store.flush().unwrap();
+    let held = store.tables();
+    assert_eq!(held.len(), 2);
+    store.compact_all().unwrap();
+    // Everything was deleted and compaction reached the bottom: no table is left, yet the
+    // held inputs' files are still there for their reader.
+    assert!(
+        store.tables().is_empty(),
+        "tombstones dropped at the bottom"
+    );
+    for (_, table) in &held {
+        assert!(table.path().exists(), "deleted under a reader");
+    }
+    assert!(hook.deleted.lock().unwrap().is_empty());
+    let paths: Vec<PathBuf> = held.iter().map(|(_, t)| t.path().to_owned()).collect();
+    drop(held);
+    for path in &paths {
+        assert!(
+            !path.exists(),
+            "{} outlived its last reader",
+            path.display()
+        );
+    }
+    let deleted: BTreeSet<u64> = hook.deleted.lock().unwrap().iter().copied().collect();
+    assert!(deleted.contains(&first));
+    store.close().unwrap();
+    let (store, report) = open_with(dir.path(), options, hooks);
+    assert_eq!(report.tables, 0);
+    assert_eq!(store.get(&key(0, 7)).unwrap(), None);
+}
+
+/// Leftover outputs of an interrupted flush or compaction are removed at open.
+#[test]
+fn files_no_version_lists_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let mut rng = Rng(5);
+    for point in 0..20 {
+        let p = point_for(1, point, 1, &mut rng);
+        put(&mut store, key(1, point), &p);
+    }
+    store.flush().unwrap();
+    let live = store.tables()[0].1.path().to_owned();
+    store.close().unwrap();
+    let orphan = dir.path().join("tables").join(table_name(999));
+    std::fs::copy(&live, &orphan).unwrap();
+    let (store, report) = open_with(dir.path(), small_options(), StoreHooks::default());
+    assert_eq!(report.orphans_removed, 1);
+    assert!(!orphan.exists() && live.exists());
+    assert!(store.get(&key(1, 3)).unwrap().is_some());
+}
+
+/// The scrubber thread finds a bit flipped under a running store and quarantines the table.
+#[test]
+fn the_scrubber_thread_finds_corruption_at_its_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        memtable_bytes: 1 << 20,
+        scrub_bytes_per_second: 4 << 20,
+        scrub_interval: Duration::from_millis(20),
+        ..small_options()
+    };
+    let (mut store, _) = open_with(dir.path(), options, StoreHooks::default());
+    let mut rng = Rng(9);
+    for point in 0..30 {
+        let p = point_for(0, point, 1, &mut rng);
+        put(&mut store, key(0, point), &p);
+    }
+    store.flush().unwrap();
+    let table = Arc::clone(&store.tables()[0].1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.stats().scrub_passes < 2 {
+        assert!(Instant::now() < deadline, "the scrubber never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.stats().scrub_corruptions, 0);
+    assert!(store.stats().scrub_bytes >= table.file_bytes());
+    // Flip a vector bit through the file: the mapping shares the page cache.
+    let offset = table.footer().data_end + 1;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(table.path())
+        .unwrap();
+    let mut byte = [0u8];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, offset).unwrap();
+    byte[0] ^= 1;
+    std::os::unix::fs::FileExt::write_all_at(&file, &byte, offset).unwrap();
+    while store.stats().scrub_corruptions == 0 {
+        assert!(Instant::now() < deadline, "the scrubber missed the flip");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.stats().quarantined_tables, 1);
+    let error = store.get(&key(0, 0)).unwrap_err();
+    assert!(matches!(error, StorageError::Quarantined { .. }), "{error}");
+}
