@@ -15,7 +15,11 @@
 //! after a random delay (sometimes during replay itself), reads what was acknowledged, and
 //! starts the next cycle. Exit status 0 means every cycle checked out.
 
-use std::io::{BufRead, BufReader, Write};
+#[path = "shared/crashloop.rs"]
+mod crashloop;
+
+use crashloop::{number, seed, splitmix, value, watch, TempDir};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -40,14 +44,6 @@ fn options() -> WalOptions {
         record_bytes_max: 32 << 10,
         salvage: false,
     }
-}
-
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The record a sequence number must hold: kind and payload, from the run's key.
@@ -81,22 +77,6 @@ fn main() -> ExitCode {
             eprintln!("FAIL: {message}");
             ExitCode::from(2)
         }
-    }
-}
-
-fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|arg| arg == name)
-        .and_then(|at| args.get(at + 1))
-        .map(String::as_str)
-}
-
-fn number(args: &[String], name: &str, default: u64) -> Result<u64, String> {
-    match value(args, name) {
-        Some(text) => text
-            .parse()
-            .map_err(|_| format!("{name} takes a number, not {text:?}")),
-        None => Ok(default),
     }
 }
 
@@ -221,21 +201,6 @@ fn spawn(dir: &Path, key: u64, acknowledged: u64, verify_only: bool) -> Result<C
     command.spawn().map_err(|error| format!("spawn: {error}"))
 }
 
-/// Reads the child's lines on a thread, so the parent can kill it whenever it likes.
-fn watch(child: &mut Child) -> Result<mpsc::Receiver<String>, String> {
-    let stdout = child.stdout.take().ok_or("child without stdout")?;
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(receiver)
-}
-
 fn absorb(cycle: &mut Cycle, line: String) -> Result<(), String> {
     if let Some(rest) = line.strip_prefix("ack ") {
         let sequence: u64 = rest.parse().map_err(|_| format!("bad ack line {line:?}"))?;
@@ -254,19 +219,13 @@ fn absorb(cycle: &mut Cycle, line: String) -> Result<(), String> {
 
 fn parent(args: &[String]) -> Result<(), String> {
     let cycles = number(args, "--cycles", 20)?;
-    let seed = match value(args, "--seed") {
-        Some(_) => number(args, "--seed", 0)?,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos() as u64)
-            .unwrap_or(1),
-    };
+    let seed = seed(args)?;
     let kill_after_ms_max = number(args, "--kill-after-ms-max", 300)?.max(1);
     let scratch;
     let dir = match value(args, "--dir") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            scratch = TempDir::new()?;
+            scratch = TempDir::new("vortex-wal-crashloop")?;
             scratch.path.join("wal")
         }
     };
@@ -356,24 +315,4 @@ fn parent(args: &[String]) -> Result<(), String> {
         return Err("no record was ever acknowledged: the loop tested nothing".to_owned());
     }
     Ok(())
-}
-
-/// A scratch directory removed at exit (the storage crate does not depend on tempfile).
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new() -> Result<Self, String> {
-        let base = std::env::var_os("TMPDIR").map_or_else(std::env::temp_dir, PathBuf::from);
-        let path = base.join(format!("vortex-wal-crashloop-{}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|error| format!("{}: {error}", path.display()))?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }

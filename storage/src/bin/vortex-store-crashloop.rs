@@ -1,0 +1,374 @@
+//! The store crash loop: SIGKILL a process that writes to the LSM store while flushes and
+//! compactions run, again and again, and check after every kill that the store opens
+//! consistent and holds every acknowledged write.
+//!
+//! ```text
+//! vortex-store-crashloop [--cycles N] [--seed S] [--dir DIR] [--kill-after-ms-max M]
+//! ```
+//!
+//! The child writes numbered operations (op `X` puts or deletes a key that is a function of
+//! `X`; a put's vector and payload are functions of `X` too) in batches. Before a batch it
+//! prints `issued LAST`; once the batch is durable, `ack FIRST LAST`. Its store has a tiny
+//! MemTable and tiny levels, so flushes and compactions run all the time, and its side-car
+//! hook takes 30 ms per table (as an index build would), so a kill often lands between a
+//! table being written and being published. The parent kills the child after a random
+//! delay, then opens the store itself and checks every key: the value is the last
+//! acknowledged operation on it or one issued after it, never older, never invented, and a
+//! missing key is explained by a delete. Leftover tables removed at open show the kill
+//! interrupted a flush or a compaction; the run reports how often.
+
+#[path = "shared/crashloop.rs"]
+mod crashloop;
+
+use crashloop::{number, seed, splitmix, value, watch, TempDir};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vortex_io::RingConfig;
+use vortex_storage::sstable::table::Table;
+use vortex_storage::store::{CompactionHook, StoreHooks};
+use vortex_storage::wal::WalOptions;
+use vortex_storage::{DirectIo, Key, PosixEnv, StorageError, Store, StoreOptions};
+
+/// Keys written (points 0..KEYS, spread over two collections).
+const KEYS: u64 = 4_000;
+/// Operations per acknowledged batch.
+const BATCH: u64 = 64;
+/// How long a child writes at most if nobody kills it.
+const CHILD_LIFETIME_MAX: Duration = Duration::from_secs(30);
+/// Op numbers of cycle `c` start at `c × CYCLE_OPS + 1`.
+const CYCLE_OPS: u64 = 100_000_000;
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        wal: WalOptions {
+            segment_bytes_target: 1 << 20,
+            ..WalOptions::default()
+        },
+        memtable_bytes: 192 << 10,
+        table_bytes_target: 96 << 10,
+        l0_compaction_trigger: 3,
+        l0_stop: 12,
+        level1_bytes: 512 << 10,
+        level_multiplier: 4,
+        compaction_bytes_per_second: 0,
+        scrub_bytes_per_second: 0,
+        ..StoreOptions::default()
+    }
+}
+
+/// The side-car builder's stand-in: takes a while, as an index build would.
+struct SlowSideCar;
+
+impl CompactionHook for SlowSideCar {
+    fn table_written(&self, _table: &Table) -> Result<(), String> {
+        std::thread::sleep(Duration::from_millis(30));
+        Ok(())
+    }
+}
+
+/// What operation `op` does: its key, and whether it deletes.
+fn operation(op: u64) -> (Key, bool) {
+    let mut state = op;
+    let point = splitmix(&mut state) % KEYS;
+    (
+        Key {
+            collection: 1 + (point % 2) as u32,
+            point,
+        },
+        op.is_multiple_of(5),
+    )
+}
+
+/// The vector and payload operation `op` puts.
+fn content(op: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut state = op ^ 0xA076_1D64_78BD_642F;
+    let vector: Vec<u8> = (0..8)
+        .flat_map(|_| (splitmix(&mut state) as u32).to_le_bytes())
+        .collect();
+    let mut payload = op.to_le_bytes().to_vec();
+    let extra = splitmix(&mut state) % 600;
+    while (payload.len() as u64) < 8 + extra {
+        payload.extend_from_slice(&splitmix(&mut state).to_le_bytes());
+    }
+    payload.truncate(8 + extra as usize);
+    (vector, payload)
+}
+
+fn open(dir: &Path, hooks: StoreHooks) -> Result<(Store<PosixEnv>, usize), String> {
+    let env = PosixEnv::new(&RingConfig::plain(256), DirectIo::Auto)
+        .map_err(|error| format!("io_uring: {error}"))?;
+    let (store, report) =
+        Store::open(env, dir, options(), hooks).map_err(|error| format!("open: {error}"))?;
+    if report.quarantined > 0 {
+        return Err(format!("{} tables quarantined at open", report.quarantined));
+    }
+    Ok((store, report.orphans_removed))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("child") {
+        child(&args[1..])
+    } else {
+        parent(&args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("FAIL: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The child: write batches until killed.
+fn child(args: &[String]) -> Result<(), String> {
+    let dir = PathBuf::from(value(args, "--dir").ok_or("child needs --dir")?);
+    let mut op = number(args, "--op-start", 1)?;
+    let hooks = StoreHooks {
+        compaction: Arc::new(SlowSideCar),
+        ..StoreHooks::default()
+    };
+    let (mut store, _) = open(&dir, hooks)?;
+    let mut stdout = std::io::stdout().lock();
+    let started = Instant::now();
+    while started.elapsed() < CHILD_LIFETIME_MAX {
+        let first = op;
+        let last = op + BATCH - 1;
+        writeln!(stdout, "issued {last}").map_err(|error| error.to_string())?;
+        stdout.flush().map_err(|error| error.to_string())?;
+        let mut sequence = 0;
+        while op <= last {
+            let (key, delete) = operation(op);
+            let result = if delete {
+                store.delete(key)
+            } else {
+                let (vector, payload) = content(op);
+                store.put(key, &vector, &payload)
+            };
+            match result {
+                Ok(appended) => {
+                    sequence = appended;
+                    op += 1;
+                }
+                Err(StorageError::Throttled(_)) => {
+                    store
+                        .poll(Some(Duration::from_millis(2)))
+                        .map_err(|error| format!("poll: {error}"))?;
+                }
+                Err(error) => return Err(format!("write: {error}")),
+            }
+        }
+        while store
+            .poll(Some(Duration::from_millis(5)))
+            .map_err(|error| format!("poll: {error}"))?
+            < sequence
+        {}
+        writeln!(stdout, "ack {first} {last}").map_err(|error| error.to_string())?;
+        stdout.flush().map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// What the parent knows of each key.
+#[derive(Debug, Default)]
+struct Knowledge {
+    /// Per point id: the last acknowledged op on it.
+    acked: HashMap<u64, u64>,
+    /// Per point id: ops issued after its last acknowledged one (they may or may not have
+    /// become durable before the kill).
+    maybe: HashMap<u64, Vec<u64>>,
+    issued: u64,
+    acknowledged_ops: u64,
+}
+
+impl Knowledge {
+    fn absorb(&mut self, line: &str) -> Result<(), String> {
+        let numbers: Vec<u64> = line
+            .split(' ')
+            .skip(1)
+            .map(|n| n.parse().map_err(|_| format!("bad line {line:?}")))
+            .collect::<Result<_, _>>()?;
+        match (line.split(' ').next(), numbers.as_slice()) {
+            (Some("issued"), [last]) => {
+                for op in self.issued.max(last + 1 - BATCH)..=*last {
+                    let (key, _) = operation(op);
+                    self.maybe.entry(key.point).or_default().push(op);
+                }
+                self.issued = *last;
+            }
+            (Some("ack"), [first, last]) => {
+                for op in *first..=*last {
+                    let (key, _) = operation(op);
+                    self.acked.insert(key.point, op);
+                    if let Some(ops) = self.maybe.get_mut(&key.point) {
+                        ops.retain(|&later| later > op);
+                    }
+                    self.acknowledged_ops += 1;
+                }
+            }
+            _ => return Err(format!("unexpected line {line:?}")),
+        }
+        Ok(())
+    }
+
+    /// Checks every key of the store against what was acknowledged.
+    fn check(&self, store: &Store<PosixEnv>) -> Result<(), String> {
+        for point in 0..KEYS {
+            let key = Key {
+                collection: 1 + (point % 2) as u32,
+                point,
+            };
+            let acked = self.acked.get(&point).copied();
+            let maybe = self
+                .maybe
+                .get(&point)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let found = store
+                .get(&key)
+                .map_err(|error| format!("get {key:?}: {error}"))?;
+            match found {
+                Some(found) => {
+                    let op = found
+                        .payload
+                        .first_chunk::<8>()
+                        .map(|b| u64::from_le_bytes(*b))
+                        .ok_or_else(|| format!("{key:?}: payload without an op number"))?;
+                    if Some(op) != acked && !maybe.contains(&op) {
+                        return Err(format!(
+                            "{key:?} holds op {op}; last acknowledged {acked:?}, issued since {maybe:?}"
+                        ));
+                    }
+                    let (vector, payload) = content(op);
+                    if operation(op) != (key, false)
+                        || found.vector != vector
+                        || found.payload != payload
+                    {
+                        return Err(format!("{key:?}: op {op}'s content is damaged"));
+                    }
+                }
+                None => {
+                    let deleted = acked.is_none_or(|op| operation(op).1)
+                        || maybe.iter().any(|&op| operation(op).1);
+                    if !deleted {
+                        return Err(format!(
+                            "{key:?} is missing; its last acknowledged op {acked:?} put it"
+                        ));
+                    }
+                }
+            }
+        }
+        // A scan sees exactly what gets see.
+        for collection in 1..=2 {
+            let mut after = None;
+            loop {
+                let page = store
+                    .scan(collection, after, 500)
+                    .map_err(|error| format!("scan: {error}"))?;
+                let Some((last, _)) = page.last() else { break };
+                after = Some(*last);
+                for (point, found) in page {
+                    let key = Key { collection, point };
+                    let got = store.get(&key).map_err(|error| error.to_string())?;
+                    if got.as_ref() != Some(&found) {
+                        return Err(format!("scan and get disagree on {key:?}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parent(args: &[String]) -> Result<(), String> {
+    let cycles = number(args, "--cycles", 20)?;
+    let seed = seed(args)?;
+    let kill_after_ms_max = number(args, "--kill-after-ms-max", 400)?.max(1);
+    let scratch;
+    let dir = match value(args, "--dir") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            scratch = TempDir::new("vortex-store-crashloop")?;
+            scratch.path.join("store")
+        }
+    };
+    println!(
+        "store crash loop: {cycles} cycles, seed {seed} (replay with --seed {seed}), dir {}",
+        dir.display()
+    );
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    let mut random = seed;
+    let mut knowledge = Knowledge::default();
+    let mut interrupted = 0u64;
+    let started = Instant::now();
+    for cycle in 0..cycles {
+        let delay_ms = 20 + splitmix(&mut random) % kill_after_ms_max;
+        let op_start = cycle * CYCLE_OPS + 1;
+        knowledge.issued = op_start - 1;
+        let mut child = Command::new(&exe)
+            .arg("child")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--op-start")
+            .arg(op_start.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|error| format!("spawn: {error}"))?;
+        let lines = watch(&mut child)?;
+        let deadline = Instant::now() + Duration::from_millis(delay_ms);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) => knowledge.absorb(&line)?,
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    break
+                }
+            }
+        }
+        // Child::kill is SIGKILL: no destructor, no flush, no chance to finish a write.
+        let _ = child.kill();
+        let status = child.wait().map_err(|error| error.to_string())?;
+        for line in lines.iter() {
+            knowledge.absorb(&line)?;
+        }
+        if status.code().is_some_and(|code| code != 0) {
+            return Err(format!(
+                "cycle {cycle}: the child failed ({status}) before it was killed; seed {seed}"
+            ));
+        }
+        let (store, orphans) = open(&dir, StoreHooks::default())
+            .map_err(|error| format!("cycle {cycle}: {error}; seed {seed}"))?;
+        if orphans > 0 {
+            interrupted += 1;
+        }
+        knowledge
+            .check(&store)
+            .map_err(|error| format!("cycle {cycle}: {error}; seed {seed}"))?;
+        let stats = store.stats();
+        if cycle % 5 == 0 || cycle + 1 == cycles {
+            let tables: Vec<usize> = stats.levels.iter().map(|level| level.tables).collect();
+            println!(
+                "cycle {cycle}: killed after {delay_ms} ms; {} ops acknowledged so far; tables \
+                 per level {tables:?}; leftovers removed {orphans}",
+                knowledge.acknowledged_ops
+            );
+        }
+        store.close().map_err(|error| format!("close: {error}"))?;
+    }
+    println!(
+        "ok: {cycles} SIGKILL cycles, {} ops acknowledged and all present; {interrupted} kills \
+         interrupted a flush or compaction; {:.1} s",
+        knowledge.acknowledged_ops,
+        started.elapsed().as_secs_f64()
+    );
+    if knowledge.acknowledged_ops == 0 {
+        return Err("no write was ever acknowledged: the loop tested nothing".to_owned());
+    }
+    Ok(())
+}
