@@ -14,9 +14,12 @@
 //!   into tables and plots.
 //! - [`wal`]: durable WAL appends/s and ack latency by record size and appender count, beside
 //!   a `write` + `fdatasync` loop on the same file system (the device's floor).
+//! - [`lsm`]: random upserts then point lookups on our LSM store beside `fjall`, same
+//!   workload and durability: throughput, write amplification, lookups/s, ratios.
 
 pub mod ann;
 pub mod dataset;
+pub mod lsm;
 pub mod nop;
 pub mod vecs;
 pub mod wal;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vortex_bench::ann::{self, AnnConfig};
 use vortex_bench::dataset::{self, DatasetMeta};
+use vortex_bench::lsm::{self, LsmBenchConfig};
 use vortex_bench::nop::{self, NopBenchConfig, NopMode};
 use vortex_bench::wal::{self, WalBenchConfig};
 use vortex_config::{ApplianceConfig, LeuCount, Topology};
@@ -115,6 +116,34 @@ enum Command {
         #[arg(long)]
         buffered: bool,
         /// The JSON result is written to OUT/wal/wal.json.
+        #[arg(long, default_value = "bench-rigs/results")]
+        out: PathBuf,
+    },
+    /// Random upserts then point lookups on our LSM store and on fjall, same workload and
+    /// durability (group commits of --batch writes), with write amplification and ratios.
+    Lsm {
+        /// A scratch directory (its `vortex/` and `fjall/` are replaced, then removed).
+        #[arg(long, default_value = "bench-rigs/data/lsm-bench")]
+        dir: PathBuf,
+        /// Upserts.
+        #[arg(long, default_value_t = 10_000_000)]
+        ops: u64,
+        /// Key space (default: --ops).
+        #[arg(long)]
+        keys: Option<u64>,
+        /// Value bytes.
+        #[arg(long, default_value_t = 512)]
+        value_bytes: usize,
+        /// Writes per group commit.
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        /// Point lookups after the load.
+        #[arg(long, default_value_t = 1_000_000)]
+        lookups: u64,
+        /// Engines, in order.
+        #[arg(long, value_delimiter = ',', default_value = "vortex,fjall")]
+        engines: Vec<String>,
+        /// The JSON result is written to OUT/lsm/lsm.json.
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
     },
@@ -270,6 +299,36 @@ fn main() -> anyhow::Result<()> {
                 "wal.json"
             };
             let path = dir.join(name);
+            std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        Command::Lsm {
+            dir,
+            ops,
+            keys,
+            value_bytes,
+            batch,
+            lookups,
+            engines,
+            out,
+        } => {
+            anyhow::ensure!(ops > 0 && batch > 0, "--ops and --batch must be positive");
+            let config = LsmBenchConfig {
+                dir,
+                ops,
+                keys: keys.unwrap_or(ops).max(1),
+                value_bytes,
+                batch,
+                lookups,
+                engines,
+            };
+            eprintln!("{command_line}");
+            let result = lsm::run(&config, &command_line)?;
+            print!("{}", lsm::render(&result));
+            let dir = out.join("lsm");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join("lsm.json");
             std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
                 .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wrote {}", path.display());

@@ -64,8 +64,9 @@ pub enum StorageError {
         /// The error.
         cause: String,
     },
-    /// The open batch is full (bytes or appends): retry after the write in flight completes.
-    #[error("the WAL is busy: {0} (THROTTLED; retry after the write in flight completes)")]
+    /// The open batch or the memtable is full: retry after the write or flush in flight
+    /// completes.
+    #[error("busy: {0} (THROTTLED; retry shortly)")]
     Throttled(&'static str),
     /// A record larger than the WAL accepts.
     #[error("a WAL record of {bytes} bytes exceeds the limit of {max_bytes} bytes")]

@@ -510,7 +510,19 @@ impl Manifest {
     }
 
     fn append<E: Env>(&mut self, env: &mut E, edit: &Edit) -> Result<(), StorageError> {
-        let bytes = record::framed(self.position, EDIT_KIND, self.sequence + 1, &edit.encode());
+        let fields = edit.tables_added.len() + edit.tables_removed.len() + 5;
+        let encoded = edit.encode();
+        if fields > usize::from(u16::MAX) || encoded.len() > EDIT_BYTES_MAX {
+            // Refused before anything is written: a reader would refuse it too.
+            return Err(StorageError::BadManifest {
+                path: self.path(),
+                detail: format!(
+                    "an edit of {fields} fields and {} bytes exceeds the format's limits",
+                    encoded.len()
+                ),
+            });
+        }
+        let bytes = record::framed(self.position, EDIT_KIND, self.sequence + 1, &encoded);
         let path = self.path();
         env.append_synced(&path, &bytes)
             .map_err(io_error("append", &path))?;

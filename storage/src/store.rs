@@ -51,6 +51,8 @@ use std::time::{Duration, Instant};
 /// WAL record kinds written by the store.
 const RECORD_PUT: u8 = 2;
 const RECORD_DELETE: u8 = 3;
+/// The largest WAL record the store accepts: a put must fit one SSTable data block (16 MiB).
+const RECORD_BYTES_MAX: usize = 8 << 20;
 /// How long a failed flush or compaction waits before it is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -114,6 +116,11 @@ impl StoreOptions {
         }
         if self.level_multiplier < 2 {
             return Err("level_multiplier must be at least 2".into());
+        }
+        if self.wal.record_bytes_max > RECORD_BYTES_MAX {
+            return Err(format!(
+                "wal.record_bytes_max above {RECORD_BYTES_MAX}: an entry must fit an SSTable block"
+            ));
         }
         Ok(())
     }
@@ -462,6 +469,8 @@ impl<E: Env> Store<E> {
                 detail: format!("a checksum-valid WAL record the store cannot read: {detail}"),
             });
         }
+        // The `tables` and `wal` entries themselves must survive a power loss.
+        sync_dir(dir)?;
         let state = wal.manifest_state().clone();
         let mut version = Version::default();
         let mut quarantined = 0;
@@ -591,8 +600,17 @@ impl<E: Env> Store<E> {
         key: Key,
         value: Value,
     ) -> Result<u64, StorageError> {
+        if record.len() > self.options.wal.record_bytes_max {
+            return Err(StorageError::RecordTooLarge {
+                bytes: record.len(),
+                max_bytes: self.options.wal.record_bytes_max,
+            });
+        }
         let bytes = value_bytes(&value);
-        if self.memtable.bytes() + self.pending_bytes + bytes > 2 * self.options.memtable_bytes {
+        let held = self.memtable.bytes() + self.pending_bytes;
+        // A write larger than the whole budget is let in when nothing else is held, or it
+        // would be refused forever.
+        if held > 0 && held + bytes > 2 * self.options.memtable_bytes {
             self.maintain(false)?;
             return Err(StorageError::Throttled(
                 "the memtable is full until the running flush completes",
@@ -770,10 +788,17 @@ impl<E: Env> Store<E> {
     /// Waits until no flush or compaction is running or due.
     pub fn wait_idle(&mut self) -> Result<(), StorageError> {
         self.sync()?;
+        let errors = self.stats.background_errors;
         loop {
             self.maintain(false)?;
-            if !self.flush_running && !self.compaction_running && self.deferred.is_none() {
+            let idle = !self.flush_running && !self.compaction_running && self.deferred.is_none();
+            if idle && self.frozen.is_none() {
                 return Ok(());
+            }
+            if self.stats.background_errors > errors + 2 {
+                return Err(StorageError::Invalid(
+                    "flushes or compactions keep failing; see the log".to_owned(),
+                ));
             }
             self.wait_background()?;
         }
@@ -865,12 +890,19 @@ impl<E: Env> Store<E> {
         }
         self.retry_at = None;
         let l0 = self.version.levels[0].len();
-        if self.frozen.is_none()
-            && self.deferred.is_none()
-            && !self.memtable.is_empty()
-            && (force_flush || self.memtable.needs_flush() && l0 < self.options.l0_stop)
-        {
-            self.start_flush();
+        if !self.flush_running && self.deferred.is_none() {
+            if let Some(frozen) = self.frozen.clone() {
+                self.start_flush(frozen); // a retry
+            } else if !self.memtable.is_empty()
+                && (force_flush || self.memtable.needs_flush() && l0 < self.options.l0_stop)
+            {
+                let frozen = Arc::new(std::mem::replace(
+                    &mut self.memtable,
+                    MemTable::new(self.options.memtable_bytes),
+                ));
+                self.frozen = Some(Arc::clone(&frozen));
+                self.start_flush(frozen);
+            }
         }
         if !self.compaction_running && self.deferred.is_none() {
             if let Some(plan) = self.pick_compaction() {
@@ -889,12 +921,7 @@ impl<E: Env> Store<E> {
         }
     }
 
-    fn start_flush(&mut self) {
-        let frozen = Arc::new(std::mem::replace(
-            &mut self.memtable,
-            MemTable::new(self.options.memtable_bytes),
-        ));
-        self.frozen = Some(Arc::clone(&frozen));
+    fn start_flush(&mut self, frozen: Arc<MemTable>) {
         self.flush_running = true;
         let shared = Arc::clone(&self.shared);
         let sender = self.finished_tx.clone();
@@ -944,22 +971,28 @@ impl<E: Env> Store<E> {
     }
 
     /// Chooses the most urgent compaction, if any is due.
+    /// A level whose tables are damaged is passed over for the next most urgent one.
     fn pick_compaction(&mut self) -> Option<CompactionPlan> {
         let version = Arc::clone(&self.version);
-        let mut best: Option<(f64, usize)> = None;
-        for level in 0..LEVELS - 1 {
-            let score = if level == 0 {
-                version.levels[0].len() as f64 / self.options.l0_compaction_trigger as f64
-            } else {
-                let target = self.options.level1_bytes as f64
-                    * (self.options.level_multiplier as f64).powi(level as i32 - 1);
-                version.level_bytes(level) as f64 / target
-            };
-            if score >= 1.0 && best.is_none_or(|(top, _)| score > top) {
-                best = Some((score, level));
-            }
-        }
-        let (_, level) = best?;
+        let mut due: Vec<(f64, usize)> = (0..LEVELS - 1)
+            .map(|level| {
+                let score = if level == 0 {
+                    version.levels[0].len() as f64 / self.options.l0_compaction_trigger as f64
+                } else {
+                    let target = self.options.level1_bytes as f64
+                        * (self.options.level_multiplier as f64).powi(level as i32 - 1);
+                    version.level_bytes(level) as f64 / target
+                };
+                (score, level)
+            })
+            .filter(|(score, _)| *score >= 1.0)
+            .collect();
+        due.sort_by(|a, b| b.0.total_cmp(&a.0));
+        due.into_iter()
+            .find_map(|(_, level)| self.plan_level(&version, level))
+    }
+
+    fn plan_level(&mut self, version: &Version, level: usize) -> Option<CompactionPlan> {
         let chosen: Vec<Arc<Table>> = if level == 0 {
             version.levels[0].clone()
         } else {
@@ -1007,11 +1040,9 @@ impl<E: Env> Store<E> {
                 let outputs = match outputs {
                     Ok(outputs) => outputs,
                     Err(error) => {
+                        // The frozen MemTable stays readable; maintain() flushes it again
+                        // once the retry delay has passed.
                         self.background_failed("flush", &error);
-                        // The frozen MemTable stays readable and is flushed again later.
-                        if let Some(frozen) = self.frozen.clone() {
-                            self.retry_flush(frozen);
-                        }
                         return Ok(());
                     }
                 };
@@ -1020,10 +1051,10 @@ impl<E: Env> Store<E> {
                     tables_added: outputs.iter().map(|t| table_meta(t, 0)).collect(),
                     ..Edit::default()
                 };
-                if let Err(error) = self.wal.publish(Some(last_sequence), edit) {
-                    discard(&outputs);
-                    return Err(error);
-                }
+                // On an error the edit may still have reached the MANIFEST (a failed sync, a
+                // failed rollover after the append): the outputs stay, and the next open keeps
+                // or removes them by what the MANIFEST says. The WAL is read-only by then.
+                self.wal.publish(Some(last_sequence), edit)?;
                 let mut version = (*self.version).clone();
                 for table in outputs.iter() {
                     self.stats.flush_bytes += table.file_bytes();
@@ -1055,10 +1086,8 @@ impl<E: Env> Store<E> {
                         .collect(),
                     ..Edit::default()
                 };
-                if let Err(error) = self.wal.publish(None, edit) {
-                    discard(&outputs);
-                    return Err(error);
-                }
+                // As for a flush: never delete outputs after a failed publish.
+                self.wal.publish(None, edit)?;
                 let mut version = (*self.version).clone();
                 for tables in &mut version.levels {
                     tables.retain(|t| !inputs.iter().any(|i| i.number() == t.number()));
@@ -1079,22 +1108,6 @@ impl<E: Env> Store<E> {
         Ok(())
     }
 
-    fn retry_flush(&mut self, frozen: Arc<MemTable>) {
-        self.flush_running = true;
-        let shared = Arc::clone(&self.shared);
-        let sender = self.finished_tx.clone();
-        let options = self.options.clone();
-        self.submit(Box::new(move || {
-            std::thread::sleep(RETRY_AFTER);
-            let entries: Source<'_> = Box::new(frozen.iter().map(|(k, v)| memtable_entry(k, v)));
-            let outputs = write_tables(&shared, &options, entries, false, None);
-            let _ = sender.send(Finished::Flush {
-                outputs,
-                last_sequence: frozen.last_sequence(),
-            });
-        }));
-    }
-
     fn background_failed(&mut self, what: &str, error: &StorageError) {
         self.stats.background_errors += 1;
         self.retry_at = Some(Instant::now() + RETRY_AFTER);
@@ -1113,8 +1126,15 @@ impl<E: Env> Store<E> {
     /// durable, and stops the background threads.
     pub fn close(mut self) -> Result<(), StorageError> {
         self.sync()?;
+        // Only the jobs running now: a failed flush is not retried (the WAL holds its data).
         while self.flush_running || self.compaction_running {
-            self.wait_background()?;
+            match self.finished_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(finished) => self.install(finished)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(StorageError::Closed("background workers are gone"))
+                }
+            }
         }
         Ok(())
     }
@@ -1175,10 +1195,9 @@ fn write_tables(
             if point.is_none() && drop_tombstones {
                 continue;
             }
-            let vector_len = point.as_ref().map(|p| p.vector.len());
-            let full = builder.as_ref().is_some_and(|(_, b)| {
-                !b.accepts(&key, vector_len) || b.bytes() >= options.table_bytes_target
-            });
+            let full = builder
+                .as_ref()
+                .is_some_and(|(_, b)| !b.accepts(&key) || b.bytes() >= options.table_bytes_target);
             if full {
                 if let Some((number, done)) = builder.take() {
                     outputs.push(finish_table(
@@ -1243,11 +1262,12 @@ fn scrub_table(
             reason,
         });
     }
-    match table.verify(limiter) {
+    match table.verify(limiter, Some(&shared.stop)) {
         Ok(bytes) => {
             shared.scrub_bytes.fetch_add(bytes, Ordering::Relaxed);
             Ok(bytes)
         }
+        Err(error @ StorageError::Closed(_)) => Err(error),
         Err(error) => {
             shared.scrub_corruptions.fetch_add(1, Ordering::Relaxed);
             shared.hooks.repair.request(table, &error);
@@ -1258,18 +1278,33 @@ fn scrub_table(
 
 fn scrub_loop(shared: &Shared, bytes_per_second: u64, interval: Duration) {
     let mut limiter = RateLimiter::new(bytes_per_second, Instant::now());
+    let current = || {
+        shared
+            .current
+            .lock()
+            .ok()
+            .map(|current| Arc::clone(&current))
+    };
     while !shared.stop.load(Ordering::Acquire) {
-        let version = match shared.current.lock() {
-            Ok(current) => Arc::clone(&current),
-            Err(_) => return,
-        };
-        for (_, table) in version.tables() {
+        // Numbers, not tables: a table compacted away during the pass is skipped, and its
+        // file is not kept alive by the scrubber.
+        let Some(version) = current() else { return };
+        let numbers: Vec<u64> = version.tables().map(|(_, t)| t.number()).collect();
+        drop(version);
+        for number in numbers {
             if shared.stop.load(Ordering::Acquire) {
                 return;
             }
-            let _ = scrub_table(shared, table, Some(&mut limiter));
+            let Some(version) = current() else { return };
+            let table = version
+                .tables()
+                .find(|(_, t)| t.number() == number)
+                .map(|(_, t)| Arc::clone(t));
+            drop(version);
+            if let Some(table) = table {
+                let _ = scrub_table(shared, &table, Some(&mut limiter));
+            }
         }
-        drop(version);
         shared.scrub_passes.fetch_add(1, Ordering::Relaxed);
         let resume = Instant::now() + interval;
         while Instant::now() < resume && !shared.stop.load(Ordering::Acquire) {

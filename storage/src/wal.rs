@@ -634,20 +634,25 @@ impl<E: Env> Wal<E> {
             self.fail("MANIFEST append", 0, &error.to_string());
             return Err(error);
         }
+        // The edit is durable: from here on the checkpoint has happened. A segment that
+        // cannot be removed now is logged and removed by a later checkpoint, or at open.
         let mut removed = false;
         while let Some(segment) = self.segments.front() {
             if segment.number >= replay_from {
                 break;
             }
             let path = self.dir.join(segment_name(segment.number));
-            self.env.remove(&path).map_err(io_error("remove", &path))?;
+            if let Err(error) = self.env.remove(&path) {
+                tracing::warn!(path = %path.display(), %error, "cannot remove a retired WAL segment");
+                break;
+            }
             self.segments.pop_front();
             removed = true;
         }
         if removed {
-            self.env
-                .sync_dir(&self.dir)
-                .map_err(io_error("fsync", &self.dir))?;
+            if let Err(error) = self.env.sync_dir(&self.dir) {
+                tracing::warn!(dir = %self.dir.display(), %error, "cannot sync the WAL directory");
+            }
         }
         Ok(())
     }

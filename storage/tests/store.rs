@@ -253,6 +253,10 @@ fn a_flipped_bit_in_any_part_of_a_table_is_detected() {
             .join(table_name(table.number()));
         flip(&path, section_offset(&table, section));
         let (store, report) = open_with(scratch.path(), small_options(), StoreHooks::default());
+        // A scan over the damage fails too (a placeholder for a table that could not be
+        // opened has no index: it must not be skipped as if empty).
+        let scanned = store.scan(0, None, 1000);
+        assert!(scanned.is_err(), "{section}: a scan read past the damage");
         // Data blocks and vectors are checked when read; the meta blocks at open.
         let read_fails = (0..30).any(|point| store.get(&key(0, point)).is_err());
         assert!(read_fails, "{section}: no read failed");
@@ -479,4 +483,41 @@ fn the_scrubber_thread_finds_corruption_at_its_pace() {
     assert_eq!(store.stats().quarantined_tables, 1);
     let error = store.get(&key(0, 0)).unwrap_err();
     assert!(matches!(error, StorageError::Quarantined { .. }), "{error}");
+}
+
+/// Oversized writes are refused with a clear error, and options that would let one through
+/// to an SSTable block are refused at open.
+#[test]
+fn oversized_writes_and_unsafe_limits_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let huge = vec![0u8; 600 << 10];
+    let error = store.put(key(0, 1), &[0; 8], &huge).unwrap_err();
+    assert!(
+        matches!(error, StorageError::RecordTooLarge { .. }),
+        "{error}"
+    );
+    let error = store.put(key(0, 1), &vec![0; 65 << 10], b"").unwrap_err();
+    assert!(error.to_string().contains("exceeds the limit"), "{error}");
+    drop(store);
+    let env = PosixEnv::new(&RingConfig::plain(8), DirectIo::Auto).unwrap();
+    let mut options = small_options();
+    options.wal.record_bytes_max = 32 << 20;
+    options.wal.batch_bytes_max = 64 << 20;
+    let error = Store::open(env, dir.path(), options, StoreHooks::default()).unwrap_err();
+    assert!(error.to_string().contains("record_bytes_max"), "{error}");
+}
+
+/// A table abandoned before it is finished (a failed write, a stopped job) leaves no file.
+#[test]
+fn an_abandoned_table_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(table_name(5));
+    let mut builder = vortex_storage::sstable::table::TableBuilder::create(&path, 1).unwrap();
+    builder
+        .add(key(1, 1), 1, Some(&Point::new(&[1; 16], b"x")), None)
+        .unwrap();
+    assert!(path.exists());
+    drop(builder);
+    assert!(!path.exists());
 }

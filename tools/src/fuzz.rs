@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets, as plain functions: the VBP frame validator and stream
-//! decoder, the WAL's log reader with BOOT_REPLAY, the MANIFEST's edits, and SSTable data
-//! blocks.
+//! decoder, the WAL's log reader with BOOT_REPLAY, the MANIFEST's edits, SSTable data
+//! blocks, and whole SSTable files.
 //!
 //! The libFuzzer targets in `tools/fuzz/` call these, and so does an ordinary test
 //! (`tools/tests/fuzz_corpus.rs`) that replays the committed corpus on stable Rust: every
@@ -19,10 +19,12 @@ use vortex_vbp::validator::{FrameError, LayoutValidator, RequestRef};
 use std::path::Path;
 use vortex_storage::manifest::{self, Edit};
 use vortex_storage::memtable::Key;
+use vortex_storage::memtable::Point;
 use vortex_storage::record::{
     self, LogReader, Step, BLOCK_BYTES, HEADER_BYTES as LOG_HEADER_BYTES,
 };
 use vortex_storage::sstable::block::{Block, BlockBuilder, BLOCK_UNIT_BYTES};
+use vortex_storage::sstable::table::{Table, TableBuilder};
 use vortex_storage::wal::{segment_name, Wal, WalOptions};
 use vortex_storage::{Env, FaultEnv};
 
@@ -497,6 +499,123 @@ fn unpadded(frame: &[u8]) -> &[u8] {
     &frame[..(HEADER_BYTES + body_length).min(frame.len())]
 }
 
+/// Mode bit of the `sstable_file` target's first byte: recompute the CRC32C of the footer
+/// and of the meta blocks it points at, so that mutations reach the decoders behind them.
+pub const TABLE_MODE_SEAL: u8 = 1;
+
+/// Where the `sstable_file` target writes its input: `Table::open` maps a real file.
+fn fuzz_table_path() -> std::path::PathBuf {
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("vortex-fuzz-{}.sst", std::process::id()))
+}
+
+/// Seals a whole-unit region in place: its last 4 bytes become the CRC32C of the rest.
+fn reseal(bytes: &mut [u8]) {
+    if bytes.len() >= BLOCK_UNIT_BYTES && bytes.len().is_multiple_of(BLOCK_UNIT_BYTES) {
+        let at = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..at]);
+        bytes[at..].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// SSTable file target: `data[0]` is a mode (the `TABLE_MODE_*` bits), the rest a table
+/// file. Opening must refuse or accept without panicking; an accepted table is verified,
+/// iterated, and every entry it yields is found again by key with the same content; damage
+/// is an error (the table quarantined), never a panic. Returns the entries read.
+pub fn sstable_file(data: &[u8]) -> usize {
+    let Some((&mode, input)) = data.split_first() else {
+        return 0;
+    };
+    let mut bytes = input.to_vec();
+    let unit = BLOCK_UNIT_BYTES;
+    if mode & TABLE_MODE_SEAL != 0 && bytes.len() >= unit && bytes.len().is_multiple_of(unit) {
+        let footer_at = bytes.len() - unit;
+        let field = |at: usize| -> usize {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[footer_at + at..footer_at + at + 8]);
+            u64::from_le_bytes(word).min(bytes.len() as u64) as usize
+        };
+        // vcrc_offset, index_offset, bloom_offset, footer_offset (see Footer::encode).
+        let bounds = [field(24), field(32), field(48), field(56)];
+        for pair in bounds.windows(2) {
+            if pair[0] < pair[1] {
+                reseal(&mut bytes[pair[0]..pair[1]]);
+            }
+        }
+        reseal(&mut bytes[footer_at..]);
+    }
+    let path = fuzz_table_path();
+    if std::fs::write(&path, &bytes).is_err() {
+        return 0;
+    }
+    let opened = Table::open(&path, 1);
+    let _ = std::fs::remove_file(&path); // the mapping outlives the name
+    let Ok(table) = opened else {
+        return 0;
+    };
+    let table = std::sync::Arc::new(table);
+    let verified = table.verify(None, None).is_ok();
+    let _ = table.vector_region();
+    let mut read = 0;
+    for entry in table.iter_after(None) {
+        let Ok(entry) = entry else {
+            assert!(
+                table.quarantined().is_some(),
+                "damage found without quarantining the table"
+            );
+            break;
+        };
+        match table.get(&entry.key) {
+            Ok(Some(again)) => assert_eq!(again, entry, "an entry read two ways differs"),
+            Ok(None) => panic!("an iterated entry is not found by its key"),
+            Err(_) => {}
+        }
+        read += 1;
+    }
+    if verified && table.quarantined().is_none() {
+        assert_eq!(
+            read as u64,
+            table.footer().entries,
+            "a verified table lost entries"
+        );
+    }
+    read
+}
+
+/// A small real table (two collections' worth of keys in one collection, puts and
+/// tombstones, vectors padded to the stride), as bytes.
+pub fn sample_table() -> Vec<u8> {
+    let path = fuzz_table_path().with_extension("seed.sst");
+    let _ = std::fs::remove_file(&path);
+    let mut builder = TableBuilder::create(&path, 3).expect("create a seed table");
+    for point in 0..40u64 {
+        let entry = (point % 7 != 3).then(|| Point {
+            vector: (0..12).map(|i| (point as u8).wrapping_mul(i)).collect(),
+            payload: vec![point as u8; (point as usize * 13) % 200],
+        });
+        builder
+            .add(
+                Key {
+                    collection: 3,
+                    point: point * 3,
+                },
+                point + 1,
+                entry.as_ref(),
+                None,
+            )
+            .expect("add to a seed table");
+    }
+    drop(builder.finish(1, 10, None).expect("finish a seed table"));
+    let bytes = std::fs::read(&path).expect("read the seed table");
+    let _ = std::fs::remove_file(&path);
+    bytes
+}
+
 /// Seed inputs for the corpus: every sample request and response, in every useful mode,
 /// and streams of them. Returned as (target, name, bytes).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -575,6 +694,51 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             .collect::<Vec<_>>(),
     );
     seeds.push(("manifest", "two-edits".to_owned(), manifest_log));
+    let table_edits = [
+        Edit {
+            table_next: Some(9),
+            tables_added: vec![
+                manifest::TableMeta {
+                    number: 7,
+                    level: 0,
+                    collection: 2,
+                    smallest: 1,
+                    largest: 900,
+                    file_bytes: 65_536,
+                    max_sequence: 40,
+                },
+                manifest::TableMeta {
+                    number: 8,
+                    level: 1,
+                    collection: 3,
+                    smallest: 0,
+                    largest: 0,
+                    file_bytes: 16_384,
+                    max_sequence: 12,
+                },
+            ],
+            wal_checkpoint_sequence: Some(40),
+            ..Edit::default()
+        },
+        Edit {
+            tables_removed: vec![7],
+            ..Edit::default()
+        },
+    ];
+    let table_log = record::encode_log(
+        &table_edits
+            .iter()
+            .enumerate()
+            .map(|(index, edit)| (manifest::EDIT_KIND, index as u64 + 1, edit.encode()))
+            .collect::<Vec<_>>(),
+    );
+    seeds.push(("manifest", "table-edits".to_owned(), table_log));
+    let sample = sample_table();
+    for (name, mode) in [("plain", 0u8), ("sealed", TABLE_MODE_SEAL)] {
+        let mut input = vec![mode];
+        input.extend_from_slice(&sample);
+        seeds.push(("sstable_file", format!("forty-entries-{name}"), input));
+    }
     let mut builder = BlockBuilder::new();
     for (point, value) in [
         (1u64, Some(&b"one"[..])),

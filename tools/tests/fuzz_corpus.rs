@@ -76,6 +76,9 @@ fn seeds_exercise_the_accepting_paths() {
             "sstable_block" => {
                 assert_eq!(fuzz::sstable_block(&data), 3, "{name}");
             }
+            "sstable_file" => {
+                assert_eq!(fuzz::sstable_file(&data), 40, "{name}");
+            }
             "stream" => {
                 let decoded = fuzz::stream(&data);
                 // Every sample request, plus the large search.
@@ -141,4 +144,26 @@ fn a_damaged_manifest_is_refused_not_a_panic() {
 #[test]
 fn sstable_block_corpus_replays() {
     replay_target("sstable_block", fuzz::sstable_block);
+}
+
+#[test]
+fn sstable_file_corpus_replays() {
+    replay_target("sstable_file", fuzz::sstable_file);
+}
+
+#[test]
+fn a_damaged_table_is_refused_or_quarantined_not_a_panic() {
+    let mut input = vec![0u8];
+    input.extend_from_slice(&fuzz::sample_table());
+    assert_eq!(fuzz::sstable_file(&input), 40);
+    // A flipped bit in the first data block: opening works, reading it does not.
+    let mut damaged = input.clone();
+    damaged[1 + 40] ^= 0x20;
+    assert_eq!(fuzz::sstable_file(&damaged), 0);
+    // A flipped bit in the footer, resealed: the decoder refuses the layout.
+    let mut footer = input.clone();
+    let at = footer.len() - 4096 + 20;
+    footer[at] ^= 0x01;
+    footer[0] = fuzz::TABLE_MODE_SEAL;
+    assert_eq!(fuzz::sstable_file(&footer), 0);
 }

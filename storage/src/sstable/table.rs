@@ -1,5 +1,6 @@
 //! The SSTable file: data blocks, the aligned vector region, and the meta blocks that find
-//! and check them. One table holds one collection's points, all with vectors of one length.
+//! and check them. One table holds one collection's points; the vectors of the table's
+//! length (the first put's) live in the region, any other length inline in its data block.
 //!
 //! ```text
 //! offset 0        data blocks (block.rs), 4 KiB units, keys strictly increasing
@@ -16,7 +17,8 @@
 //! A meta block is `payload | zero padding | payload_len u32 | crc32c u32`, padded to whole
 //! 4 KiB units, the CRC over every byte before it. The sections are contiguous and in this
 //! order; the footer's offsets must say so exactly. A put's value in a data block is
-//! `slot u32 | payload`, `slot` indexing the vector region.
+//! `slot u32 | payload`, `slot` indexing the vector region, or, for a vector whose length is
+//! not the table's, `0xFFFFFFFF u32 | vector_len u32 | vector | payload`.
 //!
 //! Pair assertions: every block is parsed before it is written (block.rs, and [`seal`] for
 //! meta blocks), and a finished table is reopened and verified end to end before the builder
@@ -45,6 +47,8 @@ pub const VECTOR_ALIGN_BYTES: usize = 64;
 pub const VECTOR_BYTES_MAX: usize = 64 << 10;
 const UNIT: usize = BLOCK_UNIT_BYTES;
 const INDEX_ENTRY_BYTES: usize = 8 + 8 + 4;
+/// The slot of a put whose vector is stored inline.
+const SLOT_INLINE: u32 = u32::MAX;
 const FOOTER_PAYLOAD_BYTES: usize = 8 + 4 + 4 + 8 * 3 + 4 + 4 + 8 * 6 + 8 * 6;
 /// The largest meta block accepted at open.
 const META_BYTES_MAX: usize = 256 << 20;
@@ -207,6 +211,8 @@ pub struct Footer {
     pub entries: u64,
     /// Tombstones among them.
     pub tombstones: u64,
+    /// Puts whose vector is stored inline (its length is not the table's).
+    pub inline_vectors: u64,
     /// The smallest point id.
     pub smallest: u64,
     /// The largest point id.
@@ -234,7 +240,7 @@ impl Footer {
             self.vector_count,
             self.entries,
             self.tombstones,
-            0, // reserved
+            self.inline_vectors,
             self.smallest,
             self.largest,
             self.min_sequence,
@@ -271,7 +277,7 @@ impl Footer {
         for value in &mut rest {
             *value = fields.u64()?;
         }
-        let [bloom_offset, footer_offset, vector_count, entries, tombstones, _, smallest, largest, min_sequence, max_sequence, _, _] =
+        let [bloom_offset, footer_offset, vector_count, entries, tombstones, inline_vectors, smallest, largest, min_sequence, max_sequence, _, _] =
             rest;
         let footer = Footer {
             collection,
@@ -285,6 +291,7 @@ impl Footer {
             footer_offset,
             entries,
             tombstones,
+            inline_vectors,
             smallest,
             largest,
             min_sequence,
@@ -327,7 +334,8 @@ impl Footer {
         }
         if self.entries == 0
             || self.tombstones > self.entries
-            || self.vector_count != self.entries - self.tombstones
+            || self.vector_count.checked_add(self.inline_vectors)
+                != Some(self.entries - self.tombstones)
             || self.smallest > self.largest
             || self.min_sequence > self.max_sequence
         {
@@ -361,7 +369,8 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct TableBuilder {
     path: PathBuf,
-    file: io::BufWriter<File>,
+    /// `None` once finished; a builder dropped before then deletes its file.
+    file: Option<io::BufWriter<File>>,
     footer: Footer,
     vector_bytes: Option<usize>,
     block: BlockBuilder,
@@ -383,7 +392,7 @@ impl TableBuilder {
             .map_err(io_error("create", path))?;
         Ok(TableBuilder {
             path: path.to_owned(),
-            file: io::BufWriter::with_capacity(256 << 10, file),
+            file: Some(io::BufWriter::with_capacity(256 << 10, file)),
             footer: Footer {
                 collection,
                 min_sequence: u64::MAX,
@@ -400,14 +409,9 @@ impl TableBuilder {
         })
     }
 
-    /// Whether an entry of `key` with a vector of `vector_len` bytes (`None`: a tombstone)
-    /// may be added to this table.
-    pub fn accepts(&self, key: &Key, vector_len: Option<usize>) -> bool {
+    /// Whether an entry of `key` may be added to this table (it is of the same collection).
+    pub fn accepts(&self, key: &Key) -> bool {
         key.collection == self.footer.collection
-            && match (vector_len, self.vector_bytes) {
-                (Some(len), Some(held)) => len == held,
-                _ => true,
-            }
     }
 
     /// Bytes written or buffered so far.
@@ -429,7 +433,7 @@ impl TableBuilder {
         point: Option<&Point>,
         limiter: Option<&mut RateLimiter>,
     ) -> Result<(), StorageError> {
-        debug_assert!(self.accepts(&key, point.map(|p| p.vector.len())));
+        debug_assert!(self.accepts(&key));
         debug_assert!(self.last_point.is_none_or(|last| last < key.point));
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
@@ -441,17 +445,27 @@ impl TableBuilder {
                         point.vector.len()
                     )));
                 }
-                let stride = *self.vector_bytes.get_or_insert(point.vector.len());
-                let stride = stride.div_ceil(VECTOR_ALIGN_BYTES) * VECTOR_ALIGN_BYTES;
-                let slot = u32::try_from(self.footer.vector_count).map_err(|_| {
-                    StorageError::Invalid("more than 2^32 vectors in one table".to_owned())
-                })?;
-                scratch.extend_from_slice(&slot.to_le_bytes());
+                let table_len = *self.vector_bytes.get_or_insert(point.vector.len());
+                if point.vector.len() == table_len {
+                    let stride = table_len.div_ceil(VECTOR_ALIGN_BYTES) * VECTOR_ALIGN_BYTES;
+                    let slot = u32::try_from(self.footer.vector_count)
+                        .ok()
+                        .filter(|&slot| slot != SLOT_INLINE)
+                        .ok_or_else(|| {
+                            StorageError::Invalid("too many vectors in one table".to_owned())
+                        })?;
+                    scratch.extend_from_slice(&slot.to_le_bytes());
+                    let start = self.vectors.len();
+                    self.vectors.resize(start + stride, 0);
+                    self.vectors[start..start + point.vector.len()].copy_from_slice(&point.vector);
+                    self.footer.vector_count += 1;
+                } else {
+                    scratch.extend_from_slice(&SLOT_INLINE.to_le_bytes());
+                    scratch.extend_from_slice(&(point.vector.len() as u32).to_le_bytes());
+                    scratch.extend_from_slice(&point.vector);
+                    self.footer.inline_vectors += 1;
+                }
                 scratch.extend_from_slice(&point.payload);
-                let start = self.vectors.len();
-                self.vectors.resize(start + stride, 0);
-                self.vectors[start..start + point.vector.len()].copy_from_slice(&point.vector);
-                self.footer.vector_count += 1;
                 true
             }
             None => {
@@ -501,8 +515,10 @@ impl TableBuilder {
         if let Some(limiter) = limiter {
             limiter.throttle(bytes.len() as u64);
         }
-        self.file
-            .write_all(bytes)
+        let Some(file) = self.file.as_mut() else {
+            return Err(StorageError::Invalid("the table is finished".to_owned()));
+        };
+        file.write_all(bytes)
             .map_err(io_error("write", &self.path))?;
         self.offset += bytes.len() as u64;
         Ok(())
@@ -552,16 +568,38 @@ impl TableBuilder {
         self.footer.footer_offset = self.offset;
         let footer = seal(&self.footer.encode());
         self.write(&footer, limiter)?;
-        let file = self
-            .file
+        let Some(writer) = self.file.take() else {
+            return Err(StorageError::Invalid("the table is finished".to_owned()));
+        };
+        let result = writer
             .into_inner()
-            .map_err(|error| io_error("write", &self.path)(error.into_error()))?;
-        file.sync_all().map_err(io_error("fsync", &self.path))?;
-        drop(file);
-        // The assertion after the write: what is on disk opens and verifies whole.
-        let table = Table::open(&self.path, number)?;
-        table.verify(None)?;
-        Ok(table)
+            .map_err(|error| io_error("write", &self.path)(error.into_error()))
+            .and_then(|file| file.sync_all().map_err(io_error("fsync", &self.path)))
+            .and_then(|()| {
+                // The assertion after the write: what is on disk opens and verifies whole.
+                let table = Table::open(&self.path, number)?;
+                table.verify(None, None)?;
+                Ok(table)
+            });
+        if result.is_err() {
+            self.remove_file();
+        }
+        result
+    }
+
+    fn remove_file(&self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "cannot remove an abandoned SSTable");
+        }
+    }
+}
+
+impl Drop for TableBuilder {
+    /// A table abandoned before `finish` (a failed write, a stopped job) is deleted.
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            self.remove_file();
+        }
     }
 }
 
@@ -884,11 +922,27 @@ impl Table {
         let point = match value {
             None => None,
             Some(value) => {
-                let Some((slot, payload)) = value.split_first_chunk::<4>() else {
+                let Some((slot, rest)) = value.split_first_chunk::<4>() else {
                     return Err(corrupt(&self.path, Section::Data, 0, "put without a slot"));
                 };
-                let vector = self.vector(u32::from_le_bytes(*slot))?;
-                Some(Point::new(vector, payload))
+                match u32::from_le_bytes(*slot) {
+                    SLOT_INLINE => {
+                        let inline = rest.split_first_chunk::<4>().and_then(|(len, rest)| {
+                            let len = u32::from_le_bytes(*len) as usize;
+                            (len <= rest.len()).then(|| rest.split_at(len))
+                        });
+                        let Some((vector, payload)) = inline else {
+                            return Err(corrupt(
+                                &self.path,
+                                Section::Data,
+                                0,
+                                "inline vector past its entry",
+                            ));
+                        };
+                        Some(Point::new(vector, payload))
+                    }
+                    slot => Some(Point::new(self.vector(slot)?, rest)),
+                }
             }
         };
         Ok(Entry {
@@ -948,10 +1002,19 @@ impl Table {
     /// Checks every block and every vector unit against its checksum (the meta blocks were
     /// checked at open and are checked again here), through `limiter` when given. Corruption
     /// quarantines the table.
-    pub fn verify(&self, mut limiter: Option<&mut RateLimiter>) -> Result<u64, StorageError> {
+    /// `stop`, when given and set, ends the walk early with [`StorageError::Closed`].
+    pub fn verify(
+        &self,
+        mut limiter: Option<&mut RateLimiter>,
+        stop: Option<&AtomicBool>,
+    ) -> Result<u64, StorageError> {
+        let stopped = || stop.is_some_and(|stop| stop.load(Ordering::Acquire));
         self.guarded(|| {
             let mut bytes = 0u64;
             for index in 0..self.index.len() {
+                if stopped() {
+                    return Err(StorageError::Closed("stopping"));
+                }
                 if let Some(limiter) = limiter.as_deref_mut() {
                     limiter.throttle(u64::from(self.index[index].len));
                 }
@@ -959,6 +1022,9 @@ impl Table {
                 bytes += u64::from(self.index[index].len);
             }
             for unit in 0..self.vector_crcs.len() {
+                if stopped() {
+                    return Err(StorageError::Closed("stopping"));
+                }
                 if let Some(limiter) = limiter.as_deref_mut() {
                     limiter.throttle(UNIT as u64);
                 }
@@ -1059,6 +1125,11 @@ impl Iterator for TableIter {
         if self.failed {
             return None;
         }
+        if self.table.is_quarantined.load(Ordering::Acquire) {
+            // A placeholder has no index: without this a scan would skip it silently.
+            self.failed = true;
+            return Some(self.table.check_quarantine().map(|()| unreachable_entry()));
+        }
         while self.next == self.entries.len() {
             if self.block == self.table.index.len() {
                 return None;
@@ -1087,18 +1158,20 @@ impl Iterator for TableIter {
                 }
             }
         }
-        let entry = std::mem::replace(
-            &mut self.entries[self.next],
-            Entry {
-                key: Key {
-                    collection: 0,
-                    point: 0,
-                },
-                sequence: 0,
-                point: None,
-            },
-        );
+        let entry = std::mem::replace(&mut self.entries[self.next], unreachable_entry());
         self.next += 1;
         Some(Ok(entry))
+    }
+}
+
+/// A placeholder entry (moved-out slots; never handed out as data).
+fn unreachable_entry() -> Entry {
+    Entry {
+        key: Key {
+            collection: 0,
+            point: 0,
+        },
+        sequence: 0,
+        point: None,
     }
 }
