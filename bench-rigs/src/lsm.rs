@@ -138,6 +138,52 @@ impl Workload {
     }
 }
 
+/// Runs the load: `write_group(workload, n)` writes `n` upserts and returns once they are
+/// durable. Returns the seconds it took and the block-layer bytes written per user byte.
+fn load(
+    config: &LsmBenchConfig,
+    mut write_group: impl FnMut(&mut Workload, u64) -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut workload = Workload::new(config.keys, config.value_bytes);
+    let written_before = write_bytes();
+    let started = Instant::now();
+    let mut done = 0u64;
+    while done < config.ops {
+        let group = (config.batch as u64).min(config.ops - done);
+        write_group(&mut workload, group)?;
+        done += group;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((
+        seconds,
+        (write_bytes() - written_before) as f64 / user_bytes(config),
+    ))
+}
+
+fn user_bytes(config: &LsmBenchConfig) -> f64 {
+    (config.ops * (12 + config.value_bytes as u64)) as f64
+}
+
+/// Random point lookups over the key space: `get(point)` says whether it was found.
+/// Returns lookups per second and misses.
+fn lookups(
+    config: &LsmBenchConfig,
+    mut get: impl FnMut(u64) -> anyhow::Result<bool>,
+) -> anyhow::Result<(f64, u64)> {
+    let mut probe = 7u64;
+    let mut misses = 0;
+    let started = Instant::now();
+    for _ in 0..config.lookups {
+        if !get(splitmix(&mut probe) % config.keys)? {
+            misses += 1;
+        }
+    }
+    Ok((
+        config.lookups as f64 / started.elapsed().as_secs_f64(),
+        misses,
+    ))
+}
+
 fn fjall_key(point: u64) -> [u8; 12] {
     let mut key = [0u8; 12];
     key[..4].copy_from_slice(&1u32.to_be_bytes());
@@ -155,15 +201,10 @@ fn run_vortex(config: &LsmBenchConfig) -> anyhow::Result<LsmRun> {
         ..StoreOptions::default()
     };
     let (mut store, _) = Store::open(env, &dir, options, Default::default())?;
-    let mut workload = Workload::new(config.keys, config.value_bytes);
     let written_before = write_bytes();
-    let started = Instant::now();
-    let mut done = 0u64;
-    while done < config.ops {
-        let group = (config.batch as u64).min(config.ops - done);
+    let (load_seconds, write_amplification) = load(config, |workload, group| {
         let mut last = 0;
-        let mut issued = 0;
-        while issued < group {
+        for _ in 0..group {
             let (point, value) = workload.next();
             let key = Key {
                 collection: 1,
@@ -181,34 +222,23 @@ fn run_vortex(config: &LsmBenchConfig) -> anyhow::Result<LsmRun> {
                     Err(error) => return Err(error.into()),
                 }
             }
-            issued += 1;
         }
         while store.poll(Some(Duration::from_millis(5)))? < last {}
-        done += group;
-    }
-    let load_seconds = started.elapsed().as_secs_f64();
-    let user_bytes = config.ops * (12 + config.value_bytes as u64);
-    let write_amplification = (write_bytes() - written_before) as f64 / user_bytes as f64;
+        Ok(())
+    })?;
     let internal = store.stats().write_amplification();
     let l0_tables = store.stats().levels[0].tables;
-    let mut probe = 7u64;
-    let mut misses = 0;
-    let started = Instant::now();
-    for _ in 0..config.lookups {
-        let point = splitmix(&mut probe) % config.keys;
+    let (lookups_per_second, misses) = lookups(config, |point| {
         let key = Key {
             collection: 1,
             point,
         };
-        if store.get(&key)?.is_none() {
-            misses += 1;
-        }
-    }
-    let lookup_seconds = started.elapsed().as_secs_f64();
+        Ok(store.get(&key)?.is_some())
+    })?;
     let settling = Instant::now();
     store.wait_idle()?;
     let settle_seconds = settling.elapsed().as_secs_f64();
-    let settled = (write_bytes() - written_before) as f64 / user_bytes as f64;
+    let settled = (write_bytes() - written_before) as f64 / user_bytes(config);
     let stats = store.stats();
     eprintln!("vortex levels after settling: {:?}", stats.levels);
     store.close()?;
@@ -221,7 +251,7 @@ fn run_vortex(config: &LsmBenchConfig) -> anyhow::Result<LsmRun> {
         write_amplification,
         write_amplification_internal: Some(internal),
         lookups: config.lookups,
-        lookups_per_second: config.lookups as f64 / lookup_seconds,
+        lookups_per_second,
         lookup_misses: misses,
         disk_bytes: disk_bytes(&dir),
         l0_tables_after_load: Some(l0_tables),
@@ -237,32 +267,16 @@ fn run_fjall(config: &LsmBenchConfig) -> anyhow::Result<LsmRun> {
     let items = keyspace
         .open_partition("items", fjall::PartitionCreateOptions::default())
         .context("fjall partition")?;
-    let mut workload = Workload::new(config.keys, config.value_bytes);
-    let written_before = write_bytes();
-    let started = Instant::now();
-    let mut done = 0u64;
-    while done < config.ops {
-        let group = (config.batch as u64).min(config.ops - done);
+    let (load_seconds, write_amplification) = load(config, |workload, group| {
         for _ in 0..group {
             let (point, value) = workload.next();
             items.insert(fjall_key(point), value)?;
         }
         keyspace.persist(fjall::PersistMode::SyncData)?;
-        done += group;
-    }
-    let load_seconds = started.elapsed().as_secs_f64();
-    let user_bytes = config.ops * (12 + config.value_bytes as u64);
-    let write_amplification = (write_bytes() - written_before) as f64 / user_bytes as f64;
-    let mut probe = 7u64;
-    let mut misses = 0;
-    let started = Instant::now();
-    for _ in 0..config.lookups {
-        let point = splitmix(&mut probe) % config.keys;
-        if items.get(fjall_key(point))?.is_none() {
-            misses += 1;
-        }
-    }
-    let lookup_seconds = started.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    let (lookups_per_second, misses) =
+        lookups(config, |point| Ok(items.get(fjall_key(point))?.is_some()))?;
     drop(items);
     drop(keyspace);
     Ok(LsmRun {
@@ -274,7 +288,7 @@ fn run_fjall(config: &LsmBenchConfig) -> anyhow::Result<LsmRun> {
         write_amplification,
         write_amplification_internal: None,
         lookups: config.lookups,
-        lookups_per_second: config.lookups as f64 / lookup_seconds,
+        lookups_per_second,
         lookup_misses: misses,
         disk_bytes: disk_bytes(&dir),
         l0_tables_after_load: None,

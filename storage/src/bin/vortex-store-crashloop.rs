@@ -111,19 +111,7 @@ fn open(dir: &Path, hooks: StoreHooks) -> Result<(Store<PosixEnv>, usize), Strin
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = if args.first().map(String::as_str) == Some("child") {
-        child(&args[1..])
-    } else {
-        parent(&args)
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("FAIL: {message}");
-            ExitCode::from(2)
-        }
-    }
+    crashloop::run(child, parent)
 }
 
 /// The child: write batches until killed.

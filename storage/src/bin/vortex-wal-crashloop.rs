@@ -65,19 +65,7 @@ fn record_for(key: u64, sequence: u64) -> (u8, Vec<u8>) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = if args.first().map(String::as_str) == Some("child") {
-        child(&args[1..])
-    } else {
-        parent(&args)
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("FAIL: {message}");
-            ExitCode::from(2)
-        }
-    }
+    crashloop::run(child, parent)
 }
 
 /// The child: replay and check, then append until killed.

@@ -3,8 +3,29 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, ExitCode};
 use std::sync::mpsc;
+
+/// A role of the binary: the arguments after its name.
+pub type Role = fn(&[String]) -> Result<(), String>;
+
+/// `main` of a crash-loop binary: `child ARGS…` runs `child`, anything else `parent`; a
+/// failure is printed as `FAIL: …` with exit status 2.
+pub fn run(child: Role, parent: Role) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("child") {
+        child(&args[1..])
+    } else {
+        parent(&args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("FAIL: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// The value after `name` in `args`.
 pub fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
