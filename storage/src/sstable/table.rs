@@ -861,6 +861,7 @@ impl Table {
                 if first.collection == self.footer.collection
                     && last.collection == self.footer.collection
                     && last.point == entry.last_point
+                    && (index > 0 || first.point == self.footer.smallest)
                     && (index == 0 || first.point > self.index[index - 1].last_point) =>
             {
                 Ok(block)
