@@ -1,7 +1,20 @@
 //! The shard engine: the per-core owner of collections and points.
 //!
-//! Owns collections (schema, catalog), durable point writes through the storage engine,
-//! segments with their side-car HNSW indexes, and filtered search merged over the memtable and
-//! every live segment. One instance per LEU; a reactor calls it and never waits on it.
+//! One instance per LEU; its reactor calls it and never waits on it (index builds, flushes
+//! and compactions run on the storage engine's bounded background pool).
 //!
-//! Empty until issue #7 fills it.
+//! - [`catalog`]: collections (name, dimension, metric, HNSW parameters, vector type),
+//!   persisted in one file replaced atomically; ids never reused.
+//! - [`payload`]: the stored payload encoding and payload filters.
+//! - [`sidecar`]: the side-car HNSW index of each SSTable, built by the compaction hook.
+//! - [`engine`]: [`Shard`]: create/drop/list/describe, upsert/delete/get, search over the
+//!   MemTables (exactly) and every live segment (through its index), newest versions only.
+
+pub mod catalog;
+pub mod engine;
+pub mod error;
+pub mod payload;
+pub mod sidecar;
+
+pub use engine::{SearchRequest, Shard, ShardOpenReport, ShardOptions, ShardStats};
+pub use error::ShardError;

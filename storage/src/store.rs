@@ -144,6 +144,13 @@ pub trait CompactionHook: Send + Sync {
     fn retain(&self, live: &BTreeSet<u64>) {
         let _ = live;
     }
+
+    /// Whether entries of `collection` are kept: flushes and compactions drop those of a
+    /// collection for which this says no (a dropped collection's data is reclaimed so).
+    fn keep_collection(&self, collection: u32) -> bool {
+        let _ = collection;
+        true
+    }
 }
 
 /// The hook when there is no side-car to build.
@@ -253,6 +260,22 @@ impl StoreStats {
     pub fn write_amplification(&self) -> f64 {
         (self.wal_bytes + self.flush_bytes + self.compaction_bytes_written) as f64
             / self.user_bytes.max(1) as f64
+    }
+}
+
+/// Where [`Store::locate`] found a key's newest version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// The table holding it (`None`: a MemTable).
+    pub table: Option<u64>,
+    /// The point, or `None` for a tombstone.
+    pub point: Option<Point>,
+}
+
+fn point_of(value: &Value) -> Option<&Point> {
+    match value {
+        Value::Put(point) => Some(point),
+        Value::Tombstone => None,
     }
 }
 
@@ -658,27 +681,7 @@ impl<E: Env> Store<E> {
 
     /// The newest version of `key`: `None` if it was never written or is deleted.
     pub fn get(&self, key: &Key) -> Result<Option<Point>, StorageError> {
-        for memtable in std::iter::once(&self.memtable).chain(self.frozen.as_deref()) {
-            match memtable.get(key) {
-                Lookup::Found(point) => return Ok(Some(point.clone())),
-                Lookup::Deleted => return Ok(None),
-                Lookup::Missing => {}
-            }
-        }
-        for table in &self.version.levels[0] {
-            if let Some(entry) = table.get(key)? {
-                return Ok(entry.point);
-            }
-        }
-        for tables in &self.version.levels[1..] {
-            let at = tables.partition_point(|table| table.largest() < *key);
-            if let Some(table) = tables.get(at).filter(|t| t.smallest() <= *key) {
-                if let Some(entry) = table.get(key)? {
-                    return Ok(entry.point);
-                }
-            }
-        }
-        Ok(None)
+        Ok(self.locate(key)?.and_then(|located| located.point))
     }
 
     /// Up to `limit` live points of `collection` with ids above `after` (from the start when
@@ -1038,7 +1041,7 @@ impl<E: Env> Store<E> {
             } => {
                 self.flush_running = false;
                 let outputs = match outputs {
-                    Ok(outputs) => outputs,
+                    Ok(outputs) => self.without_dropped(outputs),
                     Err(error) => {
                         // The frozen MemTable stays readable; maintain() flushes it again
                         // once the retry delay has passed.
@@ -1071,7 +1074,7 @@ impl<E: Env> Store<E> {
             } => {
                 self.compaction_running = false;
                 let outputs = match outputs {
-                    Ok(outputs) => outputs,
+                    Ok(outputs) => self.without_dropped(outputs),
                     Err(error) => {
                         self.background_failed("compaction", &error);
                         return Ok(());
@@ -1106,6 +1109,111 @@ impl<E: Env> Store<E> {
             }
         }
         Ok(())
+    }
+
+    /// Outputs of collections dropped while the job ran are deleted, not published.
+    fn without_dropped(&self, outputs: Vec<Arc<Table>>) -> Vec<Arc<Table>> {
+        let hook = &self.shared.hooks.compaction;
+        let (kept, dropped): (Vec<_>, Vec<_>) = outputs
+            .into_iter()
+            .partition(|table| hook.keep_collection(table.footer().collection));
+        discard(&dropped);
+        kept
+    }
+
+    /// Removes every table of `collection` in one MANIFEST edit (a dropped collection's
+    /// data goes at once; what the MemTables still hold is dropped by the next flush, as
+    /// [`CompactionHook::keep_collection`] must by then say no). Returns the tables removed.
+    pub fn remove_collection_tables(&mut self, collection: u32) -> Result<usize, StorageError> {
+        let doomed: Vec<Arc<Table>> = self
+            .version
+            .tables()
+            .filter(|(_, table)| table.footer().collection == collection)
+            .map(|(_, table)| Arc::clone(table))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let edit = Edit {
+            tables_removed: doomed.iter().map(|t| t.number()).collect(),
+            ..Edit::default()
+        };
+        self.wal.publish(None, edit)?;
+        let mut version = (*self.version).clone();
+        for tables in &mut version.levels {
+            tables.retain(|t| t.footer().collection != collection);
+        }
+        for table in &doomed {
+            let hook = Arc::clone(&self.shared.hooks.compaction);
+            table.mark_obsolete(Some(Box::new(move |number| hook.table_deleted(number))));
+        }
+        self.set_version(version);
+        Ok(doomed.len())
+    }
+
+    /// Where the newest version of `key` is: `None` when no version is held anywhere.
+    pub fn locate(&self, key: &Key) -> Result<Option<Located>, StorageError> {
+        for memtable in std::iter::once(&self.memtable).chain(self.frozen.as_deref()) {
+            match memtable.get(key) {
+                Lookup::Found(point) => {
+                    return Ok(Some(Located {
+                        table: None,
+                        point: Some(point.clone()),
+                    }))
+                }
+                Lookup::Deleted => {
+                    return Ok(Some(Located {
+                        table: None,
+                        point: None,
+                    }))
+                }
+                Lookup::Missing => {}
+            }
+        }
+        let found = |table: &Arc<Table>| -> Result<Option<Located>, StorageError> {
+            Ok(table.get(key)?.map(|entry| Located {
+                table: Some(table.number()),
+                point: entry.point,
+            }))
+        };
+        for table in &self.version.levels[0] {
+            if let Some(located) = found(table)? {
+                return Ok(Some(located));
+            }
+        }
+        for tables in &self.version.levels[1..] {
+            let at = tables.partition_point(|table| table.largest() < *key);
+            if let Some(table) = tables.get(at).filter(|t| t.smallest() <= *key) {
+                if let Some(located) = found(table)? {
+                    return Ok(Some(located));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The newest MemTable version of every point of `collection` the MemTables hold
+    /// (`None`: deleted), in point order: what a search must scan exactly, and what hides
+    /// older versions in tables.
+    pub fn memtable_points(&self, collection: u32) -> Vec<(u64, Option<&Point>)> {
+        let mut points: Vec<(u64, Option<&Point>)> = self
+            .memtable
+            .collection(collection)
+            .map(|(key, version)| (key.point, point_of(&version.value)))
+            .collect();
+        if let Some(frozen) = self.frozen.as_deref() {
+            let active = points.len();
+            for (key, version) in frozen.collection(collection) {
+                if points[..active]
+                    .binary_search_by_key(&key.point, |(id, _)| *id)
+                    .is_err()
+                {
+                    points.push((key.point, point_of(&version.value)));
+                }
+            }
+            points.sort_unstable_by_key(|(id, _)| *id);
+        }
+        points
     }
 
     fn background_failed(&mut self, what: &str, error: &StorageError) {
@@ -1183,6 +1291,7 @@ fn write_tables(
     let mut outputs: Vec<Arc<Table>> = Vec::new();
     let result = (|| {
         let mut builder: Option<(u64, TableBuilder)> = None;
+        let mut kept: Option<(u32, bool)> = None;
         for entry in entries {
             if shared.stop.load(Ordering::Acquire) {
                 return Err(StorageError::Closed("stopping"));
@@ -1193,6 +1302,15 @@ fn write_tables(
                 point,
             } = entry?;
             if point.is_none() && drop_tombstones {
+                continue;
+            }
+            if kept.is_none_or(|(collection, _)| collection != key.collection) {
+                kept = Some((
+                    key.collection,
+                    shared.hooks.compaction.keep_collection(key.collection),
+                ));
+            }
+            if kept.is_some_and(|(_, keep)| !keep) {
                 continue;
             }
             let full = builder

@@ -953,6 +953,43 @@ impl Table {
         })
     }
 
+    /// The point id of each vector-region slot, in slot order (what the side-car index
+    /// labels its nodes with). Data blocks are verified on the way.
+    pub fn region_points(&self) -> Result<Vec<u64>, StorageError> {
+        self.guarded(|| {
+            let mut points = Vec::with_capacity(self.footer.vector_count as usize);
+            for index in 0..self.index.len() {
+                for found in self.block(index)?.iter() {
+                    let slot = found
+                        .value
+                        .and_then(|value| value.first_chunk::<4>())
+                        .map(|slot| u32::from_le_bytes(*slot));
+                    match slot {
+                        Some(SLOT_INLINE) | None => {}
+                        Some(slot) if slot as usize == points.len() => points.push(found.key.point),
+                        Some(slot) => {
+                            return Err(corrupt(
+                                &self.path,
+                                Section::Data,
+                                self.index[index].offset,
+                                format!("slot {slot} out of order"),
+                            ))
+                        }
+                    }
+                }
+            }
+            if points.len() as u64 != self.footer.vector_count {
+                return Err(corrupt(
+                    &self.path,
+                    Section::Data,
+                    0,
+                    "slots do not cover the region",
+                ));
+            }
+            Ok(points)
+        })
+    }
+
     /// Whether the bloom filter and key range admit `key`.
     pub fn may_contain(&self, key: &Key) -> bool {
         key.collection == self.footer.collection

@@ -1,0 +1,567 @@
+//! The shard engine: collections, durable points and search over one LEU's LSM store.
+//!
+//! Layout of a shard's directory:
+//!
+//! ```text
+//! <dir>/CATALOG            the collections (catalog.rs)
+//! <dir>/store/             the LSM store: wal/ and tables/ (docs/STORAGE.md)
+//! <dir>/indexes/           side-car HNSW indexes, one per SSTable (sidecar.rs)
+//! ```
+//!
+//! **Writes.** A point is stored under `(collection id, point id)`: its vector as
+//! little-endian `f32` (it lands in the SSTables' aligned vector region), its payload in
+//! `payload.rs`'s encoding. `upsert` and `delete` return the sequence number of the batch's
+//! last write; the write is acknowledged once [`Shard::poll`] reports it durable. A batch
+//! refused with THROTTLED part-way may have written a prefix: upserts and deletes are
+//! idempotent, so the client retries the whole batch.
+//!
+//! **Search.** The MemTables are scanned exactly (they hold the newest versions, and their
+//! tombstones hide older ones); each live segment is searched through its side-car HNSW with
+//! a filter that admits a node only when its point's newest version is in that segment (not
+//! overwritten or deleted since) and, with a payload filter, when the payload matches. The
+//! candidates are merged by distance into the top k.
+//!
+//! **Drop** marks the collection dropped in the catalog (durably), then removes all its
+//! tables in one MANIFEST edit; what the MemTables hold of it is dropped at the next flush.
+
+use crate::catalog::{Catalog, State};
+use crate::error::ShardError;
+use crate::payload;
+use crate::sidecar::{index_metric, SideCars};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vortex_index::metric::normalize;
+use vortex_index::{Kernels, SearchParams};
+use vortex_io::RingConfig;
+use vortex_storage::{DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats};
+use vortex_vbp::message::{CollectionInfo, CollectionSpec, Filter, Hit, Payload, PointRecord};
+
+/// Results a search may ask for.
+pub const K_MAX: usize = 10_000;
+/// The largest beam width.
+pub const EF_MAX: usize = 100_000;
+/// Points one upsert, delete or get may carry.
+pub const BATCH_POINTS_MAX: usize = 65_536;
+
+/// How a shard is run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardOptions {
+    /// The LSM store's options.
+    pub store: StoreOptions,
+}
+
+/// What opening found.
+#[derive(Debug, Clone)]
+pub struct ShardOpenReport {
+    /// WAL records replayed.
+    pub replayed: u64,
+    /// Live segments (SSTables).
+    pub segments: usize,
+    /// Side-car indexes rebuilt because they were missing or damaged.
+    pub indexes_rebuilt: usize,
+    /// From the call to ready to serve.
+    pub time_to_ready: Duration,
+}
+
+/// A search request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest<'a> {
+    /// The collection.
+    pub collection: &'a str,
+    /// The query: the collection's dimension, finite.
+    pub vector: &'a [f32],
+    /// Results wanted (1 to [`K_MAX`]).
+    pub k: usize,
+    /// Beam width (0: `max(k, 64)`).
+    pub ef: usize,
+    /// Only points whose payload matches.
+    pub filter: Option<&'a Filter>,
+    /// Return each hit's payload.
+    pub with_payload: bool,
+}
+
+/// Shard statistics.
+#[derive(Debug, Clone, Default)]
+pub struct ShardStats {
+    /// Live collections.
+    pub collections: usize,
+    /// Live segments.
+    pub segments: usize,
+    /// Side-car indexes held, and their resident bytes.
+    pub indexes: usize,
+    /// Resident bytes of the indexes.
+    pub index_bytes: usize,
+    /// The store's own.
+    pub store: StoreStats,
+}
+
+/// One LEU's shard.
+pub struct Shard {
+    dir: PathBuf,
+    store: Store<PosixEnv>,
+    catalog: Catalog,
+    sidecars: Arc<SideCars>,
+    kernels: &'static Kernels,
+    scratch: Vec<u8>,
+    payload_scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_vector(vector: &[f32], dimension: usize, what: &str) -> Result<(), ShardError> {
+    if vector.len() != dimension {
+        return Err(ShardError::Invalid(format!(
+            "{what} has {} components; the collection's dimension is {dimension}",
+            vector.len()
+        )));
+    }
+    if !vector.iter().all(|x| x.is_finite()) {
+        return Err(ShardError::Invalid(format!(
+            "{what} holds a NaN or an infinity"
+        )));
+    }
+    Ok(())
+}
+
+fn decode_vector(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+impl Shard {
+    /// Opens (or creates) the shard in `dir`: catalog, store (WAL replay), side-car indexes
+    /// (mapped, missing ones rebuilt). Logs the time to ready.
+    pub fn open(dir: &Path, options: ShardOptions) -> Result<(Self, ShardOpenReport), ShardError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(dir).map_err(|e| ShardError::io("create", dir, e))?;
+        let catalog = Catalog::load(dir)?;
+        let sidecars = Arc::new(SideCars::new(&dir.join("indexes"))?);
+        for collection in catalog.live() {
+            sidecars.set_spec(collection.id, Some(collection.spec.clone()));
+        }
+        let env = PosixEnv::new(&RingConfig::plain(256), DirectIo::Auto)
+            .map_err(|e| ShardError::io("io_uring setup", dir, e))?;
+        let hooks = StoreHooks {
+            compaction: Arc::clone(&sidecars) as Arc<dyn vortex_storage::CompactionHook>,
+            ..StoreHooks::default()
+        };
+        let (mut store, report) = Store::open(env, &dir.join("store"), options.store, hooks)?;
+        // A drop interrupted between the catalog and the store finishes now.
+        let dropped: Vec<u32> = catalog.dropped().collect();
+        for id in dropped {
+            store.remove_collection_tables(id)?;
+        }
+        let tables: Vec<_> = store.tables().into_iter().map(|(_, t)| t).collect();
+        let indexes_rebuilt = sidecars.load(&tables)?;
+        let report = ShardOpenReport {
+            replayed: report.replay.records,
+            segments: tables.len(),
+            indexes_rebuilt,
+            time_to_ready: started.elapsed(),
+        };
+        tracing::info!(
+            dir = %dir.display(),
+            replayed = report.replayed,
+            segments = report.segments,
+            rebuilt = report.indexes_rebuilt,
+            ms = report.time_to_ready.as_secs_f64() * 1e3,
+            "shard ready"
+        );
+        Ok((
+            Shard {
+                dir: dir.to_owned(),
+                store,
+                catalog,
+                sidecars,
+                kernels: Kernels::active(),
+                scratch: Vec::new(),
+                payload_scratch: Vec::new(),
+            },
+            report,
+        ))
+    }
+
+    /// Creates a collection (durably in the catalog).
+    pub fn create_collection(&mut self, spec: CollectionSpec) -> Result<(), ShardError> {
+        let mut catalog = self.catalog.clone();
+        let id = catalog.create(spec.clone())?;
+        catalog.save(&self.dir)?;
+        self.catalog = catalog;
+        self.sidecars.set_spec(id, Some(spec));
+        Ok(())
+    }
+
+    /// Drops a collection: gone from the catalog at once (durably), its segments removed.
+    pub fn drop_collection(&mut self, name: &str) -> Result<(), ShardError> {
+        let mut catalog = self.catalog.clone();
+        let id = catalog.drop_collection(name)?;
+        catalog.save(&self.dir)?;
+        self.catalog = catalog;
+        self.sidecars.set_spec(id, None);
+        self.store.remove_collection_tables(id)?;
+        Ok(())
+    }
+
+    fn collection(&self, name: &str) -> Result<(u32, CollectionSpec), ShardError> {
+        self.catalog
+            .by_name(name)
+            .filter(|c| c.state == State::Live)
+            .map(|c| (c.id, c.spec.clone()))
+            .ok_or_else(|| ShardError::NotFound(name.to_owned()))
+    }
+
+    /// Live collections with their live point counts (counting scans the collection).
+    pub fn list_collections(&self) -> Result<Vec<CollectionInfo>, ShardError> {
+        self.catalog
+            .live()
+            .map(|c| {
+                Ok(CollectionInfo {
+                    spec: c.spec.clone(),
+                    points: self.count_points(c.id)?,
+                })
+            })
+            .collect()
+    }
+
+    /// One collection with its live point count.
+    pub fn describe_collection(&self, name: &str) -> Result<CollectionInfo, ShardError> {
+        let (id, spec) = self.collection(name)?;
+        Ok(CollectionInfo {
+            spec,
+            points: self.count_points(id)?,
+        })
+    }
+
+    fn count_points(&self, id: u32) -> Result<u64, ShardError> {
+        let mut count = 0u64;
+        let mut after = None;
+        loop {
+            let page = self.store.scan(id, after, 4096)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(count);
+            };
+            after = Some(*last);
+            count += page.len() as u64;
+        }
+    }
+
+    /// Upserts a batch: `vectors` holds `ids.len() × dimension` floats, `payloads` is empty
+    /// or one per id. Returns the sequence number to wait for (see [`Shard::poll`]).
+    pub fn upsert(
+        &mut self,
+        collection: &str,
+        ids: &[u64],
+        vectors: &[f32],
+        payloads: &[Payload],
+    ) -> Result<u64, ShardError> {
+        let (id, spec) = self.collection(collection)?;
+        let dimension = spec.dimension as usize;
+        if ids.is_empty() || ids.len() > BATCH_POINTS_MAX {
+            return Err(ShardError::Invalid(format!(
+                "an upsert carries 1 to {BATCH_POINTS_MAX} points, not {}",
+                ids.len()
+            )));
+        }
+        if vectors.len() != ids.len() * dimension {
+            return Err(ShardError::Invalid(format!(
+                "{} floats for {} points of dimension {dimension}",
+                vectors.len(),
+                ids.len()
+            )));
+        }
+        if !payloads.is_empty() && payloads.len() != ids.len() {
+            return Err(ShardError::Invalid(format!(
+                "{} payloads for {} points (give none or one each)",
+                payloads.len(),
+                ids.len()
+            )));
+        }
+        for (index, row) in vectors.chunks_exact(dimension).enumerate() {
+            check_vector(row, dimension, &format!("point {}", ids[index]))?;
+        }
+        for payload in payloads {
+            payload::validate(payload).map_err(|e| ShardError::Invalid(e.to_string()))?;
+        }
+        let mut last = 0;
+        for (index, &point) in ids.iter().enumerate() {
+            self.scratch.clear();
+            for value in &vectors[index * dimension..(index + 1) * dimension] {
+                self.scratch.extend_from_slice(&value.to_le_bytes());
+            }
+            payload::encode(payloads.get(index), &mut self.payload_scratch);
+            last = self.store.put(
+                Key {
+                    collection: id,
+                    point,
+                },
+                &self.scratch,
+                &self.payload_scratch,
+            )?;
+        }
+        Ok(last)
+    }
+
+    /// Deletes points; returns the sequence number to wait for.
+    pub fn delete(&mut self, collection: &str, ids: &[u64]) -> Result<u64, ShardError> {
+        let (id, _) = self.collection(collection)?;
+        if ids.is_empty() || ids.len() > BATCH_POINTS_MAX {
+            return Err(ShardError::Invalid(format!(
+                "a delete carries 1 to {BATCH_POINTS_MAX} ids, not {}",
+                ids.len()
+            )));
+        }
+        let mut last = 0;
+        for &point in ids {
+            last = self.store.delete(Key {
+                collection: id,
+                point,
+            })?;
+        }
+        Ok(last)
+    }
+
+    /// Moves writes and background work forward; returns the durable sequence number.
+    pub fn poll(&mut self, wait: Option<Duration>) -> Result<u64, ShardError> {
+        Ok(self.store.poll(wait)?)
+    }
+
+    /// Waits until every write so far is durable (acknowledged) and visible.
+    pub fn sync(&mut self) -> Result<u64, ShardError> {
+        Ok(self.store.sync()?)
+    }
+
+    /// The points that exist, in request order.
+    pub fn get(
+        &self,
+        collection: &str,
+        ids: &[u64],
+        with_vectors: bool,
+        with_payload: bool,
+    ) -> Result<Vec<PointRecord>, ShardError> {
+        let (id, _) = self.collection(collection)?;
+        if ids.len() > BATCH_POINTS_MAX {
+            return Err(ShardError::Invalid(format!(
+                "a get carries at most {BATCH_POINTS_MAX} ids"
+            )));
+        }
+        let mut points = Vec::new();
+        for &point in ids {
+            let key = Key {
+                collection: id,
+                point,
+            };
+            if let Some(found) = self.store.get(&key)? {
+                points.push(PointRecord {
+                    id: point,
+                    vector: if with_vectors {
+                        decode_vector(&found.vector)
+                    } else {
+                        Vec::new()
+                    },
+                    payload: if with_payload {
+                        self.decode_payload(&found.payload)?
+                    } else {
+                        None
+                    },
+                });
+            }
+        }
+        Ok(points)
+    }
+
+    fn decode_payload(&self, bytes: &[u8]) -> Result<Option<Payload>, ShardError> {
+        payload::decode(bytes).map_err(|error| ShardError::Corrupt {
+            path: self.dir.join("store"),
+            detail: error.to_string(),
+        })
+    }
+
+    /// The `k` nearest live points (newest versions only) that match the filter.
+    pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<Hit>, ShardError> {
+        let (id, spec) = self.collection(request.collection)?;
+        let dimension = spec.dimension as usize;
+        check_vector(request.vector, dimension, "the query")?;
+        if request.k == 0 || request.k > K_MAX {
+            return Err(ShardError::Invalid(format!("k must be 1 to {K_MAX}")));
+        }
+        if request.ef > EF_MAX {
+            return Err(ShardError::Invalid(format!("ef must be at most {EF_MAX}")));
+        }
+        if let Some(filter) = request.filter {
+            payload::validate_filter(filter).map_err(|e| ShardError::Invalid(e.to_string()))?;
+        }
+        let k = request.k;
+        let ef = if request.ef == 0 {
+            k.max(64)
+        } else {
+            request.ef.max(k)
+        };
+        let metric = index_metric(spec.metric);
+        let mut query = request.vector.to_vec();
+        if metric.normalizes() {
+            normalize(&mut query);
+        }
+        let mut candidates: Vec<(f32, u64)> = Vec::new();
+
+        // The MemTables: exact, and their versions hide everything older.
+        let fresh = self.store.memtable_points(id);
+        let mut row = Vec::with_capacity(dimension);
+        for (point, found) in &fresh {
+            let Some(found) = found else { continue };
+            if found.vector.len() != dimension * 4 {
+                continue;
+            }
+            if let Some(filter) = request.filter {
+                if !payload::matches(filter, self.decode_payload(&found.payload)?.as_ref()) {
+                    continue;
+                }
+            }
+            row.clear();
+            row.extend(decode_vector(&found.vector));
+            if metric.normalizes() {
+                normalize(&mut row);
+            }
+            candidates.push((metric.distance(self.kernels, &query, &row), *point));
+        }
+
+        // Each segment through its index, admitting only points whose newest version it holds.
+        for (_, table) in self.store.tables() {
+            if table.footer().collection != id {
+                continue;
+            }
+            let number = table.number();
+            let Some(index) = self.sidecars.index(number) else {
+                if table.footer().vector_count == 0 {
+                    continue;
+                }
+                return Err(ShardError::Index {
+                    table: number,
+                    detail: "no side-car index for a live segment".to_owned(),
+                });
+            };
+            let verdicts: RefCell<HashMap<u32, bool>> = RefCell::new(HashMap::new());
+            let failure: RefCell<Option<ShardError>> = RefCell::new(None);
+            let admits = |node: u32| -> bool {
+                if let Some(known) = verdicts.borrow().get(&node) {
+                    return *known;
+                }
+                let verdict = (|| -> Result<bool, ShardError> {
+                    let Some(point) = index.label(node) else {
+                        return Ok(false);
+                    };
+                    if fresh.binary_search_by_key(&point, |(p, _)| *p).is_ok() {
+                        return Ok(false); // a MemTable version is newer
+                    }
+                    let key = Key {
+                        collection: id,
+                        point,
+                    };
+                    let Some(located) = self.store.locate(&key)? else {
+                        return Ok(false);
+                    };
+                    if located.table != Some(number) {
+                        return Ok(false); // overwritten or deleted in a newer segment
+                    }
+                    let Some(found) = located.point else {
+                        return Ok(false);
+                    };
+                    Ok(match request.filter {
+                        Some(filter) => {
+                            payload::matches(filter, self.decode_payload(&found.payload)?.as_ref())
+                        }
+                        None => true,
+                    })
+                })();
+                let verdict = verdict.unwrap_or_else(|error| {
+                    failure.borrow_mut().get_or_insert(error);
+                    false
+                });
+                verdicts.borrow_mut().insert(node, verdict);
+                verdict
+            };
+            let params = SearchParams {
+                k,
+                ef,
+                ..SearchParams::default()
+            };
+            let found = index
+                .search_filtered(request.vector, &params, &admits)
+                .map_err(|error| ShardError::Index {
+                    table: number,
+                    detail: error.to_string(),
+                })?;
+            if let Some(error) = failure.into_inner() {
+                return Err(error);
+            }
+            candidates.extend(found.iter().map(|n| (n.distance, n.label)));
+        }
+
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        candidates.truncate(k);
+        let mut hits = Vec::with_capacity(candidates.len());
+        for (distance, point) in candidates {
+            let payload = if request.with_payload {
+                let key = Key {
+                    collection: id,
+                    point,
+                };
+                match self.store.get(&key)? {
+                    Some(found) => self.decode_payload(&found.payload)?,
+                    None => None,
+                }
+            } else {
+                None
+            };
+            hits.push(Hit {
+                id: point,
+                distance,
+                payload,
+            });
+        }
+        Ok(hits)
+    }
+
+    /// Flushes the MemTable into a segment (and its index) and waits for it.
+    pub fn flush(&mut self) -> Result<(), ShardError> {
+        Ok(self.store.flush()?)
+    }
+
+    /// Merges every segment (tests and operators).
+    pub fn compact_all(&mut self) -> Result<(), ShardError> {
+        Ok(self.store.compact_all()?)
+    }
+
+    /// Waits until no flush or compaction is running or due.
+    pub fn wait_idle(&mut self) -> Result<(), ShardError> {
+        Ok(self.store.wait_idle()?)
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> ShardStats {
+        let (indexes, index_bytes) = self.sidecars.footprint();
+        let store = self.store.stats();
+        ShardStats {
+            collections: self.catalog.live().count(),
+            segments: store.levels.iter().map(|level| level.tables).sum(),
+            indexes,
+            index_bytes,
+            store,
+        }
+    }
+
+    /// Finishes background work and makes every write durable.
+    pub fn close(self) -> Result<(), ShardError> {
+        Ok(self.store.close()?)
+    }
+}

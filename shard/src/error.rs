@@ -1,0 +1,64 @@
+//! The shard engine's error type.
+
+use std::path::{Path, PathBuf};
+use vortex_storage::StorageError;
+
+/// What can go wrong in the shard engine.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// A request that breaks a rule or a limit; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// No live collection of that name.
+    #[error("collection {0:?} does not exist")]
+    NotFound(String),
+    /// A live collection of that name exists already.
+    #[error("collection {0:?} exists already")]
+    Exists(String),
+    /// The storage engine failed (or said THROTTLED).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A file operation of the shard itself failed.
+    #[error("{operation} {path}: {source}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A shard file that cannot be understood.
+    #[error("{path} is corrupt: {detail}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An index failed to build, load or search.
+    #[error("index of segment {table}: {detail}")]
+    Index {
+        /// The segment's table number.
+        table: u64,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl ShardError {
+    /// An I/O error with its context.
+    pub fn io(operation: &'static str, path: &Path, source: std::io::Error) -> Self {
+        ShardError::Io {
+            operation,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whether the request may simply be retried shortly (THROTTLED).
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, ShardError::Storage(StorageError::Throttled(_)))
+    }
+}

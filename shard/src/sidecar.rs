@@ -1,0 +1,215 @@
+//! Side-car indexes: an HNSW graph per SSTable, built by the storage engine's compaction hook
+//! while a flush or compaction runs, durable before the table is published.
+//!
+//! For each table of a live collection, [`SideCars::table_written`] reads the table's vector
+//! region (the mapped file, slot `i` at `i × stride`), labels node `i` with the point id of
+//! slot `i` ([`Table::region_points`]), builds the graph with the collection's metric, `m`,
+//! `ef_construction` and quantization, and saves it as `<shard>/indexes/<table>.hnsw`
+//! (temporary file, sync, rename, directory sync: `Hnsw::save`). The table is published only
+//! after this returned. A deleted table's side-car is deleted with it; at open, side-cars of
+//! tables no version lists are removed, the others are mapped (no rebuild), and a missing one
+//! is rebuilt.
+//!
+//! The build copies the region into the graph's own vector array (`Hnsw::build` takes a
+//! slice); building over the mapping in place is left to a later change of `vortex-index`.
+
+use crate::error::ShardError;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use vortex_index::{BuildParams, Hnsw, Metric, Quantization};
+use vortex_storage::sstable::table::Table;
+use vortex_storage::CompactionHook;
+use vortex_vbp::message::{CollectionSpec, Metric as WireMetric, VectorType};
+
+/// The index metric of a collection's metric.
+pub fn index_metric(metric: WireMetric) -> Metric {
+    match metric {
+        WireMetric::L2 => Metric::L2,
+        WireMetric::Ip => Metric::InnerProduct,
+        WireMetric::Cosine => Metric::Cosine,
+    }
+}
+
+/// The side-car file of table `number`.
+fn sidecar_name(number: u64) -> String {
+    format!("{number:06}.hnsw")
+}
+
+fn parse_sidecar_name(name: &str) -> Option<u64> {
+    name.strip_suffix(".hnsw")?.parse().ok()
+}
+
+/// The side-car builder and registry, shared by the shard and the background workers.
+#[derive(Debug)]
+pub struct SideCars {
+    dir: PathBuf,
+    /// Live collections' schemas by id (dropped ones are absent).
+    specs: RwLock<HashMap<u32, CollectionSpec>>,
+    /// Loaded or built indexes by table number.
+    indexes: RwLock<HashMap<u64, Arc<Hnsw>>>,
+}
+
+impl SideCars {
+    /// Side-cars kept in `dir` (created if missing).
+    pub fn new(dir: &Path) -> Result<Self, ShardError> {
+        std::fs::create_dir_all(dir).map_err(|e| ShardError::io("create", dir, e))?;
+        Ok(SideCars {
+            dir: dir.to_owned(),
+            specs: RwLock::new(HashMap::new()),
+            indexes: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Records a live collection's schema (tables of unknown collections get no side-car
+    /// and are dropped by flushes and compactions).
+    pub fn set_spec(&self, id: u32, spec: Option<CollectionSpec>) {
+        if let Ok(mut specs) = self.specs.write() {
+            match spec {
+                Some(spec) => specs.insert(id, spec),
+                None => specs.remove(&id),
+            };
+        }
+    }
+
+    fn spec(&self, id: u32) -> Option<CollectionSpec> {
+        self.specs.read().ok()?.get(&id).cloned()
+    }
+
+    /// The index of table `number`, if it has one.
+    pub fn index(&self, number: u64) -> Option<Arc<Hnsw>> {
+        self.indexes.read().ok()?.get(&number).cloned()
+    }
+
+    /// Indexes held, and their resident bytes.
+    pub fn footprint(&self) -> (usize, usize) {
+        self.indexes.read().map_or((0, 0), |indexes| {
+            (
+                indexes.len(),
+                indexes.values().map(|index| index.memory_bytes()).sum(),
+            )
+        })
+    }
+
+    /// Maps the side-car of each live table, building the missing ones. Returns how many
+    /// were rebuilt.
+    pub fn load(&self, tables: &[Arc<Table>]) -> Result<usize, ShardError> {
+        let mut rebuilt = 0;
+        for table in tables {
+            if self.index(table.number()).is_some() || !self.wants_index(table) {
+                continue;
+            }
+            let path = self.dir.join(sidecar_name(table.number()));
+            match Hnsw::load(&path) {
+                Ok(index) if index.len() as u64 == table.footer().vector_count => {
+                    self.register(table.number(), index);
+                }
+                outcome => {
+                    if let Err(error) = outcome {
+                        tracing::warn!(path = %path.display(), %error, "rebuilding a side-car index");
+                    }
+                    self.build(table)?;
+                    rebuilt += 1;
+                }
+            }
+        }
+        Ok(rebuilt)
+    }
+
+    fn register(&self, number: u64, index: Hnsw) {
+        if let Ok(mut indexes) = self.indexes.write() {
+            indexes.insert(number, Arc::new(index));
+        }
+    }
+
+    /// Whether `table` gets an index: a live collection's, with vectors of its dimension.
+    fn wants_index(&self, table: &Table) -> bool {
+        let footer = table.footer();
+        self.spec(footer.collection).is_some_and(|spec| {
+            footer.vector_count > 0 && footer.vector_bytes as usize == spec.dimension as usize * 4
+        })
+    }
+
+    fn build(&self, table: &Table) -> Result<(), ShardError> {
+        let footer = table.footer();
+        let Some(spec) = self.spec(footer.collection) else {
+            return Ok(());
+        };
+        if !self.wants_index(table) {
+            return Ok(());
+        }
+        let index_error = |detail: String| ShardError::Index {
+            table: table.number(),
+            detail,
+        };
+        let dim = spec.dimension as usize;
+        let stride = footer.stride as usize;
+        let region = table.vector_region();
+        let mut vectors = Vec::with_capacity(footer.vector_count as usize * dim);
+        for row in region.chunks_exact(stride) {
+            vectors.extend(
+                row[..dim * 4]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        let labels = table.region_points()?;
+        let params = BuildParams {
+            metric: index_metric(spec.metric),
+            m: spec.m as usize,
+            ef_construction: spec.ef_construction as usize,
+            threads: 1,
+            quantization: match spec.vector_type {
+                VectorType::F32 => Quantization::None,
+                VectorType::I8 => Quantization::ScalarI8,
+            },
+            ..BuildParams::default()
+        };
+        let index = Hnsw::build(dim, &vectors, Some(&labels), &params)
+            .map_err(|error| index_error(error.to_string()))?;
+        let path = self.dir.join(sidecar_name(table.number()));
+        index
+            .save(&path)
+            .map_err(|error| index_error(error.to_string()))?;
+        self.register(table.number(), index);
+        Ok(())
+    }
+}
+
+impl CompactionHook for SideCars {
+    fn table_written(&self, table: &Table) -> Result<(), String> {
+        self.build(table).map_err(|error| error.to_string())
+    }
+
+    fn table_deleted(&self, number: u64) {
+        if let Ok(mut indexes) = self.indexes.write() {
+            indexes.remove(&number);
+        }
+        let path = self.dir.join(sidecar_name(number));
+        if let Err(error) = std::fs::remove_file(&path) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), %error, "cannot delete a side-car index");
+            }
+        }
+    }
+
+    fn retain(&self, live: &BTreeSet<u64>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let leftover = match parse_sidecar_name(&name) {
+                Some(number) => !live.contains(&number),
+                None => name.ends_with(".tmp"),
+            };
+            if leftover {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn keep_collection(&self, collection: u32) -> bool {
+        self.spec(collection).is_some()
+    }
+}

@@ -1,0 +1,367 @@
+//! The shard against an oracle: random upserts, overwrites, deletes, flushes, compactions,
+//! filters and reopens (seeded; the seed is printed), every search checked against exact
+//! brute force over a model of the live points.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use vortex_shard::{SearchRequest, Shard, ShardOptions};
+use vortex_storage::StoreOptions;
+use vortex_vbp::message::{
+    CollectionSpec, Filter, FilterNode, Metric, Payload, PayloadField, PayloadValue, VectorType,
+};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("VORTEX_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+fn options() -> ShardOptions {
+    ShardOptions {
+        store: StoreOptions {
+            memtable_bytes: 24 << 10,
+            table_bytes_target: 32 << 10,
+            l0_compaction_trigger: 3,
+            l0_stop: 10,
+            level1_bytes: 96 << 10,
+            level_multiplier: 3,
+            compaction_bytes_per_second: 0,
+            scrub_bytes_per_second: 0,
+            ..StoreOptions::default()
+        },
+    }
+}
+
+fn open(dir: &Path) -> Shard {
+    Shard::open(dir, options()).unwrap().0
+}
+
+struct Collection {
+    spec: CollectionSpec,
+    points: BTreeMap<u64, (Vec<f32>, Payload)>,
+}
+
+fn spec(name: &str, dimension: u32, metric: Metric, vector_type: VectorType) -> CollectionSpec {
+    CollectionSpec {
+        name: name.into(),
+        dimension,
+        metric,
+        m: 8,
+        ef_construction: 64,
+        vector_type,
+    }
+}
+
+fn payload_for(group: i64, rng: &mut Rng) -> Payload {
+    Payload {
+        fields: vec![
+            PayloadField {
+                key: "group".into(),
+                value: PayloadValue::Int(group),
+            },
+            PayloadField {
+                key: "score".into(),
+                value: PayloadValue::Float(rng.unit() as f64),
+            },
+        ],
+    }
+}
+
+fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| p * q).sum::<f32>();
+    match metric {
+        Metric::L2 => a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum(),
+        Metric::Ip => -dot(a, b),
+        Metric::Cosine => {
+            let norm = |x: &[f32]| dot(x, x).sqrt().max(f32::MIN_POSITIVE);
+            1.0 - dot(a, b) / (norm(a) * norm(b))
+        }
+    }
+}
+
+fn group_filter(group: i64) -> Filter {
+    Filter {
+        nodes: vec![FilterNode::Eq {
+            field: "group".into(),
+            value: PayloadValue::Int(group),
+        }],
+    }
+}
+
+/// Checks one search; returns whether the top-k ids equal the exact ones.
+fn check_search(
+    shard: &Shard,
+    collection: &Collection,
+    query: &[f32],
+    filter: Option<&Filter>,
+    context: &str,
+) -> bool {
+    let k = 10;
+    let hits = shard
+        .search(&SearchRequest {
+            collection: &collection.spec.name,
+            vector: query,
+            k,
+            ef: 400,
+            filter,
+            with_payload: true,
+        })
+        .unwrap_or_else(|e| panic!("{context}: search: {e}"));
+    let metric = collection.spec.metric;
+    let group = filter.and_then(|f| match &f.nodes[0] {
+        FilterNode::Eq {
+            value: PayloadValue::Int(group),
+            ..
+        } => Some(*group),
+        _ => None,
+    });
+    let mut exact: Vec<(f32, u64)> = collection
+        .points
+        .iter()
+        .filter(|(_, (_, payload))| {
+            group.is_none_or(|g| payload.fields[0].value == PayloadValue::Int(g))
+        })
+        .map(|(id, (vector, _))| (distance(metric, query, vector), *id))
+        .collect();
+    exact.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    exact.truncate(k);
+    // Never a deleted or stale point: every hit is live, with its current distance and
+    // payload.
+    for hit in &hits {
+        let Some((vector, payload)) = collection.points.get(&hit.id) else {
+            panic!("{context}: hit {} is not a live point", hit.id);
+        };
+        let expected = distance(metric, query, vector);
+        assert!(
+            (hit.distance - expected).abs() <= 1e-3 * (1.0 + expected.abs()),
+            "{context}: hit {} at {} but its current vector is at {expected} (stale?)",
+            hit.id,
+            hit.distance
+        );
+        assert_eq!(
+            hit.payload.as_ref(),
+            Some(payload),
+            "{context}: payload of {}",
+            hit.id
+        );
+        if let Some(g) = group {
+            assert_eq!(
+                payload.fields[0].value,
+                PayloadValue::Int(g),
+                "{context}: filter"
+            );
+        }
+    }
+    assert_eq!(hits.len(), exact.len(), "{context}: hit count");
+    let mut got: Vec<u64> = hits.iter().map(|h| h.id).collect();
+    let mut want: Vec<u64> = exact.iter().map(|(_, id)| *id).collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    got == want
+}
+
+#[test]
+fn searches_match_exact_search_over_a_model_through_writes_flushes_and_reopens() {
+    let seed = seed();
+    println!("seed {seed} (replay with VORTEX_TEST_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut shard = open(dir.path());
+    let mut collections = vec![
+        Collection {
+            spec: spec("plain", 8, Metric::L2, VectorType::F32),
+            points: BTreeMap::new(),
+        },
+        Collection {
+            spec: spec("quantized", 12, Metric::Cosine, VectorType::I8),
+            points: BTreeMap::new(),
+        },
+    ];
+    for collection in &collections {
+        shard.create_collection(collection.spec.clone()).unwrap();
+    }
+    let (mut searches, mut exact_matches) = (0u32, 0u32);
+    // Flushes and compactions published, over every open.
+    let mut background = 0u64;
+    for step in 0..700u32 {
+        let context = format!("seed {seed} step {step}");
+        let which = rng.below(2) as usize;
+        let collection = &mut collections[which];
+        let name = collection.spec.name.clone();
+        let dimension = collection.spec.dimension as usize;
+        match rng.below(100) {
+            0..=54 => {
+                let count = 1 + rng.below(24) as usize;
+                let ids: Vec<u64> = (0..count).map(|_| rng.below(400)).collect();
+                let mut vectors = Vec::new();
+                let mut payloads = Vec::new();
+                for &id in &ids {
+                    let vector: Vec<f32> = (0..dimension).map(|_| rng.unit()).collect();
+                    let payload = payload_for(rng.below(4) as i64, &mut rng);
+                    vectors.extend_from_slice(&vector);
+                    collection.points.insert(id, (vector, payload.clone()));
+                    payloads.push(payload);
+                }
+                // Duplicate ids in one batch: the last wins, as in the model.
+                loop {
+                    match shard.upsert(&name, &ids, &vectors, &payloads) {
+                        Ok(_) => break,
+                        Err(error) if error.is_throttled() => {
+                            shard
+                                .poll(Some(std::time::Duration::from_millis(5)))
+                                .unwrap();
+                        }
+                        Err(error) => panic!("{context}: upsert: {error}"),
+                    }
+                }
+            }
+            55..=69 => {
+                let ids: Vec<u64> = (0..1 + rng.below(8)).map(|_| rng.below(400)).collect();
+                for id in &ids {
+                    collection.points.remove(id);
+                }
+                shard.delete(&name, &ids).unwrap();
+            }
+            70..=89 => {
+                shard.sync().unwrap();
+                let query: Vec<f32> = (0..dimension).map(|_| rng.unit()).collect();
+                let filter = (rng.below(3) == 0).then(|| group_filter(rng.below(4) as i64));
+                searches += 1;
+                if check_search(&shard, collection, &query, filter.as_ref(), &context) {
+                    exact_matches += 1;
+                }
+                let probe = rng.below(400);
+                let got = shard.get(&name, &[probe], true, true).unwrap();
+                match collection.points.get(&probe) {
+                    Some((vector, payload)) => {
+                        assert_eq!(got.len(), 1, "{context}: get {probe}");
+                        assert_eq!(&got[0].vector, vector, "{context}: get {probe}");
+                        assert_eq!(got[0].payload.as_ref(), Some(payload));
+                    }
+                    None => assert!(got.is_empty(), "{context}: get of deleted {probe}"),
+                }
+            }
+            90..=93 => shard.flush().unwrap(),
+            94..=95 => shard.compact_all().unwrap(),
+            _ => {
+                shard.sync().unwrap();
+                let store = shard.stats().store;
+                background += store.flushes + store.compactions;
+                shard.close().unwrap();
+                shard = open(dir.path());
+            }
+        }
+    }
+    shard.sync().unwrap();
+    for collection in &collections {
+        let info = shard.describe_collection(&collection.spec.name).unwrap();
+        assert_eq!(
+            info.points,
+            collection.points.len() as u64,
+            "seed {seed}: count"
+        );
+    }
+    let stats = shard.stats();
+    println!("{searches} searches, {exact_matches} exact; stats {stats:?}");
+    background += stats.store.flushes + stats.store.compactions;
+    assert!(background > 0, "seed {seed}: no segment was ever written");
+    assert!(
+        exact_matches as f64 >= 0.99 * searches as f64,
+        "seed {seed}: only {exact_matches} of {searches} searches equal exact search"
+    );
+}
+
+#[test]
+fn dropped_collections_are_gone_and_reclaimed_and_names_reusable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shard = open(dir.path());
+    shard
+        .create_collection(spec("docs", 4, Metric::L2, VectorType::F32))
+        .unwrap();
+    let ids: Vec<u64> = (0..200).collect();
+    let vectors: Vec<f32> = (0..800).map(|i| i as f32).collect();
+    shard.upsert("docs", &ids, &vectors, &[]).unwrap();
+    shard.flush().unwrap();
+    assert!(shard.stats().segments > 0);
+    shard.drop_collection("docs").unwrap();
+    assert_eq!(
+        shard.stats().segments,
+        0,
+        "its segments are removed at once"
+    );
+    assert!(shard.get("docs", &[1], true, false).is_err());
+    shard
+        .create_collection(spec("docs", 4, Metric::L2, VectorType::F32))
+        .unwrap();
+    assert!(shard.get("docs", &[1], true, false).unwrap().is_empty());
+    shard.sync().unwrap();
+    shard.close().unwrap();
+    let shard = open(dir.path());
+    assert!(shard.get("docs", &[1], true, false).unwrap().is_empty());
+    assert_eq!(shard.describe_collection("docs").unwrap().points, 0);
+    let listed = shard.list_collections().unwrap();
+    assert_eq!(listed.len(), 1);
+}
+
+#[test]
+fn bad_requests_are_refused_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shard = open(dir.path());
+    shard
+        .create_collection(spec("c", 3, Metric::L2, VectorType::F32))
+        .unwrap();
+    let error = shard.upsert("c", &[1], &[1.0, 2.0], &[]).unwrap_err();
+    assert!(
+        error.to_string().contains("2 floats for 1 points"),
+        "{error}"
+    );
+    let error = shard
+        .upsert("c", &[1], &[1.0, f32::NAN, 0.0], &[])
+        .unwrap_err();
+    assert!(error.to_string().contains("NaN"), "{error}");
+    let error = shard
+        .upsert("nope", &[1], &[1.0, 2.0, 3.0], &[])
+        .unwrap_err();
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    let error = shard
+        .search(&SearchRequest {
+            collection: "c",
+            vector: &[1.0],
+            k: 5,
+            ef: 0,
+            filter: None,
+            with_payload: false,
+        })
+        .unwrap_err();
+    assert!(error.to_string().contains("dimension is 3"), "{error}");
+    let error = shard
+        .create_collection(spec("c", 3, Metric::L2, VectorType::F32))
+        .unwrap_err();
+    assert!(error.to_string().contains("exists already"), "{error}");
+}
