@@ -46,11 +46,26 @@ pub const EF_MAX: usize = 100_000;
 /// Points one upsert, delete or get may carry.
 pub const BATCH_POINTS_MAX: usize = 65_536;
 
+/// Fresh points (MemTable entries) a search scans exactly at most, by default: beyond
+/// this the MemTable is flushed into a segment with its own index.
+pub const FRESH_POINTS_MAX: usize = 4096;
+
 /// How a shard is run.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardOptions {
-    /// The LSM store's options.
+    /// The LSM store's options (`memtable_entries_max` bounds the exact scan).
     pub store: StoreOptions,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions {
+            store: StoreOptions {
+                memtable_entries_max: FRESH_POINTS_MAX,
+                ..StoreOptions::default()
+            },
+        }
+    }
 }
 
 /// What opening found.
@@ -90,10 +105,18 @@ pub struct ShardStats {
     pub collections: usize,
     /// Live segments.
     pub segments: usize,
-    /// Side-car indexes held, and their resident bytes.
+    /// Side-car indexes held.
     pub indexes: usize,
-    /// Resident bytes of the indexes.
+    /// Resident bytes of the indexes (mapped files count in full).
     pub index_bytes: usize,
+    /// Fresh points a search scans exactly (MemTable entries, frozen one included).
+    pub fresh_points: usize,
+    /// Points whose side-car build is pending (the frozen MemTable being flushed).
+    pub index_build_backlog: usize,
+    /// Compactions running or due.
+    pub pending_compactions: usize,
+    /// Bytes of segments and indexes per indexed vector version.
+    pub bytes_per_vector: f64,
     /// The store's own.
     pub store: StoreStats,
 }
@@ -551,13 +574,73 @@ impl Shard {
     pub fn stats(&self) -> ShardStats {
         let (indexes, index_bytes) = self.sidecars.footprint();
         let store = self.store.stats();
+        let table_bytes: u64 = store.levels.iter().map(|level| level.bytes).sum();
         ShardStats {
             collections: self.catalog.live().count(),
             segments: store.levels.iter().map(|level| level.tables).sum(),
             indexes,
             index_bytes,
+            fresh_points: store.memtable_entries + store.frozen_entries,
+            index_build_backlog: store.frozen_entries,
+            pending_compactions: store.compactions_due.max(usize::from(store.compacting)),
+            bytes_per_vector: (table_bytes + index_bytes as u64) as f64
+                / store.table_vectors.max(1) as f64,
             store,
         }
+    }
+
+    /// Checks that every live segment's side-car index agrees with its SSTable: one node per
+    /// vector of the region, labelled with the slot's point id, holding the slot's vector
+    /// (normalised for cosine). Returns the segments checked.
+    pub fn verify_indexes(&self) -> Result<usize, ShardError> {
+        let mut checked = 0;
+        for (_, table) in self.store.tables() {
+            let footer = *table.footer();
+            let Some(collection) = self.catalog.by_id(footer.collection) else {
+                continue;
+            };
+            let dimension = collection.spec.dimension as usize;
+            if footer.vector_count == 0 || footer.vector_bytes as usize != dimension * 4 {
+                continue;
+            }
+            let number = table.number();
+            let mismatch = |detail: String| ShardError::Index {
+                table: number,
+                detail,
+            };
+            let index = self
+                .sidecars
+                .index(number)
+                .ok_or_else(|| mismatch("no side-car index".to_owned()))?;
+            let labels = table.region_points()?;
+            if index.len() != labels.len() {
+                return Err(mismatch(format!(
+                    "{} nodes for {} vectors",
+                    index.len(),
+                    labels.len()
+                )));
+            }
+            let metric = index_metric(collection.spec.metric);
+            let region = table.vector_region();
+            for (node, label) in labels.iter().enumerate() {
+                let node = node as u32;
+                if index.label(node) != Some(*label) {
+                    return Err(mismatch(format!("node {node} is not labelled {label}")));
+                }
+                let at = node as usize * footer.stride as usize;
+                let mut expected = decode_vector(&region[at..at + dimension * 4]);
+                if metric.normalizes() {
+                    normalize(&mut expected);
+                }
+                if index.vector(node) != Some(&expected[..]) {
+                    return Err(mismatch(format!(
+                        "node {node}'s vector differs from slot {node}"
+                    )));
+                }
+            }
+            checked += 1;
+        }
+        Ok(checked)
     }
 
     /// Finishes background work and makes every write durable.

@@ -287,7 +287,9 @@ fn searches_match_exact_search_over_a_model_through_writes_flushes_and_reopens()
             "seed {seed}: count"
         );
     }
+    let verified = shard.verify_indexes().unwrap();
     let stats = shard.stats();
+    assert_eq!(verified, stats.indexes, "seed {seed}: every index checked");
     println!("{searches} searches, {exact_matches} exact; stats {stats:?}");
     background += stats.store.flushes + stats.store.compactions;
     assert!(background > 0, "seed {seed}: no segment was ever written");

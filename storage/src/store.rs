@@ -63,6 +63,9 @@ pub struct StoreOptions {
     pub wal: WalOptions,
     /// A MemTable this large is flushed; writes are refused (THROTTLED) at twice this.
     pub memtable_bytes: usize,
+    /// A MemTable with this many entries is flushed too (0: no cap). The shard engine caps
+    /// it so that the fresh vectors a search scans exactly stay few.
+    pub memtable_entries_max: usize,
     /// Compaction outputs are cut at about this size.
     pub table_bytes_target: u64,
     /// Level 0 is compacted when it holds this many tables.
@@ -90,6 +93,7 @@ impl Default for StoreOptions {
         StoreOptions {
             wal: WalOptions::default(),
             memtable_bytes: 64 << 20,
+            memtable_entries_max: 0,
             table_bytes_target: 64 << 20,
             l0_compaction_trigger: 4,
             l0_stop: 24,
@@ -227,6 +231,17 @@ pub struct StoreStats {
     pub memtable_bytes: usize,
     /// Whether a frozen MemTable is being flushed.
     pub flushing: bool,
+    /// Entries in the MemTable, and in the frozen one being flushed (the backlog of the
+    /// side-car builds that the flush will run).
+    pub memtable_entries: usize,
+    /// Entries of the frozen MemTable.
+    pub frozen_entries: usize,
+    /// Whether a compaction is running.
+    pub compacting: bool,
+    /// Levels past their compaction trigger (work due).
+    pub compactions_due: usize,
+    /// Vectors in live tables' vector regions (versions, not distinct points).
+    pub table_vectors: u64,
     /// Per level.
     pub levels: [LevelStats; LEVELS],
     /// Key and value bytes of acknowledged writes (for write amplification).
@@ -825,6 +840,15 @@ impl<E: Env> Store<E> {
         stats.wal = self.wal.stats();
         stats.memtable_bytes = self.memtable.bytes();
         stats.flushing = self.frozen.is_some();
+        stats.memtable_entries = self.memtable.len();
+        stats.frozen_entries = self.frozen.as_ref().map_or(0, |frozen| frozen.len());
+        stats.compacting = self.compaction_running;
+        stats.compactions_due = self.levels_due();
+        stats.table_vectors = self
+            .version
+            .tables()
+            .map(|(_, table)| table.footer().vector_count)
+            .sum();
         for (level, tables) in self.version.levels.iter().enumerate() {
             stats.levels[level] = LevelStats {
                 tables: tables.len(),
@@ -897,7 +921,7 @@ impl<E: Env> Store<E> {
             if let Some(frozen) = self.frozen.clone() {
                 self.start_flush(frozen); // a retry
             } else if !self.memtable.is_empty()
-                && (force_flush || self.memtable.needs_flush() && l0 < self.options.l0_stop)
+                && (force_flush || self.memtable_full() && l0 < self.options.l0_stop)
             {
                 let frozen = Arc::new(std::mem::replace(
                     &mut self.memtable,
@@ -913,6 +937,12 @@ impl<E: Env> Store<E> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the MemTable is due for a flush: by bytes, or by entries when capped.
+    fn memtable_full(&self) -> bool {
+        let entries_max = self.options.memtable_entries_max;
+        self.memtable.needs_flush() || entries_max > 0 && self.memtable.len() >= entries_max
     }
 
     fn submit(&mut self, job: Job) {
@@ -974,10 +1004,14 @@ impl<E: Env> Store<E> {
     }
 
     /// Chooses the most urgent compaction, if any is due.
-    /// A level whose tables are damaged is passed over for the next most urgent one.
-    fn pick_compaction(&mut self) -> Option<CompactionPlan> {
-        let version = Arc::clone(&self.version);
-        let mut due: Vec<(f64, usize)> = (0..LEVELS - 1)
+    /// Levels past their trigger.
+    fn levels_due(&self) -> usize {
+        self.scores(&self.version).len()
+    }
+
+    /// (score, level) of every level at or past its trigger.
+    fn scores(&self, version: &Version) -> Vec<(f64, usize)> {
+        (0..LEVELS - 1)
             .map(|level| {
                 let score = if level == 0 {
                     version.levels[0].len() as f64 / self.options.l0_compaction_trigger as f64
@@ -989,7 +1023,13 @@ impl<E: Env> Store<E> {
                 (score, level)
             })
             .filter(|(score, _)| *score >= 1.0)
-            .collect();
+            .collect()
+    }
+
+    /// A level whose tables are damaged is passed over for the next most urgent one.
+    fn pick_compaction(&mut self) -> Option<CompactionPlan> {
+        let version = Arc::clone(&self.version);
+        let mut due = self.scores(&version);
         due.sort_by(|a, b| b.0.total_cmp(&a.0));
         due.into_iter()
             .find_map(|(_, level)| self.plan_level(&version, level))
