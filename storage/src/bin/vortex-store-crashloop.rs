@@ -20,8 +20,7 @@
 #[path = "shared/crashloop.rs"]
 mod crashloop;
 
-use crashloop::{number, seed, splitmix, value, watch, TempDir};
-use std::collections::HashMap;
+use crashloop::{number, seed, splitmix, value, watch, Knowledge, TempDir};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -71,17 +70,18 @@ impl CompactionHook for SlowSideCar {
     }
 }
 
-/// What operation `op` does: its key, and whether it deletes.
-fn operation(op: u64) -> (Key, bool) {
+/// What operation `op` does: its point, and whether it deletes.
+fn operation(op: u64) -> (u64, bool) {
     let mut state = op;
-    let point = splitmix(&mut state) % KEYS;
-    (
-        Key {
-            collection: 1 + (point % 2) as u32,
-            point,
-        },
-        op.is_multiple_of(5),
-    )
+    (splitmix(&mut state) % KEYS, op.is_multiple_of(5))
+}
+
+/// The key of a point: two collections, by parity.
+fn key_of(point: u64) -> Key {
+    Key {
+        collection: 1 + (point % 2) as u32,
+        point,
+    }
 }
 
 /// The vector and payload operation `op` puts.
@@ -132,7 +132,8 @@ fn child(args: &[String]) -> Result<(), String> {
         stdout.flush().map_err(|error| error.to_string())?;
         let mut sequence = 0;
         while op <= last {
-            let (key, delete) = operation(op);
+            let (point, delete) = operation(op);
+            let key = key_of(point);
             let result = if delete {
                 store.delete(key)
             } else {
@@ -163,115 +164,49 @@ fn child(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// What the parent knows of each key.
-#[derive(Debug, Default)]
-struct Knowledge {
-    /// Per point id: the last acknowledged op on it.
-    acked: HashMap<u64, u64>,
-    /// Per point id: ops issued after its last acknowledged one (they may or may not have
-    /// become durable before the kill).
-    maybe: HashMap<u64, Vec<u64>>,
-    issued: u64,
-    acknowledged_ops: u64,
-}
-
-impl Knowledge {
-    fn absorb(&mut self, line: &str) -> Result<(), String> {
-        let numbers: Vec<u64> = line
-            .split(' ')
-            .skip(1)
-            .map(|n| n.parse().map_err(|_| format!("bad line {line:?}")))
-            .collect::<Result<_, _>>()?;
-        match (line.split(' ').next(), numbers.as_slice()) {
-            (Some("issued"), [last]) => {
-                for op in self.issued.max(last + 1 - BATCH)..=*last {
-                    let (key, _) = operation(op);
-                    self.maybe.entry(key.point).or_default().push(op);
+/// Checks every key of the store against what was acknowledged.
+fn check(knowledge: &Knowledge, store: &Store<PosixEnv>) -> Result<(), String> {
+    for point in 0..KEYS {
+        let key = key_of(point);
+        let found = store
+            .get(&key)
+            .map_err(|error| format!("get {key:?}: {error}"))?;
+        let op = match found {
+            Some(found) => {
+                let op = found
+                    .payload
+                    .first_chunk::<8>()
+                    .map(|b| u64::from_le_bytes(*b))
+                    .ok_or_else(|| format!("{key:?}: payload without an op number"))?;
+                let (vector, payload) = content(op);
+                if found.vector != vector || found.payload != payload {
+                    return Err(format!("{key:?}: op {op}'s content is damaged"));
                 }
-                self.issued = *last;
+                Some(op)
             }
-            (Some("ack"), [first, last]) => {
-                for op in *first..=*last {
-                    let (key, _) = operation(op);
-                    self.acked.insert(key.point, op);
-                    if let Some(ops) = self.maybe.get_mut(&key.point) {
-                        ops.retain(|&later| later > op);
-                    }
-                    self.acknowledged_ops += 1;
-                }
-            }
-            _ => return Err(format!("unexpected line {line:?}")),
-        }
-        Ok(())
+            None => None,
+        };
+        knowledge.check_point(point, op)?;
     }
-
-    /// Checks every key of the store against what was acknowledged.
-    fn check(&self, store: &Store<PosixEnv>) -> Result<(), String> {
-        for point in 0..KEYS {
-            let key = Key {
-                collection: 1 + (point % 2) as u32,
-                point,
-            };
-            let acked = self.acked.get(&point).copied();
-            let maybe = self
-                .maybe
-                .get(&point)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let found = store
-                .get(&key)
-                .map_err(|error| format!("get {key:?}: {error}"))?;
-            match found {
-                Some(found) => {
-                    let op = found
-                        .payload
-                        .first_chunk::<8>()
-                        .map(|b| u64::from_le_bytes(*b))
-                        .ok_or_else(|| format!("{key:?}: payload without an op number"))?;
-                    if Some(op) != acked && !maybe.contains(&op) {
-                        return Err(format!(
-                            "{key:?} holds op {op}; last acknowledged {acked:?}, issued since {maybe:?}"
-                        ));
-                    }
-                    let (vector, payload) = content(op);
-                    if operation(op) != (key, false)
-                        || found.vector != vector
-                        || found.payload != payload
-                    {
-                        return Err(format!("{key:?}: op {op}'s content is damaged"));
-                    }
-                }
-                None => {
-                    let deleted = acked.is_none_or(|op| operation(op).1)
-                        || maybe.iter().any(|&op| operation(op).1);
-                    if !deleted {
-                        return Err(format!(
-                            "{key:?} is missing; its last acknowledged op {acked:?} put it"
-                        ));
-                    }
+    // A scan sees exactly what gets see.
+    for collection in 1..=2 {
+        let mut after = None;
+        loop {
+            let page = store
+                .scan(collection, after, 500)
+                .map_err(|error| format!("scan: {error}"))?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (point, found) in page {
+                let key = Key { collection, point };
+                let got = store.get(&key).map_err(|error| error.to_string())?;
+                if got.as_ref() != Some(&found) {
+                    return Err(format!("scan and get disagree on {key:?}"));
                 }
             }
         }
-        // A scan sees exactly what gets see.
-        for collection in 1..=2 {
-            let mut after = None;
-            loop {
-                let page = store
-                    .scan(collection, after, 500)
-                    .map_err(|error| format!("scan: {error}"))?;
-                let Some((last, _)) = page.last() else { break };
-                after = Some(*last);
-                for (point, found) in page {
-                    let key = Key { collection, point };
-                    let got = store.get(&key).map_err(|error| error.to_string())?;
-                    if got.as_ref() != Some(&found) {
-                        return Err(format!("scan and get disagree on {key:?}"));
-                    }
-                }
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 fn parent(args: &[String]) -> Result<(), String> {
@@ -292,7 +227,7 @@ fn parent(args: &[String]) -> Result<(), String> {
     );
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let mut random = seed;
-    let mut knowledge = Knowledge::default();
+    let mut knowledge = Knowledge::new(BATCH, operation);
     let mut interrupted = 0u64;
     let started = Instant::now();
     for cycle in 0..cycles {
@@ -335,8 +270,7 @@ fn parent(args: &[String]) -> Result<(), String> {
         if orphans > 0 {
             interrupted += 1;
         }
-        knowledge
-            .check(&store)
+        check(&knowledge, &store)
             .map_err(|error| format!("cycle {cycle}: {error}; seed {seed}"))?;
         let stats = store.stats();
         if cycle % 5 == 0 || cycle + 1 == cycles {

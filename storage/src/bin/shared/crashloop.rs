@@ -1,6 +1,9 @@
 //! What the crash-loop binaries share: argument parsing, the generator, reading a child's
-//! lines, and a scratch directory.
+//! lines, a scratch directory, and what a parent knows of acknowledged writes. Included with
+//! `#[path]` by each crash-loop binary (the shard's too); each uses a part of it.
+#![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ExitCode};
@@ -99,5 +102,102 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What a crash-loop parent knows of each point from the child's `issued LAST` and
+/// `ack FIRST LAST` lines, for workloads where op `X` writes (or deletes) one point that is a
+/// function of `X`.
+#[derive(Debug)]
+pub struct Knowledge {
+    /// Per point: the last acknowledged op on it.
+    acked: HashMap<u64, u64>,
+    /// Per point: ops issued after its last acknowledged one (they may or may not have
+    /// become durable before the kill).
+    maybe: HashMap<u64, Vec<u64>>,
+    /// The last op issued.
+    pub issued: u64,
+    /// Ops acknowledged, over every cycle.
+    pub acknowledged_ops: u64,
+    batch: u64,
+    /// Op → (point, whether it deletes).
+    operation: fn(u64) -> (u64, bool),
+}
+
+impl Knowledge {
+    /// Knowledge of a child writing batches of `batch` ops.
+    pub fn new(batch: u64, operation: fn(u64) -> (u64, bool)) -> Self {
+        Knowledge {
+            acked: HashMap::new(),
+            maybe: HashMap::new(),
+            issued: 0,
+            acknowledged_ops: 0,
+            batch,
+            operation,
+        }
+    }
+
+    /// Takes in one line of the child.
+    pub fn absorb(&mut self, line: &str) -> Result<(), String> {
+        let numbers: Vec<u64> = line
+            .split(' ')
+            .skip(1)
+            .map(|n| n.parse().map_err(|_| format!("bad line {line:?}")))
+            .collect::<Result<_, _>>()?;
+        match (line.split(' ').next(), numbers.as_slice()) {
+            (Some("issued"), [last]) => {
+                for op in self.issued.max(last + 1 - self.batch)..=*last {
+                    let (point, _) = (self.operation)(op);
+                    self.maybe.entry(point).or_default().push(op);
+                }
+                self.issued = *last;
+            }
+            (Some("ack"), [first, last]) => {
+                for op in *first..=*last {
+                    let (point, _) = (self.operation)(op);
+                    self.acked.insert(point, op);
+                    if let Some(ops) = self.maybe.get_mut(&point) {
+                        ops.retain(|&later| later > op);
+                    }
+                    self.acknowledged_ops += 1;
+                }
+            }
+            _ => return Err(format!("unexpected line {line:?}")),
+        }
+        Ok(())
+    }
+
+    /// Checks what `point` holds after a restart: `Some(op)` when it holds the content op
+    /// `op` put, `None` when it is absent. It must be the last acknowledged op or one issued
+    /// after it, never older, never another point's; absence must be explained by a delete.
+    pub fn check_point(&self, point: u64, found: Option<u64>) -> Result<(), String> {
+        let acked = self.acked.get(&point).copied();
+        let maybe = self
+            .maybe
+            .get(&point)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        match found {
+            Some(op) => {
+                if (self.operation)(op) != (point, false) {
+                    return Err(format!("point {point} holds op {op}, which did not put it"));
+                }
+                if Some(op) != acked && !maybe.contains(&op) {
+                    return Err(format!(
+                        "point {point} holds op {op}; last acknowledged {acked:?}, issued since {maybe:?}"
+                    ));
+                }
+            }
+            None => {
+                let deleted = acked.is_none_or(|op| (self.operation)(op).1)
+                    || maybe.iter().any(|&op| (self.operation)(op).1);
+                if !deleted {
+                    return Err(format!(
+                        "point {point} is missing; its last acknowledged op {acked:?} put it"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
