@@ -34,10 +34,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_index::metric::normalize;
-use vortex_index::{Kernels, SearchParams};
+use vortex_index::{Filter, Kernels, NodeSet, SearchParams};
 use vortex_io::RingConfig;
 use vortex_storage::{DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats};
-use vortex_vbp::message::{CollectionInfo, CollectionSpec, Filter, Hit, Payload, PointRecord};
+use vortex_vbp::message::{CollectionInfo, CollectionSpec, Hit, Payload, PointRecord};
 
 /// Results a search may ask for.
 pub const K_MAX: usize = 10_000;
@@ -93,7 +93,7 @@ pub struct SearchRequest<'a> {
     /// Beam width (0: `max(k, 64)`).
     pub ef: usize,
     /// Only points whose payload matches.
-    pub filter: Option<&'a Filter>,
+    pub filter: Option<&'a vortex_vbp::message::Filter>,
     /// Return each hit's payload.
     pub with_payload: bool,
 }
@@ -137,6 +137,25 @@ impl std::fmt::Debug for Shard {
         f.debug_struct("Shard")
             .field("dir", &self.dir)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a segment's search may return: nodes the payload filter allows (when there is one)
+/// whose point's newest version this segment holds.
+struct SegmentFilter<'a> {
+    allowed: Option<&'a NodeSet>,
+    live: &'a dyn Fn(u32) -> bool,
+}
+
+impl Filter for SegmentFilter<'_> {
+    fn allows(&self, node: u32) -> bool {
+        self.allowed.is_none_or(|set| set.contains(node)) && (self.live)(node)
+    }
+
+    /// An upper bound (liveness is found out per node), which is what the search needs to
+    /// choose between an exact scan and a graph walk.
+    fn allowed_count(&self) -> Option<usize> {
+        self.allowed.map(NodeSet::len)
     }
 }
 
@@ -464,7 +483,7 @@ impl Shard {
                 continue;
             }
             let number = table.number();
-            let Some(index) = self.sidecars.index(number) else {
+            let Some(segment) = self.sidecars.index(number) else {
                 if table.footer().vector_count == 0 {
                     continue;
                 }
@@ -473,6 +492,15 @@ impl Shard {
                     detail: "no side-car index for a live segment".to_owned(),
                 });
             };
+            let index = &segment.graph;
+            // The payload filter, from the segment's payload index: a node set, known before
+            // the walk starts (so a selective filter can pick an exact scan).
+            let allowed = request
+                .filter
+                .map(|filter| segment.payloads.evaluate(filter));
+            if allowed.as_ref().is_some_and(|set| set.is_empty()) {
+                continue;
+            }
             let verdicts: RefCell<HashMap<u32, bool>> = RefCell::new(HashMap::new());
             let failure: RefCell<Option<ShardError>> = RefCell::new(None);
             let admits = |node: u32| -> bool {
@@ -496,15 +524,7 @@ impl Shard {
                     if located.table != Some(number) {
                         return Ok(false); // overwritten or deleted in a newer segment
                     }
-                    let Some(found) = located.point else {
-                        return Ok(false);
-                    };
-                    Ok(match request.filter {
-                        Some(filter) => {
-                            payload::matches(filter, self.decode_payload(&found.payload)?.as_ref())
-                        }
-                        None => true,
-                    })
+                    Ok(located.point.is_some())
                 })();
                 let verdict = verdict.unwrap_or_else(|error| {
                     failure.borrow_mut().get_or_insert(error);
@@ -518,8 +538,12 @@ impl Shard {
                 ef,
                 ..SearchParams::default()
             };
+            let filter = SegmentFilter {
+                allowed: allowed.as_ref(),
+                live: &admits,
+            };
             let found = index
-                .search_filtered(request.vector, &params, &admits)
+                .search_filtered(request.vector, &params, &filter)
                 .map_err(|error| ShardError::Index {
                     table: number,
                     detail: error.to_string(),
@@ -608,10 +632,11 @@ impl Shard {
                 table: number,
                 detail,
             };
-            let index = self
+            let segment = self
                 .sidecars
                 .index(number)
                 .ok_or_else(|| mismatch("no side-car index".to_owned()))?;
+            let index = &segment.graph;
             let labels = table.region_points()?;
             if index.len() != labels.len() {
                 return Err(mismatch(format!(

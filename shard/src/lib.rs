@@ -5,7 +5,8 @@
 //!
 //! - [`catalog`]: collections (name, dimension, metric, HNSW parameters, vector type),
 //!   persisted in one file replaced atomically; ids never reused.
-//! - [`payload`]: the stored payload encoding and payload filters.
+//! - [`payload`]: the stored payload encoding and payload filters; [`payload_index`]: a
+//!   segment's payload index (bitmaps and sorted values), which turns a filter into a node set.
 //! - [`sidecar`]: the side-car HNSW index of each SSTable, built by the compaction hook.
 //! - [`engine`]: [`Shard`]: create/drop/list/describe, upsert/delete/get, search over the
 //!   MemTables (exactly) and every live segment (through its index), newest versions only.
@@ -14,6 +15,7 @@ pub mod catalog;
 pub mod engine;
 pub mod error;
 pub mod payload;
+pub mod payload_index;
 pub mod sidecar;
 
 pub use engine::{SearchRequest, Shard, ShardOpenReport, ShardOptions, ShardStats};

@@ -14,6 +14,8 @@
 //! slice); building over the mapping in place is left to a later change of `vortex-index`.
 
 use crate::error::ShardError;
+use crate::payload;
+use crate::payload_index::PayloadIndex;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -40,6 +42,15 @@ fn parse_sidecar_name(name: &str) -> Option<u64> {
     name.strip_suffix(".hnsw")?.parse().ok()
 }
 
+/// A segment's search structures: its graph and its payload index, by node.
+#[derive(Debug)]
+pub struct Segment {
+    /// The side-car HNSW (built, or mapped from its file).
+    pub graph: Hnsw,
+    /// Which nodes hold which payload values.
+    pub payloads: PayloadIndex,
+}
+
 /// The side-car builder and registry, shared by the shard and the background workers.
 #[derive(Debug)]
 pub struct SideCars {
@@ -47,7 +58,7 @@ pub struct SideCars {
     /// Live collections' schemas by id (dropped ones are absent).
     specs: RwLock<HashMap<u32, CollectionSpec>>,
     /// Loaded or built indexes by table number.
-    indexes: RwLock<HashMap<u64, Arc<Hnsw>>>,
+    indexes: RwLock<HashMap<u64, Arc<Segment>>>,
 }
 
 impl SideCars {
@@ -76,8 +87,8 @@ impl SideCars {
         self.specs.read().ok()?.get(&id).cloned()
     }
 
-    /// The index of table `number`, if it has one.
-    pub fn index(&self, number: u64) -> Option<Arc<Hnsw>> {
+    /// The search structures of table `number`, if it has them.
+    pub fn index(&self, number: u64) -> Option<Arc<Segment>> {
         self.indexes.read().ok()?.get(&number).cloned()
     }
 
@@ -86,7 +97,10 @@ impl SideCars {
         self.indexes.read().map_or((0, 0), |indexes| {
             (
                 indexes.len(),
-                indexes.values().map(|index| index.memory_bytes()).sum(),
+                indexes
+                    .values()
+                    .map(|segment| segment.graph.memory_bytes())
+                    .sum(),
             )
         })
     }
@@ -102,7 +116,8 @@ impl SideCars {
             let path = self.dir.join(sidecar_name(table.number()));
             match Hnsw::load(&path) {
                 Ok(index) if index.len() as u64 == table.footer().vector_count => {
-                    self.register(table.number(), index);
+                    let (_, payloads) = self.read_slots(table)?;
+                    self.register(table.number(), index, payloads);
                 }
                 outcome => {
                     if let Err(error) = outcome {
@@ -116,10 +131,34 @@ impl SideCars {
         Ok(rebuilt)
     }
 
-    fn register(&self, number: u64, index: Hnsw) {
+    fn register(&self, number: u64, graph: Hnsw, payloads: PayloadIndex) {
         if let Ok(mut indexes) = self.indexes.write() {
-            indexes.insert(number, Arc::new(index));
+            indexes.insert(number, Arc::new(Segment { graph, payloads }));
         }
+    }
+
+    /// The point id and payload of each slot of `table`, the payloads indexed.
+    fn read_slots(&self, table: &Table) -> Result<(Vec<u64>, PayloadIndex), ShardError> {
+        let mut labels = Vec::with_capacity(table.footer().vector_count as usize);
+        let mut payloads = Vec::with_capacity(labels.capacity());
+        let mut damage = None;
+        table.for_each_slot(|point, bytes| {
+            labels.push(point);
+            match payload::decode(bytes) {
+                Ok(decoded) => payloads.push(decoded),
+                Err(error) => {
+                    damage.get_or_insert(error);
+                    payloads.push(None);
+                }
+            }
+        })?;
+        if let Some(error) = damage {
+            return Err(ShardError::Corrupt {
+                path: table.path().to_owned(),
+                detail: error.to_string(),
+            });
+        }
+        Ok((labels, PayloadIndex::build(&payloads)))
     }
 
     /// Whether `table` gets an index: a live collection's, with vectors of its dimension.
@@ -153,7 +192,7 @@ impl SideCars {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
         }
-        let labels = table.region_points()?;
+        let (labels, payloads) = self.read_slots(table)?;
         let params = BuildParams {
             metric: index_metric(spec.metric),
             m: spec.m as usize,
@@ -171,7 +210,7 @@ impl SideCars {
         index
             .save(&path)
             .map_err(|error| index_error(error.to_string()))?;
-        self.register(table.number(), index);
+        self.register(table.number(), index, payloads);
         Ok(())
     }
 }

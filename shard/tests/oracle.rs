@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use vortex_shard::payload::matches;
 use vortex_shard::{SearchRequest, Shard, ShardOptions};
 use vortex_storage::StoreOptions;
 use vortex_vbp::message::{
@@ -105,13 +106,34 @@ fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-fn group_filter(group: i64) -> Filter {
-    Filter {
-        nodes: vec![FilterNode::Eq {
-            field: "group".into(),
-            value: PayloadValue::Int(group),
-        }],
-    }
+/// A random filter over the payloads' `group` (int) and `score` (float) fields.
+fn random_filter(rng: &mut Rng) -> Filter {
+    let group = |rng: &mut Rng| FilterNode::Eq {
+        field: "group".into(),
+        value: PayloadValue::Int(rng.below(4) as i64),
+    };
+    let score = |rng: &mut Rng| FilterNode::Range {
+        field: "score".into(),
+        min: Some(rng.unit() as f64),
+        max: None,
+        min_inclusive: true,
+        max_inclusive: false,
+    };
+    let nodes = match rng.below(5) {
+        0 => vec![group(rng)],
+        1 => vec![score(rng)],
+        2 => vec![group(rng), FilterNode::Not(0)],
+        3 => vec![group(rng), score(rng), FilterNode::And(vec![0, 1])],
+        _ => vec![
+            group(rng),
+            FilterNode::In {
+                field: "group".into(),
+                values: vec![PayloadValue::Float(1.0), PayloadValue::Int(3)],
+            },
+            FilterNode::Or(vec![0, 1]),
+        ],
+    };
+    Filter { nodes }
 }
 
 /// Checks one search; returns whether the top-k ids equal the exact ones.
@@ -134,19 +156,11 @@ fn check_search(
         })
         .unwrap_or_else(|e| panic!("{context}: search: {e}"));
     let metric = collection.spec.metric;
-    let group = filter.and_then(|f| match &f.nodes[0] {
-        FilterNode::Eq {
-            value: PayloadValue::Int(group),
-            ..
-        } => Some(*group),
-        _ => None,
-    });
+    let admitted = |payload: &Payload| filter.is_none_or(|f| matches(f, Some(payload)));
     let mut exact: Vec<(f32, u64)> = collection
         .points
         .iter()
-        .filter(|(_, (_, payload))| {
-            group.is_none_or(|g| payload.fields[0].value == PayloadValue::Int(g))
-        })
+        .filter(|(_, (_, payload))| admitted(payload))
         .map(|(id, (vector, _))| (distance(metric, query, vector), *id))
         .collect();
     exact.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -170,13 +184,11 @@ fn check_search(
             "{context}: payload of {}",
             hit.id
         );
-        if let Some(g) = group {
-            assert_eq!(
-                payload.fields[0].value,
-                PayloadValue::Int(g),
-                "{context}: filter"
-            );
-        }
+        assert!(
+            admitted(payload),
+            "{context}: hit {} fails the filter",
+            hit.id
+        );
     }
     assert_eq!(hits.len(), exact.len(), "{context}: hit count");
     let mut got: Vec<u64> = hits.iter().map(|h| h.id).collect();
@@ -251,7 +263,7 @@ fn searches_match_exact_search_over_a_model_through_writes_flushes_and_reopens()
             70..=89 => {
                 shard.sync().unwrap();
                 let query: Vec<f32> = (0..dimension).map(|_| rng.unit()).collect();
-                let filter = (rng.below(3) == 0).then(|| group_filter(rng.below(4) as i64));
+                let filter = (rng.below(2) == 0).then(|| random_filter(&mut rng));
                 searches += 1;
                 if check_search(&shard, collection, &query, filter.as_ref(), &context) {
                     exact_matches += 1;

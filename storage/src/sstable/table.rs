@@ -956,18 +956,29 @@ impl Table {
     /// The point id of each vector-region slot, in slot order (what the side-car index
     /// labels its nodes with). Data blocks are verified on the way.
     pub fn region_points(&self) -> Result<Vec<u64>, StorageError> {
+        let mut points = Vec::with_capacity(self.footer.vector_count as usize);
+        self.for_each_slot(|point, _| points.push(point))?;
+        Ok(points)
+    }
+
+    /// Calls `visit(point, payload)` for each vector-region slot, in slot order. Data blocks
+    /// are verified on the way.
+    pub fn for_each_slot(&self, mut visit: impl FnMut(u64, &[u8])) -> Result<(), StorageError> {
         self.guarded(|| {
-            let mut points = Vec::with_capacity(self.footer.vector_count as usize);
+            let mut slots = 0usize;
             for index in 0..self.index.len() {
                 for found in self.block(index)?.iter() {
                     let slot = found
                         .value
-                        .and_then(|value| value.first_chunk::<4>())
-                        .map(|slot| u32::from_le_bytes(*slot));
+                        .and_then(|value| value.split_first_chunk::<4>())
+                        .map(|(slot, payload)| (u32::from_le_bytes(*slot), payload));
                     match slot {
-                        Some(SLOT_INLINE) | None => {}
-                        Some(slot) if slot as usize == points.len() => points.push(found.key.point),
-                        Some(slot) => {
+                        Some((SLOT_INLINE, _)) | None => {}
+                        Some((slot, payload)) if slot as usize == slots => {
+                            visit(found.key.point, payload);
+                            slots += 1;
+                        }
+                        Some((slot, _)) => {
                             return Err(corrupt(
                                 &self.path,
                                 Section::Data,
@@ -978,7 +989,7 @@ impl Table {
                     }
                 }
             }
-            if points.len() as u64 != self.footer.vector_count {
+            if slots as u64 != self.footer.vector_count {
                 return Err(corrupt(
                     &self.path,
                     Section::Data,
@@ -986,7 +997,7 @@ impl Table {
                     "slots do not cover the region",
                 ));
             }
-            Ok(points)
+            Ok(())
         })
     }
 
