@@ -141,7 +141,8 @@ impl Catalog {
         })
     }
 
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
+    /// Decodes a catalog file's bytes (what [`Catalog::load`] reads), or says what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let Some((body, crc)) = bytes.split_last_chunk::<4>() else {
             return Err("shorter than its checksum".to_owned());
         };
@@ -213,7 +214,8 @@ impl Catalog {
         })
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&VERSION.to_le_bytes());
         bytes.extend_from_slice(&self.next_id.to_le_bytes());

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(validator stream wal_log manifest sstable_block sstable_file)
+[ ${#targets[@]} -gt 0 ] || targets=(validator stream wal_log manifest sstable_block sstable_file payload catalog)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
@@ -26,7 +26,7 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 
-declare -A max_len=([validator]=4096 [stream]=16384 [wal_log]=70000 [manifest]=4096 [sstable_block]=9000 [sstable_file]=40000)
+declare -A max_len=([validator]=4096 [stream]=16384 [wal_log]=70000 [manifest]=4096 [sstable_block]=9000 [sstable_file]=40000 [payload]=4096 [catalog]=8192)
 for target in "${targets[@]}"; do
   echo "==> fuzzing ${target} for ${seconds} s"
   log=$(mktemp)

@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets, as plain functions: the VBP frame validator and stream
 //! decoder, the WAL's log reader with BOOT_REPLAY, the MANIFEST's edits, SSTable data
-//! blocks, and whole SSTable files.
+//! blocks, whole SSTable files, and the shard's stored payloads and catalog file.
 //!
 //! The libFuzzer targets in `tools/fuzz/` call these, and so does an ordinary test
 //! (`tools/tests/fuzz_corpus.rs`) that replays the committed corpus on stable Rust: every
@@ -621,6 +621,56 @@ pub fn sample_table() -> Vec<u8> {
     bytes
 }
 
+/// Stored payload target: decoding must refuse or accept without panicking; an accepted
+/// payload encodes back to the same bytes, and a payload index over it agrees with matching
+/// it against a filter built from its own fields. Returns the fields read.
+pub fn payload(data: &[u8]) -> usize {
+    use vortex_shard::payload::{decode, encode, matches};
+    use vortex_shard::payload_index::PayloadIndex;
+    use vortex_vbp::message::{Filter, FilterNode};
+    let Ok(Some(decoded)) = decode(data) else {
+        return 0;
+    };
+    let mut again = Vec::new();
+    encode(Some(&decoded), &mut again);
+    assert_eq!(again, data, "a payload did not round-trip");
+    let index = PayloadIndex::build(&[Some(decoded.clone()), None]);
+    for field in &decoded.fields {
+        let filter = Filter {
+            nodes: vec![
+                FilterNode::Eq {
+                    field: field.key.clone(),
+                    value: field.value.clone(),
+                },
+                FilterNode::Not(0),
+            ],
+        };
+        let set = index.evaluate(&filter);
+        assert_eq!(
+            set.contains(0),
+            matches(&filter, Some(&decoded)),
+            "index and matching differ"
+        );
+        assert_eq!(
+            set.contains(1),
+            matches(&filter, None),
+            "index and matching differ"
+        );
+    }
+    decoded.fields.len()
+}
+
+/// Catalog target: the bytes of a CATALOG file. Decoding must refuse or accept without
+/// panicking; an accepted catalog encodes back to the same bytes. Returns the collections.
+pub fn catalog(data: &[u8]) -> usize {
+    use vortex_shard::catalog::Catalog;
+    let Ok(catalog) = Catalog::decode(data) else {
+        return 0;
+    };
+    assert_eq!(catalog.encode(), data, "a catalog did not round-trip");
+    catalog.live().count() + catalog.dropped().count()
+}
+
 /// Seed inputs for the corpus: every sample request and response, in every useful mode,
 /// and streams of them. Returned as (target, name, bytes).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -738,6 +788,27 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             .collect::<Vec<_>>(),
     );
     seeds.push(("manifest", "table-edits".to_owned(), table_log));
+    let mut payload_bytes = Vec::new();
+    vortex_shard::payload::encode(Some(&vortex_vbp::samples::payload(7)), &mut payload_bytes);
+    seeds.push(("payload", "sample".to_owned(), payload_bytes));
+    let mut catalog = vortex_shard::catalog::Catalog::default();
+    for (name, metric) in [
+        ("songs", vortex_vbp::message::Metric::Cosine),
+        ("images", vortex_vbp::message::Metric::L2),
+    ] {
+        catalog
+            .create(vortex_vbp::message::CollectionSpec {
+                name: name.into(),
+                dimension: 128,
+                metric,
+                m: 16,
+                ef_construction: 200,
+                vector_type: vortex_vbp::message::VectorType::I8,
+            })
+            .expect("a valid sample collection");
+    }
+    catalog.drop_collection("images").expect("it exists");
+    seeds.push(("catalog", "two-collections".to_owned(), catalog.encode()));
     let sample = sample_table();
     for (name, mode) in [("plain", 0u8), ("sealed", TABLE_MODE_SEAL)] {
         let mut input = vec![mode];

@@ -76,6 +76,12 @@ fn seeds_exercise_the_accepting_paths() {
             "sstable_block" => {
                 assert_eq!(fuzz::sstable_block(&data), 3, "{name}");
             }
+            "payload" => {
+                assert!(fuzz::payload(&data) > 0, "{name}");
+            }
+            "catalog" => {
+                assert_eq!(fuzz::catalog(&data), 2, "{name}");
+            }
             "sstable_file" => {
                 assert_eq!(fuzz::sstable_file(&data), 40, "{name}");
             }
@@ -166,4 +172,14 @@ fn a_damaged_table_is_refused_or_quarantined_not_a_panic() {
     footer[at] ^= 0x01;
     footer[0] = fuzz::TABLE_MODE_SEAL;
     assert_eq!(fuzz::sstable_file(&footer), 0);
+}
+
+#[test]
+fn payload_corpus_replays() {
+    replay_target("payload", fuzz::payload);
+}
+
+#[test]
+fn catalog_corpus_replays() {
+    replay_target("catalog", fuzz::catalog);
 }
