@@ -28,8 +28,6 @@ use crate::catalog::{Catalog, State};
 use crate::error::ShardError;
 use crate::payload;
 use crate::sidecar::{index_metric, SideCars};
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,6 +128,8 @@ pub struct Shard {
     kernels: &'static Kernels,
     scratch: Vec<u8>,
     payload_scratch: Vec<u8>,
+    /// The live tables, in read order, when the superseded sets were last brought up to date.
+    segment_order: Vec<u64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -206,9 +206,20 @@ impl Shard {
         }
         let tables: Vec<_> = store.tables().into_iter().map(|(_, t)| t).collect();
         let indexes_rebuilt = sidecars.load(&tables)?;
+        let mut shard = Shard {
+            dir: dir.to_owned(),
+            store,
+            catalog,
+            sidecars,
+            kernels: Kernels::active(),
+            scratch: Vec::new(),
+            payload_scratch: Vec::new(),
+            segment_order: Vec::new(),
+        };
+        shard.refresh_segments()?;
         let report = ShardOpenReport {
             replayed: report.replay.records,
-            segments: tables.len(),
+            segments: shard.segment_order.len(),
             indexes_rebuilt,
             time_to_ready: started.elapsed(),
         };
@@ -220,18 +231,7 @@ impl Shard {
             ms = report.time_to_ready.as_secs_f64() * 1e3,
             "shard ready"
         );
-        Ok((
-            Shard {
-                dir: dir.to_owned(),
-                store,
-                catalog,
-                sidecars,
-                kernels: Kernels::active(),
-                scratch: Vec::new(),
-                payload_scratch: Vec::new(),
-            },
-            report,
-        ))
+        Ok((shard, report))
     }
 
     /// Creates a collection (durably in the catalog).
@@ -252,7 +252,7 @@ impl Shard {
         self.catalog = catalog;
         self.sidecars.set_spec(id, None);
         self.store.remove_collection_tables(id)?;
-        Ok(())
+        self.refresh_segments()
     }
 
     fn collection(&self, name: &str) -> Result<(u32, CollectionSpec), ShardError> {
@@ -375,12 +375,16 @@ impl Shard {
 
     /// Moves writes and background work forward; returns the durable sequence number.
     pub fn poll(&mut self, wait: Option<Duration>) -> Result<u64, ShardError> {
-        Ok(self.store.poll(wait)?)
+        let durable = self.store.poll(wait)?;
+        self.refresh_segments()?;
+        Ok(durable)
     }
 
     /// Waits until every write so far is durable (acknowledged) and visible.
     pub fn sync(&mut self) -> Result<u64, ShardError> {
-        Ok(self.store.sync()?)
+        let durable = self.store.sync()?;
+        self.refresh_segments()?;
+        Ok(durable)
     }
 
     /// The points that exist, in request order.
@@ -483,16 +487,16 @@ impl Shard {
                 continue;
             }
             let number = table.number();
-            let Some(segment) = self.sidecars.index(number) else {
-                if table.footer().vector_count == 0 {
-                    continue;
-                }
-                return Err(ShardError::Index {
+            let segment = self
+                .sidecars
+                .index(number)
+                .ok_or_else(|| ShardError::Index {
                     table: number,
-                    detail: "no side-car index for a live segment".to_owned(),
-                });
+                    detail: "no side-car for a live segment".to_owned(),
+                })?;
+            let Some(index) = segment.graph.as_ref() else {
+                continue; // no vectors: only deletes
             };
-            let index = &segment.graph;
             // The payload filter, from the segment's payload index: a node set, known before
             // the walk starts (so a selective filter can pick an exact scan).
             let allowed = request
@@ -501,37 +505,12 @@ impl Shard {
             if allowed.as_ref().is_some_and(|set| set.is_empty()) {
                 continue;
             }
-            let verdicts: RefCell<HashMap<u32, bool>> = RefCell::new(HashMap::new());
-            let failure: RefCell<Option<ShardError>> = RefCell::new(None);
+            // Live: no newer version in a segment read before this one, nor in a MemTable.
             let admits = |node: u32| -> bool {
-                if let Some(known) = verdicts.borrow().get(&node) {
-                    return *known;
-                }
-                let verdict = (|| -> Result<bool, ShardError> {
-                    let Some(point) = index.label(node) else {
-                        return Ok(false);
-                    };
-                    if fresh.binary_search_by_key(&point, |(p, _)| *p).is_ok() {
-                        return Ok(false); // a MemTable version is newer
-                    }
-                    let key = Key {
-                        collection: id,
-                        point,
-                    };
-                    let Some(located) = self.store.locate(&key)? else {
-                        return Ok(false);
-                    };
-                    if located.table != Some(number) {
-                        return Ok(false); // overwritten or deleted in a newer segment
-                    }
-                    Ok(located.point.is_some())
-                })();
-                let verdict = verdict.unwrap_or_else(|error| {
-                    failure.borrow_mut().get_or_insert(error);
-                    false
-                });
-                verdicts.borrow_mut().insert(node, verdict);
-                verdict
+                !segment.is_superseded(node)
+                    && segment.labels.get(node as usize).is_some_and(|point| {
+                        fresh.binary_search_by_key(point, |(p, _)| *p).is_err()
+                    })
             };
             let params = SearchParams {
                 k,
@@ -548,9 +527,6 @@ impl Shard {
                     table: number,
                     detail: error.to_string(),
                 })?;
-            if let Some(error) = failure.into_inner() {
-                return Err(error);
-            }
             candidates.extend(found.iter().map(|n| (n.distance, n.label)));
         }
 
@@ -581,17 +557,20 @@ impl Shard {
 
     /// Flushes the MemTable into a segment (and its index) and waits for it.
     pub fn flush(&mut self) -> Result<(), ShardError> {
-        Ok(self.store.flush()?)
+        self.store.flush()?;
+        self.refresh_segments()
     }
 
     /// Merges every segment (tests and operators).
     pub fn compact_all(&mut self) -> Result<(), ShardError> {
-        Ok(self.store.compact_all()?)
+        self.store.compact_all()?;
+        self.refresh_segments()
     }
 
     /// Waits until no flush or compaction is running or due.
     pub fn wait_idle(&mut self) -> Result<(), ShardError> {
-        Ok(self.store.wait_idle()?)
+        self.store.wait_idle()?;
+        self.refresh_segments()
     }
 
     /// Statistics.
@@ -611,6 +590,57 @@ impl Shard {
                 / store.table_vectors.max(1) as f64,
             store,
         }
+    }
+
+    /// Brings the segments' superseded sets up to date after the store's version changed:
+    /// for each segment new since the last call, its nodes whose point a segment read before
+    /// it holds (newer) are superseded, and so are the nodes of segments read after it
+    /// (older) whose point it holds. Read order is the store's: level 0 newest first, then
+    /// each level down.
+    fn refresh_segments(&mut self) -> Result<(), ShardError> {
+        let tables = self.store.tables();
+        let order: Vec<u64> = tables.iter().map(|(_, t)| t.number()).collect();
+        if order == self.segment_order {
+            return Ok(());
+        }
+        let known: std::collections::HashSet<u64> = self.segment_order.iter().copied().collect();
+        let segments: Vec<_> = tables
+            .iter()
+            .map(|(_, table)| {
+                let segment = self.sidecars.index(table.number());
+                (table.footer().collection, segment)
+            })
+            .collect();
+        for (position, (_, table)) in tables.iter().enumerate() {
+            if known.contains(&table.number()) {
+                continue;
+            }
+            let (collection, Some(fresh)) = &segments[position] else {
+                continue; // a dropped collection's table, about to go
+            };
+            for (other_position, (other_collection, other)) in segments.iter().enumerate() {
+                let Some(other) = other.as_ref().filter(|_| other_collection == collection) else {
+                    continue;
+                };
+                if other_position < position {
+                    // `other` is newer: it supersedes what `fresh` holds of its points.
+                    for (node, point) in fresh.labels.iter().enumerate() {
+                        if other.holds(*point) {
+                            fresh.supersede(node as u32);
+                        }
+                    }
+                } else if other_position > position {
+                    // `other` is older: `fresh` supersedes what it holds of fresh's points.
+                    for point in &fresh.keys {
+                        if let Some(node) = other.node_of(*point) {
+                            other.supersede(node);
+                        }
+                    }
+                }
+            }
+        }
+        self.segment_order = order;
+        Ok(())
     }
 
     /// Checks that every live segment's side-car index agrees with its SSTable: one node per
@@ -636,8 +666,16 @@ impl Shard {
                 .sidecars
                 .index(number)
                 .ok_or_else(|| mismatch("no side-car index".to_owned()))?;
-            let index = &segment.graph;
+            let index = segment
+                .graph
+                .as_ref()
+                .ok_or_else(|| mismatch("no graph for a table with vectors".to_owned()))?;
             let labels = table.region_points()?;
+            if labels != segment.labels {
+                return Err(mismatch(
+                    "the segment's labels differ from its table".to_owned(),
+                ));
+            }
             if index.len() != labels.len() {
                 return Err(mismatch(format!(
                     "{} nodes for {} vectors",

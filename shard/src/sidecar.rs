@@ -19,7 +19,7 @@ use crate::payload_index::PayloadIndex;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use vortex_index::{BuildParams, Hnsw, Metric, Quantization};
+use vortex_index::{BuildParams, Hnsw, Metric, NodeSet, Quantization};
 use vortex_storage::sstable::table::Table;
 use vortex_storage::CompactionHook;
 use vortex_vbp::message::{CollectionSpec, Metric as WireMetric, VectorType};
@@ -42,13 +42,50 @@ fn parse_sidecar_name(name: &str) -> Option<u64> {
     name.strip_suffix(".hnsw")?.parse().ok()
 }
 
-/// A segment's search structures: its graph and its payload index, by node.
+/// A segment's search structures, by node (node `i` = slot `i` of the vector region).
 #[derive(Debug)]
 pub struct Segment {
-    /// The side-car HNSW (built, or mapped from its file).
-    pub graph: Hnsw,
+    /// The side-car HNSW (built, or mapped from its file); `None` when the table holds no
+    /// vector of the collection's dimension (only deletes, say).
+    pub graph: Option<Hnsw>,
     /// Which nodes hold which payload values.
     pub payloads: PayloadIndex,
+    /// Each node's point id, ascending (slots are in key order).
+    pub labels: Vec<u64>,
+    /// Every point id the table holds a version of, tombstones included, ascending.
+    pub keys: Vec<u64>,
+    /// Nodes whose point has a newer version in a segment read before this one (kept by
+    /// the shard as segments come and go): never returned by a search.
+    pub superseded: RwLock<NodeSet>,
+}
+
+impl Segment {
+    /// The node of `point`, if this segment holds a vector of it.
+    pub fn node_of(&self, point: u64) -> Option<u32> {
+        self.labels
+            .binary_search(&point)
+            .ok()
+            .map(|node| node as u32)
+    }
+
+    /// Whether this segment holds a version (or a tombstone) of `point`.
+    pub fn holds(&self, point: u64) -> bool {
+        self.keys.binary_search(&point).is_ok()
+    }
+
+    /// Whether `node` has a newer version elsewhere.
+    pub fn is_superseded(&self, node: u32) -> bool {
+        self.superseded
+            .read()
+            .map_or(true, |superseded| superseded.contains(node))
+    }
+
+    /// Records that `node` has a newer version elsewhere.
+    pub fn supersede(&self, node: u32) {
+        if let Ok(mut superseded) = self.superseded.write() {
+            superseded.insert(node);
+        }
+    }
 }
 
 /// The side-car builder and registry, shared by the shard and the background workers.
@@ -99,7 +136,11 @@ impl SideCars {
                 indexes.len(),
                 indexes
                     .values()
-                    .map(|segment| segment.graph.memory_bytes())
+                    .map(|segment| {
+                        segment.graph.as_ref().map_or(0, Hnsw::memory_bytes)
+                            + segment.labels.len() * 8
+                            + segment.keys.len() * 8
+                    })
                     .sum(),
             )
         })
@@ -110,14 +151,19 @@ impl SideCars {
     pub fn load(&self, tables: &[Arc<Table>]) -> Result<usize, ShardError> {
         let mut rebuilt = 0;
         for table in tables {
-            if self.index(table.number()).is_some() || !self.wants_index(table) {
+            if self.index(table.number()).is_some()
+                || self.spec(table.footer().collection).is_none()
+            {
+                continue;
+            }
+            if !self.wants_index(table) {
+                self.build(table)?; // no graph: keys and labels only
                 continue;
             }
             let path = self.dir.join(sidecar_name(table.number()));
             match Hnsw::load(&path) {
                 Ok(index) if index.len() as u64 == table.footer().vector_count => {
-                    let (_, payloads) = self.read_slots(table)?;
-                    self.register(table.number(), index, payloads);
+                    self.register(table, Some(index))?;
                 }
                 outcome => {
                     if let Err(error) = outcome {
@@ -131,10 +177,22 @@ impl SideCars {
         Ok(rebuilt)
     }
 
-    fn register(&self, number: u64, graph: Hnsw, payloads: PayloadIndex) {
+    /// Registers `table`'s segment: its graph, and what is read from the table itself.
+    fn register(&self, table: &Table, graph: Option<Hnsw>) -> Result<(), ShardError> {
+        let (labels, payloads) = self.read_slots(table)?;
+        let mut keys = Vec::with_capacity(table.footer().entries as usize);
+        table.for_each_key(|point| keys.push(point))?;
+        let segment = Segment {
+            superseded: RwLock::new(NodeSet::with_capacity(labels.len())),
+            graph,
+            payloads,
+            labels,
+            keys,
+        };
         if let Ok(mut indexes) = self.indexes.write() {
-            indexes.insert(number, Arc::new(Segment { graph, payloads }));
+            indexes.insert(table.number(), Arc::new(segment));
         }
+        Ok(())
     }
 
     /// The point id and payload of each slot of `table`, the payloads indexed.
@@ -175,7 +233,7 @@ impl SideCars {
             return Ok(());
         };
         if !self.wants_index(table) {
-            return Ok(());
+            return self.register(table, None);
         }
         let index_error = |detail: String| ShardError::Index {
             table: table.number(),
@@ -192,7 +250,7 @@ impl SideCars {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
         }
-        let (labels, payloads) = self.read_slots(table)?;
+        let labels = table.region_points()?;
         let params = BuildParams {
             metric: index_metric(spec.metric),
             m: spec.m as usize,
@@ -210,8 +268,7 @@ impl SideCars {
         index
             .save(&path)
             .map_err(|error| index_error(error.to_string()))?;
-        self.register(table.number(), index, payloads);
-        Ok(())
+        self.register(table, Some(index))
     }
 }
 

@@ -961,6 +961,19 @@ impl Table {
         Ok(points)
     }
 
+    /// Calls `visit(point)` for every entry (tombstones included), in key order. Data blocks
+    /// are verified on the way.
+    pub fn for_each_key(&self, mut visit: impl FnMut(u64)) -> Result<(), StorageError> {
+        self.guarded(|| {
+            for index in 0..self.index.len() {
+                self.block(index)?
+                    .iter()
+                    .for_each(|found| visit(found.key.point));
+            }
+            Ok(())
+        })
+    }
+
     /// Calls `visit(point, payload)` for each vector-region slot, in slot order. Data blocks
     /// are verified on the way.
     pub fn for_each_slot(&self, mut visit: impl FnMut(u64, &[u8])) -> Result<(), StorageError> {
