@@ -16,11 +16,15 @@
 //!   a `write` + `fdatasync` loop on the same file system (the device's floor).
 //! - [`lsm`]: random upserts then point lookups on our LSM store beside `fjall`, same
 //!   workload and durability: throughput, write amplification, lookups/s, ratios.
+//! - [`shard`]: a dataset ingested into one shard with side-car indexes built in the
+//!   background: ingest rate, QPS and recall during and after ingest, time to ready, bytes
+//!   per vector.
 
 pub mod ann;
 pub mod dataset;
 pub mod lsm;
 pub mod nop;
+pub mod shard;
 pub mod vecs;
 pub mod wal;
 

@@ -8,6 +8,7 @@ use vortex_bench::ann::{self, AnnConfig};
 use vortex_bench::dataset::{self, DatasetMeta};
 use vortex_bench::lsm::{self, LsmBenchConfig};
 use vortex_bench::nop::{self, NopBenchConfig, NopMode};
+use vortex_bench::shard::{self, ShardBenchConfig};
 use vortex_bench::wal::{self, WalBenchConfig};
 use vortex_config::{ApplianceConfig, LeuCount, Topology};
 use vortex_index::Quantization;
@@ -144,6 +145,35 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "vortex,fjall")]
         engines: Vec<String>,
         /// The JSON result is written to OUT/lsm/lsm.json.
+        #[arg(long, default_value = "bench-rigs/results")]
+        out: PathBuf,
+    },
+    /// A dataset ingested into one shard (side-car indexes built in the background): ingest
+    /// rate, QPS and recall@10 during and after ingest, time to ready, bytes per vector.
+    Shard {
+        /// The dataset directory (from `dataset`).
+        #[arg(long, default_value = "bench-rigs/data/clustered-128-l2-100000")]
+        data: PathBuf,
+        /// Scratch directory for the shard (replaced, then removed).
+        #[arg(long, default_value = "bench-rigs/data/shard-bench")]
+        dir: PathBuf,
+        /// Points per upsert.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Beam widths after ingest, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64,128")]
+        ef: Vec<usize>,
+        /// Queries at each tenth of the load.
+        #[arg(long, default_value_t = 100)]
+        queries_during: usize,
+        #[arg(long, default_value_t = 16)]
+        m: u16,
+        #[arg(long, default_value_t = 100)]
+        ef_construction: u16,
+        /// Index vectors as i8 (re-ranked with f32).
+        #[arg(long)]
+        quantized: bool,
+        /// The JSON result is written to OUT/shard/<dataset>.json.
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
     },
@@ -329,6 +359,42 @@ fn main() -> anyhow::Result<()> {
             let dir = out.join("lsm");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = dir.join("lsm.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        Command::Shard {
+            data,
+            dir,
+            batch,
+            ef,
+            queries_during,
+            m,
+            ef_construction,
+            quantized,
+            out,
+        } => {
+            shard::check_data(&data)?;
+            anyhow::ensure!(
+                batch > 0 && !ef.is_empty(),
+                "--batch and --ef must be given"
+            );
+            let config = ShardBenchConfig {
+                data,
+                dir,
+                batch,
+                ef,
+                queries_during,
+                m,
+                ef_construction,
+                quantized,
+            };
+            eprintln!("{command_line}");
+            let result = shard::run(&config, &command_line)?;
+            print!("{}", shard::render(&result));
+            let dir = out.join("shard");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(format!("{}.json", result.dataset));
             std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
                 .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wrote {}", path.display());

@@ -506,11 +506,17 @@ impl Shard {
                 continue;
             }
             // Live: no newer version in a segment read before this one, nor in a MemTable.
+            // The superseded set is read under one guard for the whole walk.
+            let superseded = segment.superseded.read().map_err(|_| ShardError::Index {
+                table: number,
+                detail: "superseded set poisoned".to_owned(),
+            })?;
             let admits = |node: u32| -> bool {
-                !segment.is_superseded(node)
-                    && segment.labels.get(node as usize).is_some_and(|point| {
-                        fresh.binary_search_by_key(point, |(p, _)| *p).is_err()
-                    })
+                !superseded.contains(node)
+                    && (fresh.is_empty()
+                        || segment.labels.get(node as usize).is_some_and(|point| {
+                            fresh.binary_search_by_key(point, |(p, _)| *p).is_err()
+                        }))
             };
             let params = SearchParams {
                 k,
@@ -521,12 +527,18 @@ impl Shard {
                 allowed: allowed.as_ref(),
                 live: &admits,
             };
-            let found = index
-                .search_filtered(request.vector, &params, &filter)
-                .map_err(|error| ShardError::Index {
-                    table: number,
-                    detail: error.to_string(),
-                })?;
+            // Nothing to exclude: the unfiltered walk, which skips the per-node test.
+            let everything_live = allowed.is_none() && superseded.is_empty() && fresh.is_empty();
+            let found = if everything_live {
+                index.search(request.vector, params.k, params.ef)
+            } else {
+                index.search_filtered(request.vector, &params, &filter)
+            }
+            .map_err(|error| ShardError::Index {
+                table: number,
+                detail: error.to_string(),
+            })?;
+            drop(superseded);
             candidates.extend(found.iter().map(|n| (n.distance, n.label)));
         }
 

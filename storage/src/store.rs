@@ -63,8 +63,9 @@ pub struct StoreOptions {
     pub wal: WalOptions,
     /// A MemTable this large is flushed; writes are refused (THROTTLED) at twice this.
     pub memtable_bytes: usize,
-    /// A MemTable with this many entries is flushed too (0: no cap). The shard engine caps
-    /// it so that the fresh vectors a search scans exactly stay few.
+    /// A MemTable with this many entries is flushed too, and writes are refused (THROTTLED)
+    /// at twice this (0: no cap). The shard engine caps it so that the fresh vectors a search
+    /// scans exactly stay few.
     pub memtable_entries_max: usize,
     /// Compaction outputs are cut at about this size.
     pub table_bytes_target: u64,
@@ -648,7 +649,10 @@ impl<E: Env> Store<E> {
         let held = self.memtable.bytes() + self.pending_bytes;
         // A write larger than the whole budget is let in when nothing else is held, or it
         // would be refused forever.
-        if held > 0 && held + bytes > 2 * self.options.memtable_bytes {
+        let entries_max = self.options.memtable_entries_max;
+        let entries_full =
+            entries_max > 0 && self.memtable.len() + self.pending.len() >= 2 * entries_max;
+        if held > 0 && (held + bytes > 2 * self.options.memtable_bytes || entries_full) {
             self.maintain(false)?;
             return Err(StorageError::Throttled(
                 "the memtable is full until the running flush completes",
