@@ -36,3 +36,18 @@ pub fn percentile_ns(latencies_ns: &mut [u64], percent: usize) -> u64 {
         .saturating_sub(1);
     latencies_ns.get(rank).copied().unwrap_or(0)
 }
+
+/// Bytes of the files under `dir`, recursively (0 for what cannot be read).
+pub fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_bytes(&entry.path()),
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -19,9 +19,10 @@
 //! debt; for ours the run then waits until no compaction is due and reports how long that
 //! took and the write amplification with the debt paid (fjall has no such call).
 
+use crate::disk_bytes;
 use anyhow::Context;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use vortex_io::RingConfig;
 use vortex_storage::{DirectIo, Key, PosixEnv, StorageError, Store, StoreOptions};
@@ -95,20 +96,6 @@ fn write_bytes() -> u64 {
                 .and_then(|n| n.trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn disk_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => disk_bytes(&entry.path()),
-            Ok(meta) => meta.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// The workload: the `index`th upsert's point id and value.

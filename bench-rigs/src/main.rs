@@ -179,6 +179,20 @@ enum Command {
     },
 }
 
+/// Writes `result` as pretty JSON to `dir/name` and says where.
+fn write_result(
+    dir: &std::path::Path,
+    name: &str,
+    result: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(result)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
@@ -356,12 +370,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{command_line}");
             let result = lsm::run(&config, &command_line)?;
             print!("{}", lsm::render(&result));
-            let dir = out.join("lsm");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let path = dir.join("lsm.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
+            write_result(&out.join("lsm"), "lsm.json", &result)?;
         }
         Command::Shard {
             data,
@@ -392,12 +401,11 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{command_line}");
             let result = shard::run(&config, &command_line)?;
             print!("{}", shard::render(&result));
-            let dir = out.join("shard");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let path = dir.join(format!("{}.json", result.dataset));
-            std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
+            write_result(
+                &out.join("shard"),
+                &format!("{}.json", result.dataset),
+                &result,
+            )?;
         }
     }
     Ok(())

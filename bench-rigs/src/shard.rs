@@ -18,6 +18,7 @@
 
 use crate::ann::resident_bytes;
 use crate::dataset::Dataset;
+use crate::disk_bytes;
 use anyhow::Context;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -92,20 +93,6 @@ fn distance(metric: Metric, a: &[f32], b: &[f32]) -> f32 {
             1.0 - dot / (norm(a) * norm(b))
         }
     }
-}
-
-fn disk_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => disk_bytes(&entry.path()),
-            Ok(meta) => meta.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// Runs `queries` and returns (qps, recall@10) against `truth(query) -> top-10 ids`.

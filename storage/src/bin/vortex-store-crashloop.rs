@@ -20,11 +20,10 @@
 #[path = "shared/crashloop.rs"]
 mod crashloop;
 
-use crashloop::{number, seed, splitmix, value, watch, Knowledge, TempDir};
+use crashloop::{kill_cycle, number, seed, splitmix, value, Knowledge, TempDir};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_io::RingConfig;
@@ -225,46 +224,14 @@ fn parent(args: &[String]) -> Result<(), String> {
         "store crash loop: {cycles} cycles, seed {seed} (replay with --seed {seed}), dir {}",
         dir.display()
     );
-    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let mut random = seed;
     let mut knowledge = Knowledge::new(BATCH, operation);
     let mut interrupted = 0u64;
     let started = Instant::now();
     for cycle in 0..cycles {
         let delay_ms = 20 + splitmix(&mut random) % kill_after_ms_max;
-        let op_start = cycle * CYCLE_OPS + 1;
-        knowledge.issued = op_start - 1;
-        let mut child = Command::new(&exe)
-            .arg("child")
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--op-start")
-            .arg(op_start.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|error| format!("spawn: {error}"))?;
-        let lines = watch(&mut child)?;
-        let deadline = Instant::now() + Duration::from_millis(delay_ms);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match lines.recv_timeout(left) {
-                Ok(line) => knowledge.absorb(&line)?,
-                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
-                    break
-                }
-            }
-        }
-        // Child::kill is SIGKILL: no destructor, no flush, no chance to finish a write.
-        let _ = child.kill();
-        let status = child.wait().map_err(|error| error.to_string())?;
-        for line in lines.iter() {
-            knowledge.absorb(&line)?;
-        }
-        if status.code().is_some_and(|code| code != 0) {
-            return Err(format!(
-                "cycle {cycle}: the child failed ({status}) before it was killed; seed {seed}"
-            ));
-        }
+        kill_cycle(&dir, cycle * CYCLE_OPS + 1, delay_ms, &mut knowledge)
+            .map_err(|error| format!("cycle {cycle}: {error}; seed {seed}"))?;
         let (store, orphans) = open(&dir, StoreHooks::default())
             .map_err(|error| format!("cycle {cycle}: {error}; seed {seed}"))?;
         if orphans > 0 {

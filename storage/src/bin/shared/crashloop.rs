@@ -5,9 +5,10 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ExitCode};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// A role of the binary: the arguments after its name.
 pub type Role = fn(&[String]) -> Result<(), String>;
@@ -103,6 +104,47 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// One cycle of an op-numbered crash loop: starts this binary as `child --dir DIR
+/// --op-start START`, feeds its lines to `knowledge` for `delay_ms`, SIGKILLs it, and takes
+/// in what it printed before dying. A child that exited with an error fails the cycle.
+pub fn kill_cycle(
+    dir: &Path,
+    op_start: u64,
+    delay_ms: u64,
+    knowledge: &mut Knowledge,
+) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    knowledge.issued = op_start - 1;
+    let mut child = Command::new(exe)
+        .arg("child")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--op-start")
+        .arg(op_start.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|error| format!("spawn: {error}"))?;
+    let lines = watch(&mut child)?;
+    let deadline = Instant::now() + Duration::from_millis(delay_ms);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => knowledge.absorb(&line)?,
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Child::kill is SIGKILL: no destructor, no flush, no chance to finish a write.
+    let _ = child.kill();
+    let status = child.wait().map_err(|error| error.to_string())?;
+    for line in lines.iter() {
+        knowledge.absorb(&line)?;
+    }
+    if status.code().is_some_and(|code| code != 0) {
+        return Err(format!("the child failed ({status}) before it was killed"));
+    }
+    Ok(())
 }
 
 /// What a crash-loop parent knows of each point from the child's `issued LAST` and
