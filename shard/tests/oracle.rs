@@ -2,6 +2,10 @@
 //! filters and reopens (seeded; the seed is printed), every search checked against exact
 //! brute force over a model of the live points.
 
+#[path = "../../storage/tests/common/mod.rs"]
+mod common;
+
+use common::{test_seed, Rng};
 use std::collections::BTreeMap;
 use std::path::Path;
 use vortex_shard::payload::matches;
@@ -10,38 +14,6 @@ use vortex_storage::StoreOptions;
 use vortex_vbp::message::{
     CollectionSpec, Filter, FilterNode, Metric, Payload, PayloadField, PayloadValue, VectorType,
 };
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("VORTEX_TEST_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_nanos() as u64)
-                .unwrap_or(1)
-        })
-}
 
 fn options() -> ShardOptions {
     ShardOptions {
@@ -88,7 +60,7 @@ fn payload_for(group: i64, rng: &mut Rng) -> Payload {
             },
             PayloadField {
                 key: "score".into(),
-                value: PayloadValue::Float(rng.unit() as f64),
+                value: PayloadValue::Float(rng.signed_unit() as f64),
             },
         ],
     }
@@ -114,7 +86,7 @@ fn random_filter(rng: &mut Rng) -> Filter {
     };
     let score = |rng: &mut Rng| FilterNode::Range {
         field: "score".into(),
-        min: Some(rng.unit() as f64),
+        min: Some(rng.signed_unit() as f64),
         max: None,
         min_inclusive: true,
         max_inclusive: false,
@@ -200,7 +172,7 @@ fn check_search(
 
 #[test]
 fn searches_match_exact_search_over_a_model_through_writes_flushes_and_reopens() {
-    let seed = seed();
+    let seed = test_seed();
     println!("seed {seed} (replay with VORTEX_TEST_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -234,7 +206,7 @@ fn searches_match_exact_search_over_a_model_through_writes_flushes_and_reopens()
                 let mut vectors = Vec::new();
                 let mut payloads = Vec::new();
                 for &id in &ids {
-                    let vector: Vec<f32> = (0..dimension).map(|_| rng.unit()).collect();
+                    let vector: Vec<f32> = (0..dimension).map(|_| rng.signed_unit()).collect();
                     let payload = payload_for(rng.below(4) as i64, &mut rng);
                     vectors.extend_from_slice(&vector);
                     collection.points.insert(id, (vector, payload.clone()));
@@ -262,7 +234,7 @@ fn searches_match_exact_search_over_a_model_through_writes_flushes_and_reopens()
             }
             70..=89 => {
                 shard.sync().unwrap();
-                let query: Vec<f32> = (0..dimension).map(|_| rng.unit()).collect();
+                let query: Vec<f32> = (0..dimension).map(|_| rng.signed_unit()).collect();
                 let filter = (rng.below(2) == 0).then(|| random_filter(&mut rng));
                 searches += 1;
                 if check_search(&shard, collection, &query, filter.as_ref(), &context) {
