@@ -29,8 +29,8 @@ pub const CATALOG: &str = "CATALOG";
 const CATALOG_TEMP: &str = "CATALOG.tmp";
 /// Collections one shard holds (live and dropped) at most.
 pub const COLLECTIONS_MAX: usize = 4096;
-/// The largest dimension accepted.
-pub const DIMENSION_MAX: u32 = 65_536;
+/// The largest dimension accepted: what fits the storage engine's largest vector.
+pub const DIMENSION_MAX: u32 = (vortex_storage::sstable::table::VECTOR_BYTES_MAX / 4) as u32;
 
 /// Whether a collection is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

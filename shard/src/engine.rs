@@ -39,8 +39,10 @@ use vortex_vbp::message::{CollectionInfo, CollectionSpec, Hit, Payload, PointRec
 
 /// Results a search may ask for.
 pub const K_MAX: usize = 10_000;
-/// The largest beam width.
-pub const EF_MAX: usize = 100_000;
+/// The largest beam width (the index's).
+pub const EF_MAX: usize = vortex_index::hnsw::EF_MAX;
+/// Bytes of a put's WAL record before its vector: collection, point id, vector length.
+const RECORD_HEADER_BYTES: usize = 4 + 8 + 4;
 /// Points one upsert, delete or get may carry.
 pub const BATCH_POINTS_MAX: usize = 65_536;
 
@@ -127,9 +129,10 @@ pub struct Shard {
     sidecars: Arc<SideCars>,
     kernels: &'static Kernels,
     scratch: Vec<u8>,
-    payload_scratch: Vec<u8>,
     /// The live tables, in read order, when the superseded sets were last brought up to date.
     segment_order: Vec<u64>,
+    /// The store's version epoch then.
+    segment_epoch: Option<u64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -156,6 +159,18 @@ impl Filter for SegmentFilter<'_> {
     /// choose between an exact scan and a graph walk.
     fn allowed_count(&self) -> Option<usize> {
         self.allowed.map(NodeSet::len)
+    }
+
+    /// The allowed set's own walk (not a test of every node), then liveness.
+    fn for_each_allowed(&self, count: u32, visit: &mut dyn FnMut(u32)) {
+        match self.allowed {
+            Some(set) => set.for_each_allowed(count, &mut |node| {
+                if (self.live)(node) {
+                    visit(node)
+                }
+            }),
+            None => (0..count).filter(|&node| self.allows(node)).for_each(visit),
+        }
     }
 }
 
@@ -213,8 +228,8 @@ impl Shard {
             sidecars,
             kernels: Kernels::active(),
             scratch: Vec::new(),
-            payload_scratch: Vec::new(),
             segment_order: Vec::new(),
+            segment_epoch: None,
         };
         shard.refresh_segments()?;
         let report = ShardOpenReport {
@@ -251,8 +266,8 @@ impl Shard {
         catalog.save(&self.dir)?;
         self.catalog = catalog;
         self.sidecars.set_spec(id, None);
-        self.store.remove_collection_tables(id)?;
-        self.refresh_segments()
+        let result = self.store.remove_collection_tables(id);
+        self.settle(result).map(|_| ())
     }
 
     fn collection(&self, name: &str) -> Result<(u32, CollectionSpec), ShardError> {
@@ -330,28 +345,65 @@ impl Shard {
             )));
         }
         for (index, row) in vectors.chunks_exact(dimension).enumerate() {
-            check_vector(row, dimension, &format!("point {}", ids[index]))?;
+            if let Err(ShardError::Invalid(detail)) = check_vector(row, dimension, "") {
+                return Err(ShardError::Invalid(format!("point {}{detail}", ids[index])));
+            }
         }
-        for payload in payloads {
+        // Everything is checked before the first write, so that only THROTTLED can stop a
+        // batch part-way (and a retry of the whole batch is then harmless).
+        let record_bytes_max = self.store.record_bytes_max();
+        if RECORD_HEADER_BYTES + dimension * 4 > record_bytes_max {
+            return Err(ShardError::Invalid(format!(
+                "a vector of dimension {dimension} exceeds the record limit of {record_bytes_max} bytes"
+            )));
+        }
+        let mut encoded = Vec::with_capacity(payloads.len());
+        for (index, payload) in payloads.iter().enumerate() {
             payload::validate(payload).map_err(|e| ShardError::Invalid(e.to_string()))?;
+            let mut bytes = Vec::new();
+            payload::encode(Some(payload), &mut bytes);
+            let record_bytes = RECORD_HEADER_BYTES + dimension * 4 + bytes.len();
+            if record_bytes > record_bytes_max {
+                return Err(ShardError::Invalid(format!(
+                    "point {}: {record_bytes} bytes with its payload, above the limit of \
+                     {record_bytes_max}",
+                    ids[index]
+                )));
+            }
+            encoded.push(bytes);
         }
         let mut last = 0;
+        let mut result = Ok(());
         for (index, &point) in ids.iter().enumerate() {
             self.scratch.clear();
             for value in &vectors[index * dimension..(index + 1) * dimension] {
                 self.scratch.extend_from_slice(&value.to_le_bytes());
             }
-            payload::encode(payloads.get(index), &mut self.payload_scratch);
-            last = self.store.put(
-                Key {
-                    collection: id,
-                    point,
-                },
-                &self.scratch,
-                &self.payload_scratch,
-            )?;
+            let payload = encoded.get(index).map_or(&[][..], Vec::as_slice);
+            let key = Key {
+                collection: id,
+                point,
+            };
+            match self.store.put(key, &self.scratch, payload) {
+                Ok(sequence) => last = sequence,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
         }
+        self.settle(result)?;
         Ok(last)
+    }
+
+    /// Passes a store result on after bringing the segments' derived state up to date: any
+    /// store call may have published a flush or compaction, whatever it returned.
+    fn settle<T>(
+        &mut self,
+        result: Result<T, vortex_storage::StorageError>,
+    ) -> Result<T, ShardError> {
+        self.refresh_segments()?;
+        Ok(result?)
     }
 
     /// Deletes points; returns the sequence number to wait for.
@@ -364,27 +416,33 @@ impl Shard {
             )));
         }
         let mut last = 0;
+        let mut result = Ok(());
         for &point in ids {
-            last = self.store.delete(Key {
+            match self.store.delete(Key {
                 collection: id,
                 point,
-            })?;
+            }) {
+                Ok(sequence) => last = sequence,
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
         }
+        self.settle(result)?;
         Ok(last)
     }
 
     /// Moves writes and background work forward; returns the durable sequence number.
     pub fn poll(&mut self, wait: Option<Duration>) -> Result<u64, ShardError> {
-        let durable = self.store.poll(wait)?;
-        self.refresh_segments()?;
-        Ok(durable)
+        let result = self.store.poll(wait);
+        self.settle(result)
     }
 
     /// Waits until every write so far is durable (acknowledged) and visible.
     pub fn sync(&mut self) -> Result<u64, ShardError> {
-        let durable = self.store.sync()?;
-        self.refresh_segments()?;
-        Ok(durable)
+        let result = self.store.sync();
+        self.settle(result)
     }
 
     /// The points that exist, in request order.
@@ -435,6 +493,11 @@ impl Shard {
 
     /// The `k` nearest live points (newest versions only) that match the filter.
     pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<Hit>, ShardError> {
+        debug_assert_eq!(
+            self.segment_epoch,
+            Some(self.store.version_epoch()),
+            "superseded sets out of date"
+        );
         let (id, spec) = self.collection(request.collection)?;
         let dimension = spec.dimension as usize;
         check_vector(request.vector, dimension, "the query")?;
@@ -474,7 +537,12 @@ impl Shard {
                 }
             }
             row.clear();
-            row.extend(decode_vector(&found.vector));
+            row.extend(
+                found
+                    .vector
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
             if metric.normalizes() {
                 normalize(&mut row);
             }
@@ -569,20 +637,20 @@ impl Shard {
 
     /// Flushes the MemTable into a segment (and its index) and waits for it.
     pub fn flush(&mut self) -> Result<(), ShardError> {
-        self.store.flush()?;
-        self.refresh_segments()
+        let result = self.store.flush();
+        self.settle(result)
     }
 
     /// Merges every segment (tests and operators).
     pub fn compact_all(&mut self) -> Result<(), ShardError> {
-        self.store.compact_all()?;
-        self.refresh_segments()
+        let result = self.store.compact_all();
+        self.settle(result)
     }
 
     /// Waits until no flush or compaction is running or due.
     pub fn wait_idle(&mut self) -> Result<(), ShardError> {
-        self.store.wait_idle()?;
-        self.refresh_segments()
+        let result = self.store.wait_idle();
+        self.settle(result)
     }
 
     /// Statistics.
@@ -610,11 +678,11 @@ impl Shard {
     /// (older) whose point it holds. Read order is the store's: level 0 newest first, then
     /// each level down.
     fn refresh_segments(&mut self) -> Result<(), ShardError> {
-        let tables = self.store.tables();
-        let order: Vec<u64> = tables.iter().map(|(_, t)| t.number()).collect();
-        if order == self.segment_order {
+        if self.segment_epoch == Some(self.store.version_epoch()) {
             return Ok(());
         }
+        let tables = self.store.tables();
+        let order: Vec<u64> = tables.iter().map(|(_, t)| t.number()).collect();
         let known: std::collections::HashSet<u64> = self.segment_order.iter().copied().collect();
         let segments: Vec<_> = tables
             .iter()
@@ -652,6 +720,7 @@ impl Shard {
             }
         }
         self.segment_order = order;
+        self.segment_epoch = Some(self.store.version_epoch());
         Ok(())
     }
 

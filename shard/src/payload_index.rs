@@ -43,6 +43,11 @@ impl Bits {
         }
     }
 
+    /// Makes room for `nodes` (a missing child reads as an empty set of any size).
+    fn resize(&mut self, nodes: u32) {
+        self.0.resize((nodes as usize).div_ceil(64), 0);
+    }
+
     fn set(&mut self, node: u32) {
         if let Some(word) = self.0.get_mut(node as usize / 64) {
             *word |= 1 << (node % 64);
@@ -54,7 +59,12 @@ impl Bits {
     }
 
     fn and(&mut self, other: &Bits) {
-        self.0.iter_mut().zip(&other.0).for_each(|(a, b)| *a &= b);
+        let shared = other.0.len().min(self.0.len());
+        self.0[..shared]
+            .iter_mut()
+            .zip(&other.0)
+            .for_each(|(a, b)| *a &= b);
+        self.0[shared..].iter_mut().for_each(|word| *word = 0);
     }
 
     fn not(&mut self, nodes: u32) {
@@ -137,11 +147,6 @@ impl PayloadIndex {
             .values_mut()
             .for_each(|v| v.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))));
         index
-    }
-
-    /// Nodes indexed.
-    pub fn nodes(&self) -> u32 {
-        self.nodes
     }
 
     fn listed(&self, nodes: Option<&Vec<u32>>) -> Bits {
@@ -236,12 +241,8 @@ impl PayloadIndex {
     pub fn evaluate(&self, filter: &Filter) -> NodeSet {
         let mut results: Vec<Bits> = Vec::with_capacity(filter.nodes.len());
         for node in &filter.nodes {
-            let child = |index: &u32| {
-                results
-                    .get(*index as usize)
-                    .cloned()
-                    .unwrap_or_else(|| Bits::empty(self.nodes))
-            };
+            let empty = Bits::empty(0);
+            let child = |index: &u32| results.get(*index as usize).unwrap_or(&empty);
             let bits = match node {
                 FilterNode::Eq { field, value } => self.equal(field, value),
                 FilterNode::In { field, values } => {
@@ -260,16 +261,17 @@ impl PayloadIndex {
                 } => self.numeric(field, *min, *max, *min_inclusive, *max_inclusive),
                 FilterNode::And(children) => {
                     let mut bits = Bits::all(self.nodes);
-                    children.iter().for_each(|c| bits.and(&child(c)));
+                    children.iter().for_each(|c| bits.and(child(c)));
                     bits
                 }
                 FilterNode::Or(children) => {
                     let mut bits = Bits::empty(self.nodes);
-                    children.iter().for_each(|c| bits.or(&child(c)));
+                    children.iter().for_each(|c| bits.or(child(c)));
                     bits
                 }
                 FilterNode::Not(index) => {
-                    let mut bits = child(index);
+                    let mut bits = child(index).clone();
+                    bits.resize(self.nodes);
                     bits.not(self.nodes);
                     bits
                 }

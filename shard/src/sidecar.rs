@@ -73,13 +73,6 @@ impl Segment {
         self.keys.binary_search(&point).is_ok()
     }
 
-    /// Whether `node` has a newer version elsewhere.
-    pub fn is_superseded(&self, node: u32) -> bool {
-        self.superseded
-            .read()
-            .map_or(true, |superseded| superseded.contains(node))
-    }
-
     /// Records that `node` has a newer version elsewhere.
     pub fn supersede(&self, node: u32) {
         if let Ok(mut superseded) = self.superseded.write() {
@@ -169,7 +162,18 @@ impl SideCars {
                     if let Err(error) = outcome {
                         tracing::warn!(path = %path.display(), %error, "rebuilding a side-car index");
                     }
-                    self.build(table)?;
+                    // Rebuild only from a table whose blocks and vectors check out; a damaged
+                    // one is quarantined (searches over it fail clearly) instead of failing
+                    // the whole open.
+                    let rebuilt_ok = table
+                        .verify(None, None)
+                        .map_err(ShardError::from)
+                        .and_then(|_| self.build(table));
+                    if let Err(error) = rebuilt_ok {
+                        tracing::error!(table = table.number(), %error, "cannot rebuild a side-car");
+                        table.quarantine(&format!("side-car rebuild failed: {error}"));
+                        continue;
+                    }
                     rebuilt += 1;
                 }
             }

@@ -399,6 +399,8 @@ pub struct Store<E: Env> {
     scrubber: Option<JoinHandle<()>>,
     scratch: Vec<u8>,
     stats: StoreStats,
+    /// Counts version changes (tables published or removed).
+    version_epoch: u64,
 }
 
 impl<E: Env> std::fmt::Debug for Store<E> {
@@ -601,6 +603,7 @@ impl<E: Env> Store<E> {
             scrubber,
             scratch: Vec::new(),
             stats: StoreStats::default(),
+            version_epoch: 0,
         };
         store.maintain(false)?;
         Ok((store, report))
@@ -879,6 +882,17 @@ impl<E: Env> Store<E> {
             .collect()
     }
 
+    /// A number that changes whenever the set of live tables changes (a flush or compaction
+    /// published, tables removed): what a caller that derives state from the tables compares.
+    pub fn version_epoch(&self) -> u64 {
+        self.version_epoch
+    }
+
+    /// The largest WAL record a write may make (key, vector and payload).
+    pub fn record_bytes_max(&self) -> usize {
+        self.options.wal.record_bytes_max
+    }
+
     /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -1145,8 +1159,7 @@ impl<E: Env> Store<E> {
                 }
                 for table in &inputs {
                     self.stats.compaction_bytes_read += table.file_bytes();
-                    let hook = Arc::clone(&self.shared.hooks.compaction);
-                    table.mark_obsolete(Some(Box::new(move |number| hook.table_deleted(number))));
+                    obsolete(&self.shared, table);
                 }
                 self.stats.compactions += 1;
                 self.set_version(version);
@@ -1161,7 +1174,7 @@ impl<E: Env> Store<E> {
         let (kept, dropped): (Vec<_>, Vec<_>) = outputs
             .into_iter()
             .partition(|table| hook.keep_collection(table.footer().collection));
-        discard(&dropped);
+        discard(&self.shared, &dropped);
         kept
     }
 
@@ -1188,8 +1201,7 @@ impl<E: Env> Store<E> {
             tables.retain(|t| t.footer().collection != collection);
         }
         for table in &doomed {
-            let hook = Arc::clone(&self.shared.hooks.compaction);
-            table.mark_obsolete(Some(Box::new(move |number| hook.table_deleted(number))));
+            obsolete(&self.shared, table);
         }
         self.set_version(version);
         Ok(doomed.len())
@@ -1267,6 +1279,7 @@ impl<E: Env> Store<E> {
     }
 
     fn set_version(&mut self, version: Version) {
+        self.version_epoch += 1;
         let version = Arc::new(version);
         if let Ok(mut current) = self.shared.current.lock() {
             *current = Arc::clone(&version);
@@ -1316,10 +1329,16 @@ fn table_meta(table: &Table, level: u8) -> TableMeta {
 }
 
 /// Deletes tables that will never be published.
-fn discard(tables: &[Arc<Table>]) {
+fn discard(shared: &Shared, tables: &[Arc<Table>]) {
     for table in tables {
-        table.mark_obsolete(None);
+        obsolete(shared, table);
     }
+}
+
+/// Marks `table` obsolete: its file goes with its last holder, then its side-car.
+fn obsolete(shared: &Shared, table: &Table) {
+    let hook = Arc::clone(&shared.hooks.compaction);
+    table.mark_obsolete(Some(Box::new(move |number| hook.table_deleted(number))));
 }
 
 /// Writes `entries` into new tables (cut at collection, vector length and size
@@ -1388,7 +1407,7 @@ fn write_tables(
     match result {
         Ok(()) => Ok(outputs),
         Err(error) => {
-            discard(&outputs);
+            discard(shared, &outputs);
             Err(error)
         }
     }
@@ -1403,7 +1422,7 @@ fn finish_table(
 ) -> Result<Arc<Table>, StorageError> {
     let table = Arc::new(builder.finish(number, options.bloom_bits_per_key, limiter)?);
     if let Err(detail) = shared.hooks.compaction.table_written(&table) {
-        table.mark_obsolete(None);
+        obsolete(shared, &table); // the hook may have saved a side-car before it failed
         return Err(StorageError::Invalid(format!(
             "the side-car builder failed for {}: {detail}",
             table.path().display()
