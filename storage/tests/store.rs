@@ -394,7 +394,10 @@ fn the_side_car_hook_gates_publication_and_files_outlive_their_readers() {
     // The outputs of the failed flushes were deleted, and the hook told; from here on only
     // the compaction's inputs may go, once nobody holds them.
     let deleted_before = hook.deleted.lock().unwrap().len();
-    assert!(deleted_before > 0, "discarded outputs' side-cars are deleted too");
+    assert!(
+        deleted_before > 0,
+        "discarded outputs' side-cars are deleted too"
+    );
     store.compact_all().unwrap();
     // Everything was deleted and compaction reached the bottom: no table is left, yet the
     // held inputs' files are still there for their reader.
