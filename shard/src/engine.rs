@@ -655,7 +655,19 @@ impl Shard {
 
     /// Statistics.
     pub fn stats(&self) -> ShardStats {
-        let (indexes, index_bytes) = self.sidecars.footprint();
+        // Live segments only: a flush or compaction running now may have registered its
+        // outputs' side-cars before they are published.
+        let (indexes, index_bytes) = self
+            .store
+            .tables()
+            .iter()
+            .filter_map(|(_, table)| self.sidecars.index(table.number()))
+            .fold((0, 0), |(graphs, bytes), segment| {
+                (
+                    graphs + usize::from(segment.graph.is_some()),
+                    bytes + segment.resident_bytes(),
+                )
+            });
         let store = self.store.stats();
         let table_bytes: u64 = store.levels.iter().map(|level| level.bytes).sum();
         ShardStats {
@@ -699,7 +711,11 @@ impl Shard {
                 continue; // a dropped collection's table, about to go
             };
             for (other_position, (other_collection, other)) in segments.iter().enumerate() {
-                let Some(other) = other.as_ref().filter(|_| other_collection == collection) else {
+                // Segments whose key ranges do not meet cannot supersede one another.
+                let Some(other) = other
+                    .as_ref()
+                    .filter(|other| other_collection == collection && fresh.overlaps(other))
+                else {
                     continue;
                 };
                 if other_position < position {

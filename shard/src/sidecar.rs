@@ -68,6 +68,28 @@ impl Segment {
             .map(|node| node as u32)
     }
 
+    /// Bytes of its search structures in memory (a mapped graph counts in full).
+    pub fn resident_bytes(&self) -> usize {
+        self.graph.as_ref().map_or(0, Hnsw::memory_bytes)
+            + (self.labels.len() + self.keys.len()) * 8
+    }
+
+    /// Whether the key ranges of the two segments meet (if not, neither can supersede the
+    /// other).
+    pub fn overlaps(&self, other: &Segment) -> bool {
+        match (
+            self.keys.first(),
+            self.keys.last(),
+            other.keys.first(),
+            other.keys.last(),
+        ) {
+            (Some(low), Some(high), Some(other_low), Some(other_high)) => {
+                low <= other_high && other_low <= high
+            }
+            _ => false,
+        }
+    }
+
     /// Whether this segment holds a version (or a tombstone) of `point`.
     pub fn holds(&self, point: u64) -> bool {
         self.keys.binary_search(&point).is_ok()
@@ -79,6 +101,13 @@ impl Segment {
             superseded.insert(node);
         }
     }
+}
+
+/// What a segment reads from its table.
+struct Contents {
+    labels: Vec<u64>,
+    payloads: PayloadIndex,
+    keys: Vec<u64>,
 }
 
 /// The side-car builder and registry, shared by the shard and the background workers.
@@ -122,23 +151,6 @@ impl SideCars {
         self.indexes.read().ok()?.get(&number).cloned()
     }
 
-    /// Indexes held, and their resident bytes.
-    pub fn footprint(&self) -> (usize, usize) {
-        self.indexes.read().map_or((0, 0), |indexes| {
-            (
-                indexes.len(),
-                indexes
-                    .values()
-                    .map(|segment| {
-                        segment.graph.as_ref().map_or(0, Hnsw::memory_bytes)
-                            + segment.labels.len() * 8
-                            + segment.keys.len() * 8
-                    })
-                    .sum(),
-            )
-        })
-    }
-
     /// Maps the side-car of each live table, building the missing ones. Returns how many
     /// were rebuilt.
     pub fn load(&self, tables: &[Arc<Table>]) -> Result<usize, ShardError> {
@@ -156,7 +168,8 @@ impl SideCars {
             let path = self.dir.join(sidecar_name(table.number()));
             match Hnsw::load(&path) {
                 Ok(index) if index.len() as u64 == table.footer().vector_count => {
-                    self.register(table, Some(index))?;
+                    let contents = self.read_table(table)?;
+                    self.register(table, Some(index), contents);
                 }
                 outcome => {
                     if let Err(error) = outcome {
@@ -181,30 +194,30 @@ impl SideCars {
         Ok(rebuilt)
     }
 
-    /// Registers `table`'s segment: its graph, and what is read from the table itself.
-    fn register(&self, table: &Table, graph: Option<Hnsw>) -> Result<(), ShardError> {
-        let (labels, payloads) = self.read_slots(table)?;
-        let mut keys = Vec::with_capacity(table.footer().entries as usize);
-        table.for_each_key(|point| keys.push(point))?;
+    /// Registers `table`'s segment: its graph, and what was read from the table itself.
+    fn register(&self, table: &Table, graph: Option<Hnsw>, contents: Contents) {
         let segment = Segment {
-            superseded: RwLock::new(NodeSet::with_capacity(labels.len())),
+            superseded: RwLock::new(NodeSet::with_capacity(contents.labels.len())),
             graph,
-            payloads,
-            labels,
-            keys,
+            payloads: contents.payloads,
+            labels: contents.labels,
+            keys: contents.keys,
         };
         if let Ok(mut indexes) = self.indexes.write() {
             indexes.insert(table.number(), Arc::new(segment));
         }
-        Ok(())
     }
 
-    /// The point id and payload of each slot of `table`, the payloads indexed.
-    fn read_slots(&self, table: &Table) -> Result<(Vec<u64>, PayloadIndex), ShardError> {
-        let mut labels = Vec::with_capacity(table.footer().vector_count as usize);
+    /// Reads `table` once: each slot's point id and payload (indexed), and every key.
+    fn read_table(&self, table: &Table) -> Result<Contents, ShardError> {
+        let footer = table.footer();
+        let mut labels = Vec::with_capacity(footer.vector_count as usize);
         let mut payloads = Vec::with_capacity(labels.capacity());
+        let mut keys = Vec::with_capacity(footer.entries as usize);
         let mut damage = None;
-        table.for_each_slot(|point, bytes| {
+        table.for_each_entry(|point, slot_payload| {
+            keys.push(point);
+            let Some(bytes) = slot_payload else { return };
             labels.push(point);
             match payload::decode(bytes) {
                 Ok(decoded) => payloads.push(decoded),
@@ -220,7 +233,11 @@ impl SideCars {
                 detail: error.to_string(),
             });
         }
-        Ok((labels, PayloadIndex::build(&payloads)))
+        Ok(Contents {
+            labels,
+            payloads: PayloadIndex::build(&payloads),
+            keys,
+        })
     }
 
     /// Whether `table` gets an index: a live collection's, with vectors of its dimension.
@@ -236,8 +253,10 @@ impl SideCars {
         let Some(spec) = self.spec(footer.collection) else {
             return Ok(());
         };
+        let contents = self.read_table(table)?;
         if !self.wants_index(table) {
-            return self.register(table, None);
+            self.register(table, None, contents);
+            return Ok(());
         }
         let index_error = |detail: String| ShardError::Index {
             table: table.number(),
@@ -254,7 +273,6 @@ impl SideCars {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
         }
-        let labels = table.region_points()?;
         let params = BuildParams {
             metric: index_metric(spec.metric),
             m: spec.m as usize,
@@ -266,13 +284,14 @@ impl SideCars {
             },
             ..BuildParams::default()
         };
-        let index = Hnsw::build(dim, &vectors, Some(&labels), &params)
+        let index = Hnsw::build(dim, &vectors, Some(&contents.labels), &params)
             .map_err(|error| index_error(error.to_string()))?;
         let path = self.dir.join(sidecar_name(table.number()));
         index
             .save(&path)
             .map_err(|error| index_error(error.to_string()))?;
-        self.register(table, Some(index))
+        self.register(table, Some(index), contents);
+        Ok(())
     }
 }
 

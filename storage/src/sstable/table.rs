@@ -961,22 +961,24 @@ impl Table {
         Ok(points)
     }
 
-    /// Calls `visit(point)` for every entry (tombstones included), in key order. Data blocks
-    /// are verified on the way.
-    pub fn for_each_key(&self, mut visit: impl FnMut(u64)) -> Result<(), StorageError> {
-        self.guarded(|| {
-            for index in 0..self.index.len() {
-                self.block(index)?
-                    .iter()
-                    .for_each(|found| visit(found.key.point));
-            }
-            Ok(())
-        })
-    }
-
     /// Calls `visit(point, payload)` for each vector-region slot, in slot order. Data blocks
     /// are verified on the way.
     pub fn for_each_slot(&self, mut visit: impl FnMut(u64, &[u8])) -> Result<(), StorageError> {
+        self.for_each_entry(|point, slot_payload| {
+            if let Some(payload) = slot_payload {
+                visit(point, payload);
+            }
+        })
+    }
+
+    /// Calls `visit(point, slot_payload)` for every entry in key order, tombstones included:
+    /// `slot_payload` is the payload of an entry whose vector is in the region (slots come in
+    /// order), `None` for a tombstone or an inline vector. Data blocks are verified on the
+    /// way, and the slots must number the region exactly.
+    pub fn for_each_entry(
+        &self,
+        mut visit: impl FnMut(u64, Option<&[u8]>),
+    ) -> Result<(), StorageError> {
         self.guarded(|| {
             let mut slots = 0usize;
             for index in 0..self.index.len() {
@@ -986,9 +988,9 @@ impl Table {
                         .and_then(|value| value.split_first_chunk::<4>())
                         .map(|(slot, payload)| (u32::from_le_bytes(*slot), payload));
                     match slot {
-                        Some((SLOT_INLINE, _)) | None => {}
+                        Some((SLOT_INLINE, _)) | None => visit(found.key.point, None),
                         Some((slot, payload)) if slot as usize == slots => {
-                            visit(found.key.point, payload);
+                            visit(found.key.point, Some(payload));
                             slots += 1;
                         }
                         Some((slot, _)) => {
