@@ -372,28 +372,21 @@ impl Shard {
             }
             encoded.push(bytes);
         }
-        let mut last = 0;
-        let mut result = Ok(());
-        for (index, &point) in ids.iter().enumerate() {
-            self.scratch.clear();
+        let store = &mut self.store;
+        let scratch = &mut self.scratch;
+        let written = ids.iter().enumerate().try_fold(0, |_, (index, &point)| {
+            scratch.clear();
             for value in &vectors[index * dimension..(index + 1) * dimension] {
-                self.scratch.extend_from_slice(&value.to_le_bytes());
+                scratch.extend_from_slice(&value.to_le_bytes());
             }
             let payload = encoded.get(index).map_or(&[][..], Vec::as_slice);
             let key = Key {
                 collection: id,
                 point,
             };
-            match self.store.put(key, &self.scratch, payload) {
-                Ok(sequence) => last = sequence,
-                Err(error) => {
-                    result = Err(error);
-                    break;
-                }
-            }
-        }
-        self.settle(result)?;
-        Ok(last)
+            store.put(key, scratch, payload)
+        });
+        self.settle(written)
     }
 
     /// Passes a store result on after bringing the segments' derived state up to date: any
@@ -415,22 +408,14 @@ impl Shard {
                 ids.len()
             )));
         }
-        let mut last = 0;
-        let mut result = Ok(());
-        for &point in ids {
-            match self.store.delete(Key {
+        let store = &mut self.store;
+        let deleted = ids.iter().try_fold(0, |_, &point| {
+            store.delete(Key {
                 collection: id,
                 point,
-            }) {
-                Ok(sequence) => last = sequence,
-                Err(error) => {
-                    result = Err(error);
-                    break;
-                }
-            }
-        }
-        self.settle(result)?;
-        Ok(last)
+            })
+        });
+        self.settle(deleted)
     }
 
     /// Moves writes and background work forward; returns the durable sequence number.

@@ -16,7 +16,7 @@
 #[path = "../../../storage/src/bin/shared/crashloop.rs"]
 mod crashloop;
 
-use crashloop::{kill_cycle, number, seed, splitmix, value, Knowledge, TempDir};
+use crashloop::{kill_cycle, number, splitmix, value, Knowledge, LoopArgs};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -203,21 +203,11 @@ fn check(knowledge: &Knowledge, shard: &Shard, random: &mut u64) -> Result<usize
 }
 
 fn parent(args: &[String]) -> Result<(), String> {
-    let cycles = number(args, "--cycles", 20)?;
-    let seed = seed(args)?;
-    let kill_after_ms_max = number(args, "--kill-after-ms-max", 400)?.max(1);
-    let scratch;
-    let dir = match value(args, "--dir") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            scratch = TempDir::new("vortex-shard-crashloop")?;
-            scratch.path.join("shard")
-        }
-    };
-    println!(
-        "shard crash loop: {cycles} cycles, seed {seed} (replay with --seed {seed}), dir {}",
-        dir.display()
-    );
+    // Kept whole until the end: it owns the scratch directory.
+    let settings = LoopArgs::parse(args, "shard", 400)?;
+    let (cycles, seed, kill_after_ms_max) =
+        (settings.cycles, settings.seed, settings.kill_after_ms_max);
+    let dir = settings.dir.clone();
     let mut random = seed;
     let mut knowledge = Knowledge::new(BATCH, operation);
     let mut indexes_checked = 0;

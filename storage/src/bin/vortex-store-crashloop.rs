@@ -20,7 +20,7 @@
 #[path = "shared/crashloop.rs"]
 mod crashloop;
 
-use crashloop::{kill_cycle, number, seed, splitmix, value, Knowledge, TempDir};
+use crashloop::{kill_cycle, number, splitmix, value, Knowledge, LoopArgs};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -209,21 +209,11 @@ fn check(knowledge: &Knowledge, store: &Store<PosixEnv>) -> Result<(), String> {
 }
 
 fn parent(args: &[String]) -> Result<(), String> {
-    let cycles = number(args, "--cycles", 20)?;
-    let seed = seed(args)?;
-    let kill_after_ms_max = number(args, "--kill-after-ms-max", 400)?.max(1);
-    let scratch;
-    let dir = match value(args, "--dir") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            scratch = TempDir::new("vortex-store-crashloop")?;
-            scratch.path.join("store")
-        }
-    };
-    println!(
-        "store crash loop: {cycles} cycles, seed {seed} (replay with --seed {seed}), dir {}",
-        dir.display()
-    );
+    // Kept whole until the end: it owns the scratch directory.
+    let settings = LoopArgs::parse(args, "store", 400)?;
+    let (cycles, seed, kill_after_ms_max) =
+        (settings.cycles, settings.seed, settings.kill_after_ms_max);
+    let dir = settings.dir.clone();
     let mut random = seed;
     let mut knowledge = Knowledge::new(BATCH, operation);
     let mut interrupted = 0u64;

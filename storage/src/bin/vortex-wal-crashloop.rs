@@ -18,7 +18,7 @@
 #[path = "shared/crashloop.rs"]
 mod crashloop;
 
-use crashloop::{number, seed, splitmix, value, watch, TempDir};
+use crashloop::{number, splitmix, value, watch, LoopArgs};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -206,21 +206,11 @@ fn absorb(cycle: &mut Cycle, line: String) -> Result<(), String> {
 }
 
 fn parent(args: &[String]) -> Result<(), String> {
-    let cycles = number(args, "--cycles", 20)?;
-    let seed = seed(args)?;
-    let kill_after_ms_max = number(args, "--kill-after-ms-max", 300)?.max(1);
-    let scratch;
-    let dir = match value(args, "--dir") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            scratch = TempDir::new("vortex-wal-crashloop")?;
-            scratch.path.join("wal")
-        }
-    };
-    println!(
-        "crash loop: {cycles} cycles, seed {seed} (replay with --seed {seed}), dir {}",
-        dir.display()
-    );
+    // Kept whole until the end: it owns the scratch directory.
+    let settings = LoopArgs::parse(args, "wal", 300)?;
+    let (cycles, seed, kill_after_ms_max) =
+        (settings.cycles, settings.seed, settings.kill_after_ms_max);
+    let dir = settings.dir.clone();
     let mut random = seed;
     let key = splitmix(&mut random);
     let mut acknowledged = 0u64;

@@ -60,6 +60,48 @@ pub fn seed(args: &[String]) -> Result<u64, String> {
     }
 }
 
+/// What every crash-loop parent takes: `--cycles`, `--seed`, `--kill-after-ms-max` and
+/// `--dir` (a scratch directory, removed at exit, when not given).
+pub struct LoopArgs {
+    /// SIGKILL cycles to run.
+    pub cycles: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The longest a child lives before the kill, in milliseconds.
+    pub kill_after_ms_max: u64,
+    /// Where the child's data lives.
+    pub dir: PathBuf,
+    _scratch: Option<TempDir>,
+}
+
+impl LoopArgs {
+    /// Parses the arguments of the `what` crash loop (`wal`, `store`, `shard`) and prints
+    /// the banner with the seed to replay.
+    pub fn parse(args: &[String], what: &str, kill_after_ms_default: u64) -> Result<Self, String> {
+        let cycles = number(args, "--cycles", 20)?;
+        let seed = seed(args)?;
+        let kill_after_ms_max = number(args, "--kill-after-ms-max", kill_after_ms_default)?.max(1);
+        let (dir, scratch) = match value(args, "--dir") {
+            Some(dir) => (PathBuf::from(dir), None),
+            None => {
+                let scratch = TempDir::new(&format!("vortex-{what}-crashloop"))?;
+                (scratch.path.join(what), Some(scratch))
+            }
+        };
+        println!(
+            "{what} crash loop: {cycles} cycles, seed {seed} (replay with --seed {seed}), dir {}",
+            dir.display()
+        );
+        Ok(LoopArgs {
+            cycles,
+            seed,
+            kill_after_ms_max,
+            dir,
+            _scratch: scratch,
+        })
+    }
+}
+
 /// SplitMix64: the next value of the generator at `state`.
 pub fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
