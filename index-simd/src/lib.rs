@@ -11,13 +11,14 @@ pub mod hnsw;
 pub mod metric;
 pub mod quantize;
 pub mod random;
-mod store;
+pub mod store;
 
 pub use distance::{Kernels, Level, LevelError};
 pub use filter::{Filter, NodeSet};
 pub use hnsw::{
-    BuildParams, Compacted, Hnsw, IndexError, Neighbor, Quantization, Scored, SearchParams,
-    SearchScratch,
+    vector_stride, BuildParams, Compacted, Hnsw, IndexError, Neighbor, Quantization, Scored,
+    SearchParams, SearchScratch,
 };
 pub use metric::Metric;
 pub use quantize::ScalarQuantizer;
+pub use store::{Mapping, Store};

@@ -4,8 +4,12 @@
 mod common;
 
 use common::clustered_split;
+use std::sync::Arc;
 use vortex_index::hnsw::{FileError, FILE_MAGIC};
-use vortex_index::{BuildParams, Hnsw, Metric, Quantization};
+use vortex_index::metric::normalize;
+use vortex_index::{
+    vector_stride, BuildParams, Hnsw, IndexError, Mapping, Metric, Quantization, Store,
+};
 
 const SEED: u64 = 0xF11E_2026;
 
@@ -138,18 +142,37 @@ fn damage_anywhere_is_refused_with_a_clear_error() {
         Err(FileError::NotAnIndex { .. })
     ));
     let mut bytes = good.clone();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
     std::fs::write(&damaged, &bytes).unwrap();
     let error = Hnsw::load(&damaged).unwrap_err();
     assert!(matches!(
         error,
         FileError::UnsupportedVersion {
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
             ..
         }
     ));
-    assert!(error.to_string().contains("version 2"), "{error}");
+    assert!(error.to_string().contains("version 3"), "{error}");
+    // Version 1 (no flags) is still read; a flag it cannot have is refused.
+    let reseal = |bytes: &mut Vec<u8>| {
+        let checksum = crc32c::crc32c(&bytes[..508]);
+        bytes[508..512].copy_from_slice(&checksum.to_le_bytes());
+    };
+    let mut bytes = good.clone();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    reseal(&mut bytes);
+    std::fs::write(&damaged, &bytes).unwrap();
+    assert!(Hnsw::load(&damaged).is_ok());
+    bytes[23] = 1;
+    reseal(&mut bytes);
+    std::fs::write(&damaged, &bytes).unwrap();
+    expect_corrupt(&damaged, "flags");
+    let mut bytes = good.clone();
+    bytes[23] = 0x80;
+    reseal(&mut bytes);
+    std::fs::write(&damaged, &bytes).unwrap();
+    expect_corrupt(&damaged, "flags");
     assert_eq!(&good[..8], &FILE_MAGIC);
 
     // Missing file.
@@ -179,4 +202,125 @@ fn consistent_checksums_do_not_let_out_of_range_links_through() {
     let damaged = directory.path().join("forged.hnsw");
     std::fs::write(&damaged, &bytes).unwrap();
     expect_corrupt(&damaged, "layer-0 links of node 0 out of range");
+}
+
+/// Writes `values` as rows of `vector_stride(dim)` floats at a 4 KiB offset into a file (as
+/// an SSTable's vector region lies) and maps them.
+fn mapped_rows(path: &std::path::Path, dim: usize, values: &[f32]) -> Store<f32> {
+    let stride = vector_stride(dim);
+    let mut bytes = vec![0xAAu8; 4096];
+    for row in values.chunks_exact(dim) {
+        let mut padded = row.to_vec();
+        padded.resize(stride, 0.0);
+        bytes.extend(padded.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    bytes.extend([0x55u8; 100]);
+    std::fs::write(path, &bytes).unwrap();
+    let mapping = Arc::new(Mapping::of(&std::fs::File::open(path).unwrap()).unwrap());
+    Store::mapped(&mapping, 4096, values.len() / dim * stride).unwrap()
+}
+
+#[test]
+fn an_index_built_over_mapped_rows_matches_a_copied_one_and_reloads_over_them() {
+    eprintln!("seed {SEED:#x}");
+    let directory = tempfile::tempdir().unwrap();
+    for (quantization, metric) in [
+        (Quantization::None, Metric::L2),
+        (Quantization::ScalarI8, Metric::Cosine),
+        (Quantization::None, Metric::InnerProduct),
+    ] {
+        let dim = 20;
+        let (data, queries) = clustered_split(1500, 40, dim, 6, SEED, metric);
+        let mut stored = data.clone();
+        if metric.normalizes() {
+            stored.chunks_exact_mut(dim).for_each(normalize);
+        }
+        let params = BuildParams {
+            metric,
+            m: 8,
+            ef_construction: 64,
+            seed: SEED,
+            threads: 1,
+            quantization,
+        };
+        let labels: Vec<u64> = (0..1500).map(|row| row * 3 + 11).collect();
+        let copied = Hnsw::build(dim, &data, Some(&labels), &params).unwrap();
+        let region = directory.path().join("table.sst");
+        let rows = || mapped_rows(&region, dim, &stored);
+        let over = Hnsw::build_over(dim, rows(), Some(&labels), &params).unwrap();
+        assert!(over.vectors_external() && !copied.vectors_external());
+        // One thread: the same graph, so the same answers.
+        for query in queries.chunks_exact(dim) {
+            assert_eq!(
+                over.search(query, 10, 48).unwrap(),
+                copied.search(query, 10, 48).unwrap()
+            );
+        }
+
+        let path = directory.path().join("segment.hnsw");
+        over.save(&path).unwrap();
+        let own = directory.path().join("own.hnsw");
+        copied.save(&own).unwrap();
+        let file_bytes = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+        assert!(
+            file_bytes(&path) + (1500 * vector_stride(dim) * 4) as u64 <= file_bytes(&own),
+            "the file leaves the vectors out"
+        );
+        match Hnsw::load(&path) {
+            Err(FileError::Rows { detail, .. }) => assert!(detail.contains("load it with them")),
+            other => panic!("loading without the rows: {other:?}"),
+        }
+        let short = Store::owned(&stored[..dim * 3]);
+        match Hnsw::load_over(&path, short) {
+            Err(FileError::Rows { detail, .. }) => assert!(detail.contains("floats given")),
+            other => panic!("loading over too few rows: {other:?}"),
+        }
+        match Hnsw::load_over(&own, rows()) {
+            Err(FileError::Rows { detail, .. }) => assert!(detail.contains("its own vectors")),
+            other => panic!("loading a self-contained file over rows: {other:?}"),
+        }
+        let loaded = Hnsw::load_over(&path, rows()).unwrap();
+        assert!(loaded.vectors_external() && loaded.is_mapped());
+        for query in queries.chunks_exact(dim) {
+            assert_eq!(
+                loaded.search(query, 10, 48).unwrap(),
+                copied.search(query, 10, 48).unwrap()
+            );
+        }
+        // Compaction gives a self-contained index.
+        let mut loaded = loaded;
+        loaded.delete(3).unwrap();
+        let compacted = loaded.compact().index;
+        assert!(!compacted.vectors_external());
+        compacted.save(&own).unwrap();
+        assert_eq!(Hnsw::load(&own).unwrap().len(), 1499);
+    }
+}
+
+#[test]
+fn rows_that_do_not_fit_are_refused() {
+    let dim = 5;
+    let params = BuildParams {
+        metric: Metric::Cosine,
+        threads: 1,
+        ..BuildParams::default()
+    };
+    let stride = vector_stride(dim);
+    let mut values = vec![0.0f32; 4 * stride];
+    for row in values.chunks_exact_mut(stride) {
+        row[0] = 1.0;
+    }
+    assert!(Hnsw::build_over(dim, Store::owned(&values), None, &params).is_ok());
+    values[2 * stride + 1] = 0.5; // row 2 is no longer a unit vector
+    let error = Hnsw::build_over(dim, Store::owned(&values), None, &params).unwrap_err();
+    assert!(
+        error.to_string().contains("row 2 is not a unit vector"),
+        "{error}"
+    );
+    let error =
+        Hnsw::build_over(dim, Store::owned(&values[..stride + 3]), None, &params).unwrap_err();
+    assert!(error.to_string().contains("not whole rows"), "{error}");
+    values[2 * stride + 1] = f32::NAN;
+    let error = Hnsw::build_over(dim, Store::owned(&values), None, &params).unwrap_err();
+    assert_eq!(error, IndexError::NotFinite { row: 2 });
 }

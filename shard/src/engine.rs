@@ -372,11 +372,22 @@ impl Shard {
             }
             encoded.push(bytes);
         }
+        // Cosine vectors are stored as unit vectors, so that a segment's index reads the
+        // table's rows as they are (and `get` returns the unit vector).
+        let normalizes = index_metric(spec.metric).normalizes();
         let store = &mut self.store;
         let scratch = &mut self.scratch;
+        let mut unit = Vec::with_capacity(if normalizes { dimension } else { 0 });
         let written = ids.iter().enumerate().try_fold(0, |_, (index, &point)| {
+            let mut row = &vectors[index * dimension..(index + 1) * dimension];
+            if normalizes {
+                unit.clear();
+                unit.extend_from_slice(row);
+                normalize(&mut unit);
+                row = &unit;
+            }
             scratch.clear();
-            for value in &vectors[index * dimension..(index + 1) * dimension] {
+            for value in row {
                 scratch.extend_from_slice(&value.to_le_bytes());
             }
             let payload = encoded.get(index).map_or(&[][..], Vec::as_slice);
@@ -521,6 +532,7 @@ impl Shard {
                     continue;
                 }
             }
+            // Stored as unit vectors for cosine (see `upsert`).
             row.clear();
             row.extend(
                 found
@@ -528,9 +540,6 @@ impl Shard {
                     .chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
-            if metric.normalizes() {
-                normalize(&mut row);
-            }
             candidates.push((metric.distance(self.kernels, &query, &row), *point));
         }
 
@@ -765,7 +774,6 @@ impl Shard {
                     labels.len()
                 )));
             }
-            let metric = index_metric(collection.spec.metric);
             let region = table.vector_region();
             for (node, label) in labels.iter().enumerate() {
                 let node = node as u32;
@@ -773,10 +781,7 @@ impl Shard {
                     return Err(mismatch(format!("node {node} is not labelled {label}")));
                 }
                 let at = node as usize * footer.stride as usize;
-                let mut expected = decode_vector(&region[at..at + dimension * 4]);
-                if metric.normalizes() {
-                    normalize(&mut expected);
-                }
+                let expected = decode_vector(&region[at..at + dimension * 4]);
                 if index.vector(node) != Some(&expected[..]) {
                     return Err(mismatch(format!(
                         "node {node}'s vector differs from slot {node}"

@@ -10,16 +10,20 @@
 //! tables no version lists are removed, the others are mapped (no rebuild), and a missing one
 //! is rebuilt.
 //!
-//! The build copies the region into the graph's own vector array (`Hnsw::build` takes a
-//! slice); building over the mapping in place is left to a later change of `vortex-index`.
+//! The graph is built over the region in place (`Hnsw::build_over`, through a mapping of the
+//! table file): the vectors are not copied, and the side-car file holds only the graph,
+//! labels and codes. Cosine collections store unit vectors, so the rows are used as they are.
 
 use crate::error::ShardError;
 use crate::payload;
 use crate::payload_index::PayloadIndex;
 use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use vortex_index::{BuildParams, Hnsw, Metric, NodeSet, Quantization};
+use vortex_index::{
+    vector_stride, BuildParams, Hnsw, Mapping, Metric, NodeSet, Quantization, Store,
+};
 use vortex_storage::sstable::table::Table;
 use vortex_storage::CompactionHook;
 use vortex_vbp::message::{CollectionSpec, Metric as WireMetric, VectorType};
@@ -166,7 +170,16 @@ impl SideCars {
                 continue;
             }
             let path = self.dir.join(sidecar_name(table.number()));
-            match Hnsw::load(&path) {
+            let dim = self
+                .spec(table.footer().collection)
+                .map_or(0, |s| s.dimension as usize);
+            let loaded = self.rows(table, dim).and_then(|rows| {
+                Hnsw::load_over(&path, rows).map_err(|error| ShardError::Index {
+                    table: table.number(),
+                    detail: error.to_string(),
+                })
+            });
+            match loaded {
                 Ok(index) if index.len() as u64 == table.footer().vector_count => {
                     let contents = self.read_table(table)?;
                     self.register(table, Some(index), contents);
@@ -248,6 +261,34 @@ impl SideCars {
         })
     }
 
+    /// The vector region of `table` as index rows, through a mapping of its file of its own
+    /// (the file is never rewritten, and an unlinked file stays readable while mapped).
+    fn rows(&self, table: &Table, dim: usize) -> Result<Store<f32>, ShardError> {
+        let footer = table.footer();
+        let path = table.path();
+        if footer.stride as usize != vector_stride(dim) * 4 {
+            return Err(ShardError::Index {
+                table: table.number(),
+                detail: format!(
+                    "vector stride {} does not fit rows of {dim} floats",
+                    footer.stride
+                ),
+            });
+        }
+        let file = File::open(path).map_err(|e| ShardError::io("open", path, e))?;
+        let mapping = Arc::new(Mapping::of(&file).map_err(|e| ShardError::io("mmap", path, e))?);
+        let floats = footer.vector_count as usize * vector_stride(dim);
+        Store::mapped(&mapping, footer.data_end as usize, floats).ok_or_else(|| {
+            ShardError::Corrupt {
+                path: path.to_owned(),
+                detail: format!(
+                    "the vector region ({} rows at {}) lies outside the file",
+                    footer.vector_count, footer.data_end
+                ),
+            }
+        })
+    }
+
     fn build(&self, table: &Table) -> Result<(), ShardError> {
         let footer = table.footer();
         let Some(spec) = self.spec(footer.collection) else {
@@ -262,17 +303,7 @@ impl SideCars {
             table: table.number(),
             detail,
         };
-        let dim = spec.dimension as usize;
-        let stride = footer.stride as usize;
-        let region = table.vector_region();
-        let mut vectors = Vec::with_capacity(footer.vector_count as usize * dim);
-        for row in region.chunks_exact(stride) {
-            vectors.extend(
-                row[..dim * 4]
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
-        }
+        let rows = self.rows(table, spec.dimension as usize)?;
         let params = BuildParams {
             metric: index_metric(spec.metric),
             m: spec.m as usize,
@@ -284,8 +315,13 @@ impl SideCars {
             },
             ..BuildParams::default()
         };
-        let index = Hnsw::build(dim, &vectors, Some(&contents.labels), &params)
-            .map_err(|error| index_error(error.to_string()))?;
+        let index = Hnsw::build_over(
+            spec.dimension as usize,
+            rows,
+            Some(&contents.labels),
+            &params,
+        )
+        .map_err(|error| index_error(error.to_string()))?;
         let path = self.dir.join(sidecar_name(table.number()));
         index
             .save(&path)

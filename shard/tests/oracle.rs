@@ -8,6 +8,7 @@ mod common;
 use common::{test_seed, Rng};
 use std::collections::BTreeMap;
 use std::path::Path;
+use vortex_index::metric::normalize;
 use vortex_shard::payload::matches;
 use vortex_shard::{SearchRequest, Shard, ShardOptions};
 use vortex_storage::StoreOptions;
@@ -209,7 +210,12 @@ fn searches_match_exact_search_over_a_model_through_writes_flushes_and_reopens()
                     let vector: Vec<f32> = (0..dimension).map(|_| rng.signed_unit()).collect();
                     let payload = payload_for(rng.below(4) as i64, &mut rng);
                     vectors.extend_from_slice(&vector);
-                    collection.points.insert(id, (vector, payload.clone()));
+                    // Cosine collections keep (and return) unit vectors.
+                    let mut stored = vector;
+                    if collection.spec.metric == Metric::Cosine {
+                        normalize(&mut stored);
+                    }
+                    collection.points.insert(id, (stored, payload.clone()));
                     payloads.push(payload);
                 }
                 // Duplicate ids in one batch: the last wins, as in the model.
@@ -350,4 +356,93 @@ fn bad_requests_are_refused_with_clear_errors() {
         .create_collection(spec("c", 3, Metric::L2, VectorType::F32))
         .unwrap_err();
     assert!(error.to_string().contains("exists already"), "{error}");
+}
+
+#[test]
+fn side_cars_hold_no_vector_copy_and_damaged_ones_are_rebuilt_at_open() {
+    let seed = test_seed();
+    eprintln!("seed {seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let dimension = 64usize;
+    let mut shard = open(dir.path());
+    shard
+        .create_collection(spec(
+            "wide",
+            dimension as u32,
+            Metric::Cosine,
+            VectorType::F32,
+        ))
+        .unwrap();
+    let count = 1200u64;
+    for batch in (0..count).collect::<Vec<_>>().chunks(40) {
+        let vectors: Vec<f32> = (0..batch.len() * dimension)
+            .map(|_| rng.signed_unit())
+            .collect();
+        shard.upsert("wide", batch, &vectors, &[]).unwrap();
+        shard.sync().unwrap();
+        shard.wait_idle().unwrap();
+    }
+    shard.sync().unwrap();
+    shard.flush().unwrap();
+    shard.compact_all().unwrap();
+    let queries: Vec<Vec<f32>> = (0..20)
+        .map(|_| (0..dimension).map(|_| rng.signed_unit()).collect())
+        .collect();
+    let search = |shard: &Shard| -> Vec<Vec<(u64, f32)>> {
+        queries
+            .iter()
+            .map(|query| {
+                let request = SearchRequest {
+                    collection: "wide",
+                    vector: query,
+                    k: 10,
+                    ef: 128,
+                    filter: None,
+                    with_payload: false,
+                };
+                let hits = shard.search(&request).unwrap();
+                hits.iter().map(|hit| (hit.id, hit.distance)).collect()
+            })
+            .collect()
+    };
+    let before = search(&shard);
+    assert!(shard.verify_indexes().unwrap() > 0);
+    // Unit vectors come back from a get.
+    let got = shard.get("wide", &[7], true, false).unwrap();
+    let norm: f32 = got[0].vector.iter().map(|x| x * x).sum();
+    assert!((norm - 1.0).abs() < 1e-4, "stored norm² {norm}");
+    shard.close().unwrap();
+
+    // Every side-car is far smaller than the vectors of its table: they are not copied.
+    let indexes = dir.path().join("indexes");
+    let mut sidecars: Vec<_> = std::fs::read_dir(&indexes)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "hnsw"))
+        .collect();
+    sidecars.sort();
+    assert!(sidecars.len() >= 2, "{sidecars:?}");
+    let total: u64 = sidecars
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        total < count * dimension as u64 * 4 / 2,
+        "side-cars take {total} bytes for {count} vectors of {dimension} floats"
+    );
+
+    // One side-car gone, one damaged: both rebuilt at open, and answers do not change.
+    std::fs::remove_file(&sidecars[0]).unwrap();
+    let mut bytes = std::fs::read(&sidecars[1]).unwrap();
+    let middle = bytes.len() / 2; // inside the layer-0 links
+    bytes[middle] ^= 0x40;
+    std::fs::write(&sidecars[1], &bytes).unwrap();
+    let (shard, report) = Shard::open(dir.path(), options()).unwrap();
+    assert_eq!(report.indexes_rebuilt, 2);
+    assert_eq!(search(&shard), before);
+    assert!(shard.verify_indexes().unwrap() >= 2);
+    shard.close().unwrap();
+    let (_, report) = Shard::open(dir.path(), options()).unwrap();
+    assert_eq!(report.indexes_rebuilt, 0, "rebuilt side-cars were saved");
 }

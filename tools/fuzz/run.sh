@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes every parser (VBP frames and streams, WAL segments, MANIFEST edits, SSTable blocks) with cargo-fuzz (libFuzzer + AddressSanitizer).
+# Fuzzes every parser (VBP frames and streams, WAL segments, MANIFEST edits, SSTable blocks
+# and files, payloads, the catalog, HNSW side-car files) with cargo-fuzz (libFuzzer + AddressSanitizer).
 #
 #   tools/fuzz/run.sh [SECONDS] [TARGET...]     default: 60 seconds each, every target
 #
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(validator stream wal_log manifest sstable_block sstable_file payload catalog)
+[ ${#targets[@]} -gt 0 ] || targets=(validator stream wal_log manifest sstable_block sstable_file payload catalog hnsw_file)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
@@ -26,7 +27,7 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 
-declare -A max_len=([validator]=4096 [stream]=16384 [wal_log]=70000 [manifest]=4096 [sstable_block]=9000 [sstable_file]=40000 [payload]=4096 [catalog]=8192)
+declare -A max_len=([validator]=4096 [stream]=16384 [wal_log]=70000 [manifest]=4096 [sstable_block]=9000 [sstable_file]=40000 [payload]=4096 [catalog]=8192 [hnsw_file]=16384)
 for target in "${targets[@]}"; do
   echo "==> fuzzing ${target} for ${seconds} s"
   log=$(mktemp)

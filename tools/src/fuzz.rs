@@ -1,6 +1,7 @@
 //! The bodies of the fuzz targets, as plain functions: the VBP frame validator and stream
 //! decoder, the WAL's log reader with BOOT_REPLAY, the MANIFEST's edits, SSTable data
-//! blocks, whole SSTable files, and the shard's stored payloads and catalog file.
+//! blocks, whole SSTable files, the shard's stored payloads and catalog file, and HNSW
+//! side-car index files.
 //!
 //! The libFuzzer targets in `tools/fuzz/` call these, and so does an ordinary test
 //! (`tools/tests/fuzz_corpus.rs`) that replays the committed corpus on stable Rust: every
@@ -511,7 +512,10 @@ fn fuzz_table_path() -> std::path::PathBuf {
     } else {
         std::env::temp_dir()
     };
-    base.join(format!("vortex-fuzz-{}.sst", std::process::id()))
+    // One name per call: the corpus replay tests run targets on several threads at once.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    base.join(format!("vortex-fuzz-{}-{call}.sst", std::process::id()))
 }
 
 /// Seals a whole-unit region in place: its last 4 bytes become the CRC32C of the rest.
@@ -671,6 +675,147 @@ pub fn catalog(data: &[u8]) -> usize {
     catalog.live().count() + catalog.dropped().count()
 }
 
+/// HNSW file mode bit: recompute the section checksums and the header's before loading, so
+/// that mutated inputs reach the structural checks behind them.
+pub const HNSW_MODE_SEAL: u8 = 1;
+
+/// The largest external row array the HNSW target makes up for an index built over rows.
+const HNSW_ROWS_MAX: usize = 1 << 20;
+
+/// HNSW side-car file target: `data[0]` is a mode (the `HNSW_MODE_*` bits), the rest an index
+/// file. Loading must refuse or accept without panicking (an index built over external rows
+/// is given made-up rows of the size its header asks for); an accepted index answers plain
+/// and filtered searches with nodes in range, takes a delete, and saves and loads back with
+/// the same answers. Returns the nodes of an accepted index.
+pub fn hnsw_file(data: &[u8]) -> usize {
+    use vortex_index::{Hnsw, NodeSet, SearchParams, Store};
+    let Some((&mode, input)) = data.split_first() else {
+        return 0;
+    };
+    let mut bytes = input.to_vec();
+    const HEADER: usize = 512;
+    if mode & HNSW_MODE_SEAL != 0 && bytes.len() >= HEADER {
+        let field = |bytes: &[u8], at: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(word)
+        };
+        for section in 0..9 {
+            let at = 80 + section * 24;
+            let offset = field(&bytes, at + 8).min(bytes.len() as u64) as usize;
+            let length = field(&bytes, at + 16).min((bytes.len() - offset) as u64) as usize;
+            let crc = crc32c::crc32c(&bytes[offset..offset + length]);
+            bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&bytes[..HEADER - 4]);
+        bytes[HEADER - 4..HEADER].copy_from_slice(&crc.to_le_bytes());
+    }
+    let path = fuzz_table_path().with_extension("hnsw");
+    if std::fs::write(&path, &bytes).is_err() {
+        return 0;
+    }
+    let external = bytes.get(23).is_some_and(|flags| flags & 1 != 0) && bytes.len() >= 64;
+    let loaded = if external {
+        let word = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+        };
+        let floats = word(36).saturating_mul(word(56));
+        if floats > HNSW_ROWS_MAX {
+            let _ = std::fs::remove_file(&path);
+            return 0;
+        }
+        let rows: Vec<f32> = (0..floats).map(|i| (i % 7) as f32 * 0.125).collect();
+        Hnsw::load_over(&path, Store::owned(&rows))
+    } else {
+        Hnsw::load(&path)
+    };
+    let _ = std::fs::remove_file(&path); // the mapping outlives the name
+    let Ok(mut index) = loaded else {
+        return 0;
+    };
+    let query: Vec<f32> = (0..index.dim())
+        .map(|i| (i % 5) as f32 * 0.25 - 0.5)
+        .collect();
+    let answers = |index: &Hnsw| {
+        let plain = index.search(&query, 5, 16).expect("a valid query");
+        let mut allowed = NodeSet::with_capacity(index.len());
+        (0..index.len() as u32).step_by(2).for_each(|node| {
+            allowed.insert(node);
+        });
+        let params = SearchParams {
+            k: 5,
+            ef: 16,
+            ..SearchParams::default()
+        };
+        let filtered = index
+            .search_filtered(&query, &params, &allowed)
+            .expect("a valid query");
+        for hit in plain.iter().chain(&filtered) {
+            assert!((hit.node as usize) < index.len(), "a node out of range");
+        }
+        for hit in &filtered {
+            assert!(
+                hit.node % 2 == 0,
+                "a filtered search returned a node it excludes"
+            );
+        }
+        // Nodes only: a file's vectors may hold NaNs, and NaN distances never compare equal.
+        let nodes = |hits: &[vortex_index::Neighbor]| hits.iter().map(|hit| hit.node).collect();
+        (nodes(&plain), nodes(&filtered)) as (Vec<u32>, Vec<u32>)
+    };
+    answers(&index);
+    let nodes = index.len();
+    if nodes > 0 {
+        let _ = index.delete(0);
+        let after = answers(&index);
+        assert!(!after.0.contains(&0), "a deleted node came back");
+        if !index.vectors_external() && index.save(&path).is_ok() {
+            let again = Hnsw::load(&path).expect("a saved index loads");
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(answers(&again), after, "a saved index answers differently");
+        }
+    }
+    nodes
+}
+
+/// A small index (as a side-car of an SSTable would be), own vectors or over external rows.
+fn sample_index(external: bool, quantized: bool) -> Vec<u8> {
+    use vortex_index::{vector_stride, BuildParams, Hnsw, Metric, Quantization, Store};
+    let dim = 6;
+    let count = 40;
+    let values: Vec<f32> = (0..count * dim)
+        .map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5)
+        .collect();
+    let params = BuildParams {
+        metric: Metric::L2,
+        m: 4,
+        ef_construction: 16,
+        threads: 1,
+        quantization: if quantized {
+            Quantization::ScalarI8
+        } else {
+            Quantization::None
+        },
+        ..BuildParams::default()
+    };
+    let index = if external {
+        let stride = vector_stride(dim);
+        let mut rows = vec![0.0f32; count * stride];
+        for (row, source) in rows.chunks_exact_mut(stride).zip(values.chunks_exact(dim)) {
+            row[..dim].copy_from_slice(source);
+        }
+        Hnsw::build_over(dim, Store::owned(&rows), None, &params)
+    } else {
+        Hnsw::build(dim, &values, None, &params)
+    }
+    .expect("a valid sample index");
+    let path = fuzz_table_path().with_extension("seed.hnsw");
+    index.save(&path).expect("a sample index saves");
+    let bytes = std::fs::read(&path).expect("a saved sample reads back");
+    let _ = std::fs::remove_file(&path);
+    bytes
+}
+
 /// Seed inputs for the corpus: every sample request and response, in every useful mode,
 /// and streams of them. Returned as (target, name, bytes).
 pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
@@ -809,6 +954,18 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     catalog.drop_collection("images").expect("it exists");
     seeds.push(("catalog", "two-collections".to_owned(), catalog.encode()));
+    for (name, external, quantized) in [
+        ("own-vectors", false, false),
+        ("quantized", false, true),
+        ("external-rows", true, false),
+    ] {
+        let sample = sample_index(external, quantized);
+        for (suffix, mode) in [("plain", 0u8), ("sealed", HNSW_MODE_SEAL)] {
+            let mut input = vec![mode];
+            input.extend_from_slice(&sample);
+            seeds.push(("hnsw_file", format!("{name}-{suffix}"), input));
+        }
+    }
     let sample = sample_table();
     for (name, mode) in [("plain", 0u8), ("sealed", TABLE_MODE_SEAL)] {
         let mut input = vec![mode];

@@ -82,6 +82,9 @@ fn seeds_exercise_the_accepting_paths() {
             "catalog" => {
                 assert_eq!(fuzz::catalog(&data), 2, "{name}");
             }
+            "hnsw_file" => {
+                assert_eq!(fuzz::hnsw_file(&data), 40, "{name}");
+            }
             "sstable_file" => {
                 assert_eq!(fuzz::sstable_file(&data), 40, "{name}");
             }
@@ -182,4 +185,9 @@ fn payload_corpus_replays() {
 #[test]
 fn catalog_corpus_replays() {
     replay_target("catalog", fuzz::catalog);
+}
+
+#[test]
+fn hnsw_file_corpus_replays() {
+    replay_target("hnsw_file", fuzz::hnsw_file);
 }

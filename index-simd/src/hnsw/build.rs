@@ -122,6 +122,16 @@ pub(crate) fn select_neighbors(
 }
 
 /// Checks the parameters of a build.
+/// `count` if an index can hold that many nodes (ids are `u32`, `NO_NODE` reserved).
+fn check_count(count: usize) -> Result<usize, IndexError> {
+    if count >= NO_NODE as usize {
+        return Err(IndexError::InvalidParameter(format!(
+            "an index holds fewer than {NO_NODE} vectors, not {count}"
+        )));
+    }
+    Ok(count)
+}
+
 pub(crate) fn check_params(dim: usize, params: &BuildParams) -> Result<(), IndexError> {
     let invalid = |message: String| Err(IndexError::InvalidParameter(message));
     if dim == 0 || dim > DIM_MAX {
@@ -313,8 +323,9 @@ struct Work {
 }
 
 impl Hnsw {
-    /// Builds an index over `vectors` (row-major, `dim` components per row). Node `i` is row
-    /// `i`; `labels[i]` is its caller-given id (default: `i`).
+    /// Builds an index over `vectors` (row-major, `dim` components per row), copied into
+    /// the index's own padded rows (normalised for cosine). Node `i` is row `i`; `labels[i]`
+    /// is its caller-given id (default: `i`).
     pub fn build(
         dim: usize,
         vectors: &[f32],
@@ -328,15 +339,69 @@ impl Hnsw {
                 actual: vectors.len() % dim,
             });
         }
-        let count = vectors.len() / dim;
-        if count >= NO_NODE as usize {
+        let count = check_count(vectors.len() / dim)?;
+        let stride = vector_stride(dim);
+        let mut stored = Store::<f32>::zeroed(count * stride);
+        for (row, source) in stored
+            .chunks_exact_mut(stride)
+            .zip(vectors.chunks_exact(dim))
+        {
+            row[..dim].copy_from_slice(source);
+            if params.metric.normalizes() {
+                normalize(&mut row[..dim]);
+            }
+        }
+        Self::build_rows(dim, Store::from_avec(stored), false, labels, params)
+    }
+
+    /// Builds an index over the caller's rows, in place: `rows` holds one row of
+    /// [`vector_stride`]`(dim)` floats per node (the first `dim` are the vector), typically
+    /// an SSTable's vector region seen through its file mapping. Nothing is copied; the
+    /// index keeps `rows` and [`Hnsw::save`] leaves them out of the file
+    /// ([`Hnsw::load_over`] takes them back). For cosine the rows must already be unit
+    /// vectors (or zero): a row whose squared norm is off by more than 10⁻³ is refused.
+    pub fn build_over(
+        dim: usize,
+        rows: Store<f32>,
+        labels: Option<&[u64]>,
+        params: &BuildParams,
+    ) -> Result<Hnsw, IndexError> {
+        check_params(dim, params)?;
+        let stride = vector_stride(dim);
+        if !rows.len().is_multiple_of(stride) {
             return Err(IndexError::InvalidParameter(format!(
-                "an index holds fewer than {NO_NODE} vectors, not {count}"
+                "{} floats are not whole rows of {stride}",
+                rows.len()
             )));
         }
-        if let Some(row) = vectors
-            .chunks_exact(dim)
-            .position(|row| !row.iter().all(|x| x.is_finite()))
+        check_count(rows.len() / stride)?;
+        if params.metric.normalizes() {
+            let unit = |row: &[f32]| {
+                let squared: f32 = row[..dim].iter().map(|x| x * x).sum();
+                squared == 0.0 || (squared - 1.0).abs() <= 1e-3 || !squared.is_finite()
+            };
+            if let Some(row) = rows.chunks_exact(stride).position(|row| !unit(row)) {
+                return Err(IndexError::InvalidParameter(format!(
+                    "row {row} is not a unit vector; cosine rows must be stored normalised"
+                )));
+            }
+        }
+        Self::build_rows(dim, rows, true, labels, params)
+    }
+
+    /// The build proper, over rows already laid out (and normalised for cosine).
+    fn build_rows(
+        dim: usize,
+        stored: Store<f32>,
+        external: bool,
+        labels: Option<&[u64]>,
+        params: &BuildParams,
+    ) -> Result<Hnsw, IndexError> {
+        let stride = vector_stride(dim);
+        let count = stored.len() / stride;
+        if let Some(row) = stored
+            .chunks_exact(stride)
+            .position(|row| !row[..dim].iter().all(|x| x.is_finite()))
         {
             return Err(IndexError::NotFinite { row });
         }
@@ -352,18 +417,6 @@ impl Hnsw {
         };
 
         let kernels = Kernels::active();
-        let stride = vector_stride(dim);
-        let mut stored = Store::<f32>::zeroed(count * stride);
-        for (row, source) in stored
-            .chunks_exact_mut(stride)
-            .zip(vectors.chunks_exact(dim))
-        {
-            row[..dim].copy_from_slice(source);
-            if params.metric.normalizes() {
-                normalize(&mut row[..dim]);
-            }
-        }
-
         let (quantizer, codes) = match params.quantization {
             Quantization::None => (None, Store::<i8>::zeroed(0)),
             Quantization::ScalarI8 => {
@@ -471,7 +524,8 @@ impl Hnsw {
             count,
             entry: if count == 0 { NO_NODE } else { entry },
             top_level,
-            vectors: Store::from_avec(stored),
+            vectors: stored,
+            external,
             quantizer,
             codes: Store::from_avec(codes),
             labels: Store::owned(&labels),

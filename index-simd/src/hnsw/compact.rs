@@ -134,6 +134,7 @@ impl Hnsw {
             entry,
             top_level,
             vectors: Store::from_avec(vectors),
+            external: false,
             quantizer: self.quantizer.clone(),
             codes: Store::from_avec(codes),
             labels: Store::owned(&labels),

@@ -29,8 +29,13 @@ use std::sync::Arc;
 /// The first eight bytes of every index file.
 pub const FILE_MAGIC: [u8; 8] = *b"VXHNSW\r\n";
 
-/// The format version this build writes and reads.
-pub const FILE_VERSION: u32 = 1;
+/// The format version this build writes. Version 1 (no flags; the vectors always inside)
+/// is read too.
+pub const FILE_VERSION: u32 = 2;
+
+/// Header flag (byte 23): the vectors section is empty because the vectors are the
+/// caller's rows ([`Hnsw::build_over`]).
+const FLAG_EXTERNAL_VECTORS: u8 = 1;
 
 /// The header's size: parameters, the section table, and the header's checksum last.
 const HEADER_BYTES: usize = 512;
@@ -118,6 +123,14 @@ pub enum FileError {
         /// What is wrong, and where.
         detail: String,
     },
+    /// The index and the rows given for its vectors do not go together.
+    #[error("{path}: {detail}")]
+    Rows {
+        /// The file.
+        path: PathBuf,
+        /// What does not fit.
+        detail: String,
+    },
     /// This platform cannot use the format.
     #[error("index files are little-endian; this platform is not")]
     BigEndian,
@@ -151,8 +164,9 @@ impl Hnsw {
             .as_ref()
             .map(|q| q.offsets().iter().chain(q.scales()).copied().collect())
             .unwrap_or_default();
+        let vectors: &[f32] = if self.external { &[] } else { &self.vectors };
         let bodies: [&[u8]; 9] = [
-            as_bytes(&self.vectors),
+            as_bytes(vectors),
             as_bytes(&quantizer),
             as_bytes(&self.codes),
             as_bytes(&self.labels),
@@ -175,7 +189,11 @@ impl Hnsw {
                 self.metric.code(),
                 u8::from(self.quantizer.is_some()),
                 self.top_level,
-                0,
+                if self.external {
+                    FLAG_EXTERNAL_VECTORS
+                } else {
+                    0
+                },
             ],
         );
         put(24, &(self.m as u32).to_le_bytes());
@@ -229,8 +247,23 @@ impl Hnsw {
         })
     }
 
-    /// Maps the index file at `path` and checks it (see the module docs).
+    /// Maps the index file at `path` and checks it (see the module docs). An index built
+    /// over the caller's rows needs them: [`Hnsw::load_over`].
     pub fn load(path: &Path) -> Result<Hnsw, FileError> {
+        Self::load_with(path, None)
+    }
+
+    /// Maps the index file at `path`, built by [`Hnsw::build_over`], and takes `rows` as its
+    /// vectors (the same rows it was built over: one row of [`vector_stride`]`(dim)` floats
+    /// per node). The file's checks apply; the rows are the caller's to keep intact (an
+    /// SSTable checks its own region).
+    ///
+    /// [`vector_stride`]: super::vector_stride
+    pub fn load_over(path: &Path, rows: Store<f32>) -> Result<Hnsw, FileError> {
+        Self::load_with(path, Some(rows))
+    }
+
+    fn load_with(path: &Path, rows: Option<Store<f32>>) -> Result<Hnsw, FileError> {
         if cfg!(target_endian = "big") {
             return Err(FileError::BigEndian);
         }
@@ -258,7 +291,7 @@ impl Hnsw {
         }
         let fields = Fields(&header);
         let version = if filled >= 12 { fields.u32(8) } else { 0 };
-        if version != FILE_VERSION {
+        if version != FILE_VERSION && version != 1 {
             return Err(FileError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 found: version,
@@ -277,7 +310,8 @@ impl Hnsw {
 
         // Parameters.
         let dim = fields.u32(16) as usize;
-        let [metric, quantized, top_level, _] = [header[20], header[21], header[22], header[23]];
+        let [metric, quantized, top_level, flags] =
+            [header[20], header[21], header[22], header[23]];
         let m = fields.u32(24) as usize;
         let m0 = fields.u32(28) as usize;
         let ef_construction = fields.u32(32) as usize;
@@ -293,6 +327,10 @@ impl Hnsw {
             (fields.u32(12) as usize == HEADER_BYTES, "header size"),
             ((1..=DIM_MAX).contains(&dim), "dimension"),
             (quantized <= 1, "quantization code"),
+            (
+                flags & !FLAG_EXTERNAL_VECTORS == 0 && (version > 1 || flags == 0),
+                "flags",
+            ),
             (top_level <= LEVEL_MAX, "top level"),
             ((2..=M_MAX).contains(&m) && m0 == 2 * m, "m / m0"),
             ((1..=EF_MAX).contains(&ef_construction), "ef_construction"),
@@ -367,7 +405,34 @@ impl Hnsw {
             Store::mapped(mapping, offset, length / size_of::<T>())
                 .unwrap_or_else(|| Store::owned(&[]))
         }
-        let vectors: Store<f32> = store(&mapping, view(Section::Vectors, count * stride * 4)?);
+        let external = flags & FLAG_EXTERNAL_VECTORS != 0;
+        let rows_error = |detail: String| FileError::Rows {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let vectors: Store<f32> = match (external, rows) {
+            (false, None) => store(&mapping, view(Section::Vectors, count * stride * 4)?),
+            (true, Some(rows)) => {
+                view(Section::Vectors, 0)?;
+                if rows.len() != count * stride {
+                    return Err(rows_error(format!(
+                        "{} floats given for {count} rows of {stride}",
+                        rows.len()
+                    )));
+                }
+                rows
+            }
+            (true, None) => {
+                return Err(rows_error(
+                    "the index was built over rows kept outside the file; load it with them".into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(rows_error(
+                    "the index holds its own vectors; rows were given for them".into(),
+                ))
+            }
+        };
         let quantizer_values: Store<f32> = store(
             &mapping,
             view(Section::Quantizer, if quantized { 2 * dim * 4 } else { 0 })?,
@@ -461,6 +526,7 @@ impl Hnsw {
             entry: if count == 0 { NO_NODE } else { entry },
             top_level,
             vectors,
+            external,
             quantizer,
             codes,
             labels,

@@ -99,6 +99,9 @@ pub struct Hnsw {
     pub(crate) entry: u32,
     pub(crate) top_level: u8,
     pub(crate) vectors: Store<f32>,
+    /// Whether `vectors` belongs to the caller (rows inside an SSTable's mapped vector
+    /// region, say) and is left out of the index file.
+    pub(crate) external: bool,
     pub(crate) quantizer: Option<ScalarQuantizer>,
     pub(crate) codes: Store<i8>,
     pub(crate) labels: Store<u64>,
@@ -195,7 +198,7 @@ impl Hnsw {
         Ok(self.tombstones.insert(node))
     }
 
-    /// Resident bytes of the index's arrays (mapped ones included).
+    /// Resident bytes of the index's arrays (mapped ones and external vectors included).
     pub fn memory_bytes(&self) -> usize {
         size_of_val(&*self.vectors)
             + size_of_val(&*self.codes)
@@ -210,6 +213,12 @@ impl Hnsw {
     /// Whether the arrays live in a mapped file.
     pub fn is_mapped(&self) -> bool {
         self.vectors.is_mapped()
+    }
+
+    /// Whether the vectors are the caller's rows ([`Hnsw::build_over`],
+    /// [`Hnsw::load_over`]) rather than the index's own copy.
+    pub fn vectors_external(&self) -> bool {
+        self.external
     }
 
     /// The stored vector of `node` (no padding).
@@ -260,8 +269,9 @@ pub(crate) fn block_range(
     }
 }
 
-/// `dim` rounded up to whole 64-byte rows of `f32`.
-pub(crate) fn vector_stride(dim: usize) -> usize {
+/// Floats per stored row: `dim` rounded up to whole 64-byte rows of `f32` (the row layout
+/// [`Hnsw::build_over`] expects).
+pub fn vector_stride(dim: usize) -> usize {
     dim.next_multiple_of(crate::store::ALIGN_BYTES / size_of::<f32>())
 }
 
