@@ -48,8 +48,8 @@ enum Command {
     /// Generate a clustered Gaussian-mixture dataset with exact top-100 ground truth
     /// (base.fvecs, query.fvecs, groundtruth.ivecs, meta.json).
     Dataset {
-        /// A named set: `clustered-128-l2` (1,000,000 × 128, l2) or `clustered-384-cosine`
-        /// (200,000 × 384, cosine).
+        /// A named set: `clustered-128-l2` (1,000,000 × 128, l2), `clustered-384-cosine`
+        /// (200,000 × 384, cosine) or `clustered-768-cosine` (100,000 × 768, cosine).
         #[arg(long)]
         preset: String,
         /// Base vectors (default: the preset's); a different count adds `-N` to the name.
@@ -194,6 +194,15 @@ fn write_result(
 }
 
 fn main() -> anyhow::Result<()> {
+    // The engines' warnings and errors (a failing flush, say) reach stderr; RUST_LOG
+    // widens them.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     match cli.command {
@@ -249,8 +258,10 @@ fn main() -> anyhow::Result<()> {
             let (metric, default_n, dim, clusters, seed) = match preset.as_str() {
                 "clustered-128-l2" => ("l2", 1_000_000, 128, 1024, 128),
                 "clustered-384-cosine" => ("cosine", 200_000, 384, 512, 384),
+                "clustered-768-cosine" => ("cosine", 100_000, 768, 256, 768),
                 other => anyhow::bail!(
-                    "unknown preset `{other}`: use clustered-128-l2 or clustered-384-cosine"
+                    "unknown preset `{other}`: use clustered-128-l2, clustered-384-cosine or \
+                     clustered-768-cosine"
                 ),
             };
             let count = n.unwrap_or(default_n);

@@ -17,7 +17,7 @@ pub use distance::{Kernels, Level, LevelError};
 pub use filter::{Filter, NodeSet};
 pub use hnsw::{
     vector_stride, BuildParams, Compacted, Hnsw, IndexError, Neighbor, Quantization, Scored,
-    SearchParams, SearchScratch,
+    SearchParams, SearchScratch, Seed,
 };
 pub use metric::Metric;
 pub use quantize::ScalarQuantizer;

@@ -7,6 +7,7 @@ mod common;
 use common::{clustered, clustered_split, exact, recall, uniform, Predicate, Random};
 use vortex_index::{
     BuildParams, Hnsw, IndexError, Metric, NodeSet, Quantization, SearchParams, SearchScratch,
+    Seed, Store,
 };
 
 const SEED: u64 = 0x4E5F_2026_1125;
@@ -358,4 +359,180 @@ fn degenerate_sets_work() {
     let compacted = index.compact();
     assert!(compacted.index.is_empty());
     assert!(compacted.index.search(&[0.5; 4], K, 16).unwrap().is_empty());
+}
+
+/// Rows of `vector_stride(dim)` floats holding `values` (`dim` per row).
+fn padded_rows(values: &[f32], dim: usize) -> Vec<f32> {
+    let stride = vortex_index::vector_stride(dim);
+    let mut rows = vec![0.0; values.len() / dim * stride];
+    for (row, value) in rows.chunks_exact_mut(stride).zip(values.chunks_exact(dim)) {
+        row[..dim].copy_from_slice(value);
+    }
+    rows
+}
+
+#[test]
+fn a_build_seeded_from_an_earlier_graph_keeps_recall_and_carries_its_links() {
+    eprintln!("seed {SEED:#x}");
+    let dim = 24;
+    let (data, queries) = clustered_split(3000, 50, dim, 12, SEED, Metric::L2);
+    let parameters = params(Metric::L2);
+    // The earlier graph: rows 0..2000.
+    let old = Hnsw::build_over(
+        dim,
+        Store::owned(&padded_rows(&data[..2000 * dim], dim)),
+        None,
+        &parameters,
+    )
+    .unwrap();
+    // The new set, as a merge leaves it: the old rows but every fifth (superseded or
+    // deleted), and 1,000 new rows, interleaved.
+    let mut rows: Vec<usize> = (0..2000).filter(|row| row % 5 != 0).collect();
+    rows.extend(2000..3000);
+    rows.sort_by_key(|&row| (row * 7919) % 3001);
+    let values: Vec<f32> = rows
+        .iter()
+        .flat_map(|&row| data[row * dim..(row + 1) * dim].iter().copied())
+        .collect();
+    let carried: Vec<u32> = rows
+        .iter()
+        .map(|&row| if row < 2000 { row as u32 } else { u32::MAX })
+        .collect();
+    let seed = Seed {
+        graph: &old,
+        carried: &carried,
+    };
+    let build = || {
+        Hnsw::build_over_seeded(
+            dim,
+            Store::owned(&padded_rows(&values, dim)),
+            None,
+            &parameters,
+            seed,
+        )
+        .unwrap()
+    };
+    let seeded = build();
+    let fresh = Hnsw::build(dim, &values, None, &parameters).unwrap();
+    let search = search_params(12); // a narrow beam, so that graph quality shows
+    let seeded_recall = mean_recall(&seeded, &values, &queries, &search, &|_| true, None);
+    let fresh_recall = mean_recall(&fresh, &values, &queries, &search, &|_| true, None);
+    eprintln!("recall@10: seeded {seeded_recall:.3}, fresh build {fresh_recall:.3}");
+    assert!(seeded_recall >= 0.9, "seeded recall {seeded_recall}");
+    assert!(seeded_recall >= fresh_recall - 0.03);
+
+    // Carried nodes keep their level.
+    let new_of = |old_node: u32| {
+        carried
+            .iter()
+            .position(|&c| c == old_node)
+            .map(|n| n as u32)
+    };
+    let (mut kept, mut had) = (0, 0);
+    for (node, &old_node) in carried.iter().enumerate() {
+        if old_node == u32::MAX {
+            continue;
+        }
+        assert_eq!(seeded.level_of(node as u32), old.level_of(old_node));
+        let now = seeded.neighbors_of(node as u32, 0).unwrap();
+        for &link in old.neighbors_of(old_node, 0).unwrap() {
+            had += 1;
+            kept += usize::from(new_of(link).is_some_and(|n| now.contains(&n)));
+        }
+    }
+    // (New nodes take some places: about half remain in this mix.)
+    eprintln!("{kept} of {had} layer-0 links carried over");
+
+    // With every node carried and none new, the graph is the seed's, renumbered.
+    let order: Vec<u32> = (0..2000u32).rev().collect();
+    let reversed: Vec<f32> = order
+        .iter()
+        .flat_map(|&row| {
+            data[row as usize * dim..(row as usize + 1) * dim]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let renumbered = Hnsw::build_over_seeded(
+        dim,
+        Store::owned(&padded_rows(&reversed, dim)),
+        None,
+        &parameters,
+        Seed {
+            graph: &old,
+            carried: &order,
+        },
+    )
+    .unwrap();
+    for (node, &old_node) in order.iter().enumerate() {
+        for layer in 0..=old.level_of(old_node).unwrap() {
+            let mut expected: Vec<u32> = old
+                .neighbors_of(old_node, layer)
+                .unwrap()
+                .iter()
+                .map(|&n| 1999 - n)
+                .collect();
+            let mut got = renumbered
+                .neighbors_of(node as u32, layer)
+                .unwrap()
+                .to_vec();
+            expected.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, expected, "node {node} layer {layer}");
+        }
+    }
+
+    // One thread: deterministic.
+    let again = build();
+    for query in queries.chunks_exact(dim) {
+        assert_eq!(
+            seeded.search(query, K, 64).unwrap(),
+            again.search(query, K, 64).unwrap()
+        );
+    }
+
+    // A carried node whose row differs is inserted instead; bad seeds are refused.
+    let mut changed = values.clone();
+    changed[0] += 1.0;
+    let rebuilt = Hnsw::build_over_seeded(
+        dim,
+        Store::owned(&padded_rows(&changed, dim)),
+        None,
+        &parameters,
+        seed,
+    )
+    .unwrap();
+    assert_eq!(rebuilt.len(), values.len() / dim);
+    let rows_of = || Store::owned(&padded_rows(&values, dim));
+    let refused = |seed: Seed<'_>, parameters: &BuildParams, needle: &str| {
+        let error = Hnsw::build_over_seeded(dim, rows_of(), None, parameters, seed).unwrap_err();
+        assert!(error.to_string().contains(needle), "{error}");
+    };
+    refused(
+        Seed {
+            graph: &old,
+            carried: &carried[1..],
+        },
+        &parameters,
+        "carried entries",
+    );
+    let mut twice = carried.clone();
+    let first = twice.iter().position(|&c| c != u32::MAX).unwrap();
+    let second = first
+        + 1
+        + twice[first + 1..]
+            .iter()
+            .position(|&c| c != u32::MAX)
+            .unwrap();
+    twice[second] = twice[first];
+    refused(
+        Seed {
+            graph: &old,
+            carried: &twice,
+        },
+        &parameters,
+        "carried twice",
+    );
+    let other_m = BuildParams { m: 8, ..parameters };
+    refused(seed, &other_m, "must have the build's metric");
 }

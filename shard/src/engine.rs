@@ -11,9 +11,10 @@
 //! **Writes.** A point is stored under `(collection id, point id)`: its vector as
 //! little-endian `f32` (it lands in the SSTables' aligned vector region), its payload in
 //! `payload.rs`'s encoding. `upsert` and `delete` return the sequence number of the batch's
-//! last write; the write is acknowledged once [`Shard::poll`] reports it durable. A batch
-//! refused with THROTTLED part-way may have written a prefix: upserts and deletes are
-//! idempotent, so the client retries the whole batch.
+//! last write; the write is acknowledged once [`Shard::poll`] reports it durable. The store
+//! admits a batch whole before its first write (`Store::admit`), so THROTTLED writes nothing
+//! and the client retries the batch; a batch too large for the WAL to ever take at once is
+//! refused with an error that says to split it.
 //!
 //! **Search.** The MemTables are scanned exactly (they hold the newest versions, and their
 //! tombstones hide older ones); each live segment is searched through its side-car HNSW with
@@ -34,7 +35,9 @@ use std::time::{Duration, Instant};
 use vortex_index::metric::normalize;
 use vortex_index::{Filter, Kernels, NodeSet, SearchParams};
 use vortex_io::RingConfig;
-use vortex_storage::{DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats};
+use vortex_storage::{
+    DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats, WalOptions, WriteSize,
+};
 use vortex_vbp::message::{CollectionInfo, CollectionSpec, Hit, Payload, PointRecord};
 
 /// Results a search may ask for.
@@ -62,6 +65,11 @@ impl Default for ShardOptions {
         ShardOptions {
             store: StoreOptions {
                 memtable_entries_max: FRESH_POINTS_MAX,
+                // A batch of 1,000 points of 768 floats (3 MiB) is admitted whole.
+                wal: WalOptions {
+                    batch_bytes_max: 8 << 20,
+                    ..WalOptions::default()
+                },
                 ..StoreOptions::default()
             },
         }
@@ -117,6 +125,10 @@ pub struct ShardStats {
     pub pending_compactions: usize,
     /// Bytes of segments and indexes per indexed vector version.
     pub bytes_per_vector: f64,
+    /// Graph nodes inserted by index builds since open.
+    pub index_nodes_inserted: u64,
+    /// Graph nodes carried over from an earlier segment's graph instead (see `Seed`).
+    pub index_nodes_carried: u64,
     /// The store's own.
     pub store: StoreStats,
 }
@@ -349,8 +361,9 @@ impl Shard {
                 return Err(ShardError::Invalid(format!("point {}{detail}", ids[index])));
             }
         }
-        // Everything is checked before the first write, so that only THROTTLED can stop a
-        // batch part-way (and a retry of the whole batch is then harmless).
+        // Everything is checked before the first write, and the store admits the whole batch
+        // before it (THROTTLED then comes before any write, not part-way); only an I/O
+        // failure can stop a batch part-way, and a retry of the whole batch is harmless.
         let record_bytes_max = self.store.record_bytes_max();
         if RECORD_HEADER_BYTES + dimension * 4 > record_bytes_max {
             return Err(ShardError::Invalid(format!(
@@ -372,6 +385,15 @@ impl Shard {
             }
             encoded.push(bytes);
         }
+        // Admitted whole or not at all: THROTTLED never cuts a batch part-way.
+        let sizes: Vec<WriteSize> = (0..ids.len())
+            .map(|index| WriteSize::Put {
+                vector_bytes: dimension * 4,
+                payload_bytes: encoded.get(index).map_or(0, Vec::len),
+            })
+            .collect();
+        let admitted = self.store.admit(&sizes);
+        self.settle(admitted)?;
         // Cosine vectors are stored as unit vectors, so that a segment's index reads the
         // table's rows as they are (and `get` returns the unit vector).
         let normalizes = index_metric(spec.metric).normalizes();
@@ -419,6 +441,8 @@ impl Shard {
                 ids.len()
             )));
         }
+        let admitted = self.store.admit(&vec![WriteSize::Delete; ids.len()]);
+        self.settle(admitted)?;
         let store = &mut self.store;
         let deleted = ids.iter().try_fold(0, |_, &point| {
             store.delete(Key {
@@ -664,6 +688,7 @@ impl Shard {
             });
         let store = self.store.stats();
         let table_bytes: u64 = store.levels.iter().map(|level| level.bytes).sum();
+        let (index_nodes_inserted, index_nodes_carried) = self.sidecars.build_counts();
         ShardStats {
             collections: self.catalog.live().count(),
             segments: store.levels.iter().map(|level| level.tables).sum(),
@@ -674,6 +699,8 @@ impl Shard {
             pending_compactions: store.compactions_due.max(usize::from(store.compacting)),
             bytes_per_vector: (table_bytes + index_bytes as u64) as f64
                 / store.table_vectors.max(1) as f64,
+            index_nodes_inserted,
+            index_nodes_carried,
             store,
         }
     }

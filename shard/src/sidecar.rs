@@ -20,9 +20,10 @@ use crate::payload_index::PayloadIndex;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use vortex_index::{
-    vector_stride, BuildParams, Hnsw, Mapping, Metric, NodeSet, Quantization, Store,
+    vector_stride, BuildParams, Hnsw, Mapping, Metric, NodeSet, Quantization, Seed, Store,
 };
 use vortex_storage::sstable::table::Table;
 use vortex_storage::CompactionHook;
@@ -49,6 +50,10 @@ fn parse_sidecar_name(name: &str) -> Option<u64> {
 /// A segment's search structures, by node (node `i` = slot `i` of the vector region).
 #[derive(Debug)]
 pub struct Segment {
+    /// The table's number.
+    pub number: u64,
+    /// The collection's id.
+    pub collection: u32,
     /// The side-car HNSW (built, or mapped from its file); `None` when the table holds no
     /// vector of the collection's dimension (only deletes, say).
     pub graph: Option<Hnsw>,
@@ -122,7 +127,13 @@ pub struct SideCars {
     specs: RwLock<HashMap<u32, CollectionSpec>>,
     /// Loaded or built indexes by table number.
     indexes: RwLock<HashMap<u64, Arc<Segment>>>,
+    /// Graph nodes built by insertion, and carried over from a seed graph, since open.
+    nodes_inserted: AtomicU64,
+    nodes_carried: AtomicU64,
 }
+
+/// A seed graph is used when it carries at least this share of a new graph's nodes.
+const SEED_SHARE_MIN: f64 = 0.125;
 
 impl SideCars {
     /// Side-cars kept in `dir` (created if missing).
@@ -132,6 +143,8 @@ impl SideCars {
             dir: dir.to_owned(),
             specs: RwLock::new(HashMap::new()),
             indexes: RwLock::new(HashMap::new()),
+            nodes_inserted: AtomicU64::new(0),
+            nodes_carried: AtomicU64::new(0),
         })
     }
 
@@ -148,6 +161,59 @@ impl SideCars {
 
     fn spec(&self, id: u32) -> Option<CollectionSpec> {
         self.specs.read().ok()?.get(&id).cloned()
+    }
+
+    /// Graph nodes built by insertion, and carried over from a seed graph, since open.
+    pub fn build_counts(&self) -> (u64, u64) {
+        (
+            self.nodes_inserted.load(Ordering::Relaxed),
+            self.nodes_carried.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The live segment of `collection` (other than table `number`) with a graph that holds
+    /// the most of `labels`, and for each label its node there (`u32::MAX` where it has
+    /// none), if it holds at least [`SEED_SHARE_MIN`] of them. The build checks each
+    /// carried node's vector, so a segment holding an older version of a point is harmless.
+    fn seed_for(
+        &self,
+        number: u64,
+        collection: u32,
+        labels: &[u64],
+    ) -> Option<(Arc<Segment>, Vec<u32>)> {
+        let (first, last) = (*labels.first()?, *labels.last()?);
+        let candidates: Vec<Arc<Segment>> = self
+            .indexes
+            .read()
+            .ok()?
+            .values()
+            .filter(|segment| {
+                segment.number != number
+                    && segment.collection == collection
+                    && segment.graph.is_some()
+                    && segment.labels.first().is_some_and(|&low| low <= last)
+                    && segment.labels.last().is_some_and(|&high| high >= first)
+            })
+            .cloned()
+            .collect();
+        let (held, segment) = candidates
+            .into_iter()
+            .map(|segment| {
+                let held = labels
+                    .iter()
+                    .filter(|&&l| segment.node_of(l).is_some())
+                    .count();
+                (held, segment)
+            })
+            .max_by_key(|(held, segment)| (*held, std::cmp::Reverse(segment.number)))?;
+        if (held as f64) < labels.len() as f64 * SEED_SHARE_MIN {
+            return None;
+        }
+        let carried = labels
+            .iter()
+            .map(|&label| segment.node_of(label).unwrap_or(u32::MAX))
+            .collect();
+        Some((segment, carried))
     }
 
     /// The search structures of table `number`, if it has them.
@@ -210,6 +276,8 @@ impl SideCars {
     /// Registers `table`'s segment: its graph, and what was read from the table itself.
     fn register(&self, table: &Table, graph: Option<Hnsw>, contents: Contents) {
         let segment = Segment {
+            number: table.number(),
+            collection: table.footer().collection,
             superseded: RwLock::new(NodeSet::with_capacity(contents.labels.len())),
             graph,
             payloads: contents.payloads,
@@ -315,13 +383,54 @@ impl SideCars {
             },
             ..BuildParams::default()
         };
-        let index = Hnsw::build_over(
-            spec.dimension as usize,
-            rows,
-            Some(&contents.labels),
-            &params,
-        )
-        .map_err(|error| index_error(error.to_string()))?;
+        let dim = spec.dimension as usize;
+        let stride = vector_stride(dim);
+        // A node is carried only with exactly the vector its seed node has (an older
+        // version of the point is inserted afresh).
+        let seed = self
+            .seed_for(table.number(), footer.collection, &contents.labels)
+            .filter(|(segment, _)| {
+                segment.graph.as_ref().is_some_and(|graph| {
+                    graph.dim() == dim && graph.m() == params.m && graph.metric() == params.metric
+                })
+            })
+            .map(|(segment, mut carried)| {
+                let graph = segment.graph.as_ref().expect("filtered on a graph");
+                for (node, old) in carried.iter_mut().enumerate() {
+                    let row = &rows[node * stride..node * stride + dim];
+                    let same = graph.vector(*old).is_some_and(|vector| {
+                        vector
+                            .iter()
+                            .zip(row)
+                            .all(|(a, b)| a.to_bits() == b.to_bits())
+                    });
+                    if !same {
+                        *old = u32::MAX;
+                    }
+                }
+                (segment, carried)
+            });
+        let built = match &seed {
+            Some((segment, carried)) => {
+                let graph = segment.graph.as_ref().expect("filtered on a graph");
+                Hnsw::build_over_seeded(
+                    dim,
+                    rows,
+                    Some(&contents.labels),
+                    &params,
+                    Seed { graph, carried },
+                )
+            }
+            None => Hnsw::build_over(dim, rows, Some(&contents.labels), &params),
+        };
+        let index = built.map_err(|error| index_error(error.to_string()))?;
+        let carried = seed.as_ref().map_or(0, |(_, carried)| {
+            carried.iter().filter(|&&node| node != u32::MAX).count()
+        });
+        self.nodes_carried
+            .fetch_add(carried as u64, Ordering::Relaxed);
+        self.nodes_inserted
+            .fetch_add((index.len() - carried) as u64, Ordering::Relaxed);
         let path = self.dir.join(sidecar_name(table.number()));
         index
             .save(&path)

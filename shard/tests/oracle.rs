@@ -408,6 +408,13 @@ fn side_cars_hold_no_vector_copy_and_damaged_ones_are_rebuilt_at_open() {
     };
     let before = search(&shard);
     assert!(shard.verify_indexes().unwrap() > 0);
+    // Compactions started their outputs' graphs from their inputs' graphs.
+    let stats = shard.stats();
+    eprintln!(
+        "index nodes: {} inserted, {} carried",
+        stats.index_nodes_inserted, stats.index_nodes_carried
+    );
+    assert!(stats.index_nodes_carried > 0);
     // Unit vectors come back from a get.
     let got = shard.get("wide", &[7], true, false).unwrap();
     let norm: f32 = got[0].vector.iter().map(|x| x * x).sum();
@@ -445,4 +452,73 @@ fn side_cars_hold_no_vector_copy_and_damaged_ones_are_rebuilt_at_open() {
     shard.close().unwrap();
     let (_, report) = Shard::open(dir.path(), options()).unwrap();
     assert_eq!(report.indexes_rebuilt, 0, "rebuilt side-cars were saved");
+}
+
+/// A batch is admitted whole or refused with THROTTLED before its first write, so a client
+/// that retries whole batches always gets through and the WAL holds each batch about once;
+/// a batch the WAL could never take at once is refused with an error, not THROTTLED forever.
+#[test]
+fn throttled_batches_write_nothing_and_retried_batches_get_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ShardOptions::default();
+    options.store.wal.batch_bytes_max = 256 << 10; // batches up to 128 KiB
+    options.store.wal.record_bytes_max = 64 << 10;
+    let (mut shard, _) = Shard::open(dir.path(), options).unwrap();
+    let dimension = 256usize;
+    shard
+        .create_collection(spec("big", dimension as u32, Metric::L2, VectorType::F32))
+        .unwrap();
+    let batch = 100usize; // ~104 KiB of records
+    let mut throttled = 0;
+    for round in 0..60u64 {
+        let ids: Vec<u64> = (0..batch as u64).map(|i| round * 1000 + i).collect();
+        let vectors: Vec<f32> = (0..batch * dimension)
+            .map(|i| (round as f32) + i as f32 * 1e-3)
+            .collect();
+        let last = loop {
+            match shard.upsert("big", &ids, &vectors, &[]) {
+                Ok(sequence) => break sequence,
+                Err(error) if error.is_throttled() => {
+                    throttled += 1;
+                    assert!(throttled < 100_000, "no progress: {error}");
+                    shard
+                        .poll(Some(std::time::Duration::from_millis(1)))
+                        .unwrap();
+                }
+                Err(error) => panic!("upsert: {error}"),
+            }
+        };
+        // Only every third batch waits for its acknowledgement: the others meet a busy WAL.
+        if round % 3 == 2 {
+            while shard
+                .poll(Some(std::time::Duration::from_millis(5)))
+                .unwrap()
+                < last
+            {}
+        }
+    }
+    shard.sync().unwrap();
+    let stats = shard.stats();
+    let record_bytes = 60 * batch as u64 * (16 + dimension as u64 * 4);
+    assert!(
+        stats.store.user_bytes <= record_bytes,
+        "{} bytes logged for {record_bytes} bytes of batches: a refused batch wrote",
+        stats.store.user_bytes
+    );
+    for round in [0u64, 31, 59] {
+        let got = shard.get("big", &[round * 1000 + 99], true, false).unwrap();
+        assert_eq!(
+            got[0].vector[0],
+            round as f32 + 99.0 * dimension as f32 * 1e-3
+        );
+    }
+    let ids: Vec<u64> = (0..200).collect();
+    let error = shard
+        .upsert("big", &ids, &vec![0.5; 200 * dimension], &[])
+        .unwrap_err();
+    assert!(
+        !error.is_throttled() && error.to_string().contains("split it"),
+        "{error}"
+    );
+    eprintln!("{throttled} THROTTLED answers");
 }

@@ -34,5 +34,5 @@ pub use fault::{Fault, FaultEnv, Target};
 pub use manifest::{Edit, Manifest, ManifestState};
 pub use memtable::{Key, Lookup, MemTable, MemTableFull, Point};
 pub use posix::{DirectIo, PosixEnv};
-pub use store::{CompactionHook, Located, Store, StoreHooks, StoreOptions, StoreStats};
+pub use store::{CompactionHook, Located, Store, StoreHooks, StoreOptions, StoreStats, WriteSize};
 pub use wal::{ReplayReport, ReplayedRecord, Wal, WalOptions, WalStats};

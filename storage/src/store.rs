@@ -464,11 +464,61 @@ fn decode_record(kind: u8, payload: &[u8]) -> Result<(Key, Value), String> {
     }
 }
 
-fn value_bytes(value: &Value) -> usize {
-    64 + match value {
-        Value::Put(point) => point.vector.len() + point.payload.len(),
-        Value::Tombstone => 0,
+/// A put record's bytes before its vector: collection, point, vector length.
+const PUT_HEADER_BYTES: usize = 4 + 8 + 4;
+
+/// A delete record's bytes: collection, point.
+const DELETE_RECORD_BYTES: usize = 4 + 8;
+
+/// The size of a write, for [`Store::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteSize {
+    /// A put of a vector and a payload of these sizes.
+    Put {
+        /// The vector's bytes.
+        vector_bytes: usize,
+        /// The payload's bytes.
+        payload_bytes: usize,
+    },
+    /// A delete.
+    Delete,
+}
+
+impl WriteSize {
+    /// Its WAL record's payload bytes.
+    fn record_bytes(&self) -> usize {
+        match *self {
+            WriteSize::Put {
+                vector_bytes,
+                payload_bytes,
+            } => PUT_HEADER_BYTES + vector_bytes + payload_bytes,
+            WriteSize::Delete => DELETE_RECORD_BYTES,
+        }
     }
+
+    /// The MemTable bytes it is counted as.
+    fn memtable_bytes(&self) -> usize {
+        VALUE_OVERHEAD_BYTES
+            + match *self {
+                WriteSize::Put {
+                    vector_bytes,
+                    payload_bytes,
+                } => vector_bytes + payload_bytes,
+                WriteSize::Delete => 0,
+            }
+    }
+}
+
+/// What a MemTable entry is counted as beyond its vector and payload.
+const VALUE_OVERHEAD_BYTES: usize = 64;
+
+/// The MemTable bytes a value is counted as.
+fn value_bytes(value: &Value) -> usize {
+    VALUE_OVERHEAD_BYTES
+        + match value {
+            Value::Put(point) => point.vector.len() + point.payload.len(),
+            Value::Tombstone => 0,
+        }
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -627,9 +677,56 @@ impl<E: Env> Store<E> {
         result
     }
 
+    /// Checks that every one of `writes` would be taken now, so that a batch is written
+    /// whole or not at all: `Ok` when each would be (nothing else writes in between, as the
+    /// store has one thread), else THROTTLED, after moving background work on, as
+    /// [`put`](Self::put) would answer part-way. A batch larger than an empty WAL batch is
+    /// sure to hold ([`batch_limits`](Self::batch_limits)) could never be admitted and is
+    /// refused as invalid.
+    pub fn admit(&mut self, writes: &[WriteSize]) -> Result<(), StorageError> {
+        let (appends_max, bytes_max) = self.wal.batch_limits();
+        let total: usize = writes.iter().map(WriteSize::record_bytes).sum();
+        if writes.len() > appends_max || total > bytes_max {
+            return Err(StorageError::Invalid(format!(
+                "a batch of {} writes and {total} bytes is larger than the WAL takes at once \
+                 ({appends_max} writes, {bytes_max} bytes): split it",
+                writes.len()
+            )));
+        }
+        let entries_max = self.options.memtable_entries_max;
+        let mut held = self.memtable.bytes() + self.pending_bytes;
+        let entries_before = self.memtable.len() + self.pending.len();
+        let mut room = true;
+        for (entries, write) in (entries_before..).zip(writes) {
+            let bytes = write.memtable_bytes();
+            let entries_full = entries_max > 0 && entries >= 2 * entries_max;
+            if held > 0 && (held + bytes > 2 * self.options.memtable_bytes || entries_full) {
+                room = false;
+                break;
+            }
+            held += bytes;
+        }
+        if room
+            && self
+                .wal
+                .has_room(writes.iter().map(WriteSize::record_bytes))
+        {
+            return Ok(());
+        }
+        self.maintain(false)?;
+        Err(StorageError::Throttled(
+            "the memtable or the WAL's open batch is full until a flush or a write completes",
+        ))
+    }
+
+    /// The largest batch [`admit`](Self::admit) takes: (writes, record bytes).
+    pub fn batch_limits(&self) -> (usize, usize) {
+        self.wal.batch_limits()
+    }
+
     /// Appends a delete of `key`; acknowledged as for [`put`](Self::put).
     pub fn delete(&mut self, key: Key) -> Result<u64, StorageError> {
-        let mut record = [0u8; 12];
+        let mut record = [0u8; DELETE_RECORD_BYTES];
         record[..4].copy_from_slice(&key.collection.to_le_bytes());
         record[4..].copy_from_slice(&key.point.to_le_bytes());
         self.append(RECORD_DELETE, &record, key, Value::Tombstone)

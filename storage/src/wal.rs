@@ -507,6 +507,58 @@ impl<E: Env> Wal<E> {
         Ok(sequence)
     }
 
+    /// Whether appends of payloads of these sizes, in this order, would all be taken now:
+    /// false when one of them would meet THROTTLED (the open batch's bytes or appends, or the
+    /// free buffers, run out until a batch has been written) or be refused. The same walk as
+    /// [`append`](Self::append), so a caller can keep a batch of appends whole.
+    pub fn has_room(&self, payloads: impl IntoIterator<Item = usize>) -> bool {
+        if self.failure.is_some() {
+            return false;
+        }
+        // The first append of an empty batch past the segment target opens a new segment.
+        let rotates =
+            self.batch.appends == 0 && self.batch.start >= self.options.segment_bytes_target;
+        let (start, mut end, first_block, held, free) = if rotates {
+            (0, 0, 0, 0, self.pool.len() + self.batch.blocks.len())
+        } else {
+            (
+                self.batch.start,
+                self.batch.end,
+                self.batch.first_block,
+                self.batch.blocks.len(),
+                self.pool.len(),
+            )
+        };
+        for (appends, payload) in (self.batch.appends..).zip(payloads) {
+            if payload > self.options.record_bytes_max
+                || appends >= self.options.appends_pending_max
+            {
+                return false;
+            }
+            let framed = record::framed_bytes(end, payload);
+            if appends > 0 && end + framed - start > self.options.batch_bytes_max as u64 {
+                return false;
+            }
+            let last_block = (end + framed - 1) / BLOCK_BYTES as u64;
+            let blocks_needed = (last_block + 1 - first_block) as usize;
+            if blocks_needed.saturating_sub(held) > free {
+                return false;
+            }
+            end += framed;
+        }
+        true
+    }
+
+    /// The largest batch of appends (count, payload bytes) that [`has_room`](Self::has_room)
+    /// is sure to accept once the open batch is empty: half an open batch's limits, leaving
+    /// room for framing.
+    pub fn batch_limits(&self) -> (usize, usize) {
+        (
+            self.options.appends_pending_max / 2,
+            self.options.batch_bytes_max / 2,
+        )
+    }
+
     /// The highest sequence number known durable: every append up to it is acknowledged.
     pub fn durable_sequence(&self) -> u64 {
         self.durable_sequence

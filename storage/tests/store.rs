@@ -14,7 +14,9 @@ use vortex_io::RingConfig;
 use vortex_storage::sstable::table::{table_name, Section, Table};
 use vortex_storage::store::{CompactionHook, OpenReport, StoreHooks};
 use vortex_storage::wal::WalOptions;
-use vortex_storage::{DirectIo, Key, Point, PosixEnv, StorageError, Store, StoreOptions};
+use vortex_storage::{
+    DirectIo, Key, Point, PosixEnv, StorageError, Store, StoreOptions, WriteSize,
+};
 
 type TestStore = Store<PosixEnv>;
 
@@ -527,4 +529,70 @@ fn an_abandoned_table_leaves_no_file() {
     assert!(path.exists());
     drop(builder);
     assert!(!path.exists());
+}
+
+/// `admit` answers for a whole batch before any of it is written: what it admits is taken
+/// without THROTTLED, what it refuses leaves the WAL untouched, and a batch no empty WAL
+/// batch could hold is refused as invalid (retrying it would never succeed).
+#[test]
+fn admit_keeps_batches_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = small_options();
+    options.memtable_bytes = 1 << 20;
+    options.wal.batch_bytes_max = 64 << 10; // batches up to 32 KiB of records
+    options.wal.record_bytes_max = 16 << 10;
+    let mut store = open_with(dir.path(), options, StoreHooks::default()).0;
+    let put = |bytes: usize| WriteSize::Put {
+        vector_bytes: 64,
+        payload_bytes: bytes,
+    };
+    let (appends_max, bytes_max) = store.batch_limits();
+    assert_eq!(bytes_max, 32 << 10);
+    let error = store.admit(&vec![put(1000); 40]).unwrap_err();
+    assert!(
+        matches!(&error, StorageError::Invalid(m) if m.contains("split it")),
+        "{error}"
+    );
+    let error = store
+        .admit(&vec![WriteSize::Delete; appends_max + 1])
+        .unwrap_err();
+    assert!(
+        matches!(&error, StorageError::Invalid(m) if m.contains("split it")),
+        "{error}"
+    );
+
+    // Fill the open batch without waiting for it: a batch that would not fit is refused
+    // before its first write, and one that fits is written whole.
+    let mut written = Vec::new();
+    let mut refused = 0;
+    for round in 0..40u64 {
+        let batch = vec![put(2000); 8]; // ~16.7 KiB: three fit an open batch of 64 KiB
+        match store.admit(&batch) {
+            Ok(()) => {
+                for index in 0..8 {
+                    let payload = vec![round as u8; 2000];
+                    store
+                        .put(key(0, round * 8 + index), &[1; 64], &payload)
+                        .unwrap_or_else(|e| panic!("an admitted write was refused: {e}"));
+                    written.push(round * 8 + index);
+                }
+            }
+            Err(StorageError::Throttled(_)) => {
+                refused += 1;
+                let before = store.stats().user_bytes;
+                store.poll(Some(Duration::from_millis(20))).unwrap();
+                assert_eq!(store.stats().user_bytes, before, "a refused batch wrote");
+            }
+            Err(error) => panic!("admit: {error}"),
+        }
+    }
+    store.sync().unwrap();
+    assert!(refused > 0, "the open batch never filled");
+    assert!(written.len() >= 8);
+    for &point in &written {
+        assert!(
+            store.get(&key(0, point)).unwrap().is_some(),
+            "point {point}"
+        );
+    }
 }

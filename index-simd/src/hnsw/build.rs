@@ -66,6 +66,21 @@ impl Default for BuildParams {
     }
 }
 
+/// An earlier graph a build starts from ([`Hnsw::build_over_seeded`]): the nodes of the new
+/// index that hold exactly the vector of one of its nodes are *carried*, keeping that node's
+/// level and links (translated to the new ids, and repaired around the nodes not carried as
+/// [`Hnsw::compact`] repairs around deleted ones); only the other nodes are inserted. A
+/// merge of segments then costs the insertion of what is new, not a whole build (Lucene
+/// seeds a merged segment's graph from its largest input the same way).
+#[derive(Debug, Clone, Copy)]
+pub struct Seed<'a> {
+    /// The earlier graph: the same metric, dimension and `m`.
+    pub graph: &'a Hnsw,
+    /// For each node of the new index, the node of `graph` with the same vector, or
+    /// `u32::MAX`. A node whose row differs from that node's vector is inserted instead.
+    pub carried: &'a [u32],
+}
+
 /// The paper's level draw: `⌊-ln(U) · mL⌋` with `mL = 1 / ln m`, capped.
 pub(crate) fn draw_levels(count: usize, m: usize, seed: u64) -> Vec<u8> {
     let level_scale = 1.0 / (m as f64).ln();
@@ -121,7 +136,6 @@ pub(crate) fn select_neighbors(
     }
 }
 
-/// Checks the parameters of a build.
 /// `count` if an index can hold that many nodes (ids are `u32`, `NO_NODE` reserved).
 fn check_count(count: usize) -> Result<usize, IndexError> {
     if count >= NO_NODE as usize {
@@ -132,6 +146,7 @@ fn check_count(count: usize) -> Result<usize, IndexError> {
     Ok(count)
 }
 
+/// Checks the parameters of a build.
 pub(crate) fn check_params(dim: usize, params: &BuildParams) -> Result<(), IndexError> {
     let invalid = |message: String| Err(IndexError::InvalidParameter(message));
     if dim == 0 || dim > DIM_MAX {
@@ -147,6 +162,52 @@ pub(crate) fn check_params(dim: usize, params: &BuildParams) -> Result<(), Index
         ));
     }
     Ok(())
+}
+
+/// Checks a seed against the build and returns, for each new node, the seed node it carries
+/// (`NO_NODE` for one to insert, and for one whose row differs from that node's vector).
+fn carried_nodes(
+    dim: usize,
+    rows: &[f32],
+    params: &BuildParams,
+    seed: Seed<'_>,
+) -> Result<Vec<u32>, IndexError> {
+    let graph = seed.graph;
+    let stride = vector_stride(dim);
+    let count = rows.len() / stride;
+    if graph.metric != params.metric || graph.m != params.m || graph.dim != dim {
+        return Err(IndexError::InvalidParameter(format!(
+            "a seed graph must have the build's metric, m and dimension ({:?}, {}, {dim}), not \
+             ({:?}, {}, {})",
+            params.metric, params.m, graph.metric, graph.m, graph.dim
+        )));
+    }
+    if seed.carried.len() != count {
+        return Err(IndexError::InvalidParameter(format!(
+            "{} carried entries for {count} nodes",
+            seed.carried.len()
+        )));
+    }
+    let mut taken = NodeSet::with_capacity(graph.count);
+    let mut carried = Vec::with_capacity(count);
+    for (node, &old) in seed.carried.iter().enumerate() {
+        if old == NO_NODE {
+            carried.push(NO_NODE);
+            continue;
+        }
+        if old as usize >= graph.count || !taken.insert(old) {
+            return Err(IndexError::InvalidParameter(format!(
+                "node {node} carries seed node {old}: out of range or carried twice"
+            )));
+        }
+        let row = &rows[node * stride..node * stride + dim];
+        let same = row
+            .iter()
+            .zip(graph.row(old))
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        carried.push(if same { old } else { NO_NODE });
+    }
+    Ok(carried)
 }
 
 /// The graph while it is built.
@@ -276,6 +337,66 @@ impl Builder<'_> {
         }
     }
 
+    /// Gives every carried node its links from the seed graph, translated to the new ids;
+    /// a link to a node not carried is replaced by that node's own carried neighbours on the
+    /// layer, and such a list is chosen again with the heuristic.
+    fn carry(&self, graph: &Hnsw, carried: &[u32]) {
+        let mut inverse = vec![NO_NODE; graph.count];
+        for (node, &old) in carried.iter().enumerate() {
+            if old != NO_NODE {
+                inverse[old as usize] = node as u32;
+            }
+        }
+        let mut candidates: Vec<u32> = Vec::new();
+        let mut scored: Vec<Scored> = Vec::new();
+        let mut selected: Vec<Scored> = Vec::new();
+        for (node, &old) in carried.iter().enumerate() {
+            if old == NO_NODE {
+                continue;
+            }
+            let node = node as u32;
+            let space = self.space.with_query(self.space.row(node));
+            for layer in 0..=self.levels[node as usize] {
+                candidates.clear();
+                let mut repaired = false;
+                for &neighbor in graph.neighbors(old, layer) {
+                    match inverse[neighbor as usize] {
+                        NO_NODE => {
+                            repaired = true;
+                            candidates.extend(
+                                graph
+                                    .neighbors(neighbor, layer)
+                                    .iter()
+                                    .map(|&n| inverse[n as usize])
+                                    .filter(|&n| n != NO_NODE && n != node),
+                            );
+                        }
+                        kept => candidates.push(kept),
+                    }
+                }
+                if repaired {
+                    candidates.sort_unstable();
+                    candidates.dedup();
+                }
+                scored.clear();
+                scored.extend(candidates.iter().map(|&n| Scored {
+                    distance: space.distance(n),
+                    node: n,
+                }));
+                scored.sort_unstable();
+                let max = if layer == 0 { self.m0 } else { self.m };
+                let list = if repaired {
+                    select_neighbors(&space, &scored, max, &mut selected);
+                    &selected
+                } else {
+                    &scored // the seed's own choice, kept as it is
+                };
+                let _guard = lock(&self.locks[node as usize]);
+                self.store(node, layer, list);
+            }
+        }
+    }
+
     /// Adds `node` to the list of `target` at `layer`, pruning with the heuristic when the
     /// list is full.
     fn link(&self, target: u32, node: u32, distance: f32, layer: u8, max: usize, work: &mut Work) {
@@ -351,7 +472,7 @@ impl Hnsw {
                 normalize(&mut row[..dim]);
             }
         }
-        Self::build_rows(dim, Store::from_avec(stored), false, labels, params)
+        Self::build_rows(dim, Store::from_avec(stored), false, labels, params, None)
     }
 
     /// Builds an index over the caller's rows, in place: `rows` holds one row of
@@ -386,7 +507,27 @@ impl Hnsw {
                 )));
             }
         }
-        Self::build_rows(dim, rows, true, labels, params)
+        Self::build_rows(dim, rows, true, labels, params, None)
+    }
+
+    /// [`Hnsw::build_over`], starting from an earlier graph (see [`Seed`]). With one thread
+    /// the result is a pure function of the rows, the parameters and the seed graph.
+    pub fn build_over_seeded(
+        dim: usize,
+        rows: Store<f32>,
+        labels: Option<&[u64]>,
+        params: &BuildParams,
+        seed: Seed<'_>,
+    ) -> Result<Hnsw, IndexError> {
+        check_params(dim, params)?;
+        let stride = vector_stride(dim);
+        if !rows.len().is_multiple_of(stride) {
+            return Err(IndexError::InvalidParameter(format!(
+                "{} floats are not whole rows of {stride}",
+                rows.len()
+            )));
+        }
+        Self::build_rows(dim, rows, true, labels, params, Some(seed))
     }
 
     /// The build proper, over rows already laid out (and normalised for cosine).
@@ -396,6 +537,7 @@ impl Hnsw {
         external: bool,
         labels: Option<&[u64]>,
         params: &BuildParams,
+        seed: Option<Seed<'_>>,
     ) -> Result<Hnsw, IndexError> {
         let stride = vector_stride(dim);
         let count = stored.len() / stride;
@@ -417,6 +559,10 @@ impl Hnsw {
         };
 
         let kernels = Kernels::active();
+        let carried = match seed {
+            Some(seed) => carried_nodes(dim, &stored, params, seed)?,
+            None => Vec::new(),
+        };
         let (quantizer, codes) = match params.quantization {
             Quantization::None => (None, Store::<i8>::zeroed(0)),
             Quantization::ScalarI8 => {
@@ -436,7 +582,15 @@ impl Hnsw {
 
         let m = params.m;
         let m0 = 2 * m;
-        let levels = draw_levels(count, m, params.seed);
+        let mut levels = draw_levels(count, m, params.seed);
+        let donor = seed.map(|seed| seed.graph);
+        if let Some(graph) = donor {
+            for (node, &old) in carried.iter().enumerate() {
+                if old != NO_NODE {
+                    levels[node] = graph.levels[old as usize];
+                }
+            }
+        }
         let (upper_offsets, upper_length) = upper_layout(&levels, m).ok_or_else(|| {
             IndexError::InvalidParameter("the upper layers outgrow 32-bit offsets".into())
         })?;
@@ -470,21 +624,39 @@ impl Hnsw {
                 locks: huge_vec(count, || Mutex::new(())),
                 entry: Mutex::new((0, levels.first().copied().unwrap_or(0))),
             };
+            // Carried nodes take their links from the seed graph; the rest are inserted in
+            // order, the first node being the entry of an empty graph.
+            let (order, initial) = match donor {
+                Some(graph) if carried.iter().any(|&old| old != NO_NODE) => {
+                    builder.carry(graph, &carried);
+                    let entry = carried
+                        .iter()
+                        .position(|&old| old == graph.entry)
+                        .or_else(|| {
+                            (0..count)
+                                .filter(|&node| carried[node] != NO_NODE)
+                                .max_by_key(|&node| (levels[node], std::cmp::Reverse(node)))
+                        })
+                        .unwrap_or(0) as u32;
+                    let order: Vec<u32> = (0..count as u32)
+                        .filter(|&node| carried[node as usize] == NO_NODE)
+                        .collect();
+                    (order, entry)
+                }
+                _ => ((1..count as u32).collect(), 0),
+            };
+            *lock(&builder.entry) = (initial, levels.get(initial as usize).copied().unwrap_or(0));
             let threads = match params.threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 threads => threads,
             }
-            .min(count.max(1));
-            let next = AtomicUsize::new(1);
+            .min(order.len().max(1));
+            let next = AtomicUsize::new(0);
             let worker = || {
                 let mut scratch = SearchScratch::new();
                 let mut work = Work::default();
-                loop {
-                    let node = next.fetch_add(1, Relaxed);
-                    if node >= count {
-                        break;
-                    }
-                    builder.insert(node as u32, &mut scratch, &mut work);
+                while let Some(&node) = order.get(next.fetch_add(1, Relaxed)) {
+                    builder.insert(node, &mut scratch, &mut work);
                 }
             };
             if threads <= 1 {

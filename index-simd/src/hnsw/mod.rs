@@ -31,7 +31,7 @@ use crate::metric::Metric;
 use crate::quantize::ScalarQuantizer;
 use crate::store::Store;
 
-pub use build::{BuildParams, Quantization};
+pub use build::{BuildParams, Quantization, Seed};
 pub use compact::Compacted;
 pub use file::{FileError, FILE_MAGIC, FILE_VERSION};
 pub use search::{Neighbor, Scored, SearchParams, SearchScratch};
