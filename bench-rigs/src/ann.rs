@@ -119,6 +119,59 @@ pub fn resident_bytes() -> i64 {
     pages * page_bytes.max(1)
 }
 
+/// This process's proportional resident bytes (PSS) by what they map, from
+/// `/proc/self/smaps`: SSTable files (`.sst`), side-car index files (`.hnsw`), other files,
+/// and anonymous memory (heap, stacks). Unlike the resident set, a file page mapped twice
+/// (the store's mapping of a table and the index's mapping of its vector region) counts
+/// once, half in each mapping: the memory the process really holds.
+pub fn resident_by_kind() -> ResidentByKind {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut kinds = ResidentByKind::default();
+    let mut current = 3usize;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let path = fields.nth(4).unwrap_or_default();
+            current = if path.ends_with(".sst") {
+                0
+            } else if path.ends_with(".hnsw") {
+                1
+            } else if path.starts_with('/') {
+                2
+            } else {
+                3
+            };
+        } else if first == "Pss:" {
+            let kib: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let slot = match current {
+                0 => &mut kinds.tables,
+                1 => &mut kinds.indexes,
+                2 => &mut kinds.other_files,
+                _ => &mut kinds.anonymous,
+            };
+            *slot += kib * 1024;
+        }
+    }
+    kinds
+}
+
+/// Proportional resident bytes by kind of mapping ([`resident_by_kind`]).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ResidentByKind {
+    pub tables: u64,
+    pub indexes: u64,
+    pub other_files: u64,
+    pub anonymous: u64,
+}
+
+impl ResidentByKind {
+    /// All kinds together.
+    pub fn total(&self) -> u64 {
+        self.tables + self.indexes + self.other_files + self.anonymous
+    }
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()

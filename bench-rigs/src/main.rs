@@ -173,6 +173,10 @@ enum Command {
         /// Index vectors as i8 (re-ranked with f32).
         #[arg(long)]
         quantized: bool,
+        /// Point ids scattered over the key space (row × an odd constant) instead of the
+        /// row numbers in order: every flush then overlaps every segment, as with hashed ids.
+        #[arg(long)]
+        scattered_ids: bool,
         /// The JSON result is written to OUT/shard/<dataset>.json.
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
@@ -392,6 +396,7 @@ fn main() -> anyhow::Result<()> {
             m,
             ef_construction,
             quantized,
+            scattered_ids,
             out,
         } => {
             shard::check_data(&data)?;
@@ -408,13 +413,18 @@ fn main() -> anyhow::Result<()> {
                 m,
                 ef_construction,
                 quantized,
+                scattered_ids,
             };
             eprintln!("{command_line}");
             let result = shard::run(&config, &command_line)?;
             print!("{}", shard::render(&result));
             write_result(
                 &out.join("shard"),
-                &format!("{}.json", result.dataset),
+                &format!(
+                    "{}{}.json",
+                    result.dataset,
+                    if scattered_ids { "-scattered" } else { "" }
+                ),
                 &result,
             )?;
         }

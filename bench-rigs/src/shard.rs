@@ -12,11 +12,12 @@
 //! - **Restart**: close, reopen; time to ready (catalog, WAL replay, side-cars mapped,
 //!   payload indexes and superseded sets rebuilt).
 //! - **Bytes per vector**: disk (tables plus side-cars) per vector, and the growth of the
-//!   process's resident set across the reopen and a search pass, per vector.
+//!   process's resident set across the reopen and a search pass, per vector; also its
+//!   proportional set (PSS, which counts a file page mapped twice once) by kind of mapping.
 //!
 //! One thread queries (an LEU's view); the background pool has its default two threads.
 
-use crate::ann::resident_bytes;
+use crate::ann::{resident_by_kind, resident_bytes};
 use crate::dataset::Dataset;
 use crate::disk_bytes;
 use anyhow::Context;
@@ -44,6 +45,32 @@ pub struct ShardBenchConfig {
     pub ef_construction: u16,
     /// Index vectors as `i8`.
     pub quantized: bool,
+    /// Ids scattered over the key space (see [`point_id`]) instead of rows in order.
+    pub scattered_ids: bool,
+}
+
+/// The point id of dataset row `row`: the row itself, or scattered over the key space by an
+/// odd multiplier (a bijection on `u64`), as hashed ids would be.
+fn point_id(row: usize, scattered: bool) -> u64 {
+    if scattered {
+        (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    } else {
+        row as u64
+    }
+}
+
+/// Proportional resident bytes (PSS) per vector, by kind of mapping (see
+/// `resident_by_kind`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResidentParts {
+    /// Everything.
+    pub total: f64,
+    /// SSTable mappings (the vector region the graphs read, and data blocks).
+    pub tables: f64,
+    /// Side-car index mappings (links, labels, codes).
+    pub indexes: f64,
+    /// Heap: MemTable, payload indexes, key lists, search scratch.
+    pub anonymous: f64,
 }
 
 /// Search figures at one point.
@@ -72,6 +99,12 @@ pub struct ShardResult {
     pub time_to_ready_ms: f64,
     pub disk_bytes_per_vector: f64,
     pub resident_bytes_per_vector: f64,
+    /// The resident growth per vector by kind of mapping.
+    pub resident_parts: ResidentParts,
+    pub scattered_ids: bool,
+    /// Graph nodes inserted, and carried over from earlier graphs, by index builds.
+    pub index_nodes_inserted: u64,
+    pub index_nodes_carried: u64,
 }
 
 fn metric_of(name: &str) -> anyhow::Result<Metric> {
@@ -153,7 +186,9 @@ pub fn run(config: &ShardBenchConfig, command: &str) -> anyhow::Result<ShardResu
     let mut loaded = 0usize;
     while loaded < count {
         let end = (loaded + config.batch).min(count);
-        let ids: Vec<u64> = (loaded as u64..end as u64).collect();
+        let ids: Vec<u64> = (loaded..end)
+            .map(|row| point_id(row, config.scattered_ids))
+            .collect();
         let vectors = &data.base.values[loaded * dim..end * dim];
         let started = Instant::now();
         let last = loop {
@@ -174,7 +209,10 @@ pub fn run(config: &ShardBenchConfig, command: &str) -> anyhow::Result<ShardResu
             let truth = |query: usize| -> Vec<u64> {
                 let q = data.queries.row(query);
                 let mut scored: Vec<(f32, u64)> = (0..ingested)
-                    .map(|row| (distance(metric, q, data.base.row(row)), row as u64))
+                    .map(|row| {
+                        let id = point_id(row, config.scattered_ids);
+                        (distance(metric, q, data.base.row(row)), id)
+                    })
                     .collect();
                 let nth = 9.min(scored.len() - 1);
                 scored.select_nth_unstable_by(nth, |a, b| a.0.total_cmp(&b.0));
@@ -198,7 +236,7 @@ pub fn run(config: &ShardBenchConfig, command: &str) -> anyhow::Result<ShardResu
     let truth = |query: usize| -> Vec<u64> {
         data.truth.row(query)[..10]
             .iter()
-            .map(|&id| id as u64)
+            .map(|&row| point_id(row as usize, config.scattered_ids))
             .collect()
     };
     let mut after = Vec::new();
@@ -213,12 +251,22 @@ pub fn run(config: &ShardBenchConfig, command: &str) -> anyhow::Result<ShardResu
             recall_at_10: recall,
         });
     }
-    let segments = shard.stats().segments;
+    let stats = shard.stats();
+    let segments = stats.segments;
     shard.close()?;
     let resident_before = resident_bytes();
+    let kinds_before = resident_by_kind();
     let (shard, report) = Shard::open(&config.dir, ShardOptions::default())?;
     measure(&shard, &data, data.queries.len(), first_ef, &truth)?;
     let resident = (resident_bytes() - resident_before).max(0) as f64;
+    let kinds_after = resident_by_kind();
+    let per_vector = |after: u64, before: u64| after.saturating_sub(before) as f64 / count as f64;
+    let resident_parts = ResidentParts {
+        total: per_vector(kinds_after.total(), kinds_before.total()),
+        tables: per_vector(kinds_after.tables, kinds_before.tables),
+        indexes: per_vector(kinds_after.indexes, kinds_before.indexes),
+        anonymous: per_vector(kinds_after.anonymous, kinds_before.anonymous),
+    };
     drop(shard);
     let disk = disk_bytes(&config.dir) as f64;
     let result = ShardResult {
@@ -235,6 +283,10 @@ pub fn run(config: &ShardBenchConfig, command: &str) -> anyhow::Result<ShardResu
         time_to_ready_ms: report.time_to_ready.as_secs_f64() * 1e3,
         disk_bytes_per_vector: disk / count as f64,
         resident_bytes_per_vector: resident / count as f64,
+        resident_parts,
+        scattered_ids: config.scattered_ids,
+        index_nodes_inserted: stats.index_nodes_inserted,
+        index_nodes_carried: stats.index_nodes_carried,
     };
     let _ = std::fs::remove_dir_all(&config.dir);
     Ok(result)
@@ -245,7 +297,9 @@ pub fn render(result: &ShardResult) -> String {
     let mut out = format!(
         "`{}`\n\n{} × {}: ingest {:.0} points/s ({:.1} s), then {:.1} s until no flush or \
          compaction was due; {} segments; time to ready after a restart {:.0} ms; {:.0} bytes \
-         per vector on disk, {:.0} resident\n\n| when | points | ef | QPS | recall@10 |\n|---|---:|---:|---:|---:|\n",
+         per vector on disk, {:.0} resident set, {:.0} proportional ({:.0} table mappings, {:.0} \
+         index mappings, {:.0} heap); ids {}; index builds inserted {} nodes and \
+         carried {}\n\n| when | points | ef | QPS | recall@10 |\n|---|---:|---:|---:|---:|\n",
         result.command,
         result.points,
         result.dim,
@@ -255,7 +309,18 @@ pub fn render(result: &ShardResult) -> String {
         result.segments,
         result.time_to_ready_ms,
         result.disk_bytes_per_vector,
-        result.resident_bytes_per_vector
+        result.resident_bytes_per_vector,
+        result.resident_parts.total,
+        result.resident_parts.tables,
+        result.resident_parts.indexes,
+        result.resident_parts.anonymous,
+        if result.scattered_ids {
+            "scattered"
+        } else {
+            "in order"
+        },
+        result.index_nodes_inserted,
+        result.index_nodes_carried
     );
     for (when, figures) in [
         ("during ingest", &result.during_ingest),

@@ -482,6 +482,33 @@ fn a_build_seeded_from_an_earlier_graph_keeps_recall_and_carries_its_links() {
         }
     }
 
+    // Most of the seed dropped (the paths between what is left ran through it): every
+    // carried node must still be reachable, so each finds itself.
+    let kept: Vec<u32> = (0..2000u32).filter(|row| row % 5 >= 3).collect();
+    let kept_values: Vec<f32> = kept
+        .iter()
+        .flat_map(|&row| {
+            data[row as usize * dim..(row as usize + 1) * dim]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let sparse = Hnsw::build_over_seeded(
+        dim,
+        Store::owned(&padded_rows(&kept_values, dim)),
+        None,
+        &parameters,
+        Seed {
+            graph: &old,
+            carried: &kept,
+        },
+    )
+    .unwrap();
+    for (node, row) in kept_values.chunks_exact(dim).enumerate() {
+        let found = sparse.search(row, 1, 100).unwrap();
+        assert_eq!(found[0].distance, 0.0, "node {node} cannot be reached");
+    }
+
     // One thread: deterministic.
     let again = build();
     for query in queries.chunks_exact(dim) {

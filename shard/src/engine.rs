@@ -28,13 +28,14 @@
 use crate::catalog::{Catalog, State};
 use crate::error::ShardError;
 use crate::payload;
-use crate::sidecar::{index_metric, SideCars};
+use crate::sidecar::{index_metric, Segment, SideCars};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_index::metric::normalize;
 use vortex_index::{Filter, Kernels, NodeSet, SearchParams};
 use vortex_io::RingConfig;
+use vortex_storage::sstable::table::Table;
 use vortex_storage::{
     DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats, WalOptions, WriteSize,
 };
@@ -312,17 +313,43 @@ impl Shard {
         })
     }
 
+    /// Live points of collection `id`, without reading a table: the MemTables' newest
+    /// versions that are puts, plus, in each segment of the collection, the nodes neither
+    /// superseded nor newer in a MemTable. Bounded by the fresh points and the segment count.
     fn count_points(&self, id: u32) -> Result<u64, ShardError> {
-        let mut count = 0u64;
-        let mut after = None;
-        loop {
-            let page = self.store.scan(id, after, 4096)?;
-            let Some((last, _)) = page.last() else {
-                return Ok(count);
-            };
-            after = Some(*last);
-            count += page.len() as u64;
+        let fresh = self.store.memtable_points(id);
+        let mut count = fresh.iter().filter(|(_, found)| found.is_some()).count() as u64;
+        for (_, table) in self.store.tables() {
+            if table.footer().collection != id {
+                continue;
+            }
+            let segment = self.segment(&table)?;
+            let superseded = segment.superseded.read().map_err(|_| ShardError::Index {
+                table: table.number(),
+                detail: "superseded set poisoned".to_owned(),
+            })?;
+            let newer_fresh = fresh
+                .iter()
+                .filter_map(|(point, _)| segment.node_of(*point))
+                .filter(|&node| !superseded.contains(node))
+                .count();
+            let live = segment
+                .labels
+                .len()
+                .saturating_sub(superseded.len() + newer_fresh);
+            count += live as u64;
         }
+        Ok(count)
+    }
+
+    /// The search structures of a live table.
+    fn segment(&self, table: &Table) -> Result<Arc<Segment>, ShardError> {
+        self.sidecars
+            .index(table.number())
+            .ok_or_else(|| ShardError::Index {
+                table: table.number(),
+                detail: "no side-car for a live segment".to_owned(),
+            })
     }
 
     /// Upserts a batch: `vectors` holds `ids.len() × dimension` floats, `payloads` is empty
@@ -573,13 +600,7 @@ impl Shard {
                 continue;
             }
             let number = table.number();
-            let segment = self
-                .sidecars
-                .index(number)
-                .ok_or_else(|| ShardError::Index {
-                    table: number,
-                    detail: "no side-car for a live segment".to_owned(),
-                })?;
+            let segment = self.segment(&table)?;
             let Some(index) = segment.graph.as_ref() else {
                 continue; // no vectors: only deletes
             };

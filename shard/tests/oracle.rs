@@ -246,6 +246,12 @@ fn searches_match_exact_search_over_a_model_through_writes_flushes_and_reopens()
                 if check_search(&shard, collection, &query, filter.as_ref(), &context) {
                     exact_matches += 1;
                 }
+                let info = shard.describe_collection(&name).unwrap();
+                assert_eq!(
+                    info.points,
+                    collection.points.len() as u64,
+                    "{context}: count"
+                );
                 let probe = rng.below(400);
                 let got = shard.get(&name, &[probe], true, true).unwrap();
                 match collection.points.get(&probe) {

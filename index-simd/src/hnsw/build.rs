@@ -397,6 +397,22 @@ impl Builder<'_> {
         }
     }
 
+    /// The nodes reachable from `entry` along layer-0 links (every search ends its descent
+    /// on layer 0, and the upper layers' nodes are all on layer 0 too).
+    fn reachable_from(&self, entry: u32) -> NodeSet {
+        let mut reached = NodeSet::with_capacity(self.levels.len());
+        let mut queue = vec![entry];
+        reached.insert(entry);
+        while let Some(node) = queue.pop() {
+            self.for_each_neighbor(node, 0, |neighbor| {
+                if reached.insert(neighbor) {
+                    queue.push(neighbor);
+                }
+            });
+        }
+        reached
+    }
+
     /// Adds `node` to the list of `target` at `layer`, pruning with the heuristic when the
     /// list is full.
     fn link(&self, target: u32, node: u32, distance: f32, layer: u8, max: usize, work: &mut Work) {
@@ -638,8 +654,14 @@ impl Hnsw {
                                 .max_by_key(|&node| (levels[node], std::cmp::Reverse(node)))
                         })
                         .unwrap_or(0) as u32;
+                    // A carried node that the entry point no longer reaches (the paths to
+                    // it ran through nodes not carried) would never be found: it is
+                    // inserted again, like the new nodes.
+                    let reached = builder.reachable_from(entry);
                     let order: Vec<u32> = (0..count as u32)
-                        .filter(|&node| carried[node as usize] == NO_NODE)
+                        .filter(|&node| {
+                            carried[node as usize] == NO_NODE || !reached.contains(node)
+                        })
                         .collect();
                     (order, entry)
                 }
