@@ -86,7 +86,29 @@ pub fn normalize(vector: &mut [f32]) {
         .sum::<f64>()
         .sqrt();
     if norm > 0.0 && norm.is_finite() {
-        let inverse = (1.0 / norm) as f32;
-        vector.iter_mut().for_each(|x| *x *= inverse);
+        // Divided in f64: for a norm below about 3e-39 the inverse overflows f32, and the
+        // quotient of a finite component by the norm never exceeds 1.
+        vector
+            .iter_mut()
+            .for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn normalising_tiny_vectors_stays_finite() {
+        for tiny in [1e-39f32, 1e-45, f32::MIN_POSITIVE, 3e-39] {
+            let mut vector = [tiny, 0.0, -tiny, 0.0];
+            normalize(&mut vector);
+            assert!(vector.iter().all(|x| x.is_finite()), "{tiny}: {vector:?}");
+            let norm: f32 = vector.iter().map(|x| x * x).sum();
+            assert!((norm - 1.0).abs() < 1e-6, "{tiny}: norm² {norm}");
+        }
+        let mut zero = [0.0f32; 3];
+        normalize(&mut zero);
+        assert_eq!(zero, [0.0; 3]);
     }
 }

@@ -20,13 +20,24 @@ use std::sync::Arc;
 /// The alignment of every array: a cache line, and a whole AVX-512 register.
 pub const ALIGN_BYTES: usize = 64;
 
-/// A number type whose every bit pattern is a valid value.
-pub trait Plain: Copy + Default + Send + Sync + std::fmt::Debug + 'static {}
-impl Plain for u8 {}
-impl Plain for i8 {}
-impl Plain for u32 {}
-impl Plain for u64 {}
-impl Plain for f32 {}
+/// A number type whose every bit pattern is a valid value, without padding.
+///
+/// # Safety
+///
+/// Implementors must be plain numbers: any bytes are a valid value and every byte of a
+/// value is initialised. `Store` views mapped file bytes as `[T]` and `as_bytes` views
+/// values as bytes on that promise.
+pub unsafe trait Plain: Copy + Default + Send + Sync + std::fmt::Debug + 'static {}
+// SAFETY: plain integers and floats: any bit pattern is a value, and there is no padding.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for i8 {}
+// SAFETY: as above.
+unsafe impl Plain for u32 {}
+// SAFETY: as above.
+unsafe impl Plain for u64 {}
+// SAFETY: as above.
+unsafe impl Plain for f32 {}
 
 /// A read-only mapping of a whole file.
 #[derive(Debug)]

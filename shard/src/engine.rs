@@ -47,7 +47,8 @@ pub const K_MAX: usize = 10_000;
 pub const EF_MAX: usize = vortex_index::hnsw::EF_MAX;
 /// Bytes of a put's WAL record before its vector: collection, point id, vector length.
 const RECORD_HEADER_BYTES: usize = 4 + 8 + 4;
-/// Points one upsert, delete or get may carry.
+/// Ids one get may carry. (Upserts and deletes are limited by the store's batch limit,
+/// `Store::batch_limits`: 4,096 points with a shard's default options.)
 pub const BATCH_POINTS_MAX: usize = 65_536;
 
 /// Fresh points (MemTable entries) a search scans exactly at most, by default: beyond
@@ -363,9 +364,10 @@ impl Shard {
     ) -> Result<u64, ShardError> {
         let (id, spec) = self.collection(collection)?;
         let dimension = spec.dimension as usize;
-        if ids.is_empty() || ids.len() > BATCH_POINTS_MAX {
+        let (writes_max, _) = self.store.batch_limits();
+        if ids.is_empty() || ids.len() > writes_max {
             return Err(ShardError::Invalid(format!(
-                "an upsert carries 1 to {BATCH_POINTS_MAX} points, not {}",
+                "an upsert carries 1 to {writes_max} points (the store's batch limit), not {}",
                 ids.len()
             )));
         }
@@ -462,9 +464,10 @@ impl Shard {
     /// Deletes points; returns the sequence number to wait for.
     pub fn delete(&mut self, collection: &str, ids: &[u64]) -> Result<u64, ShardError> {
         let (id, _) = self.collection(collection)?;
-        if ids.is_empty() || ids.len() > BATCH_POINTS_MAX {
+        let (writes_max, _) = self.store.batch_limits();
+        if ids.is_empty() || ids.len() > writes_max {
             return Err(ShardError::Invalid(format!(
-                "a delete carries 1 to {BATCH_POINTS_MAX} ids, not {}",
+                "a delete carries 1 to {writes_max} ids (the store's batch limit), not {}",
                 ids.len()
             )));
         }

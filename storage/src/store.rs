@@ -684,12 +684,26 @@ impl<E: Env> Store<E> {
     /// sure to hold ([`batch_limits`](Self::batch_limits)) could never be admitted and is
     /// refused as invalid.
     pub fn admit(&mut self, writes: &[WriteSize]) -> Result<(), StorageError> {
-        let (appends_max, bytes_max) = self.wal.batch_limits();
+        if let Some(error) = self.wal.read_only() {
+            return Err(error);
+        }
+        let record_bytes_max = self.options.wal.record_bytes_max;
+        if let Some(too_large) = writes.iter().find(|w| w.record_bytes() > record_bytes_max) {
+            return Err(StorageError::RecordTooLarge {
+                bytes: too_large.record_bytes(),
+                max_bytes: record_bytes_max,
+            });
+        }
+        let (writes_max, bytes_max) = self.batch_limits();
         let total: usize = writes.iter().map(WriteSize::record_bytes).sum();
-        if writes.len() > appends_max || total > bytes_max {
+        let memtable_total: usize = writes.iter().map(WriteSize::memtable_bytes).sum();
+        if writes.len() > writes_max
+            || total > bytes_max
+            || memtable_total > self.options.memtable_bytes
+        {
             return Err(StorageError::Invalid(format!(
-                "a batch of {} writes and {total} bytes is larger than the WAL takes at once \
-                 ({appends_max} writes, {bytes_max} bytes): split it",
+                "a batch of {} writes and {total} bytes is larger than the store takes at once \
+                 ({writes_max} writes, {bytes_max} bytes): split it",
                 writes.len()
             )));
         }
@@ -719,9 +733,19 @@ impl<E: Env> Store<E> {
         ))
     }
 
-    /// The largest batch [`admit`](Self::admit) takes: (writes, record bytes).
+    /// The largest batch [`admit`](Self::admit) takes: (writes, record bytes). Half the
+    /// WAL's batch limits (an empty WAL batch is sure to hold it), and no more writes than a
+    /// MemTable holds before it is due for a flush (so that a batch refused while the
+    /// MemTable is not yet due cannot be refused forever: the THROTTLED mark is twice that).
     pub fn batch_limits(&self) -> (usize, usize) {
-        self.wal.batch_limits()
+        let (appends, bytes) = self.wal.batch_limits();
+        let entries_max = self.options.memtable_entries_max;
+        let writes = if entries_max > 0 {
+            appends.min(entries_max)
+        } else {
+            appends
+        };
+        (writes, bytes.min(self.options.memtable_bytes))
     }
 
     /// Appends a delete of `key`; acknowledged as for [`put`](Self::put).
@@ -1156,12 +1180,36 @@ impl<E: Env> Store<E> {
         } else {
             let tables = &version.levels[level];
             let after = self.compact_pointer[level];
-            let next = tables
+            let start = tables
                 .iter()
-                .find(|t| after.is_none_or(|after| t.smallest() > after))
-                .or_else(|| tables.first())?;
-            self.compact_pointer[level] = Some(next.largest());
-            vec![Arc::clone(next)]
+                .position(|t| after.is_none_or(|after| t.smallest() > after))
+                .unwrap_or(0);
+            // The next table in turn, and its neighbours in key order while together they
+            // stay within one output table and bring in no more of the next level: a run of
+            // small tables (ids written in order leave them) is merged into one instead of
+            // moved down one by one, so the levels below hold fewer, larger segments (each
+            // is a graph a search walks), and the merge never widens into the next level.
+            let below = &version.levels[level + 1];
+            let overlapped =
+                |range: &(Key, Key)| below.iter().filter(|t| overlaps(t, range)).count();
+            let mut chosen: Vec<Arc<Table>> = Vec::new();
+            let mut bytes = 0u64;
+            for table in tables.get(start..)? {
+                if let Some(first) = chosen.first() {
+                    let current = (first.smallest(), chosen[chosen.len() - 1].largest());
+                    let widened = (first.smallest(), table.largest());
+                    if bytes + table.file_bytes() > self.options.table_bytes_target
+                        || table.quarantined().is_some()
+                        || overlapped(&widened) > overlapped(&current)
+                    {
+                        break;
+                    }
+                }
+                bytes += table.file_bytes();
+                chosen.push(Arc::clone(table));
+            }
+            self.compact_pointer[level] = chosen.last().map(|t| t.largest());
+            chosen
         };
         let range = key_range(&chosen)?;
         let mut inputs = chosen;

@@ -561,6 +561,31 @@ fn admit_keeps_batches_whole() {
         "{error}"
     );
 
+    // A capped MemTable caps a batch too: a batch the MemTable could only take once it is
+    // due for a flush would be refused forever while it is not.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = small_options();
+        options.memtable_entries_max = 16;
+        let mut capped = open_with(dir.path(), options, StoreHooks::default()).0;
+        assert_eq!(capped.batch_limits().0, 16);
+        capped.put(key(0, 1), &[1; 64], b"").unwrap();
+        capped.sync().unwrap();
+        let error = capped.admit(&[WriteSize::Delete; 17]).unwrap_err();
+        assert!(error.to_string().contains("split it"), "{error}");
+        capped.admit(&[WriteSize::Delete; 16]).unwrap();
+        let error = capped
+            .admit(&[WriteSize::Put {
+                vector_bytes: 64,
+                payload_bytes: 600 << 10,
+            }])
+            .unwrap_err();
+        assert!(
+            matches!(error, StorageError::RecordTooLarge { .. }),
+            "{error}"
+        );
+    }
+
     // Fill the open batch without waiting for it: a batch that would not fit is refused
     // before its first write, and one that fits is written whole.
     let mut written = Vec::new();

@@ -136,6 +136,32 @@ pub(crate) fn select_neighbors(
     }
 }
 
+/// Checks the caller's rows for `build_over` and `build_over_seeded`: whole rows, a count an
+/// index can hold, and unit vectors (or zero) for cosine.
+fn check_rows(dim: usize, rows: &[f32], params: &BuildParams) -> Result<(), IndexError> {
+    check_params(dim, params)?;
+    let stride = vector_stride(dim);
+    if !rows.len().is_multiple_of(stride) {
+        return Err(IndexError::InvalidParameter(format!(
+            "{} floats are not whole rows of {stride}",
+            rows.len()
+        )));
+    }
+    check_count(rows.len() / stride)?;
+    if params.metric.normalizes() {
+        let unit = |row: &[f32]| {
+            let squared: f32 = row[..dim].iter().map(|x| x * x).sum();
+            squared == 0.0 || (squared - 1.0).abs() <= 1e-3 || !squared.is_finite()
+        };
+        if let Some(row) = rows.chunks_exact(stride).position(|row| !unit(row)) {
+            return Err(IndexError::InvalidParameter(format!(
+                "row {row} is not a unit vector; cosine rows must be stored normalised"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `count` if an index can hold that many nodes (ids are `u32`, `NO_NODE` reserved).
 fn check_count(count: usize) -> Result<usize, IndexError> {
     if count >= NO_NODE as usize {
@@ -316,7 +342,12 @@ impl Builder<'_> {
                 &|_| true,
             );
             work.candidates.clear();
-            work.candidates.extend(scratch.results.drain());
+            // A carried node inserted again can meet itself (other nodes link to it).
+            work.candidates
+                .extend(scratch.results.drain().filter(|found| found.node != node));
+            if work.candidates.is_empty() {
+                continue;
+            }
             work.candidates.sort_unstable();
             current = work.candidates[0];
             select_neighbors(&space, &work.candidates, self.m, &mut work.selected);
@@ -503,26 +534,7 @@ impl Hnsw {
         labels: Option<&[u64]>,
         params: &BuildParams,
     ) -> Result<Hnsw, IndexError> {
-        check_params(dim, params)?;
-        let stride = vector_stride(dim);
-        if !rows.len().is_multiple_of(stride) {
-            return Err(IndexError::InvalidParameter(format!(
-                "{} floats are not whole rows of {stride}",
-                rows.len()
-            )));
-        }
-        check_count(rows.len() / stride)?;
-        if params.metric.normalizes() {
-            let unit = |row: &[f32]| {
-                let squared: f32 = row[..dim].iter().map(|x| x * x).sum();
-                squared == 0.0 || (squared - 1.0).abs() <= 1e-3 || !squared.is_finite()
-            };
-            if let Some(row) = rows.chunks_exact(stride).position(|row| !unit(row)) {
-                return Err(IndexError::InvalidParameter(format!(
-                    "row {row} is not a unit vector; cosine rows must be stored normalised"
-                )));
-            }
-        }
+        check_rows(dim, &rows, params)?;
         Self::build_rows(dim, rows, true, labels, params, None)
     }
 
@@ -535,14 +547,7 @@ impl Hnsw {
         params: &BuildParams,
         seed: Seed<'_>,
     ) -> Result<Hnsw, IndexError> {
-        check_params(dim, params)?;
-        let stride = vector_stride(dim);
-        if !rows.len().is_multiple_of(stride) {
-            return Err(IndexError::InvalidParameter(format!(
-                "{} floats are not whole rows of {stride}",
-                rows.len()
-            )));
-        }
+        check_rows(dim, &rows, params)?;
         Self::build_rows(dim, rows, true, labels, params, Some(seed))
     }
 
@@ -663,6 +668,15 @@ impl Hnsw {
                             carried[node as usize] == NO_NODE || !reached.contains(node)
                         })
                         .collect();
+                    // Those start afresh: their carried lists lead only into their island.
+                    for &node in &order {
+                        if carried[node as usize] != NO_NODE {
+                            let _guard = lock(&builder.locks[node as usize]);
+                            for layer in 0..=levels[node as usize] {
+                                builder.store(node, layer, &[]);
+                            }
+                        }
+                    }
                     (order, entry)
                 }
                 _ => ((1..count as u32).collect(), 0),
