@@ -528,3 +528,39 @@ fn throttled_batches_write_nothing_and_retried_batches_get_through() {
     );
     eprintln!("{throttled} THROTTLED answers");
 }
+
+/// A cosine vector so small that its norm's inverse overflows `f32` is still stored as a
+/// finite unit vector: it used to become infinities and NaNs that failed every flush.
+#[test]
+fn tiny_cosine_vectors_are_stored_finite_and_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shard = open(dir.path());
+    shard
+        .create_collection(spec("tiny", 4, Metric::Cosine, VectorType::F32))
+        .unwrap();
+    shard
+        .upsert(
+            "tiny",
+            &[1, 2],
+            &[1e-39, 0.0, 0.0, 0.0, 0.0, 2e-39, 0.0, 0.0],
+            &[],
+        )
+        .unwrap();
+    shard.sync().unwrap();
+    shard.flush().unwrap();
+    assert_eq!(shard.stats().store.background_errors, 0);
+    let got = shard.get("tiny", &[1], true, false).unwrap();
+    assert_eq!(got[0].vector, vec![1.0, 0.0, 0.0, 0.0]);
+    let hits = shard
+        .search(&SearchRequest {
+            collection: "tiny",
+            vector: &[0.0, 3.0, 0.0, 0.0],
+            k: 1,
+            ef: 0,
+            filter: None,
+            with_payload: false,
+        })
+        .unwrap();
+    assert_eq!(hits[0].id, 2);
+    assert!(hits[0].distance.abs() < 1e-6);
+}
