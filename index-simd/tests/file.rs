@@ -13,17 +13,21 @@ use vortex_index::{
 
 const SEED: u64 = 0xF11E_2026;
 
-fn build(quantization: Quantization, metric: Metric) -> (Hnsw, Vec<f32>) {
-    let dim = 20;
-    let (data, queries) = clustered_split(1500, 40, dim, 6, SEED, metric);
-    let params = BuildParams {
+fn params(quantization: Quantization, metric: Metric) -> BuildParams {
+    BuildParams {
         metric,
         m: 8,
         ef_construction: 64,
         seed: SEED,
         threads: 1,
         quantization,
-    };
+    }
+}
+
+fn build(quantization: Quantization, metric: Metric) -> (Hnsw, Vec<f32>) {
+    let dim = 20;
+    let (data, queries) = clustered_split(1500, 40, dim, 6, SEED, metric);
+    let params = params(quantization, metric);
     let labels: Vec<u64> = (0..1500).map(|row| row * 3 + 11).collect();
     (
         Hnsw::build(dim, &data, Some(&labels), &params).unwrap(),
@@ -235,14 +239,7 @@ fn an_index_built_over_mapped_rows_matches_a_copied_one_and_reloads_over_them() 
         if metric.normalizes() {
             stored.chunks_exact_mut(dim).for_each(normalize);
         }
-        let params = BuildParams {
-            metric,
-            m: 8,
-            ef_construction: 64,
-            seed: SEED,
-            threads: 1,
-            quantization,
-        };
+        let params = params(quantization, metric);
         let labels: Vec<u64> = (0..1500).map(|row| row * 3 + 11).collect();
         let copied = Hnsw::build(dim, &data, Some(&labels), &params).unwrap();
         let region = directory.path().join("table.sst");

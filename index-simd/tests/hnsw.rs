@@ -444,26 +444,22 @@ fn a_build_seeded_from_an_earlier_graph_keeps_recall_and_carries_its_links() {
     eprintln!("{kept} of {had} layer-0 links carried over");
 
     // With every node carried and none new, the graph is the seed's, renumbered.
-    let order: Vec<u32> = (0..2000u32).rev().collect();
-    let reversed: Vec<f32> = order
-        .iter()
-        .flat_map(|&row| {
-            data[row as usize * dim..(row as usize + 1) * dim]
-                .iter()
-                .copied()
-        })
-        .collect();
-    let renumbered = Hnsw::build_over_seeded(
-        dim,
-        Store::owned(&padded_rows(&reversed, dim)),
-        None,
-        &parameters,
-        Seed {
+    // `carried` rows of the seed, all carried, none new.
+    let carry_only = |carried: &[u32]| {
+        let values: Vec<f32> = carried
+            .iter()
+            .flat_map(|&row| data[row as usize * dim..(row as usize + 1) * dim].to_vec())
+            .collect();
+        let seed = Seed {
             graph: &old,
-            carried: &order,
-        },
-    )
-    .unwrap();
+            carried,
+        };
+        let rows = Store::owned(&padded_rows(&values, dim));
+        let index = Hnsw::build_over_seeded(dim, rows, None, &parameters, seed).unwrap();
+        (index, values)
+    };
+    let order: Vec<u32> = (0..2000u32).rev().collect();
+    let (renumbered, _) = carry_only(&order);
     for (node, &old_node) in order.iter().enumerate() {
         for layer in 0..=old.level_of(old_node).unwrap() {
             let mut expected: Vec<u32> = old
@@ -485,25 +481,7 @@ fn a_build_seeded_from_an_earlier_graph_keeps_recall_and_carries_its_links() {
     // Most of the seed dropped (the paths between what is left ran through it): every
     // carried node must still be reachable, so each finds itself.
     let kept: Vec<u32> = (0..2000u32).filter(|row| row % 5 >= 3).collect();
-    let kept_values: Vec<f32> = kept
-        .iter()
-        .flat_map(|&row| {
-            data[row as usize * dim..(row as usize + 1) * dim]
-                .iter()
-                .copied()
-        })
-        .collect();
-    let sparse = Hnsw::build_over_seeded(
-        dim,
-        Store::owned(&padded_rows(&kept_values, dim)),
-        None,
-        &parameters,
-        Seed {
-            graph: &old,
-            carried: &kept,
-        },
-    )
-    .unwrap();
+    let (sparse, kept_values) = carry_only(&kept);
     for (node, row) in kept_values.chunks_exact(dim).enumerate() {
         let found = sparse.search(row, 1, 100).unwrap();
         assert_eq!(found[0].distance, 0.0, "node {node} cannot be reached");
