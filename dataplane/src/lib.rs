@@ -3,7 +3,10 @@
 //! Today this crate starts LEUs on the cores that `vortex-config`'s `ThreadMapping` chose,
 //! pins them, gives each its own io_uring ([`vortex_io::RingDriver`]), and proves the pinning
 //! from outside the threads ([`leu::verify`], behind `vortex-dataplane topology --verify`).
-//! The reactor, the VBP server, routing and backpressure (issue #8) build on these LEUs.
+//! It also holds the routing of points to LEUs ([`routing`]: VNodes on a Ketama ring,
+//! docs/DATAPLANE.md). The reactor, the VBP server and backpressure (issue #8) build on these
+//! LEUs.
 
 pub mod leu;
 pub mod report;
+pub mod routing;
