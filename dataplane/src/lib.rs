@@ -4,9 +4,11 @@
 //! pins them, gives each its own io_uring ([`vortex_io::RingDriver`]), and proves the pinning
 //! from outside the threads ([`leu::verify`], behind `vortex-dataplane topology --verify`).
 //! It also holds the routing of points to LEUs ([`routing`]: VNodes on a Ketama ring,
-//! docs/DATAPLANE.md) and the bounded lock-free SPSC queues between LEUs ([`spsc`]). The reactor, the VBP server and backpressure (issue #8) build on these
+//! docs/DATAPLANE.md), the bounded lock-free SPSC queues between LEUs ([`spsc`]), and the
+//! per-LEU executor of request handlers ([`executor`]). The reactor, the VBP server and backpressure (issue #8) build on these
 //! LEUs.
 
+pub mod executor;
 pub mod leu;
 pub mod report;
 pub mod routing;
