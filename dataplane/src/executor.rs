@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Wake, Waker};
 
 /// The largest number of task slots an executor may have.
 pub const TASKS_MAX: usize = 1 << 20;
@@ -168,6 +168,7 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::rc::Rc;
+    use std::task::Poll;
 
     /// A value another part of the loop fills in later (a WAL acknowledgement, say).
     #[derive(Default)]
