@@ -8,6 +8,7 @@
 //! per-LEU executor of request handlers ([`executor`]). The reactor, the VBP server and backpressure (issue #8) build on these
 //! LEUs.
 
+pub mod dispatch;
 pub mod executor;
 pub mod leu;
 pub mod report;

@@ -292,7 +292,13 @@ impl Shard {
             .ok_or_else(|| ShardError::NotFound(name.to_owned()))
     }
 
-    /// Live collections with their live point counts (counting scans the collection).
+    /// The schema of live collection `name`.
+    pub fn spec(&self, name: &str) -> Result<CollectionSpec, ShardError> {
+        self.collection(name).map(|(_, spec)| spec)
+    }
+
+    /// Live collections with their live point counts (from the segments and MemTables, no
+    /// scan).
     pub fn list_collections(&self) -> Result<Vec<CollectionInfo>, ShardError> {
         self.catalog
             .live()

@@ -1,0 +1,192 @@
+//! Dispatch: one validated VBP request, read in place from its frame, run on the LEU's
+//! shard, and the response to send.
+//!
+//! Reads (ping, list, describe, get, search, count, stats) are answered at once. A write
+//! (create, drop, upsert, delete) is acknowledged only once durable: upserts and deletes
+//! return the WAL sequence number their answer waits for ([`Outcome::AfterDurable`]); the
+//! reactor sends the answer when [`Shard::poll`] reports that sequence durable (catalog
+//! changes are durable when the call returns). Every failure becomes a typed error
+//! response, and an overloaded store a THROTTLED one; nothing here panics on a request.
+
+use std::time::Duration;
+use vortex_shard::{SearchRequest, Shard, ShardError};
+use vortex_vbp::codec::Response;
+use vortex_vbp::message::{
+    CollectionList, CountResult, Counter, ErrorCode, GetResult, LeuStats, Ping, SearchResult,
+    StatsResult, ThrottledBody, WriteAck,
+};
+use vortex_vbp::validator::RequestRef;
+
+/// How long a THROTTLED answer suggests waiting before a retry.
+pub const RETRY_AFTER: Duration = Duration::from_millis(5);
+
+/// What to answer, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Send this now.
+    Ready(Response),
+    /// Send this once the shard's durable sequence number reaches `sequence`.
+    AfterDurable {
+        /// The WAL sequence number of the request's last write.
+        sequence: u64,
+        /// The answer.
+        response: Response,
+    },
+}
+
+/// Runs `request` on `shard` (LEU `leu`'s).
+pub fn dispatch(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Outcome {
+    match run(shard, leu, request) {
+        Ok(outcome) => outcome,
+        Err(error) => Outcome::Ready(error_response(&error)),
+    }
+}
+
+/// The response for a shard error.
+pub fn error_response(error: &ShardError) -> Response {
+    if error.is_throttled() {
+        return Response::Throttled(ThrottledBody {
+            retry_after_ms: RETRY_AFTER.as_millis() as u32,
+            reason: error.to_string(),
+        });
+    }
+    let code = match error {
+        ShardError::Invalid(_) => ErrorCode::InvalidArgument,
+        ShardError::NotFound(_) => ErrorCode::CollectionNotFound,
+        ShardError::Exists(_) => ErrorCode::CollectionExists,
+        ShardError::Storage(_)
+        | ShardError::Io { .. }
+        | ShardError::Corrupt { .. }
+        | ShardError::Index { .. } => ErrorCode::Internal,
+    };
+    Response::error(code, error.to_string())
+}
+
+fn deserialize<T, A>(archived: &A) -> Result<T, ShardError>
+where
+    A: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    rkyv::deserialize::<T, rkyv::rancor::Error>(archived)
+        .map_err(|error| ShardError::Invalid(format!("cannot read the request: {error}")))
+}
+
+fn run(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Result<Outcome, ShardError> {
+    Ok(Outcome::Ready(match request {
+        RequestRef::Ping(ping) => Response::Pong(Ping {
+            nonce: ping.nonce.to_native(),
+        }),
+        RequestRef::CreateCollection(spec) => {
+            shard.create_collection(deserialize(spec)?)?;
+            Response::Created
+        }
+        RequestRef::DropCollection(reference) => {
+            shard.drop_collection(reference.name.as_str())?;
+            Response::Dropped
+        }
+        RequestRef::ListCollections => Response::Collections(CollectionList {
+            collections: shard.list_collections()?,
+        }),
+        RequestRef::DescribeCollection(reference) => {
+            Response::Collection(shard.describe_collection(reference.name.as_str())?)
+        }
+        RequestRef::Upsert(view) => {
+            let name = view.body.collection.as_str();
+            let spec = shard.spec(name)?;
+            if view.dimension() != spec.dimension {
+                return Ok(Outcome::Ready(Response::error(
+                    ErrorCode::DimensionMismatch,
+                    format!(
+                        "collection {name:?} has dimension {}, the batch {}",
+                        spec.dimension,
+                        view.dimension()
+                    ),
+                )));
+            }
+            let ids: Vec<u64> = view.body.ids.iter().map(|id| id.to_native()).collect();
+            let payloads: Vec<vortex_vbp::message::Payload> = deserialize(&view.body.payloads)?;
+            let sequence = shard.upsert(name, &ids, view.vectors, &payloads)?;
+            return Ok(Outcome::AfterDurable {
+                sequence,
+                response: Response::Upserted(WriteAck {
+                    count: ids.len() as u32,
+                }),
+            });
+        }
+        RequestRef::Delete(delete) => {
+            let ids: Vec<u64> = delete.ids.iter().map(|id| id.to_native()).collect();
+            let sequence = shard.delete(delete.collection.as_str(), &ids)?;
+            return Ok(Outcome::AfterDurable {
+                sequence,
+                response: Response::Deleted(WriteAck {
+                    count: ids.len() as u32,
+                }),
+            });
+        }
+        RequestRef::Get(get) => {
+            let ids: Vec<u64> = get.ids.iter().map(|id| id.to_native()).collect();
+            let points = shard.get(
+                get.collection.as_str(),
+                &ids,
+                get.with_vectors,
+                get.with_payload,
+            )?;
+            Response::Points(GetResult { points })
+        }
+        RequestRef::Search(view) => {
+            let name = view.body.collection.as_str();
+            let spec = shard.spec(name)?;
+            if view.vector.len() != spec.dimension as usize {
+                return Ok(Outcome::Ready(Response::error(
+                    ErrorCode::DimensionMismatch,
+                    format!(
+                        "collection {name:?} has dimension {}, the query {}",
+                        spec.dimension,
+                        view.vector.len()
+                    ),
+                )));
+            }
+            let filter: Option<vortex_vbp::message::Filter> = deserialize(&view.body.filter)?;
+            let hits = shard.search(&SearchRequest {
+                collection: name,
+                vector: view.vector,
+                k: view.body.k.to_native() as usize,
+                ef: view.body.ef.to_native() as usize,
+                filter: filter.as_ref(),
+                with_payload: view.body.with_payload,
+            })?;
+            Response::Hits(SearchResult { hits })
+        }
+        RequestRef::Count(count) => {
+            if count.filter.is_some() {
+                return Ok(Outcome::Ready(Response::error(
+                    ErrorCode::InvalidArgument,
+                    "count with a filter is not supported yet: count without one, or search",
+                )));
+            }
+            let info = shard.describe_collection(count.collection.as_str())?;
+            Response::Counted(CountResult { count: info.points })
+        }
+        RequestRef::Stats => Response::Stats(StatsResult {
+            leus: vec![leu_stats(shard, leu)],
+        }),
+    }))
+}
+
+/// This LEU's counters (names documented in docs/VBP.md).
+fn leu_stats(shard: &Shard, leu: u16) -> LeuStats {
+    let stats = shard.stats();
+    let counter = |name: &str, value: u64| Counter {
+        name: name.to_owned(),
+        value,
+    };
+    LeuStats {
+        leu,
+        counters: vec![
+            counter("collections", stats.collections as u64),
+            counter("segments", stats.segments as u64),
+            counter("memtable_points", stats.fresh_points as u64),
+            counter("index_build_backlog", stats.index_build_backlog as u64),
+            counter("pending_compactions", stats.pending_compactions as u64),
+        ],
+    }
+}
