@@ -13,4 +13,5 @@ pub mod executor;
 pub mod leu;
 pub mod report;
 pub mod routing;
+pub mod server;
 pub mod spsc;
