@@ -5,12 +5,19 @@
 //! command line, reported on one line naming the field and what is accepted.
 
 use clap::{Parser, Subcommand};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use vortex_config::{ApplianceConfig, BlockDevice, DirectIoAlignment, Topology};
 use vortex_dataplane::leu;
 use vortex_dataplane::report::TopologyReport;
+use vortex_dataplane::server::{serve, ServeReport, ServerConfig};
+use vortex_io::affinity;
 use vortex_io::{memlock, MemlockOutcome, RingConfig};
+use vortex_shard::{Shard, ShardOptions};
 
 const EXIT_RUNTIME: u8 = 1;
 
@@ -36,6 +43,17 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve VBP until SIGTERM or SIGINT: opens the shard in the data directory, listens on
+    /// `[network] listen_address:port`, prints a readiness line, and on a signal stops
+    /// accepting, answers what it has read, syncs the WAL and exits 0.
+    ///
+    /// For now one LEU serves (the first of the plan) and holds all the data: handing
+    /// requests between LEUs comes with the rest of the reactor (issue #8).
+    Run {
+        /// The appliance config (TOML). Without it, the built-in defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -69,6 +87,7 @@ fn main() -> ExitCode {
             verify,
             json,
         } => topology(config, verify, json),
+        Command::Run { config } => run(config),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -150,6 +169,112 @@ fn topology(config_path: Option<PathBuf>, verify: bool, json: bool) -> Result<u8
     } else {
         Ok(EXIT_RUNTIME)
     }
+}
+
+/// Set by SIGTERM and SIGINT.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_signal: libc::c_int) {
+    // Async-signal-safe: one atomic store.
+    STOP.store(true, Ordering::Release);
+}
+
+fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
+    let (config, origin) = load_config(config_path.as_ref())?;
+    init_logging(&config);
+    let topology = Topology::discover().map_err(Failure::from_config_error)?;
+    let mapping = config
+        .plan_leus(&topology)
+        .map_err(Failure::from_config_error)?;
+    let data_dir = config
+        .prepare_data_dir()
+        .map_err(Failure::from_config_error)?;
+    match memlock::apply(config.memory.lock).map_err(Failure::runtime)? {
+        MemlockOutcome::Unlocked { limit, .. } => {
+            tracing::warn!(%limit, "memory not locked (RLIMIT_MEMLOCK too low); going on")
+        }
+        MemlockOutcome::Locked | MemlockOutcome::Skipped => {}
+    }
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installs a handler that only stores to an atomic.
+        unsafe { libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t) };
+    }
+    let address = SocketAddr::new(config.network.listen_address, config.network.port);
+    let listener = TcpListener::bind(address).map_err(|error| {
+        Failure::runtime(format!(
+            "cannot listen on {address}: {error} (is another dataplane running? change \
+             [network] port in {origin})"
+        ))
+    })?;
+    let leu = mapping.leus.first().cloned();
+    let shard_dir = data_dir.join("leu-0");
+    let server_config = ServerConfig {
+        connections_max: config.limits.connections_max as usize,
+        requests_per_connection_max: config.limits.inflight_per_connection_max as usize,
+        frame_size_max_bytes: config.limits.frame_size_max_bytes,
+        ring: RingConfig::from_config(&config.io_uring),
+        ..ServerConfig::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let server_stop = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("leu-0".to_owned())
+        .spawn(move || -> Result<ServeReport, String> {
+            if let Some(leu) = &leu {
+                if let Err(error) = affinity::pin_current_thread(leu.cpu) {
+                    tracing::warn!(cpu = leu.cpu, %error, "cannot pin LEU 0");
+                }
+            }
+            let opened = Shard::open(&shard_dir, ShardOptions::default());
+            let (shard, report) = match opened {
+                Ok(opened) => opened,
+                Err(error) => {
+                    let message =
+                        format!("cannot open the shard in {}: {error}", shard_dir.display());
+                    let _ = ready_tx.send(Err(message.clone()));
+                    return Err(message);
+                }
+            };
+            let _ = ready_tx.send(Ok(format!(
+                "{} WAL records replayed, {} segments, ready in {:.0} ms",
+                report.replayed,
+                report.segments,
+                report.time_to_ready.as_secs_f64() * 1e3
+            )));
+            serve(listener, shard, 0, server_config, server_stop).map_err(|e| e.to_string())
+        })
+        .map_err(Failure::runtime)?;
+    match ready_rx.recv() {
+        Ok(Ok(detail)) => {
+            println!(
+                "vortex-dataplane ready: serving VBP on {address} (LEU 0; data in {}; {detail})",
+                data_dir.display()
+            );
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+        Ok(Err(message)) => return Err(Failure::runtime(message)),
+        Err(_) => {
+            return Err(Failure::runtime(
+                "the LEU thread stopped before it was ready",
+            ))
+        }
+    }
+    while !thread.is_finished() {
+        if STOP.load(Ordering::Acquire) {
+            stop.store(true, Ordering::Release);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = thread
+        .join()
+        .map_err(|_| Failure::runtime("the LEU thread panicked"))?
+        .map_err(Failure::runtime)?;
+    println!(
+        "vortex-dataplane stopped: {} connections, {} requests answered, WAL synced",
+        report.accepted, report.answered
+    );
+    Ok(0)
 }
 
 #[cfg(test)]
