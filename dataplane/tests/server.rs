@@ -189,3 +189,97 @@ fn bad_input_closes_only_its_connection_and_the_limit_refuses_one_too_many() {
     assert_eq!(report.refused, 1, "{report:?}");
     assert_eq!(report.closed_for_bad_input, 1, "{report:?}");
 }
+
+/// Items 5 and 6 of issue #8 in small: the committed fuzz corpus and random bytes sent over
+/// many connections at once, while a well-behaved client keeps getting correct answers.
+#[test]
+fn hostile_bytes_on_many_connections_do_not_disturb_a_good_client() {
+    let seed: u64 = std::env::var("VORTEX_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5EED_0008);
+    eprintln!("seed {seed}");
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), ServerConfig::default());
+    let good = server.client();
+    let mut own = spec();
+    own.name = "good-client".into();
+    good.create_collection(own).unwrap();
+
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/fuzz/corpus");
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for target in ["validator", "stream"] {
+        let mut files: Vec<_> = std::fs::read_dir(corpus.join(target))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        inputs.extend(
+            files
+                .iter()
+                .take(150)
+                .map(|path| std::fs::read(path).unwrap()),
+        );
+    }
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for _ in 0..100 {
+        let length = (next() % 9000) as usize;
+        inputs.push((0..length).map(|_| next() as u8).collect());
+    }
+    let hostile_count = inputs.len();
+    let address = server.address;
+    let chunks: Vec<Vec<Vec<u8>>> = inputs
+        .chunks(hostile_count.div_ceil(6))
+        .map(<[_]>::to_vec)
+        .collect();
+    let attackers: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            std::thread::spawn(move || {
+                for input in chunk {
+                    let Ok(mut stream) = TcpStream::connect(address) else {
+                        continue;
+                    };
+                    stream
+                        .set_read_timeout(Some(Duration::from_millis(300)))
+                        .unwrap();
+                    let _ = stream.write_all(&input);
+                    let mut sink = [0u8; 4096];
+                    while let Ok(read) = stream.read(&mut sink) {
+                        if read == 0 {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile: writes, reads and searches whose answers are checked.
+    let mut written = 0u64;
+    while attackers.iter().any(|attacker| !attacker.is_finished()) || written < 2000 {
+        let mut batch = upsert(written..written + 50);
+        batch.collection = "good-client".into();
+        assert_eq!(good.upsert(batch).unwrap(), 50);
+        written += 50;
+        let mut query = search((written - 25) as f32);
+        query.collection = "good-client".into();
+        let hits = good.search(query).unwrap();
+        assert_eq!(hits[0].id, written - 25, "a wrong answer under attack");
+    }
+    for attacker in attackers {
+        attacker.join().unwrap();
+    }
+    assert_eq!(good.count("good-client", None).unwrap(), written);
+    drop(good);
+    let report = server.stop();
+    eprintln!("{hostile_count} hostile inputs; {report:?}");
+    assert!(report.closed_for_bad_input > 0, "{report:?}");
+}
