@@ -212,6 +212,8 @@ fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
         connections_max: config.limits.connections_max as usize,
         requests_per_connection_max: config.limits.inflight_per_connection_max as usize,
         frame_size_max_bytes: config.limits.frame_size_max_bytes,
+        idle_timeout: (config.limits.idle_timeout_s > 0)
+            .then(|| Duration::from_secs(u64::from(config.limits.idle_timeout_s))),
         ring: RingConfig::from_config(&config.io_uring),
         ..ServerConfig::default()
     };

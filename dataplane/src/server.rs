@@ -28,7 +28,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vortex_io::{Owner, PushError, RingConfig, RingDriver};
+use vortex_io::{OpId, Owner, PushError, RingConfig, RingDriver};
 use vortex_shard::Shard;
 use vortex_vbp::codec::{FrameBytes, Response};
 use vortex_vbp::message::ErrorCode;
@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub ring: RingConfig,
     /// The largest frame accepted.
     pub frame_size_max_bytes: u32,
+    /// A connection idle this long (nothing received, nothing in flight) is closed; `None`:
+    /// never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             },
             ring: RingConfig::plain(512),
             frame_size_max_bytes: 16 << 20,
+            idle_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct ServeReport {
     pub answered: u64,
     /// Connections closed for bad input.
     pub closed_for_bad_input: u64,
+    /// Connections closed after `idle_timeout`.
+    pub closed_idle: u64,
 }
 
 /// A server that cannot run.
@@ -103,6 +109,9 @@ pub enum ServeError {
     #[error("shard: {0}")]
     Shard(#[from] vortex_shard::ShardError),
 }
+
+/// How often idle connections are looked for.
+const IDLE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// An operation in flight, owning what the kernel reads or writes.
 enum Op {
@@ -130,6 +139,10 @@ struct Connection {
     unanswered: usize,
     /// No more reads; close once nothing is in flight.
     closing: bool,
+    /// The receive in flight, to cancel it.
+    recv_op: Option<OpId>,
+    /// When something was last received or sent.
+    last_active: Instant,
 }
 
 /// An acknowledgement waiting for durability.
@@ -194,6 +207,7 @@ struct Server {
 impl Server {
     fn run(&mut self, stop: &AtomicBool) -> Result<(), ServeError> {
         let mut stopping_since: Option<Instant> = None;
+        let mut last_idle_check = Instant::now();
         loop {
             if stopping_since.is_none() && stop.load(Ordering::Acquire) {
                 stopping_since = Some(Instant::now());
@@ -237,6 +251,10 @@ impl Server {
                 self.complete(completion, op);
             }
             self.release_acks();
+            if last_idle_check.elapsed() >= IDLE_CHECK_EVERY {
+                last_idle_check = Instant::now();
+                self.close_idle();
+            }
             self.reap_closed();
         }
         self.shard.sync()?;
@@ -289,7 +307,10 @@ impl Server {
                     },
                 )
             } {
-                Ok(_) => connection.receiving = true,
+                Ok(op) => {
+                    connection.receiving = true;
+                    connection.recv_op = Some(op);
+                }
                 Err(PushError::Busy(_)) => return,
                 Err(error) => {
                     tracing::warn!(conn, error = %error_text(&error), "cannot arm a receive");
@@ -354,6 +375,8 @@ impl Server {
             receiving: false,
             unanswered: 0,
             closing: false,
+            recv_op: None,
+            last_active: Instant::now(),
         };
         match self.free.pop() {
             Some(slot) => {
@@ -378,6 +401,8 @@ impl Server {
             return;
         };
         connection.receiving = false;
+        connection.recv_op = None;
+        connection.last_active = Instant::now();
         let bytes = match outcome {
             Ok(0) | Err(_) => {
                 connection.closing = true; // the peer closed, or the socket failed
@@ -512,6 +537,7 @@ impl Server {
             return;
         };
         connection.sending = false;
+        connection.last_active = Instant::now();
         match completion.outcome() {
             Ok(bytes) if sent + (bytes as usize) < frame.len() && bytes > 0 => {
                 let sent = sent + bytes as usize;
@@ -568,6 +594,32 @@ impl Server {
         }
         if let Some(connection) = self.conns[conn].as_mut() {
             connection.closing = true;
+        }
+    }
+
+    /// Closes connections idle for longer than `idle_timeout`: nothing in flight, nothing
+    /// received or sent since.
+    fn close_idle(&mut self) {
+        let Some(timeout) = self.config.idle_timeout else {
+            return;
+        };
+        for conn in 0..self.conns.len() {
+            let Some(connection) = self.conns[conn].as_mut() else {
+                continue;
+            };
+            let idle = !connection.closing
+                && connection.unanswered == 0
+                && !connection.sending
+                && connection.outbox.is_empty()
+                && connection.last_active.elapsed() > timeout;
+            if idle {
+                connection.closing = true;
+                self.report.closed_idle += 1;
+                if let Some(op) = connection.recv_op {
+                    // Its completion (cancelled) ends the receive; the slot is then freed.
+                    let _ = self.ring.cancel(op);
+                }
+            }
         }
     }
 

@@ -283,3 +283,37 @@ fn hostile_bytes_on_many_connections_do_not_disturb_a_good_client() {
     eprintln!("{hostile_count} hostile inputs; {report:?}");
     assert!(report.closed_for_bad_input > 0, "{report:?}");
 }
+
+#[test]
+fn idle_connections_are_closed_and_busy_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..ServerConfig::default()
+    };
+    let server = start(dir.path(), config);
+    let mut idle = TcpStream::connect(server.address).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let busy = server.client();
+    busy.create_collection(spec()).unwrap();
+    let started = std::time::Instant::now();
+    // The busy client keeps talking for longer than the timeout.
+    while started.elapsed() < Duration::from_millis(900) {
+        busy.ping().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut sink = [0u8; 16];
+    assert_eq!(
+        idle.read(&mut sink).unwrap(),
+        0,
+        "the idle connection was closed"
+    );
+    assert_eq!(
+        busy.count("docs", None).unwrap(),
+        0,
+        "the busy one was kept"
+    );
+    drop(busy);
+    let report = server.stop();
+    assert_eq!(report.closed_idle, 1, "{report:?}");
+}

@@ -31,6 +31,9 @@ pub const FRAME_SIZE_MIN_BYTES: u32 = 4096;
 pub const FRAME_SIZE_MAX_BYTES: u32 = 1 << 30;
 /// Upper bound of `limits.connections_max`.
 pub const CONNECTIONS_MAX: u32 = 1 << 20;
+/// Upper bound of `limits.idle_timeout_s`: a day.
+const IDLE_TIMEOUT_MAX_S: u32 = 86_400;
+
 /// Upper bound of `limits.inflight_per_connection_max`.
 pub const INFLIGHT_PER_CONNECTION_MAX: u32 = 4096;
 
@@ -239,9 +242,12 @@ pub struct LimitsConfig {
     pub connections_max: u32,
     /// Largest VBP frame (header and body), 4096 bytes to 1 GiB. Default 16 MiB.
     pub frame_size_max_bytes: u32,
-    /// Requests one connection may have in flight, 1 to 4096; more are answered THROTTLED.
-    /// Default 64.
+    /// Requests one connection may have read and not yet answered, 1 to 4096; past it the
+    /// connection is not read until answers go out (its sender slows down). Default 64.
     pub inflight_per_connection_max: u32,
+    /// Seconds a connection may stay idle (no request in flight, nothing received) before
+    /// it is closed; 0 keeps idle connections forever. 0 to 86400, default 300.
+    pub idle_timeout_s: u32,
 }
 
 impl Default for LimitsConfig {
@@ -250,6 +256,7 @@ impl Default for LimitsConfig {
             connections_max: 1024,
             frame_size_max_bytes: 16 << 20,
             inflight_per_connection_max: 64,
+            idle_timeout_s: 300,
         }
     }
 }
@@ -430,6 +437,13 @@ impl ApplianceConfig {
             limits.inflight_per_connection_max,
             1,
             INFLIGHT_PER_CONNECTION_MAX,
+            "",
+        )?;
+        check_range(
+            "limits.idle_timeout_s",
+            limits.idle_timeout_s,
+            0,
+            IDLE_TIMEOUT_MAX_S,
             "",
         )?;
         Ok(())
@@ -778,7 +792,7 @@ mod properties {
         #[test]
         fn config_shaped_text_is_parsed_or_refused_on_one_line(
             section in "(network|storage|leu|memory|io_uring|limits|log|bogus)",
-            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|connections_max|frame_size_max_bytes|inflight_per_connection_max|level|bogus)",
+            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|connections_max|frame_size_max_bytes|inflight_per_connection_max|idle_timeout_s|level|bogus)",
             value in "(-?[0-9]{1,12}|\"[a-z]{0,8}\"|true|\\[[0-9, ]{0,12}\\]|[0-9]\\.[0-9])",
         ) {
             let text = format!("[{section}]\n{key} = {value}\n");
