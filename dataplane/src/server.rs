@@ -8,9 +8,10 @@
 //!
 //! - **Bounded**: at most `connections_max` connections (one more is answered with an
 //!   `Unavailable` error frame and closed), at most `requests_per_connection_max` requests
-//!   of a connection read and not yet answered (past that the connection is not read until
-//!   answers go out, so its sender slows down), and the receive buffers come from the LEU's
-//!   fixed pool (when it is empty, receives wait).
+//!   of a connection read and not yet fully answered, queued answers included (past that
+//!   the connection is not read until answers go out, so a sender that does not read its
+//!   answers is slowed down by TCP), and the receive buffers come from the LEU's fixed pool
+//!   (when it is empty, receives wait).
 //! - **Bad input closes one connection**: a framing error, or a frame the validator says
 //!   must close, gets its error frame and the connection is closed; others are unaffected.
 //! - **Stop**: when `stop` is set, the loop stops accepting and reading, waits (up to a
@@ -94,6 +95,9 @@ pub struct ServeReport {
     pub closed_for_bad_input: u64,
     /// Connections closed after `idle_timeout`.
     pub closed_idle: u64,
+    /// The most requests one connection had read and not yet fully answered (answers
+    /// queued or being sent included): at most `requests_per_connection_max`.
+    pub held_peak: usize,
 }
 
 /// A server that cannot run.
@@ -143,6 +147,17 @@ struct Connection {
     recv_op: Option<OpId>,
     /// When something was last received or sent.
     last_active: Instant,
+    /// Complete frames may wait in the decoder: dispatching stopped at the request limit.
+    stalled: bool,
+}
+
+impl Connection {
+    /// Requests read and not yet fully answered: unanswered ones, answers queued, and the
+    /// one being sent. A client that does not read its answers fills this, and the
+    /// connection is then not read any more (so its answers cannot pile up without bound).
+    fn held(&self) -> usize {
+        self.unanswered + self.outbox.len() + usize::from(self.sending)
+    }
 }
 
 /// An acknowledgement waiting for durability.
@@ -277,9 +292,17 @@ impl Server {
             let Some(connection) = self.conns[conn].as_mut() else {
                 continue;
             };
+            if connection.stalled && connection.held() < self.config.requests_per_connection_max {
+                // Answers went out: the frames left in the decoder come first.
+                self.drain_frames(conn);
+            }
+            let Some(connection) = self.conns[conn].as_mut() else {
+                continue;
+            };
             if connection.receiving
                 || connection.closing
-                || connection.unanswered >= self.config.requests_per_connection_max
+                || connection.stalled
+                || connection.held() >= self.config.requests_per_connection_max
             {
                 continue;
             }
@@ -377,6 +400,7 @@ impl Server {
             closing: false,
             recv_op: None,
             last_active: Instant::now(),
+            stalled: false,
         };
         match self.free.pop() {
             Some(slot) => {
@@ -418,10 +442,22 @@ impl Server {
             self.close_for_bad_input(conn, None);
             return;
         }
+        self.drain_frames(conn);
+    }
+
+    /// Dispatches the complete frames the connection's decoder holds, stopping (`stalled`)
+    /// while the connection holds `requests_per_connection_max` requests: the rest wait in
+    /// the decoder, and no receive is armed, until answers have gone out.
+    fn drain_frames(&mut self, conn: usize) {
         loop {
+            let limit = self.config.requests_per_connection_max;
             let Some(connection) = self.conns[conn].as_mut() else {
                 return;
             };
+            connection.stalled = connection.held() >= limit;
+            if connection.stalled || connection.closing {
+                return;
+            }
             let frame = match connection.decoder.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,
@@ -481,6 +517,7 @@ impl Server {
             }
         };
         connection.outbox.push_back(frame);
+        self.report.held_peak = self.report.held_peak.max(connection.held());
         self.send_next(conn);
     }
 

@@ -317,3 +317,60 @@ fn idle_connections_are_closed_and_busy_ones_kept() {
     let report = server.stop();
     assert_eq!(report.closed_idle, 1, "{report:?}");
 }
+
+/// A client that sends requests without reading its answers is slowed down by TCP once the
+/// connection holds its limit of requests, and the server's memory for it stays bounded;
+/// another client is answered throughout.
+#[test]
+fn a_flood_that_never_reads_is_held_at_its_limit_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 32;
+    let config = ServerConfig {
+        requests_per_connection_max: limit,
+        ..ServerConfig::default()
+    };
+    let server = start(dir.path(), config);
+    let good = server.client();
+    good.create_collection(spec()).unwrap();
+    let ping = vortex_vbp::codec::Request::Ping(vortex_vbp::message::Ping { nonce: 1 })
+        .encode(1)
+        .unwrap()
+        .to_vec();
+    let flood_bytes: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 200_000)
+        .collect();
+    let mut flood = TcpStream::connect(server.address).unwrap();
+    flood
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let flooder = std::thread::spawn(move || {
+        // Writes until TCP stops taking bytes (the server stopped reading), never reads.
+        let mut written = 0;
+        for chunk in flood_bytes.chunks(64 << 10) {
+            match flood.write_all(chunk) {
+                Ok(()) => written += chunk.len(),
+                Err(_) => break,
+            }
+        }
+        (written, flood)
+    });
+    for round in 0..100u64 {
+        let mut batch = upsert(round * 10..round * 10 + 10);
+        batch.collection = "docs".into();
+        assert_eq!(good.upsert(batch).unwrap(), 10);
+    }
+    let (written, flood) = flooder.join().unwrap();
+    assert!(
+        written < ping.len() * 200_000,
+        "the flood was never slowed down ({written} bytes taken)"
+    );
+    assert_eq!(good.count("docs", None).unwrap(), 1000);
+    drop(flood);
+    drop(good);
+    let report = server.stop();
+    eprintln!("flood: {written} bytes taken; {report:?}");
+    assert!(report.held_peak <= limit, "{report:?}");
+}
