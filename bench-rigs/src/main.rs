@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vortex_bench::ann::{self, AnnConfig};
 use vortex_bench::dataset::{self, DatasetMeta};
+use vortex_bench::load;
 use vortex_bench::lsm::{self, LsmBenchConfig};
 use vortex_bench::nop::{self, NopBenchConfig, NopMode};
 use vortex_bench::shard::{self, ShardBenchConfig};
@@ -64,6 +65,36 @@ enum Command {
         /// Threads for generation and ground truth (default: every core).
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Load a running dataplane over VBP: many connections, a search/upsert mix, closed
+    /// loop (each connection sends when answered) or open loop (a fixed arrival rate,
+    /// latency from the scheduled time), HdrHistogram percentiles.
+    Load {
+        /// The dataplane's `host:port`.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        address: String,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Open loop at this many requests per second in all (default: closed loop).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Percent of searches; the rest are single-point upserts.
+        #[arg(long, default_value_t = 90)]
+        search_percent: u32,
+        #[arg(long, default_value_t = 128)]
+        dim: u32,
+        /// Points loaded before the measurement.
+        #[arg(long, default_value_t = 20_000)]
+        points: u64,
+        #[arg(long, default_value_t = 10)]
+        k: u32,
+        #[arg(long, default_value_t = 64)]
+        ef: u32,
+        /// The JSON result is written to OUT/load/<mode>-<connections>.json.
+        #[arg(long, default_value = "bench-rigs/results")]
+        out: PathBuf,
     },
     /// Recall@10, QPS and latency of our index on a dataset, in the peers' result format.
     Ann {
@@ -386,6 +417,38 @@ fn main() -> anyhow::Result<()> {
             let result = lsm::run(&config, &command_line)?;
             print!("{}", lsm::render(&result));
             write_result(&out.join("lsm"), "lsm.json", &result)?;
+        }
+        Command::Load {
+            address,
+            connections,
+            seconds,
+            rate,
+            search_percent,
+            dim,
+            points,
+            k,
+            ef,
+            out,
+        } => {
+            let config = load::LoadConfig {
+                address,
+                connections,
+                seconds,
+                rate,
+                search_percent,
+                dim,
+                points,
+                k,
+                ef,
+            };
+            eprintln!("{command_line}");
+            let result = load::run(&config, &command_line)?;
+            print!("{}", load::render(&result));
+            write_result(
+                &out.join("load"),
+                &format!("{}-{}.json", result.mode, result.connections),
+                &result,
+            )?;
         }
         Command::Shard {
             data,
