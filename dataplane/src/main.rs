@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use vortex_config::{ApplianceConfig, BlockDevice, DirectIoAlignment, Topology};
+use vortex_config::{ApplianceConfig, BlockDevice, DirectIoAlignment, ThreadMapping, Topology};
 use vortex_dataplane::leu;
 use vortex_dataplane::report::TopologyReport;
 use vortex_dataplane::server::{serve, ServeReport, ServerConfig};
@@ -120,7 +120,18 @@ fn init_logging(config: &ApplianceConfig) {
         .try_init();
 }
 
-fn topology(config_path: Option<PathBuf>, verify: bool, json: bool) -> Result<u8, Failure> {
+/// The config, the machine, the LEU plan and the data directory, as every command needs.
+struct Planned {
+    config: ApplianceConfig,
+    origin: String,
+    topology: Topology,
+    mapping: ThreadMapping,
+    data_dir: PathBuf,
+}
+
+/// Loads the config, starts logging, discovers the machine, plans the LEUs and prepares the
+/// data directory.
+fn plan(config_path: Option<PathBuf>) -> Result<Planned, Failure> {
     let (config, origin) = load_config(config_path.as_ref())?;
     init_logging(&config);
     let topology = Topology::discover().map_err(Failure::from_config_error)?;
@@ -130,6 +141,23 @@ fn topology(config_path: Option<PathBuf>, verify: bool, json: bool) -> Result<u8
     let data_dir = config
         .prepare_data_dir()
         .map_err(Failure::from_config_error)?;
+    Ok(Planned {
+        config,
+        origin,
+        topology,
+        mapping,
+        data_dir,
+    })
+}
+
+fn topology(config_path: Option<PathBuf>, verify: bool, json: bool) -> Result<u8, Failure> {
+    let Planned {
+        config,
+        origin,
+        topology,
+        mapping,
+        data_dir,
+    } = plan(config_path)?;
     let block_device = BlockDevice::for_path(&data_dir).map_err(Failure::from_config_error)?;
     let direct_io = DirectIoAlignment::probe(&data_dir, block_device.as_ref())
         .map_err(Failure::from_config_error)?;
@@ -180,15 +208,13 @@ extern "C" fn on_stop_signal(_signal: libc::c_int) {
 }
 
 fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
-    let (config, origin) = load_config(config_path.as_ref())?;
-    init_logging(&config);
-    let topology = Topology::discover().map_err(Failure::from_config_error)?;
-    let mapping = config
-        .plan_leus(&topology)
-        .map_err(Failure::from_config_error)?;
-    let data_dir = config
-        .prepare_data_dir()
-        .map_err(Failure::from_config_error)?;
+    let Planned {
+        config,
+        origin,
+        mapping,
+        data_dir,
+        ..
+    } = plan(config_path)?;
     match memlock::apply(config.memory.lock).map_err(Failure::runtime)? {
         MemlockOutcome::Unlocked { limit, .. } => {
             tracing::warn!(%limit, "memory not locked (RLIMIT_MEMLOCK too low); going on")
