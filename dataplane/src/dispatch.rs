@@ -52,6 +52,7 @@ pub fn error_response(error: &ShardError) -> Response {
     }
     let code = match error {
         ShardError::Invalid(_) => ErrorCode::InvalidArgument,
+        ShardError::DimensionMismatch(_) => ErrorCode::DimensionMismatch,
         ShardError::NotFound(_) => ErrorCode::CollectionNotFound,
         ShardError::Exists(_) => ErrorCode::CollectionExists,
         ShardError::Storage(_)
@@ -91,17 +92,6 @@ fn run(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Result<Outcome, 
         }
         RequestRef::Upsert(view) => {
             let name = view.body.collection.as_str();
-            let spec = shard.spec(name)?;
-            if view.dimension() != spec.dimension {
-                return Ok(Outcome::Ready(Response::error(
-                    ErrorCode::DimensionMismatch,
-                    format!(
-                        "collection {name:?} has dimension {}, the batch {}",
-                        spec.dimension,
-                        view.dimension()
-                    ),
-                )));
-            }
             let ids: Vec<u64> = view.body.ids.iter().map(|id| id.to_native()).collect();
             let payloads: Vec<vortex_vbp::message::Payload> = deserialize(&view.body.payloads)?;
             let sequence = shard.upsert(name, &ids, view.vectors, &payloads)?;
@@ -134,17 +124,6 @@ fn run(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Result<Outcome, 
         }
         RequestRef::Search(view) => {
             let name = view.body.collection.as_str();
-            let spec = shard.spec(name)?;
-            if view.vector.len() != spec.dimension as usize {
-                return Ok(Outcome::Ready(Response::error(
-                    ErrorCode::DimensionMismatch,
-                    format!(
-                        "collection {name:?} has dimension {}, the query {}",
-                        spec.dimension,
-                        view.vector.len()
-                    ),
-                )));
-            }
             let filter: Option<vortex_vbp::message::Filter> = deserialize(&view.body.filter)?;
             let hits = shard.search(&SearchRequest {
                 collection: name,

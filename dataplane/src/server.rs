@@ -136,7 +136,8 @@ struct Connection {
     fd: OwnedFd,
     decoder: StreamDecoder,
     /// Encoded answers waiting for the send in flight.
-    outbox: VecDeque<FrameBytes>,
+    /// Answers waiting for the send in flight, each with the bytes of it already sent.
+    outbox: VecDeque<(FrameBytes, usize)>,
     sending: bool,
     receiving: bool,
     /// Requests read and not yet answered (acknowledgements waiting included).
@@ -245,7 +246,7 @@ impl Server {
             } else if !self.accepting {
                 self.arm_accept();
             }
-            self.arm_receives();
+            self.arm_connections();
             let wait = if self.pending.is_empty() && stopping_since.is_none() {
                 self.config.idle_wait
             } else {
@@ -286,9 +287,16 @@ impl Server {
         }
     }
 
-    /// Arms a receive on every connection that can take one.
-    fn arm_receives(&mut self) {
+    /// Resumes sends the ring refused, and arms a receive on every connection that can
+    /// take one.
+    fn arm_connections(&mut self) {
         for conn in 0..self.conns.len() {
+            if self.conns[conn]
+                .as_ref()
+                .is_some_and(|c| !c.sending && !c.outbox.is_empty())
+            {
+                self.send_next(conn);
+            }
             let Some(connection) = self.conns[conn].as_mut() else {
                 continue;
             };
@@ -516,7 +524,7 @@ impl Server {
                 }
             }
         };
-        connection.outbox.push_back(frame);
+        connection.outbox.push_back((frame, 0));
         self.report.held_peak = self.report.held_peak.max(connection.held());
         self.send_next(conn);
     }
@@ -528,10 +536,10 @@ impl Server {
         if connection.sending {
             return;
         }
-        let Some(frame) = connection.outbox.pop_front() else {
+        let Some((frame, sent)) = connection.outbox.pop_front() else {
             return;
         };
-        self.push_send(conn, frame, 0);
+        self.push_send(conn, frame, sent);
     }
 
     fn push_send(&mut self, conn: usize, frame: FrameBytes, sent: usize) {
@@ -552,12 +560,8 @@ impl Server {
         match unsafe { self.ring.push(entry, Op::Send { conn, frame, sent }) } {
             Ok(_) => connection.sending = true,
             Err(PushError::Busy(Op::Send { frame, sent, .. })) => {
-                // The ring is full: try again on the next pass.
-                let mut again = frame.to_vec();
-                again.drain(..sent);
-                let mut bytes = FrameBytes::new();
-                bytes.extend_from_slice(&again);
-                connection.outbox.push_front(bytes);
+                // The ring is full: `arm_connections` tries again on the next pass.
+                connection.outbox.push_front((frame, sent));
             }
             Err(_) => connection.closing = true,
         }
@@ -664,15 +668,11 @@ impl Server {
     /// send (dropping the fd closes the socket).
     fn reap_closed(&mut self) {
         for conn in 0..self.conns.len() {
-            let idle = self.conns[conn]
-                .as_ref()
-                .is_some_and(|c| c.closing && !c.receiving && !c.sending && c.outbox.is_empty());
-            let generation = self.generations[conn];
-            let waiting = self
-                .pending
-                .iter()
-                .any(|ack| ack.conn == conn && ack.generation == generation);
-            if idle && !waiting {
+            // `unanswered` counts the acknowledgements still waiting for durability too.
+            let done = self.conns[conn].as_ref().is_some_and(|c| {
+                c.closing && !c.receiving && !c.sending && c.outbox.is_empty() && c.unanswered == 0
+            });
+            if done {
                 if let Some(connection) = self.conns[conn].take() {
                     // SAFETY: shuts down a descriptor we own; no operation uses it now.
                     unsafe { libc::shutdown(connection.fd.as_raw_fd(), libc::SHUT_RDWR) };

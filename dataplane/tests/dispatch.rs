@@ -139,7 +139,7 @@ fn every_request_gets_its_answer_from_the_shard() {
     expect_error(
         call(&mut shard, &search(vec![1.0; 3])),
         ErrorCode::DimensionMismatch,
-        "the query 3",
+        "the query has 3 components; the collection's dimension is 4",
     );
 
     match call(

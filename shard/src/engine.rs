@@ -292,11 +292,6 @@ impl Shard {
             .ok_or_else(|| ShardError::NotFound(name.to_owned()))
     }
 
-    /// The schema of live collection `name`.
-    pub fn spec(&self, name: &str) -> Result<CollectionSpec, ShardError> {
-        self.collection(name).map(|(_, spec)| spec)
-    }
-
     /// Live collections with their live point counts (from the segments and MemTables, no
     /// scan).
     pub fn list_collections(&self) -> Result<Vec<CollectionInfo>, ShardError> {
@@ -378,11 +373,19 @@ impl Shard {
             )));
         }
         if vectors.len() != ids.len() * dimension {
-            return Err(ShardError::Invalid(format!(
+            let detail = format!(
                 "{} floats for {} points of dimension {dimension}",
                 vectors.len(),
                 ids.len()
-            )));
+            );
+            return Err(if vectors.len().is_multiple_of(ids.len()) {
+                ShardError::DimensionMismatch(format!(
+                    "{detail}: collection {collection:?} has dimension {dimension}, the batch {}",
+                    vectors.len() / ids.len()
+                ))
+            } else {
+                ShardError::Invalid(detail)
+            });
         }
         if !payloads.is_empty() && payloads.len() != ids.len() {
             return Err(ShardError::Invalid(format!(
@@ -556,6 +559,12 @@ impl Shard {
         );
         let (id, spec) = self.collection(request.collection)?;
         let dimension = spec.dimension as usize;
+        if request.vector.len() != dimension {
+            return Err(ShardError::DimensionMismatch(format!(
+                "the query has {} components; the collection's dimension is {dimension}",
+                request.vector.len()
+            )));
+        }
         check_vector(request.vector, dimension, "the query")?;
         if request.k == 0 || request.k > K_MAX {
             return Err(ShardError::Invalid(format!("k must be 1 to {K_MAX}")));

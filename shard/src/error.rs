@@ -9,6 +9,9 @@ pub enum ShardError {
     /// A request that breaks a rule or a limit; the message says which.
     #[error("{0}")]
     Invalid(String),
+    /// Vectors of another dimension than the collection's; the message says which.
+    #[error("{0}")]
+    DimensionMismatch(String),
     /// No live collection of that name.
     #[error("collection {0:?} does not exist")]
     NotFound(String),
