@@ -161,11 +161,11 @@ impl Connection {
     }
 }
 
-/// An acknowledgement waiting for durability.
+/// An acknowledgement waiting for durability. Its connection's slot is not reused before
+/// it is answered: it counts in the connection's `unanswered`, and a slot is freed only at 0.
 struct PendingAck {
     sequence: u64,
     conn: usize,
-    generation: u64,
     request_id: u64,
     response: Response,
 }
@@ -189,7 +189,6 @@ pub fn serve(
         shard,
         leu,
         conns: Vec::new(),
-        generations: Vec::new(),
         free: Vec::new(),
         pending: VecDeque::new(),
         accepting: false,
@@ -212,7 +211,6 @@ struct Server {
     shard: Shard,
     leu: u16,
     conns: Vec<Option<Connection>>,
-    generations: Vec<u64>,
     free: Vec<usize>,
     pending: VecDeque<PendingAck>,
     accepting: bool,
@@ -411,14 +409,8 @@ impl Server {
             stalled: false,
         };
         match self.free.pop() {
-            Some(slot) => {
-                self.generations[slot] += 1;
-                self.conns[slot] = Some(connection);
-            }
-            None => {
-                self.conns.push(Some(connection));
-                self.generations.push(0);
-            }
+            Some(slot) => self.conns[slot] = Some(connection),
+            None => self.conns.push(Some(connection)),
         }
     }
 
@@ -498,7 +490,6 @@ impl Server {
                     self.pending.push_back(PendingAck {
                         sequence,
                         conn,
-                        generation: self.generations[conn],
                         request_id,
                         response,
                     })
@@ -603,9 +594,7 @@ impl Server {
                 // The WAL failed: every waiting write is answered with the error.
                 let response = error_response(&error);
                 while let Some(ack) = self.pending.pop_front() {
-                    if self.generations[ack.conn] == ack.generation {
-                        self.answer(ack.conn, ack.request_id, &response);
-                    }
+                    self.answer(ack.conn, ack.request_id, &response);
                 }
                 return;
             }
@@ -618,9 +607,7 @@ impl Server {
             let Some(ack) = self.pending.pop_front() else {
                 break;
             };
-            if self.generations[ack.conn] == ack.generation {
-                self.answer(ack.conn, ack.request_id, &ack.response);
-            }
+            self.answer(ack.conn, ack.request_id, &ack.response);
         }
     }
 
@@ -677,7 +664,6 @@ impl Server {
                     // SAFETY: shuts down a descriptor we own; no operation uses it now.
                     unsafe { libc::shutdown(connection.fd.as_raw_fd(), libc::SHUT_RDWR) };
                 }
-                self.generations[conn] += 1;
                 self.free.push(conn);
             }
         }

@@ -16,8 +16,7 @@
 #[path = "../../../storage/src/bin/shared/crashloop.rs"]
 mod crashloop;
 
-use crashloop::{kill_cycle, number, splitmix, value, Knowledge, LoopArgs};
-use std::io::Write;
+use crashloop::{kill_cycle, number, splitmix, value, write_batches, Knowledge, LoopArgs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -94,45 +93,30 @@ fn main() -> ExitCode {
 
 fn child(args: &[String]) -> Result<(), String> {
     let dir = PathBuf::from(value(args, "--dir").ok_or("child needs --dir")?);
-    let mut op = number(args, "--op-start", 1)?;
+    let op = number(args, "--op-start", 1)?;
     let mut shard = open(&dir)?;
-    let mut stdout = std::io::stdout().lock();
-    let started = Instant::now();
-    while started.elapsed() < CHILD_LIFETIME_MAX {
-        let first = op;
-        let last = op + BATCH - 1;
-        writeln!(stdout, "issued {last}").map_err(|error| error.to_string())?;
-        stdout.flush().map_err(|error| error.to_string())?;
-        let mut sequence = 0;
-        while op <= last {
-            let (point, delete) = operation(op);
-            let result = if delete {
-                shard.delete(COLLECTION, &[point])
-            } else {
-                shard.upsert(COLLECTION, &[point], &vector_of(op), &[payload_of(op)])
-            };
-            match result {
-                Ok(appended) => {
-                    sequence = appended;
-                    op += 1;
-                }
-                Err(error) if error.is_throttled() => {
-                    shard
-                        .poll(Some(Duration::from_millis(2)))
-                        .map_err(|error| format!("poll: {error}"))?;
-                }
-                Err(error) => return Err(format!("write: {error}")),
-            }
-        }
-        while shard
-            .poll(Some(Duration::from_millis(5)))
-            .map_err(|error| format!("poll: {error}"))?
-            < sequence
-        {}
-        writeln!(stdout, "ack {first} {last}").map_err(|error| error.to_string())?;
-        stdout.flush().map_err(|error| error.to_string())?;
+    write_batches(&mut shard, op, BATCH, CHILD_LIFETIME_MAX, write, poll)
+}
+
+/// Op `op` on the shard: its sequence number, or `None` when THROTTLED.
+fn write(shard: &mut Shard, op: u64) -> Result<Option<u64>, String> {
+    let (point, delete) = operation(op);
+    let result = if delete {
+        shard.delete(COLLECTION, &[point])
+    } else {
+        shard.upsert(COLLECTION, &[point], &vector_of(op), &[payload_of(op)])
+    };
+    match result {
+        Ok(sequence) => Ok(Some(sequence)),
+        Err(error) if error.is_throttled() => Ok(None),
+        Err(error) => Err(format!("write: {error}")),
     }
-    Ok(())
+}
+
+fn poll(shard: &mut Shard, wait: Duration) -> Result<u64, String> {
+    shard
+        .poll(Some(wait))
+        .map_err(|error| format!("poll: {error}"))
 }
 
 fn check(knowledge: &Knowledge, shard: &Shard, random: &mut u64) -> Result<usize, String> {

@@ -20,8 +20,7 @@
 #[path = "shared/crashloop.rs"]
 mod crashloop;
 
-use crashloop::{kill_cycle, number, splitmix, value, Knowledge, LoopArgs};
-use std::io::Write;
+use crashloop::{kill_cycle, number, splitmix, value, write_batches, Knowledge, LoopArgs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -116,51 +115,36 @@ fn main() -> ExitCode {
 /// The child: write batches until killed.
 fn child(args: &[String]) -> Result<(), String> {
     let dir = PathBuf::from(value(args, "--dir").ok_or("child needs --dir")?);
-    let mut op = number(args, "--op-start", 1)?;
+    let op = number(args, "--op-start", 1)?;
     let hooks = StoreHooks {
         compaction: Arc::new(SlowSideCar),
         ..StoreHooks::default()
     };
     let (mut store, _) = open(&dir, hooks)?;
-    let mut stdout = std::io::stdout().lock();
-    let started = Instant::now();
-    while started.elapsed() < CHILD_LIFETIME_MAX {
-        let first = op;
-        let last = op + BATCH - 1;
-        writeln!(stdout, "issued {last}").map_err(|error| error.to_string())?;
-        stdout.flush().map_err(|error| error.to_string())?;
-        let mut sequence = 0;
-        while op <= last {
-            let (point, delete) = operation(op);
-            let key = key_of(point);
-            let result = if delete {
-                store.delete(key)
-            } else {
-                let (vector, payload) = content(op);
-                store.put(key, &vector, &payload)
-            };
-            match result {
-                Ok(appended) => {
-                    sequence = appended;
-                    op += 1;
-                }
-                Err(StorageError::Throttled(_)) => {
-                    store
-                        .poll(Some(Duration::from_millis(2)))
-                        .map_err(|error| format!("poll: {error}"))?;
-                }
-                Err(error) => return Err(format!("write: {error}")),
-            }
-        }
-        while store
-            .poll(Some(Duration::from_millis(5)))
-            .map_err(|error| format!("poll: {error}"))?
-            < sequence
-        {}
-        writeln!(stdout, "ack {first} {last}").map_err(|error| error.to_string())?;
-        stdout.flush().map_err(|error| error.to_string())?;
+    write_batches(&mut store, op, BATCH, CHILD_LIFETIME_MAX, write, poll)
+}
+
+/// Op `op` on the store: its sequence number, or `None` when THROTTLED.
+fn write(store: &mut Store<PosixEnv>, op: u64) -> Result<Option<u64>, String> {
+    let (point, delete) = operation(op);
+    let key = key_of(point);
+    let result = if delete {
+        store.delete(key)
+    } else {
+        let (vector, payload) = content(op);
+        store.put(key, &vector, &payload)
+    };
+    match result {
+        Ok(sequence) => Ok(Some(sequence)),
+        Err(StorageError::Throttled(_)) => Ok(None),
+        Err(error) => Err(format!("write: {error}")),
     }
-    Ok(())
+}
+
+fn poll(store: &mut Store<PosixEnv>, wait: Duration) -> Result<u64, String> {
+    store
+        .poll(Some(wait))
+        .map_err(|error| format!("poll: {error}"))
 }
 
 /// Checks every key of the store against what was acknowledged.

@@ -10,6 +10,46 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The child's loop, the same for every engine: announces each batch of `batch` ops on
+/// stdout (`issued LAST`), applies them in order with `write` (an op refused with THROTTLED,
+/// `Ok(None)`, is retried after a short `poll`), waits until `poll` reports the batch's last
+/// sequence number durable, and acknowledges it (`ack FIRST LAST`); until `lifetime` passes
+/// or the parent kills it.
+pub fn write_batches<E>(
+    engine: &mut E,
+    mut op: u64,
+    batch: u64,
+    lifetime: Duration,
+    write: fn(&mut E, u64) -> Result<Option<u64>, String>,
+    poll: fn(&mut E, Duration) -> Result<u64, String>,
+) -> Result<(), String> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let started = Instant::now();
+    while started.elapsed() < lifetime {
+        let first = op;
+        let last = op + batch - 1;
+        writeln!(stdout, "issued {last}").map_err(|error| error.to_string())?;
+        stdout.flush().map_err(|error| error.to_string())?;
+        let mut sequence = 0;
+        while op <= last {
+            match write(engine, op)? {
+                Some(appended) => {
+                    sequence = appended;
+                    op += 1;
+                }
+                None => {
+                    poll(engine, Duration::from_millis(2))?;
+                }
+            }
+        }
+        while poll(engine, Duration::from_millis(5))? < sequence {}
+        writeln!(stdout, "ack {first} {last}").map_err(|error| error.to_string())?;
+        stdout.flush().map_err(|error| error.to_string())?;
+    }
+    Ok(())
+}
+
 /// A role of the binary: the arguments after its name.
 pub type Role = fn(&[String]) -> Result<(), String>;
 
