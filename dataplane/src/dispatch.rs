@@ -8,6 +8,7 @@
 //! changes are durable when the call returns). Every failure becomes a typed error
 //! response, and an overloaded store a THROTTLED one; nothing here panics on a request.
 
+use crate::gather::Ownership;
 use std::time::Duration;
 use vortex_shard::{SearchRequest, Shard, ShardError};
 use vortex_vbp::codec::Response;
@@ -34,9 +35,21 @@ pub enum Outcome {
     },
 }
 
-/// Runs `request` on `shard` (LEU `leu`'s).
+/// Runs `request` on `shard`, LEU `leu`'s, which owns every point.
 pub fn dispatch(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Outcome {
-    match run(shard, leu, request) {
+    dispatch_part(shard, Ownership::all(leu), &[], request)
+}
+
+/// Runs this LEU's part of `request` on `shard`: the points of a batch that `ownership`
+/// gives it (the rest belong to other LEUs, which run their own parts; see
+/// [`crate::gather`]). `counters` are the server's own, added to this LEU's stats.
+pub fn dispatch_part(
+    shard: &mut Shard,
+    ownership: Ownership<'_>,
+    counters: &[(&str, u64)],
+    request: RequestRef<'_>,
+) -> Outcome {
+    match run(shard, ownership, counters, request) {
         Ok(outcome) => outcome,
         Err(error) => Outcome::Ready(error_response(&error)),
     }
@@ -71,7 +84,12 @@ where
         .map_err(|error| ShardError::Invalid(format!("cannot read the request: {error}")))
 }
 
-fn run(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Result<Outcome, ShardError> {
+fn run(
+    shard: &mut Shard,
+    ownership: Ownership<'_>,
+    counters: &[(&str, u64)],
+    request: RequestRef<'_>,
+) -> Result<Outcome, ShardError> {
     Ok(Outcome::Ready(match request {
         RequestRef::Ping(ping) => Response::Pong(Ping {
             nonce: ping.nonce.to_native(),
@@ -94,16 +112,29 @@ fn run(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Result<Outcome, 
             let name = view.body.collection.as_str();
             let ids: Vec<u64> = view.body.ids.iter().map(|id| id.to_native()).collect();
             let payloads: Vec<vortex_vbp::message::Payload> = deserialize(&view.body.payloads)?;
-            let sequence = shard.upsert(name, &ids, view.vectors, &payloads)?;
+            let (sequence, count) = if ids.iter().all(|&id| ownership.owns(id)) {
+                (
+                    shard.upsert(name, &ids, view.vectors, &payloads)?,
+                    ids.len(),
+                )
+            } else {
+                let (ids, vectors, payloads) = owned_part(ownership, &ids, view.vectors, payloads)?;
+                (shard.upsert(name, &ids, &vectors, &payloads)?, ids.len())
+            };
             return Ok(Outcome::AfterDurable {
                 sequence,
                 response: Response::Upserted(WriteAck {
-                    count: ids.len() as u32,
+                    count: count as u32,
                 }),
             });
         }
         RequestRef::Delete(delete) => {
-            let ids: Vec<u64> = delete.ids.iter().map(|id| id.to_native()).collect();
+            let ids: Vec<u64> = delete
+                .ids
+                .iter()
+                .map(|id| id.to_native())
+                .filter(|&id| ownership.owns(id))
+                .collect();
             let sequence = shard.delete(delete.collection.as_str(), &ids)?;
             return Ok(Outcome::AfterDurable {
                 sequence,
@@ -113,7 +144,12 @@ fn run(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Result<Outcome, 
             });
         }
         RequestRef::Get(get) => {
-            let ids: Vec<u64> = get.ids.iter().map(|id| id.to_native()).collect();
+            let ids: Vec<u64> = get
+                .ids
+                .iter()
+                .map(|id| id.to_native())
+                .filter(|&id| ownership.owns(id))
+                .collect();
             let points = shard.get(
                 get.collection.as_str(),
                 &ids,
@@ -146,26 +182,65 @@ fn run(shard: &mut Shard, leu: u16, request: RequestRef<'_>) -> Result<Outcome, 
             Response::Counted(CountResult { count: info.points })
         }
         RequestRef::Stats => Response::Stats(StatsResult {
-            leus: vec![leu_stats(shard, leu)],
+            leus: vec![leu_stats(shard, ownership.leu, counters)],
         }),
     }))
 }
 
 /// This LEU's counters (names documented in docs/VBP.md).
-fn leu_stats(shard: &Shard, leu: u16) -> LeuStats {
+fn leu_stats(shard: &Shard, leu: u16, server: &[(&str, u64)]) -> LeuStats {
     let stats = shard.stats();
     let counter = |name: &str, value: u64| Counter {
         name: name.to_owned(),
         value,
     };
-    LeuStats {
-        leu,
-        counters: vec![
-            counter("collections", stats.collections as u64),
-            counter("segments", stats.segments as u64),
-            counter("memtable_points", stats.fresh_points as u64),
-            counter("index_build_backlog", stats.index_build_backlog as u64),
-            counter("pending_compactions", stats.pending_compactions as u64),
-        ],
+    let mut counters = vec![
+        counter("collections", stats.collections as u64),
+        counter("segments", stats.segments as u64),
+        counter("memtable_points", stats.fresh_points as u64),
+        counter("index_build_backlog", stats.index_build_backlog as u64),
+        counter("pending_compactions", stats.pending_compactions as u64),
+    ];
+    counters.extend(server.iter().map(|&(name, value)| counter(name, value)));
+    LeuStats { leu, counters }
+}
+
+/// Ids, vectors (flat) and payloads of part of an upsert batch.
+type UpsertPart = (Vec<u64>, Vec<f32>, Vec<vortex_vbp::message::Payload>);
+
+/// The part of an upsert batch this LEU owns: its ids, their vectors and payloads.
+fn owned_part(
+    ownership: Ownership<'_>,
+    ids: &[u64],
+    vectors: &[f32],
+    payloads: Vec<vortex_vbp::message::Payload>,
+) -> Result<UpsertPart, ShardError> {
+    if ids.is_empty() || !vectors.len().is_multiple_of(ids.len()) {
+        return Err(ShardError::Invalid(format!(
+            "an upsert of {} ids carries {} floats: not one vector per id",
+            ids.len(),
+            vectors.len()
+        )));
     }
+    if !payloads.is_empty() && payloads.len() != ids.len() {
+        return Err(ShardError::Invalid(format!(
+            "an upsert of {} ids carries {} payloads: give none or one per id",
+            ids.len(),
+            payloads.len()
+        )));
+    }
+    let dimension = vectors.len() / ids.len();
+    let with_payloads = !payloads.is_empty();
+    let mut payloads = payloads.into_iter();
+    let mut part = (Vec::new(), Vec::new(), Vec::new());
+    for (index, &id) in ids.iter().enumerate() {
+        let payload = if with_payloads { payloads.next() } else { None };
+        if ownership.owns(id) {
+            part.0.push(id);
+            part.1
+                .extend_from_slice(&vectors[index * dimension..(index + 1) * dimension]);
+            part.2.extend(payload);
+        }
+    }
+    Ok(part)
 }

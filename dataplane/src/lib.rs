@@ -10,6 +10,8 @@
 
 pub mod dispatch;
 pub mod executor;
+pub mod gather;
+pub mod handover;
 pub mod leu;
 pub mod report;
 pub mod routing;

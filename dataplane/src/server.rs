@@ -1,27 +1,35 @@
 //! One LEU's VBP server: a single-threaded loop over its own io_uring that accepts
 //! connections, receives into pool buffers, decodes frames in place, runs them on the LEU's
-//! shard ([`crate::dispatch`]) and sends the answers, write acknowledgements only once the
-//! write is durable.
+//! shard ([`crate::dispatch`]) or hands them to the LEUs that own their points
+//! ([`crate::gather`], [`crate::handover`]), and sends the answers, write acknowledgements
+//! only once the write is durable.
 //!
-//! This is the first step of issue #8's reactor: one LEU, its own listening socket, no
-//! handover between LEUs yet. What it already holds to:
+//! What it holds to:
 //!
 //! - **Bounded**: at most `connections_max` connections (one more is answered with an
 //!   `Unavailable` error frame and closed), at most `requests_per_connection_max` requests
 //!   of a connection read and not yet fully answered, queued answers included (past that
 //!   the connection is not read until answers go out, so a sender that does not read its
 //!   answers is slowed down by TCP), and the receive buffers come from the LEU's fixed pool
-//!   (when it is empty, receives wait).
+//!   (when it is empty, receives wait). Requests out to another LEU are bounded by the
+//!   queue between the two; past it a request is answered THROTTLED.
 //! - **Bad input closes one connection**: a framing error, or a frame the validator says
 //!   must close, gets its error frame and the connection is closed; others are unaffected.
+//! - **Zero copy**: a frame is read in place from its pool buffer, also by the other LEUs it
+//!   is handed to; the buffer returns to the pool when every part of the request has been
+//!   answered (a write's, once durable).
 //! - **Stop**: when `stop` is set, the loop stops accepting and reading, waits (up to a
-//!   deadline) for pending acknowledgements and sends, syncs the WAL and returns.
+//!   deadline) until every LEU of the team has answered what it read, syncs the WAL and
+//!   returns.
 //!
 //! The shard's WAL runs on its own ring, so the loop waits on the network ring with a short
 //! timeout while acknowledgements are pending (`ack_wait`) and a longer one when idle
-//! (`idle_wait`); one ring for both is the next step.
+//! (`idle_wait`); another LEU wakes it through an eventfd read armed on the ring.
 
-use crate::dispatch::{dispatch, error_response, Outcome};
+use crate::dispatch::{dispatch_part, error_response, Outcome, RETRY_AFTER};
+use crate::gather::{participants, Merge, Ownership};
+use crate::handover::{Handover, LentFrame, Links, Reply};
+use crate::routing::Ring;
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -32,9 +40,9 @@ use std::time::{Duration, Instant};
 use vortex_io::{OpId, Owner, PushError, RingConfig, RingDriver};
 use vortex_shard::Shard;
 use vortex_vbp::codec::{FrameBytes, Response};
-use vortex_vbp::message::ErrorCode;
+use vortex_vbp::message::{ErrorCode, ThrottledBody};
 use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, SizeClass};
-use vortex_vbp::stream::StreamDecoder;
+use vortex_vbp::stream::{FrameBuf, StreamDecoder};
 use vortex_vbp::validator::LayoutValidator;
 
 /// How a server runs.
@@ -56,6 +64,9 @@ pub struct ServerConfig {
     pub ring: RingConfig,
     /// The largest frame accepted.
     pub frame_size_max_bytes: u32,
+    /// Slots of each queue between two LEUs (requests one way, replies the other); also
+    /// how many requests one LEU may have out to another.
+    pub handover_queue: usize,
     /// A connection idle this long (nothing received, nothing in flight) is closed; `None`:
     /// never.
     pub idle_timeout: Option<Duration>,
@@ -77,6 +88,7 @@ impl Default for ServerConfig {
             },
             ring: RingConfig::plain(512),
             frame_size_max_bytes: 16 << 20,
+            handover_queue: 1024,
             idle_timeout: Some(Duration::from_secs(300)),
         }
     }
@@ -98,6 +110,12 @@ pub struct ServeReport {
     /// The most requests one connection had read and not yet fully answered (answers
     /// queued or being sent included): at most `requests_per_connection_max`.
     pub held_peak: usize,
+    /// Requests this LEU handed to others (one per other LEU a request needed).
+    pub handed_over: u64,
+    /// Parts of other LEUs' requests this LEU ran.
+    pub served_for_others: u64,
+    /// Requests answered THROTTLED because the queue to another LEU was full.
+    pub throttled_handover: u64,
 }
 
 /// A server that cannot run.
@@ -112,6 +130,9 @@ pub enum ServeError {
     /// The shard failed at stop.
     #[error("shard: {0}")]
     Shard(#[from] vortex_shard::ShardError),
+    /// Another LEU of the team failed, and this one stopped with it.
+    #[error("another LEU failed")]
+    TeamFailed,
 }
 
 /// How often idle connections are looked for.
@@ -119,7 +140,13 @@ const IDLE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// An operation in flight, owning what the kernel reads or writes.
 enum Op {
-    Accept,
+    Accept {
+        listener: usize,
+    },
+    /// A read of the LEU's eventfd: another LEU queued something.
+    Wake {
+        _value: Box<u64>,
+    },
     Recv {
         conn: usize,
         lease: Lease,
@@ -130,6 +157,16 @@ enum Op {
         frame: FrameBytes,
         sent: usize,
     },
+}
+
+/// A completion, with what its operation owned.
+enum Event {
+    /// A connection from a multishot accept that goes on.
+    Accepted,
+    /// An operation that ended.
+    Finished(Op),
+    /// A further completion of another multishot operation (none is armed).
+    Ignored,
 }
 
 struct Connection {
@@ -161,41 +198,93 @@ impl Connection {
     }
 }
 
-/// An acknowledgement waiting for durability. Its connection's slot is not reused before
-/// it is answered: it counts in the connection's `unanswered`, and a slot is freed only at 0.
-struct PendingAck {
-    sequence: u64,
-    conn: usize,
-    request_id: u64,
-    response: Response,
+/// Where an answer goes.
+#[derive(Debug, Clone, Copy)]
+enum Destination {
+    /// To a client. Its connection's slot is not reused before the answer: the request
+    /// counts in the connection's `unanswered`, and a slot is freed only at 0.
+    Client { conn: usize, request_id: u64 },
+    /// Into this LEU's gather `token`, as this LEU's part.
+    Gather { token: u32 },
+    /// To LEU `leu`, as its part of its gather `token`.
+    Peer { leu: u16, token: u32 },
 }
 
-/// Serves VBP on `listener` with `shard` (LEU `leu`'s) until `stop` is set. Runs on the
-/// calling thread, which must be the one that uses the ring.
+/// An acknowledgement waiting for durability.
+struct PendingAck {
+    sequence: u64,
+    to: Destination,
+    response: Response,
+    /// The request's frame: its buffer returns to the pool with the acknowledgement.
+    _frame: Option<FrameBuf>,
+}
+
+/// A request scattered to several LEUs, waiting for their parts.
+struct Gather {
+    conn: usize,
+    request_id: u64,
+    merge: Merge,
+    /// Parts not yet in.
+    waiting: usize,
+    /// The frame, lent to the other LEUs: kept until every part is in.
+    frame: Option<FrameBuf>,
+}
+
+/// Serves VBP on `listeners` with `shard` (LEU `links.leu`'s) until `stop` is set, handing
+/// requests to the rest of the team through `links` ([`Links::solo`] for an LEU alone).
+/// Runs on the calling thread, which must be the one that uses the ring.
 pub fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     shard: Shard,
-    leu: u16,
+    links: Links,
     config: ServerConfig,
     stop: Arc<AtomicBool>,
 ) -> Result<ServeReport, ServeError> {
+    let team = Arc::clone(&links.team);
+    let served = serve_inner(listeners, shard, links, config, &stop);
+    if served.is_err() {
+        team.failed.store(true, Ordering::Release);
+        for wake in &team.wakes {
+            wake.signal();
+        }
+    }
+    served
+}
+
+fn serve_inner(
+    listeners: Vec<TcpListener>,
+    shard: Shard,
+    links: Links,
+    config: ServerConfig,
+    stop: &AtomicBool,
+) -> Result<ServeReport, ServeError> {
     let ring = RingDriver::new(&config.ring).map_err(|e| ServeError::Ring(e.to_string()))?;
     let pool = BufferPool::new(config.pool).map_err(|e| ServeError::Pool(e.to_string()))?;
+    let leus = links.leus();
     let mut server = Server {
         ring,
-        listener,
+        accepting: vec![false; listeners.len()],
+        listeners,
         pool,
         validator: LayoutValidator::new(config.frame_size_max_bytes),
         shard,
-        leu,
+        leu: links.leu,
+        window: links.window(),
+        out_to: vec![0; leus],
+        unsent_replies: (0..leus).map(|_| VecDeque::new()).collect(),
+        links,
+        gathers: Vec::new(),
+        gathers_free: Vec::new(),
+        wake_armed: false,
         conns: Vec::new(),
         free: Vec::new(),
         pending: VecDeque::new(),
-        accepting: false,
         report: ServeReport::default(),
         config,
     };
-    server.run(&stop)?;
+    let ran = server.run(stop);
+    server.leak_lent_frames();
+    ran?;
     let Server { shard, report, .. } = server;
     shard.close()?;
     Ok(report)
@@ -205,15 +294,25 @@ pub fn serve(
 /// the sockets and buffers those operations used.
 struct Server {
     ring: RingDriver<Op>,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
+    accepting: Vec<bool>,
     pool: BufferPool,
     validator: LayoutValidator,
     shard: Shard,
     leu: u16,
+    links: Links,
+    /// Requests one LEU may have out to another.
+    window: usize,
+    /// Requests out to each LEU.
+    out_to: Vec<usize>,
+    /// Replies to each LEU its queue had no room for (bounded by the window).
+    unsent_replies: Vec<VecDeque<Reply>>,
+    gathers: Vec<Option<Gather>>,
+    gathers_free: Vec<u32>,
+    wake_armed: bool,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
     pending: VecDeque<PendingAck>,
-    accepting: bool,
     report: ServeReport,
     config: ServerConfig,
 }
@@ -221,8 +320,13 @@ struct Server {
 impl Server {
     fn run(&mut self, stop: &AtomicBool) -> Result<(), ServeError> {
         let mut stopping_since: Option<Instant> = None;
+        let mut quiet = false;
         let mut last_idle_check = Instant::now();
+        let leus = self.links.leus();
         loop {
+            if self.links.team.failed.load(Ordering::Acquire) {
+                return Err(ServeError::TeamFailed);
+            }
             if stopping_since.is_none() && stop.load(Ordering::Acquire) {
                 stopping_since = Some(Instant::now());
                 for conn in 0..self.conns.len() {
@@ -232,38 +336,51 @@ impl Server {
                 }
             }
             if let Some(since) = stopping_since {
+                // Quiet: nothing of this LEU's own in flight. It goes on running the
+                // other LEUs' parts until the whole team is quiet.
                 let drained = self.pending.is_empty()
+                    && self.gathers.iter().all(Option::is_none)
+                    && self.unsent_replies.iter().all(VecDeque::is_empty)
                     && self
                         .conns
                         .iter()
                         .flatten()
                         .all(|c| !c.sending && c.outbox.is_empty());
-                if drained || since.elapsed() > self.config.stop_deadline {
+                if drained && !quiet {
+                    quiet = true;
+                    self.links.team.quiet.fetch_add(1, Ordering::AcqRel);
+                    for wake in &self.links.team.wakes {
+                        wake.signal();
+                    }
+                }
+                let team_quiet = self.links.team.quiet.load(Ordering::Acquire) >= leus;
+                if (quiet && team_quiet) || since.elapsed() > self.config.stop_deadline {
                     break;
                 }
-            } else if !self.accepting {
+            } else {
                 self.arm_accept();
             }
+            if !self.wake_armed {
+                self.arm_wake();
+            }
             self.arm_connections();
-            let wait = if self.pending.is_empty() && stopping_since.is_none() {
-                self.config.idle_wait
-            } else {
-                self.config.ack_wait
-            };
-            self.ring
-                .submit_and_wait_timeout(1, wait)
-                .map_err(|e| ServeError::Ring(e.to_string()))?;
+            self.wait(stopping_since.is_some())?;
             let mut events = Vec::new();
             self.ring.reap(|completion, owner| {
-                let op = match owner {
-                    Owner::Continuing(_) => None, // the multishot accept goes on
-                    Owner::Finished(op) => Some(op),
+                let event = match owner {
+                    // A multishot accept goes on.
+                    Owner::Continuing(Op::Accept { .. }) => Event::Accepted,
+                    Owner::Continuing(_) => Event::Ignored,
+                    Owner::Finished(op) => Event::Finished(op),
                 };
-                events.push((completion, op));
+                events.push((completion, event));
             });
             for (completion, op) in events {
                 self.complete(completion, op);
             }
+            self.serve_peers();
+            self.take_replies();
+            self.flush_replies();
             self.release_acks();
             if last_idle_check.elapsed() >= IDLE_CHECK_EVERY {
                 last_idle_check = Instant::now();
@@ -275,13 +392,56 @@ impl Server {
         Ok(())
     }
 
+    /// Submits, and waits for completions unless another LEU already queued something.
+    fn wait(&mut self, stopping: bool) -> Result<(), ServeError> {
+        let wake = &self.links.team.wakes[usize::from(self.leu)];
+        wake.going_to_sleep();
+        let busy = self.links.has_inbound() || self.unsent_replies.iter().any(|q| !q.is_empty());
+        let submitted = if busy {
+            self.ring.submit()
+        } else {
+            let wait = if self.pending.is_empty() && !stopping {
+                self.config.idle_wait
+            } else {
+                self.config.ack_wait
+            };
+            self.ring.submit_and_wait_timeout(1, wait)
+        };
+        wake.awake();
+        submitted.map_err(|e| ServeError::Ring(e.to_string()))?;
+        Ok(())
+    }
+
     fn arm_accept(&mut self) {
-        let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd())).build();
-        // SAFETY: the entry refers to the listener, which the server owns for as long as the
-        // ring lives (the ring is dropped first: it is declared before nothing else outlives
-        // `serve`, and its drop cancels and drains what is in flight).
-        if unsafe { self.ring.push(entry, Op::Accept) }.is_ok() {
-            self.accepting = true;
+        for listener in 0..self.listeners.len() {
+            if self.accepting[listener] {
+                continue;
+            }
+            let fd = self.listeners[listener].as_raw_fd();
+            let entry = opcode::AcceptMulti::new(types::Fd(fd)).build();
+            // SAFETY: the entry refers to the listener, which the server owns for as long as
+            // the ring lives (the ring is dropped first, and its drop cancels and drains
+            // what is in flight).
+            if unsafe { self.ring.push(entry, Op::Accept { listener }) }.is_ok() {
+                self.accepting[listener] = true;
+            }
+        }
+    }
+
+    /// Arms a read of the LEU's eventfd, which another LEU writes to wake it.
+    fn arm_wake(&mut self) {
+        let mut value = Box::new(0u64);
+        let fd = self.links.team.wakes[usize::from(self.leu)].fd.as_raw_fd();
+        let entry = opcode::Read::new(
+            types::Fd(fd),
+            (&raw mut *value).cast(),
+            std::mem::size_of::<u64>() as u32,
+        )
+        .build();
+        // SAFETY: the operation owns the boxed u64 it reads into until its completion is
+        // reaped; the eventfd belongs to the team, which outlives the ring.
+        if unsafe { self.ring.push(entry, Op::Wake { _value: value }) }.is_ok() {
+            self.wake_armed = true;
         }
     }
 
@@ -349,19 +509,24 @@ impl Server {
         }
     }
 
-    fn complete(&mut self, completion: vortex_io::Completion, op: Option<Op>) {
-        match op {
-            None => self.accepted(completion.outcome()),
-            Some(Op::Accept) => {
-                self.accepting = false; // the multishot accept ended: re-armed next pass
+    fn complete(&mut self, completion: vortex_io::Completion, event: Event) {
+        match event {
+            Event::Ignored => {}
+            Event::Accepted => self.accepted(completion.outcome()),
+            Event::Finished(Op::Accept { listener }) => {
+                // The multishot accept ended: re-armed next pass.
+                self.accepting[listener] = false;
                 self.accepted(completion.outcome());
             }
-            Some(Op::Recv {
+            Event::Finished(Op::Wake { .. }) => self.wake_armed = false,
+            Event::Finished(Op::Recv {
                 conn,
                 lease,
                 offset,
             }) => self.received(conn, lease, offset, completion.outcome()),
-            Some(Op::Send { conn, frame, sent }) => self.sent(conn, frame, sent, completion),
+            Event::Finished(Op::Send { conn, frame, sent }) => {
+                self.sent(conn, frame, sent, completion)
+            }
         }
     }
 
@@ -467,33 +632,254 @@ impl Server {
                     return;
                 }
             };
-            let (request_id, outcome) = match self.validator.request(frame.bytes()) {
-                Ok((header, request)) => (
-                    header.request_id,
-                    dispatch(&mut self.shard, self.leu, request),
-                ),
-                Err(error) => {
-                    let request_id = frame.header().request_id;
-                    if error.closes_connection() {
-                        self.close_for_bad_input(conn, Some((request_id, error.to_response())));
-                        return;
-                    }
-                    (request_id, Outcome::Ready(error.to_response()))
-                }
-            };
+            let request_id = frame.header().request_id;
             if let Some(connection) = self.conns[conn].as_mut() {
                 connection.unanswered += 1;
             }
-            match outcome {
-                Outcome::Ready(response) => self.answer(conn, request_id, &response),
-                Outcome::AfterDurable { sequence, response } => {
-                    self.pending.push_back(PendingAck {
-                        sequence,
-                        conn,
-                        request_id,
-                        response,
-                    })
+            let to = Destination::Client { conn, request_id };
+            match self.validator.request(frame.bytes()) {
+                Ok((_, request)) => {
+                    let needed = participants(&request, self.links.ring.as_ref(), self.leu);
+                    let alone = needed
+                        .iter()
+                        .enumerate()
+                        .all(|(leu, &needed)| needed == (leu == usize::from(self.leu)));
+                    if alone {
+                        let outcome = self.run_part(request);
+                        self.settle(to, outcome, Some(frame));
+                    } else {
+                        let merge = Merge::new(&request);
+                        self.scatter(conn, request_id, frame, merge, &needed);
+                    }
                 }
+                Err(error) => {
+                    if error.closes_connection() {
+                        if let Some(connection) = self.conns[conn].as_mut() {
+                            connection.unanswered -= 1; // counted again below
+                        }
+                        self.close_for_bad_input(conn, Some((request_id, error.to_response())));
+                        return;
+                    }
+                    self.deliver(to, error.to_response());
+                }
+            }
+        }
+    }
+
+    /// Runs this LEU's part of `request` on its shard.
+    fn run_part(&mut self, request: vortex_vbp::validator::RequestRef<'_>) -> Outcome {
+        let ring: &Ring = &self.links.ring;
+        let ownership = Ownership {
+            ring: Some(ring),
+            leu: self.leu,
+        };
+        let live = self.conns.iter().flatten().count() as u64;
+        let counters = [
+            ("connections", live),
+            ("connections_accepted", self.report.accepted),
+            ("requests_answered", self.report.answered),
+            ("handed_over", self.report.handed_over),
+            ("served_for_others", self.report.served_for_others),
+            ("throttled_handover", self.report.throttled_handover),
+        ];
+        dispatch_part(&mut self.shard, ownership, &counters, request)
+    }
+
+    /// Sends an answer now, or once its write is durable (keeping the request's frame, if
+    /// given, leased until then).
+    fn settle(&mut self, to: Destination, outcome: Outcome, frame: Option<FrameBuf>) {
+        match outcome {
+            Outcome::Ready(response) => self.deliver(to, response),
+            Outcome::AfterDurable { sequence, response } => self.pending.push_back(PendingAck {
+                sequence,
+                to,
+                response,
+                _frame: frame,
+            }),
+        }
+    }
+
+    /// Hands `frame` to the other LEUs in `needed`, runs this LEU's part if it has one, and
+    /// gathers the parts into one answer to request `request_id` on `conn`.
+    fn scatter(
+        &mut self,
+        conn: usize,
+        request_id: u64,
+        frame: FrameBuf,
+        merge: Merge,
+        needed: &[bool],
+    ) {
+        let me = usize::from(self.leu);
+        let full = needed
+            .iter()
+            .enumerate()
+            .any(|(leu, &needed)| needed && leu != me && self.out_to[leu] >= self.window);
+        if full {
+            self.report.throttled_handover += 1;
+            let throttled = Response::Throttled(ThrottledBody {
+                retry_after_ms: RETRY_AFTER.as_millis() as u32,
+                reason: "the queue to another core is full; retry".to_owned(),
+            });
+            self.deliver(Destination::Client { conn, request_id }, throttled);
+            return;
+        }
+        let token = match self.gathers_free.pop() {
+            Some(token) => token,
+            None => {
+                self.gathers.push(None);
+                (self.gathers.len() - 1) as u32
+            }
+        };
+        self.gathers[token as usize] = Some(Gather {
+            conn,
+            request_id,
+            merge,
+            waiting: needed.iter().filter(|&&n| n).count(),
+            frame: None,
+        });
+        let mut lent = false;
+        for (leu, _) in needed
+            .iter()
+            .enumerate()
+            .filter(|&(leu, &n)| n && leu != me)
+        {
+            // SAFETY: the frame's buffer is kept in the gather below until every part is in
+            // (or leaked if the loop ends first: `leak_lent_frames`); nothing writes to it.
+            let bytes = unsafe { LentFrame::lend(frame.bytes()) };
+            let handover = Handover {
+                token,
+                frame: bytes,
+            };
+            // The window keeps this below the queue's capacity: a push does not fail.
+            let pushed = self.links.requests_out[leu]
+                .as_mut()
+                .is_some_and(|queue| queue.push(handover).is_ok());
+            if pushed {
+                lent = true;
+                self.out_to[leu] += 1;
+                self.report.handed_over += 1;
+                self.links.team.wakes[leu].after_push();
+            } else {
+                let lost = Response::error(ErrorCode::Internal, "cannot reach another core");
+                self.gathered(token, leu as u16, lost);
+            }
+        }
+        if lent {
+            if let Some(gather) = self.gathers[token as usize].as_mut() {
+                gather.frame = Some(frame.clone());
+            }
+        }
+        if needed[me] {
+            let outcome = match self.validator.request(frame.bytes()) {
+                Ok((_, request)) => self.run_part(request),
+                Err(error) => Outcome::Ready(error.to_response()),
+            };
+            self.settle(Destination::Gather { token }, outcome, None);
+        }
+    }
+
+    /// Sends `response` where it goes.
+    fn deliver(&mut self, to: Destination, response: Response) {
+        match to {
+            Destination::Client { conn, request_id } => self.answer(conn, request_id, &response),
+            Destination::Gather { token } => self.gathered(token, self.leu, response),
+            Destination::Peer { leu, token } => {
+                let leu = usize::from(leu);
+                self.unsent_replies[leu].push_back(Reply { token, response });
+                self.flush_replies_to(leu);
+            }
+        }
+    }
+
+    /// Adds LEU `leu`'s part to gather `token`; answers the client when all are in.
+    fn gathered(&mut self, token: u32, leu: u16, response: Response) {
+        let Some(gather) = self
+            .gathers
+            .get_mut(token as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        gather.merge.add(leu, response);
+        gather.waiting -= 1;
+        if gather.waiting > 0 {
+            return;
+        }
+        let Some(gather) = self.gathers[token as usize].take() else {
+            return;
+        };
+        self.gathers_free.push(token);
+        // Dropping the gather's frame returns its buffer to the pool.
+        let Gather {
+            conn,
+            request_id,
+            merge,
+            ..
+        } = gather;
+        self.answer(conn, request_id, &merge.finish());
+    }
+
+    /// Runs the parts other LEUs handed to this one.
+    fn serve_peers(&mut self) {
+        for from in 0..self.links.requests_in.len() {
+            while let Some(handover) = self.links.requests_in[from].as_mut().and_then(|q| q.pop()) {
+                self.report.served_for_others += 1;
+                // SAFETY: read before the reply is sent, while the origin keeps the bytes.
+                let bytes = unsafe { handover.frame.bytes() };
+                let outcome = match self.validator.request(bytes) {
+                    Ok((_, request)) => self.run_part(request),
+                    Err(error) => Outcome::Ready(error.to_response()),
+                };
+                let to = Destination::Peer {
+                    leu: from as u16,
+                    token: handover.token,
+                };
+                self.settle(to, outcome, None);
+            }
+        }
+    }
+
+    /// Takes the other LEUs' parts of this LEU's gathers.
+    fn take_replies(&mut self) {
+        for from in 0..self.links.replies_in.len() {
+            while let Some(reply) = self.links.replies_in[from].as_mut().and_then(|q| q.pop()) {
+                self.out_to[from] = self.out_to[from].saturating_sub(1);
+                self.gathered(reply.token, from as u16, reply.response);
+            }
+        }
+    }
+
+    /// Sends the replies that found their queue full (it cannot be, within the window).
+    fn flush_replies(&mut self) {
+        for leu in 0..self.unsent_replies.len() {
+            self.flush_replies_to(leu);
+        }
+    }
+
+    fn flush_replies_to(&mut self, leu: usize) {
+        let Some(queue) = self.links.replies_out[leu].as_mut() else {
+            self.unsent_replies[leu].clear();
+            return;
+        };
+        let mut pushed = false;
+        while let Some(reply) = self.unsent_replies[leu].pop_front() {
+            if let Err(reply) = queue.push(reply) {
+                self.unsent_replies[leu].push_front(reply);
+                break;
+            }
+            pushed = true;
+        }
+        if pushed {
+            self.links.team.wakes[leu].after_push();
+        }
+    }
+
+    /// At the end of the loop: the frames of gathers still waiting may still be read by
+    /// another LEU, so their buffers are leaked rather than returned to the pool.
+    fn leak_lent_frames(&mut self) {
+        for gather in self.gathers.iter_mut().flatten() {
+            if let Some(frame) = gather.frame.take() {
+                std::mem::forget(frame);
             }
         }
     }
@@ -594,7 +980,7 @@ impl Server {
                 // The WAL failed: every waiting write is answered with the error.
                 let response = error_response(&error);
                 while let Some(ack) = self.pending.pop_front() {
-                    self.answer(ack.conn, ack.request_id, &response);
+                    self.deliver(ack.to, response.clone());
                 }
                 return;
             }
@@ -607,7 +993,7 @@ impl Server {
             let Some(ack) = self.pending.pop_front() else {
                 break;
             };
-            self.answer(ack.conn, ack.request_id, &ack.response);
+            self.deliver(ack.to, ack.response);
         }
     }
 

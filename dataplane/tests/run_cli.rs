@@ -22,9 +22,13 @@ fn free_port() -> u16 {
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    write_config_with(dir, port, 1)
+}
+
+fn write_config_with(dir: &Path, port: u16, leus: usize) -> std::path::PathBuf {
     let path = dir.join("vortex.toml");
     let text = format!(
-        "[network]\nport = {port}\nleu_port_base = {}\n[storage]\ndata_dir = \"{}\"\n[leu]\ncount = 1\n[memory]\nlock = \"off\"\n",
+        "[network]\nport = {port}\nleu_port_base = {}\n[storage]\ndata_dir = \"{}\"\n[leu]\ncount = {leus}\n[memory]\nlock = \"off\"\n",
         port + 1,
         dir.join("data").display()
     );
@@ -127,4 +131,74 @@ fn a_taken_port_is_a_clear_error() {
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{stderr}"
     );
+}
+
+fn docs_upsert(ids: std::ops::Range<u64>) -> Upsert {
+    let ids: Vec<u64> = ids.collect();
+    Upsert {
+        collection: "docs".into(),
+        dimension: 4,
+        vectors: ids
+            .iter()
+            .flat_map(|&id| [1.0, id as f32, 0.5, 0.25])
+            .collect(),
+        ids,
+        payloads: Vec::new(),
+    }
+}
+
+#[test]
+fn two_leus_share_a_port_have_their_own_and_refuse_another_layout() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        println!("skipped: two LEUs need two CPUs, this machine has {cpus}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The shared port, then one port per LEU just above it.
+    let port = free_port();
+    let config = write_config_with(dir.path(), port, 2);
+    let (child, ready) = start(&config);
+    assert!(ready.contains("2 LEU(s)"), "{ready}");
+    let shared = [format!("127.0.0.1:{port}")];
+    let client = Client::connect(&shared, ClientOptions::default()).unwrap();
+    client
+        .create_collection(CollectionSpec {
+            name: "docs".into(),
+            dimension: 4,
+            metric: Metric::L2,
+            m: 8,
+            ef_construction: 32,
+            vector_type: VectorType::F32,
+        })
+        .unwrap();
+    assert_eq!(client.upsert(docs_upsert(0..500)).unwrap(), 500);
+    for leu in 0..2u16 {
+        let own = [format!("127.0.0.1:{}", port + 1 + leu)];
+        let direct = Client::connect(&own, ClientOptions::default()).unwrap();
+        assert_eq!(direct.count("docs", None).unwrap(), 500, "LEU {leu}");
+        assert_eq!(direct.get("docs", vec![3, 499, 7]).unwrap().len(), 3);
+    }
+    let stats = client.stats().unwrap();
+    assert_eq!(stats.len(), 2);
+    drop(client);
+    assert_eq!(terminate(child).code(), Some(0));
+
+    // Both LEUs' data comes back.
+    let (child, _) = start(&config);
+    let client = Client::connect(&shared, ClientOptions::default()).unwrap();
+    assert_eq!(client.count("docs", None).unwrap(), 500);
+    drop(client);
+    assert_eq!(terminate(child).code(), Some(0));
+
+    // The same data directory with one LEU would misplace points: refused, saying why.
+    let config = write_config_with(dir.path(), port, 1);
+    let output = Command::new(BINARY)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another LEU layout"), "{stderr}");
 }

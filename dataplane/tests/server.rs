@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use vortex_dataplane::handover::Links;
 use vortex_dataplane::server::{serve, ServeReport, ServerConfig};
 use vortex_shard::{Shard, ShardOptions};
 use vortex_vbp::client::{Client, ClientOptions};
@@ -30,7 +31,7 @@ fn start(dir: &Path, config: ServerConfig) -> Running {
     let dir = dir.to_owned();
     let thread = std::thread::spawn(move || {
         let (shard, _) = Shard::open(&dir, ShardOptions::default()).unwrap();
-        serve(listener, shard, 0, config, flag).unwrap()
+        serve(vec![listener], shard, Links::solo().unwrap(), config, flag).unwrap()
     });
     Running {
         address,

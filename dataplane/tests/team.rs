@@ -1,0 +1,215 @@
+//! A team of LEUs in one process, each on its own thread, ring, shard and port: writes land
+//! on the LEU that owns each point (whichever LEU the client reached), searches are
+//! scattered and gathered into the exact top k, and a stop leaves every acknowledged write
+//! on its owner's disk.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use vortex_dataplane::handover::team;
+use vortex_dataplane::routing::Ring;
+use vortex_dataplane::server::{serve, ServeReport, ServerConfig};
+use vortex_shard::{Shard, ShardOptions};
+use vortex_vbp::client::{Client, ClientOptions};
+use vortex_vbp::message::{CollectionSpec, Metric, Search, Upsert, VectorType};
+
+const LEUS: usize = 3;
+const VNODES: u16 = 256;
+const DIM: usize = 8;
+
+struct Team {
+    addresses: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<ServeReport>>,
+}
+
+fn start(dir: &Path) -> Team {
+    let links = team(Ring::new(LEUS, VNODES).unwrap(), 64).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut addresses = Vec::new();
+    let mut threads = Vec::new();
+    for links in links {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        addresses.push(listener.local_addr().unwrap());
+        let shard_dir = dir.join(format!("leu-{}", links.leu));
+        let stop = Arc::clone(&stop);
+        threads.push(std::thread::spawn(move || {
+            let (shard, _) = Shard::open(&shard_dir, ShardOptions::default()).unwrap();
+            serve(vec![listener], shard, links, ServerConfig::default(), stop).unwrap()
+        }));
+    }
+    Team {
+        addresses,
+        stop,
+        threads,
+    }
+}
+
+impl Team {
+    fn client(&self, leu: usize) -> Client {
+        Client::connect(&[self.addresses[leu].to_string()], ClientOptions::default()).unwrap()
+    }
+
+    fn stop(self) -> Vec<ServeReport> {
+        self.stop.store(true, Ordering::Release);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
+    }
+}
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn spec() -> CollectionSpec {
+    CollectionSpec {
+        name: "docs".into(),
+        dimension: DIM as u32,
+        metric: Metric::L2,
+        m: 16,
+        ef_construction: 128,
+        vector_type: VectorType::F32,
+    }
+}
+
+fn l2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+#[test]
+fn points_live_on_their_owners_and_searches_gather_the_exact_top_k() {
+    let seed: u64 = std::env::var("VORTEX_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7EA3);
+    println!("seed {seed} (VORTEX_TEST_SEED to repeat)");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path());
+    let clients: Vec<Client> = (0..LEUS).map(|leu| running.client(leu)).collect();
+    clients[1].create_collection(spec()).unwrap();
+    for client in &clients {
+        assert!(
+            client.create_collection(spec()).is_err(),
+            "it exists everywhere"
+        );
+    }
+
+    // 1,200 points with random ids, in batches written through every LEU in turn.
+    let mut points: Vec<(u64, Vec<f32>)> = Vec::new();
+    for batch in 0..12 {
+        let ids: Vec<u64> = (0..100).map(|_| rng.next()).collect();
+        let vectors: Vec<Vec<f32>> = ids
+            .iter()
+            .map(|_| (0..DIM).map(|_| rng.unit()).collect())
+            .collect();
+        let written = clients[batch % LEUS]
+            .upsert(Upsert {
+                collection: "docs".into(),
+                dimension: DIM as u32,
+                ids: ids.clone(),
+                vectors: vectors.concat(),
+                payloads: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(written, 100);
+        points.extend(ids.into_iter().zip(vectors));
+    }
+    // Deletes through another LEU than wrote them.
+    let deleted: Vec<u64> = points.iter().step_by(10).map(|(id, _)| *id).collect();
+    assert_eq!(
+        clients[2].delete("docs", deleted.clone()).unwrap(),
+        deleted.len() as u32
+    );
+    points.retain(|(id, _)| !deleted.contains(id));
+    for client in &clients {
+        assert_eq!(client.count("docs", None).unwrap(), points.len() as u64);
+        assert_eq!(
+            client.describe_collection("docs").unwrap().points,
+            points.len() as u64
+        );
+        let listed = client.list_collections().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].points, points.len() as u64);
+    }
+
+    // Get: request order, from any LEU, deleted ids absent.
+    let asked: Vec<u64> = vec![points[5].0, deleted[0], points[900].0, points[17].0];
+    let got = clients[0].get("docs", asked.clone()).unwrap();
+    let got_ids: Vec<u64> = got.iter().map(|p| p.id).collect();
+    assert_eq!(got_ids, vec![asked[0], asked[2], asked[3]]);
+
+    // Searches at a wide beam: every LEU's answer is the exact top 10 of all points.
+    for query in 0..30 {
+        let vector: Vec<f32> = (0..DIM).map(|_| rng.unit()).collect();
+        let mut exact: Vec<(f32, u64)> =
+            points.iter().map(|(id, v)| (l2(&vector, v), *id)).collect();
+        exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let expected: Vec<u64> = exact.iter().take(10).map(|&(_, id)| id).collect();
+        let hits = clients[query % LEUS]
+            .search(Search {
+                collection: "docs".into(),
+                vector,
+                k: 10,
+                ef: 400,
+                filter: None,
+                with_payload: false,
+            })
+            .unwrap();
+        let found: Vec<u64> = hits.iter().map(|hit| hit.id).collect();
+        assert_eq!(found, expected, "query {query} (seed {seed})");
+    }
+
+    let stats = clients[0].stats().unwrap();
+    assert_eq!(
+        stats.iter().map(|s| s.leu).collect::<Vec<_>>(),
+        (0..LEUS as u16).collect::<Vec<_>>()
+    );
+    drop(clients);
+    let reports = running.stop();
+    assert!(reports.iter().all(|r| r.handed_over > 0), "{reports:?}");
+    assert!(
+        reports.iter().all(|r| r.served_for_others > 0),
+        "{reports:?}"
+    );
+
+    // On disk, each LEU holds exactly the points it owns.
+    let ring = Ring::new(LEUS, VNODES).unwrap();
+    let ids: Vec<u64> = points.iter().map(|(id, _)| *id).collect();
+    for leu in 0..LEUS {
+        let (shard, _) = Shard::open(
+            &dir.path().join(format!("leu-{leu}")),
+            ShardOptions::default(),
+        )
+        .unwrap();
+        let owned: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|&id| ring.leu_of(id) == leu)
+            .collect();
+        let held = shard.get("docs", &ids, false, false).unwrap();
+        let held: Vec<u64> = held.iter().map(|p| p.id).collect();
+        assert_eq!(held, owned, "LEU {leu}");
+        assert_eq!(
+            shard.describe_collection("docs").unwrap().points,
+            owned.len() as u64
+        );
+    }
+}
