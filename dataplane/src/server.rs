@@ -37,12 +37,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vortex_io::{OpId, Owner, PushError, RingConfig, RingDriver};
+use vortex_io::{OpId, Owner, ProvidedRing, PushError, RingConfig, RingDriver};
 use vortex_shard::Shard;
 use vortex_vbp::codec::{FrameBytes, Response};
 use vortex_vbp::message::{ErrorCode, ThrottledBody};
 use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, SizeClass};
-use vortex_vbp::stream::{FrameBuf, StreamDecoder};
+use vortex_vbp::stream::{FrameBuf, StreamDecoder, StreamError};
 use vortex_vbp::validator::LayoutValidator;
 
 /// How a server runs.
@@ -64,6 +64,10 @@ pub struct ServerConfig {
     pub ring: RingConfig,
     /// The largest frame accepted.
     pub frame_size_max_bytes: u32,
+    /// Pool buffers lent to the kernel for multishot receives (a provided-buffer ring; a
+    /// power of two, at most half the pool's standard buffers). 0, or a kernel without
+    /// provided-buffer rings: one pool buffer per armed receive instead.
+    pub provided_buffers: u16,
     /// Slots of each queue between two LEUs (requests one way, replies the other); also
     /// how many requests one LEU may have out to another.
     pub handover_queue: usize,
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             ring: RingConfig::plain(512),
             frame_size_max_bytes: 16 << 20,
             handover_queue: 1024,
+            provided_buffers: 128,
             idle_timeout: Some(Duration::from_secs(300)),
         }
     }
@@ -116,6 +121,15 @@ pub struct ServeReport {
     pub served_for_others: u64,
     /// Requests answered THROTTLED because the queue to another LEU was full.
     pub throttled_handover: u64,
+    /// Times the LEU went THROTTLED (free pool buffers or ring slots below the high-water
+    /// mark).
+    pub throttled_entered: u64,
+    /// Time spent THROTTLED, in microseconds.
+    pub throttled_us: u64,
+    /// Requests answered THROTTLED while the LEU was.
+    pub throttled_answers: u64,
+    /// Whether receives go into a provided-buffer ring.
+    pub provided_buffers: bool,
 }
 
 /// A server that cannot run.
@@ -152,6 +166,10 @@ enum Op {
         lease: Lease,
         offset: usize,
     },
+    /// A multishot receive into the provided-buffer ring.
+    RecvMulti {
+        conn: usize,
+    },
     Send {
         conn: usize,
         frame: FrameBytes,
@@ -163,6 +181,8 @@ enum Op {
 enum Event {
     /// A connection from a multishot accept that goes on.
     Accepted,
+    /// Bytes (or the end) of a multishot receive into a provided buffer.
+    Received { conn: usize, last: bool },
     /// An operation that ended.
     Finished(Op),
     /// A further completion of another multishot operation (none is armed).
@@ -187,9 +207,28 @@ struct Connection {
     last_active: Instant,
     /// Complete frames may wait in the decoder: dispatching stopped at the request limit.
     stalled: bool,
+    /// The decoder found the pool empty: frames wait until buffers come back.
+    starved: bool,
+    /// A cancel of the multishot receive was asked for.
+    cancelling: bool,
+    /// Bytes received (in provided buffers) while the decoder still held earlier ones.
+    backlog: VecDeque<(Lease, usize)>,
 }
 
+/// Received buffers a connection may hold before the decoder takes them; past it, its
+/// receive is cancelled, so one connection cannot take every buffer lent to the kernel.
+const BACKLOG_MAX: usize = 2;
+
 impl Connection {
+    /// Whether a receive may be armed (or go on) on this connection.
+    fn may_read(&self, limit: usize) -> bool {
+        !self.closing
+            && !self.stalled
+            && !self.starved
+            && self.backlog.len() < BACKLOG_MAX
+            && self.held() < limit
+    }
+
     /// Requests read and not yet fully answered: unanswered ones, answers queued, and the
     /// one being sent. A client that does not read its answers fills this, and the
     /// connection is then not read any more (so its answers cannot pile up without bound).
@@ -258,11 +297,19 @@ fn serve_inner(
     config: ServerConfig,
     stop: &AtomicBool,
 ) -> Result<ServeReport, ServeError> {
-    let ring = RingDriver::new(&config.ring).map_err(|e| ServeError::Ring(e.to_string()))?;
+    let mut ring = RingDriver::new(&config.ring).map_err(|e| ServeError::Ring(e.to_string()))?;
     let pool = BufferPool::new(config.pool).map_err(|e| ServeError::Pool(e.to_string()))?;
+    let provided = provide(&mut ring, &config);
     let leus = links.leus();
+    let report = ServeReport {
+        provided_buffers: provided.is_some(),
+        ..ServeReport::default()
+    };
     let mut server = Server {
         ring,
+        provided,
+        throttled: None,
+        refused_seen: 0,
         accepting: vec![false; listeners.len()],
         listeners,
         pool,
@@ -279,21 +326,68 @@ fn serve_inner(
         conns: Vec::new(),
         free: Vec::new(),
         pending: VecDeque::new(),
-        report: ServeReport::default(),
+        report,
         config,
     };
     let ran = server.run(stop);
     server.leak_lent_frames();
+    server.pressure(true);
     ran?;
     let Server { shard, report, .. } = server;
     shard.close()?;
     Ok(report)
 }
 
+/// The buffer group of every LEU's provided-buffer ring (one ring per io_uring).
+const BUFFER_GROUP: u16 = 1;
+
+/// Registers the provided-buffer ring `config` asks for, or `None` (with a log line) where
+/// the kernel has none or the pool is too small: receives then lease a buffer each.
+fn provide(ring: &mut RingDriver<Op>, config: &ServerConfig) -> Option<Provided> {
+    let entries = config.provided_buffers;
+    if entries == 0 {
+        return None;
+    }
+    if !entries.is_power_of_two() || usize::from(entries) * 2 > config.pool.buffer_count {
+        tracing::warn!(
+            entries,
+            pool = config.pool.buffer_count,
+            "provided buffers must be a power of two and at most half the pool; receiving \
+             into leased buffers instead"
+        );
+        return None;
+    }
+    match ProvidedRing::register(ring, entries, BUFFER_GROUP) {
+        Ok(provided) => Some(Provided {
+            ring: provided,
+            leases: (0..entries).map(|_| None).collect(),
+            empty: (0..entries).rev().collect(),
+        }),
+        Err(error) => {
+            tracing::info!(%error, "no provided-buffer ring (Linux 5.19+); receiving into leased buffers");
+            None
+        }
+    }
+}
+
+/// The pool buffers lent to the kernel through a provided-buffer ring.
+struct Provided {
+    ring: ProvidedRing,
+    /// The lease of each buffer id while the kernel holds it.
+    leases: Vec<Option<Lease>>,
+    /// Buffer ids with no buffer in the kernel.
+    empty: Vec<u16>,
+}
+
 /// Fields drop in order: the ring first (cancelling and draining what is in flight), then
 /// the sockets and buffers those operations used.
 struct Server {
     ring: RingDriver<Op>,
+    provided: Option<Provided>,
+    /// Since when the LEU is THROTTLED.
+    throttled: Option<Instant>,
+    /// Pool refusals seen by the last pass.
+    refused_seen: u64,
     listeners: Vec<TcpListener>,
     accepting: Vec<bool>,
     pool: BufferPool,
@@ -363,6 +457,8 @@ impl Server {
             if !self.wake_armed {
                 self.arm_wake();
             }
+            self.pressure(false);
+            self.refill();
             self.arm_connections();
             self.wait(stopping_since.is_some())?;
             let mut events = Vec::new();
@@ -370,6 +466,11 @@ impl Server {
                 let event = match owner {
                     // A multishot accept goes on.
                     Owner::Continuing(Op::Accept { .. }) => Event::Accepted,
+                    Owner::Continuing(Op::RecvMulti { conn }) => Event::Received {
+                        conn: *conn,
+                        last: false,
+                    },
+                    Owner::Finished(Op::RecvMulti { conn }) => Event::Received { conn, last: true },
                     Owner::Continuing(_) => Event::Ignored,
                     Owner::Finished(op) => Event::Finished(op),
                 };
@@ -390,6 +491,88 @@ impl Server {
         }
         self.shard.sync()?;
         Ok(())
+    }
+
+    /// Enters or leaves the THROTTLED state. High water: the pool refused a buffer since
+    /// the last pass (a frame could not be assembled), at most 1/8 of its standard buffers
+    /// are free, or 3/4 of the ring's operation slots are in flight. Low water: no refusal
+    /// and no connection waiting for a buffer, 1/4 free, at most half the slots in flight.
+    /// While THROTTLED the LEU lends the kernel no more receive buffers and arms no
+    /// receives (so the kernel's socket buffers fill and TCP closes the senders' windows),
+    /// and answers the requests it has already read with THROTTLED.
+    /// `ending`: the loop is over; the time so far is counted.
+    fn pressure(&mut self, ending: bool) {
+        let pool = self.pool.stats(SizeClass::Standard);
+        let total = self.pool.buffer_count(SizeClass::Standard);
+        let refused = pool.exhausted + self.pool.stats(SizeClass::Large).exhausted;
+        let starving = refused > self.refused_seen;
+        self.refused_seen = refused;
+        let inflight = self.ring.inflight() as usize;
+        let slots = inflight + self.ring.capacity_left() as usize;
+        let high = starving || pool.free * 8 <= total || inflight * 4 >= slots * 3;
+        match self.throttled {
+            None if !ending && high => {
+                self.throttled = Some(Instant::now());
+                self.report.throttled_entered += 1;
+                tracing::debug!(leu = self.leu, free = pool.free, inflight, "THROTTLED");
+            }
+            Some(since)
+                if ending
+                    || (!starving
+                        && pool.free * 4 >= total
+                        && inflight * 2 <= slots
+                        && !self.conns.iter().flatten().any(|c| c.starved)) =>
+            {
+                self.report.throttled_us += since.elapsed().as_micros() as u64;
+                self.throttled = None;
+                tracing::debug!(
+                    leu = self.leu,
+                    free = pool.free,
+                    inflight,
+                    "no longer THROTTLED"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Lends the kernel pool buffers for the provided-buffer ring's empty slots, keeping a
+    /// quarter of the pool for assembling frames; none while THROTTLED.
+    fn refill(&mut self) {
+        if self.throttled.is_some() {
+            return;
+        }
+        let reserve = self.pool.buffer_count(SizeClass::Standard) / 4;
+        let Some(provided) = self.provided.as_mut() else {
+            return;
+        };
+        let mut pushed = false;
+        while let Some(&id) = provided.empty.last() {
+            if self.pool.stats(SizeClass::Standard).free <= reserve {
+                break;
+            }
+            let Ok(mut lease) = self.pool.lease(SizeClass::Standard) else {
+                break;
+            };
+            let buffer = lease.as_mut_slice();
+            let (address, len) = (buffer.as_mut_ptr(), buffer.len() as u32);
+            // SAFETY: the lease is kept in `leases[id]`, untouched, until the kernel hands
+            // buffer `id` back in a completion; the ring is dropped before the leases.
+            unsafe { provided.ring.push(address, len, id) };
+            provided.leases[usize::from(id)] = Some(lease);
+            provided.empty.pop();
+            pushed = true;
+        }
+        if pushed {
+            provided.ring.publish();
+        }
+    }
+
+    /// Buffers the kernel holds for receives.
+    fn lent(&self) -> usize {
+        self.provided
+            .as_ref()
+            .map_or(0, |p| p.leases.len() - p.empty.len())
     }
 
     /// Submits, and waits for completions unless another LEU already queued something.
@@ -445,9 +628,12 @@ impl Server {
         }
     }
 
-    /// Resumes sends the ring refused, and arms a receive on every connection that can
-    /// take one.
+    /// Resumes sends the ring refused, goes on with frames that waited, and arms a receive
+    /// on every connection that can take one (cancelling the multishot receive of one that
+    /// cannot).
     fn arm_connections(&mut self) {
+        let limit = self.config.requests_per_connection_max;
+        let lent = self.lent();
         for conn in 0..self.conns.len() {
             if self.conns[conn]
                 .as_ref()
@@ -458,18 +644,47 @@ impl Server {
             let Some(connection) = self.conns[conn].as_mut() else {
                 continue;
             };
-            if connection.stalled && connection.held() < self.config.requests_per_connection_max {
-                // Answers went out: the frames left in the decoder come first.
+            let waiting = (connection.stalled && connection.held() < limit)
+                || connection.starved
+                || (!connection.backlog.is_empty() && connection.held() < limit);
+            if waiting {
+                // Answers went out, or buffers came back: the frames already read first.
                 self.drain_frames(conn);
             }
             let Some(connection) = self.conns[conn].as_mut() else {
                 continue;
             };
-            if connection.receiving
-                || connection.closing
-                || connection.stalled
-                || connection.held() >= self.config.requests_per_connection_max
-            {
+            let may_read = connection.may_read(limit);
+            if connection.receiving {
+                if !may_read {
+                    self.stop_receiving(conn);
+                }
+                continue;
+            }
+            if !may_read || self.throttled.is_some() {
+                continue;
+            }
+            let fd = types::Fd(connection.fd.as_raw_fd());
+            if self.provided.is_some() {
+                if lent == 0 {
+                    continue; // it would end at once with ENOBUFS: wait for buffers
+                }
+                let entry = opcode::RecvMulti::new(fd, BUFFER_GROUP).build();
+                // SAFETY: the kernel writes only into provided buffers, kept alive in
+                // `Provided::leases`; the fd stays open while an operation on it is in
+                // flight.
+                match unsafe { self.ring.push(entry, Op::RecvMulti { conn }) } {
+                    Ok(op) => {
+                        connection.receiving = true;
+                        connection.cancelling = false;
+                        connection.recv_op = Some(op);
+                    }
+                    Err(PushError::Busy(_)) => return,
+                    Err(error) => {
+                        tracing::warn!(conn, error = %error_text(&error), "cannot arm a receive");
+                        connection.closing = true;
+                    }
+                }
                 continue;
             }
             let Ok(mut lease) = self.pool.lease(SizeClass::Standard) else {
@@ -477,12 +692,7 @@ impl Server {
             };
             let offset = connection.decoder.receive_offset();
             let buffer = &mut lease.as_mut_slice()[offset..];
-            let entry = opcode::Recv::new(
-                types::Fd(connection.fd.as_raw_fd()),
-                buffer.as_mut_ptr(),
-                buffer.len() as u32,
-            )
-            .build();
+            let entry = opcode::Recv::new(fd, buffer.as_mut_ptr(), buffer.len() as u32).build();
             // SAFETY: the buffer belongs to the lease, which the operation owns until its
             // completion is reaped; the fd belongs to the connection, which is not closed
             // while an operation on it is in flight.
@@ -513,6 +723,8 @@ impl Server {
         match event {
             Event::Ignored => {}
             Event::Accepted => self.accepted(completion.outcome()),
+            Event::Received { conn, last } => self.received_provided(conn, last, completion),
+            Event::Finished(Op::RecvMulti { .. }) => {} // mapped to `Received` when reaped
             Event::Finished(Op::Accept { listener }) => {
                 // The multishot accept ended: re-armed next pass.
                 self.accepting[listener] = false;
@@ -572,6 +784,9 @@ impl Server {
             recv_op: None,
             last_active: Instant::now(),
             stalled: false,
+            starved: false,
+            cancelling: false,
+            backlog: VecDeque::new(),
         };
         match self.free.pop() {
             Some(slot) => self.conns[slot] = Some(connection),
@@ -610,6 +825,68 @@ impl Server {
         self.drain_frames(conn);
     }
 
+    /// Cancels the connection's multishot receive (its last completion ends it; it is
+    /// re-armed once the connection may read again).
+    fn stop_receiving(&mut self, conn: usize) {
+        if self.provided.is_none() {
+            return; // a single receive ends by itself
+        }
+        let Some(connection) = self.conns[conn].as_mut() else {
+            return;
+        };
+        if connection.receiving && !connection.cancelling {
+            if let Some(op) = connection.recv_op {
+                let _ = self.ring.cancel(op);
+                connection.cancelling = true;
+            }
+        }
+    }
+
+    /// A completion of a multishot receive: bytes in a provided buffer, or its end.
+    fn received_provided(&mut self, conn: usize, last: bool, completion: vortex_io::Completion) {
+        let lease = completion.buffer_id().and_then(|id| {
+            let provided = self.provided.as_mut()?;
+            let lease = provided.leases.get_mut(usize::from(id))?.take()?;
+            provided.empty.push(id);
+            Some(lease)
+        });
+        let Some(connection) = self.conns[conn].as_mut() else {
+            return; // the lease, if any, goes back to the pool
+        };
+        if last {
+            connection.receiving = false;
+            connection.cancelling = false;
+            connection.recv_op = None;
+        }
+        match completion.outcome() {
+            Ok(0) => connection.closing = true, // the peer closed
+            Ok(bytes) => {
+                connection.last_active = Instant::now();
+                let Some(lease) = lease else {
+                    connection.closing = true; // bytes without a buffer: not from us
+                    return;
+                };
+                if connection.closing {
+                    return;
+                }
+                connection.backlog.push_back((lease, bytes as usize));
+                self.drain_frames(conn);
+                let limit = self.config.requests_per_connection_max;
+                if self.conns[conn]
+                    .as_ref()
+                    .is_some_and(|c| !c.may_read(limit))
+                {
+                    // At its limit, or bytes waiting: no more buffers for this connection.
+                    self.stop_receiving(conn);
+                }
+            }
+            // Out of buffers: re-armed once the LEU lends more. Cancelled: by us.
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOBUFS | libc::ECANCELED)) => {
+            }
+            Err(_) => connection.closing = true, // the socket failed
+        }
+    }
+
     /// Dispatches the complete frames the connection's decoder holds, stopping (`stalled`)
     /// while the connection holds `requests_per_connection_max` requests: the rest wait in
     /// the decoder, and no receive is armed, until answers have gone out.
@@ -620,12 +897,28 @@ impl Server {
                 return;
             };
             connection.stalled = connection.held() >= limit;
+            connection.starved = false;
             if connection.stalled || connection.closing {
                 return;
             }
             let frame = match connection.decoder.next_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return,
+                Ok(None) => {
+                    // The decoder is drained: the next bytes received, if any wait.
+                    let Some((lease, bytes)) = connection.backlog.pop_front() else {
+                        return;
+                    };
+                    if connection.decoder.push(lease, 0..bytes).is_err() {
+                        self.close_for_bad_input(conn, None);
+                        return;
+                    }
+                    continue;
+                }
+                Err(StreamError::Pool(_)) => {
+                    // No buffer to assemble a frame in; no byte was lost: go on later.
+                    connection.starved = true;
+                    return;
+                }
                 Err(error) => {
                     let response = Response::error(ErrorCode::BadFrame, error.to_string());
                     self.close_for_bad_input(conn, Some((0, response)));
@@ -637,6 +930,16 @@ impl Server {
                 connection.unanswered += 1;
             }
             let to = Destination::Client { conn, request_id };
+            if self.throttled.is_some() {
+                self.report.throttled_answers += 1;
+                let throttled = Response::Throttled(ThrottledBody {
+                    retry_after_ms: RETRY_AFTER.as_millis() as u32,
+                    reason: "this core is overloaded (receive buffers or ring slots); retry"
+                        .to_owned(),
+                });
+                self.deliver(to, throttled);
+                continue;
+            }
             match self.validator.request(frame.bytes()) {
                 Ok((_, request)) => {
                     let needed = participants(&request, self.links.ring.as_ref(), self.leu);
@@ -674,13 +977,26 @@ impl Server {
             leu: self.leu,
         };
         let live = self.conns.iter().flatten().count() as u64;
+        let throttled_now = self
+            .throttled
+            .map_or(0, |since| since.elapsed().as_micros() as u64);
         let counters = [
             ("connections", live),
             ("connections_accepted", self.report.accepted),
             ("requests_answered", self.report.answered),
             ("handed_over", self.report.handed_over),
             ("served_for_others", self.report.served_for_others),
+            ("throttled", u64::from(self.throttled.is_some())),
+            ("throttled_entered", self.report.throttled_entered),
+            ("throttled_us", self.report.throttled_us + throttled_now),
+            ("throttled_answers", self.report.throttled_answers),
             ("throttled_handover", self.report.throttled_handover),
+            (
+                "pool_free_buffers",
+                self.pool.stats(SizeClass::Standard).free as u64,
+            ),
+            ("receive_buffers_lent", self.lent() as u64),
+            ("ring_inflight", u64::from(self.ring.inflight())),
         ];
         dispatch_part(&mut self.shard, ownership, &counters, request)
     }

@@ -341,7 +341,7 @@ fn a_flood_that_never_reads_is_held_at_its_limit_and_others_are_served() {
         .iter()
         .copied()
         .cycle()
-        .take(ping.len() * 200_000)
+        .take(ping.len() * 1_000_000)
         .collect();
     let mut flood = TcpStream::connect(server.address).unwrap();
     flood
@@ -365,7 +365,7 @@ fn a_flood_that_never_reads_is_held_at_its_limit_and_others_are_served() {
     }
     let (written, flood) = flooder.join().unwrap();
     assert!(
-        written < ping.len() * 200_000,
+        written < ping.len() * 1_000_000,
         "the flood was never slowed down ({written} bytes taken)"
     );
     assert_eq!(good.count("docs", None).unwrap(), 1000);
@@ -373,5 +373,117 @@ fn a_flood_that_never_reads_is_held_at_its_limit_and_others_are_served() {
     drop(good);
     let report = server.stop();
     eprintln!("flood: {written} bytes taken; {report:?}");
+    assert!(report.held_peak <= limit, "{report:?}");
+}
+
+/// Item 5 of issue #8: connections flooding large writes without reading their answers
+/// drain a small receive-buffer pool; the LEU goes THROTTLED (visible in stats), stops
+/// lending buffers and answers what it already read with THROTTLED, and leaves the state
+/// when the flood stops. A client that retries THROTTLED answers gets correct answers
+/// throughout, and nothing grows past its bound.
+#[test]
+fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 8;
+    let config = ServerConfig {
+        requests_per_connection_max: limit,
+        pool: vortex_vbp::pool::PoolConfig {
+            buffer_bytes: 64 << 10,
+            buffer_count: 16,
+            large_buffer_bytes: 1 << 20,
+            large_buffer_count: 2,
+        },
+        provided_buffers: 8,
+        ..ServerConfig::default()
+    };
+    let server = start(dir.path(), config);
+    let good = server.client();
+    good.create_collection(spec()).unwrap();
+    // 60 KB upserts: most straddle two receive buffers and need a third to be assembled.
+    let big = vortex_vbp::codec::Request::Upsert(upsert(100_000..101_900))
+        .encode(1)
+        .unwrap()
+        .to_vec();
+    let flood_bytes: Vec<u8> = big.iter().copied().cycle().take(big.len() * 400).collect();
+    let flooders: Vec<_> = (0..6)
+        .map(|_| {
+            let mut flood = TcpStream::connect(server.address).unwrap();
+            flood
+                .set_write_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            let bytes = flood_bytes.clone();
+            std::thread::spawn(move || {
+                for chunk in bytes.chunks(256 << 10) {
+                    if flood.write_all(chunk).is_err() {
+                        break;
+                    }
+                }
+                flood
+            })
+        })
+        .collect();
+
+    // The good client retries THROTTLED answers; every answer it gets is right.
+    let retry = |attempt: &dyn Fn() -> Result<u64, vortex_vbp::client::ClientError>| -> (u64, u32) {
+        let mut throttled = 0;
+        loop {
+            match attempt() {
+                Ok(value) => return (value, throttled),
+                Err(vortex_vbp::client::ClientError::Throttled { retry_after, .. }) => {
+                    throttled += 1;
+                    std::thread::sleep(retry_after);
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    };
+    let mut throttled_answers = 0;
+    for round in 0..40u64 {
+        let (written, throttled) = retry(&|| {
+            good.upsert(upsert(round * 10..round * 10 + 10))
+                .map(u64::from)
+        });
+        assert_eq!(written, 10);
+        throttled_answers += throttled;
+        let (nearest, throttled) = retry(&|| {
+            good.search(search((round * 10 + 3) as f32))
+                .map(|hits| hits[0].id)
+        });
+        assert_eq!(nearest, round * 10 + 3);
+        throttled_answers += throttled;
+    }
+    let stats = good.stats().unwrap_or_default();
+    let flood_sockets: Vec<TcpStream> = flooders.into_iter().map(|t| t.join().unwrap()).collect();
+    drop(flood_sockets);
+    // The flood is gone: the LEU leaves THROTTLED and answers at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let entered = loop {
+        match good.stats() {
+            Ok(leus) => {
+                let counter = |name: &str| {
+                    leus[0]
+                        .counters
+                        .iter()
+                        .find(|c| c.name == name)
+                        .map_or(0, |c| c.value)
+                };
+                if counter("throttled") == 0 {
+                    break counter("throttled_entered");
+                }
+            }
+            Err(vortex_vbp::client::ClientError::Throttled { .. }) => {}
+            Err(other) => panic!("{other}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "still THROTTLED");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(good.count("docs", None).unwrap() % 10, 0);
+    drop(good);
+    let report = server.stop();
+    eprintln!("{report:?}; good client retried {throttled_answers} THROTTLED answers; {stats:?}");
+    assert!(report.provided_buffers, "{report:?}");
+    assert!(report.throttled_entered >= 1, "{report:?}");
+    assert_eq!(entered, report.throttled_entered, "{report:?}");
+    assert!(report.throttled_answers >= 1, "{report:?}");
     assert!(report.held_peak <= limit, "{report:?}");
 }

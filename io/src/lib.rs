@@ -11,9 +11,11 @@
 
 pub mod affinity;
 pub mod memlock;
+pub mod provided;
 pub mod ring;
 
 pub use memlock::{MemlockError, MemlockLimit, MemlockOutcome};
+pub use provided::ProvidedRing;
 pub use ring::{
     Completion, OpId, Owner, PushError, RingConfig, RingDriver, RingError, RingSetup, RingStats,
     SetupFlag,

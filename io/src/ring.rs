@@ -174,6 +174,9 @@ pub enum RingError {
     /// `io_uring_enter` failed.
     #[error("io_uring_enter failed: {0}")]
     Enter(#[source] io::Error),
+    /// A registration (`io_uring_register`) was refused.
+    #[error("io_uring_register failed: {0}")]
+    Register(#[source] io::Error),
 }
 
 /// Why an operation was not queued; the owner comes back.
@@ -405,6 +408,26 @@ impl<T> RingDriver<T> {
     /// How many more operations may be pushed before [`PushError::Busy`].
     pub fn capacity_left(&self) -> u32 {
         self.setup.inflight_max - self.inflight
+    }
+
+    /// Registers a provided-buffer ring (see [`crate::provided`]).
+    ///
+    /// # Safety
+    /// `address` is page-aligned, holds `entries` buffer-ring slots, and stays mapped until
+    /// this ring is dropped.
+    pub(crate) unsafe fn register_buf_ring(
+        &mut self,
+        address: u64,
+        entries: u16,
+        group: u16,
+    ) -> Result<(), RingError> {
+        // SAFETY: the caller's contract is the kernel's.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(address, entries, group, 0)
+        }
+        .map_err(RingError::Register)
     }
 
     /// Whether the kernel supports `opcode` (from `IORING_REGISTER_PROBE`).
