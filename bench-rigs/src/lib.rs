@@ -25,6 +25,7 @@ pub mod dataset;
 pub mod load;
 pub mod lsm;
 pub mod nop;
+pub mod serve;
 pub mod shard;
 pub mod vecs;
 pub mod wal;

@@ -9,6 +9,7 @@ use vortex_bench::dataset::{self, DatasetMeta};
 use vortex_bench::load;
 use vortex_bench::lsm::{self, LsmBenchConfig};
 use vortex_bench::nop::{self, NopBenchConfig, NopMode};
+use vortex_bench::serve;
 use vortex_bench::shard::{self, ShardBenchConfig};
 use vortex_bench::wal::{self, WalBenchConfig};
 use vortex_config::{ApplianceConfig, LeuCount, Topology};
@@ -93,6 +94,47 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         ef: u32,
         /// The JSON result is written to OUT/load/<mode>-<connections>.json.
+        #[arg(long, default_value = "bench-rigs/results")]
+        out: PathBuf,
+    },
+    /// A dataset served by a running dataplane over loopback: loaded over VBP, then its
+    /// queries on many connections (closed loop) at each ef: QPS, latency, recall@k and the
+    /// reactor's loop-iteration times; `peers/chroma_server.py` does the same for Chroma.
+    ServeAnn {
+        /// The dataplane's `host:port`.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        address: String,
+        /// The dataset directory (from `dataset`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Beam widths, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
+        ef: Vec<u32>,
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        /// Measured seconds per ef.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, default_value_t = 16)]
+        m: u32,
+        #[arg(long, default_value_t = 200)]
+        ef_construction: u32,
+        /// The JSON result is written to OUT/serve/<dataset>/vortex.json.
+        #[arg(long, default_value = "bench-rigs/results")]
+        out: PathBuf,
+    },
+    /// VBP ping round trips on one connection against a running dataplane, beside the
+    /// loopback floor: a minimal TCP echo of 64-byte messages, blocking and busy-polled.
+    Floor {
+        /// The dataplane's `host:port`.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        address: String,
+        /// Measured seconds per row.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// The JSON result is written to OUT/serve/floor.json.
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
     },
@@ -449,6 +491,69 @@ fn main() -> anyhow::Result<()> {
                 &format!("{}-{}.json", result.mode, result.connections),
                 &result,
             )?;
+        }
+        Command::ServeAnn {
+            address,
+            data,
+            ef,
+            connections,
+            seconds,
+            k,
+            m,
+            ef_construction,
+            out,
+        } => {
+            eprintln!("{command_line}");
+            let result = serve::ann(
+                &address,
+                &data,
+                &ef,
+                connections,
+                seconds,
+                k,
+                m,
+                ef_construction,
+                &command_line,
+            )?;
+            println!(
+                "| ef | recall@{k} | QPS | p50 µs | p99 µs | p99.9 µs | loop p99 µs (per LEU) |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|---|");
+            for point in &result.points {
+                let loops: Vec<String> = point
+                    .loop_jitter
+                    .iter()
+                    .map(|l| format!("{:.0}", l.p99_us))
+                    .collect();
+                println!(
+                    "| {} | {:.4} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+                    point.ef,
+                    point.recall,
+                    point.qps,
+                    point.latency.p50_us,
+                    point.latency.p99_us,
+                    point.latency.p999_us,
+                    loops.join(", ")
+                );
+            }
+            write_result(
+                &out.join("serve").join(&result.dataset),
+                "vortex.json",
+                &result,
+            )?;
+        }
+        Command::Floor {
+            address,
+            seconds,
+            out,
+        } => {
+            eprintln!("{command_line}");
+            let ping = serve::ping(&address, seconds)?;
+            let floors = vec![serve::echo(seconds, false)?, serve::echo(seconds, true)?];
+            print!("{}", serve::render_floor(&ping, &floors));
+            let mut rows = vec![ping];
+            rows.extend(floors);
+            write_result(&out.join("serve"), "floor.json", &rows)?;
         }
         Command::Shard {
             data,

@@ -13,6 +13,7 @@ pub mod executor;
 pub mod gather;
 pub mod handover;
 pub mod leu;
+pub mod looptime;
 pub mod report;
 pub mod routing;
 pub mod server;

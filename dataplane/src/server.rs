@@ -29,6 +29,7 @@
 use crate::dispatch::{dispatch_part, error_response, Outcome, RETRY_AFTER};
 use crate::gather::{participants, Merge, Ownership};
 use crate::handover::{Handover, LentFrame, Links, Reply};
+use crate::looptime::LoopTimes;
 use crate::routing::Ring;
 use io_uring::{opcode, types};
 use std::collections::VecDeque;
@@ -310,6 +311,8 @@ fn serve_inner(
         provided,
         throttled: None,
         refused_seen: 0,
+        loop_times: LoopTimes::default(),
+        working_since: None,
         accepting: vec![false; listeners.len()],
         listeners,
         pool,
@@ -388,6 +391,10 @@ struct Server {
     throttled: Option<Instant>,
     /// Pool refusals seen by the last pass.
     refused_seen: u64,
+    /// The time each pass worked (its wait excluded).
+    loop_times: LoopTimes,
+    /// When the current pass's wait returned.
+    working_since: Option<Instant>,
     listeners: Vec<TcpListener>,
     accepting: Vec<bool>,
     pool: BufferPool,
@@ -577,6 +584,9 @@ impl Server {
 
     /// Submits, and waits for completions unless another LEU already queued something.
     fn wait(&mut self, stopping: bool) -> Result<(), ServeError> {
+        if let Some(since) = self.working_since {
+            self.loop_times.record(since.elapsed().as_nanos() as u64);
+        }
         let wake = &self.links.team.wakes[usize::from(self.leu)];
         wake.going_to_sleep();
         let busy = self.links.has_inbound() || self.unsent_replies.iter().any(|q| !q.is_empty());
@@ -591,6 +601,7 @@ impl Server {
             self.ring.submit_and_wait_timeout(1, wait)
         };
         wake.awake();
+        self.working_since = Some(Instant::now());
         submitted.map_err(|e| ServeError::Ring(e.to_string()))?;
         Ok(())
     }
@@ -997,6 +1008,11 @@ impl Server {
             ),
             ("receive_buffers_lent", self.lent() as u64),
             ("ring_inflight", u64::from(self.ring.inflight())),
+            ("loop_iterations", self.loop_times.count()),
+            ("loop_p50_ns", self.loop_times.quantile_ns(0.5)),
+            ("loop_p99_ns", self.loop_times.quantile_ns(0.99)),
+            ("loop_p999_ns", self.loop_times.quantile_ns(0.999)),
+            ("loop_max_ns", self.loop_times.max_ns()),
         ];
         dispatch_part(&mut self.shard, ownership, &counters, request)
     }

@@ -1,0 +1,430 @@
+//! Serving benchmarks over loopback (issue #8's performance section):
+//!
+//! - [`ann`]: a dataset loaded into a running dataplane, then its queries sent over many
+//!   connections (closed loop) at each beam width: QPS, latency percentiles and recall@k
+//!   against the exact neighbours, plus the reactor's loop-iteration times during the run
+//!   (from the dataplane's stats). `peers/chroma_server.py` measures the Chroma server the
+//!   same way on the same files.
+//! - [`ping`]: VBP ping round trips on one connection.
+//! - [`echo`]: the loopback floor, a minimal TCP echo of 64-byte messages (TCP_NODELAY),
+//!   with blocking sockets and with both sides busy-polling non-blocking sockets.
+
+use crate::dataset::Dataset;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use vortex_vbp::client::{Client, ClientError, ClientOptions};
+use vortex_vbp::message::{CollectionSpec, Metric, Search, Upsert, VectorType};
+
+/// The collection the ANN benchmark fills.
+const COLLECTION: &str = "ann";
+
+/// Latency percentiles, microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+fn latency(histogram: &Histogram<u64>) -> Latency {
+    let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Latency {
+        p50_us: us(0.5),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+        max_us: histogram.max() as f64 / 1000.0,
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The reactor's loop-iteration times as one LEU reported them after a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopJitter {
+    pub leu: u16,
+    pub iterations: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    pub throttled_entered: u64,
+}
+
+fn loop_jitter(client: &Client) -> anyhow::Result<Vec<LoopJitter>> {
+    Ok(client
+        .stats()?
+        .iter()
+        .map(|leu| {
+            let counter = |name: &str| {
+                leu.counters
+                    .iter()
+                    .find(|c| c.name == name)
+                    .map_or(0, |c| c.value)
+            };
+            let us = |name: &str| counter(name) as f64 / 1000.0;
+            LoopJitter {
+                leu: leu.leu,
+                iterations: counter("loop_iterations"),
+                p50_us: us("loop_p50_ns"),
+                p99_us: us("loop_p99_ns"),
+                p999_us: us("loop_p999_ns"),
+                max_us: us("loop_max_ns"),
+                throttled_entered: counter("throttled_entered"),
+            }
+        })
+        .collect())
+}
+
+/// One beam width's measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnPoint {
+    pub ef: u32,
+    pub recall: f64,
+    pub qps: f64,
+    pub queries: u64,
+    pub errors: u64,
+    pub latency: Latency,
+    /// Loop-iteration times since the dataplane started (cumulative), read after this run.
+    pub loop_jitter: Vec<LoopJitter>,
+}
+
+/// The ANN serving result.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnnResult {
+    pub engine: String,
+    pub dataset: String,
+    pub command: String,
+    pub connections: usize,
+    pub seconds_per_ef: f64,
+    pub k: usize,
+    pub load_seconds: f64,
+    pub points: Vec<AnnPoint>,
+}
+
+fn retrying<T>(mut attempt: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    loop {
+        match attempt() {
+            Err(ClientError::Throttled { retry_after, .. }) => {
+                std::thread::sleep(retry_after.max(Duration::from_millis(1)));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Loads `dataset` into the collection (unless it already holds it) and waits until the
+/// dataplane reports no index build or compaction pending.
+fn load(client: &Client, dataset: &Dataset, m: u32, ef_construction: u32) -> anyhow::Result<f64> {
+    let n = dataset.base.len() as u64;
+    let started = Instant::now();
+    match client.describe_collection(COLLECTION) {
+        Ok(info) if info.points == n && info.spec.dimension as usize == dataset.meta.dim => {
+            eprintln!("collection `{COLLECTION}` already holds the {n} points");
+            settle(client)?;
+            return Ok(0.0);
+        }
+        Ok(_) => client.drop_collection(COLLECTION)?,
+        Err(_) => {}
+    }
+    client.create_collection(CollectionSpec {
+        name: COLLECTION.into(),
+        dimension: dataset.meta.dim as u32,
+        metric: match dataset.meta.metric.as_str() {
+            "l2" => Metric::L2,
+            "cosine" => Metric::Cosine,
+            other => anyhow::bail!("metric `{other}`: expected l2 or cosine"),
+        },
+        m: u16::try_from(m)?,
+        ef_construction: u16::try_from(ef_construction)?,
+        vector_type: VectorType::F32,
+    })?;
+    let batch = 1000;
+    for start in (0..dataset.base.len()).step_by(batch) {
+        let end = (start + batch).min(dataset.base.len());
+        let ids: Vec<u64> = (start as u64..end as u64).collect();
+        let vectors =
+            dataset.base.values[start * dataset.meta.dim..end * dataset.meta.dim].to_vec();
+        let upsert = Upsert {
+            collection: COLLECTION.into(),
+            dimension: dataset.meta.dim as u32,
+            ids,
+            vectors,
+            payloads: Vec::new(),
+        };
+        retrying(|| client.upsert(upsert.clone()))?;
+        if start % 50_000 == 0 {
+            eprintln!("loaded {end} of {n}");
+        }
+    }
+    settle(client)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Waits (up to ten minutes) until no index build or compaction is pending.
+fn settle(client: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let busy: u64 = client
+            .stats()?
+            .iter()
+            .flat_map(|leu| leu.counters.iter())
+            .filter(|c| {
+                matches!(
+                    c.name.as_str(),
+                    "pending_compactions" | "index_build_backlog" | "memtable_points"
+                )
+            })
+            .map(|c| c.value)
+            .sum();
+        if busy == 0 || Instant::now() > deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One connection's share of a run: latencies, true neighbours found, queries answered,
+/// errors.
+type Share = (Histogram<u64>, usize, u64, u64);
+
+/// Runs the ANN serving benchmark.
+#[allow(clippy::too_many_arguments)]
+pub fn ann(
+    address: &str,
+    data: &Path,
+    efs: &[u32],
+    connections: usize,
+    seconds: f64,
+    k: usize,
+    m: u32,
+    ef_construction: u32,
+    command: &str,
+) -> anyhow::Result<AnnResult> {
+    anyhow::ensure!(connections > 0, "--connections must be positive");
+    let dataset = Dataset::load(data)?;
+    let client = Client::connect(&[address], ClientOptions::default())?;
+    let load_seconds = load(&client, &dataset, m, ef_construction)?;
+    let mut points = Vec::new();
+    for &ef in efs {
+        let next = AtomicUsize::new(0);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs_f64(seconds);
+        let shares: Vec<anyhow::Result<Share>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..connections)
+                .map(|_| {
+                    let (dataset, next) = (&dataset, &next);
+                    scope.spawn(move || -> anyhow::Result<_> {
+                        let client = Client::connect(&[address], ClientOptions::default())?;
+                        let mut times = histogram();
+                        let (mut found, mut asked, mut errors) = (0usize, 0u64, 0u64);
+                        while Instant::now() < deadline {
+                            let query =
+                                next.fetch_add(1, Ordering::Relaxed) % dataset.queries.len();
+                            let sent = Instant::now();
+                            let answer = retrying(|| {
+                                client.search(Search {
+                                    collection: COLLECTION.into(),
+                                    vector: dataset.queries.row(query).to_vec(),
+                                    k: k as u32,
+                                    ef,
+                                    filter: None,
+                                    with_payload: false,
+                                })
+                            });
+                            let ns = sent.elapsed().as_nanos() as u64;
+                            match answer {
+                                Ok(hits) => {
+                                    let _ = times.record(ns.max(1));
+                                    let truth = &dataset.truth.row(query)[..k];
+                                    found += hits
+                                        .iter()
+                                        .filter(|hit| truth.contains(&(hit.id as i32)))
+                                        .count();
+                                    asked += 1;
+                                }
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        Ok((times, found, asked, errors))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+                })
+                .collect()
+        });
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut times = histogram();
+        let (mut found, mut asked, mut errors) = (0usize, 0u64, 0u64);
+        for share in shares {
+            let (share_times, share_found, share_asked, share_errors) = share?;
+            times.add(&share_times)?;
+            found += share_found;
+            asked += share_asked;
+            errors += share_errors;
+        }
+        let point = AnnPoint {
+            ef,
+            recall: found as f64 / (asked.max(1) as f64 * k as f64),
+            qps: asked as f64 / elapsed,
+            queries: asked,
+            errors,
+            latency: latency(&times),
+            loop_jitter: loop_jitter(&client)?,
+        };
+        eprintln!(
+            "ef {ef}: recall@{k} {:.4}, {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs",
+            point.recall, point.qps, point.latency.p50_us, point.latency.p99_us
+        );
+        points.push(point);
+    }
+    Ok(AnnResult {
+        engine: "vortex".into(),
+        dataset: dataset.meta.name.clone(),
+        command: command.to_owned(),
+        connections,
+        seconds_per_ef: seconds,
+        k,
+        load_seconds,
+        points,
+    })
+}
+
+/// A round-trip measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundTrips {
+    pub name: String,
+    pub round_trips: u64,
+    pub per_second: f64,
+    pub latency: Latency,
+}
+
+fn round_trips(
+    name: &str,
+    seconds: f64,
+    mut once: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<RoundTrips> {
+    let mut times = histogram();
+    // Warm-up, untimed.
+    for _ in 0..1000 {
+        once()?;
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        once()?;
+        let _ = times.record((sent.elapsed().as_nanos() as u64).max(1));
+    }
+    Ok(RoundTrips {
+        name: name.to_owned(),
+        round_trips: times.len(),
+        per_second: times.len() as f64 / started.elapsed().as_secs_f64(),
+        latency: latency(&times),
+    })
+}
+
+/// VBP pings on one connection.
+pub fn ping(address: &str, seconds: f64) -> anyhow::Result<RoundTrips> {
+    let client = Client::connect(&[address], ClientOptions::default())?;
+    round_trips("vortex VBP ping", seconds, || {
+        client.ping()?;
+        Ok(())
+    })
+}
+
+/// The loopback floor: 64-byte echoes, blocking (`busy_poll` false) or with both sides
+/// spinning on non-blocking sockets.
+pub fn echo(seconds: f64, busy_poll: bool) -> anyhow::Result<RoundTrips> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut socket, _) = listener.accept()?;
+        socket.set_nodelay(true)?;
+        socket.set_nonblocking(busy_poll)?;
+        let mut message = [0u8; 64];
+        loop {
+            if !exchange_read(&mut socket, &mut message)? {
+                return Ok(());
+            }
+            exchange_write(&mut socket, &message)?;
+        }
+    });
+    let mut socket = TcpStream::connect(address)?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(busy_poll)?;
+    let message = [7u8; 64];
+    let mut answer = [0u8; 64];
+    let name = if busy_poll {
+        "TCP echo, busy-polled"
+    } else {
+        "TCP echo, blocking"
+    };
+    let result = round_trips(name, seconds, || {
+        exchange_write(&mut socket, &message)?;
+        anyhow::ensure!(exchange_read(&mut socket, &mut answer)?, "echo closed");
+        Ok(())
+    });
+    drop(socket);
+    let _ = server.join();
+    result
+}
+
+/// Reads exactly `buffer.len()` bytes, spinning on `WouldBlock`; false at end of stream.
+fn exchange_read(socket: &mut TcpStream, buffer: &mut [u8]) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match socket.read(&mut buffer[filled..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(true)
+}
+
+fn exchange_write(socket: &mut TcpStream, buffer: &[u8]) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < buffer.len() {
+        match socket.write(&buffer[written..]) {
+            Ok(n) => written += n,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// The ping result beside the echo floors, as Markdown with ratios.
+pub fn render_floor(ping: &RoundTrips, floors: &[RoundTrips]) -> String {
+    let mut out = String::from(
+        "| round trip | count | per s | p50 µs | p99 µs | p50 ratio ping/this |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for row in std::iter::once(ping).chain(floors) {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.2} |\n",
+            row.name,
+            row.round_trips,
+            row.per_second,
+            row.latency.p50_us,
+            row.latency.p99_us,
+            ping.latency.p50_us / row.latency.p50_us.max(1e-9)
+        ));
+    }
+    out
+}
