@@ -171,6 +171,7 @@ fn load(client: &Client, dataset: &Dataset, m: u32, ef_construction: u32) -> any
 /// Waits (up to ten minutes) until no index build or compaction is pending.
 fn settle(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut said = Instant::now();
     loop {
         let busy: u64 = client
             .stats()?
@@ -179,13 +180,17 @@ fn settle(client: &Client) -> anyhow::Result<()> {
             .filter(|c| {
                 matches!(
                     c.name.as_str(),
-                    "pending_compactions" | "index_build_backlog" | "memtable_points"
+                    "pending_compactions" | "index_build_backlog"
                 )
             })
             .map(|c| c.value)
             .sum();
         if busy == 0 || Instant::now() > deadline {
             return Ok(());
+        }
+        if said.elapsed() > Duration::from_secs(5) {
+            said = Instant::now();
+            eprintln!("waiting for {busy} index builds and compactions");
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -150,6 +150,10 @@ pub enum ServeError {
     TeamFailed,
 }
 
+/// How often an LEU with no acknowledgement waiting polls its shard for finished
+/// background work.
+const SHARD_POLL_EVERY: Duration = Duration::from_millis(1);
+
 /// How often idle connections are looked for.
 const IDLE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -313,6 +317,7 @@ fn serve_inner(
         refused_seen: 0,
         loop_times: LoopTimes::default(),
         working_since: None,
+        last_shard_poll: Instant::now(),
         accepting: vec![false; listeners.len()],
         listeners,
         pool,
@@ -395,6 +400,8 @@ struct Server {
     loop_times: LoopTimes,
     /// When the current pass's wait returned.
     working_since: Option<Instant>,
+    /// When the shard was last polled.
+    last_shard_poll: Instant,
     listeners: Vec<TcpListener>,
     accepting: Vec<bool>,
     pool: BufferPool,
@@ -1301,11 +1308,22 @@ impl Server {
         }
     }
 
-    /// Sends the acknowledgements whose writes are now durable.
+    /// Moves the shard's writes and background work forward (a write becomes visible, and
+    /// a finished flush or compaction is installed, only when the shard is polled) and
+    /// sends the acknowledgements whose writes are now durable. Every pass while
+    /// acknowledgements wait, at most every [`SHARD_POLL_EVERY`] otherwise.
     fn release_acks(&mut self) {
         if self.pending.is_empty() {
+            if self.last_shard_poll.elapsed() >= SHARD_POLL_EVERY {
+                self.last_shard_poll = Instant::now();
+                if let Err(error) = self.shard.poll(None) {
+                    // Nothing waits on it; the next write reports it.
+                    tracing::debug!(leu = self.leu, %error, "shard poll failed");
+                }
+            }
             return;
         }
+        self.last_shard_poll = Instant::now();
         let durable = match self.shard.poll(None) {
             Ok(durable) => durable,
             Err(error) => {

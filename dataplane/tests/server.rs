@@ -24,13 +24,17 @@ struct Running {
 }
 
 fn start(dir: &Path, config: ServerConfig) -> Running {
+    start_with(dir, config, ShardOptions::default())
+}
+
+fn start_with(dir: &Path, config: ServerConfig, options: ShardOptions) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let dir = dir.to_owned();
     let thread = std::thread::spawn(move || {
-        let (shard, _) = Shard::open(&dir, ShardOptions::default()).unwrap();
+        let (shard, _) = Shard::open(&dir, options).unwrap();
         serve(vec![listener], shard, Links::solo().unwrap(), config, flag).unwrap()
     });
     Running {
@@ -486,4 +490,54 @@ fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_a
     assert_eq!(entered, report.throttled_entered, "{report:?}");
     assert!(report.throttled_answers >= 1, "{report:?}");
     assert!(report.held_peak <= limit, "{report:?}");
+}
+
+/// The shard's background work (a flush of a full MemTable, its side-car index, a
+/// compaction) is installed only when the shard is polled: an LEU whose writes have stopped
+/// must still poll it, or the last flush stays pending and every search scans its points.
+#[test]
+fn background_work_finishes_after_the_writes_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ShardOptions::default();
+    options.store.memtable_entries_max = 200;
+    let server = start_with(dir.path(), ServerConfig::default(), options);
+    let client = server.client();
+    client.create_collection(spec()).unwrap();
+    for round in 0..10u64 {
+        loop {
+            match client.upsert(upsert(round * 100..round * 100 + 100)) {
+                Ok(written) => break assert_eq!(written, 100),
+                Err(vortex_vbp::client::ClientError::Throttled { retry_after, .. }) => {
+                    std::thread::sleep(retry_after)
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+    // No more writes: the pending flushes must still be installed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = client.stats().unwrap();
+        let counter = |name: &str| {
+            stats[0]
+                .counters
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(0, |c| c.value)
+        };
+        let fresh = counter("memtable_points");
+        let backlog = counter("index_build_backlog");
+        if backlog == 0 && fresh < 200 && counter("segments") > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a flush stayed pending after the writes stopped: {fresh} fresh points, \
+             {backlog} awaiting their index"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(client.count("docs", None).unwrap(), 1000);
+    drop(client);
+    server.stop();
 }
