@@ -69,6 +69,16 @@ pub struct ServerConfig {
     /// power of two, at most half the pool's standard buffers). 0, or a kernel without
     /// provided-buffer rings: one pool buffer per armed receive instead.
     pub provided_buffers: u16,
+    /// With no write for this long, a MemTable of at least [`IDLE_FLUSH_POINTS`] points is
+    /// flushed (searches then walk its index instead of scanning it). `None`: never.
+    pub idle_flush_after: Option<Duration>,
+    /// With no write for this long, the LEU's segments are merged into one in the
+    /// background (a search walks one graph per segment), at most once per
+    /// `idle_merge_every`. `None`: never.
+    pub idle_merge_after: Option<Duration>,
+    /// The least time between two idle merges of one LEU: bounds the rewriting a trickle of
+    /// writes can cause.
+    pub idle_merge_every: Duration,
     /// Slots of each queue between two LEUs (requests one way, replies the other); also
     /// how many requests one LEU may have out to another.
     pub handover_queue: usize,
@@ -94,6 +104,9 @@ impl Default for ServerConfig {
             ring: RingConfig::plain(512),
             frame_size_max_bytes: 16 << 20,
             handover_queue: 1024,
+            idle_flush_after: Some(Duration::from_secs(1)),
+            idle_merge_after: Some(Duration::from_secs(5)),
+            idle_merge_every: Duration::from_secs(60),
             provided_buffers: 128,
             idle_timeout: Some(Duration::from_secs(300)),
         }
@@ -153,6 +166,13 @@ pub enum ServeError {
 /// How often an LEU with no acknowledgement waiting polls its shard for finished
 /// background work.
 const SHARD_POLL_EVERY: Duration = Duration::from_millis(1);
+
+/// A MemTable smaller than this is left to the exact scan when idle: scanning it costs less
+/// than walking one more graph.
+pub const IDLE_FLUSH_POINTS: usize = 1000;
+
+/// How often the idle flush and merge are considered.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
 
 /// How often idle connections are looked for.
 const IDLE_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -318,6 +338,9 @@ fn serve_inner(
         loop_times: LoopTimes::default(),
         working_since: None,
         last_shard_poll: Instant::now(),
+        last_write: Instant::now(),
+        last_maintain: Instant::now(),
+        last_merge: None,
         accepting: vec![false; listeners.len()],
         listeners,
         pool,
@@ -402,6 +425,12 @@ struct Server {
     working_since: Option<Instant>,
     /// When the shard was last polled.
     last_shard_poll: Instant,
+    /// When this LEU last ran a write (an upsert or delete part).
+    last_write: Instant,
+    /// When the idle flush and merge were last considered.
+    last_maintain: Instant,
+    /// When this LEU last started an idle merge.
+    last_merge: Option<Instant>,
     listeners: Vec<TcpListener>,
     accepting: Vec<bool>,
     pool: BufferPool,
@@ -1029,12 +1058,15 @@ impl Server {
     fn settle(&mut self, to: Destination, outcome: Outcome, frame: Option<FrameBuf>) {
         match outcome {
             Outcome::Ready(response) => self.deliver(to, response),
-            Outcome::AfterDurable { sequence, response } => self.pending.push_back(PendingAck {
-                sequence,
-                to,
-                response,
-                _frame: frame,
-            }),
+            Outcome::AfterDurable { sequence, response } => {
+                self.last_write = Instant::now();
+                self.pending.push_back(PendingAck {
+                    sequence,
+                    to,
+                    response,
+                    _frame: frame,
+                })
+            }
         }
     }
 
@@ -1321,6 +1353,10 @@ impl Server {
                     tracing::debug!(leu = self.leu, %error, "shard poll failed");
                 }
             }
+            if self.last_maintain.elapsed() >= MAINTAIN_EVERY {
+                self.last_maintain = Instant::now();
+                self.maintain_when_idle();
+            }
             return;
         }
         self.last_shard_poll = Instant::now();
@@ -1344,6 +1380,51 @@ impl Server {
                 break;
             };
             self.deliver(ack.to, ack.response);
+        }
+    }
+
+    /// With no write for a while and no background work running: flushes a MemTable worth
+    /// indexing, then merges the segments into one (both in the background).
+    fn maintain_when_idle(&mut self) {
+        let idle = self.last_write.elapsed();
+        if self
+            .config
+            .idle_flush_after
+            .is_none_or(|after| idle < after)
+        {
+            return;
+        }
+        let stats = self.shard.stats();
+        if stats.index_build_backlog > 0 || stats.pending_compactions > 0 {
+            return;
+        }
+        if stats.fresh_points >= IDLE_FLUSH_POINTS {
+            if let Err(error) = self.shard.flush_soon() {
+                tracing::warn!(leu = self.leu, %error, "idle flush failed");
+            }
+            return;
+        }
+        let merge_due = self
+            .config
+            .idle_merge_after
+            .is_some_and(|after| idle >= after)
+            && stats.segments >= 2
+            && self
+                .last_merge
+                .is_none_or(|at| at.elapsed() >= self.config.idle_merge_every);
+        if merge_due {
+            match self.shard.compact_all_soon() {
+                Ok(true) => {
+                    self.last_merge = Some(Instant::now());
+                    tracing::info!(
+                        leu = self.leu,
+                        segments = stats.segments,
+                        "idle: merging segments"
+                    );
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(leu = self.leu, %error, "idle merge failed"),
+            }
         }
     }
 

@@ -541,3 +541,59 @@ fn background_work_finishes_after_the_writes_stop() {
     drop(client);
     server.stop();
 }
+
+/// With no write for a while, an LEU merges its segments into one in the background (a
+/// search walks one graph per segment), and every point is still found.
+#[test]
+fn an_idle_leu_merges_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ShardOptions::default();
+    options.store.memtable_entries_max = 200;
+    let config = ServerConfig {
+        idle_flush_after: Some(Duration::from_millis(100)),
+        idle_merge_after: Some(Duration::from_millis(300)),
+        ..ServerConfig::default()
+    };
+    let server = start_with(dir.path(), config, options);
+    let client = server.client();
+    client.create_collection(spec()).unwrap();
+    for round in 0..30u64 {
+        loop {
+            match client.upsert(upsert(round * 100..round * 100 + 100)) {
+                Ok(written) => break assert_eq!(written, 100),
+                Err(vortex_vbp::client::ClientError::Throttled { retry_after, .. }) => {
+                    std::thread::sleep(retry_after)
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut most = 0;
+    loop {
+        let stats = client.stats().unwrap();
+        let counter = |name: &str| {
+            stats[0]
+                .counters
+                .iter()
+                .find(|c| c.name == name)
+                .map_or(0, |c| c.value)
+        };
+        most = most.max(counter("segments"));
+        if most >= 2 && counter("segments") == 1 && counter("pending_compactions") == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} segments (at most {most})",
+            counter("segments")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(client.count("docs", None).unwrap(), 3000);
+    for at in [0u64, 1417, 2999] {
+        assert_eq!(client.search(search(at as f32)).unwrap()[0].id, at);
+    }
+    drop(client);
+    server.stop();
+}

@@ -698,6 +698,21 @@ impl Shard {
         self.settle(result)
     }
 
+    /// Starts flushing the MemTable into a segment without waiting ([`Shard::poll`]
+    /// installs it).
+    pub fn flush_soon(&mut self) -> Result<(), ShardError> {
+        let result = self.store.flush_soon();
+        self.settle(result)
+    }
+
+    /// Starts merging every segment into one without waiting, if nothing else runs
+    /// ([`Shard::poll`] installs it; its index is seeded from the largest segment). Returns
+    /// whether it started.
+    pub fn compact_all_soon(&mut self) -> Result<bool, ShardError> {
+        let result = self.store.compact_all_soon();
+        self.settle(result)
+    }
+
     /// Merges every segment (tests and operators).
     pub fn compact_all(&mut self) -> Result<(), ShardError> {
         let result = self.store.compact_all();

@@ -892,6 +892,38 @@ impl<E: Env> Store<E> {
         }
     }
 
+    /// Starts a flush of the MemTable (if it holds anything and none is running) without
+    /// waiting: [`poll`](Self::poll) installs it when it is done.
+    pub fn flush_soon(&mut self) -> Result<(), StorageError> {
+        self.maintain(true)
+    }
+
+    /// Starts merging every table into one (as [`compact_all`](Self::compact_all) does)
+    /// without waiting, if no flush or compaction is running or due and there are at least
+    /// two tables; [`poll`](Self::poll) installs it. Returns whether it started.
+    pub fn compact_all_soon(&mut self) -> Result<bool, StorageError> {
+        self.maintain(false)?;
+        let busy = self.flush_running
+            || self.compaction_running
+            || self.frozen.is_some()
+            || self.deferred.is_some()
+            || self.retry_at.is_some();
+        let inputs: Vec<Arc<Table>> = self.version.tables().map(|(_, t)| Arc::clone(t)).collect();
+        if busy || inputs.len() < 2 || inputs.iter().any(|t| t.quarantined().is_some()) {
+            return Ok(false);
+        }
+        let output_level = (1..LEVELS)
+            .rev()
+            .find(|&level| !self.version.levels[level].is_empty())
+            .unwrap_or(1);
+        self.start_compaction(CompactionPlan {
+            inputs,
+            output_level,
+            drop_tombstones: true,
+        })?;
+        Ok(true)
+    }
+
     /// Merges every table into the last non-empty level (at least level 1), dropping deleted
     /// and overwritten versions, and waits for it; background compactions are let finish
     /// first.
