@@ -548,11 +548,13 @@ fn main() -> anyhow::Result<()> {
             out,
         } => {
             eprintln!("{command_line}");
-            let ping = serve::ping(&address, seconds)?;
-            let floors = vec![serve::echo(seconds, false)?, serve::echo(seconds, true)?];
-            print!("{}", serve::render_floor(&ping, &floors));
-            let mut rows = vec![ping];
-            rows.extend(floors);
+            let rows = vec![
+                serve::ping(&address, seconds)?,
+                serve::raw_ping(&address, seconds)?,
+                serve::echo(seconds, false)?,
+                serve::echo(seconds, true)?,
+            ];
+            print!("{}", serve::render_floor(&rows));
             write_result(&out.join("serve"), "floor.json", &rows)?;
         }
         Command::Shard {

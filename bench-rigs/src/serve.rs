@@ -350,6 +350,28 @@ pub fn ping(address: &str, seconds: f64) -> anyhow::Result<RoundTrips> {
     })
 }
 
+/// VBP pings on one blocking socket, without the client library (whose reader thread
+/// hands each answer over): the server's own share of a round trip, beside the echo.
+pub fn raw_ping(address: &str, seconds: f64) -> anyhow::Result<RoundTrips> {
+    use vortex_vbp::header::{FrameHeader, HEADER_BYTES};
+    let mut socket = TcpStream::connect(address)?;
+    socket.set_nodelay(true)?;
+    let frame = vortex_vbp::codec::Request::Ping(vortex_vbp::message::Ping { nonce: 7 })
+        .encode(1)?
+        .to_vec();
+    let mut answer = vec![0u8; 4096];
+    round_trips("vortex VBP ping, blocking socket", seconds, || {
+        socket.write_all(&frame)?;
+        socket.read_exact(&mut answer[..HEADER_BYTES])?;
+        let header = FrameHeader::parse(&answer[..HEADER_BYTES])
+            .ok_or_else(|| anyhow::anyhow!("not a VBP frame"))?;
+        let total = usize::try_from(header.frame_length())?;
+        anyhow::ensure!(total <= answer.len(), "answer of {total} bytes");
+        socket.read_exact(&mut answer[HEADER_BYTES..total])?;
+        Ok(())
+    })
+}
+
 /// The loopback floor: 64-byte echoes, blocking (`busy_poll` false) or with both sides
 /// spinning on non-blocking sockets.
 pub fn echo(seconds: f64, busy_poll: bool) -> anyhow::Result<RoundTrips> {
@@ -415,12 +437,16 @@ fn exchange_write(socket: &mut TcpStream, buffer: &[u8]) -> std::io::Result<()> 
     Ok(())
 }
 
-/// The ping result beside the echo floors, as Markdown with ratios.
-pub fn render_floor(ping: &RoundTrips, floors: &[RoundTrips]) -> String {
+/// The pings beside the echo floors, as Markdown, each row's p50 over the blocking echo's.
+pub fn render_floor(rows: &[RoundTrips]) -> String {
+    let floor = rows
+        .iter()
+        .find(|row| row.name == "TCP echo, blocking")
+        .map_or(1.0, |row| row.latency.p50_us);
     let mut out = String::from(
-        "| round trip | count | per s | p50 µs | p99 µs | p50 ratio ping/this |\n|---|---:|---:|---:|---:|---:|\n",
+        "| round trip | count | per s | p50 µs | p99 µs | p50 / blocking echo p50 |\n|---|---:|---:|---:|---:|---:|\n",
     );
-    for row in std::iter::once(ping).chain(floors) {
+    for row in rows {
         out.push_str(&format!(
             "| {} | {} | {:.0} | {:.1} | {:.1} | {:.2} |\n",
             row.name,
@@ -428,7 +454,7 @@ pub fn render_floor(ping: &RoundTrips, floors: &[RoundTrips]) -> String {
             row.per_second,
             row.latency.p50_us,
             row.latency.p99_us,
-            ping.latency.p50_us / row.latency.p50_us.max(1e-9)
+            row.latency.p50_us / floor.max(1e-9)
         ));
     }
     out

@@ -243,6 +243,7 @@ fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
         idle_timeout: (config.limits.idle_timeout_s > 0)
             .then(|| Duration::from_secs(u64::from(config.limits.idle_timeout_s))),
         ring: RingConfig::from_config(&config.io_uring),
+        busy_poll: Duration::from_micros(u64::from(config.io_uring.busy_poll_us)),
         ..ServerConfig::default()
     };
     let links = team(ring, server_config.handover_queue)

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub idle_wait: Duration,
     /// The wait while write acknowledgements are pending (the WAL completes on its own ring).
     pub ack_wait: Duration,
+    /// How long the loop keeps polling (without sleeping in the kernel) after its last
+    /// piece of work.
+    pub busy_poll: Duration,
     /// How long a stop waits for pending acknowledgements and sends.
     pub stop_deadline: Duration,
     /// The receive buffer pool.
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             requests_per_connection_max: 256,
             idle_wait: Duration::from_millis(2),
             ack_wait: Duration::from_micros(100),
+            busy_poll: Duration::from_micros(50),
             stop_deadline: Duration::from_secs(5),
             pool: PoolConfig {
                 buffer_bytes: 64 << 10,
@@ -338,6 +342,7 @@ fn serve_inner(
         loop_times: LoopTimes::default(),
         working_since: None,
         last_shard_poll: Instant::now(),
+        last_activity: Instant::now(),
         last_write: Instant::now(),
         last_maintain: Instant::now(),
         last_merge: None,
@@ -425,6 +430,8 @@ struct Server {
     working_since: Option<Instant>,
     /// When the shard was last polled.
     last_shard_poll: Instant,
+    /// When the loop last had something to do (busy polling goes on for a while after).
+    last_activity: Instant,
     /// When this LEU last ran a write (an upsert or delete part).
     last_write: Instant,
     /// When the idle flush and merge were last considered.
@@ -505,7 +512,7 @@ impl Server {
             self.arm_connections();
             self.wait(stopping_since.is_some())?;
             let mut events = Vec::new();
-            self.ring.reap(|completion, owner| {
+            let reaped = self.ring.reap(|completion, owner| {
                 let event = match owner {
                     // A multishot accept goes on.
                     Owner::Continuing(Op::Accept { .. }) => Event::Accepted,
@@ -519,6 +526,9 @@ impl Server {
                 };
                 events.push((completion, event));
             });
+            if reaped > 0 || self.links.has_inbound() {
+                self.last_activity = Instant::now();
+            }
             for (completion, op) in events {
                 self.complete(completion, op);
             }
@@ -625,7 +635,9 @@ impl Server {
         }
         let wake = &self.links.team.wakes[usize::from(self.leu)];
         wake.going_to_sleep();
-        let busy = self.links.has_inbound() || self.unsent_replies.iter().any(|q| !q.is_empty());
+        let busy = self.links.has_inbound()
+            || self.unsent_replies.iter().any(|q| !q.is_empty())
+            || self.last_activity.elapsed() < self.config.busy_poll;
         let submitted = if busy {
             self.ring.submit()
         } else {

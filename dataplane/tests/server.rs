@@ -401,7 +401,17 @@ fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_a
         ..ServerConfig::default()
     };
     let server = start(dir.path(), config);
-    let good = server.client();
+    // A long request timeout: which connection the kernel gives the few free buffers to is
+    // first come, first served, and with tests running beside it on two cores a good
+    // request once waited more than the default 10 s behind the flood (see docs).
+    let good = Client::connect(
+        &[server.address.to_string()],
+        ClientOptions {
+            request_timeout: Duration::from_secs(120),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
     good.create_collection(spec()).unwrap();
     // 60 KB upserts: most straddle two receive buffers and need a third to be assembled.
     let big = vortex_vbp::codec::Request::Upsert(upsert(100_000..101_900))

@@ -24,6 +24,8 @@ pub const LEU_COUNT_MAX: u16 = 1024;
 /// Smallest and largest io_uring submission queue depth (the kernel's own maximum is 32768).
 pub const QUEUE_DEPTH_MIN: u32 = 8;
 pub const QUEUE_DEPTH_MAX: u32 = 32768;
+/// Upper bound of `io_uring.busy_poll_us`: a second.
+pub const BUSY_POLL_US_MAX: u32 = 1_000_000;
 /// Bounds of `io_uring.sqpoll_idle_ms`.
 pub const SQPOLL_IDLE_MS_MAX: u32 = 10_000;
 /// Bounds of `limits.frame_size_max_bytes`: one page up to 1 GiB.
@@ -221,6 +223,10 @@ pub struct IoUringConfig {
     pub sqpoll: bool,
     /// Milliseconds the SQPOLL thread spins idle before it sleeps, 1 to 10000. Default 50.
     pub sqpoll_idle_ms: u32,
+    /// Microseconds an LEU keeps polling its completion queue after its last piece of work
+    /// before it sleeps in the kernel (a request arriving within the window is picked up
+    /// without a wake-up), 0 to 1000000; 0 sleeps at once. Default 50. An idle LEU sleeps.
+    pub busy_poll_us: u32,
 }
 
 impl Default for IoUringConfig {
@@ -230,6 +236,7 @@ impl Default for IoUringConfig {
             inflight_max: 256,
             sqpoll: false,
             sqpoll_idle_ms: 50,
+            busy_poll_us: 50,
         }
     }
 }
@@ -415,6 +422,13 @@ impl ApplianceConfig {
             uring.sqpoll_idle_ms,
             1,
             SQPOLL_IDLE_MS_MAX,
+            "",
+        )?;
+        check_range(
+            "io_uring.busy_poll_us",
+            uring.busy_poll_us,
+            0,
+            BUSY_POLL_US_MAX,
             "",
         )?;
         let limits = &self.limits;
@@ -792,7 +806,7 @@ mod properties {
         #[test]
         fn config_shaped_text_is_parsed_or_refused_on_one_line(
             section in "(network|storage|leu|memory|io_uring|limits|log|bogus)",
-            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|connections_max|frame_size_max_bytes|inflight_per_connection_max|idle_timeout_s|level|bogus)",
+            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|busy_poll_us|connections_max|frame_size_max_bytes|inflight_per_connection_max|idle_timeout_s|level|bogus)",
             value in "(-?[0-9]{1,12}|\"[a-z]{0,8}\"|true|\\[[0-9, ]{0,12}\\]|[0-9]\\.[0-9])",
         ) {
             let text = format!("[{section}]\n{key} = {value}\n");
