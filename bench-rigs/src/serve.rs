@@ -46,7 +46,9 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
-/// The reactor's loop-iteration times as one LEU reported them after a run.
+/// The reactor's loop-iteration times of one LEU during a run: the difference of its
+/// histogram buckets (`loop_le_ns_*` counters) read before and after, so startup and
+/// loading do not count. Percentiles are bucket tops (within 12.5 %).
 #[derive(Debug, Clone, Serialize)]
 pub struct LoopJitter {
     pub leu: u16,
@@ -58,29 +60,71 @@ pub struct LoopJitter {
     pub throttled_entered: u64,
 }
 
-fn loop_jitter(client: &Client) -> anyhow::Result<Vec<LoopJitter>> {
+/// Each LEU's loop-time buckets (top in ns → iterations) and THROTTLED entries.
+type LoopReading = Vec<(u16, std::collections::BTreeMap<u64, u64>, u64)>;
+
+fn loop_reading(client: &Client) -> anyhow::Result<LoopReading> {
     Ok(client
         .stats()?
         .iter()
         .map(|leu| {
-            let counter = |name: &str| {
-                leu.counters
-                    .iter()
-                    .find(|c| c.name == name)
-                    .map_or(0, |c| c.value)
-            };
-            let us = |name: &str| counter(name) as f64 / 1000.0;
-            LoopJitter {
-                leu: leu.leu,
-                iterations: counter("loop_iterations"),
-                p50_us: us("loop_p50_ns"),
-                p99_us: us("loop_p99_ns"),
-                p999_us: us("loop_p999_ns"),
-                max_us: us("loop_max_ns"),
-                throttled_entered: counter("throttled_entered"),
-            }
+            let buckets = leu
+                .counters
+                .iter()
+                .filter_map(|c| {
+                    let top = c.name.strip_prefix("loop_le_ns_")?.parse::<u64>().ok()?;
+                    Some((top, c.value))
+                })
+                .collect();
+            let throttled = leu
+                .counters
+                .iter()
+                .find(|c| c.name == "throttled_entered")
+                .map_or(0, |c| c.value);
+            (leu.leu, buckets, throttled)
         })
         .collect())
+}
+
+fn loop_jitter(before: &LoopReading, after: &LoopReading) -> Vec<LoopJitter> {
+    after
+        .iter()
+        .map(|(leu, buckets, throttled)| {
+            let earlier = before.iter().find(|(l, _, _)| l == leu);
+            let window: Vec<(u64, u64)> = buckets
+                .iter()
+                .map(|(&top, &count)| {
+                    let then = earlier
+                        .and_then(|(_, b, _)| b.get(&top))
+                        .copied()
+                        .unwrap_or(0);
+                    (top, count.saturating_sub(then))
+                })
+                .filter(|&(_, count)| count > 0)
+                .collect();
+            let total: u64 = window.iter().map(|&(_, count)| count).sum();
+            let quantile = |q: f64| {
+                let rank = ((q * total as f64).ceil() as u64).max(1);
+                let mut seen = 0;
+                for &(top, count) in &window {
+                    seen += count;
+                    if seen >= rank {
+                        return top as f64 / 1000.0;
+                    }
+                }
+                0.0
+            };
+            LoopJitter {
+                leu: *leu,
+                iterations: total,
+                p50_us: quantile(0.5),
+                p99_us: quantile(0.99),
+                p999_us: quantile(0.999),
+                max_us: window.last().map_or(0.0, |&(top, _)| top as f64 / 1000.0),
+                throttled_entered: throttled - earlier.map_or(0, |(_, _, t)| *t).min(*throttled),
+            }
+        })
+        .collect()
 }
 
 /// One beam width's measurement.
@@ -92,7 +136,7 @@ pub struct AnnPoint {
     pub queries: u64,
     pub errors: u64,
     pub latency: Latency,
-    /// Loop-iteration times since the dataplane started (cumulative), read after this run.
+    /// The reactor's loop-iteration times during this run, per LEU.
     pub loop_jitter: Vec<LoopJitter>,
 }
 
@@ -220,6 +264,7 @@ pub fn ann(
     let mut points = Vec::new();
     for &ef in efs {
         let next = AtomicUsize::new(0);
+        let before = loop_reading(&client)?;
         let started = Instant::now();
         let deadline = started + Duration::from_secs_f64(seconds);
         let shares: Vec<anyhow::Result<Share>> = std::thread::scope(|scope| {
@@ -287,7 +332,7 @@ pub fn ann(
             queries: asked,
             errors,
             latency: latency(&times),
-            loop_jitter: loop_jitter(&client)?,
+            loop_jitter: loop_jitter(&before, &loop_reading(&client)?),
         };
         eprintln!(
             "ef {ef}: recall@{k} {:.4}, {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs",

@@ -58,6 +58,17 @@ impl LoopTimes {
         self.total
     }
 
+    /// The non-empty buckets: (the largest time in the bucket, iterations), shortest
+    /// first. Two readings subtract bucket by bucket into the histogram of the time between
+    /// them.
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|&(_, &count)| count > 0)
+            .map(|(index, &count)| (upper(index), count))
+    }
+
     /// The longest iteration.
     pub fn max_ns(&self) -> u64 {
         self.max_ns
@@ -119,5 +130,9 @@ mod tests {
         assert_eq!(times.quantile_ns(1.0), 1_000_000);
         assert_eq!(times.max_ns(), 1_000_000);
         assert_eq!(times.count(), 1000);
+        let buckets: Vec<(u64, u64)> = times.buckets().collect();
+        assert_eq!(buckets.iter().map(|&(_, n)| n).sum::<u64>(), 1000);
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(buckets.last().is_some_and(|&(top, _)| top >= 1_000_000));
     }
 }

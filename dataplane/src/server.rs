@@ -1030,16 +1030,31 @@ impl Server {
 
     /// Runs this LEU's part of `request` on its shard.
     fn run_part(&mut self, request: vortex_vbp::validator::RequestRef<'_>) -> Outcome {
+        // The server's counters go into stats answers only (counting them costs a scan).
+        let counters = if matches!(request, vortex_vbp::validator::RequestRef::Stats) {
+            self.counters()
+        } else {
+            Vec::new()
+        };
+        let counters: Vec<(&str, u64)> = counters
+            .iter()
+            .map(|(name, value)| (name.as_str(), *value))
+            .collect();
         let ring: &Ring = &self.links.ring;
         let ownership = Ownership {
             ring: Some(ring),
             leu: self.leu,
         };
+        dispatch_part(&mut self.shard, ownership, &counters, request)
+    }
+
+    /// This LEU's own counters (docs/DATAPLANE.md), loop-time buckets included.
+    fn counters(&self) -> Vec<(String, u64)> {
         let live = self.conns.iter().flatten().count() as u64;
         let throttled_now = self
             .throttled
             .map_or(0, |since| since.elapsed().as_micros() as u64);
-        let counters = [
+        let named = [
             ("connections", live),
             ("connections_accepted", self.report.accepted),
             ("requests_answered", self.report.answered),
@@ -1062,7 +1077,16 @@ impl Server {
             ("loop_p999_ns", self.loop_times.quantile_ns(0.999)),
             ("loop_max_ns", self.loop_times.max_ns()),
         ];
-        dispatch_part(&mut self.shard, ownership, &counters, request)
+        let mut counters: Vec<(String, u64)> = named
+            .iter()
+            .map(|&(name, value)| (name.to_owned(), value))
+            .collect();
+        counters.extend(
+            self.loop_times
+                .buckets()
+                .map(|(upper, count)| (format!("loop_le_ns_{upper}"), count)),
+        );
+        counters
     }
 
     /// Sends an answer now, or once its write is durable (keeping the request's frame, if
