@@ -178,6 +178,9 @@ pub const IDLE_FLUSH_POINTS: usize = 1000;
 /// How often the idle flush and merge are considered.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
 
+/// Parts of other LEUs' requests one pass runs, per sending LEU.
+const PEER_BUDGET: usize = 32;
+
 /// How often idle connections are looked for.
 const IDLE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
@@ -1226,10 +1229,16 @@ impl Server {
         self.answer(conn, request_id, &merge.finish());
     }
 
-    /// Runs the parts other LEUs handed to this one.
+    /// Runs the parts other LEUs handed to this one: at most [`PEER_BUDGET`] from each per
+    /// pass, so that a busy sender cannot keep this LEU from its own connections (its pass
+    /// would never end while the sender keeps the queue filled).
     fn serve_peers(&mut self) {
         for from in 0..self.links.requests_in.len() {
-            while let Some(handover) = self.links.requests_in[from].as_mut().and_then(|q| q.pop()) {
+            for _ in 0..PEER_BUDGET {
+                let Some(handover) = self.links.requests_in[from].as_mut().and_then(|q| q.pop())
+                else {
+                    break;
+                };
                 self.report.served_for_others += 1;
                 // SAFETY: read before the reply is sent, while the origin keeps the bytes.
                 let bytes = unsafe { handover.frame.bytes() };
