@@ -15,6 +15,7 @@ pub mod handover;
 pub mod leu;
 pub mod looptime;
 pub mod report;
-pub mod routing;
+/// Routing lives in the protocol crate, where shard-aware clients use it too.
+pub use vortex_vbp::routing;
 pub mod server;
 pub mod spsc;

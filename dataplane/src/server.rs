@@ -333,6 +333,11 @@ fn serve_inner(
     let pool = BufferPool::new(config.pool).map_err(|e| ServeError::Pool(e.to_string()))?;
     let provided = provide(&mut ring, &config);
     let leus = links.leus();
+    // The LEU's own port is its last listener's (the shared port, if any, comes first).
+    let own_port = listeners
+        .last()
+        .and_then(|listener| listener.local_addr().ok())
+        .map_or(0, |address| address.port());
     let report = ServeReport {
         provided_buffers: provided.is_some(),
         ..ServeReport::default()
@@ -350,6 +355,7 @@ fn serve_inner(
         last_maintain: Instant::now(),
         last_merge: None,
         accepting: vec![false; listeners.len()],
+        own_port,
         listeners,
         pool,
         validator: LayoutValidator::new(config.frame_size_max_bytes),
@@ -443,6 +449,8 @@ struct Server {
     last_merge: Option<Instant>,
     listeners: Vec<TcpListener>,
     accepting: Vec<bool>,
+    /// This LEU's own port, in stats (shard-aware clients connect to it).
+    own_port: u16,
     pool: BufferPool,
     validator: LayoutValidator,
     shard: Shard,
@@ -1058,6 +1066,9 @@ impl Server {
             .throttled
             .map_or(0, |since| since.elapsed().as_micros() as u64);
         let named = [
+            ("port", u64::from(self.own_port)),
+            ("leus", self.links.leus() as u64),
+            ("vnodes", u64::from(self.links.ring.vnodes())),
             ("connections", live),
             ("connections_accepted", self.report.accepted),
             ("requests_answered", self.report.answered),

@@ -213,3 +213,80 @@ fn points_live_on_their_owners_and_searches_gather_the_exact_top_k() {
         );
     }
 }
+
+/// The client library learns the LEU map from a stats request and sends each point's
+/// writes and reads to its owner's own port: the LEUs hand nothing over for them.
+#[test]
+fn a_shard_aware_client_sends_points_to_their_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path());
+    let first = running.client(0);
+    first.create_collection(spec()).unwrap();
+    let handed_over = |client: &Client| -> u64 {
+        client
+            .stats()
+            .unwrap()
+            .iter()
+            .flat_map(|leu| leu.counters.iter())
+            .filter(|c| c.name == "handed_over")
+            .map(|c| c.value)
+            .sum()
+    };
+    let sharded = vortex_vbp::sharded::ShardedClient::connect(
+        &running.addresses[1].to_string(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(sharded.ring(), &Ring::new(LEUS, VNODES).unwrap());
+    for leu in 0..LEUS {
+        assert_eq!(sharded.address(leu), Some(running.addresses[leu]));
+    }
+    let before = handed_over(&first);
+    let ids: Vec<u64> = (0..600u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
+    let vectors: Vec<f32> = ids
+        .iter()
+        .flat_map(|&id| (0..DIM).map(move |d| ((id >> (d * 4)) & 0xF) as f32))
+        .collect();
+    let written = sharded
+        .upsert(Upsert {
+            collection: "docs".into(),
+            dimension: DIM as u32,
+            ids: ids.clone(),
+            vectors: vectors.clone(),
+            payloads: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(written, 600);
+    let asked = vec![ids[7], ids[300], 12345, ids[0]];
+    let got: Vec<u64> = sharded
+        .get("docs", asked.clone())
+        .unwrap()
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(got, vec![ids[7], ids[300], ids[0]]);
+    assert_eq!(sharded.delete("docs", ids[..100].to_vec()).unwrap(), 100);
+    // Stats, counts and searches may be handed over; the writes and gets above were not.
+    let after = handed_over(&first);
+    assert_eq!(
+        after,
+        before + (LEUS as u64 - 1),
+        "only the stats request fanned out"
+    );
+    assert_eq!(first.count("docs", None).unwrap(), 500);
+    let hits = sharded
+        .search(Search {
+            collection: "docs".into(),
+            vector: vectors[300 * DIM..301 * DIM].to_vec(),
+            k: 1,
+            ef: 64,
+            filter: None,
+            with_payload: false,
+        })
+        .unwrap();
+    assert_eq!(hits[0].distance, 0.0);
+    drop((first, sharded));
+    running.stop();
+}

@@ -123,6 +123,9 @@ pub enum ClientError {
     /// The client was given no endpoint.
     #[error("no endpoint given")]
     NoEndpoint,
+    /// A shard-aware client could not learn the LEU map.
+    #[error("cannot learn the LEU map: {0}")]
+    NoMap(String),
 }
 
 /// A server error code: known, or a number from a newer server.
