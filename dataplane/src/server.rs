@@ -148,6 +148,12 @@ pub struct ServeReport {
     pub throttled_answers: u64,
     /// Whether receives go into a provided-buffer ring.
     pub provided_buffers: bool,
+    /// Connections closed while THROTTLED because they held receive buffers and did not
+    /// read their answers.
+    pub closed_slow_reader: u64,
+    /// Connections closed because a THROTTLED LEU answered nothing for a second (the one
+    /// holding the most receive buffers).
+    pub closed_overload: u64,
 }
 
 /// A server that cannot run.
@@ -177,6 +183,14 @@ pub const IDLE_FLUSH_POINTS: usize = 1000;
 
 /// How often the idle flush and merge are considered.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(100);
+
+/// How long, while THROTTLED, a connection holding receive buffers may go without its
+/// answers moving before it is closed as a slow reader.
+const SLOW_READER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a THROTTLED LEU may go without answering anything before it closes the
+/// connection holding the most receive buffers.
+const STUCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Parts of other LEUs' requests one pass runs, per sending LEU.
 const PEER_BUDGET: usize = 32;
@@ -245,6 +259,10 @@ struct Connection {
     cancelling: bool,
     /// Bytes received (in provided buffers) while the decoder still held earlier ones.
     backlog: VecDeque<(Lease, usize)>,
+    /// When a send last made progress (or the outbox was last empty).
+    sent_progress: Instant,
+    /// The socket is shut down (a slow reader): answers are dropped.
+    dead: bool,
 }
 
 /// Received buffers a connection may hold before the decoder takes them; past it, its
@@ -350,6 +368,7 @@ fn serve_inner(
         loop_times: LoopTimes::default(),
         working_since: None,
         last_shard_poll: Instant::now(),
+        stuck_since: None,
         last_activity: Instant::now(),
         last_write: Instant::now(),
         last_maintain: Instant::now(),
@@ -439,6 +458,8 @@ struct Server {
     working_since: Option<Instant>,
     /// When the shard was last polled.
     last_shard_poll: Instant,
+    /// While THROTTLED: since when no request was answered, and the count then.
+    stuck_since: Option<(Instant, u64)>,
     /// When the loop last had something to do (busy polling goes on for a while after).
     last_activity: Instant,
     /// When this LEU last ran a write (an upsert or delete part).
@@ -857,6 +878,8 @@ impl Server {
             starved: false,
             cancelling: false,
             backlog: VecDeque::new(),
+            sent_progress: Instant::now(),
+            dead: false,
         };
         match self.free.pop() {
             Some(slot) => self.conns[slot] = Some(connection),
@@ -1079,6 +1102,8 @@ impl Server {
             ("throttled_us", self.report.throttled_us + throttled_now),
             ("throttled_answers", self.report.throttled_answers),
             ("throttled_handover", self.report.throttled_handover),
+            ("closed_slow_reader", self.report.closed_slow_reader),
+            ("closed_overload", self.report.closed_overload),
             (
                 "pool_free_buffers",
                 self.pool.stats(SizeClass::Standard).free as u64,
@@ -1318,6 +1343,9 @@ impl Server {
         };
         connection.unanswered = connection.unanswered.saturating_sub(1);
         self.report.answered += 1;
+        if connection.dead {
+            return; // its socket is shut down: nothing can be sent
+        }
         let frame = match response.encode(request_id) {
             Ok(frame) => frame,
             Err(error) => {
@@ -1337,9 +1365,10 @@ impl Server {
         let Some(connection) = self.conns[conn].as_mut() else {
             return;
         };
-        if connection.sending {
+        if connection.sending || connection.dead {
             return;
         }
+        connection.sent_progress = Instant::now();
         let Some((frame, sent)) = connection.outbox.pop_front() else {
             return;
         };
@@ -1383,6 +1412,7 @@ impl Server {
         };
         connection.sending = false;
         connection.last_active = Instant::now();
+        connection.sent_progress = Instant::now();
         match completion.outcome() {
             Ok(bytes) if sent + (bytes as usize) < frame.len() && bytes > 0 => {
                 let sent = sent + bytes as usize;
@@ -1501,6 +1531,12 @@ impl Server {
     /// Closes connections idle for longer than `idle_timeout`: nothing in flight, nothing
     /// received or sent since.
     fn close_idle(&mut self) {
+        if self.throttled.is_some() {
+            self.close_slow_readers();
+            self.shed_when_stuck();
+        } else {
+            self.stuck_since = None;
+        }
         let Some(timeout) = self.config.idle_timeout else {
             return;
         };
@@ -1522,6 +1558,90 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// While THROTTLED: closes the connections that hold receive buffers but whose answers
+    /// have not moved for [`SLOW_READER_TIMEOUT`] (their client does not read). Their
+    /// buffers would otherwise stay taken for as long as the client waits, and the LEU would
+    /// stay THROTTLED for everyone.
+    fn close_slow_readers(&mut self) {
+        for conn in 0..self.conns.len() {
+            let Some(connection) = self.conns[conn].as_mut() else {
+                continue;
+            };
+            let slow = !connection.dead
+                && connection.sending
+                && connection.sent_progress.elapsed() > SLOW_READER_TIMEOUT
+                && (!connection.backlog.is_empty() || connection.decoder.has_partial_frame());
+            if !slow {
+                continue;
+            }
+            self.report.closed_slow_reader += 1;
+            self.kill(conn);
+            tracing::debug!(
+                leu = self.leu,
+                conn,
+                "closed a connection that does not read its answers"
+            );
+        }
+    }
+
+    /// While THROTTLED with no request answered for [`STUCK_TIMEOUT`]: the pool's buffers
+    /// are all held by connections waiting for one another (one assembling a large frame
+    /// needs bytes that cannot be received without a buffer another holds while it waits
+    /// for the large buffer). Closes the connection holding the most buffers, so the rest
+    /// go on.
+    fn shed_when_stuck(&mut self) {
+        let answered = self.report.answered;
+        match self.stuck_since {
+            Some((since, seen)) if seen == answered => {
+                if since.elapsed() < STUCK_TIMEOUT {
+                    return;
+                }
+            }
+            _ => {
+                self.stuck_since = Some((Instant::now(), answered));
+                return;
+            }
+        }
+        self.stuck_since = Some((Instant::now(), answered));
+        let holding = |c: &Connection| c.backlog.len() + usize::from(c.decoder.has_partial_frame());
+        let victim = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(conn, c)| c.as_ref().filter(|c| !c.dead).map(|c| (conn, holding(c))))
+            .filter(|&(_, held)| held > 0)
+            .max_by_key(|&(_, held)| held);
+        let Some((conn, held)) = victim else {
+            return;
+        };
+        tracing::warn!(
+            leu = self.leu,
+            conn,
+            held,
+            "THROTTLED and stuck: closing the connection holding the most receive buffers"
+        );
+        self.report.closed_overload += 1;
+        self.kill(conn);
+    }
+
+    /// Shuts a connection down at once: its answers are dropped and the buffers it holds
+    /// go back to the pool; its slot is freed once its operations complete.
+    fn kill(&mut self, conn: usize) {
+        let Some(connection) = self.conns[conn].as_mut() else {
+            return;
+        };
+        connection.dead = true;
+        connection.closing = true;
+        connection.outbox.clear();
+        connection.backlog.clear();
+        // A fresh decoder drops the buffers the old one held.
+        connection.decoder = StreamDecoder::new(self.pool.clone(), self.validator);
+        connection.stalled = false;
+        connection.starved = false;
+        // SAFETY: shuts down a socket we own; the operations on it then complete.
+        unsafe { libc::shutdown(connection.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
     /// Frees the slots of closing connections with nothing in flight and nothing left to

@@ -72,6 +72,17 @@ fn terminate(mut child: Child) -> std::process::ExitStatus {
     }
 }
 
+/// Runs the binary expecting exit status 1; its stderr.
+fn run_failing(config: &Path) -> String {
+    let output = Command::new(BINARY)
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn run_serves_stops_on_sigterm_and_keeps_acknowledged_writes() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,13 +131,7 @@ fn a_taken_port_is_a_clear_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let config = write_config(dir.path(), port);
-    let output = Command::new(BINARY)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = run_failing(&config);
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{stderr}"
@@ -193,12 +198,6 @@ fn two_leus_share_a_port_have_their_own_and_refuse_another_layout() {
 
     // The same data directory with one LEU would misplace points: refused, saying why.
     let config = write_config_with(dir.path(), port, 1);
-    let output = Command::new(BINARY)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = run_failing(&config);
     assert!(stderr.contains("another LEU layout"), "{stderr}");
 }

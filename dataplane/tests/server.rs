@@ -474,13 +474,7 @@ fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_a
     let entered = loop {
         match good.stats() {
             Ok(leus) => {
-                let counter = |name: &str| {
-                    leus[0]
-                        .counters
-                        .iter()
-                        .find(|c| c.name == name)
-                        .map_or(0, |c| c.value)
-                };
+                let counter = |name: &str| counter(&leus[0], name);
                 if counter("throttled") == 0 {
                     break counter("throttled_entered");
                 }
@@ -502,6 +496,27 @@ fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_a
     assert!(report.held_peak <= limit, "{report:?}");
 }
 
+/// Upserts `ids`, retrying THROTTLED answers.
+fn upsert_retrying(client: &Client, ids: std::ops::Range<u64>) {
+    loop {
+        match client.upsert(upsert(ids.clone())) {
+            Ok(written) => break assert_eq!(written as usize, ids.clone().count()),
+            Err(vortex_vbp::client::ClientError::Throttled { retry_after, .. }) => {
+                std::thread::sleep(retry_after)
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+}
+
+/// One LEU's stats counter, 0 if absent.
+fn counter(leu: &vortex_vbp::message::LeuStats, name: &str) -> u64 {
+    leu.counters
+        .iter()
+        .find(|c| c.name == name)
+        .map_or(0, |c| c.value)
+}
+
 /// The shard's background work (a flush of a full MemTable, its side-car index, a
 /// compaction) is installed only when the shard is polled: an LEU whose writes have stopped
 /// must still poll it, or the last flush stays pending and every search scans its points.
@@ -514,27 +529,13 @@ fn background_work_finishes_after_the_writes_stop() {
     let client = server.client();
     client.create_collection(spec()).unwrap();
     for round in 0..10u64 {
-        loop {
-            match client.upsert(upsert(round * 100..round * 100 + 100)) {
-                Ok(written) => break assert_eq!(written, 100),
-                Err(vortex_vbp::client::ClientError::Throttled { retry_after, .. }) => {
-                    std::thread::sleep(retry_after)
-                }
-                Err(other) => panic!("{other}"),
-            }
-        }
+        upsert_retrying(&client, round * 100..round * 100 + 100);
     }
     // No more writes: the pending flushes must still be installed.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let stats = client.stats().unwrap();
-        let counter = |name: &str| {
-            stats[0]
-                .counters
-                .iter()
-                .find(|c| c.name == name)
-                .map_or(0, |c| c.value)
-        };
+        let counter = |name: &str| counter(&stats[0], name);
         let fresh = counter("memtable_points");
         let backlog = counter("index_build_backlog");
         if backlog == 0 && fresh < 200 && counter("segments") > 0 {
@@ -568,27 +569,13 @@ fn an_idle_leu_merges_its_segments() {
     let client = server.client();
     client.create_collection(spec()).unwrap();
     for round in 0..30u64 {
-        loop {
-            match client.upsert(upsert(round * 100..round * 100 + 100)) {
-                Ok(written) => break assert_eq!(written, 100),
-                Err(vortex_vbp::client::ClientError::Throttled { retry_after, .. }) => {
-                    std::thread::sleep(retry_after)
-                }
-                Err(other) => panic!("{other}"),
-            }
-        }
+        upsert_retrying(&client, round * 100..round * 100 + 100);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut most = 0;
     loop {
         let stats = client.stats().unwrap();
-        let counter = |name: &str| {
-            stats[0]
-                .counters
-                .iter()
-                .find(|c| c.name == name)
-                .map_or(0, |c| c.value)
-        };
+        let counter = |name: &str| counter(&stats[0], name);
         most = most.max(counter("segments"));
         if most >= 2 && counter("segments") == 1 && counter("pending_compactions") == 0 {
             break;
