@@ -85,6 +85,9 @@ pub struct ServerConfig {
     /// Slots of each queue between two LEUs (requests one way, replies the other); also
     /// how many requests one LEU may have out to another.
     pub handover_queue: usize,
+    /// A connection that began a frame and sent nothing more of it for this long is closed
+    /// (it holds a pool buffer): a slowloris bound, whatever `idle_timeout` says.
+    pub partial_frame_timeout: Duration,
     /// A connection idle this long (nothing received, nothing in flight) is closed; `None`:
     /// never.
     pub idle_timeout: Option<Duration>,
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             ring: RingConfig::plain(512),
             frame_size_max_bytes: 16 << 20,
             handover_queue: 1024,
+            partial_frame_timeout: Duration::from_secs(10),
             idle_flush_after: Some(Duration::from_secs(1)),
             idle_merge_after: Some(Duration::from_secs(5)),
             idle_merge_every: Duration::from_secs(60),
@@ -369,6 +373,8 @@ fn serve_inner(
         working_since: None,
         last_shard_poll: Instant::now(),
         stuck_since: None,
+        stopping: false,
+        armed_receives: 0,
         last_activity: Instant::now(),
         last_write: Instant::now(),
         last_maintain: Instant::now(),
@@ -458,6 +464,11 @@ struct Server {
     working_since: Option<Instant>,
     /// When the shard was last polled.
     last_shard_poll: Instant,
+    /// The stop has begun: connections still accepted are closed at once.
+    stopping: bool,
+    /// Connections with a receive armed (counted each pass): they stay in flight on the
+    /// ring for as long as the connection is open, so they are not load.
+    armed_receives: usize,
     /// While THROTTLED: since when no request was answered, and the count then.
     stuck_since: Option<(Instant, u64)>,
     /// When the loop last had something to do (busy polling goes on for a while after).
@@ -505,6 +516,7 @@ impl Server {
             }
             if stopping_since.is_none() && stop.load(Ordering::Acquire) {
                 stopping_since = Some(Instant::now());
+                self.stopping = true;
                 for conn in 0..self.conns.len() {
                     if let Some(connection) = self.conns[conn].as_mut() {
                         connection.closing = true;
@@ -592,9 +604,19 @@ impl Server {
         let refused = pool.exhausted + self.pool.stats(SizeClass::Large).exhausted;
         let starving = refused > self.refused_seen;
         self.refused_seen = refused;
-        let inflight = self.ring.inflight() as usize;
-        let slots = inflight + self.ring.capacity_left() as usize;
-        let high = starving || pool.free * 8 <= total || inflight * 4 >= slots * 3;
+        // Armed receives (one per open connection) and accepts stay in flight while idle:
+        // only the rest (sends, cancels, the wake read) is the ring's load.
+        self.armed_receives = self.conns.iter().flatten().filter(|c| c.receiving).count();
+        let standing = self.armed_receives + self.listeners.len();
+        let slots = (self.ring.inflight() + self.ring.capacity_left()) as usize;
+        let slots = slots.saturating_sub(standing).max(1);
+        let inflight = (self.ring.inflight() as usize).saturating_sub(standing);
+        // The kernel has no buffer to receive into and the pool is at its reserve: no
+        // connection can be read until buffers come back.
+        let receives_starved =
+            self.provided.is_some() && self.lent() == 0 && pool.free * 4 <= total;
+        let high =
+            starving || receives_starved || pool.free * 8 <= total || inflight * 4 >= slots * 3;
         match self.throttled {
             None if !ending && high => {
                 self.throttled = Some(Instant::now());
@@ -632,10 +654,12 @@ impl Server {
             return;
         };
         let mut pushed = false;
+        let mut free = self.pool.stats(SizeClass::Standard).free;
         while let Some(&id) = provided.empty.last() {
-            if self.pool.stats(SizeClass::Standard).free <= reserve {
+            if free <= reserve {
                 break;
             }
+            free -= 1;
             let Ok(mut lease) = self.pool.lease(SizeClass::Standard) else {
                 break;
             };
@@ -840,6 +864,11 @@ impl Server {
         self.report.accepted += 1;
         // SAFETY: the kernel just gave us this new descriptor; nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        if self.stopping {
+            // A multishot accept may still deliver after the stop: not served (closed).
+            self.report.refused += 1;
+            return;
+        }
         let live = self.conns.iter().flatten().count();
         if live >= self.config.connections_max {
             self.report.refused += 1;
@@ -929,8 +958,8 @@ impl Server {
         };
         if connection.receiving && !connection.cancelling {
             if let Some(op) = connection.recv_op {
-                let _ = self.ring.cancel(op);
-                connection.cancelling = true;
+                // A refused cancel (a full submission queue) is tried again next pass.
+                connection.cancelling = self.ring.cancel(op).is_ok();
             }
         }
     }
@@ -1536,6 +1565,20 @@ impl Server {
             self.shed_when_stuck();
         } else {
             self.stuck_since = None;
+        }
+        for conn in 0..self.conns.len() {
+            // A frame begun and not finished for this long holds a pool buffer for a
+            // client that sends a byte now and then (slowloris): closed, whatever the
+            // idle timeout.
+            let stalled_mid_frame = self.conns[conn].as_ref().is_some_and(|c| {
+                !c.dead
+                    && c.decoder.has_partial_frame()
+                    && c.last_active.elapsed() > self.config.partial_frame_timeout
+            });
+            if stalled_mid_frame {
+                self.report.closed_idle += 1;
+                self.kill(conn);
+            }
         }
         let Some(timeout) = self.config.idle_timeout else {
             return;

@@ -594,3 +594,50 @@ fn an_idle_leu_merges_its_segments() {
     drop(client);
     server.stop();
 }
+
+/// Connections that each send the first bytes of a frame and then nothing (slowloris) pin a
+/// pool buffer apiece; with enough of them no connection can be read. The LEU goes
+/// THROTTLED, closes them after `partial_frame_timeout`, and a good client is served.
+#[test]
+fn connections_that_stop_mid_frame_are_closed_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        pool: vortex_vbp::pool::PoolConfig {
+            buffer_bytes: 64 << 10,
+            buffer_count: 16,
+            large_buffer_bytes: 1 << 20,
+            large_buffer_count: 2,
+        },
+        provided_buffers: 8,
+        partial_frame_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let server = start(dir.path(), config);
+    let good = Client::connect(
+        &[server.address.to_string()],
+        ClientOptions {
+            request_timeout: Duration::from_secs(30),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    good.create_collection(spec()).unwrap();
+    // Twelve connections send 3 bytes of a frame header each and then wait.
+    let slow: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut socket = TcpStream::connect(server.address).unwrap();
+            socket.write_all(b"VBP").unwrap();
+            socket
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    upsert_retrying(&good, 0..10);
+    assert_eq!(good.count("docs", None).unwrap(), 10);
+    let waited = started.elapsed();
+    drop(slow);
+    drop(good);
+    let report = server.stop();
+    eprintln!("good client served after {waited:?}; {report:?}");
+    assert!(report.closed_idle >= 8, "{report:?}");
+}
