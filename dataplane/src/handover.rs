@@ -78,7 +78,9 @@ pub struct Reply {
 /// How an LEU is woken from its ring's wait.
 #[derive(Debug)]
 pub struct Wake {
-    /// An eventfd (non-blocking) the LEU keeps a read armed on.
+    /// An eventfd the LEU keeps a read armed on. Blocking on purpose: io_uring waits for a
+    /// blocking file to become readable, while kernels before about 5.12 answer a read of a
+    /// non-blocking one at once with EAGAIN (the loop would never sleep).
     pub fd: OwnedFd,
     /// Set while the LEU is (about to be) waiting in its ring.
     pub sleeping: AtomicBool,
@@ -87,7 +89,7 @@ pub struct Wake {
 impl Wake {
     fn new() -> io::Result<Wake> {
         // SAFETY: creates a new descriptor, owned below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -109,8 +111,8 @@ impl Wake {
     /// Wakes the LEU whether it sleeps or not.
     pub fn signal(&self) {
         let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. A full counter
-        // (EAGAIN) already wakes the reader.
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. It could only block
+        // with the counter at 2^64 - 2, which an LEU that reads it never lets it reach.
         let _ = unsafe {
             libc::write(
                 self.fd.as_raw_fd(),
@@ -248,8 +250,18 @@ mod tests {
         let links = team(Ring::new(2, 64).unwrap(), 8).unwrap();
         let wake = &links[1].team.wakes[1];
         let read = || {
+            let mut ready = libc::pollfd {
+                fd: wake.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polls one live pollfd without waiting.
+            if unsafe { libc::poll(&mut ready, 1, 0) } != 1 {
+                return None;
+            }
             let mut value = 0u64;
-            // SAFETY: reads 8 bytes into a live u64 from an eventfd we own.
+            // SAFETY: reads 8 bytes into a live u64 from an eventfd we own (readable, so
+            // the read does not block).
             let n = unsafe { libc::read(wake.fd.as_raw_fd(), (&raw mut value).cast(), 8) };
             (n == 8).then_some(value)
         };
