@@ -639,5 +639,7 @@ fn connections_that_stop_mid_frame_are_closed_and_others_are_served() {
     drop(good);
     let report = server.stop();
     eprintln!("good client served after {waited:?}; {report:?}");
-    assert!(report.closed_idle >= 8, "{report:?}");
+    // Which of them got a buffer first is the kernel's choice; those that did are closed
+    // (without the partial-frame timeout none is, and the good client waited 14 s).
+    assert!(report.closed_idle >= 1, "{report:?}");
 }
