@@ -1073,8 +1073,7 @@ impl Server {
                         let outcome = self.run_part(request);
                         self.settle(to, outcome, Some(frame));
                     } else {
-                        let merge = Merge::new(&request);
-                        self.scatter(conn, request_id, frame, merge, &needed);
+                        self.scatter(conn, request_id, &frame, request, &needed);
                     }
                 }
                 Err(error) => {
@@ -1180,8 +1179,8 @@ impl Server {
         &mut self,
         conn: usize,
         request_id: u64,
-        frame: FrameBuf,
-        merge: Merge,
+        frame: &FrameBuf,
+        request: vortex_vbp::validator::RequestRef<'_>,
         needed: &[bool],
     ) {
         let me = usize::from(self.leu);
@@ -1208,10 +1207,16 @@ impl Server {
         self.gathers[token as usize] = Some(Gather {
             conn,
             request_id,
-            merge,
+            merge: Merge::new(&request),
             waiting: needed.iter().filter(|&&n| n).count(),
             frame: None,
         });
+        // This LEU's part first, from the request already validated (at least one other
+        // part is still to come, so this cannot finish the gather).
+        if needed[me] {
+            let outcome = self.run_part(request);
+            self.settle(Destination::Gather { token }, outcome, None);
+        }
         let mut lent = false;
         for (leu, _) in needed
             .iter()
@@ -1243,13 +1248,6 @@ impl Server {
             if let Some(gather) = self.gathers[token as usize].as_mut() {
                 gather.frame = Some(frame.clone());
             }
-        }
-        if needed[me] {
-            let outcome = match self.validator.request(frame.bytes()) {
-                Ok((_, request)) => self.run_part(request),
-                Err(error) => Outcome::Ready(error.to_response()),
-            };
-            self.settle(Destination::Gather { token }, outcome, None);
         }
     }
 
