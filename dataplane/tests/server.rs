@@ -44,9 +44,26 @@ fn start_with(dir: &Path, config: ServerConfig, options: ShardOptions) -> Runnin
     }
 }
 
+/// A pool small enough for a test to drain: 16 standard buffers, 2 large ones.
+const SMALL_POOL: vortex_vbp::pool::PoolConfig = vortex_vbp::pool::PoolConfig {
+    buffer_bytes: 64 << 10,
+    buffer_count: 16,
+    large_buffer_bytes: 1 << 20,
+    large_buffer_count: 2,
+};
+
 impl Running {
     fn client(&self) -> Client {
         Client::connect(&[self.address.to_string()], ClientOptions::default()).unwrap()
+    }
+
+    /// A client whose requests may wait `timeout` (behind a flood).
+    fn patient_client(&self, timeout: Duration) -> Client {
+        let options = ClientOptions {
+            request_timeout: timeout,
+            ..ClientOptions::default()
+        };
+        Client::connect(&[self.address.to_string()], options).unwrap()
     }
 
     fn stop(self) -> ServeReport {
@@ -391,12 +408,7 @@ fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_a
     let limit = 8;
     let config = ServerConfig {
         requests_per_connection_max: limit,
-        pool: vortex_vbp::pool::PoolConfig {
-            buffer_bytes: 64 << 10,
-            buffer_count: 16,
-            large_buffer_bytes: 1 << 20,
-            large_buffer_count: 2,
-        },
+        pool: SMALL_POOL,
         provided_buffers: 8,
         ..ServerConfig::default()
     };
@@ -404,14 +416,7 @@ fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_a
     // A long request timeout: which connection the kernel gives the few free buffers to is
     // first come, first served, and with tests running beside it on two cores a good
     // request once waited more than the default 10 s behind the flood (see docs).
-    let good = Client::connect(
-        &[server.address.to_string()],
-        ClientOptions {
-            request_timeout: Duration::from_secs(120),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let good = server.patient_client(Duration::from_secs(120));
     good.create_collection(spec()).unwrap();
     // 60 KB upserts: most straddle two receive buffers and need a third to be assembled.
     let big = vortex_vbp::codec::Request::Upsert(upsert(100_000..101_900))
@@ -610,25 +615,13 @@ fn an_idle_leu_merges_its_segments() {
 fn connections_that_stop_mid_frame_are_closed_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
-        pool: vortex_vbp::pool::PoolConfig {
-            buffer_bytes: 64 << 10,
-            buffer_count: 16,
-            large_buffer_bytes: 1 << 20,
-            large_buffer_count: 2,
-        },
+        pool: SMALL_POOL,
         provided_buffers: 8,
         partial_frame_timeout: Duration::from_millis(500),
         ..ServerConfig::default()
     };
     let server = start(dir.path(), config);
-    let good = Client::connect(
-        &[server.address.to_string()],
-        ClientOptions {
-            request_timeout: Duration::from_secs(30),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
+    let good = server.patient_client(Duration::from_secs(30));
     good.create_collection(spec()).unwrap();
     // Twelve connections send 3 bytes of a frame header each and then wait.
     let slow: Vec<TcpStream> = (0..12)
