@@ -371,6 +371,67 @@ fn padded_rows(values: &[f32], dim: usize) -> Vec<f32> {
     rows
 }
 
+/// Points on a line (`i + d × 0.001` in every dimension), where the neighbour heuristic
+/// keeps about two links per node: a seeded build that carries one run of them and inserts
+/// the rest must leave every point findable. In key order the nodes before the carried run
+/// linked only to one another, the run's first node had no room left for them, and a
+/// search for 191 stranded at 194 (a dataplane test saw the same after an idle merge).
+#[test]
+fn a_seeded_build_over_points_on_a_line_leaves_every_point_findable() {
+    let dim = 8;
+    let count = 3000;
+    let line = |ids: std::ops::Range<usize>| -> Vec<f32> {
+        ids.flat_map(|id| (0..dim).map(move |d| id as f32 + d as f32 * 0.001))
+            .collect()
+    };
+    let parameters = BuildParams {
+        m: 8,
+        ef_construction: 64,
+        ..params(Metric::L2)
+    };
+    let values = line(0..count);
+    for (start, end) in [
+        (200, 400),
+        (0, 200),
+        (1000, 2000),
+        (2800, 3000),
+        (1500, 1510),
+    ] {
+        let old = Hnsw::build_over(
+            dim,
+            Store::owned(&padded_rows(&line(start..end), dim)),
+            None,
+            &parameters,
+        )
+        .unwrap();
+        let carried: Vec<u32> = (0..count)
+            .map(|row| match row {
+                row if (start..end).contains(&row) => (row - start) as u32,
+                _ => u32::MAX,
+            })
+            .collect();
+        let seed = Seed {
+            graph: &old,
+            carried: &carried,
+        };
+        let rows = Store::owned(&padded_rows(&values, dim));
+        let index = Hnsw::build_over_seeded(dim, rows, None, &parameters, seed).unwrap();
+        let stranded: Vec<(usize, u32)> = (0..count)
+            .filter_map(|row| {
+                let found = index
+                    .search(&values[row * dim..(row + 1) * dim], 5, 64)
+                    .unwrap();
+                (found[0].node as usize != row).then_some((row, found[0].node))
+            })
+            .collect();
+        assert!(
+            stranded.is_empty(),
+            "carrying rows {start}..{end}: (point, found first) {:?}",
+            &stranded[..stranded.len().min(10)]
+        );
+    }
+}
+
 #[test]
 fn a_build_seeded_from_an_earlier_graph_keeps_recall_and_carries_its_links() {
     eprintln!("seed {SEED:#x}");

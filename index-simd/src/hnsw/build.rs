@@ -90,6 +90,20 @@ pub(crate) fn draw_levels(count: usize, m: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Puts the nodes a seeded build inserts in a random order (Fisher–Yates, from the build's
+/// seed). In key order, new nodes beside the seed graph's region (ids before or after its
+/// own, with vectors that follow the ids) link to one another and not to the seed's nodes,
+/// whose lists have no room for them: the walk from the seed's entry then reaches them only
+/// far away, and a greedy search strands (points on a line inserted before a carried run
+/// were unreachable). In random order each new node meets neighbours on both sides.
+fn shuffle(order: &mut [u32], seed: u64) {
+    let mut random = SplitMix::new(seed ^ 0x0DDE_C0DE_5EED_0001);
+    for last in (1..order.len()).rev() {
+        let pick = (random.next_u64() % (last as u64 + 1)) as usize;
+        order.swap(last, pick);
+    }
+}
+
 /// Where each node's upper-layer blocks start, and the total length, or `None` when that
 /// does not fit the `u32` offsets.
 pub(crate) fn upper_layout(levels: &[u8], m: usize) -> Option<(Vec<u32>, usize)> {
@@ -663,11 +677,12 @@ impl Hnsw {
                     // it ran through nodes not carried) would never be found: it is
                     // inserted again, like the new nodes.
                     let reached = builder.reachable_from(entry);
-                    let order: Vec<u32> = (0..count as u32)
+                    let mut order: Vec<u32> = (0..count as u32)
                         .filter(|&node| {
                             carried[node as usize] == NO_NODE || !reached.contains(node)
                         })
                         .collect();
+                    shuffle(&mut order, params.seed);
                     // Those start afresh: their carried lists lead only into their island.
                     for &node in &order {
                         if carried[node as usize] != NO_NODE {

@@ -1,0 +1,89 @@
+//! Points on a line: HNSW's neighbour heuristic keeps about two links per node there, so a
+//! graph whose chain breaks (in a build or in a seeded merge) strands the greedy walk. Every
+//! point must find itself first, after flushes and after merging the segments into one.
+
+use vortex_shard::{SearchRequest, Shard, ShardOptions};
+use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
+
+const DIM: usize = 8;
+
+fn vector(id: u64) -> Vec<f32> {
+    (0..DIM).map(|d| id as f32 + d as f32 * 0.001).collect()
+}
+
+fn misses(shard: &Shard, count: u64) -> Vec<(u64, u64)> {
+    let mut wrong = Vec::new();
+    for id in 0..count {
+        let query = vector(id);
+        let hits = shard
+            .search(&SearchRequest {
+                collection: "line",
+                vector: &query,
+                k: 5,
+                ef: 0,
+                filter: None,
+                with_payload: false,
+            })
+            .unwrap();
+        if hits.first().map(|h| h.id) != Some(id) {
+            wrong.push((id, hits.first().map_or(u64::MAX, |h| h.id)));
+        }
+    }
+    wrong
+}
+
+fn run(batch: u64, memtable: usize, count: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ShardOptions::default();
+    options.store.memtable_entries_max = memtable;
+    let (mut shard, _) = Shard::open(dir.path(), options).unwrap();
+    shard
+        .create_collection(CollectionSpec {
+            name: "line".into(),
+            dimension: DIM as u32,
+            metric: Metric::L2,
+            m: 8,
+            ef_construction: 64,
+            vector_type: VectorType::F32,
+        })
+        .unwrap();
+    let mut start = 0;
+    while start < count {
+        let ids: Vec<u64> = (start..(start + batch).min(count)).collect();
+        let vectors: Vec<f32> = ids.iter().flat_map(|&id| vector(id)).collect();
+        loop {
+            match shard.upsert("line", &ids, &vectors, &[]) {
+                Ok(_) => break,
+                Err(e) if e.is_throttled() => {
+                    shard
+                        .poll(Some(std::time::Duration::from_millis(5)))
+                        .unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        shard.sync().unwrap();
+        start += batch;
+    }
+    shard.flush().unwrap();
+    shard.wait_idle().unwrap();
+    let before = misses(&shard, count);
+    shard.compact_all().unwrap();
+    shard.wait_idle().unwrap();
+    let segments = shard.stats().segments;
+    let after = misses(&shard, count);
+    println!(
+        "batch {batch} memtable {memtable}: {} segments; misses before merge {:?}, after {:?}",
+        segments,
+        &before[..before.len().min(10)],
+        &after[..after.len().min(10)]
+    );
+    assert!(before.is_empty() && after.is_empty());
+}
+
+#[test]
+fn every_point_on_a_line_finds_itself_after_flushes_and_a_merge() {
+    run(100, 200, 3000);
+    run(100, 500, 3000);
+    run(37, 300, 3000);
+}
