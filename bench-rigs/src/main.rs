@@ -121,6 +121,10 @@ enum Command {
         m: u32,
         #[arg(long, default_value_t = 200)]
         ef_construction: u32,
+        /// Before searching, wait until every LEU has merged its segments into one (the
+        /// dataplane's idle merge), as a settled appliance serves.
+        #[arg(long)]
+        merged: bool,
         /// The JSON result is written to OUT/serve/<dataset>/vortex.json.
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
@@ -501,6 +505,7 @@ fn main() -> anyhow::Result<()> {
             k,
             m,
             ef_construction,
+            merged,
             out,
         } => {
             eprintln!("{command_line}");
@@ -513,6 +518,7 @@ fn main() -> anyhow::Result<()> {
                 k,
                 m,
                 ef_construction,
+                merged,
                 &command_line,
             )?;
             println!(

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vortex_vbp::client::{Client, ClientError, ClientOptions};
 use vortex_vbp::message::{CollectionSpec, Metric, Search, Upsert, VectorType};
+use vortex_vbp::sharded::ShardedClient;
 
 /// The collection the ANN benchmark fills.
 const COLLECTION: &str = "ann";
@@ -164,20 +165,31 @@ fn retrying<T>(mut attempt: impl FnMut() -> Result<T, ClientError>) -> Result<T,
     }
 }
 
-/// Loads `dataset` into the collection (unless it already holds it) and waits until the
-/// dataplane reports no index build or compaction pending.
-fn load(client: &Client, dataset: &Dataset, m: u32, ef_construction: u32) -> anyhow::Result<f64> {
+/// Loads `dataset` into the collection (unless it already holds it) from `connections`
+/// threads, each sending batches of 1,000 points straight to their owning LEUs (the
+/// shard-aware client), and waits until the dataplane reports no index build or compaction
+/// pending; with `merged`, also until every LEU has merged its segments into one (the idle
+/// merge starts a few seconds after the last write).
+fn load(
+    client: &Client,
+    address: &str,
+    dataset: &Dataset,
+    spec: (u32, u32),
+    connections: usize,
+    merged: bool,
+) -> anyhow::Result<f64> {
     let n = dataset.base.len() as u64;
     let started = Instant::now();
     match client.describe_collection(COLLECTION) {
         Ok(info) if info.points == n && info.spec.dimension as usize == dataset.meta.dim => {
             eprintln!("collection `{COLLECTION}` already holds the {n} points");
-            settle(client)?;
+            settle(client, merged)?;
             return Ok(0.0);
         }
         Ok(_) => client.drop_collection(COLLECTION)?,
         Err(_) => {}
     }
+    let (m, ef_construction) = spec;
     client.create_collection(CollectionSpec {
         name: COLLECTION.into(),
         dimension: dataset.meta.dim as u32,
@@ -191,50 +203,81 @@ fn load(client: &Client, dataset: &Dataset, m: u32, ef_construction: u32) -> any
         vector_type: VectorType::F32,
     })?;
     let batch = 1000;
-    for start in (0..dataset.base.len()).step_by(batch) {
-        let end = (start + batch).min(dataset.base.len());
-        let ids: Vec<u64> = (start as u64..end as u64).collect();
-        let vectors =
-            dataset.base.values[start * dataset.meta.dim..end * dataset.meta.dim].to_vec();
-        let upsert = Upsert {
-            collection: COLLECTION.into(),
-            dimension: dataset.meta.dim as u32,
-            ids,
-            vectors,
-            payloads: Vec::new(),
-        };
-        retrying(|| client.upsert(upsert.clone()))?;
-        if start % 50_000 == 0 {
-            eprintln!("loaded {end} of {n}");
+    let next = AtomicUsize::new(0);
+    let loaded = AtomicUsize::new(0);
+    let dim = dataset.meta.dim;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..connections.max(1))
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    let client = ShardedClient::connect(address, ClientOptions::default())?;
+                    loop {
+                        let start = next.fetch_add(batch, Ordering::Relaxed);
+                        if start >= dataset.base.len() {
+                            return Ok(());
+                        }
+                        let end = (start + batch).min(dataset.base.len());
+                        let upsert = Upsert {
+                            collection: COLLECTION.into(),
+                            dimension: dim as u32,
+                            ids: (start as u64..end as u64).collect(),
+                            vectors: dataset.base.values[start * dim..end * dim].to_vec(),
+                            payloads: Vec::new(),
+                        };
+                        retrying(|| client.upsert(upsert.clone()))?;
+                        let total = loaded.fetch_add(end - start, Ordering::Relaxed) + end - start;
+                        if total % 100_000 < batch {
+                            eprintln!(
+                                "loaded {total} of {n} ({:.1} s)",
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a loading thread panicked")))?;
         }
-    }
-    settle(client)?;
+        Ok(())
+    })?;
+    settle(client, merged)?;
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Waits (up to ten minutes) until no index build or compaction is pending.
-fn settle(client: &Client) -> anyhow::Result<()> {
+/// Waits (up to ten minutes) until no index build or compaction is pending and, with
+/// `merged`, every LEU holds at most one segment.
+fn settle(client: &Client, merged: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut said = Instant::now();
     loop {
-        let busy: u64 = client
-            .stats()?
-            .iter()
-            .flat_map(|leu| leu.counters.iter())
-            .filter(|c| {
-                matches!(
-                    c.name.as_str(),
-                    "pending_compactions" | "index_build_backlog"
-                )
-            })
-            .map(|c| c.value)
-            .sum();
-        if busy == 0 || Instant::now() > deadline {
+        let stats = client.stats()?;
+        let sum = |names: &[&str]| -> u64 {
+            stats
+                .iter()
+                .flat_map(|leu| leu.counters.iter())
+                .filter(|c| names.contains(&c.name.as_str()))
+                .map(|c| c.value)
+                .sum()
+        };
+        let busy = sum(&["pending_compactions", "index_build_backlog"]);
+        let unmerged = if merged {
+            stats
+                .iter()
+                .flat_map(|leu| leu.counters.iter())
+                .filter(|c| c.name == "segments" && c.value > 1)
+                .count()
+        } else {
+            0
+        };
+        if (busy == 0 && unmerged == 0) || Instant::now() > deadline {
             return Ok(());
         }
         if said.elapsed() > Duration::from_secs(5) {
             said = Instant::now();
-            eprintln!("waiting for {busy} index builds and compactions");
+            eprintln!("waiting for {busy} index builds and compactions, {unmerged} LEUs to merge");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -255,12 +298,20 @@ pub fn ann(
     k: usize,
     m: u32,
     ef_construction: u32,
+    merged: bool,
     command: &str,
 ) -> anyhow::Result<AnnResult> {
     anyhow::ensure!(connections > 0, "--connections must be positive");
     let dataset = Dataset::load(data)?;
     let client = Client::connect(&[address], ClientOptions::default())?;
-    let load_seconds = load(&client, &dataset, m, ef_construction)?;
+    let load_seconds = load(
+        &client,
+        address,
+        &dataset,
+        (m, ef_construction),
+        connections,
+        merged,
+    )?;
     let mut points = Vec::new();
     for &ef in efs {
         let next = AtomicUsize::new(0);

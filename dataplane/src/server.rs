@@ -43,7 +43,7 @@ use vortex_shard::Shard;
 use vortex_vbp::codec::{FrameBytes, Response};
 use vortex_vbp::message::{ErrorCode, ThrottledBody};
 use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, SizeClass};
-use vortex_vbp::stream::{FrameBuf, StreamDecoder, StreamError};
+use vortex_vbp::stream::{FrameBuf, LentPartial, StreamDecoder, StreamError};
 use vortex_vbp::validator::LayoutValidator;
 
 /// How a server runs.
@@ -220,6 +220,11 @@ enum Op {
     RecvMulti {
         conn: usize,
     },
+    /// A receive of the rest of a frame straight into the buffer it is assembled in.
+    RecvInto {
+        conn: usize,
+        lent: LentPartial,
+    },
     Send {
         conn: usize,
         frame: FrameBytes,
@@ -253,6 +258,9 @@ struct Connection {
     closing: bool,
     /// The receive in flight, to cancel it.
     recv_op: Option<OpId>,
+    /// The receive in flight is an [`Op::RecvInto`] (not cancelled when reading stops:
+    /// it takes no receive buffer and only finishes a frame already begun).
+    receiving_into: bool,
     /// When something was last received or sent.
     last_active: Instant,
     /// Complete frames may wait in the decoder: dispatching stopped at the request limit.
@@ -272,6 +280,13 @@ struct Connection {
 /// Received buffers a connection may hold before the decoder takes them; past it, its
 /// receive is cancelled, so one connection cannot take every buffer lent to the kernel.
 const BACKLOG_MAX: usize = 2;
+
+/// A frame being assembled with at least this many bytes still to come is finished by
+/// receives straight into its buffer ([`Op::RecvInto`]) rather than through receive
+/// buffers. Those need no pool buffer, so a connection that holds an assembly buffer always
+/// finishes its frame and gives it back: large uploads on many connections cannot wait on
+/// one another for receive buffers (they did: concurrent bulk loaders were shed as stuck).
+const DIRECT_RECEIVE_MIN: usize = 16 << 10;
 
 impl Connection {
     /// Whether a receive may be armed (or go on) on this connection.
@@ -776,6 +791,15 @@ impl Server {
                 }
                 continue;
             }
+            if !connection.closing && connection.backlog.is_empty() {
+                // Even THROTTLED: finishing a frame takes no buffer and gives one back.
+                if let Some(lent) = connection.decoder.lend_partial(DIRECT_RECEIVE_MIN) {
+                    if !self.receive_into(conn, lent) {
+                        return; // the ring is full: next pass
+                    }
+                    continue;
+                }
+            }
             if !may_read || self.throttled.is_some() {
                 continue;
             }
@@ -851,6 +875,9 @@ impl Server {
                 lease,
                 offset,
             }) => self.received(conn, lease, offset, completion.outcome()),
+            Event::Finished(Op::RecvInto { conn, lent }) => {
+                self.received_into(conn, lent, completion.outcome())
+            }
             Event::Finished(Op::Send { conn, frame, sent }) => {
                 self.sent(conn, frame, sent, completion)
             }
@@ -902,6 +929,7 @@ impl Server {
             unanswered: 0,
             closing: false,
             recv_op: None,
+            receiving_into: false,
             last_active: Instant::now(),
             stalled: false,
             starved: false,
@@ -947,6 +975,72 @@ impl Server {
         self.drain_frames(conn);
     }
 
+    /// Arms a receive of the rest of the connection's frame straight into its buffer;
+    /// false (the frame given back to the decoder) when the ring has no room.
+    fn receive_into(&mut self, conn: usize, mut lent: LentPartial) -> bool {
+        let Some(connection) = self.conns[conn].as_mut() else {
+            return true;
+        };
+        let fd = types::Fd(connection.fd.as_raw_fd());
+        let missing = lent.missing();
+        let entry = opcode::Recv::new(fd, missing.as_mut_ptr(), missing.len() as u32).build();
+        // SAFETY: the buffer belongs to the lent frame's lease, which the operation owns
+        // until its completion is reaped (moving the lease does not move the buffer); the
+        // fd stays open while an operation on it is in flight.
+        match unsafe { self.ring.push(entry, Op::RecvInto { conn, lent }) } {
+            Ok(op) => {
+                connection.receiving = true;
+                connection.receiving_into = true;
+                connection.cancelling = false;
+                connection.recv_op = Some(op);
+                true
+            }
+            Err(PushError::Busy(Op::RecvInto { lent, .. })) => {
+                connection.decoder.return_partial(lent, 0);
+                false
+            }
+            Err(error) => {
+                tracing::warn!(conn, error = %error_text(&error), "cannot arm a receive");
+                if let PushError::Ring(Op::RecvInto { lent, .. }, _) = error {
+                    connection.decoder.return_partial(lent, 0);
+                }
+                connection.closing = true;
+                true
+            }
+        }
+    }
+
+    /// The end of a receive straight into a frame's buffer: the frame goes back to the
+    /// decoder with what came (finished, or waiting for the next such receive).
+    fn received_into(&mut self, conn: usize, lent: LentPartial, outcome: std::io::Result<u32>) {
+        let Some(connection) = self.conns[conn].as_mut() else {
+            return; // the frame's buffer goes back to the pool
+        };
+        connection.receiving = false;
+        connection.receiving_into = false;
+        connection.recv_op = None;
+        if connection.dead {
+            return; // killed: its decoder is a fresh one, the frame is dropped
+        }
+        match outcome {
+            Ok(0) => {
+                connection.decoder.return_partial(lent, 0);
+                connection.closing = true; // the peer closed mid-frame
+            }
+            Ok(bytes) => {
+                connection.last_active = Instant::now();
+                connection.decoder.return_partial(lent, bytes as usize);
+                self.drain_frames(conn);
+            }
+            Err(error) => {
+                connection.decoder.return_partial(lent, 0);
+                if error.raw_os_error() != Some(libc::ECANCELED) {
+                    connection.closing = true; // the socket failed
+                }
+            }
+        }
+    }
+
     /// Cancels the connection's multishot receive (its last completion ends it; it is
     /// re-armed once the connection may read again).
     fn stop_receiving(&mut self, conn: usize) {
@@ -956,7 +1050,7 @@ impl Server {
         let Some(connection) = self.conns[conn].as_mut() else {
             return;
         };
-        if connection.receiving && !connection.cancelling {
+        if connection.receiving && !connection.cancelling && !connection.receiving_into {
             if let Some(op) = connection.recv_op {
                 // A refused cancel (a full submission queue) is tried again next pass.
                 connection.cancelling = self.ring.cancel(op).is_ok();
@@ -994,11 +1088,14 @@ impl Server {
                 connection.backlog.push_back((lease, bytes as usize));
                 self.drain_frames(conn);
                 let limit = self.config.requests_per_connection_max;
-                if self.conns[conn]
-                    .as_ref()
-                    .is_some_and(|c| !c.may_read(limit))
-                {
+                if self.conns[conn].as_ref().is_some_and(|c| {
+                    !c.may_read(limit)
+                        || c.decoder
+                            .partial_missing()
+                            .is_some_and(|missing| missing >= DIRECT_RECEIVE_MIN)
+                }) {
                     // At its limit, or bytes waiting: no more buffers for this connection.
+                    // Or a large frame begun: its rest is received straight into it.
                     self.stop_receiving(conn);
                 }
             }

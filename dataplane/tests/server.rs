@@ -609,6 +609,71 @@ fn an_idle_leu_merges_its_segments() {
     server.stop();
 }
 
+/// Bulk loaders on many connections, each sending upserts larger than a receive buffer:
+/// only two frames at a time get an assembly buffer, the others wait for one holding the
+/// receive buffers they already took. The frames being assembled are finished by receives
+/// straight into their buffers, so every loader gets through and none is shed as stuck
+/// (before, the connections waited on one another and the LEU closed them).
+#[test]
+fn concurrent_large_uploads_all_get_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        pool: vortex_vbp::pool::PoolConfig {
+            buffer_bytes: 64 << 10,
+            buffer_count: 32,
+            large_buffer_bytes: 1 << 20,
+            large_buffer_count: 2,
+        },
+        provided_buffers: 24,
+        ..ServerConfig::default()
+    };
+    let server = start(dir.path(), config);
+    let wide = CollectionSpec {
+        name: "wide".into(),
+        dimension: 128,
+        ..spec()
+    };
+    server.client().create_collection(wide).unwrap();
+    let loaders = 6u64;
+    let batches = 12u64;
+    let batch = 600u64; // 600 × 128 × 4 B = 300 KiB a frame
+    std::thread::scope(|scope| {
+        for loader in 0..loaders {
+            let client = server.patient_client(Duration::from_secs(60));
+            scope.spawn(move || {
+                for round in 0..batches {
+                    let first = (loader * batches + round) * batch;
+                    let upsert = Upsert {
+                        collection: "wide".into(),
+                        dimension: 128,
+                        ids: (first..first + batch).collect(),
+                        vectors: (first..first + batch)
+                            .flat_map(|id| (0..128).map(move |d| (id * 128 + d) as f32))
+                            .collect(),
+                        payloads: Vec::new(),
+                    };
+                    loop {
+                        match client.upsert(upsert.clone()) {
+                            Ok(written) => break assert_eq!(u64::from(written), batch),
+                            Err(vortex_vbp::client::ClientError::Throttled {
+                                retry_after, ..
+                            }) => std::thread::sleep(retry_after),
+                            Err(other) => panic!("loader {loader} round {round}: {other}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let client = server.client();
+    assert_eq!(client.count("wide", None).unwrap(), loaders * batches * batch);
+    let stats = client.stats().unwrap();
+    assert_eq!(counter(&stats[0], "closed_overload"), 0);
+    drop(client);
+    let report = server.stop();
+    assert_eq!(report.closed_overload, 0);
+}
+
 /// Connections that each send the first bytes of a frame and then nothing (slowloris) pin a
 /// pool buffer apiece; with enough of them no connection can be read. The LEU goes
 /// THROTTLED, closes them after `partial_frame_timeout`, and a good client is served.

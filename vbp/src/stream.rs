@@ -100,6 +100,34 @@ struct Partial {
     total: Option<usize>,
 }
 
+/// The frame being assembled, lent out ([`StreamDecoder::lend_partial`]) so that a receive
+/// writes the rest of it straight into its buffer: no receive buffer is needed to finish it,
+/// and nothing is copied. Whoever holds it owns the buffer until it is given back
+/// ([`StreamDecoder::return_partial`]) or dropped (the buffer then returns to the pool).
+pub struct LentPartial {
+    lease: Lease,
+    filled: usize,
+    total: usize,
+}
+
+impl LentPartial {
+    /// Where the frame's missing bytes go: exactly the rest of this frame, so a receive
+    /// into it never takes bytes of the next one.
+    pub fn missing(&mut self) -> &mut [u8] {
+        let (filled, total) = (self.filled, self.total);
+        &mut self.lease.as_mut_slice()[filled..total]
+    }
+}
+
+impl std::fmt::Debug for LentPartial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LentPartial")
+            .field("filled", &self.filled)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Decodes one connection's byte stream.
 pub struct StreamDecoder {
     pool: BufferPool,
@@ -107,6 +135,8 @@ pub struct StreamDecoder {
     pushed_bytes: u64,
     current: Option<Chunk>,
     partial: Option<Partial>,
+    /// The partial frame is lent out for a receive into it.
+    lent: bool,
     failed: bool,
     stats: DecoderStats,
 }
@@ -130,6 +160,7 @@ impl StreamDecoder {
             pushed_bytes: 0,
             current: None,
             partial: None,
+            lent: false,
             failed: false,
             stats: DecoderStats::default(),
         }
@@ -146,13 +177,56 @@ impl StreamDecoder {
         self.stats
     }
 
-    /// Whether bytes of an incomplete frame are held.
+    /// Whether bytes of an incomplete frame are held (or lent out for a receive).
     pub fn has_partial_frame(&self) -> bool {
-        self.partial.is_some()
+        self.lent
+            || self.partial.is_some()
             || self
                 .current
                 .as_ref()
                 .is_some_and(|chunk| chunk.position < chunk.end)
+    }
+
+    /// The bytes still to come of the frame being assembled, once its length is known and
+    /// no received bytes wait in the decoder (what [`lend_partial`](Self::lend_partial)
+    /// would lend).
+    pub fn partial_missing(&self) -> Option<usize> {
+        if self.failed || self.lent || self.current.is_some() {
+            return None;
+        }
+        let partial = self.partial.as_ref()?;
+        Some(partial.total? - partial.filled)
+    }
+
+    /// The frame being assembled, when its length is known, no received bytes wait, and
+    /// at least `min_missing` of its bytes are still to come: lent out, so that the caller
+    /// receives the rest straight into it. Nothing may be pushed until it is given back.
+    pub fn lend_partial(&mut self, min_missing: usize) -> Option<LentPartial> {
+        if self.partial_missing()? < min_missing.max(1) {
+            return None;
+        }
+        let partial = self.partial.take()?;
+        let total = partial.total?;
+        self.lent = true;
+        Some(LentPartial {
+            lease: partial.lease,
+            filled: partial.filled,
+            total,
+        })
+    }
+
+    /// Gives back the frame lent by [`lend_partial`](Self::lend_partial), with `received`
+    /// more bytes written at the start of its [`LentPartial::missing`] part.
+    pub fn return_partial(&mut self, lent: LentPartial, received: usize) {
+        let received = received.min(lent.total - lent.filled);
+        self.pushed_bytes += received as u64;
+        self.stats.bytes += received as u64;
+        self.partial = Some(Partial {
+            lease: lent.lease,
+            filled: lent.filled + received,
+            total: Some(lent.total),
+        });
+        self.lent = false;
     }
 
     /// Hands over the next received bytes: `buffer[range]`. Drain the previous ones with
@@ -161,7 +235,7 @@ impl StreamDecoder {
         if self.failed {
             return Err(StreamError::Failed);
         }
-        if self.current.is_some() {
+        if self.current.is_some() || self.lent {
             return Err(StreamError::NotDrained);
         }
         let end = range.end.min(buffer.capacity());
@@ -194,6 +268,9 @@ impl StreamDecoder {
     }
 
     fn step(&mut self) -> Result<Option<FrameBuf>, StreamError> {
+        if self.lent {
+            return Ok(None);
+        }
         if self.partial.is_some() {
             return self.continue_partial();
         }
@@ -264,6 +341,14 @@ impl StreamDecoder {
     }
 
     fn continue_partial(&mut self) -> Result<Option<FrameBuf>, StreamError> {
+        let whole = self
+            .partial
+            .as_ref()
+            .is_some_and(|p| p.total == Some(p.filled));
+        if whole {
+            // Completed by a receive straight into it (`return_partial`).
+            return self.finish_partial();
+        }
         let Some(chunk) = self.current.as_mut() else {
             return Ok(None);
         };
@@ -310,9 +395,16 @@ impl StreamDecoder {
         if partial.filled < total {
             return Ok(None);
         }
+        self.finish_partial()
+    }
+
+    /// The assembled frame, out of the partial (whose header was parsed when its length
+    /// became known).
+    fn finish_partial(&mut self) -> Result<Option<FrameBuf>, StreamError> {
         let Some(partial) = self.partial.take() else {
             return Ok(None);
         };
+        let total = partial.total.unwrap_or(partial.filled);
         let header = FrameHeader::parse(partial.lease.as_slice()).ok_or(FrameError::Truncated {
             need: HEADER_BYTES as u64,
             have: partial.filled as u64,

@@ -146,6 +146,82 @@ fn a_frame_larger_than_a_buffer_uses_a_large_one() {
     );
 }
 
+/// A frame being assembled is lent out and its rest received straight into it, in as
+/// many receives as the socket gives: no receive buffer is taken, the frame comes out
+/// whole, and nothing may be pushed while it is out.
+#[test]
+fn a_lent_partial_frame_is_finished_by_receives_straight_into_it() {
+    let big = Request::Search(samples::search(5000, false))
+        .encode(1)
+        .unwrap()
+        .to_vec();
+    let small = samples::requests()[0].encode(2).unwrap().to_vec();
+    let mut feed = Feed::new();
+    feed.receive(&big[..100], None).unwrap();
+    assert!(
+        feed.decoder.lend_partial(big.len()).is_none(),
+        "fewer missing than asked"
+    );
+    let mut lent = feed
+        .decoder
+        .lend_partial(1)
+        .expect("a frame with a known length");
+    assert!(feed.decoder.has_partial_frame());
+    assert!(feed.decoder.lend_partial(1).is_none(), "lent once");
+    assert_eq!(lent.missing().len(), big.len() - 100);
+    let free = feed.pool.stats(SizeClass::Standard).free;
+    let lease = feed.pool.lease(SizeClass::Standard).unwrap();
+    assert_eq!(
+        feed.decoder.push(lease, 0..16),
+        Err(StreamError::NotDrained),
+        "nothing is pushed while the frame is lent"
+    );
+    let mut at = 100;
+    for piece in [1usize, 999, 7000] {
+        let end = (at + piece).min(big.len());
+        lent.missing()[..end - at].copy_from_slice(&big[at..end]);
+        feed.decoder.return_partial(lent, end - at);
+        assert!(feed.decoder.next_frame().unwrap().is_none());
+        lent = feed.decoder.lend_partial(1).unwrap();
+        at = end;
+    }
+    let rest = big.len() - at;
+    assert_eq!(lent.missing().len(), rest);
+    lent.missing().copy_from_slice(&big[at..]);
+    feed.decoder.return_partial(lent, rest);
+    let frame = feed.decoder.next_frame().unwrap().expect("the whole frame");
+    assert_eq!(frame.bytes(), &big[..]);
+    drop(frame);
+    assert_eq!(feed.pool.stats(SizeClass::Standard).free, free);
+    assert_eq!(feed.decoder.stats().bytes, big.len() as u64);
+    // The stream goes on after it, aligned.
+    feed.receive(&small, None).unwrap();
+    assert_eq!(feed.out, vec![small]);
+    assert_eq!(feed.pool.stats(SizeClass::Large).free, 2);
+}
+
+/// A lent frame dropped (its connection killed) returns its buffer to the pool.
+#[test]
+fn a_dropped_lent_frame_returns_its_buffer() {
+    let big = Request::Search(samples::search(5000, false))
+        .encode(1)
+        .unwrap()
+        .to_vec();
+    let mut feed = Feed::new();
+    let pool = feed.pool.clone();
+    feed.receive(&big[..3000], None).unwrap();
+    assert_eq!(pool.stats(SizeClass::Large).free, 1);
+    let lent = feed.decoder.lend_partial(1).unwrap();
+    drop(feed);
+    assert_eq!(
+        pool.stats(SizeClass::Large).free,
+        1,
+        "the lent frame holds it"
+    );
+    drop(lent);
+    assert_eq!(pool.stats(SizeClass::Large).free, 2);
+}
+
 #[test]
 fn misaligned_receives_still_give_aligned_frames() {
     let frames = frames();
