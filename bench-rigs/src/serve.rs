@@ -154,11 +154,16 @@ pub struct AnnResult {
     pub points: Vec<AnnPoint>,
 }
 
+/// Sends until the answer is not THROTTLED, waiting the server's hint, doubled on each
+/// further THROTTLED up to 64 times it (many loaders retrying at the hint's pace kept the
+/// LEUs busy receiving batches they could only refuse).
 fn retrying<T>(mut attempt: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+    let mut backoff = 1u32;
     loop {
         match attempt() {
             Err(ClientError::Throttled { retry_after, .. }) => {
-                std::thread::sleep(retry_after.max(Duration::from_millis(1)));
+                std::thread::sleep(retry_after.max(Duration::from_millis(1)) * backoff);
+                backoff = (backoff * 2).min(64);
             }
             other => return other,
         }
@@ -243,6 +248,24 @@ fn load(
         }
         Ok(())
     })?;
+    let loaded_in = started.elapsed().as_secs_f64();
+    for leu in client.stats()? {
+        let counters: Vec<String> = leu
+            .counters
+            .iter()
+            .filter(|c| {
+                c.name.starts_with("throttled")
+                    || c.name.starts_with("closed_")
+                    || matches!(c.name.as_str(), "requests_answered" | "handed_over")
+            })
+            .map(|c| format!("{} {}", c.name, c.value))
+            .collect();
+        eprintln!(
+            "after the load ({loaded_in:.1} s), LEU {}: {}",
+            leu.leu,
+            counters.join(", ")
+        );
+    }
     settle(client, merged)?;
     Ok(started.elapsed().as_secs_f64())
 }

@@ -102,12 +102,7 @@ impl Default for ServerConfig {
             ack_wait: Duration::from_micros(100),
             busy_poll: Duration::from_micros(50),
             stop_deadline: Duration::from_secs(5),
-            pool: PoolConfig {
-                buffer_bytes: 64 << 10,
-                buffer_count: 256,
-                large_buffer_bytes: 16 << 20,
-                large_buffer_count: 2,
-            },
+            pool: PoolConfig::default(),
             ring: RingConfig::plain(512),
             frame_size_max_bytes: 16 << 20,
             handover_queue: 1024,
@@ -616,7 +611,9 @@ impl Server {
     fn pressure(&mut self, ending: bool) {
         let pool = self.pool.stats(SizeClass::Standard);
         let total = self.pool.buffer_count(SizeClass::Standard);
-        let refused = pool.exhausted + self.pool.stats(SizeClass::Large).exhausted;
+        let refused = pool.exhausted
+            + self.pool.stats(SizeClass::Medium).exhausted
+            + self.pool.stats(SizeClass::Large).exhausted;
         let starving = refused > self.refused_seen;
         self.refused_seen = refused;
         // Armed receives (one per open connection) and accepts stay in flight while idle:
@@ -793,7 +790,12 @@ impl Server {
             }
             if !connection.closing && connection.backlog.is_empty() {
                 // Even THROTTLED: finishing a frame takes no buffer and gives one back.
-                if let Some(lent) = connection.decoder.lend_partial(DIRECT_RECEIVE_MIN) {
+                // THROTTLED, no receive buffer is lent, so any frame begun is finished so.
+                let min_missing = match self.throttled {
+                    Some(_) => 1,
+                    None => DIRECT_RECEIVE_MIN,
+                };
+                if let Some(lent) = connection.decoder.lend_partial(min_missing) {
                     if !self.receive_into(conn, lent) {
                         return; // the ring is full: next pass
                     }
@@ -1730,6 +1732,18 @@ impl Server {
     /// for the large buffer). Closes the connection holding the most buffers, so the rest
     /// go on.
     fn shed_when_stuck(&mut self) {
+        // Requests being served (waiting for durability, a peer's part, a send) or a frame
+        // being received into its buffer will make progress without a receive buffer:
+        // that is a slow LEU, not a wait cycle.
+        let progressing = self
+            .conns
+            .iter()
+            .flatten()
+            .any(|c| !c.dead && (c.receiving_into || c.unanswered > 0 || c.sending));
+        if progressing {
+            self.stuck_since = None;
+            return;
+        }
         let answered = self.report.answered;
         match self.stuck_since {
             Some((since, seen)) if seen == answered => {
@@ -1754,10 +1768,15 @@ impl Server {
         let Some((conn, held)) = victim else {
             return;
         };
+        let starved = self.conns.iter().flatten().filter(|c| c.starved).count();
         tracing::warn!(
             leu = self.leu,
             conn,
             held,
+            starved,
+            standard_free = self.pool.stats(SizeClass::Standard).free,
+            medium_free = self.pool.stats(SizeClass::Medium).free,
+            large_free = self.pool.stats(SizeClass::Large).free,
             "THROTTLED and stuck: closing the connection holding the most receive buffers"
         );
         self.report.closed_overload += 1;

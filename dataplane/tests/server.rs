@@ -48,6 +48,8 @@ fn start_with(dir: &Path, config: ServerConfig, options: ShardOptions) -> Runnin
 const SMALL_POOL: vortex_vbp::pool::PoolConfig = vortex_vbp::pool::PoolConfig {
     buffer_bytes: 64 << 10,
     buffer_count: 16,
+    medium_buffer_bytes: 1 << 20,
+    medium_buffer_count: 1,
     large_buffer_bytes: 1 << 20,
     large_buffer_count: 2,
 };
@@ -621,6 +623,8 @@ fn concurrent_large_uploads_all_get_through() {
         pool: vortex_vbp::pool::PoolConfig {
             buffer_bytes: 64 << 10,
             buffer_count: 32,
+            medium_buffer_bytes: 1 << 20,
+            medium_buffer_count: 1,
             large_buffer_bytes: 1 << 20,
             large_buffer_count: 2,
         },
@@ -666,7 +670,10 @@ fn concurrent_large_uploads_all_get_through() {
         }
     });
     let client = server.client();
-    assert_eq!(client.count("wide", None).unwrap(), loaders * batches * batch);
+    assert_eq!(
+        client.count("wide", None).unwrap(),
+        loaders * batches * batch
+    );
     let stats = client.stats().unwrap();
     assert_eq!(counter(&stats[0], "closed_overload"), 0);
     drop(client);

@@ -216,6 +216,8 @@ pub fn stream(data: &[u8]) -> usize {
     let pool = BufferPool::new(PoolConfig {
         buffer_bytes: STREAM_BUFFER_BYTES,
         buffer_count: 4,
+        medium_buffer_bytes: 4 * STREAM_BUFFER_BYTES,
+        medium_buffer_count: 1,
         large_buffer_bytes: 4 * STREAM_BUFFER_BYTES,
         large_buffer_count: 1,
     })
@@ -288,7 +290,7 @@ pub fn stream(data: &[u8]) -> usize {
     }
     assert!(consumed <= sent);
     drop(decoder);
-    for class in [SizeClass::Standard, SizeClass::Large] {
+    for class in SizeClass::ALL {
         let stats = pool.stats(class);
         assert_eq!(
             stats.free,

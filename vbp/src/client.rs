@@ -540,6 +540,8 @@ fn read_responses(mut stream: TcpStream, connection: &Connection, frame_size_max
     let pool = match BufferPool::new(PoolConfig {
         buffer_bytes: 64 << 10,
         buffer_count: 4,
+        medium_buffer_bytes: large_buffer_bytes.max(64 << 10),
+        medium_buffer_count: 1,
         large_buffer_bytes: large_buffer_bytes.max(64 << 10),
         large_buffer_count: 1,
     }) {

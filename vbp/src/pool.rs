@@ -25,20 +25,27 @@ pub const BUFFER_COUNT_MAX: usize = 1 << 20;
 
 type Memory = ABox<[u8], ConstAlign<BUFFER_ALIGN>>;
 
-/// The two buffer sizes.
+/// The three buffer sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SizeClass {
     /// Receive buffers; most frames live here.
     Standard,
-    /// Frames larger than a standard buffer, assembled across receives.
+    /// Frames larger than a standard buffer and no larger than a medium one (bulk writes
+    /// of a few hundred vectors), assembled across receives; many at a time.
+    Medium,
+    /// Frames larger than a medium buffer, up to the largest accepted; few at a time.
     Large,
 }
 
 impl SizeClass {
+    /// Every class, smallest first.
+    pub const ALL: [SizeClass; 3] = [SizeClass::Standard, SizeClass::Medium, SizeClass::Large];
+
     fn index(self) -> usize {
         match self {
             SizeClass::Standard => 0,
-            SizeClass::Large => 1,
+            SizeClass::Medium => 1,
+            SizeClass::Large => 2,
         }
     }
 }
@@ -50,19 +57,27 @@ pub struct PoolConfig {
     pub buffer_bytes: usize,
     /// Standard buffers.
     pub buffer_count: usize,
-    /// Bytes per large buffer, a multiple of 4096, at least `buffer_bytes`; at least the
-    /// largest frame accepted.
+    /// Bytes per medium buffer, a multiple of 4096, from `buffer_bytes` to
+    /// `large_buffer_bytes`.
+    pub medium_buffer_bytes: usize,
+    /// Medium buffers.
+    pub medium_buffer_count: usize,
+    /// Bytes per large buffer, a multiple of 4096, at least `medium_buffer_bytes`; at least
+    /// the largest frame accepted.
     pub large_buffer_bytes: usize,
     /// Large buffers.
     pub large_buffer_count: usize,
 }
 
 impl Default for PoolConfig {
-    /// 256 × 64 KiB receive buffers and 2 × 16 MiB frame buffers: 48 MiB per LEU.
+    /// 256 × 64 KiB receive buffers, 16 × 1 MiB and 2 × 16 MiB frame buffers: 64 MiB per
+    /// LEU.
     fn default() -> Self {
         PoolConfig {
             buffer_bytes: 64 << 10,
             buffer_count: 256,
+            medium_buffer_bytes: 1 << 20,
+            medium_buffer_count: 16,
             large_buffer_bytes: 16 << 20,
             large_buffer_count: 2,
         }
@@ -126,7 +141,7 @@ struct ClassPool {
 }
 
 struct Inner {
-    classes: [RefCell<ClassPool>; 2],
+    classes: [RefCell<ClassPool>; 3],
 }
 
 /// A per-LEU pool of pre-allocated buffers. Cloning gives another handle to the same pool.
@@ -139,6 +154,7 @@ impl fmt::Debug for BufferPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BufferPool")
             .field("standard", &self.stats(SizeClass::Standard))
+            .field("medium", &self.stats(SizeClass::Medium))
             .field("large", &self.stats(SizeClass::Large))
             .finish()
     }
@@ -149,6 +165,11 @@ impl BufferPool {
     pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
         for (name, bytes, count) in [
             ("buffer", config.buffer_bytes, config.buffer_count),
+            (
+                "medium buffer",
+                config.medium_buffer_bytes,
+                config.medium_buffer_count,
+            ),
             (
                 "large buffer",
                 config.large_buffer_bytes,
@@ -166,20 +187,25 @@ impl BufferPool {
                 )));
             }
         }
-        if config.large_buffer_bytes < config.buffer_bytes {
+        if config.medium_buffer_bytes < config.buffer_bytes
+            || config.large_buffer_bytes < config.medium_buffer_bytes
+        {
             return Err(PoolError::Config(
-                "large buffers are smaller than standard ones".to_owned(),
+                "buffer sizes must grow from standard to medium to large".to_owned(),
             ));
         }
         let class = |bytes: usize, count: usize| {
             let free = (0..count as u32)
                 .rev()
                 .map(|id| {
-                    let memory: Memory = AVec::<u8, ConstAlign<BUFFER_ALIGN>>::from_iter(
-                        0,
-                        std::iter::repeat_n(0u8, bytes),
-                    )
-                    .into_boxed_slice();
+                    let mut vec = AVec::<u8, ConstAlign<BUFFER_ALIGN>>::with_capacity(0, bytes);
+                    // SAFETY: the capacity is `bytes`; every byte is written (a memset, fast
+                    // even unoptimised) before the length covers it.
+                    let memory: Memory = unsafe {
+                        std::ptr::write_bytes(vec.as_mut_ptr(), 0, bytes);
+                        vec.set_len(bytes);
+                        vec.into_boxed_slice()
+                    };
                     (id, memory)
                 })
                 .collect();
@@ -195,6 +221,7 @@ impl BufferPool {
             inner: Rc::new(Inner {
                 classes: [
                     class(config.buffer_bytes, config.buffer_count),
+                    class(config.medium_buffer_bytes, config.medium_buffer_count),
                     class(config.large_buffer_bytes, config.large_buffer_count),
                 ],
             }),
@@ -221,10 +248,14 @@ impl BufferPool {
         })
     }
 
-    /// Leases the smallest buffer that holds `bytes`.
+    /// Leases the smallest buffer that holds `bytes` (a large one when every medium one
+    /// that would do is leased).
     pub fn lease_for(&self, bytes: usize) -> Result<Lease, PoolError> {
         if bytes <= self.buffer_bytes(SizeClass::Standard) {
             self.lease(SizeClass::Standard)
+        } else if bytes <= self.buffer_bytes(SizeClass::Medium) {
+            self.lease(SizeClass::Medium)
+                .or_else(|_| self.lease(SizeClass::Large))
         } else if bytes <= self.buffer_bytes(SizeClass::Large) {
             self.lease(SizeClass::Large)
         } else {
@@ -428,6 +459,8 @@ mod tests {
         BufferPool::new(PoolConfig {
             buffer_bytes: 4096,
             buffer_count: 4,
+            medium_buffer_bytes: 8192,
+            medium_buffer_count: 1,
             large_buffer_bytes: 16384,
             large_buffer_count: 1,
         })
@@ -440,9 +473,22 @@ mod tests {
         let lease = pool.lease(SizeClass::Standard).unwrap();
         assert_eq!(lease.as_slice().as_ptr() as usize % BUFFER_ALIGN, 0);
         assert_eq!(lease.capacity(), 4096);
+        let medium = pool.lease_for(5000).unwrap();
+        assert_eq!(medium.class(), SizeClass::Medium);
+        assert_eq!(medium.capacity(), 8192);
+        // Every medium buffer leased: a large one does.
         let large = pool.lease_for(5000).unwrap();
         assert_eq!(large.class(), SizeClass::Large);
         assert_eq!(large.capacity(), 16384);
+        assert!(pool.lease_for(5000).is_err());
+        drop(medium);
+        assert_eq!(
+            pool.lease_for(9000).unwrap_err(),
+            PoolError::Exhausted {
+                class: SizeClass::Large,
+                count: 1,
+            }
+        );
         assert_eq!(
             pool.lease_for(20000).unwrap_err(),
             PoolError::TooLarge {

@@ -223,6 +223,8 @@ fn serve(mut stream: TcpStream, mode: Mode, model: &Mutex<Model>) {
     let pool = BufferPool::new(PoolConfig {
         buffer_bytes: 64 << 10,
         buffer_count: 8,
+        medium_buffer_bytes: 16 << 20,
+        medium_buffer_count: 1,
         large_buffer_bytes: 16 << 20,
         large_buffer_count: 1,
     })

@@ -15,6 +15,9 @@ fn pool() -> BufferPool {
     BufferPool::new(PoolConfig {
         buffer_bytes: BUFFER_BYTES,
         buffer_count: 8,
+        // Smaller than the big frames below, which take large buffers.
+        medium_buffer_bytes: 2 * BUFFER_BYTES,
+        medium_buffer_count: 1,
         large_buffer_bytes: 64 * 1024,
         large_buffer_count: 2,
     })
@@ -272,6 +275,8 @@ fn pool_exhaustion_is_retryable() {
     let pool = BufferPool::new(PoolConfig {
         buffer_bytes: 4096,
         buffer_count: 2,
+        medium_buffer_bytes: 8192,
+        medium_buffer_count: 1,
         large_buffer_bytes: 8192,
         large_buffer_count: 1,
     })
