@@ -121,8 +121,8 @@ enum Command {
         m: u32,
         #[arg(long, default_value_t = 200)]
         ef_construction: u32,
-        /// Before searching, wait until every LEU has merged its segments into one (the
-        /// dataplane's idle merge), as a settled appliance serves.
+        /// Before searching, wait until every LEU has merged its segments (the dataplane's
+        /// idle merge, a few seconds after the last write), as a settled appliance serves.
         #[arg(long)]
         merged: bool,
         /// The JSON result is written to OUT/serve/<dataset>/vortex.json.

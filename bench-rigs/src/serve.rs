@@ -173,8 +173,8 @@ fn retrying<T>(mut attempt: impl FnMut() -> Result<T, ClientError>) -> Result<T,
 /// Loads `dataset` into the collection (unless it already holds it) from `connections`
 /// threads, each sending batches of 1,000 points straight to their owning LEUs (the
 /// shard-aware client), and waits until the dataplane reports no index build or compaction
-/// pending; with `merged`, also until every LEU has merged its segments into one (the idle
-/// merge starts a few seconds after the last write).
+/// pending; with `merged`, also until every LEU has merged its segments (the idle merge
+/// starts a few seconds after the last write).
 fn load(
     client: &Client,
     address: &str,
@@ -271,7 +271,7 @@ fn load(
 }
 
 /// Waits (up to ten minutes) until no index build or compaction is pending and, with
-/// `merged`, every LEU holds at most one segment.
+/// `merged`, no LEU has an idle merge due (each merged its segments since the last write).
 fn settle(client: &Client, merged: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut said = Instant::now();
@@ -286,15 +286,7 @@ fn settle(client: &Client, merged: bool) -> anyhow::Result<()> {
                 .sum()
         };
         let busy = sum(&["pending_compactions", "index_build_backlog"]);
-        let unmerged = if merged {
-            stats
-                .iter()
-                .flat_map(|leu| leu.counters.iter())
-                .filter(|c| c.name == "segments" && c.value > 1)
-                .count()
-        } else {
-            0
-        };
+        let unmerged = if merged { sum(&["idle_merge_due"]) } else { 0 };
         if (busy == 0 && unmerged == 0) || Instant::now() > deadline {
             return Ok(());
         }

@@ -76,8 +76,9 @@ pub struct ServerConfig {
     /// flushed (searches then walk its index instead of scanning it). `None`: never.
     pub idle_flush_after: Option<Duration>,
     /// With no write for this long, the LEU's segments are merged into one in the
-    /// background (a search walks one graph per segment), at most once per
-    /// `idle_merge_every`. `None`: never.
+    /// background (a search walks one graph per segment; the output is split into tables
+    /// of the store's size target), once per quiet spell (not again until a write comes)
+    /// and at most once per `idle_merge_every`. `None`: never.
     pub idle_merge_after: Option<Duration>,
     /// The least time between two idle merges of one LEU: bounds the rewriting a trickle of
     /// writes can cause.
@@ -153,6 +154,8 @@ pub struct ServeReport {
     /// Connections closed because a THROTTLED LEU answered nothing for a second (the one
     /// holding the most receive buffers).
     pub closed_overload: u64,
+    /// Idle merges started.
+    pub idle_merges: u64,
 }
 
 /// A server that cannot run.
@@ -389,6 +392,7 @@ fn serve_inner(
         last_write: Instant::now(),
         last_maintain: Instant::now(),
         last_merge: None,
+        merged_since_write: false,
         accepting: vec![false; listeners.len()],
         own_port,
         listeners,
@@ -489,6 +493,9 @@ struct Server {
     last_maintain: Instant,
     /// When this LEU last started an idle merge.
     last_merge: Option<Instant>,
+    /// No write ran since the last idle merge started: another would rewrite the same
+    /// data (its output can be several tables, so the segment count alone does not say).
+    merged_since_write: bool,
     listeners: Vec<TcpListener>,
     accepting: Vec<bool>,
     /// This LEU's own port, in stats (shard-aware clients connect to it).
@@ -1231,6 +1238,15 @@ impl Server {
             ("throttled_handover", self.report.throttled_handover),
             ("closed_slow_reader", self.report.closed_slow_reader),
             ("closed_overload", self.report.closed_overload),
+            ("idle_merges", self.report.idle_merges),
+            (
+                "idle_merge_due",
+                u64::from(
+                    self.config.idle_merge_after.is_some()
+                        && !self.merged_since_write
+                        && self.shard.stats().segments >= 2,
+                ),
+            ),
             (
                 "pool_free_buffers",
                 self.pool.stats(SizeClass::Standard).free as u64,
@@ -1262,6 +1278,7 @@ impl Server {
             Outcome::Ready(response) => self.deliver(to, response),
             Outcome::AfterDurable { sequence, response } => {
                 self.last_write = Instant::now();
+                self.merged_since_write = false;
                 self.pending.push_back(PendingAck {
                     sequence,
                     to,
@@ -1621,6 +1638,7 @@ impl Server {
             .idle_merge_after
             .is_some_and(|after| idle >= after)
             && stats.segments >= 2
+            && !self.merged_since_write
             && self
                 .last_merge
                 .is_none_or(|at| at.elapsed() >= self.config.idle_merge_every);
@@ -1628,6 +1646,8 @@ impl Server {
             match self.shard.compact_all_soon() {
                 Ok(true) => {
                     self.last_merge = Some(Instant::now());
+                    self.merged_since_write = true;
+                    self.report.idle_merges += 1;
                     tracing::info!(
                         leu = self.leu,
                         segments = stats.segments,

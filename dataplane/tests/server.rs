@@ -611,6 +611,57 @@ fn an_idle_leu_merges_its_segments() {
     server.stop();
 }
 
+/// An idle merge whose output is several tables (the store's size target) leaves several
+/// segments; it is not run again until a write comes (at a 1 M-point LEU it rewrote the
+/// whole LEU every minute for ever), and stats say when none is due.
+#[test]
+fn an_idle_merge_is_not_repeated_until_a_write_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ShardOptions::default();
+    options.store.memtable_entries_max = 200;
+    options.store.table_bytes_target = 16 << 10; // a few hundred points a table
+    let config = ServerConfig {
+        idle_flush_after: Some(Duration::from_millis(50)),
+        idle_merge_after: Some(Duration::from_millis(100)),
+        idle_merge_every: Duration::from_millis(100),
+        ..ServerConfig::default()
+    };
+    let server = start_with(dir.path(), config, options);
+    let client = server.client();
+    client.create_collection(spec()).unwrap();
+    let settled = |wanted_merges: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let stats = client.stats().unwrap();
+            let counter = |name: &str| counter(&stats[0], name);
+            if counter("idle_merges") >= wanted_merges
+                && counter("idle_merge_due") == 0
+                && counter("pending_compactions") == 0
+            {
+                return counter("segments");
+            }
+            assert!(std::time::Instant::now() < deadline, "no idle merge");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for round in 0..10u64 {
+        upsert_retrying(&client, round * 100..round * 100 + 100);
+    }
+    let segments = settled(1);
+    assert!(segments >= 2, "the merge's output is one table: {segments}");
+    // Ten times the merge interval without writes: no other merge.
+    std::thread::sleep(Duration::from_secs(1));
+    let stats = client.stats().unwrap();
+    assert_eq!(counter(&stats[0], "idle_merges"), 1);
+    assert_eq!(counter(&stats[0], "idle_merge_due"), 0);
+    // A write makes the next quiet spell merge again.
+    upsert_retrying(&client, 5000..5100);
+    settled(2);
+    assert_eq!(client.count("docs", None).unwrap(), 1100);
+    drop(client);
+    assert_eq!(server.stop().idle_merges, 2);
+}
+
 /// Bulk loaders on many connections, each sending upserts larger than a receive buffer:
 /// only two frames at a time get an assembly buffer, the others wait for one holding the
 /// receive buffers they already took. The frames being assembled are finished by receives
