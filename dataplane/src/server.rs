@@ -156,6 +156,10 @@ pub struct ServeReport {
     pub closed_overload: u64,
     /// Idle merges started.
     pub idle_merges: u64,
+    /// Answers (or their rests) sent by zero-copy send.
+    pub sends_zero_copy: u64,
+    /// Of those, the ones the kernel copied after all (loopback does).
+    pub sends_zero_copy_copied: u64,
 }
 
 /// A server that cannot run.
@@ -228,6 +232,15 @@ enum Op {
         frame: FrameBytes,
         sent: usize,
     },
+    /// A zero-copy send of a large answer: the kernel sends from the frame's own pages and
+    /// posts a notification once it no longer reads them; `result` holds the send's own
+    /// completion until then.
+    SendZc {
+        conn: usize,
+        frame: FrameBytes,
+        sent: usize,
+        result: Option<i32>,
+    },
 }
 
 /// A completion, with what its operation owned.
@@ -278,6 +291,17 @@ struct Connection {
 /// Received buffers a connection may hold before the decoder takes them; past it, its
 /// receive is cancelled, so one connection cannot take every buffer lent to the kernel.
 const BACKLOG_MAX: usize = 2;
+
+/// Answers with at least this many bytes still to send go out by zero-copy send
+/// (`IORING_OP_SEND_ZC`, kernel 6.0): below it, pinning the pages and the extra notification
+/// cost more than the copy they save.
+const SEND_ZC_MIN: usize = 64 << 10;
+
+/// `IORING_SEND_ZC_REPORT_USAGE`: the notification says whether the kernel copied after
+/// all (`IORING_NOTIF_USAGE_ZC_COPIED`; it does for loopback, whose receiver would otherwise
+/// hold the sender's pages).
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 
 /// A frame being assembled with at least this many bytes still to come is finished by
 /// receives straight into its buffer ([`Op::RecvInto`]) rather than through receive
@@ -393,6 +417,7 @@ fn serve_inner(
         last_maintain: Instant::now(),
         last_merge: None,
         merged_since_write: false,
+        zero_copy_send: true,
         accepting: vec![false; listeners.len()],
         own_port,
         listeners,
@@ -493,6 +518,8 @@ struct Server {
     last_maintain: Instant,
     /// When this LEU last started an idle merge.
     last_merge: Option<Instant>,
+    /// Large answers go out by zero-copy send (until the kernel refuses it once).
+    zero_copy_send: bool,
     /// No write ran since the last idle merge started: another would rewrite the same
     /// data (its output can be several tables, so the segment count alone does not say).
     merged_since_write: bool,
@@ -582,6 +609,11 @@ impl Server {
                         last: false,
                     },
                     Owner::Finished(Op::RecvMulti { conn }) => Event::Received { conn, last: true },
+                    // A zero-copy send's own completion; its notification ends it.
+                    Owner::Continuing(Op::SendZc { result, .. }) => {
+                        *result = Some(completion.result);
+                        Event::Ignored
+                    }
                     Owner::Continuing(_) => Event::Ignored,
                     Owner::Finished(op) => Event::Finished(op),
                 };
@@ -888,8 +920,14 @@ impl Server {
                 self.received_into(conn, lent, completion.outcome())
             }
             Event::Finished(Op::Send { conn, frame, sent }) => {
-                self.sent(conn, frame, sent, completion)
+                self.sent(conn, frame, sent, completion.outcome())
             }
+            Event::Finished(Op::SendZc {
+                conn,
+                frame,
+                sent,
+                result,
+            }) => self.sent_zero_copy(conn, frame, sent, result, completion),
         }
     }
 
@@ -1239,6 +1277,8 @@ impl Server {
             ("closed_slow_reader", self.report.closed_slow_reader),
             ("closed_overload", self.report.closed_overload),
             ("idle_merges", self.report.idle_merges),
+            ("sends_zero_copy", self.report.sends_zero_copy),
+            ("sends_zero_copy_copied", self.report.sends_zero_copy_copied),
             (
                 "idle_merge_due",
                 u64::from(
@@ -1523,6 +1563,33 @@ impl Server {
             return;
         };
         let rest = &frame[sent..];
+        if self.zero_copy_send && rest.len() >= SEND_ZC_MIN {
+            let entry = opcode::SendZc::new(
+                types::Fd(connection.fd.as_raw_fd()),
+                rest.as_ptr(),
+                rest.len() as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .zc_flags(SEND_ZC_REPORT_USAGE)
+            .build();
+            let op = Op::SendZc {
+                conn,
+                frame,
+                sent,
+                result: None,
+            };
+            // SAFETY: the frame is owned by the operation until its last completion (the
+            // notification that the kernel no longer reads its pages) is reaped; its heap
+            // bytes do not move when the value moves; the fd stays open meanwhile.
+            match unsafe { self.ring.push(entry, op) } {
+                Ok(_) => connection.sending = true,
+                Err(PushError::Busy(Op::SendZc { frame, sent, .. })) => {
+                    connection.outbox.push_front((frame, sent));
+                }
+                Err(_) => connection.closing = true,
+            }
+            return;
+        }
         let entry = opcode::Send::new(
             types::Fd(connection.fd.as_raw_fd()),
             rest.as_ptr(),
@@ -1543,20 +1610,53 @@ impl Server {
         }
     }
 
-    fn sent(
+    /// The end of a zero-copy send: `result` is the send's own completion when a
+    /// notification (`completion`) followed it, else `completion` is the send's.
+    fn sent_zero_copy(
         &mut self,
         conn: usize,
         frame: FrameBytes,
         sent: usize,
+        result: Option<i32>,
         completion: vortex_io::Completion,
     ) {
+        let (result, notification) = match result {
+            Some(result) => (result, Some(completion)),
+            None => (completion.result, None),
+        };
+        if notification.is_none() && matches!(-result, libc::EINVAL | libc::EOPNOTSUPP) {
+            // A kernel before 6.0, or a socket that cannot: plain sends from now on.
+            tracing::info!(
+                leu = self.leu,
+                "zero-copy send unsupported here: sending by copy"
+            );
+            self.zero_copy_send = false;
+            if let Some(connection) = self.conns[conn].as_mut() {
+                connection.sending = false;
+            }
+            self.push_send(conn, frame, sent);
+            return;
+        }
+        self.report.sends_zero_copy += 1;
+        if notification.is_some_and(|n| n.result as u32 & NOTIF_USAGE_ZC_COPIED != 0) {
+            self.report.sends_zero_copy_copied += 1;
+        }
+        let outcome = if result < 0 {
+            Err(std::io::Error::from_raw_os_error(-result))
+        } else {
+            Ok(result as u32)
+        };
+        self.sent(conn, frame, sent, outcome);
+    }
+
+    fn sent(&mut self, conn: usize, frame: FrameBytes, sent: usize, outcome: std::io::Result<u32>) {
         let Some(connection) = self.conns[conn].as_mut() else {
             return;
         };
         connection.sending = false;
         connection.last_active = Instant::now();
         connection.sent_progress = Instant::now();
-        match completion.outcome() {
+        match outcome {
             Ok(bytes) if sent + (bytes as usize) < frame.len() && bytes > 0 => {
                 let sent = sent + bytes as usize;
                 self.push_send(conn, frame, sent);

@@ -662,6 +662,65 @@ fn an_idle_merge_is_not_repeated_until_a_write_comes() {
     assert_eq!(server.stop().idle_merges, 2);
 }
 
+/// Answers of 64 KiB and more go out by zero-copy send: a get of 150 vectors of 1,024
+/// dimensions (600 KiB) comes back exactly, many times over one connection, beside small
+/// answers, and stats count the zero-copy sends (on loopback the kernel reports copying).
+#[test]
+fn large_answers_go_out_by_zero_copy_send_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), ServerConfig::default());
+    let client = server.client();
+    let dimension = 1024u32;
+    client
+        .create_collection(CollectionSpec {
+            name: "big".into(),
+            dimension,
+            ..spec()
+        })
+        .unwrap();
+    let value = |id: u64, d: u32| (id * 1000 + u64::from(d)) as f32;
+    for first in (0..150u64).step_by(50) {
+        let ids: Vec<u64> = (first..first + 50).collect();
+        client
+            .upsert(Upsert {
+                collection: "big".into(),
+                dimension,
+                vectors: ids
+                    .iter()
+                    .flat_map(|&id| (0..dimension).map(move |d| value(id, d)))
+                    .collect(),
+                ids,
+                payloads: Vec::new(),
+            })
+            .unwrap();
+    }
+    for round in 0..20 {
+        let points = client.get("big", (0..150).collect()).unwrap();
+        assert_eq!(points.len(), 150, "round {round}");
+        for point in &points {
+            assert!(
+                point
+                    .vector
+                    .iter()
+                    .enumerate()
+                    .all(|(d, &x)| x == value(point.id, d as u32)),
+                "round {round}: point {} damaged",
+                point.id
+            );
+        }
+        client.ping().unwrap();
+    }
+    let stats = client.stats().unwrap();
+    assert!(counter(&stats[0], "sends_zero_copy") >= 20);
+    drop(client);
+    let report = server.stop();
+    assert!(report.sends_zero_copy >= 20);
+    eprintln!(
+        "{} zero-copy sends, {} copied by the kernel",
+        report.sends_zero_copy, report.sends_zero_copy_copied
+    );
+}
+
 /// Bulk loaders on many connections, each sending upserts larger than a receive buffer:
 /// only two frames at a time get an assembly buffer, the others wait for one holding the
 /// receive buffers they already took. The frames being assembled are finished by receives
