@@ -303,6 +303,14 @@ const SEND_ZC_MIN: usize = 64 << 10;
 const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 
+/// How an LEU sends large answers; each refusal by the kernel steps down once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZeroCopy {
+    ReportingUsage,
+    Plain,
+    Off,
+}
+
 /// A frame being assembled with at least this many bytes still to come is finished by
 /// receives straight into its buffer ([`Op::RecvInto`]) rather than through receive
 /// buffers. Those need no pool buffer, so a connection that holds an assembly buffer always
@@ -417,7 +425,7 @@ fn serve_inner(
         last_maintain: Instant::now(),
         last_merge: None,
         merged_since_write: false,
-        zero_copy_send: true,
+        zero_copy: ZeroCopy::ReportingUsage,
         accepting: vec![false; listeners.len()],
         own_port,
         listeners,
@@ -518,8 +526,9 @@ struct Server {
     last_maintain: Instant,
     /// When this LEU last started an idle merge.
     last_merge: Option<Instant>,
-    /// Large answers go out by zero-copy send (until the kernel refuses it once).
-    zero_copy_send: bool,
+    /// How large answers go out: zero-copy send asking the kernel to report copies, then
+    /// without that (kernels 6.0 and 6.1 refuse the flag), then by copy.
+    zero_copy: ZeroCopy,
     /// No write ran since the last idle merge started: another would rewrite the same
     /// data (its output can be several tables, so the segment count alone does not say).
     merged_since_write: bool,
@@ -1563,14 +1572,18 @@ impl Server {
             return;
         };
         let rest = &frame[sent..];
-        if self.zero_copy_send && rest.len() >= SEND_ZC_MIN {
+        if self.zero_copy != ZeroCopy::Off && rest.len() >= SEND_ZC_MIN {
+            let zc_flags = match self.zero_copy {
+                ZeroCopy::ReportingUsage => SEND_ZC_REPORT_USAGE,
+                _ => 0,
+            };
             let entry = opcode::SendZc::new(
                 types::Fd(connection.fd.as_raw_fd()),
                 rest.as_ptr(),
                 rest.len() as u32,
             )
             .flags(libc::MSG_NOSIGNAL)
-            .zc_flags(SEND_ZC_REPORT_USAGE)
+            .zc_flags(zc_flags)
             .build();
             let op = Op::SendZc {
                 conn,
@@ -1624,13 +1637,19 @@ impl Server {
             Some(result) => (result, Some(completion)),
             None => (completion.result, None),
         };
-        if notification.is_none() && matches!(-result, libc::EINVAL | libc::EOPNOTSUPP) {
-            // A kernel before 6.0, or a socket that cannot: plain sends from now on.
-            tracing::info!(
-                leu = self.leu,
-                "zero-copy send unsupported here: sending by copy"
-            );
-            self.zero_copy_send = false;
+        let refused = match -result {
+            libc::EINVAL => notification.is_none(),
+            libc::EOPNOTSUPP => true,
+            _ => false,
+        };
+        if refused {
+            // Kernels 6.0 and 6.1 refuse the usage report, older ones the operation, and a
+            // socket may not support it: step down, and send this answer again.
+            self.zero_copy = match self.zero_copy {
+                ZeroCopy::ReportingUsage if -result == libc::EINVAL => ZeroCopy::Plain,
+                _ => ZeroCopy::Off,
+            };
+            tracing::info!(leu = self.leu, mode = ?self.zero_copy, "zero-copy send refused");
             if let Some(connection) = self.conns[conn].as_mut() {
                 connection.sending = false;
             }
@@ -1855,11 +1874,12 @@ impl Server {
         // Requests being served (waiting for durability, a peer's part, a send) or a frame
         // being received into its buffer will make progress without a receive buffer:
         // that is a slow LEU, not a wait cycle.
-        let progressing = self
-            .conns
-            .iter()
-            .flatten()
-            .any(|c| !c.dead && (c.receiving_into || c.unanswered > 0 || c.sending));
+        let progressing = self.conns.iter().flatten().any(|c| {
+            !c.dead
+                && (c.receiving_into
+                    || c.unanswered > 0
+                    || (c.sending && c.sent_progress.elapsed() < STUCK_TIMEOUT))
+        });
         if progressing {
             self.stuck_since = None;
             return;
@@ -1917,8 +1937,22 @@ impl Server {
         connection.decoder = StreamDecoder::new(self.pool.clone(), self.validator);
         connection.stalled = false;
         connection.starved = false;
-        // SAFETY: shuts down a socket we own; the operations on it then complete.
-        unsafe { libc::shutdown(connection.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        // A send in flight to a peer that does not read (a zero window) would keep the
+        // slot for as long as the peer answers window probes (a zero-copy send ends only
+        // when the kernel frees the data): TCP gives up on unacknowledged data after 1 s.
+        let give_up_ms: libc::c_uint = 1000;
+        // SAFETY: sets an option on a socket we own, from a value that lives across the
+        // call; then shuts that socket down, and the operations on it complete.
+        unsafe {
+            libc::setsockopt(
+                connection.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&give_up_ms as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            );
+            libc::shutdown(connection.fd.as_raw_fd(), libc::SHUT_RDWR);
+        }
     }
 
     /// Frees the slots of closing connections with nothing in flight and nothing left to

@@ -503,6 +503,17 @@ fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_a
     assert!(report.held_peak <= limit, "{report:?}");
 }
 
+/// Whether the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
 /// Upserts `ids`, retrying THROTTLED answers.
 fn upsert_retrying(client: &Client, ids: std::ops::Range<u64>) {
     loop {
@@ -711,10 +722,14 @@ fn large_answers_go_out_by_zero_copy_send_intact() {
         client.ping().unwrap();
     }
     let stats = client.stats().unwrap();
-    assert!(counter(&stats[0], "sends_zero_copy") >= 20);
     drop(client);
     let report = server.stop();
-    assert!(report.sends_zero_copy >= 20);
+    // Kernels before 6.0 have no zero-copy send: the answers went out by copy (checked
+    // above), which is right there.
+    if kernel_at_least(6, 0) {
+        assert!(counter(&stats[0], "sends_zero_copy") >= 20);
+        assert!(report.sends_zero_copy >= 20);
+    }
     eprintln!(
         "{} zero-copy sends, {} copied by the kernel",
         report.sends_zero_copy, report.sends_zero_copy_copied
@@ -784,6 +799,21 @@ fn concurrent_large_uploads_all_get_through() {
         client.count("wide", None).unwrap(),
         loaders * batches * batch
     );
+    // Every frame's bytes landed where they belong: a sample of points, read back whole.
+    let sample: Vec<u64> = (0..loaders * batches * batch).step_by(997).collect();
+    let points = client.get("wide", sample.clone()).unwrap();
+    assert_eq!(points.iter().map(|p| p.id).collect::<Vec<_>>(), sample);
+    for point in &points {
+        assert!(
+            point
+                .vector
+                .iter()
+                .enumerate()
+                .all(|(d, &x)| x == (point.id * 128 + d as u64) as f32),
+            "point {} damaged",
+            point.id
+        );
+    }
     let stats = client.stats().unwrap();
     assert_eq!(counter(&stats[0], "closed_overload"), 0);
     drop(client);

@@ -230,9 +230,17 @@ impl BufferPool {
 
     /// Leases a buffer of `class`.
     pub fn lease(&self, class: SizeClass) -> Result<Lease, PoolError> {
+        self.lease_counted(class, true)
+    }
+
+    /// Leases a buffer of `class`; an empty class counts as a refusal (`exhausted`, which
+    /// makes an LEU THROTTLED) only when `count_refusal`.
+    fn lease_counted(&self, class: SizeClass, count_refusal: bool) -> Result<Lease, PoolError> {
         let mut pool = self.inner.classes[class.index()].borrow_mut();
         let Some((id, memory)) = pool.free.pop() else {
-            pool.exhausted += 1;
+            if count_refusal {
+                pool.exhausted += 1;
+            }
             return Err(PoolError::Exhausted {
                 class,
                 count: pool.states.len(),
@@ -254,7 +262,8 @@ impl BufferPool {
         if bytes <= self.buffer_bytes(SizeClass::Standard) {
             self.lease(SizeClass::Standard)
         } else if bytes <= self.buffer_bytes(SizeClass::Medium) {
-            self.lease(SizeClass::Medium)
+            // No medium buffer is a refusal only if no large one stands in.
+            self.lease_counted(SizeClass::Medium, false)
                 .or_else(|_| self.lease(SizeClass::Large))
         } else if bytes <= self.buffer_bytes(SizeClass::Large) {
             self.lease(SizeClass::Large)
@@ -480,7 +489,13 @@ mod tests {
         let large = pool.lease_for(5000).unwrap();
         assert_eq!(large.class(), SizeClass::Large);
         assert_eq!(large.capacity(), 16384);
+        assert_eq!(
+            pool.stats(SizeClass::Medium).exhausted,
+            0,
+            "the large one stood in"
+        );
         assert!(pool.lease_for(5000).is_err());
+        assert_eq!(pool.stats(SizeClass::Large).exhausted, 1);
         drop(medium);
         assert_eq!(
             pool.lease_for(9000).unwrap_err(),

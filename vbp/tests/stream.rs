@@ -200,6 +200,11 @@ fn a_lent_partial_frame_is_finished_by_receives_straight_into_it() {
     // The stream goes on after it, aligned.
     feed.receive(&small, None).unwrap();
     assert_eq!(feed.out, vec![small]);
+    assert_eq!(
+        feed.decoder.stats().copied_misaligned,
+        0,
+        "the bytes received directly count towards the next frame's alignment"
+    );
     assert_eq!(feed.pool.stats(SizeClass::Large).free, 2);
 }
 
