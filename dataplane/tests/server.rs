@@ -503,6 +503,18 @@ fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_a
     assert!(report.held_peak <= limit, "{report:?}");
 }
 
+/// Every point's vector is `value(id, dimension)` in every dimension.
+fn assert_vectors(points: &[vortex_vbp::message::PointRecord], value: impl Fn(u64, usize) -> f32) {
+    for point in points {
+        let damaged = point
+            .vector
+            .iter()
+            .enumerate()
+            .any(|(d, &x)| x != value(point.id, d));
+        assert!(!damaged, "point {} came back damaged", point.id);
+    }
+}
+
 /// Whether the running kernel's release is at least `major.minor`.
 fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -708,17 +720,7 @@ fn large_answers_go_out_by_zero_copy_send_intact() {
     for round in 0..20 {
         let points = client.get("big", (0..150).collect()).unwrap();
         assert_eq!(points.len(), 150, "round {round}");
-        for point in &points {
-            assert!(
-                point
-                    .vector
-                    .iter()
-                    .enumerate()
-                    .all(|(d, &x)| x == value(point.id, d as u32)),
-                "round {round}: point {} damaged",
-                point.id
-            );
-        }
+        assert_vectors(&points, |id, d| value(id, d as u32));
         client.ping().unwrap();
     }
     let stats = client.stats().unwrap();
@@ -803,17 +805,7 @@ fn concurrent_large_uploads_all_get_through() {
     let sample: Vec<u64> = (0..loaders * batches * batch).step_by(997).collect();
     let points = client.get("wide", sample.clone()).unwrap();
     assert_eq!(points.iter().map(|p| p.id).collect::<Vec<_>>(), sample);
-    for point in &points {
-        assert!(
-            point
-                .vector
-                .iter()
-                .enumerate()
-                .all(|(d, &x)| x == (point.id * 128 + d as u64) as f32),
-            "point {} damaged",
-            point.id
-        );
-    }
+    assert_vectors(&points, |id, d| (id * 128 + d as u64) as f32);
     let stats = client.stats().unwrap();
     assert_eq!(counter(&stats[0], "closed_overload"), 0);
     drop(client);
