@@ -425,6 +425,7 @@ fn serve_inner(
         last_maintain: Instant::now(),
         last_merge: None,
         merged_since_write: false,
+        errors_at_merge: 0,
         zero_copy: ZeroCopy::ReportingUsage,
         accepting: vec![false; listeners.len()],
         own_port,
@@ -532,6 +533,9 @@ struct Server {
     /// No write ran since the last idle merge started: another would rewrite the same
     /// data (its output can be several tables, so the segment count alone does not say).
     merged_since_write: bool,
+    /// The store's background errors when the last idle merge started: more since, and the
+    /// merge may have failed, so it is due again.
+    errors_at_merge: u64,
     listeners: Vec<TcpListener>,
     accepting: Vec<bool>,
     /// This LEU's own port, in stats (shard-aware clients connect to it).
@@ -1746,6 +1750,9 @@ impl Server {
         if stats.index_build_backlog > 0 || stats.pending_compactions > 0 {
             return;
         }
+        if self.merged_since_write && stats.store.background_errors > self.errors_at_merge {
+            self.merged_since_write = false; // the merge (or other work) failed since
+        }
         if stats.fresh_points >= IDLE_FLUSH_POINTS {
             if let Err(error) = self.shard.flush_soon() {
                 tracing::warn!(leu = self.leu, %error, "idle flush failed");
@@ -1766,6 +1773,7 @@ impl Server {
                 Ok(true) => {
                     self.last_merge = Some(Instant::now());
                     self.merged_since_write = true;
+                    self.errors_at_merge = stats.store.background_errors;
                     self.report.idle_merges += 1;
                     tracing::info!(
                         leu = self.leu,
