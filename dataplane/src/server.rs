@@ -1294,11 +1294,7 @@ impl Server {
             ("sends_zero_copy_copied", self.report.sends_zero_copy_copied),
             (
                 "idle_merge_due",
-                u64::from(
-                    self.config.idle_merge_after.is_some()
-                        && !self.merged_since_write
-                        && self.shard.stats().segments >= 2,
-                ),
+                u64::from(self.idle_merge_wanted(&self.shard.stats())),
             ),
             (
                 "pool_free_buffers",
@@ -1750,21 +1746,17 @@ impl Server {
         if stats.index_build_backlog > 0 || stats.pending_compactions > 0 {
             return;
         }
-        if self.merged_since_write && stats.store.background_errors > self.errors_at_merge {
-            self.merged_since_write = false; // the merge (or other work) failed since
-        }
         if stats.fresh_points >= IDLE_FLUSH_POINTS {
             if let Err(error) = self.shard.flush_soon() {
                 tracing::warn!(leu = self.leu, %error, "idle flush failed");
             }
             return;
         }
-        let merge_due = self
-            .config
-            .idle_merge_after
-            .is_some_and(|after| idle >= after)
-            && stats.segments >= 2
-            && !self.merged_since_write
+        let merge_due = self.idle_merge_wanted(&stats)
+            && self
+                .config
+                .idle_merge_after
+                .is_some_and(|after| idle >= after)
             && self
                 .last_merge
                 .is_none_or(|at| at.elapsed() >= self.config.idle_merge_every);
@@ -1785,6 +1777,15 @@ impl Server {
                 Err(error) => tracing::warn!(leu = self.leu, %error, "idle merge failed"),
             }
         }
+    }
+
+    /// Whether an idle merge would run once the LEU is quiet: idle merges are on, there
+    /// are segments to merge, and no write ran since the last merge started unless the
+    /// store counted a background error since (the merge may have failed).
+    fn idle_merge_wanted(&self, stats: &vortex_shard::ShardStats) -> bool {
+        self.config.idle_merge_after.is_some()
+            && stats.segments >= 2
+            && (!self.merged_since_write || stats.store.background_errors > self.errors_at_merge)
     }
 
     /// Sends `response` (to request `request_id`) if any, then closes `conn`.

@@ -7,15 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source fuzz/common.sh
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(validator stream wal_log manifest sstable_block sstable_file payload catalog hnsw_file)
-toolchain=()
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  toolchain=(+nightly)
-else
-  export RUSTC_BOOTSTRAP=1
-fi
-declare -A max_len=([validator]=4096 [stream]=16384 [wal_log]=70000 [manifest]=4096 [sstable_block]=9000 [sstable_file]=40000 [payload]=4096 [catalog]=8192 [hnsw_file]=16384)
+[ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 for target in "${targets[@]}"; do
   before=$(ls "fuzz/corpus/$target" | wc -l)
   cargo "${toolchain[@]}" fuzz cmin "$target" -O -- \

@@ -6,28 +6,19 @@
 #
 # Runs each target for SECONDS on the committed corpus (tools/fuzz/corpus/TARGET), which
 # grows with what the fuzzer finds; a crash leaves its input in tools/fuzz/artifacts/TARGET
-# and fails the script. Installs cargo-fuzz if missing. Uses the nightly toolchain when
-# rustup has one, else the stable one with RUSTC_BOOTSTRAP=1 (stable ships the sanitizer
-# runtimes; cargo-fuzz only needs the -Z flags unlocked).
+# and fails the script. Installs cargo-fuzz if missing. Toolchain: see common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${1:-60}
 shift || true
+source fuzz/common.sh
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(validator stream wal_log manifest sstable_block sstable_file payload catalog hnsw_file)
+[ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-toolchain=()
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  toolchain=(+nightly)
-else
-  export RUSTC_BOOTSTRAP=1
-fi
-
-declare -A max_len=([validator]=4096 [stream]=16384 [wal_log]=70000 [manifest]=4096 [sstable_block]=9000 [sstable_file]=40000 [payload]=4096 [catalog]=8192 [hnsw_file]=16384)
 for target in "${targets[@]}"; do
   echo "==> fuzzing ${target} for ${seconds} s"
   log=$(mktemp)
