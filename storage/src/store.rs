@@ -69,6 +69,11 @@ pub struct StoreOptions {
     pub memtable_entries_max: usize,
     /// Compaction outputs are cut at about this size.
     pub table_bytes_target: u64,
+    /// A full merge ([`Store::compact_all`], [`Store::compact_all_soon`]) cuts its outputs
+    /// at about this size instead, so that a collection up to this size becomes one table
+    /// (one segment, one graph for a search to walk). A table being written holds its
+    /// vectors in memory until it is finished, so this bounds the merge's memory too.
+    pub merged_table_bytes: u64,
     /// Level 0 is compacted when it holds this many tables.
     pub l0_compaction_trigger: usize,
     /// Flushes wait (and writes are soon throttled) while level 0 holds this many tables.
@@ -96,6 +101,7 @@ impl Default for StoreOptions {
             memtable_bytes: 64 << 20,
             memtable_entries_max: 0,
             table_bytes_target: 64 << 20,
+            merged_table_bytes: 1 << 30,
             l0_compaction_trigger: 4,
             l0_stop: 24,
             level1_bytes: 256 << 20,
@@ -115,6 +121,9 @@ impl StoreOptions {
             return Err(
                 "memtable_bytes, table_bytes_target and level1_bytes must be positive".into(),
             );
+        }
+        if self.merged_table_bytes < self.table_bytes_target {
+            return Err("merged_table_bytes must be at least table_bytes_target".into());
         }
         if self.l0_compaction_trigger < 2 || self.l0_stop <= self.l0_compaction_trigger {
             return Err("need 2 <= l0_compaction_trigger < l0_stop".into());
@@ -367,6 +376,8 @@ struct CompactionPlan {
     inputs: Vec<Arc<Table>>,
     output_level: usize,
     drop_tombstones: bool,
+    /// Outputs are cut at about this size.
+    cut_bytes: u64,
 }
 
 /// A write appended to the WAL and not yet durable.
@@ -912,14 +923,12 @@ impl<E: Env> Store<E> {
         if busy || inputs.len() < 2 || inputs.iter().any(|t| t.quarantined().is_some()) {
             return Ok(false);
         }
-        let output_level = (1..LEVELS)
-            .rev()
-            .find(|&level| !self.version.levels[level].is_empty())
-            .unwrap_or(1);
+        let output_level = self.full_merge_level(&inputs);
         self.start_compaction(CompactionPlan {
             inputs,
             output_level,
             drop_tombstones: true,
+            cut_bytes: self.options.merged_table_bytes,
         })?;
         Ok(true)
     }
@@ -942,15 +951,13 @@ impl<E: Env> Store<E> {
                 reason: table.quarantined().unwrap_or_default(),
             });
         }
-        let output_level = (1..LEVELS)
-            .rev()
-            .find(|&level| !self.version.levels[level].is_empty())
-            .unwrap_or(1);
+        let output_level = self.full_merge_level(&inputs);
         let errors = self.stats.background_errors;
         self.start_compaction(CompactionPlan {
             inputs,
             output_level,
             drop_tombstones: true,
+            cut_bytes: self.options.merged_table_bytes,
         })?;
         while self.compaction_running {
             self.wait_background()?;
@@ -1132,7 +1139,8 @@ impl<E: Env> Store<E> {
         let options = self.options.clone();
         self.submit(Box::new(move || {
             let entries: Source<'_> = Box::new(frozen.iter().map(|(k, v)| memtable_entry(k, v)));
-            let outputs = write_tables(&shared, &options, entries, false, None);
+            let cut_bytes = options.table_bytes_target;
+            let outputs = write_tables(&shared, &options, entries, false, cut_bytes, None);
             let _ = sender.send(Finished::Flush {
                 outputs,
                 last_sequence: frozen.last_sequence(),
@@ -1162,6 +1170,7 @@ impl<E: Env> Store<E> {
                     &options,
                     Box::new(merge),
                     plan.drop_tombstones,
+                    plan.cut_bytes,
                     limiter.as_mut(),
                 )
             });
@@ -1174,7 +1183,28 @@ impl<E: Env> Store<E> {
         Ok(())
     }
 
-    /// Chooses the most urgent compaction, if any is due.
+    /// Where a full merge of `inputs` (every table) goes: the last non-empty level (at
+    /// least 1), or a deeper one if the merged data would be past that level's size, so
+    /// that no compaction is due at once to cut the merged tables again.
+    fn full_merge_level(&self, inputs: &[Arc<Table>]) -> usize {
+        let bytes: u64 = inputs.iter().map(|t| t.file_bytes()).sum();
+        let deepest = (1..LEVELS)
+            .rev()
+            .find(|&level| !self.version.levels[level].is_empty())
+            .unwrap_or(1);
+        (deepest..LEVELS)
+            .find(|&level| bytes <= self.level_target(level))
+            .unwrap_or(LEVELS - 1)
+    }
+
+    /// Level `level`'s size target (`level` ≥ 1).
+    fn level_target(&self, level: usize) -> u64 {
+        let multiplier = self.options.level_multiplier;
+        (1..level).fold(self.options.level1_bytes, |target, _| {
+            target.saturating_mul(multiplier)
+        })
+    }
+
     /// Levels past their trigger.
     fn levels_due(&self) -> usize {
         self.scores(&self.version).len()
@@ -1187,9 +1217,7 @@ impl<E: Env> Store<E> {
                 let score = if level == 0 {
                     version.levels[0].len() as f64 / self.options.l0_compaction_trigger as f64
                 } else {
-                    let target = self.options.level1_bytes as f64
-                        * (self.options.level_multiplier as f64).powi(level as i32 - 1);
-                    version.level_bytes(level) as f64 / target
+                    version.level_bytes(level) as f64 / self.level_target(level) as f64
                 };
                 (score, level)
             })
@@ -1265,6 +1293,7 @@ impl<E: Env> Store<E> {
             inputs,
             output_level: level + 1,
             drop_tombstones,
+            cut_bytes: self.options.table_bytes_target,
         })
     }
 
@@ -1518,14 +1547,15 @@ fn obsolete(shared: &Shared, table: &Table) {
     table.mark_obsolete(Some(Box::new(move |number| hook.table_deleted(number))));
 }
 
-/// Writes `entries` into new tables (cut at collection, vector length and size
-/// boundaries), calls the side-car hook for each, and syncs the directory. On any failure
-/// the tables written so far are deleted.
+/// Writes `entries` into new tables (cut at collection and vector length boundaries and
+/// at about `cut_bytes`), calls the side-car hook for each, and syncs the directory. On any
+/// failure the tables written so far are deleted.
 fn write_tables(
     shared: &Shared,
     options: &StoreOptions,
     entries: Source<'_>,
     drop_tombstones: bool,
+    cut_bytes: u64,
     mut limiter: Option<&mut RateLimiter>,
 ) -> Result<Vec<Arc<Table>>, StorageError> {
     let mut outputs: Vec<Arc<Table>> = Vec::new();
@@ -1555,7 +1585,7 @@ fn write_tables(
             }
             let full = builder
                 .as_ref()
-                .is_some_and(|(_, b)| !b.accepts(&key) || b.bytes() >= options.table_bytes_target);
+                .is_some_and(|(_, b)| !b.accepts(&key) || b.bytes() >= cut_bytes);
             if full {
                 if let Some((number, done)) = builder.take() {
                     outputs.push(finish_table(

@@ -621,3 +621,57 @@ fn admit_keeps_batches_whole() {
         );
     }
 }
+
+/// A full merge leaves one table per collection (however many `table_bytes_target` would
+/// cut), at a level whose size target holds it, so that no compaction is due at once to cut
+/// it again; `merged_table_bytes` still bounds each output.
+#[test]
+fn a_full_merge_leaves_one_table_per_collection_where_no_compaction_is_due() {
+    for (merged_table_bytes, expect_one) in [(1 << 30, true), (64 << 10, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            merged_table_bytes,
+            ..small_options()
+        };
+        let (mut store, _) = open_with(dir.path(), options, StoreHooks::default());
+        let mut rng = Rng(11);
+        let mut model = BTreeMap::new();
+        for point in 0..1_500 {
+            for collection in 0..2 {
+                let p = point_for(collection, point, 1, &mut rng);
+                put(&mut store, key(collection, point), &p);
+                model.insert(key(collection, point), p);
+            }
+        }
+        store.compact_all().unwrap();
+        // Let any compaction that would now be due start and finish.
+        for _ in 0..20 {
+            store.poll(Some(Duration::from_millis(5))).unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!(stats.compactions_due, 0, "merged tables are not cut again");
+        assert!(!stats.compacting);
+        let tables = store.tables();
+        let bytes: u64 = tables.iter().map(|(_, t)| t.file_bytes()).sum();
+        assert!(bytes > 4 * (64 << 10), "the data spans several cut tables");
+        let levels: Vec<usize> = tables.iter().map(|(level, _)| *level).collect();
+        assert!(levels.windows(2).all(|w| w[0] == w[1]), "{levels:?}");
+        for collection in 0..2 {
+            let count = tables
+                .iter()
+                .filter(|(_, t)| t.footer().collection == collection)
+                .count();
+            if expect_one {
+                assert_eq!(count, 1, "collection {collection}");
+            } else {
+                assert!(count > 1, "collection {collection}: {count} tables");
+                for (_, table) in &tables {
+                    assert!(table.file_bytes() < 2 * merged_table_bytes);
+                }
+            }
+        }
+        for (k, p) in &model {
+            assert_eq!(store.get(k).unwrap().as_ref(), Some(p), "{k:?}");
+        }
+    }
+}
