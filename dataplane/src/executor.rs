@@ -116,6 +116,11 @@ impl Executor {
         self.tasks.len() - self.free.len()
     }
 
+    /// Slots free: tasks that can be started now.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
     /// Whether some task has been woken and not polled since.
     pub fn has_ready(&self) -> bool {
         self.bits
@@ -240,6 +245,7 @@ mod tests {
         let cell = Rc::new(Cell::default());
         executor.spawn(Wait(Rc::clone(&cell)).map_unit()).unwrap();
         executor.spawn(async {}).unwrap();
+        assert_eq!(executor.free_slots(), 0);
         assert_eq!(executor.spawn(async {}), Err(Full(2)));
         executor.run_ready(10);
         assert_eq!(executor.live(), 1, "the finished task's slot is free");

@@ -5,12 +5,14 @@
 //! from outside the threads ([`leu::verify`], behind `vortex-dataplane topology --verify`).
 //! It also holds the routing of points to LEUs ([`routing`]: VNodes on a Ketama ring,
 //! docs/DATAPLANE.md), the bounded lock-free SPSC queues between LEUs ([`spsc`]), and the
-//! per-LEU executor of request handlers ([`executor`]). The reactor, the VBP server and backpressure (issue #8) build on these
-//! LEUs.
+//! per-LEU executor of request handlers ([`executor`]), on which the handlers that wait (for
+//! the WAL, for other LEUs' parts) run as `async` tasks. The reactor, the VBP server and
+//! backpressure (issue #8) build on these LEUs.
 
 pub mod dispatch;
 pub mod executor;
 pub mod gather;
+mod handlers;
 pub mod handover;
 pub mod leu;
 pub mod looptime;

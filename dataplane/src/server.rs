@@ -22,12 +22,20 @@
 //!   deadline) until every LEU of the team has answered what it read, syncs the WAL and
 //!   returns.
 //!
+//! - **Handlers that wait are tasks**: a write's acknowledgement (until the WAL makes it
+//!   durable) and a scattered request (until every LEU's part is in) run as `async` tasks on
+//!   the LEU's bounded [`Executor`] ([`crate::handlers`]), polled between the loop's passes;
+//!   a request that needs no wait is answered where it is read. With every task slot taken
+//!   (`handlers_max`), requests are answered THROTTLED before they run.
+//!
 //! The shard's WAL runs on its own ring, so the loop waits on the network ring with a short
 //! timeout while acknowledgements are pending (`ack_wait`) and a longer one when idle
 //! (`idle_wait`); another LEU wakes it through an eventfd read armed on the ring.
 
-use crate::dispatch::{dispatch_part, error_response, Outcome, RETRY_AFTER};
+use crate::dispatch::{dispatch_part, Outcome, RETRY_AFTER};
+use crate::executor::Executor;
 use crate::gather::{participants, Merge, Ownership};
+use crate::handlers::{self, Destination, Waits};
 use crate::handover::{Handover, LentFrame, Links, Reply};
 use crate::looptime::LoopTimes;
 use crate::routing::Ring;
@@ -35,6 +43,7 @@ use io_uring::{opcode, types};
 use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +101,9 @@ pub struct ServerConfig {
     /// A connection idle this long (nothing received, nothing in flight) is closed; `None`:
     /// never.
     pub idle_timeout: Option<Duration>,
+    /// Requests of this LEU that may wait at once (for the WAL, for other LEUs' parts):
+    /// the executor's task slots. Past it, requests are answered THROTTLED.
+    pub handlers_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +125,7 @@ impl Default for ServerConfig {
             idle_merge_every: Duration::from_secs(60),
             provided_buffers: 128,
             idle_timeout: Some(Duration::from_secs(300)),
+            handlers_max: 16_384,
         }
     }
 }
@@ -139,6 +152,9 @@ pub struct ServeReport {
     pub served_for_others: u64,
     /// Requests answered THROTTLED because the queue to another LEU was full.
     pub throttled_handover: u64,
+    /// Requests (and other LEUs' parts) answered THROTTLED because every handler slot was
+    /// taken.
+    pub throttled_handlers: u64,
     /// Times the LEU went THROTTLED (free pool buffers or ring slots below the high-water
     /// mark).
     pub throttled_entered: u64,
@@ -197,6 +213,17 @@ const SLOW_READER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a THROTTLED LEU may go without answering anything before it closes the
 /// connection holding the most receive buffers.
 const STUCK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Handler polls one pass makes at most (the rest wait for the next pass).
+const HANDLER_BUDGET: usize = 4096;
+
+/// The answer to a request that finds every handler slot taken.
+fn handlers_full() -> Response {
+    Response::Throttled(ThrottledBody {
+        retry_after_ms: RETRY_AFTER.as_millis() as u32,
+        reason: "too many requests wait on this core (handlers_max); retry".to_owned(),
+    })
+}
 
 /// Parts of other LEUs' requests one pass runs, per sending LEU.
 const PEER_BUDGET: usize = 32;
@@ -336,38 +363,6 @@ impl Connection {
     }
 }
 
-/// Where an answer goes.
-#[derive(Debug, Clone, Copy)]
-enum Destination {
-    /// To a client. Its connection's slot is not reused before the answer: the request
-    /// counts in the connection's `unanswered`, and a slot is freed only at 0.
-    Client { conn: usize, request_id: u64 },
-    /// Into this LEU's gather `token`, as this LEU's part.
-    Gather { token: u32 },
-    /// To LEU `leu`, as its part of its gather `token`.
-    Peer { leu: u16, token: u32 },
-}
-
-/// An acknowledgement waiting for durability.
-struct PendingAck {
-    sequence: u64,
-    to: Destination,
-    response: Response,
-    /// The request's frame: its buffer returns to the pool with the acknowledgement.
-    _frame: Option<FrameBuf>,
-}
-
-/// A request scattered to several LEUs, waiting for their parts.
-struct Gather {
-    conn: usize,
-    request_id: u64,
-    merge: Merge,
-    /// Parts not yet in.
-    waiting: usize,
-    /// The frame, lent to the other LEUs: kept until every part is in.
-    frame: Option<FrameBuf>,
-}
-
 /// Serves VBP on `listeners` with `shard` (LEU `links.leu`'s) until `stop` is set, handing
 /// requests to the rest of the team through `links` ([`Links::solo`] for an LEU alone).
 /// Runs on the calling thread, which must be the one that uses the ring.
@@ -409,8 +404,12 @@ fn serve_inner(
         provided_buffers: provided.is_some(),
         ..ServeReport::default()
     };
+    let executor = Executor::new(config.handlers_max.clamp(1, crate::executor::TASKS_MAX))
+        .ok_or_else(|| ServeError::Pool("no handler slots".to_owned()))?;
     let mut server = Server {
         ring,
+        executor,
+        waits: Rc::new(Waits::default()),
         provided,
         throttled: None,
         refused_seen: 0,
@@ -438,12 +437,11 @@ fn serve_inner(
         out_to: vec![0; leus],
         unsent_replies: (0..leus).map(|_| VecDeque::new()).collect(),
         links,
-        gathers: Vec::new(),
+        gather_frames: Vec::new(),
         gathers_free: Vec::new(),
         wake_armed: false,
         conns: Vec::new(),
         free: Vec::new(),
-        pending: VecDeque::new(),
         report,
         config,
     };
@@ -501,6 +499,9 @@ struct Provided {
 /// the sockets and buffers those operations used.
 struct Server {
     ring: RingDriver<Op>,
+    /// The handlers that wait (their frames return to the pool as they drop).
+    executor: Executor,
+    waits: Rc<Waits>,
     provided: Option<Provided>,
     /// Since when the LEU is THROTTLED.
     throttled: Option<Instant>,
@@ -551,12 +552,12 @@ struct Server {
     out_to: Vec<usize>,
     /// Replies to each LEU its queue had no room for (bounded by the window).
     unsent_replies: Vec<VecDeque<Reply>>,
-    gathers: Vec<Option<Gather>>,
+    /// By gather token: the request's frame, lent to the other LEUs until every part is in.
+    gather_frames: Vec<Option<FrameBuf>>,
     gathers_free: Vec<u32>,
     wake_armed: bool,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
-    pending: VecDeque<PendingAck>,
     report: ServeReport,
     config: ServerConfig,
 }
@@ -583,8 +584,7 @@ impl Server {
             if let Some(since) = stopping_since {
                 // Quiet: nothing of this LEU's own in flight. It goes on running the
                 // other LEUs' parts until the whole team is quiet.
-                let drained = self.pending.is_empty()
-                    && self.gathers.iter().all(Option::is_none)
+                let drained = self.executor.live() == 0
                     && self.unsent_replies.iter().all(VecDeque::is_empty)
                     && self
                         .conns
@@ -640,8 +640,9 @@ impl Server {
             }
             self.serve_peers();
             self.take_replies();
-            self.flush_replies();
             self.release_acks();
+            self.run_handlers();
+            self.flush_replies();
             if last_idle_check.elapsed() >= IDLE_CHECK_EVERY {
                 last_idle_check = Instant::now();
                 self.close_idle();
@@ -756,12 +757,13 @@ impl Server {
         let wake = &self.links.team.wakes[usize::from(self.leu)];
         wake.going_to_sleep();
         let busy = self.links.has_inbound()
+            || self.executor.has_ready()
             || self.unsent_replies.iter().any(|q| !q.is_empty())
             || self.last_activity.elapsed() < self.config.busy_poll;
         let submitted = if busy {
             self.ring.submit()
         } else {
-            let wait = if self.pending.is_empty() && !stopping {
+            let wait = if !self.waits.acks_waiting() && !stopping {
                 self.config.idle_wait
             } else {
                 self.config.ack_wait
@@ -1219,6 +1221,12 @@ impl Server {
                 self.deliver(to, throttled);
                 continue;
             }
+            if self.executor.free_slots() == 0 {
+                // The request might have to wait, and nothing more can.
+                self.report.throttled_handlers += 1;
+                self.deliver(to, handlers_full());
+                continue;
+            }
             match self.validator.request(frame.bytes()) {
                 Ok((_, request)) => {
                     let needed = participants(&request, self.links.ring.as_ref(), self.leu);
@@ -1287,6 +1295,8 @@ impl Server {
             ("throttled_us", self.report.throttled_us + throttled_now),
             ("throttled_answers", self.report.throttled_answers),
             ("throttled_handover", self.report.throttled_handover),
+            ("throttled_handlers", self.report.throttled_handlers),
+            ("handlers_waiting", self.executor.live() as u64),
             ("closed_slow_reader", self.report.closed_slow_reader),
             ("closed_overload", self.report.closed_overload),
             ("idle_merges", self.report.idle_merges),
@@ -1320,22 +1330,28 @@ impl Server {
         counters
     }
 
-    /// Sends an answer now, or once its write is durable (keeping the request's frame, if
-    /// given, leased until then).
+    /// Sends an answer now, or starts the handler that sends it once its write is durable
+    /// (keeping the request's frame, if given, leased until then). The caller made sure a
+    /// handler slot is free.
     fn settle(&mut self, to: Destination, outcome: Outcome, frame: Option<FrameBuf>) {
         match outcome {
             Outcome::Ready(response) => self.deliver(to, response),
             Outcome::AfterDurable { sequence, response } => {
-                self.last_write = Instant::now();
-                self.merged_since_write = false;
-                self.pending.push_back(PendingAck {
-                    sequence,
-                    to,
-                    response,
-                    _frame: frame,
-                })
+                self.wrote();
+                let waits = Rc::clone(&self.waits);
+                let task = handlers::acknowledge(waits, to, sequence, response, frame);
+                if let Err(full) = self.executor.spawn(task) {
+                    let lost = Response::error(ErrorCode::Internal, full.to_string());
+                    self.deliver(to, lost);
+                }
             }
         }
+    }
+
+    /// A write part ran: the LEU is not idle, and an idle merge is due again.
+    fn wrote(&mut self) {
+        self.last_write = Instant::now();
+        self.merged_since_write = false;
     }
 
     /// Hands `frame` to the other LEUs in `needed`, runs this LEU's part if it has one, and
@@ -1365,22 +1381,18 @@ impl Server {
         let token = match self.gathers_free.pop() {
             Some(token) => token,
             None => {
-                self.gathers.push(None);
-                (self.gathers.len() - 1) as u32
+                self.gather_frames.push(None);
+                (self.gather_frames.len() - 1) as u32
             }
         };
-        self.gathers[token as usize] = Some(Gather {
-            conn,
-            request_id,
-            merge: Merge::new(&request),
-            waiting: needed.iter().filter(|&&n| n).count(),
-            frame: None,
-        });
-        // This LEU's part first, from the request already validated (at least one other
-        // part is still to come, so this cannot finish the gather).
-        if needed[me] {
-            let outcome = self.run_part(request);
-            self.settle(Destination::Gather { token }, outcome, None);
+        self.waits.open(token);
+        let merge = Merge::new(&request);
+        let waiting = needed.iter().filter(|&&n| n).count();
+        // This LEU's part first, from the request already validated; the gather's task
+        // waits for it if it is a write.
+        let local = needed[me].then(|| self.run_part(request));
+        if matches!(local, Some(Outcome::AfterDurable { .. })) {
+            self.wrote();
         }
         let mut lent = false;
         for (leu, _) in needed
@@ -1406,13 +1418,24 @@ impl Server {
                 self.links.team.wakes[leu].after_push();
             } else {
                 let lost = Response::error(ErrorCode::Internal, "cannot reach another core");
-                self.gathered(token, leu as u16, lost);
+                self.waits.add_part(token, leu as u16, lost);
             }
         }
         if lent {
-            if let Some(gather) = self.gathers[token as usize].as_mut() {
-                gather.frame = Some(frame.clone());
+            self.gather_frames[token as usize] = Some(frame.clone());
+        }
+        let waits = Rc::clone(&self.waits);
+        let task = handlers::gather(
+            waits, token, self.leu, local, merge, waiting, conn, request_id,
+        );
+        if let Err(full) = self.executor.spawn(task) {
+            // Not reached (a slot was free): the parts still out come back to no gather,
+            // so the frame they read is leaked rather than reused under them.
+            if let Some(frame) = self.gather_frames[token as usize].take() {
+                std::mem::forget(frame);
             }
+            let lost = Response::error(ErrorCode::Internal, full.to_string());
+            self.deliver(Destination::Client { conn, request_id }, lost);
         }
     }
 
@@ -1420,7 +1443,6 @@ impl Server {
     fn deliver(&mut self, to: Destination, response: Response) {
         match to {
             Destination::Client { conn, request_id } => self.answer(conn, request_id, &response),
-            Destination::Gather { token } => self.gathered(token, self.leu, response),
             Destination::Peer { leu, token } => {
                 let leu = usize::from(leu);
                 self.unsent_replies[leu].push_back(Reply { token, response });
@@ -1429,32 +1451,21 @@ impl Server {
         }
     }
 
-    /// Adds LEU `leu`'s part to gather `token`; answers the client when all are in.
-    fn gathered(&mut self, token: u32, leu: u16, response: Response) {
-        let Some(gather) = self
-            .gathers
-            .get_mut(token as usize)
-            .and_then(Option::as_mut)
-        else {
-            return;
-        };
-        gather.merge.add(leu, response);
-        gather.waiting -= 1;
-        if gather.waiting > 0 {
-            return;
+    /// Polls the handlers that were woken and sends the answers of those that finished
+    /// (a finished gather's frame returns to the pool: every part is in).
+    fn run_handlers(&mut self) {
+        if self.executor.has_ready() {
+            self.executor.run_ready(HANDLER_BUDGET);
         }
-        let Some(gather) = self.gathers[token as usize].take() else {
-            return;
-        };
-        self.gathers_free.push(token);
-        // Dropping the gather's frame returns its buffer to the pool.
-        let Gather {
-            conn,
-            request_id,
-            merge,
-            ..
-        } = gather;
-        self.answer(conn, request_id, &merge.finish());
+        while let Some(finished) = self.waits.take_finished() {
+            if let Some(token) = finished.gather {
+                if let Some(frame) = self.gather_frames.get_mut(token as usize) {
+                    *frame = None;
+                    self.gathers_free.push(token);
+                }
+            }
+            self.deliver(finished.to, finished.response);
+        }
     }
 
     /// Runs the parts other LEUs handed to this one: at most [`PEER_BUDGET`] from each per
@@ -1468,15 +1479,20 @@ impl Server {
                     break;
                 };
                 self.report.served_for_others += 1;
+                let to = Destination::Peer {
+                    leu: from as u16,
+                    token: handover.token,
+                };
+                if self.executor.free_slots() == 0 {
+                    self.report.throttled_handlers += 1;
+                    self.deliver(to, handlers_full());
+                    continue;
+                }
                 // SAFETY: read before the reply is sent, while the origin keeps the bytes.
                 let bytes = unsafe { handover.frame.bytes() };
                 let outcome = match self.validator.request(bytes) {
                     Ok((_, request)) => self.run_part(request),
                     Err(error) => Outcome::Ready(error.to_response()),
-                };
-                let to = Destination::Peer {
-                    leu: from as u16,
-                    token: handover.token,
                 };
                 self.settle(to, outcome, None);
             }
@@ -1488,7 +1504,8 @@ impl Server {
         for from in 0..self.links.replies_in.len() {
             while let Some(reply) = self.links.replies_in[from].as_mut().and_then(|q| q.pop()) {
                 self.out_to[from] = self.out_to[from].saturating_sub(1);
-                self.gathered(reply.token, from as u16, reply.response);
+                self.waits
+                    .add_part(reply.token, from as u16, reply.response);
             }
         }
     }
@@ -1521,10 +1538,8 @@ impl Server {
     /// At the end of the loop: the frames of gathers still waiting may still be read by
     /// another LEU, so their buffers are leaked rather than returned to the pool.
     fn leak_lent_frames(&mut self) {
-        for gather in self.gathers.iter_mut().flatten() {
-            if let Some(frame) = gather.frame.take() {
-                std::mem::forget(frame);
-            }
+        for frame in self.gather_frames.iter_mut().filter_map(Option::take) {
+            std::mem::forget(frame);
         }
     }
 
@@ -1690,10 +1705,10 @@ impl Server {
 
     /// Moves the shard's writes and background work forward (a write becomes visible, and
     /// a finished flush or compaction is installed, only when the shard is polled) and
-    /// sends the acknowledgements whose writes are now durable. Every pass while
-    /// acknowledgements wait, at most every [`SHARD_POLL_EVERY`] otherwise.
+    /// wakes the handlers whose writes are now durable. Every pass while acknowledgements
+    /// wait, at most every [`SHARD_POLL_EVERY`] otherwise.
     fn release_acks(&mut self) {
-        if self.pending.is_empty() {
+        if !self.waits.acks_waiting() {
             if self.last_shard_poll.elapsed() >= SHARD_POLL_EVERY {
                 self.last_shard_poll = Instant::now();
                 if let Err(error) = self.shard.poll(None) {
@@ -1708,26 +1723,10 @@ impl Server {
             return;
         }
         self.last_shard_poll = Instant::now();
-        let durable = match self.shard.poll(None) {
-            Ok(durable) => durable,
-            Err(error) => {
-                // The WAL failed: every waiting write is answered with the error.
-                let response = error_response(&error);
-                while let Some(ack) = self.pending.pop_front() {
-                    self.deliver(ack.to, response.clone());
-                }
-                return;
-            }
-        };
-        while self
-            .pending
-            .front()
-            .is_some_and(|ack| ack.sequence <= durable)
-        {
-            let Some(ack) = self.pending.pop_front() else {
-                break;
-            };
-            self.deliver(ack.to, ack.response);
+        match self.shard.poll(None) {
+            Ok(durable) => self.waits.durable_through(durable),
+            // The WAL failed: every waiting write is answered with the error.
+            Err(error) => self.waits.failed(&error),
         }
     }
 

@@ -634,8 +634,8 @@ fn an_idle_leu_merges_its_segments() {
     server.stop();
 }
 
-/// An idle merge whose output is several tables (the store's size target) leaves several
-/// segments; it is not run again until a write comes (at a 1 M-point LEU it rewrote the
+/// An idle merge whose output is several tables (past the store's `merged_table_bytes`)
+/// leaves several segments; it is not run again until a write comes (at a 1 M-point LEU it rewrote the
 /// whole LEU every minute for ever), and stats say when none is due.
 #[test]
 fn an_idle_merge_is_not_repeated_until_a_write_comes() {
@@ -643,6 +643,7 @@ fn an_idle_merge_is_not_repeated_until_a_write_comes() {
     let mut options = ShardOptions::default();
     options.store.memtable_entries_max = 200;
     options.store.table_bytes_target = 16 << 10; // a few hundred points a table
+    options.store.merged_table_bytes = 16 << 10;
     let config = ServerConfig {
         idle_flush_after: Some(Duration::from_millis(50)),
         idle_merge_after: Some(Duration::from_millis(100)),
@@ -848,4 +849,54 @@ fn connections_that_stop_mid_frame_are_closed_and_others_are_served() {
     // Which of them got a buffer first is the kernel's choice; those that did are closed
     // (without the partial-frame timeout none is, and the good client waited 14 s).
     assert!(report.closed_idle >= 1, "{report:?}");
+}
+
+/// Writes wait for their acknowledgement as tasks in the LEU's executor; with every task
+/// slot taken (`handlers_max` 1 here) a request is answered THROTTLED before it runs. Six
+/// writers retrying on THROTTLED all get through, every write is there, and stats count
+/// the refusals and show no handler left waiting.
+#[test]
+fn writes_past_the_handler_slots_are_throttled_before_they_run_and_none_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        handlers_max: 1,
+        ..ServerConfig::default()
+    };
+    let server = start(dir.path(), config);
+    let client = server.client();
+    client.create_collection(spec()).unwrap();
+    let throttled = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for writer in 0..6u64 {
+            let (server, throttled) = (&server, &throttled);
+            scope.spawn(move || {
+                let client = server.client();
+                for n in 0..40 {
+                    let id = writer * 1000 + n;
+                    loop {
+                        match client.upsert(upsert(id..id + 1)) {
+                            Ok(written) => break assert_eq!(written, 1),
+                            Err(vortex_vbp::client::ClientError::Throttled { .. }) => {
+                                throttled.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                            Err(other) => panic!("writer {writer}: {other}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let stats = client.stats().unwrap();
+    let refused = counter(&stats[0], "throttled_handlers");
+    assert!(refused > 0, "six writers never overlapped a WAL ack");
+    assert_eq!(refused, throttled.load(Ordering::Relaxed));
+    assert_eq!(counter(&stats[0], "handlers_waiting"), 0);
+    assert_eq!(client.count("docs", None).unwrap(), 240);
+    let ids: Vec<u64> = (0..6).flat_map(|w| [w * 1000, w * 1000 + 39]).collect();
+    let points = client.get("docs", ids.clone()).unwrap();
+    assert_vectors(&points, |id, d| id as f32 + d as f32 * 0.001);
+    assert_eq!(points.len(), ids.len());
+    drop(client);
+    server.stop();
 }

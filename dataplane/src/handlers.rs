@@ -1,0 +1,412 @@
+//! The request handlers that wait, as `async` tasks on the LEU's [`Executor`]: a write's
+//! acknowledgement waits for the WAL to make it durable, a scattered request waits for the
+//! other LEUs' parts (and for its own write part's durability). A request that needs no
+//! wait is answered where it is read, without a task.
+//!
+//! The tasks and the loop meet in [`Waits`], shared by `Rc` (the tasks are not `Send`:
+//! they live and die on the LEU's thread):
+//!
+//! - the loop tells it what happened: the WAL's durable sequence number moved
+//!   ([`Waits::durable_through`]) or the WAL failed ([`Waits::failed`]), another LEU's part
+//!   of a gather came in ([`Waits::add_part`]); each wakes exactly the tasks it concerns;
+//! - a task that is done leaves its answer in [`Waits::finished`] for the loop to send (the
+//!   loop owns the connections and the queues to the other LEUs).
+//!
+//! Every wait is bounded by what the executor bounds: one task per waiting request, and the
+//! executor has a fixed number of slots.
+
+use crate::dispatch::{error_response, Outcome};
+use crate::gather::Merge;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use vortex_shard::ShardError;
+use vortex_vbp::codec::Response;
+use vortex_vbp::stream::FrameBuf;
+
+/// Where an answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// To a client. Its connection's slot is not reused before the answer: the request
+    /// counts in the connection's `unanswered`, and a slot is freed only at 0.
+    Client { conn: usize, request_id: u64 },
+    /// To LEU `leu`, as its part of its gather `token`.
+    Peer { leu: u16, token: u32 },
+}
+
+/// A handler's answer, for the loop to send.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub to: Destination,
+    pub response: Response,
+    /// The gather this answer ends: its token and lent frame can go.
+    pub gather: Option<u32>,
+}
+
+/// The parts of one gather that came in and were not yet taken by its task.
+#[derive(Debug, Default)]
+struct Parts {
+    arrived: Vec<(u16, Response)>,
+    waker: Option<Waker>,
+}
+
+/// What the loop and the waiting handlers share.
+#[derive(Debug, Default)]
+pub(crate) struct Waits {
+    /// The WAL's durable sequence number, as last polled.
+    durable: Cell<u64>,
+    /// The highest sequence number a handler waits for.
+    expected: Cell<u64>,
+    /// The WAL failed: writes up to this sequence number (not durable by then) get this
+    /// answer.
+    failure: RefCell<Option<(u64, Response)>>,
+    /// Handlers waiting for durability: (sequence, waker).
+    acks: RefCell<Vec<(u64, Waker)>>,
+    /// By gather token.
+    parts: RefCell<Vec<Option<Parts>>>,
+    finished: RefCell<VecDeque<Finished>>,
+}
+
+impl Waits {
+    /// Whether some handler waits for the WAL.
+    pub fn acks_waiting(&self) -> bool {
+        !self.acks.borrow().is_empty()
+    }
+
+    /// The WAL is durable through `sequence`: the writes up to it are acknowledged.
+    pub fn durable_through(&self, sequence: u64) {
+        if sequence <= self.durable.get() {
+            return;
+        }
+        self.durable.set(sequence);
+        self.acks.borrow_mut().retain(|(waiting, waker)| {
+            let done = *waiting <= sequence;
+            if done {
+                waker.wake_by_ref();
+            }
+            !done
+        });
+    }
+
+    /// The WAL failed with `error`: every write waiting now is answered with it.
+    pub fn failed(&self, error: &ShardError) {
+        *self.failure.borrow_mut() = Some((self.expected.get(), error_response(error)));
+        for (_, waker) in self.acks.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// The answer to a write with WAL `sequence`, `response` once it is durable (or the
+    /// WAL's error if it failed first).
+    pub fn durable(self: &Rc<Self>, sequence: u64, response: Response) -> Durable {
+        if sequence > self.expected.get() {
+            self.expected.set(sequence);
+        }
+        Durable {
+            waits: Rc::clone(self),
+            sequence,
+            response: Some(response),
+            registered: false,
+        }
+    }
+
+    /// Starts collecting the parts of gather `token`.
+    pub fn open(&self, token: u32) {
+        let mut parts = self.parts.borrow_mut();
+        let index = token as usize;
+        if parts.len() <= index {
+            parts.resize_with(index + 1, || None);
+        }
+        parts[index] = Some(Parts::default());
+    }
+
+    /// LEU `leu`'s part of gather `token` came in (ignored if the gather is over).
+    pub fn add_part(&self, token: u32, leu: u16, response: Response) {
+        let mut parts = self.parts.borrow_mut();
+        let Some(slot) = parts.get_mut(token as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        slot.arrived.push((leu, response));
+        if let Some(waker) = slot.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The parts of gather `token` that came in since the last call; waits for one.
+    pub fn parts(self: &Rc<Self>, token: u32) -> NextParts {
+        NextParts {
+            waits: Rc::clone(self),
+            token,
+        }
+    }
+
+    /// A handler is done: the loop sends `response` to `to` (and ends `gather`).
+    pub fn finish(&self, to: Destination, response: Response, gather: Option<u32>) {
+        if let Some(token) = gather {
+            if let Some(slot) = self.parts.borrow_mut().get_mut(token as usize) {
+                *slot = None;
+            }
+        }
+        self.finished.borrow_mut().push_back(Finished {
+            to,
+            response,
+            gather,
+        });
+    }
+
+    /// The next answer a handler left for the loop.
+    pub fn take_finished(&self) -> Option<Finished> {
+        self.finished.borrow_mut().pop_front()
+    }
+}
+
+/// See [`Waits::durable`].
+#[derive(Debug)]
+pub(crate) struct Durable {
+    waits: Rc<Waits>,
+    sequence: u64,
+    response: Option<Response>,
+    /// The waker is in `acks`: a task's waker is its slot's for the task's whole life, so
+    /// once is enough (a spurious poll must not add it twice).
+    registered: bool,
+}
+
+impl Future for Durable {
+    type Output = Response;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Response> {
+        let waits = Rc::clone(&self.waits);
+        if self.sequence <= waits.durable.get() {
+            let response = self.response.take();
+            return Poll::Ready(response.unwrap_or_else(gone));
+        }
+        if let Some((through, error)) = waits.failure.borrow().as_ref() {
+            if self.sequence <= *through {
+                return Poll::Ready(error.clone());
+            }
+        }
+        if !self.registered {
+            self.registered = true;
+            waits
+                .acks
+                .borrow_mut()
+                .push((self.sequence, context.waker().clone()));
+        }
+        Poll::Pending
+    }
+}
+
+/// Polled again after it answered: not done by the handlers here.
+fn gone() -> Response {
+    Response::error(
+        vortex_vbp::message::ErrorCode::Internal,
+        "an acknowledgement was taken twice",
+    )
+}
+
+/// See [`Waits::parts`].
+#[derive(Debug)]
+pub(crate) struct NextParts {
+    waits: Rc<Waits>,
+    token: u32,
+}
+
+impl Future for NextParts {
+    type Output = Vec<(u16, Response)>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut parts = self.waits.parts.borrow_mut();
+        let Some(slot) = parts.get_mut(self.token as usize).and_then(Option::as_mut) else {
+            return Poll::Ready(Vec::new()); // the gather is over: nothing more comes
+        };
+        if slot.arrived.is_empty() {
+            slot.waker = Some(context.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(std::mem::take(&mut slot.arrived))
+    }
+}
+
+/// A write's acknowledgement: sent to `to` once WAL `sequence` is durable. The request's
+/// `frame`, if given, stays leased until then.
+pub(crate) async fn acknowledge(
+    waits: Rc<Waits>,
+    to: Destination,
+    sequence: u64,
+    response: Response,
+    frame: Option<FrameBuf>,
+) {
+    let response = waits.durable(sequence, response).await;
+    drop(frame);
+    waits.finish(to, response, None);
+}
+
+/// A request scattered to several LEUs: this LEU's part (`local`, if it has one) and
+/// `waiting` parts from the others (the local one included), merged into one answer to
+/// request `request_id` on connection `conn`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn gather(
+    waits: Rc<Waits>,
+    token: u32,
+    me: u16,
+    local: Option<Outcome>,
+    mut merge: Merge,
+    mut waiting: usize,
+    conn: usize,
+    request_id: u64,
+) {
+    if let Some(outcome) = local {
+        let response = match outcome {
+            Outcome::Ready(response) => response,
+            Outcome::AfterDurable { sequence, response } => waits.durable(sequence, response).await,
+        };
+        merge.add(me, response);
+        waiting = waiting.saturating_sub(1);
+    }
+    while waiting > 0 {
+        let parts = waits.parts(token).await;
+        if parts.is_empty() {
+            break;
+        }
+        for (leu, response) in parts {
+            merge.add(leu, response);
+            waiting = waiting.saturating_sub(1);
+        }
+    }
+    waits.finish(
+        Destination::Client { conn, request_id },
+        merge.finish(),
+        Some(token),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Executor;
+    use vortex_vbp::message::{CountResult, ErrorCode};
+
+    fn counted(count: u64) -> Response {
+        Response::Counted(CountResult { count })
+    }
+
+    fn text(response: &Response) -> String {
+        format!("{response:?}")
+    }
+
+    fn marker(n: u64) -> Response {
+        Response::error(ErrorCode::InvalidArgument, format!("marker {n}"))
+    }
+
+    #[test]
+    fn acknowledgements_wait_for_their_own_sequence_and_no_other() {
+        let waits = Rc::new(Waits::default());
+        let mut executor = Executor::new(16).unwrap();
+        // Spawned out of order: slot order is not sequence order.
+        for sequence in [7, 3, 5] {
+            let to = Destination::Client {
+                conn: 0,
+                request_id: sequence,
+            };
+            let task = acknowledge(Rc::clone(&waits), to, sequence, marker(sequence), None);
+            executor.spawn(task).unwrap();
+        }
+        executor.run_ready(100);
+        assert!(waits.take_finished().is_none(), "nothing is durable yet");
+        assert!(waits.acks_waiting());
+        waits.durable_through(5);
+        assert_eq!(
+            executor.run_ready(100),
+            2,
+            "only the two durable writes run"
+        );
+        let mut done: Vec<u64> = std::iter::from_fn(|| waits.take_finished())
+            .map(|f| match f.to {
+                Destination::Client { request_id, .. } => request_id,
+                Destination::Peer { .. } => unreachable!(),
+            })
+            .collect();
+        done.sort_unstable();
+        assert_eq!(done, vec![3, 5]);
+        waits.durable_through(4); // going back changes nothing
+        assert_eq!(executor.run_ready(100), 0);
+        waits.durable_through(9);
+        executor.run_ready(100);
+        let last = waits.take_finished().unwrap();
+        assert!(text(&last.response).contains("marker 7"));
+        assert_eq!(executor.live(), 0);
+        assert!(!waits.acks_waiting());
+    }
+
+    #[test]
+    fn a_failed_wal_answers_the_waiting_writes_with_its_error_and_later_ones_wait_again() {
+        let waits = Rc::new(Waits::default());
+        let mut executor = Executor::new(16).unwrap();
+        let to = Destination::Peer { leu: 1, token: 4 };
+        for sequence in [1, 2] {
+            let task = acknowledge(Rc::clone(&waits), to, sequence, marker(sequence), None);
+            executor.spawn(task).unwrap();
+        }
+        executor.run_ready(100);
+        let error = ShardError::Invalid("the disk is gone".to_owned());
+        waits.failed(&error);
+        executor.run_ready(100);
+        for _ in 0..2 {
+            let finished = waits.take_finished().unwrap();
+            assert_eq!(finished.to, to);
+            assert!(text(&finished.response).contains("the disk is gone"));
+        }
+        // A write after the failure waits for its own durability.
+        let task = acknowledge(Rc::clone(&waits), to, 3, marker(3), None);
+        executor.spawn(task).unwrap();
+        executor.run_ready(100);
+        assert!(waits.take_finished().is_none());
+        waits.durable_through(3);
+        executor.run_ready(100);
+        assert!(text(&waits.take_finished().unwrap().response).contains("marker 3"));
+    }
+
+    #[test]
+    fn a_gather_answers_once_every_part_and_its_own_durable_write_are_in() {
+        use vortex_vbp::validator::RequestRef;
+        let waits = Rc::new(Waits::default());
+        let mut executor = Executor::new(4).unwrap();
+        waits.open(2);
+        // Another LEU's part may come in before the task first runs.
+        waits.add_part(2, 1, counted(1));
+        let local = Outcome::AfterDurable {
+            sequence: 10,
+            response: counted(4),
+        };
+        let merge = Merge::new(&RequestRef::ListCollections);
+        let task = gather(Rc::clone(&waits), 2, 0, Some(local), merge, 3, 5, 77);
+        executor.spawn(task).unwrap();
+        executor.run_ready(100);
+        waits.add_part(2, 2, counted(2));
+        executor.run_ready(100);
+        assert!(
+            waits.take_finished().is_none(),
+            "the local write is not durable"
+        );
+        waits.durable_through(10);
+        executor.run_ready(100);
+        let finished = waits.take_finished().expect("answered");
+        assert_eq!(
+            finished.to,
+            Destination::Client {
+                conn: 5,
+                request_id: 77
+            }
+        );
+        assert_eq!(finished.gather, Some(2));
+        assert!(matches!(
+            finished.response,
+            Response::Counted(CountResult { count: 7 })
+        ));
+        waits.add_part(2, 1, counted(1)); // late: ignored, the gather is over
+        assert_eq!(executor.live(), 0);
+    }
+}
