@@ -8,6 +8,7 @@
 #   4. saturation: ef SATURATION_EF at 1, 4 and SATURATION_CONNECTIONS connections;
 #   5. `floor`: VBP ping against the loopback echo, on the same cores.
 # OUT (default bench-rigs/results/scale) gets the tables, serve.json and the logs.
+# SERVE_FLAGS go to every serve-ann (e.g. `--i8` for a scalar-quantized collection).
 #
 #   BIN=target/release LEUS=8 CLIENT_CORES=8-15 bench-rigs/scale.sh
 set -euo pipefail
@@ -26,6 +27,7 @@ SECONDS_PER_EF=${SECONDS_PER_EF:-5}
 SATURATION_EF=${SATURATION_EF:-32}
 SATURATION_CONNECTIONS=${SATURATION_CONNECTIONS:-64}
 PORT=${PORT:-7790}
+SERVE_FLAGS=${SERVE_FLAGS:-}
 
 mkdir -p "$OUT" "$WORK"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/scale.log"; }
@@ -65,13 +67,13 @@ log "$(grep "vortex-dataplane ready" "$OUT/dataplane.log" | cut -c1-160)"
 client() { taskset -c "$CLIENT_CORES" "$BIN/vortex-bench" "$@"; }
 log "serve-ann: load, merge, ef $EFS at $CONNECTIONS connections"
 client serve-ann --address "127.0.0.1:$PORT" --data "$DATA/$name" --ef "$EFS" \
-    --connections "$CONNECTIONS" --seconds "$SECONDS_PER_EF" --merged --out "$WORK/main" \
+    --connections "$CONNECTIONS" --seconds "$SECONDS_PER_EF" --merged --out "$WORK/main" $SERVE_FLAGS \
     2>>"$OUT/scale.log" | tee "$OUT/serve.md"
-cp "$WORK/main/serve/$name/vortex.json" "$OUT/serve.json"
+cp "$WORK"/main/serve/"$name"/vortex*.json "$OUT/"
 for connections in 1 4 "$SATURATION_CONNECTIONS"; do
     log "saturation: ef $SATURATION_EF at $connections connections"
     client serve-ann --address "127.0.0.1:$PORT" --data "$DATA/$name" --ef "$SATURATION_EF" \
-        --connections "$connections" --seconds "$SECONDS_PER_EF" --out "$WORK/c$connections" \
+        --connections "$connections" --seconds "$SECONDS_PER_EF" --out "$WORK/c$connections" $SERVE_FLAGS \
         2>>"$OUT/scale.log" | tail -1 | sed "s/^/connections $connections: /" | tee -a "$OUT/saturation.md"
 done
 log "floor"

@@ -121,11 +121,16 @@ enum Command {
         m: u32,
         #[arg(long, default_value_t = 200)]
         ef_construction: u32,
+        /// Store the collection's vectors as scalar-quantized `i8` (the graph walk compares
+        /// codes, then re-ranks in `f32`; docs/INDEX.md).
+        #[arg(long)]
+        i8: bool,
         /// Before searching, wait until every LEU has merged its segments (the dataplane's
         /// idle merge, a few seconds after the last write), as a settled appliance serves.
         #[arg(long)]
         merged: bool,
-        /// The JSON result is written to OUT/serve/<dataset>/vortex.json.
+        /// The JSON result is written to OUT/serve/<dataset>/<engine>.json (`vortex`, or
+        /// `vortex-i8` with `--i8`).
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
     },
@@ -505,6 +510,7 @@ fn main() -> anyhow::Result<()> {
             k,
             m,
             ef_construction,
+            i8,
             merged,
             out,
         } => {
@@ -518,6 +524,7 @@ fn main() -> anyhow::Result<()> {
                 k,
                 m,
                 ef_construction,
+                i8,
                 merged,
                 &command_line,
             )?;
@@ -544,7 +551,7 @@ fn main() -> anyhow::Result<()> {
             }
             write_result(
                 &out.join("serve").join(&result.dataset),
-                "vortex.json",
+                &format!("{}.json", result.engine),
                 &result,
             )?;
         }

@@ -179,14 +179,18 @@ fn load(
     client: &Client,
     address: &str,
     dataset: &Dataset,
-    spec: (u32, u32),
+    spec: (u32, u32, VectorType),
     connections: usize,
     merged: bool,
 ) -> anyhow::Result<f64> {
     let n = dataset.base.len() as u64;
     let started = Instant::now();
     match client.describe_collection(COLLECTION) {
-        Ok(info) if info.points == n && info.spec.dimension as usize == dataset.meta.dim => {
+        Ok(info)
+            if info.points == n
+                && info.spec.dimension as usize == dataset.meta.dim
+                && info.spec.vector_type == spec.2 =>
+        {
             eprintln!("collection `{COLLECTION}` already holds the {n} points");
             settle(client, merged)?;
             return Ok(0.0);
@@ -194,7 +198,7 @@ fn load(
         Ok(_) => client.drop_collection(COLLECTION)?,
         Err(_) => {}
     }
-    let (m, ef_construction) = spec;
+    let (m, ef_construction, vector_type) = spec;
     client.create_collection(CollectionSpec {
         name: COLLECTION.into(),
         dimension: dataset.meta.dim as u32,
@@ -205,7 +209,7 @@ fn load(
         },
         m: u16::try_from(m)?,
         ef_construction: u16::try_from(ef_construction)?,
-        vector_type: VectorType::F32,
+        vector_type,
     })?;
     let batch = 1000;
     let next = AtomicUsize::new(0);
@@ -318,6 +322,7 @@ pub fn ann(
     k: usize,
     m: u32,
     ef_construction: u32,
+    i8: bool,
     merged: bool,
     command: &str,
 ) -> anyhow::Result<AnnResult> {
@@ -328,7 +333,11 @@ pub fn ann(
         &client,
         address,
         &dataset,
-        (m, ef_construction),
+        (
+            m,
+            ef_construction,
+            if i8 { VectorType::I8 } else { VectorType::F32 },
+        ),
         connections,
         merged,
     )?;
@@ -412,7 +421,7 @@ pub fn ann(
         points.push(point);
     }
     Ok(AnnResult {
-        engine: "vortex".into(),
+        engine: if i8 { "vortex-i8" } else { "vortex" }.into(),
         dataset: dataset.meta.name.clone(),
         command: command.to_owned(),
         connections,
