@@ -9,6 +9,7 @@
 //! the WAL, for other LEUs' parts) run as `async` tasks. The reactor, the VBP server and
 //! backpressure (issue #8) build on these LEUs.
 
+pub mod appliance;
 pub mod dispatch;
 pub mod executor;
 pub mod gather;

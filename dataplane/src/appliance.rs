@@ -1,0 +1,408 @@
+//! The appliance as a library: the LEU threads of a planned mapping, each pinned, serving
+//! VBP on its listeners with its shard, started and stopped as one. The `vortex-dataplane
+//! run` command is this plus signals; `vortexctl demo` runs it in-process on a temporary
+//! data directory.
+
+use crate::handover::team;
+use crate::routing::{Ring, VNODES_DEFAULT};
+use crate::server::{serve, ServeReport, ServerConfig};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vortex_config::{ApplianceConfig, ThreadMapping};
+use vortex_io::{affinity, RingConfig};
+use vortex_shard::{Shard, ShardOptions};
+
+/// Which ports the appliance listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// `[network] port` (shared) and `leu_port_base + i` (LEU `i`'s own).
+    Configured,
+    /// Ports the kernel chooses (a demo or a test beside another appliance); clients learn
+    /// each LEU's own port from stats, as always.
+    Ephemeral,
+}
+
+/// A running appliance.
+#[derive(Debug)]
+pub struct Appliance {
+    threads: Vec<JoinHandle<Result<ServeReport, String>>>,
+    stop: Arc<AtomicBool>,
+    address: SocketAddr,
+    leu_ports: Vec<u16>,
+    data_dir: PathBuf,
+    /// Per LEU: WAL records replayed, segments, time to ready.
+    details: Vec<String>,
+}
+
+/// What the LEUs did, summed, when the appliance stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Requests answered.
+    pub answered: u64,
+}
+
+/// The server settings an appliance config asks for.
+pub fn server_config(config: &ApplianceConfig) -> ServerConfig {
+    ServerConfig {
+        connections_max: config.limits.connections_max as usize,
+        requests_per_connection_max: config.limits.inflight_per_connection_max as usize,
+        frame_size_max_bytes: config.limits.frame_size_max_bytes,
+        idle_timeout: (config.limits.idle_timeout_s > 0)
+            .then(|| Duration::from_secs(u64::from(config.limits.idle_timeout_s))),
+        ring: RingConfig::from_config(&config.io_uring),
+        busy_poll: Duration::from_micros(u64::from(config.io_uring.busy_poll_us)),
+        ..ServerConfig::default()
+    }
+}
+
+impl Appliance {
+    /// Checks the data directory's layout, binds the listeners, starts one pinned thread
+    /// per LEU of `mapping` (each opens its shard in `data_dir/leu-i`), and returns once
+    /// every LEU is ready, or the first failure (the started LEUs are stopped again).
+    /// `origin` names the config in error messages.
+    pub fn start(
+        config: &ApplianceConfig,
+        mapping: &ThreadMapping,
+        data_dir: &Path,
+        ports: Ports,
+        origin: &str,
+    ) -> Result<Appliance, String> {
+        let leus = mapping.leus.len();
+        let layout = Layout {
+            leus,
+            vnodes: VNODES_DEFAULT,
+        };
+        layout.check(data_dir)?;
+        let listeners = bind_listeners(config, leus, ports, origin)?;
+        let address = listeners
+            .first()
+            .and_then(|own| own.first())
+            .and_then(|shared| shared.local_addr().ok())
+            .ok_or("no LEU to listen")?;
+        let leu_ports = listeners
+            .iter()
+            .map(|own| {
+                own.last()
+                    .and_then(|l| l.local_addr().ok())
+                    .map_or(0, |a| a.port())
+            })
+            .collect();
+        let ring = Ring::new(leus, VNODES_DEFAULT).map_err(|e| e.to_string())?;
+        let server_config = server_config(config);
+        let links = team(ring, server_config.handover_queue)
+            .map_err(|error| format!("cannot set up the LEU queues: {error}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        let mut threads = Vec::with_capacity(leus);
+        for ((links, listeners), leu) in links.into_iter().zip(listeners).zip(&mapping.leus) {
+            let index = links.leu;
+            let shard_dir = data_dir.join(format!("leu-{index}"));
+            let (server_config, stop, ready_tx, cpu) = (
+                server_config.clone(),
+                Arc::clone(&stop),
+                ready_tx.clone(),
+                leu.cpu,
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("leu-{index}"))
+                .spawn(move || -> Result<ServeReport, String> {
+                    if let Err(error) = affinity::pin_current_thread(cpu) {
+                        tracing::warn!(cpu, %error, "cannot pin LEU {index}");
+                    }
+                    let (shard, report) = match Shard::open(&shard_dir, ShardOptions::default()) {
+                        Ok(opened) => opened,
+                        Err(error) => {
+                            let message = format!(
+                                "cannot open the shard in {}: {error}",
+                                shard_dir.display()
+                            );
+                            // Nothing was served: the other LEUs are stopped by `start`.
+                            let _ = ready_tx.send(Err(message.clone()));
+                            return Err(message);
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(format!(
+                        "LEU {index}: {} WAL records replayed, {} segments, ready in {:.0} ms",
+                        report.replayed,
+                        report.segments,
+                        report.time_to_ready.as_secs_f64() * 1e3
+                    )));
+                    serve(listeners, shard, links, server_config, stop).map_err(|e| e.to_string())
+                })
+                .map_err(|error| format!("cannot start an LEU thread: {error}"))?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        let mut details = Vec::with_capacity(leus);
+        let mut failure = None;
+        for _ in 0..leus {
+            match ready_rx.recv() {
+                Ok(Ok(detail)) => details.push(detail),
+                Ok(Err(message)) => {
+                    failure = Some(message);
+                    break;
+                }
+                Err(_) => {
+                    failure = Some("an LEU thread stopped before it was ready".to_owned());
+                    break;
+                }
+            }
+        }
+        if let Some(message) = failure {
+            stop.store(true, Ordering::Release);
+            for thread in threads {
+                let _ = thread.join();
+            }
+            return Err(message);
+        }
+        details.sort();
+        Ok(Appliance {
+            threads,
+            stop,
+            address,
+            leu_ports,
+            data_dir: data_dir.to_owned(),
+            details,
+        })
+    }
+
+    /// The shared address (every LEU accepts on it).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Each LEU's own port.
+    pub fn leu_ports(&self) -> &[u16] {
+        &self.leu_ports
+    }
+
+    /// The readiness line: `vortex-dataplane ready: serving VBP on …`.
+    pub fn ready_line(&self) -> String {
+        let ports: Vec<String> = self.leu_ports.iter().map(u16::to_string).collect();
+        format!(
+            "vortex-dataplane ready: serving VBP on {} ({} LEU(s); their own ports {}; data in \
+             {}; {})",
+            self.address,
+            self.leu_ports.len(),
+            ports.join(", "),
+            self.data_dir.display(),
+            self.details.join("; ")
+        )
+    }
+
+    /// Whether an LEU ended on its own (it failed): the appliance should be stopped.
+    pub fn failed(&self) -> bool {
+        self.threads.iter().any(JoinHandle::is_finished)
+    }
+
+    /// Stops every LEU (no more accepts or reads, what was read is answered, WALs synced)
+    /// and waits for them.
+    pub fn stop(self) -> Result<Stopped, String> {
+        self.stop.store(true, Ordering::Release);
+        let mut total = Stopped::default();
+        let mut errors = Vec::new();
+        for (leu, thread) in self.threads.into_iter().enumerate() {
+            match thread.join() {
+                Ok(Ok(report)) => {
+                    total.accepted += report.accepted;
+                    total.answered += report.answered;
+                }
+                Ok(Err(error)) => errors.push(format!("LEU {leu}: {error}")),
+                Err(_) => errors.push(format!("LEU {leu} panicked")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(total)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// Binds, for each LEU, its own port (`leu_port_base + i`, exclusive: a second dataplane
+/// on the same ports fails here) and the shared port (`SO_REUSEPORT`: the kernel spreads
+/// the connections over the LEUs); with [`Ports::Ephemeral`], ports the kernel chooses.
+/// Returns each LEU's listeners, shared first.
+fn bind_listeners(
+    config: &ApplianceConfig,
+    leus: usize,
+    ports: Ports,
+    origin: &str,
+) -> Result<Vec<Vec<TcpListener>>, String> {
+    let host = config.network.listen_address;
+    let taken = |address: SocketAddr, error: std::io::Error| {
+        format!(
+            "cannot listen on {address}: {error} (is another dataplane running? change \
+             [network] port or leu_port_base in {origin})"
+        )
+    };
+    let mut own = Vec::with_capacity(leus);
+    for leu in 0..leus {
+        let port = match ports {
+            Ports::Configured => usize::from(config.network.leu_port_base) + leu,
+            Ports::Ephemeral => 0,
+        };
+        let address = SocketAddr::new(host, u16::try_from(port).map_err(|e| e.to_string())?);
+        own.push(TcpListener::bind(address).map_err(|error| taken(address, error))?);
+    }
+    let mut shared = SocketAddr::new(
+        host,
+        match ports {
+            Ports::Configured => config.network.port,
+            Ports::Ephemeral => 0,
+        },
+    );
+    own.into_iter()
+        .map(|own| {
+            let listener = reuseport_listener(shared).map_err(|error| taken(shared, error))?;
+            // An ephemeral shared port: the first LEU's choice is every other LEU's.
+            shared = listener
+                .local_addr()
+                .map_err(|error| taken(shared, error))?;
+            Ok(vec![listener, own])
+        })
+        .collect()
+}
+
+/// A listener on `address` with `SO_REUSEPORT` set, so that every LEU can bind it.
+fn reuseport_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let family = match address {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: creates a new socket, owned just below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: sets an int option from a live int on a socket we own.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let (storage, length) = socket_address(address);
+    // SAFETY: binds to an address held in a live sockaddr_storage of the given length.
+    let bound = unsafe { libc::bind(socket.as_raw_fd(), (&raw const storage).cast(), length) };
+    if bound != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listens on a bound socket we own.
+    if unsafe { libc::listen(socket.as_raw_fd(), 1024) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(TcpListener::from(socket))
+}
+
+fn socket_address(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let length = match address {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, length as libc::socklen_t)
+}
+
+/// How the data directory's points are spread over LEUs. Points live in the LEU that owns
+/// their VNode, so the directory only fits a dataplane with the same LEU and VNode counts;
+/// moving VNodes between LEUs (rebalancing) is not built yet, so a mismatch is refused.
+struct Layout {
+    leus: usize,
+    vnodes: u16,
+}
+
+impl Layout {
+    const FILE: &'static str = "LAYOUT";
+
+    fn text(&self) -> String {
+        format!("leus = {}\nvnodes = {}\n", self.leus, self.vnodes)
+    }
+
+    /// Writes the layout into a new data directory, or checks an existing one's.
+    fn check(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        let path = data_dir.join(Self::FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(found) if found == self.text() => Ok(()),
+            Ok(found) => Err(format!(
+                "{} holds data spread over another LEU layout ({}), and this config runs {} \
+                 LEU(s) with {} VNodes; set [leu] count back, or start from an empty data \
+                 directory (moving data between layouts is not supported yet)",
+                data_dir.display(),
+                found.trim().replace('\n', ", "),
+                self.leus,
+                self.vnodes
+            )),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if self.leus > 1 && data_dir.join("leu-0").exists() {
+                    return Err(format!(
+                        "{} holds data of a single-LEU dataplane and this config runs {} LEUs; \
+                         set [leu] count = 1, or start from an empty data directory",
+                        data_dir.display(),
+                        self.leus
+                    ));
+                }
+                write_durably(&path, self.text().as_bytes())
+                    .map_err(|error| format!("cannot write {}: {error}", path.display()))
+            }
+            Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+        }
+    }
+}
+
+/// Writes a small file and makes it and its name durable.
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
