@@ -5,4 +5,5 @@
 //! cargo-fuzz crate that drives them, `tools/fuzz/corpus/` the corpus that `cargo test`
 //! replays.
 
+pub mod ctl;
 pub mod fuzz;

@@ -1,0 +1,797 @@
+//! `vortexctl`: the VORTEX command line over VBP. `vortexctl --help` lists the commands;
+//! docs/VORTEXCTL.md has them all with examples, the JSON formats and the exit codes.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use vortex_tools::ctl::demo::{self, DemoOptions};
+use vortex_tools::ctl::doctor::{self, Verdict};
+use vortex_tools::ctl::input::{read_row, Format, PointReader};
+use vortex_tools::ctl::json::{
+    filter_from_json, payload_from_json, payload_to_json, vector_from_json,
+};
+use vortex_tools::ctl::{retrying, CtlError, EXIT_FAILED};
+use vortex_vbp::client::{Client, ClientOptions};
+use vortex_vbp::message::{
+    CollectionInfo, CollectionSpec, Filter, LeuStats, Metric, Search, Upsert, VectorType,
+};
+use vortex_vbp::sharded::ShardedClient;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vortexctl",
+    version,
+    about = "Talk to a VORTEX appliance over VBP"
+)]
+struct Cli {
+    /// The appliance's address (any of its ports).
+    #[arg(
+        long,
+        global = true,
+        env = "VORTEX_ADDRESS",
+        default_value = "127.0.0.1:7700"
+    )]
+    address: String,
+    /// Seconds a request may take.
+    #[arg(long, global = true, default_value_t = 30)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Round trips to the server, with their times.
+    Ping {
+        #[arg(long, default_value_t = 3)]
+        count: u32,
+    },
+    /// Create, drop, list or describe collections.
+    #[command(subcommand)]
+    Collection(CollectionCommand),
+    /// Load points from a .fvecs, .npy or JSON Lines file, in batches, with a progress bar.
+    Load {
+        collection: String,
+        file: PathBuf,
+        /// The file's format (default: from its extension).
+        #[arg(long, value_enum)]
+        format: Option<FileFormat>,
+        /// Points per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// The id of the first row of an .fvecs or .npy file (rows are numbered from it).
+        #[arg(long, default_value_t = 0)]
+        start_id: u64,
+        /// Create the collection first (dimension from the file) if it does not exist.
+        #[arg(long)]
+        create: bool,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Write one point.
+    Upsert {
+        collection: String,
+        #[arg(long)]
+        id: u64,
+        /// The vector, as a JSON array.
+        #[arg(long)]
+        vector: String,
+        /// The payload, as a JSON object.
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// Read points by id.
+    Get {
+        collection: String,
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        /// Print JSON Lines (with the vectors) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete points by id.
+    Delete {
+        collection: String,
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    /// The nearest points to a vector.
+    Search {
+        collection: String,
+        /// The query, as a JSON array.
+        #[arg(long, conflicts_with = "vector_file")]
+        vector: Option<String>,
+        /// Take the query from this point file ...
+        #[arg(long, requires = "row")]
+        vector_file: Option<PathBuf>,
+        /// ... at this row (from 0).
+        #[arg(long)]
+        row: Option<u64>,
+        #[arg(short, long, default_value_t = 10)]
+        k: u32,
+        /// Search beam width (0: the collection's default).
+        #[arg(long, default_value_t = 0)]
+        ef: u32,
+        /// A payload filter, as JSON (docs/VORTEXCTL.md).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Return the payloads too.
+        #[arg(long)]
+        payload: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count a collection's points.
+    Count { collection: String },
+    /// Per LEU: connections, QPS, latency, THROTTLED time, MemTable, segments, index builds.
+    Stats {
+        /// Seconds between the two samples QPS is computed from.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Print every counter as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a benchmark (a front for `vortex-bench`; `vortexctl bench -- --help`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The quickstart: an appliance in this process on a temporary directory, a generated
+    /// dataset loaded, searched and checked against exact search, then a clean stop.
+    Demo {
+        #[arg(long, default_value_t = 100_000)]
+        points: usize,
+        #[arg(long, default_value_t = 128)]
+        dimension: usize,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, default_value_t = 64)]
+        ef: u32,
+        /// Keep the data in this directory (it must be empty or a demo's).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check this host against the appliance config: pass / warn / fail, with fixes.
+    Doctor {
+        /// The appliance config (default: the built-in defaults).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CollectionCommand {
+    /// Create a collection.
+    Create {
+        name: String,
+        #[arg(long)]
+        dimension: u32,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// Drop a collection and its points.
+    Drop { name: String },
+    /// List the collections.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One collection's settings and point count.
+    Describe {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+struct SpecArgs {
+    #[arg(long, value_enum, default_value_t = MetricArg::L2)]
+    metric: MetricArg,
+    /// HNSW neighbours per node.
+    #[arg(long, default_value_t = 16)]
+    m: u16,
+    #[arg(long, default_value_t = 200)]
+    ef_construction: u16,
+    /// Keep the vectors scalar-quantized to i8 for the graph walk.
+    #[arg(long)]
+    i8: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MetricArg {
+    L2,
+    Cosine,
+    Ip,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FileFormat {
+    Fvecs,
+    Npy,
+    Jsonl,
+}
+
+impl SpecArgs {
+    fn spec(&self, name: &str, dimension: u32) -> CollectionSpec {
+        CollectionSpec {
+            name: name.to_owned(),
+            dimension,
+            metric: match self.metric {
+                MetricArg::L2 => Metric::L2,
+                MetricArg::Cosine => Metric::Cosine,
+                MetricArg::Ip => Metric::Ip,
+            },
+            m: self.m,
+            ef_construction: self.ef_construction,
+            vector_type: if self.i8 {
+                VectorType::I8
+            } else {
+                VectorType::F32
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("vortexctl: {error}");
+            ExitCode::from(error.code)
+        }
+    }
+}
+
+fn options(cli: &Cli) -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_secs(cli.timeout.max(1)),
+        ..ClientOptions::default()
+    }
+}
+
+fn connect(cli: &Cli) -> Result<Client, CtlError> {
+    Client::connect(&[cli.address.as_str()], options(cli)).map_err(CtlError::from_client)
+}
+
+fn parse_json(text: &str, what: &str) -> Result<Value, CtlError> {
+    serde_json::from_str(text).map_err(|e| CtlError::usage(format!("{what} is not JSON: {e}")))
+}
+
+fn filter(text: Option<&str>) -> Result<Option<Filter>, CtlError> {
+    text.map(|text| {
+        filter_from_json(&parse_json(text, "--filter")?).map_err(|e| CtlError::usage(e.0))
+    })
+    .transpose()
+}
+
+fn format_of(path: &std::path::Path, given: Option<FileFormat>) -> Result<Format, CtlError> {
+    match given {
+        Some(FileFormat::Fvecs) => Ok(Format::Fvecs),
+        Some(FileFormat::Npy) => Ok(Format::Npy),
+        Some(FileFormat::Jsonl) => Ok(Format::JsonLines),
+        None => Format::from_path(path).ok_or_else(|| {
+            CtlError::usage(format!(
+                "{}: cannot tell the format from the extension; give --format fvecs, npy or jsonl",
+                path.display()
+            ))
+        }),
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, CtlError> {
+    match &cli.command {
+        Command::Ping { count } => {
+            let client = connect(&cli)?;
+            for _ in 0..(*count).max(1) {
+                let started = Instant::now();
+                client.ping().map_err(CtlError::from_client)?;
+                let endpoint = client
+                    .connected_endpoint()
+                    .map_or_else(|| cli.address.clone(), |e| e.to_string());
+                println!(
+                    "pong from {endpoint} in {:.0} µs",
+                    started.elapsed().as_secs_f64() * 1e6
+                );
+            }
+            Ok(0)
+        }
+        Command::Collection(command) => collection(&cli, command),
+        Command::Load {
+            collection,
+            file,
+            format,
+            batch,
+            start_id,
+            create,
+            spec,
+        } => load(
+            &cli,
+            collection,
+            file,
+            *format,
+            *batch,
+            *start_id,
+            create.then_some(spec),
+        ),
+        Command::Upsert {
+            collection,
+            id,
+            vector,
+            payload,
+        } => {
+            let vector = vector_from_json(&parse_json(vector, "--vector")?, "--vector")
+                .map_err(|e| CtlError::usage(e.0))?;
+            let payloads = match payload {
+                Some(text) => vec![
+                    payload_from_json(&parse_json(text, "--payload")?, "--payload")
+                        .map_err(|e| CtlError::usage(e.0))?,
+                ],
+                None => Vec::new(),
+            };
+            let client = connect(&cli)?;
+            let written = retrying(|| {
+                client.upsert(Upsert {
+                    collection: collection.clone(),
+                    dimension: vector.len() as u32,
+                    ids: vec![*id],
+                    vectors: vector.clone(),
+                    payloads: payloads.clone(),
+                })
+            })
+            .map_err(CtlError::from_client)?;
+            println!("upserted {written} point (durable)");
+            Ok(0)
+        }
+        Command::Get {
+            collection,
+            ids,
+            json,
+        } => {
+            let client = connect(&cli)?;
+            let points = client
+                .get(collection, ids.clone())
+                .map_err(CtlError::from_client)?;
+            for point in &points {
+                let payload = point.payload.as_ref().map(payload_to_json);
+                if *json {
+                    println!(
+                        "{}",
+                        json!({"id": point.id, "vector": point.vector, "payload": payload})
+                    );
+                } else {
+                    let shown: Vec<String> = point
+                        .vector
+                        .iter()
+                        .take(4)
+                        .map(|x| format!("{x:.4}"))
+                        .collect();
+                    let more = if point.vector.len() > 4 { ", …" } else { "" };
+                    println!(
+                        "{:>12}  [{}{more}] ({} dims)  {}",
+                        point.id,
+                        shown.join(", "),
+                        point.vector.len(),
+                        payload.map_or_else(String::new, |p| p.to_string())
+                    );
+                }
+            }
+            let missing = ids.len() - points.len();
+            if missing > 0 {
+                eprintln!("{missing} of {} id(s) not found", ids.len());
+            }
+            Ok(0)
+        }
+        Command::Delete { collection, ids } => {
+            let client = connect(&cli)?;
+            let deleted = retrying(|| client.delete(collection, ids.clone()))
+                .map_err(CtlError::from_client)?;
+            println!("deleted {deleted} id(s) (durable; an id that did not exist is a no-op)");
+            Ok(0)
+        }
+        Command::Search {
+            collection,
+            vector,
+            vector_file,
+            row,
+            k,
+            ef,
+            filter: filter_text,
+            payload,
+            json: as_json,
+        } => {
+            let vector = match (vector, vector_file) {
+                (Some(text), _) => vector_from_json(&parse_json(text, "--vector")?, "--vector")
+                    .map_err(|e| CtlError::usage(e.0))?,
+                (None, Some(path)) => read_row(path, format_of(path, None)?, row.unwrap_or(0))
+                    .map_err(|e| CtlError::usage(e.to_string()))?,
+                (None, None) => {
+                    return Err(CtlError::usage(
+                        "give the query: --vector '[…]' or --vector-file FILE --row N",
+                    ))
+                }
+            };
+            let filter = filter(filter_text.as_deref())?;
+            let client = connect(&cli)?;
+            let started = Instant::now();
+            let hits = retrying(|| {
+                client.search(Search {
+                    collection: collection.clone(),
+                    vector: vector.clone(),
+                    k: *k,
+                    ef: *ef,
+                    filter: filter.clone(),
+                    with_payload: *payload,
+                })
+            })
+            .map_err(CtlError::from_client)?;
+            let took = started.elapsed();
+            if *as_json {
+                for hit in &hits {
+                    let payload = hit.payload.as_ref().map(payload_to_json);
+                    println!(
+                        "{}",
+                        json!({"id": hit.id, "distance": hit.distance, "payload": payload})
+                    );
+                }
+            } else {
+                println!("{:>4}  {:>12}  {:>12}  payload", "rank", "id", "distance");
+                for (rank, hit) in hits.iter().enumerate() {
+                    let payload = hit
+                        .payload
+                        .as_ref()
+                        .map_or_else(String::new, |p| payload_to_json(p).to_string());
+                    println!(
+                        "{:>4}  {:>12}  {:>12.6}  {payload}",
+                        rank + 1,
+                        hit.id,
+                        hit.distance
+                    );
+                }
+                println!(
+                    "{} hit(s) in {:.0} µs",
+                    hits.len(),
+                    took.as_secs_f64() * 1e6
+                );
+            }
+            Ok(0)
+        }
+        Command::Count { collection } => {
+            let client = connect(&cli)?;
+            let count = client
+                .count(collection, None)
+                .map_err(CtlError::from_client)?;
+            println!("{count}");
+            Ok(0)
+        }
+        Command::Stats { interval, json } => stats(&cli, *interval, *json),
+        Command::Bench { args } => bench(args),
+        Command::Demo {
+            points,
+            dimension,
+            queries,
+            k,
+            ef,
+            data_dir,
+        } => {
+            let options = DemoOptions {
+                points: *points,
+                dimension: *dimension,
+                queries: *queries,
+                k: *k,
+                ef: *ef,
+                data_dir: data_dir.clone(),
+                ..DemoOptions::default()
+            };
+            demo::run(&options, &mut std::io::stdout())?;
+            Ok(0)
+        }
+        Command::Doctor { config, json } => doctor_command(config.as_ref(), *json),
+    }
+}
+
+fn describe_line(info: &CollectionInfo) -> String {
+    format!(
+        "{:<24} {:>6} dims  {:<7} M {:<3} ef_construction {:<4} {:<4} {:>12} points",
+        info.spec.name,
+        info.spec.dimension,
+        format!("{:?}", info.spec.metric).to_lowercase(),
+        info.spec.m,
+        info.spec.ef_construction,
+        format!("{:?}", info.spec.vector_type).to_lowercase(),
+        info.points
+    )
+}
+
+fn describe_json(info: &CollectionInfo) -> Value {
+    json!({
+        "name": info.spec.name,
+        "dimension": info.spec.dimension,
+        "metric": format!("{:?}", info.spec.metric).to_lowercase(),
+        "m": info.spec.m,
+        "ef_construction": info.spec.ef_construction,
+        "vector_type": format!("{:?}", info.spec.vector_type).to_lowercase(),
+        "points": info.points,
+    })
+}
+
+fn collection(cli: &Cli, command: &CollectionCommand) -> Result<u8, CtlError> {
+    let client = connect(cli)?;
+    match command {
+        CollectionCommand::Create {
+            name,
+            dimension,
+            spec,
+        } => {
+            client
+                .create_collection(spec.spec(name, *dimension))
+                .map_err(CtlError::from_client)?;
+            println!("created collection `{name}`");
+        }
+        CollectionCommand::Drop { name } => {
+            client
+                .drop_collection(name)
+                .map_err(CtlError::from_client)?;
+            println!("dropped collection `{name}`");
+        }
+        CollectionCommand::List { json } => {
+            let list = client.list_collections().map_err(CtlError::from_client)?;
+            for info in &list {
+                if *json {
+                    println!("{}", describe_json(info));
+                } else {
+                    println!("{}", describe_line(info));
+                }
+            }
+            if list.is_empty() && !*json {
+                println!("no collections");
+            }
+        }
+        CollectionCommand::Describe { name, json } => {
+            let info = client
+                .describe_collection(name)
+                .map_err(CtlError::from_client)?;
+            if *json {
+                println!("{}", describe_json(&info));
+            } else {
+                println!("{}", describe_line(&info));
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn load(
+    cli: &Cli,
+    collection: &str,
+    file: &std::path::Path,
+    format: Option<FileFormat>,
+    batch: usize,
+    start_id: u64,
+    create: Option<&SpecArgs>,
+) -> Result<u8, CtlError> {
+    let format = format_of(file, format)?;
+    let batch = batch.clamp(1, 100_000);
+    let mut reader =
+        PointReader::open(file, format, start_id).map_err(|e| CtlError::usage(e.to_string()))?;
+    let client =
+        ShardedClient::connect(&cli.address, options(cli)).map_err(CtlError::from_client)?;
+    let mut first = reader
+        .next_batch(batch)
+        .map_err(|e| CtlError::usage(e.to_string()))?;
+    let dimension = reader.dimension().unwrap_or(0) as u32;
+    if let Some(spec) = create {
+        match client.any().describe_collection(collection) {
+            Ok(info) if info.spec.dimension != dimension => {
+                return Err(CtlError::usage(format!(
+                    "collection `{collection}` has dimension {}, {} holds vectors of {dimension}",
+                    info.spec.dimension,
+                    file.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(_) => client
+                .any()
+                .create_collection(spec.spec(collection, dimension))
+                .map_err(CtlError::from_client)?,
+        }
+    }
+    let bar = match reader.total() {
+        Some(total) => ProgressBar::new(total),
+        None => ProgressBar::new_spinner(),
+    }
+    .with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} points ({per_sec}, {eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut loaded = 0u64;
+    while let Some(points) = first.take() {
+        let count = points.ids.len() as u64;
+        let upsert = Upsert {
+            collection: collection.to_owned(),
+            dimension,
+            ids: points.ids,
+            vectors: points.vectors,
+            payloads: points.payloads,
+        };
+        retrying(|| client.upsert(upsert.clone())).map_err(|error| {
+            bar.abandon();
+            let mut error = CtlError::from_client(error);
+            error.message = format!(
+                "{} (after {loaded} points were loaded and acknowledged)",
+                error.message
+            );
+            error
+        })?;
+        loaded += count;
+        bar.inc(count);
+        first = reader
+            .next_batch(batch)
+            .map_err(|e| CtlError::usage(format!("{e} (after {loaded} points were loaded)")))?;
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "loaded {loaded} points of dimension {dimension} into `{collection}` in {seconds:.1} s ({:.0} points/s), every batch durable",
+        loaded as f64 / seconds.max(1e-9)
+    );
+    Ok(0)
+}
+
+fn counter(leu: &LeuStats, name: &str) -> u64 {
+    leu.counters
+        .iter()
+        .find(|c| c.name == name)
+        .map_or(0, |c| c.value)
+}
+
+fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
+    let client = connect(cli)?;
+    let before = client.stats().map_err(CtlError::from_client)?;
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(interval.clamp(0.1, 60.0)));
+    let after = client.stats().map_err(CtlError::from_client)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if as_json {
+        for leu in &after {
+            let counters: serde_json::Map<String, Value> = leu
+                .counters
+                .iter()
+                .map(|c| (c.name.clone(), Value::from(c.value)))
+                .collect();
+            println!("{}", json!({"leu": leu.leu, "counters": counters}));
+        }
+        return Ok(0);
+    }
+    println!(
+        "{:>3}  {:>5}  {:>8}  {:>9}  {:>9}  {:>11}  {:>9}  {:>8}  {:>6}",
+        "LEU",
+        "conns",
+        "QPS",
+        "p99 µs",
+        "loop p99",
+        "THROTTLED s",
+        "memtable",
+        "segments",
+        "builds"
+    );
+    for leu in &after {
+        let earlier = before.iter().find(|b| b.leu == leu.leu);
+        let answered = counter(leu, "requests_answered")
+            .saturating_sub(earlier.map_or(0, |b| counter(b, "requests_answered")));
+        println!(
+            "{:>3}  {:>5}  {:>8.0}  {:>9.0}  {:>9.0}  {:>11.1}  {:>9}  {:>8}  {:>6}",
+            leu.leu,
+            counter(leu, "connections"),
+            answered as f64 / seconds,
+            counter(leu, "request_p99_ns") as f64 / 1e3,
+            counter(leu, "loop_p99_ns") as f64 / 1e3,
+            counter(leu, "throttled_us") as f64 / 1e6,
+            counter(leu, "memtable_points"),
+            counter(leu, "segments"),
+            counter(leu, "index_build_backlog"),
+        );
+    }
+    println!(
+        "(QPS over {seconds:.1} s; p99: the server's time per request since start; memtable: points not yet in a segment; builds: index builds pending)"
+    );
+    Ok(0)
+}
+
+fn bench(args: &[String]) -> Result<u8, CtlError> {
+    let here = std::env::current_exe().map_err(|e| CtlError::runtime(e.to_string()))?;
+    let beside = here.with_file_name("vortex-bench");
+    let program = if beside.exists() {
+        beside
+    } else {
+        PathBuf::from("vortex-bench")
+    };
+    let status = std::process::Command::new(&program)
+        .args(args)
+        .status()
+        .map_err(|e| {
+            CtlError::runtime(format!(
+                "cannot run {}: {e}; build it with `cargo build --release -p vortex-bench` (it goes beside vortexctl)",
+                program.display()
+            ))
+        })?;
+    Ok(status
+        .code()
+        .and_then(|code| u8::try_from(code).ok())
+        .unwrap_or(EXIT_FAILED))
+}
+
+fn doctor_command(config_path: Option<&PathBuf>, as_json: bool) -> Result<u8, CtlError> {
+    let config = match config_path {
+        Some(path) => vortex_config::ApplianceConfig::load(path)
+            .map_err(|e| CtlError::usage(e.to_string()))?,
+        None => vortex_config::ApplianceConfig::default(),
+    };
+    let topology =
+        vortex_config::Topology::discover().map_err(|e| CtlError::runtime(e.to_string()))?;
+    let mapping = config
+        .plan_leus(&topology)
+        .map_err(|e| CtlError::usage(e.to_string()))?;
+    let data_dir = config
+        .prepare_data_dir()
+        .map_err(|e| CtlError::usage(e.to_string()))?;
+    let host = doctor::observe(&config, &mapping, &data_dir);
+    let checks = doctor::evaluate(&host, &config);
+    if as_json {
+        let text =
+            serde_json::to_string_pretty(&checks).map_err(|e| CtlError::runtime(e.to_string()))?;
+        println!("{text}");
+    } else {
+        for check in &checks {
+            println!(
+                "{}  {:<24} {}",
+                check.verdict.label(),
+                check.name,
+                check.detail
+            );
+            if let Some(fix) = &check.fix {
+                println!("      fix: {fix}");
+            }
+        }
+    }
+    let worst = checks
+        .iter()
+        .map(|c| c.verdict)
+        .max()
+        .unwrap_or(Verdict::Pass);
+    Ok(if worst == Verdict::Fail {
+        EXIT_FAILED
+    } else {
+        0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

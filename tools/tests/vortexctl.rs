@@ -1,0 +1,336 @@
+//! `vortexctl` as a user runs it: the real binary against an appliance started in this
+//! process (the dev config, ephemeral ports, a temporary data directory), and the
+//! quickstart demo end to end.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use vortex_config::{ApplianceConfig, LeuCount, Topology};
+use vortex_dataplane::appliance::{Appliance, Ports};
+use vortex_tools::ctl::demo::DEV_CONFIG;
+
+fn vortexctl(address: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vortexctl"))
+        .env_remove("VORTEX_ADDRESS")
+        .arg("--address")
+        .arg(address)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs and expects exit `code`; returns stdout and stderr together.
+fn expect(address: &str, args: &[&str], code: i32) -> String {
+    let output = vortexctl(address, args);
+    let all = text(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "vortexctl {args:?}:\n{all}"
+    );
+    all
+}
+
+fn start(dir: &Path, leus: u16) -> Appliance {
+    let mut config = ApplianceConfig::from_toml_str(DEV_CONFIG, "dev").unwrap();
+    config.storage.data_dir = dir.to_owned();
+    config.leu.count = LeuCount::Fixed(leus);
+    config.memory.lock = vortex_config::MemoryLockPolicy::Off;
+    let topology = Topology::discover().unwrap();
+    let mapping = config.plan_leus(&topology).unwrap_or_else(|_| {
+        config.leu.count = LeuCount::Fixed(1);
+        config.plan_leus(&topology).unwrap()
+    });
+    Appliance::start(&config, &mapping, dir, Ports::Ephemeral, "test").unwrap()
+}
+
+fn write_fvecs(path: &Path, rows: impl Iterator<Item = Vec<f32>>) {
+    let mut bytes = Vec::new();
+    for row in rows {
+        bytes.extend((row.len() as i32).to_le_bytes());
+        for x in row {
+            bytes.extend(x.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Every command against a running server, and the errors a user meets, each with its
+/// documented exit code.
+#[test]
+fn every_command_works_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let appliance = start(dir.path(), 2);
+    let address = appliance.address().to_string();
+    let a = address.as_str();
+
+    assert!(expect(a, &["ping", "--count", "2"], 0).contains("pong from"));
+    expect(a, &["collection", "create", "docs", "--dimension", "4"], 0);
+    let exists = expect(a, &["collection", "create", "docs", "--dimension", "4"], 1);
+    assert!(exists.contains("exists"), "{exists}");
+
+    // 300 rows from .fvecs (ids 0..300), 3 from JSON Lines with payloads, 2 from .npy.
+    let fvecs = files.path().join("base.fvecs");
+    write_fvecs(&fvecs, (0..300).map(|i| vec![i as f32, 0.0, 0.0, 1.0]));
+    let loaded = expect(
+        a,
+        &["load", "docs", fvecs.to_str().unwrap(), "--batch", "64"],
+        0,
+    );
+    assert!(loaded.contains("loaded 300 points"), "{loaded}");
+    let jsonl = files.path().join("tagged.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"id\": 1000, \"vector\": [1000, 0, 0, 1], \"payload\": {\"color\": \"red\", \"size\": 3}}\n\
+         {\"id\": 1001, \"vector\": [1001, 0, 0, 1], \"payload\": {\"color\": \"blue\", \"size\": 5}}\n\
+         {\"id\": 1002, \"vector\": [1002, 0, 0, 1], \"payload\": {\"color\": \"red\", \"size\": 9}}\n",
+    )
+    .unwrap();
+    expect(a, &["load", "docs", jsonl.to_str().unwrap()], 0);
+    let npy = files.path().join("more.npy");
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }".to_owned();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    for x in [2000.0f32, 0.0, 0.0, 1.0, 2001.0, 0.0, 0.0, 1.0] {
+        bytes.extend(x.to_le_bytes());
+    }
+    std::fs::write(&npy, bytes).unwrap();
+    expect(
+        a,
+        &["load", "docs", npy.to_str().unwrap(), "--start-id", "2000"],
+        0,
+    );
+    assert_eq!(expect(a, &["count", "docs"], 0).trim(), "305");
+    let described = expect(a, &["collection", "describe", "docs", "--json"], 0);
+    assert!(described.contains("\"points\":305"), "{described}");
+    assert!(expect(a, &["collection", "list"], 0).contains("docs"));
+
+    // Search by vector, by a file's row, with a filter; get; upsert; delete.
+    let hits = expect(
+        a,
+        &[
+            "search",
+            "docs",
+            "--vector",
+            "[10.2, 0, 0, 1]",
+            "-k",
+            "3",
+            "--json",
+        ],
+        0,
+    );
+    let ids: Vec<u64> = hits
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|hit| hit["id"].as_u64())
+        .collect();
+    assert_eq!(ids, vec![10, 11, 9]);
+    let by_row = expect(
+        a,
+        &[
+            "search",
+            "docs",
+            "--vector-file",
+            fvecs.to_str().unwrap(),
+            "--row",
+            "42",
+            "-k",
+            "1",
+            "--json",
+        ],
+        0,
+    );
+    assert!(by_row.contains("\"id\":42"), "{by_row}");
+    let filtered = expect(
+        a,
+        &["search", "docs", "--vector", "[1001, 0, 0, 1]", "-k", "5", "--payload", "--filter",
+          "{\"and\": [{\"field\": \"color\", \"eq\": \"red\"}, {\"field\": \"size\", \"gte\": 4}]}", "--json"],
+        0,
+    );
+    assert!(
+        filtered.contains("\"id\":1002") && !filtered.contains("\"id\":1000"),
+        "{filtered}"
+    );
+    assert!(filtered.contains("\"color\":\"red\""), "{filtered}");
+    let got = expect(a, &["get", "docs", "1001", "7", "--json"], 0);
+    assert!(
+        got.contains("\"id\":1001") && got.contains("\"blue\"") && got.contains("\"id\":7"),
+        "{got}"
+    );
+    expect(
+        a,
+        &[
+            "upsert",
+            "docs",
+            "--id",
+            "5000",
+            "--vector",
+            "[5, 5, 5, 5]",
+            "--payload",
+            "{\"new\": true}",
+        ],
+        0,
+    );
+    assert!(expect(a, &["get", "docs", "5000"], 0).contains("\"new\":true"));
+    assert!(expect(a, &["delete", "docs", "5000", "1000", "99999"], 0).contains("deleted 3 id(s)"));
+    assert_eq!(expect(a, &["count", "docs"], 0).trim(), "304");
+
+    let stats = expect(a, &["stats", "--interval", "0.2"], 0);
+    assert!(
+        stats
+            .lines()
+            .filter(|l| l.trim_start().starts_with(['0', '1']))
+            .count()
+            >= 1,
+        "{stats}"
+    );
+    assert!(expect(a, &["stats", "--interval", "0.1", "--json"], 0).contains("requests_answered"));
+
+    // The errors a user meets: each says what to do, with its exit code.
+    let bad_filter = expect(
+        a,
+        &[
+            "search",
+            "docs",
+            "--vector",
+            "[1,2,3,4]",
+            "--filter",
+            "{\"field\": \"a\", \"like\": 1}",
+        ],
+        2,
+    );
+    assert!(bad_filter.contains("unknown key(s) like"), "{bad_filter}");
+    let no_query = expect(a, &["search", "docs"], 2);
+    assert!(no_query.contains("--vector"), "{no_query}");
+    let wrong_dim = expect(a, &["upsert", "docs", "--id", "1", "--vector", "[1, 2]"], 1);
+    assert!(
+        wrong_dim.to_lowercase().contains("dimension"),
+        "{wrong_dim}"
+    );
+    assert!(expect(a, &["count", "nope"], 1).contains("nope"));
+    let junk = files.path().join("junk.fvecs");
+    std::fs::write(&junk, b"not vectors at all").unwrap();
+    assert!(
+        expect(a, &["load", "docs", junk.to_str().unwrap()], 2).contains("is this an .fvecs file")
+    );
+    let unknown = files.path().join("points.bin");
+    std::fs::write(&unknown, b"x").unwrap();
+    assert!(expect(a, &["load", "docs", unknown.to_str().unwrap()], 2).contains("--format"));
+    expect(a, &["collection", "drop", "docs"], 0);
+    assert!(!expect(a, &["collection", "list"], 0).contains("docs"));
+
+    appliance.stop().unwrap();
+    let refused = expect(a, &["ping"], 3);
+    assert!(
+        refused.contains(a) && refused.contains("vortex-dataplane -- run"),
+        "{refused}"
+    );
+}
+
+/// The README's quickstart, smaller: the demo starts an appliance, loads, searches, reports
+/// recall against exact search and latency percentiles, and stops cleanly.
+#[test]
+fn the_quickstart_demo_runs_end_to_end() {
+    let output = Command::new(env!("CARGO_BIN_EXE_vortexctl"))
+        .args([
+            "demo",
+            "--points",
+            "4000",
+            "--dimension",
+            "16",
+            "--queries",
+            "40",
+        ])
+        .output()
+        .unwrap();
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    for step in 1..=6 {
+        assert!(
+            all.contains(&format!("[{step}/6]")),
+            "step {step} missing:\n{all}"
+        );
+    }
+    let recall: f64 = all
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("recall@10 against exact search: "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no recall line:\n{all}"));
+    assert!(recall >= 0.9, "recall {recall}:\n{all}");
+    assert!(all.contains("latency: p50"), "{all}");
+    assert!(
+        all.contains("stopped cleanly") && all.contains("temporary data removed"),
+        "{all}"
+    );
+}
+
+/// `doctor` checks the host and prints a verdict per check, each with its fix when not a
+/// pass; exit 0 unless something fails.
+#[test]
+fn doctor_prints_a_verdict_for_every_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vortex.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = \"{}\"\n[leu]\ncount = 1\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vortexctl"))
+        .args(["doctor", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let all = text(&output);
+    for name in [
+        "kernel",
+        "io_uring",
+        "memlock",
+        "hugepages",
+        "isolated cores",
+        "direct I/O",
+        "transparent huge pages",
+        "CPU frequency governor",
+    ] {
+        assert!(
+            all.lines().any(|l| l.contains(name)
+                && (l.starts_with("PASS") || l.starts_with("WARN") || l.starts_with("FAIL"))),
+            "{name}:\n{all}"
+        );
+    }
+    let failed = all.lines().any(|l| l.starts_with("FAIL"));
+    assert_eq!(
+        output.status.code(),
+        Some(if failed { 1 } else { 0 }),
+        "{all}"
+    );
+    let warns = all
+        .lines()
+        .filter(|l| l.starts_with("WARN") || l.starts_with("FAIL"))
+        .count();
+    assert_eq!(
+        all.matches("fix:").count(),
+        warns,
+        "every warning has a fix:\n{all}"
+    );
+    let json = Command::new(env!("CARGO_BIN_EXE_vortexctl"))
+        .args(["doctor", "--config", config.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let checks: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(checks.as_array().map(Vec::len), Some(8));
+}
