@@ -23,6 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 use vortex_shard::ShardError;
 use vortex_vbp::codec::Response;
 use vortex_vbp::stream::FrameBuf;
@@ -31,8 +32,13 @@ use vortex_vbp::stream::FrameBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Destination {
     /// To a client. Its connection's slot is not reused before the answer: the request
-    /// counts in the connection's `unanswered`, and a slot is freed only at 0.
-    Client { conn: usize, request_id: u64 },
+    /// counts in the connection's `unanswered`, and a slot is freed only at 0. `since`: when
+    /// its frame was taken off the connection (the request's time is counted in stats).
+    Client {
+        conn: usize,
+        request_id: u64,
+        since: Instant,
+    },
     /// To LEU `leu`, as its part of its gather `token`.
     Peer { leu: u16, token: u32 },
 }
@@ -245,9 +251,8 @@ pub(crate) async fn acknowledge(
 }
 
 /// A request scattered to several LEUs: this LEU's part (`local`, if it has one) and
-/// `waiting` parts from the others (the local one included), merged into one answer to
-/// request `request_id` on connection `conn`.
-#[allow(clippy::too_many_arguments)]
+/// `waiting` parts from the others (the local one included), merged into one answer to the
+/// client `to`.
 pub(crate) async fn gather(
     waits: Rc<Waits>,
     token: u32,
@@ -255,8 +260,7 @@ pub(crate) async fn gather(
     local: Option<Outcome>,
     mut merge: Merge,
     mut waiting: usize,
-    conn: usize,
-    request_id: u64,
+    to: Destination,
 ) {
     if let Some(outcome) = local {
         let response = match outcome {
@@ -276,11 +280,7 @@ pub(crate) async fn gather(
             waiting = waiting.saturating_sub(1);
         }
     }
-    waits.finish(
-        Destination::Client { conn, request_id },
-        merge.finish(),
-        Some(token),
-    );
+    waits.finish(to, merge.finish(), Some(token));
 }
 
 #[cfg(test)]
@@ -310,6 +310,7 @@ mod tests {
             let to = Destination::Client {
                 conn: 0,
                 request_id: sequence,
+                since: Instant::now(),
             };
             let task = acknowledge(Rc::clone(&waits), to, sequence, marker(sequence), None);
             executor.spawn(task).unwrap();
@@ -382,7 +383,12 @@ mod tests {
             response: counted(4),
         };
         let merge = Merge::new(&RequestRef::ListCollections);
-        let task = gather(Rc::clone(&waits), 2, 0, Some(local), merge, 3, 5, 77);
+        let to = Destination::Client {
+            conn: 5,
+            request_id: 77,
+            since: Instant::now(),
+        };
+        let task = gather(Rc::clone(&waits), 2, 0, Some(local), merge, 3, to);
         executor.spawn(task).unwrap();
         executor.run_ready(100);
         waits.add_part(2, 2, counted(2));
@@ -394,13 +400,7 @@ mod tests {
         waits.durable_through(10);
         executor.run_ready(100);
         let finished = waits.take_finished().expect("answered");
-        assert_eq!(
-            finished.to,
-            Destination::Client {
-                conn: 5,
-                request_id: 77
-            }
-        );
+        assert_eq!(finished.to, to);
         assert_eq!(finished.gather, Some(2));
         assert!(matches!(
             finished.response,

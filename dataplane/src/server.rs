@@ -414,6 +414,7 @@ fn serve_inner(
         throttled: None,
         refused_seen: 0,
         loop_times: LoopTimes::default(),
+        request_times: LoopTimes::default(),
         working_since: None,
         last_shard_poll: Instant::now(),
         stuck_since: None,
@@ -509,6 +510,8 @@ struct Server {
     refused_seen: u64,
     /// The time each pass worked (its wait excluded).
     loop_times: LoopTimes,
+    /// Each request's time from its frame taken off the connection to its answer queued.
+    request_times: LoopTimes,
     /// When the current pass's wait returned.
     working_since: Option<Instant>,
     /// When the shard was last polled.
@@ -1210,7 +1213,11 @@ impl Server {
             if let Some(connection) = self.conns[conn].as_mut() {
                 connection.unanswered += 1;
             }
-            let to = Destination::Client { conn, request_id };
+            let to = Destination::Client {
+                conn,
+                request_id,
+                since: Instant::now(),
+            };
             if self.throttled.is_some() {
                 self.report.throttled_answers += 1;
                 let throttled = Response::Throttled(ThrottledBody {
@@ -1238,7 +1245,7 @@ impl Server {
                         let outcome = self.run_part(request);
                         self.settle(to, outcome, Some(frame));
                     } else {
-                        self.scatter(conn, request_id, &frame, request, &needed);
+                        self.scatter(to, &frame, request, &needed);
                     }
                 }
                 Err(error) => {
@@ -1312,6 +1319,10 @@ impl Server {
             ),
             ("receive_buffers_lent", self.lent() as u64),
             ("ring_inflight", u64::from(self.ring.inflight())),
+            ("request_p50_ns", self.request_times.quantile_ns(0.5)),
+            ("request_p99_ns", self.request_times.quantile_ns(0.99)),
+            ("request_p999_ns", self.request_times.quantile_ns(0.999)),
+            ("request_max_ns", self.request_times.max_ns()),
             ("loop_iterations", self.loop_times.count()),
             ("loop_p50_ns", self.loop_times.quantile_ns(0.5)),
             ("loop_p99_ns", self.loop_times.quantile_ns(0.99)),
@@ -1355,11 +1366,10 @@ impl Server {
     }
 
     /// Hands `frame` to the other LEUs in `needed`, runs this LEU's part if it has one, and
-    /// gathers the parts into one answer to request `request_id` on `conn`.
+    /// gathers the parts into one answer to the client `to`.
     fn scatter(
         &mut self,
-        conn: usize,
-        request_id: u64,
+        to: Destination,
         frame: &FrameBuf,
         request: vortex_vbp::validator::RequestRef<'_>,
         needed: &[bool],
@@ -1375,7 +1385,7 @@ impl Server {
                 retry_after_ms: RETRY_AFTER.as_millis() as u32,
                 reason: "the queue to another core is full; retry".to_owned(),
             });
-            self.deliver(Destination::Client { conn, request_id }, throttled);
+            self.deliver(to, throttled);
             return;
         }
         let token = match self.gathers_free.pop() {
@@ -1425,9 +1435,7 @@ impl Server {
             self.gather_frames[token as usize] = Some(frame.clone());
         }
         let waits = Rc::clone(&self.waits);
-        let task = handlers::gather(
-            waits, token, self.leu, local, merge, waiting, conn, request_id,
-        );
+        let task = handlers::gather(waits, token, self.leu, local, merge, waiting, to);
         if let Err(full) = self.executor.spawn(task) {
             // Not reached (a slot was free): the parts still out come back to no gather,
             // so the frame they read is leaked rather than reused under them.
@@ -1435,14 +1443,22 @@ impl Server {
                 std::mem::forget(frame);
             }
             let lost = Response::error(ErrorCode::Internal, full.to_string());
-            self.deliver(Destination::Client { conn, request_id }, lost);
+            self.deliver(to, lost);
         }
     }
 
     /// Sends `response` where it goes.
     fn deliver(&mut self, to: Destination, response: Response) {
         match to {
-            Destination::Client { conn, request_id } => self.answer(conn, request_id, &response),
+            Destination::Client {
+                conn,
+                request_id,
+                since,
+            } => {
+                self.request_times
+                    .record(since.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64);
+                self.answer(conn, request_id, &response)
+            }
             Destination::Peer { leu, token } => {
                 let leu = usize::from(leu);
                 self.unsent_replies[leu].push_back(Reply { token, response });

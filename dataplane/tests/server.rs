@@ -892,6 +892,9 @@ fn writes_past_the_handler_slots_are_throttled_before_they_run_and_none_is_lost(
     assert!(refused > 0, "six writers never overlapped a WAL ack");
     assert_eq!(refused, throttled.load(Ordering::Relaxed));
     assert_eq!(counter(&stats[0], "handlers_waiting"), 0);
+    // Each write's time to its acknowledgement is in the request-time histogram.
+    let p99 = counter(&stats[0], "request_p99_ns");
+    assert!(p99 > 0 && counter(&stats[0], "request_max_ns") >= p99);
     assert_eq!(client.count("docs", None).unwrap(), 240);
     let ids: Vec<u64> = (0..6).flat_map(|w| [w * 1000, w * 1000 + 39]).collect();
     let points = client.get("docs", ids.clone()).unwrap();
