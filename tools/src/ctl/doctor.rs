@@ -170,10 +170,13 @@ pub fn evaluate(host: &Host, config: &ApplianceConfig) -> Vec<Check> {
             format!("cannot read the version of `{}`", host.kernel),
             Some("run on Linux 6.1 or later".to_owned()),
         ),
-        Some(v) if v < (5, 11) => check(
+        Some(v) if v < (5, 19) => check(
             "kernel",
             Verdict::Fail,
-            format!("{}: io_uring as used here needs 5.11 (timeouts on io_uring_enter)", host.kernel),
+            format!(
+                "{}: serving needs 5.19 (multishot accept; timed waits need 5.11)",
+                host.kernel
+            ),
             Some("upgrade to Linux 6.1 or later (INSTALL.md, Supported kernels)".to_owned()),
         ),
         Some(v) if v < (6, 1) => check(
@@ -478,6 +481,11 @@ mod tests {
         );
         assert!(has_ipc_lock("Name:\tx\nCapEff:\t000001ffffffffff\n"));
         assert!(!has_ipc_lock("CapEff:\t0000000000000000\n"));
+        host.kernel = "5.15.0-91-generic".into();
+        assert_eq!(
+            verdict(&evaluate(&host, &config), "kernel").0,
+            Verdict::Fail
+        );
         host.kernel = "6.0.9".into();
         assert_eq!(
             verdict(&evaluate(&host, &config), "kernel").0,
