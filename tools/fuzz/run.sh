@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes every parser (VBP frames and streams, WAL segments, MANIFEST edits, SSTable blocks
-# and files, payloads, the catalog, HNSW side-car files) with cargo-fuzz (libFuzzer + AddressSanitizer).
+# and files, payloads, the catalog, HNSW side-car files, vortexctl's input) with cargo-fuzz (libFuzzer + AddressSanitizer).
 #
 #   tools/fuzz/run.sh [SECONDS] [TARGET...]     default: 60 seconds each, every target
 #

@@ -1,7 +1,8 @@
 //! The bodies of the fuzz targets, as plain functions: the VBP frame validator and stream
 //! decoder, the WAL's log reader with BOOT_REPLAY, the MANIFEST's edits, SSTable data
-//! blocks, whole SSTable files, the shard's stored payloads and catalog file, and HNSW
-//! side-car index files.
+//! blocks, whole SSTable files, the shard's stored payloads and catalog file, HNSW
+//! side-car index files, and `vortexctl`'s input parsers (`.npy` headers, JSON filters,
+//! payloads and JSON Lines points).
 //!
 //! The libFuzzer targets in `tools/fuzz/` call these, and so does an ordinary test
 //! (`tools/tests/fuzz_corpus.rs`) that replays the committed corpus on stable Rust: every
@@ -995,5 +996,64 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         input.extend_from_slice(&block);
         seeds.push(("sstable_block", format!("three-entries-{name}"), input));
     }
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }\n";
+    npy.extend((header.len() as u16).to_le_bytes());
+    npy.extend(header.as_bytes());
+    seeds.push(("ctl_input", "npy-header".to_owned(), npy));
+    seeds.push((
+        "ctl_input",
+        "filter".to_owned(),
+        br#"{"and": [{"field": "color", "in": ["red", "blue"]}, {"not": {"field": "price", "gte": 1, "lt": 9.5}}, {"or": [{"field": "n", "eq": 3}]}]}"#.to_vec(),
+    ));
+    seeds.push((
+        "ctl_input",
+        "point-line".to_owned(),
+        br#"{"id": 7, "vector": [0.5, -1, 2e3], "payload": {"color": "red", "n": 3, "x": 1.5, "ok": true, "tags": ["a", "b"]}}"#.to_vec(),
+    ));
     seeds
+}
+
+/// `vortexctl`'s input parsers on arbitrary bytes: a `.npy` header, a filter and a payload
+/// in JSON, a JSON Lines point. Returns how many accepted the input. Panics if an accepted
+/// filter is not a valid node list (children before parents, within VBP's bounds), or an
+/// accepted payload does not survive printing and reading back.
+pub fn ctl_input(data: &[u8]) -> usize {
+    use crate::ctl::input::{json_point, npy_header, DIMENSION_MAX};
+    use crate::ctl::json::{filter_from_json, payload_from_json, payload_to_json};
+    use vortex_vbp::message::FilterNode;
+    let mut accepted = 0;
+    if let Ok((_, dimension, _)) = npy_header(&mut &data[..]) {
+        assert!((1..=DIMENSION_MAX).contains(&dimension));
+        accepted += 1;
+    }
+    if let Ok((_, vector, _)) = json_point(data, "line 1") {
+        assert!(!vector.is_empty() && vector.iter().all(|x| x.is_finite()));
+        accepted += 1;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return accepted;
+    };
+    if let Ok(filter) = filter_from_json(&value) {
+        assert!(!filter.nodes.is_empty() && filter.nodes.len() <= 256);
+        for (index, node) in filter.nodes.iter().enumerate() {
+            let children: Vec<u32> = match node {
+                FilterNode::And(c) | FilterNode::Or(c) => c.clone(),
+                FilterNode::Not(c) => vec![*c],
+                _ => Vec::new(),
+            };
+            assert!(
+                children.iter().all(|&c| (c as usize) < index),
+                "a child after its parent"
+            );
+        }
+        accepted += 1;
+    }
+    if let Ok(payload) = payload_from_json(&value, "payload") {
+        let again = payload_from_json(&payload_to_json(&payload), "payload")
+            .expect("a printed payload reads back");
+        assert_eq!(again, payload, "a payload did not survive printing");
+        accepted += 1;
+    }
+    accepted
 }

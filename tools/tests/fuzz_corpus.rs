@@ -94,6 +94,9 @@ fn seeds_exercise_the_accepting_paths() {
                 assert_eq!(decoded, vortex_vbp::samples::requests().len() + 1, "{name}");
                 frames += decoded;
             }
+            "ctl_input" => {
+                assert!(fuzz::ctl_input(&data) > 0, "{name}");
+            }
             other => panic!("unknown target {other}"),
         }
     }
@@ -175,6 +178,11 @@ fn a_damaged_table_is_refused_or_quarantined_not_a_panic() {
     footer[at] ^= 0x01;
     footer[0] = fuzz::TABLE_MODE_SEAL;
     assert_eq!(fuzz::sstable_file(&footer), 0);
+}
+
+#[test]
+fn ctl_input_corpus_replays() {
+    replay_target("ctl_input", fuzz::ctl_input);
 }
 
 #[test]

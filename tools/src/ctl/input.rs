@@ -397,8 +397,8 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest.trim())
 }
 
-/// One JSON Lines point: (id, vector, payload).
-fn json_point(line: &[u8], at: &str) -> Result<(u64, Vec<f32>, Option<Payload>), String> {
+/// One JSON Lines point: (id, vector, payload). `at` names the line in errors.
+pub fn json_point(line: &[u8], at: &str) -> Result<(u64, Vec<f32>, Option<Payload>), String> {
     let value: serde_json::Value =
         serde_json::from_slice(line).map_err(|e| format!("{at}: not JSON: {e}"))?;
     let id = value
