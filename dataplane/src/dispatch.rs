@@ -198,6 +198,7 @@ fn leu_stats(shard: &Shard, leu: u16, server: &[(&str, u64)]) -> LeuStats {
         counter("collections", stats.collections as u64),
         counter("segments", stats.segments as u64),
         counter("memtable_points", stats.fresh_points as u64),
+        counter("memtable_bytes", stats.store.memtable_bytes as u64),
         counter("index_build_backlog", stats.index_build_backlog as u64),
         counter("pending_compactions", stats.pending_compactions as u64),
     ];

@@ -189,12 +189,17 @@ fn every_command_works_against_a_running_server() {
     assert_eq!(expect(a, &["count", "docs"], 0).trim(), "304");
 
     let stats = expect(a, &["stats", "--interval", "0.2"], 0);
+    let rows = stats
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert_eq!(
+        rows,
+        appliance.leu_ports().len(),
+        "one row per LEU:\n{stats}"
+    );
     assert!(
-        stats
-            .lines()
-            .filter(|l| l.trim_start().starts_with(['0', '1']))
-            .count()
-            >= 1,
+        stats.contains("memtable MiB") && stats.contains("THROTTLED"),
         "{stats}"
     );
     assert!(expect(a, &["stats", "--interval", "0.1", "--json"], 0).contains("requests_answered"));

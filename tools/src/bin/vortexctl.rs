@@ -683,14 +683,15 @@ fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
         return Ok(0);
     }
     println!(
-        "{:>3}  {:>5}  {:>8}  {:>9}  {:>9}  {:>11}  {:>9}  {:>8}  {:>6}",
+        "{:>3}  {:>5}  {:>8}  {:>9}  {:>9}  {:>11}  {:>12}  {:>9}  {:>8}  {:>6}",
         "LEU",
         "conns",
         "QPS",
         "p99 µs",
         "loop p99",
         "THROTTLED s",
-        "memtable",
+        "memtable MiB",
+        "(points)",
         "segments",
         "builds"
     );
@@ -699,20 +700,21 @@ fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
         let answered = counter(leu, "requests_answered")
             .saturating_sub(earlier.map_or(0, |b| counter(b, "requests_answered")));
         println!(
-            "{:>3}  {:>5}  {:>8.0}  {:>9.0}  {:>9.0}  {:>11.1}  {:>9}  {:>8}  {:>6}",
+            "{:>3}  {:>5}  {:>8.0}  {:>9.0}  {:>9.0}  {:>11.1}  {:>12.1}  {:>9}  {:>8}  {:>6}",
             leu.leu,
             counter(leu, "connections"),
             answered as f64 / seconds,
             counter(leu, "request_p99_ns") as f64 / 1e3,
             counter(leu, "loop_p99_ns") as f64 / 1e3,
             counter(leu, "throttled_us") as f64 / 1e6,
+            counter(leu, "memtable_bytes") as f64 / f64::from(1u32 << 20),
             counter(leu, "memtable_points"),
             counter(leu, "segments"),
             counter(leu, "index_build_backlog"),
         );
     }
     println!(
-        "(QPS over {seconds:.1} s; p99: the server's time per request since start; memtable: points not yet in a segment; builds: index builds pending)"
+        "(QPS over {seconds:.1} s; p99: the server's time per request since start; memtable: writes not yet in a segment; builds: points whose index is being built)"
     );
     Ok(0)
 }
