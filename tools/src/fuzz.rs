@@ -996,10 +996,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         input.extend_from_slice(&block);
         seeds.push(("sstable_block", format!("three-entries-{name}"), input));
     }
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }\n";
-    npy.extend((header.len() as u16).to_le_bytes());
-    npy.extend(header.as_bytes());
+    let npy = crate::ctl::input::npy_file("<f4", "(3, 2)", &[]);
     seeds.push(("ctl_input", "npy-header".to_owned(), npy));
     seeds.push((
         "ctl_input",

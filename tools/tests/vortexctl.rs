@@ -96,17 +96,11 @@ fn every_command_works_against_a_running_server() {
     .unwrap();
     expect(a, &["load", "docs", jsonl.to_str().unwrap()], 0);
     let npy = files.path().join("more.npy");
-    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }".to_owned();
-    while !(10 + header.len() + 1).is_multiple_of(64) {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    for x in [2000.0f32, 0.0, 0.0, 1.0, 2001.0, 0.0, 0.0, 1.0] {
-        bytes.extend(x.to_le_bytes());
-    }
+    let values: Vec<u8> = [2000.0f32, 0.0, 0.0, 1.0, 2001.0, 0.0, 0.0, 1.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let bytes = vortex_tools::ctl::input::npy_file("<f4", "(2, 4)", &values);
     std::fs::write(&npy, bytes).unwrap();
     expect(
         a,

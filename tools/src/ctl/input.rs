@@ -307,6 +307,22 @@ fn read_floats(
     Ok(())
 }
 
+/// The bytes of a version-1 `.npy` file: `descr` (e.g. `<f4`), `shape` as NumPy writes it
+/// (e.g. `(3, 2)`), then `data` (for tests, fuzz seeds and tools that write point files).
+pub fn npy_file(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // NumPy pads the header with spaces so that the data starts on a 64-byte boundary.
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data);
+    bytes
+}
+
 /// Parses a `.npy` header: (rows, dimension, whether `<f8`).
 pub fn npy_header(reader: &mut impl Read) -> Result<(u64, usize, bool), String> {
     let mut magic = [0u8; 8];
@@ -468,17 +484,7 @@ mod tests {
     }
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while !(10 + header.len() + 1).is_multiple_of(64) {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-        bytes.extend((header.len() as u16).to_le_bytes());
-        bytes.extend(header.as_bytes());
-        bytes.extend(data);
-        bytes
+        npy_file(descr, shape, data)
     }
 
     fn all(reader: &mut PointReader, max: usize) -> Vec<Batch> {
