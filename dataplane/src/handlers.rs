@@ -77,9 +77,15 @@ pub(crate) struct Waits {
 }
 
 impl Waits {
-    /// Whether some handler waits for the WAL.
+    /// Whether some write waits for the WAL: a handler registered, or a write issued (its
+    /// handler not yet polled) beyond what is durable and what a failure answered.
     pub fn acks_waiting(&self) -> bool {
-        !self.acks.borrow().is_empty()
+        let answered = self
+            .failure
+            .borrow()
+            .as_ref()
+            .map_or(0, |(through, _)| *through);
+        !self.acks.borrow().is_empty() || self.expected.get() > self.durable.get().max(answered)
     }
 
     /// The WAL is durable through `sequence`: the writes up to it are acknowledged.
@@ -105,12 +111,17 @@ impl Waits {
         }
     }
 
-    /// The answer to a write with WAL `sequence`, `response` once it is durable (or the
-    /// WAL's error if it failed first).
-    pub fn durable(self: &Rc<Self>, sequence: u64, response: Response) -> Durable {
+    /// A write with WAL `sequence` was issued: its acknowledgement will wait for it.
+    pub fn expect(&self, sequence: u64) {
         if sequence > self.expected.get() {
             self.expected.set(sequence);
         }
+    }
+
+    /// The answer to a write with WAL `sequence`, `response` once it is durable (or the
+    /// WAL's error if it failed first).
+    pub fn durable(self: &Rc<Self>, sequence: u64, response: Response) -> Durable {
+        self.expect(sequence);
         Durable {
             waits: Rc::clone(self),
             sequence,

@@ -144,6 +144,10 @@ pub struct Team {
     pub quiet: AtomicUsize,
     /// Set when an LEU's loop fails: the others stop too.
     pub failed: AtomicBool,
+    /// Idle merges running in the team: every LEU goes quiet at once after a bulk load, and
+    /// each full merge holds up to `merged_table_bytes` of vectors in memory, so the LEUs
+    /// take turns (`ServerConfig::idle_merges_at_once`).
+    pub merges: AtomicUsize,
 }
 
 /// One LEU's ends of the queues between LEUs.
@@ -212,6 +216,7 @@ pub fn team(ring: Ring, capacity: usize) -> io::Result<Vec<Links>> {
         wakes,
         quiet: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
+        merges: AtomicUsize::new(0),
     });
     let ring = Arc::new(ring);
     let Mesh {

@@ -53,7 +53,7 @@ use vortex_vbp::codec::{FrameBytes, Response};
 use vortex_vbp::message::{ErrorCode, ThrottledBody};
 use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, SizeClass};
 use vortex_vbp::stream::{FrameBuf, LentPartial, StreamDecoder, StreamError};
-use vortex_vbp::validator::LayoutValidator;
+use vortex_vbp::validator::{LayoutValidator, RequestRef};
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -101,9 +101,14 @@ pub struct ServerConfig {
     /// A connection idle this long (nothing received, nothing in flight) is closed; `None`:
     /// never.
     pub idle_timeout: Option<Duration>,
-    /// Requests of this LEU that may wait at once (for the WAL, for other LEUs' parts):
-    /// the executor's task slots. Past it, requests are answered THROTTLED.
+    /// Client requests of this LEU that may wait at once (for the WAL, for other LEUs'
+    /// parts). Past it, a client request that might wait is answered THROTTLED before it
+    /// runs. Other LEUs' parts have slots of their own on top (as many as they may have out
+    /// to this LEU), so a part is never refused and a scattered write never half applied.
     pub handlers_max: usize,
+    /// Idle merges the whole team runs at once (each holds up to the store's
+    /// `merged_table_bytes` of vectors in memory while it writes).
+    pub idle_merges_at_once: usize,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +131,7 @@ impl Default for ServerConfig {
             provided_buffers: 128,
             idle_timeout: Some(Duration::from_secs(300)),
             handlers_max: 16_384,
+            idle_merges_at_once: 2,
         }
     }
 }
@@ -404,8 +410,12 @@ fn serve_inner(
         provided_buffers: provided.is_some(),
         ..ServeReport::default()
     };
-    let executor = Executor::new(config.handlers_max.clamp(1, crate::executor::TASKS_MAX))
-        .ok_or_else(|| ServeError::Pool("no handler slots".to_owned()))?;
+    // Client requests get `handlers_max` slots; the parts other LEUs hand over get as many
+    // as they may have out to this one.
+    let peer_slots = (leus - 1) * links.window();
+    let slots = (config.handlers_max.max(1) + peer_slots).min(crate::executor::TASKS_MAX);
+    let executor =
+        Executor::new(slots).ok_or_else(|| ServeError::Pool("no handler slots".to_owned()))?;
     let mut server = Server {
         ring,
         executor,
@@ -426,6 +436,7 @@ fn serve_inner(
         last_merge: None,
         merged_since_write: false,
         errors_at_merge: 0,
+        merge_turn: false,
         zero_copy: ZeroCopy::ReportingUsage,
         accepting: vec![false; listeners.len()],
         own_port,
@@ -447,6 +458,7 @@ fn serve_inner(
         config,
     };
     let ran = server.run(stop);
+    server.release_merge_turn();
     server.leak_lent_frames();
     server.pressure(true);
     ran?;
@@ -540,6 +552,8 @@ struct Server {
     /// The store's background errors when the last idle merge started: more since, and the
     /// merge may have failed, so it is due again.
     errors_at_merge: u64,
+    /// This LEU holds one of the team's idle-merge turns (its merge runs).
+    merge_turn: bool,
     listeners: Vec<TcpListener>,
     accepting: Vec<bool>,
     /// This LEU's own port, in stats (shard-aware clients connect to it).
@@ -1228,12 +1242,6 @@ impl Server {
                 self.deliver(to, throttled);
                 continue;
             }
-            if self.executor.free_slots() == 0 {
-                // The request might have to wait, and nothing more can.
-                self.report.throttled_handlers += 1;
-                self.deliver(to, handlers_full());
-                continue;
-            }
             match self.validator.request(frame.bytes()) {
                 Ok((_, request)) => {
                     let needed = participants(&request, self.links.ring.as_ref(), self.leu);
@@ -1241,6 +1249,13 @@ impl Server {
                         .iter()
                         .enumerate()
                         .all(|(leu, &needed)| needed == (leu == usize::from(self.leu)));
+                    let writes = matches!(request, RequestRef::Upsert(_) | RequestRef::Delete(_));
+                    if (writes || !alone) && self.client_slots_taken() {
+                        // It would wait, and no more client requests may.
+                        self.report.throttled_handlers += 1;
+                        self.deliver(to, handlers_full());
+                        continue;
+                    }
                     if alone {
                         let outcome = self.run_part(request);
                         self.settle(to, outcome, Some(frame));
@@ -1349,6 +1364,7 @@ impl Server {
             Outcome::Ready(response) => self.deliver(to, response),
             Outcome::AfterDurable { sequence, response } => {
                 self.wrote();
+                self.waits.expect(sequence);
                 let waits = Rc::clone(&self.waits);
                 let task = handlers::acknowledge(waits, to, sequence, response, frame);
                 if let Err(full) = self.executor.spawn(task) {
@@ -1357,6 +1373,11 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Whether every handler slot for client requests is taken (the rest are other LEUs').
+    fn client_slots_taken(&self) -> bool {
+        self.executor.live() >= self.config.handlers_max.max(1)
     }
 
     /// A write part ran: the LEU is not idle, and an idle merge is due again.
@@ -1401,8 +1422,9 @@ impl Server {
         // This LEU's part first, from the request already validated; the gather's task
         // waits for it if it is a write.
         let local = needed[me].then(|| self.run_part(request));
-        if matches!(local, Some(Outcome::AfterDurable { .. })) {
+        if let Some(Outcome::AfterDurable { sequence, .. }) = local {
             self.wrote();
+            self.waits.expect(sequence);
         }
         let mut lent = false;
         for (leu, _) in needed
@@ -1499,11 +1521,8 @@ impl Server {
                     leu: from as u16,
                     token: handover.token,
                 };
-                if self.executor.free_slots() == 0 {
-                    self.report.throttled_handlers += 1;
-                    self.deliver(to, handlers_full());
-                    continue;
-                }
+                // A slot is free: the origins' windows bound their parts out to this LEU, and
+                // that many slots are kept for them.
                 // SAFETY: read before the reply is sent, while the origin keeps the bytes.
                 let bytes = unsafe { handover.frame.bytes() };
                 let outcome = match self.validator.request(bytes) {
@@ -1727,9 +1746,10 @@ impl Server {
         if !self.waits.acks_waiting() {
             if self.last_shard_poll.elapsed() >= SHARD_POLL_EVERY {
                 self.last_shard_poll = Instant::now();
-                if let Err(error) = self.shard.poll(None) {
+                match self.shard.poll(None) {
+                    Ok(durable) => self.waits.durable_through(durable),
                     // Nothing waits on it; the next write reports it.
-                    tracing::debug!(leu = self.leu, %error, "shard poll failed");
+                    Err(error) => tracing::debug!(leu = self.leu, %error, "shard poll failed"),
                 }
             }
             if self.last_maintain.elapsed() >= MAINTAIN_EVERY {
@@ -1749,6 +1769,9 @@ impl Server {
     /// With no write for a while and no background work running: flushes a MemTable worth
     /// indexing, then merges the segments into one (both in the background).
     fn maintain_when_idle(&mut self) {
+        if self.merge_turn && self.shard.stats().pending_compactions == 0 {
+            self.release_merge_turn();
+        }
         let idle = self.last_write.elapsed();
         if self
             .config
@@ -1775,7 +1798,7 @@ impl Server {
             && self
                 .last_merge
                 .is_none_or(|at| at.elapsed() >= self.config.idle_merge_every);
-        if merge_due {
+        if merge_due && self.take_merge_turn() {
             match self.shard.compact_all_soon() {
                 Ok(true) => {
                     self.last_merge = Some(Instant::now());
@@ -1788,9 +1811,35 @@ impl Server {
                         "idle: merging segments"
                     );
                 }
-                Ok(false) => {}
-                Err(error) => tracing::warn!(leu = self.leu, %error, "idle merge failed"),
+                Ok(false) => self.release_merge_turn(),
+                Err(error) => {
+                    self.release_merge_turn();
+                    tracing::warn!(leu = self.leu, %error, "idle merge failed")
+                }
             }
+        }
+    }
+
+    /// Takes one of the team's `idle_merges_at_once` turns, if one is free (or already held).
+    fn take_merge_turn(&mut self) -> bool {
+        if self.merge_turn {
+            return true;
+        }
+        let merges = &self.links.team.merges;
+        let limit = self.config.idle_merges_at_once.max(1);
+        let taken = merges
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running < limit).then_some(running + 1)
+            })
+            .is_ok();
+        self.merge_turn = taken;
+        taken
+    }
+
+    /// Gives the merge turn back (its merge is over, or did not start).
+    fn release_merge_turn(&mut self) {
+        if std::mem::take(&mut self.merge_turn) {
+            self.links.team.merges.fetch_sub(1, Ordering::AcqRel);
         }
     }
 

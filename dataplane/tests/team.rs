@@ -26,6 +26,10 @@ struct Team {
 }
 
 fn start(dir: &Path) -> Team {
+    start_with(dir, ServerConfig::default())
+}
+
+fn start_with(dir: &Path, config: ServerConfig) -> Team {
     let links = team(Ring::new(LEUS, VNODES).unwrap(), 64).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut addresses = Vec::new();
@@ -34,10 +38,10 @@ fn start(dir: &Path) -> Team {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         addresses.push(listener.local_addr().unwrap());
         let shard_dir = dir.join(format!("leu-{}", links.leu));
-        let stop = Arc::clone(&stop);
+        let (stop, config) = (Arc::clone(&stop), config.clone());
         threads.push(std::thread::spawn(move || {
             let (shard, _) = Shard::open(&shard_dir, ShardOptions::default()).unwrap();
-            serve(vec![listener], shard, links, ServerConfig::default(), stop).unwrap()
+            serve(vec![listener], shard, links, config, stop).unwrap()
         }));
     }
     Team {
@@ -289,4 +293,70 @@ fn a_shard_aware_client_sends_points_to_their_owners() {
     assert_eq!(hits[0].distance, 0.0);
     drop((first, sharded));
     running.stop();
+}
+
+/// A scattered write is applied on every owner or on none: with one handler slot per LEU
+/// for clients, writers on every LEU keep the slots taken, yet the parts one LEU hands to
+/// another always find a slot of their own. Each writer rewrites the same 12 points (spread
+/// over the LEUs) with its batch number and does not retry a THROTTLED batch; at the end
+/// each writer's points all hold one batch number, the last one acknowledged.
+#[test]
+fn a_scattered_write_is_applied_on_every_owner_or_on_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        handlers_max: 1,
+        ..ServerConfig::default()
+    };
+    let team = start_with(dir.path(), config);
+    team.client(0).create_collection(spec()).unwrap();
+    let throttled = std::sync::atomic::AtomicU64::new(0);
+    let last_acked: Vec<u64> = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..6u64)
+            .map(|writer| {
+                let (team, throttled) = (&team, &throttled);
+                scope.spawn(move || {
+                    let client = team.client(writer as usize % LEUS);
+                    let ids: Vec<u64> = (0..12).map(|j| writer * 1000 + j).collect();
+                    let mut last = u64::MAX;
+                    for batch in 0..40u64 {
+                        let upsert = Upsert {
+                            collection: "docs".into(),
+                            dimension: DIM as u32,
+                            ids: ids.clone(),
+                            vectors: vec![batch as f32; ids.len() * DIM],
+                            payloads: Vec::new(),
+                        };
+                        match client.upsert(upsert) {
+                            Ok(_) => last = batch,
+                            Err(vortex_vbp::client::ClientError::Throttled { .. }) => {
+                                throttled.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(other) => panic!("writer {writer}: {other}"),
+                        }
+                    }
+                    last
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert!(
+        throttled.load(Ordering::Relaxed) > 0,
+        "the writers never found the slots taken"
+    );
+    let client = team.client(1);
+    for (writer, &last) in last_acked.iter().enumerate() {
+        assert_ne!(last, u64::MAX, "writer {writer} never got a batch through");
+        let ids: Vec<u64> = (0..12).map(|j| writer as u64 * 1000 + j).collect();
+        let points = client.get("docs", ids).unwrap();
+        assert_eq!(points.len(), 12);
+        for point in points {
+            assert_eq!(
+                point.vector[0], last as f32,
+                "writer {writer}: point {} holds batch {} but the last batch acknowledged was {last}",
+                point.id, point.vector[0]
+            );
+        }
+    }
+    team.stop();
 }

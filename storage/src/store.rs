@@ -1193,7 +1193,7 @@ impl<E: Env> Store<E> {
             .find(|&level| !self.version.levels[level].is_empty())
             .unwrap_or(1);
         (deepest..LEVELS)
-            .find(|&level| bytes <= self.level_target(level))
+            .find(|&level| bytes < self.level_target(level))
             .unwrap_or(LEVELS - 1)
     }
 
