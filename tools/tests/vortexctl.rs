@@ -225,6 +225,9 @@ fn every_command_works_against_a_running_server() {
     assert!(
         expect(a, &["load", "docs", junk.to_str().unwrap()], 2).contains("is this an .fvecs file")
     );
+    let empty = files.path().join("empty.jsonl");
+    std::fs::write(&empty, b"\n\n").unwrap();
+    assert!(expect(a, &["load", "docs", empty.to_str().unwrap()], 2).contains("holds no points"));
     let unknown = files.path().join("points.bin");
     std::fs::write(&unknown, b"x").unwrap();
     assert!(expect(a, &["load", "docs", unknown.to_str().unwrap()], 2).contains("--format"));
@@ -274,6 +277,33 @@ fn the_quickstart_demo_runs_end_to_end() {
         all.contains("stopped cleanly") && all.contains("temporary data removed"),
         "{all}"
     );
+}
+
+/// With `--data-dir` the demo keeps its data, and a second run over it starts over.
+#[test]
+fn the_demo_keeps_its_data_where_asked_and_runs_again_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo-data");
+    for run in 0..2 {
+        let output = Command::new(env!("CARGO_BIN_EXE_vortexctl"))
+            .args([
+                "demo",
+                "--points",
+                "1000",
+                "--dimension",
+                "8",
+                "--queries",
+                "10",
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let all = text(&output);
+        assert!(output.status.success(), "run {run}:\n{all}");
+        assert!(!all.contains("temporary data removed"), "{all}");
+        assert!(data.join("LAYOUT").exists(), "run {run}: the data stays");
+    }
 }
 
 /// `doctor` checks the host and prints a verdict per check, each with its fix when not a

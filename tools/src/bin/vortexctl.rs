@@ -597,7 +597,13 @@ fn load(
     let mut first = reader
         .next_batch(batch)
         .map_err(|e| CtlError::usage(e.to_string()))?;
-    let dimension = reader.dimension().unwrap_or(0) as u32;
+    let Some(dimension) = reader.dimension().filter(|_| first.is_some()) else {
+        return Err(CtlError::usage(format!(
+            "{} holds no points",
+            file.display()
+        )));
+    };
+    let dimension = dimension as u32;
     if let Some(spec) = create {
         match client.any().describe_collection(collection) {
             Ok(info) if info.spec.dimension != dimension => {

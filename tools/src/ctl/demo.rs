@@ -260,6 +260,12 @@ fn exercise(
         ..ClientOptions::default()
     };
     let client = Client::connect(&[address], client_options).map_err(CtlError::from_client)?;
+    // A kept data directory (`--data-dir`) may hold an earlier demo's collection: start over.
+    if client.describe_collection(COLLECTION).is_ok() {
+        client
+            .drop_collection(COLLECTION)
+            .map_err(CtlError::from_client)?;
+    }
     client
         .create_collection(CollectionSpec {
             name: COLLECTION.into(),
