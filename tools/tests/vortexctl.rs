@@ -212,6 +212,7 @@ fn every_command_works_against_a_running_server() {
         2,
     );
     assert!(bad_filter.contains("unknown key(s) like"), "{bad_filter}");
+    assert!(expect(a, &["stats", "--interval", "nan"], 2).contains("--interval"));
     let no_query = expect(a, &["search", "docs"], 2);
     assert!(no_query.contains("--vector"), "{no_query}");
     let wrong_dim = expect(a, &["upsert", "docs", "--id", "1", "--vector", "[1, 2]"], 1);

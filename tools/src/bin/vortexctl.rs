@@ -671,10 +671,13 @@ fn counter(leu: &LeuStats, name: &str) -> u64 {
 }
 
 fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
+    if !(0.1..=60.0).contains(&interval) {
+        return Err(CtlError::usage("--interval is 0.1 to 60 seconds"));
+    }
     let client = connect(cli)?;
     let before = client.stats().map_err(CtlError::from_client)?;
     let started = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(interval.clamp(0.1, 60.0)));
+    std::thread::sleep(Duration::from_secs_f64(interval));
     let after = client.stats().map_err(CtlError::from_client)?;
     let seconds = started.elapsed().as_secs_f64();
     if as_json {
