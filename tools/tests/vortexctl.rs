@@ -364,3 +364,37 @@ fn doctor_prints_a_verdict_for_every_check() {
     let checks: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(checks.as_array().map(Vec::len), Some(8));
 }
+
+/// `bench` runs the `vortex-bench` beside `vortexctl` with the arguments as given and exits
+/// with its status; without one it says how to build it.
+#[test]
+fn bench_runs_the_vortex_bench_beside_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = dir.path().join("vortexctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_vortexctl"), &ctl).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(&ctl)
+            .env("PATH", "")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let missing = run(&["bench", "floor", "--seconds", "1"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        text(&missing).contains("cargo build --release -p vortex-bench"),
+        "{}",
+        text(&missing)
+    );
+    let fake = dir.path().join("vortex-bench");
+    std::fs::write(&fake, "#!/bin/sh\necho \"bench got: $*\"\nexit 7\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ran = run(&["bench", "serve-ann", "--ef", "16,32", "--merged"]);
+    assert_eq!(ran.status.code(), Some(7), "{}", text(&ran));
+    assert!(
+        text(&ran).contains("bench got: serve-ann --ef 16,32 --merged"),
+        "{}",
+        text(&ran)
+    );
+}
