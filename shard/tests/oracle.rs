@@ -21,6 +21,8 @@ fn options() -> ShardOptions {
         store: StoreOptions {
             memtable_bytes: 24 << 10,
             table_bytes_target: 32 << 10,
+            // Full merges still leave several tables (and side-cars) to check.
+            merged_table_bytes: 64 << 10,
             l0_compaction_trigger: 3,
             l0_stop: 10,
             level1_bytes: 96 << 10,
