@@ -104,7 +104,7 @@ impl Appliance {
         for ((links, listeners), leu) in links.into_iter().zip(listeners).zip(&mapping.leus) {
             let index = links.leu;
             let shard_dir = data_dir.join(format!("leu-{index}"));
-            let (server_config, stop, ready_tx, cpu) = (
+            let (server_config, leu_stop, ready_tx, cpu) = (
                 server_config.clone(),
                 Arc::clone(&stop),
                 ready_tx.clone(),
@@ -134,10 +134,23 @@ impl Appliance {
                         report.segments,
                         report.time_to_ready.as_secs_f64() * 1e3
                     )));
-                    serve(listeners, shard, links, server_config, stop).map_err(|e| e.to_string())
+                    // Let go of the channel: if another LEU dies before it is ready, `start`
+                    // sees the channel close instead of waiting for ever.
+                    drop(ready_tx);
+                    serve(listeners, shard, links, server_config, leu_stop)
+                        .map_err(|e| e.to_string())
                 })
-                .map_err(|error| format!("cannot start an LEU thread: {error}"))?;
-            threads.push(thread);
+                .map_err(|error| format!("cannot start an LEU thread: {error}"));
+            match thread {
+                Ok(thread) => threads.push(thread),
+                Err(message) => {
+                    stop.store(true, Ordering::Release);
+                    for thread in threads {
+                        let _ = thread.join();
+                    }
+                    return Err(message);
+                }
+            }
         }
         drop(ready_tx);
         let mut details = Vec::with_capacity(leus);

@@ -213,6 +213,34 @@ fn every_command_works_against_a_running_server() {
     );
     assert!(bad_filter.contains("unknown key(s) like"), "{bad_filter}");
     assert!(expect(a, &["stats", "--interval", "nan"], 2).contains("--interval"));
+    for args in [
+        &["search", "docs", "--vector", "[1,2,3,4]", "-k", "0"][..],
+        &["search", "docs", "--vector", "[]"],
+        &["search", "docs", "--row", "3"],
+        &["--timeout", "0", "ping"],
+        &["upsert", "docs", "--id", "1", "--vector", "[1, null]"],
+    ] {
+        expect(a, args, 2);
+    }
+    let directory = files.path().join("dir.jsonl");
+    std::fs::create_dir(&directory).unwrap();
+    let not_file = expect(a, &["load", "docs", directory.to_str().unwrap()], 2);
+    assert!(not_file.contains("not a regular file"), "{not_file}");
+    let overflow = files.path().join("two.fvecs");
+    write_fvecs(&overflow, (0..2).map(|_| vec![1.0, 2.0, 3.0, 4.0]));
+    let start = u64::MAX.to_string();
+    let too_far = expect(
+        a,
+        &[
+            "load",
+            "docs",
+            overflow.to_str().unwrap(),
+            "--start-id",
+            &start,
+        ],
+        2,
+    );
+    assert!(too_far.contains("--start-id"), "{too_far}");
     let no_query = expect(a, &["search", "docs"], 2);
     assert!(no_query.contains("--vector"), "{no_query}");
     let wrong_dim = expect(a, &["upsert", "docs", "--id", "1", "--vector", "[1, 2]"], 1);
@@ -313,11 +341,12 @@ fn the_demo_keeps_its_data_where_asked_and_runs_again_over_it() {
 fn doctor_prints_a_verdict_for_every_check() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vortex.toml");
+    let data = dir.path().join("not").join("yet");
     std::fs::write(
         &config,
         format!(
             "[storage]\ndata_dir = \"{}\"\n[leu]\ncount = 1\n",
-            dir.path().join("data").display()
+            data.display()
         ),
     )
     .unwrap();
@@ -326,7 +355,10 @@ fn doctor_prints_a_verdict_for_every_check() {
         .output()
         .unwrap();
     let all = text(&output);
+    assert!(!dir.path().join("not").exists(), "doctor creates nothing");
+    assert!(all.contains("not created yet; probed"), "{all}");
     for name in [
+        "LEU mapping",
         "kernel",
         "io_uring",
         "memlock",
@@ -362,7 +394,7 @@ fn doctor_prints_a_verdict_for_every_check() {
         .output()
         .unwrap();
     let checks: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(checks.as_array().map(Vec::len), Some(8));
+    assert_eq!(checks.as_array().map(Vec::len), Some(9));
 }
 
 /// `bench` runs the `vortex-bench` beside `vortexctl` with the arguments as given and exits

@@ -9,14 +9,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vortex_tools::ctl::demo::{self, DemoOptions};
 use vortex_tools::ctl::doctor::{self, Verdict};
-use vortex_tools::ctl::input::{read_row, Format, PointReader};
+use vortex_tools::ctl::input::{read_row, rows_within_budget, Format, PointReader};
 use vortex_tools::ctl::json::{
     filter_from_json, payload_from_json, payload_to_json, vector_from_json,
 };
 use vortex_tools::ctl::{retrying, CtlError, EXIT_FAILED};
-use vortex_vbp::client::{Client, ClientOptions};
+use vortex_vbp::client::{Client, ClientError, ClientOptions, ServerCode};
 use vortex_vbp::message::{
-    CollectionInfo, CollectionSpec, Filter, LeuStats, Metric, Search, Upsert, VectorType,
+    CollectionInfo, CollectionSpec, ErrorCode, Filter, LeuStats, Metric, Search, Upsert, VectorType,
 };
 use vortex_vbp::sharded::ShardedClient;
 
@@ -36,7 +36,8 @@ struct Cli {
     )]
     address: String,
     /// Seconds a request may take.
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(long, global = true, default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
     #[command(subcommand)]
     command: Command,
@@ -108,9 +109,10 @@ enum Command {
         #[arg(long, requires = "row")]
         vector_file: Option<PathBuf>,
         /// ... at this row (from 0).
-        #[arg(long)]
+        #[arg(long, requires = "vector_file")]
         row: Option<u64>,
-        #[arg(short, long, default_value_t = 10)]
+        #[arg(short, long, default_value_t = 10,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
         k: u32,
         /// Search beam width (0: the collection's default).
         #[arg(long, default_value_t = 0)]
@@ -153,7 +155,7 @@ enum Command {
         k: usize,
         #[arg(long, default_value_t = 64)]
         ef: u32,
-        /// Keep the data in this directory (it must be empty or a demo's).
+        /// Keep the data in this directory (a demo collection already there is replaced).
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -276,6 +278,18 @@ fn parse_json(text: &str, what: &str) -> Result<Value, CtlError> {
     serde_json::from_str(text).map_err(|e| CtlError::usage(format!("{what} is not JSON: {e}")))
 }
 
+/// A vector given as JSON on the command line: finite numbers, at least one.
+fn vector_argument(text: &str, what: &str) -> Result<Vec<f32>, CtlError> {
+    let vector =
+        vector_from_json(&parse_json(text, what)?, what).map_err(|e| CtlError::usage(e.0))?;
+    if vector.is_empty() {
+        return Err(CtlError::usage(format!(
+            "{what}: a vector has at least one number"
+        )));
+    }
+    Ok(vector)
+}
+
 fn filter(text: Option<&str>) -> Result<Option<Filter>, CtlError> {
     text.map(|text| {
         filter_from_json(&parse_json(text, "--filter")?).map_err(|e| CtlError::usage(e.0))
@@ -338,8 +352,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             vector,
             payload,
         } => {
-            let vector = vector_from_json(&parse_json(vector, "--vector")?, "--vector")
-                .map_err(|e| CtlError::usage(e.0))?;
+            let vector = vector_argument(vector, "--vector")?;
             let payloads = match payload {
                 Some(text) => vec![
                     payload_from_json(&parse_json(text, "--payload")?, "--payload")
@@ -419,8 +432,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             json: as_json,
         } => {
             let vector = match (vector, vector_file) {
-                (Some(text), _) => vector_from_json(&parse_json(text, "--vector")?, "--vector")
-                    .map_err(|e| CtlError::usage(e.0))?,
+                (Some(text), _) => vector_argument(text, "--vector")?,
                 (None, Some(path)) => read_row(path, format_of(path, None)?, row.unwrap_or(0))
                     .map_err(|e| CtlError::usage(e.to_string()))?,
                 (None, None) => {
@@ -589,14 +601,17 @@ fn load(
     create: Option<&SpecArgs>,
 ) -> Result<u8, CtlError> {
     let format = format_of(file, format)?;
-    let batch = batch.clamp(1, 100_000);
     let mut reader =
         PointReader::open(file, format, start_id).map_err(|e| CtlError::usage(e.to_string()))?;
     let client =
         ShardedClient::connect(&cli.address, options(cli)).map_err(CtlError::from_client)?;
+    // Batches stay within about 8 MiB of vectors, whatever --batch says, so that every
+    // upsert fits a VBP frame; a JSON Lines file's dimension is known after its first point.
+    let cap = |dimension: Option<usize>| batch.clamp(1, dimension.map_or(1, rows_within_budget));
     let mut first = reader
-        .next_batch(batch)
+        .next_batch(cap(reader.dimension()))
         .map_err(|e| CtlError::usage(e.to_string()))?;
+    let batch = cap(reader.dimension());
     let Some(dimension) = reader.dimension().filter(|_| first.is_some()) else {
         return Err(CtlError::usage(format!(
             "{} holds no points",
@@ -614,10 +629,14 @@ fn load(
                 )))
             }
             Ok(_) => {}
-            Err(_) => client
+            Err(ClientError::Server {
+                code: ServerCode::Known(ErrorCode::CollectionNotFound),
+                ..
+            }) => client
                 .any()
                 .create_collection(spec.spec(collection, dimension))
                 .map_err(CtlError::from_client)?,
+            Err(error) => return Err(CtlError::from_client(error)),
         }
     }
     let bar = match reader.total() {
@@ -759,13 +778,14 @@ fn doctor_command(config_path: Option<&PathBuf>, as_json: bool) -> Result<u8, Ct
     };
     let topology =
         vortex_config::Topology::discover().map_err(|e| CtlError::runtime(e.to_string()))?;
-    let mapping = config
-        .plan_leus(&topology)
-        .map_err(|e| CtlError::usage(e.to_string()))?;
-    let data_dir = config
-        .prepare_data_dir()
-        .map_err(|e| CtlError::usage(e.to_string()))?;
-    let host = doctor::observe(&config, &mapping, &data_dir);
+    let mapping = config.plan_leus(&topology).map_err(|e| e.to_string());
+    // Nothing is created: a data directory that does not exist yet is judged by the file
+    // system it would be made on.
+    let host = doctor::observe(
+        &config,
+        mapping.as_ref().map_err(Clone::clone),
+        &config.storage.data_dir,
+    );
     let checks = doctor::evaluate(&host, &config);
     if as_json {
         let text =

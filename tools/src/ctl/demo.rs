@@ -148,9 +148,14 @@ pub fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoReport, Ct
         ef,
         ..
     } = *options;
-    if points == 0 || dimension == 0 || queries == 0 || k == 0 || k > 10_000 {
+    let within = |value: usize, max: usize| (1..=max).contains(&value);
+    if !within(points, 10_000_000)
+        || !within(dimension, 4096)
+        || !within(queries, 100_000)
+        || !within(k, 10_000)
+    {
         return Err(CtlError::usage(
-            "--points, --dimension and --queries must be positive, and --k from 1 to 10000",
+            "--points 1 to 10,000,000, --dimension 1 to 4,096, --queries 1 to 100,000, -k 1 to 10,000",
         ));
     }
     let _ = writeln!(
@@ -292,7 +297,7 @@ fn exercise(
         ProgressStyle::with_template("      {bar:40} {pos}/{len} points ({per_sec}, {eta} left)")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let batch = 1000usize;
+    let batch = 1000usize.min(super::input::rows_within_budget(dimension));
     let next = AtomicUsize::new(0);
     let started = Instant::now();
     let loaded: Result<(), CtlError> = std::thread::scope(|scope| {

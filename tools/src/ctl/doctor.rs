@@ -61,6 +61,8 @@ pub struct Host {
     pub hugepages: Option<u64>,
     /// Each LEU's CPU and whether the kernel isolates it.
     pub leu_cpus: Vec<(u32, bool)>,
+    /// Why the config's LEU plan does not fit this machine, if it does not.
+    pub mapping_error: Option<String>,
     /// The data directory and its Direct I/O alignment, or why it could not be probed.
     pub direct_io: (String, Result<DirectIoAlignment, String>),
     /// `/sys/kernel/mm/transparent_hugepage/enabled`'s chosen mode, if present.
@@ -69,12 +71,44 @@ pub struct Host {
     pub governors: Vec<(u32, Option<String>)>,
 }
 
-/// Reads the host. `mapping` is the config's LEU plan.
+/// The directory to probe for Direct I/O: `data_dir`, or its nearest existing ancestor
+/// while it does not exist yet (doctor creates nothing), and how to name it.
+fn probe_target(data_dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let mut dir = data_dir.to_path_buf();
+    if dir.is_relative() {
+        if let Ok(cwd) = std::env::current_dir() {
+            dir = cwd.join(dir);
+        }
+    }
+    let mut probe = dir.as_path();
+    while !probe.is_dir() {
+        match probe.parent() {
+            Some(parent) => probe = parent,
+            None => break,
+        }
+    }
+    let name = if probe == dir {
+        data_dir.display().to_string()
+    } else {
+        format!(
+            "{} (not created yet; probed {})",
+            data_dir.display(),
+            probe.display()
+        )
+    };
+    (probe.to_path_buf(), name)
+}
+
+/// Reads the host. `mapping` is the config's LEU plan, or why it does not fit.
 pub fn observe(
     config: &ApplianceConfig,
-    mapping: &ThreadMapping,
+    mapping: Result<&ThreadMapping, String>,
     data_dir: &std::path::Path,
 ) -> Host {
+    let (mapping, mapping_error) = match mapping {
+        Ok(mapping) => (mapping.leus.clone(), None),
+        Err(error) => (Vec::new(), Some(error)),
+    };
     let read = |path: &str| {
         std::fs::read_to_string(path)
             .ok()
@@ -89,8 +123,9 @@ pub fn observe(
             .find_map(|line| line.strip_prefix("HugePages_Total:"))
             .and_then(|n| n.trim().parse().ok())
     });
-    let direct_io = BlockDevice::for_path(data_dir)
-        .and_then(|device| DirectIoAlignment::probe(data_dir, device.as_ref()))
+    let (probe_dir, dir_name) = probe_target(data_dir);
+    let direct_io = BlockDevice::for_path(&probe_dir)
+        .and_then(|device| DirectIoAlignment::probe(&probe_dir, device.as_ref()))
         .map_err(|e| e.to_string());
     let thp = read("/sys/kernel/mm/transparent_hugepage/enabled").and_then(|modes| {
         modes
@@ -104,11 +139,11 @@ pub fn observe(
         memlock: MemlockLimit::current(),
         ipc_lock: read("/proc/self/status").is_some_and(|status| has_ipc_lock(&status)),
         hugepages,
-        leu_cpus: mapping.leus.iter().map(|l| (l.cpu, l.isolated)).collect(),
-        direct_io: (data_dir.display().to_string(), direct_io),
+        leu_cpus: mapping.iter().map(|l| (l.cpu, l.isolated)).collect(),
+        mapping_error,
+        direct_io: (dir_name, direct_io),
         thp,
         governors: mapping
-            .leus
             .iter()
             .map(|l| {
                 let path = format!(
@@ -162,6 +197,25 @@ pub fn evaluate(host: &Host, config: &ApplianceConfig) -> Vec<Check> {
             fix,
         })
     };
+
+    match &host.mapping_error {
+        Some(error) => check(
+            "LEU mapping",
+            Verdict::Fail,
+            error.clone(),
+            Some("set [leu] count or cores to fit this machine (docs/CONFIG.md)".to_owned()),
+        ),
+        None => check(
+            "LEU mapping",
+            Verdict::Pass,
+            format!(
+                "{} LEU(s) on CPU(s) {}",
+                host.leu_cpus.len(),
+                cpu_list(&host.leu_cpus.iter().map(|(c, _)| *c).collect::<Vec<_>>())
+            ),
+            None,
+        ),
+    }
 
     match kernel_version(&host.kernel) {
         None => check(
@@ -411,6 +465,7 @@ mod tests {
             ipc_lock: false,
             hugepages: Some(0),
             leu_cpus: vec![(2, true), (3, true)],
+            mapping_error: None,
             direct_io: (
                 "/data".into(),
                 Ok(DirectIoAlignment {
@@ -435,7 +490,7 @@ mod tests {
     #[test]
     fn a_well_set_host_passes_everything() {
         let checks = evaluate(&good_host(), &ApplianceConfig::default());
-        assert_eq!(checks.len(), 8);
+        assert_eq!(checks.len(), 9);
         for check in &checks {
             assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
             assert!(check.fix.is_none());
@@ -503,7 +558,9 @@ mod tests {
             Verdict::Fail
         );
         host.direct_io.1 = Err("permission denied".into());
+        host.mapping_error = Some("asks for 4 LEUs; this machine has 2 cores".into());
         let checks = evaluate(&host, &ApplianceConfig::default());
+        assert_eq!(verdict(&checks, "LEU mapping").0, Verdict::Fail);
         assert_eq!(verdict(&checks, "hugepages").0, Verdict::Pass);
         assert_eq!(verdict(&checks, "direct I/O").0, Verdict::Fail);
     }

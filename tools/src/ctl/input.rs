@@ -19,6 +19,14 @@ use vortex_vbp::message::Payload;
 pub const DIMENSION_MAX: usize = 65_536;
 /// The largest `.npy` header read.
 const NPY_HEADER_MAX: usize = 64 << 10;
+/// The longest JSON Lines line read (a point beyond it could not travel in a VBP frame).
+pub const LINE_BYTES_MAX: u64 = 16 << 20;
+
+/// Rows of `dimension` that fit in about 8 MiB of vectors (at least one): the batch size
+/// that keeps an upsert well inside VBP's 16 MiB frames and a reader's memory bounded.
+pub fn rows_within_budget(dimension: usize) -> usize {
+    ((8usize << 20) / (4 * dimension.max(1) + 8)).max(1)
+}
 
 /// A file's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +103,13 @@ impl PointReader {
             message,
         };
         let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let length = file
+        let metadata = file
             .metadata()
-            .map_err(|e| fail(format!("cannot read its size: {e}")))?
-            .len();
+            .map_err(|e| fail(format!("cannot read its size: {e}")))?;
+        if !metadata.is_file() {
+            return Err(fail("not a regular file".to_owned()));
+        }
+        let length = metadata.len();
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let (source, dimension, total) = match format {
             Format::Fvecs => {
@@ -134,12 +145,14 @@ impl PointReader {
                 )
             }
             Format::JsonLines => {
-                let lines = BufReader::new(
+                let counting = BufReader::new(
                     File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?,
-                )
-                .split(b'\n')
-                .filter(|line| line.as_ref().is_ok_and(|l| !l.trim_ascii().is_empty()))
-                .count() as u64;
+                );
+                let mut lines = 0u64;
+                for line in counting.split(b'\n') {
+                    let line = line.map_err(|e| fail(format!("cannot read: {e}")))?;
+                    lines += u64::from(!line.trim_ascii().is_empty());
+                }
                 (Source::JsonLines(reader), None, Some(lines))
             }
         };
@@ -190,7 +203,9 @@ impl PointReader {
                             }
                             read_floats(reader, dimension, false, &mut batch.vectors)
                                 .map_err(|e| fail(format!("row {}: {e}", self.row)))?;
-                            batch.ids.push(self.start_id + self.row);
+                            batch
+                                .ids
+                                .push(row_id(self.start_id, self.row).map_err(&fail)?);
                             true
                         }
                         Ok(_) => return Err(fail(format!("row {} is cut short", self.row))),
@@ -204,15 +219,26 @@ impl PointReader {
                         let dimension = self.dimension.unwrap_or(0);
                         read_floats(reader, dimension, *wide, &mut batch.vectors)
                             .map_err(|e| fail(format!("row {}: {e}", self.row)))?;
-                        batch.ids.push(self.start_id + self.row);
+                        batch
+                            .ids
+                            .push(row_id(self.start_id, self.row).map_err(&fail)?);
                         true
                     }
                 }
                 Source::JsonLines(reader) => {
                     let mut line = Vec::new();
                     let read = reader
+                        .by_ref()
+                        .take(LINE_BYTES_MAX + 1)
                         .read_until(b'\n', &mut line)
                         .map_err(|e| fail(format!("line {}: {e}", self.row + 1)))?;
+                    if read as u64 > LINE_BYTES_MAX {
+                        return Err(fail(format!(
+                            "line {} is longer than {} MiB",
+                            self.row + 1,
+                            LINE_BYTES_MAX >> 20
+                        )));
+                    }
                     if read == 0 {
                         false
                     } else {
@@ -250,6 +276,13 @@ impl PointReader {
         }
         Ok((!batch.ids.is_empty()).then_some(batch))
     }
+}
+
+/// The id of row `row` when the first is `start_id`.
+fn row_id(start_id: u64, row: u64) -> Result<u64, String> {
+    start_id.checked_add(row).ok_or_else(|| {
+        format!("row {row}: its id would pass 2^64 - 1 (--start-id {start_id} is too large)")
+    })
 }
 
 /// Reads into `buffer` until it is full or the end: the bytes read.
@@ -443,7 +476,8 @@ pub fn json_point(line: &[u8], at: &str) -> Result<(u64, Vec<f32>, Option<Payloa
 pub fn read_row(path: &Path, format: Format, row: u64) -> Result<Vec<f32>, InputError> {
     let mut reader = PointReader::open(path, format, 0)?;
     let mut skipped = 0u64;
-    while let Some(batch) = reader.next_batch(4096)? {
+    // Batches of about 8 MiB (one row until a JSON Lines file's dimension is known).
+    while let Some(batch) = reader.next_batch(reader.dimension().map_or(1, rows_within_budget))? {
         let count = batch.ids.len() as u64;
         if row < skipped + count {
             let dimension = batch.vectors.len() / batch.ids.len();
