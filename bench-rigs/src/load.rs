@@ -18,7 +18,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use vortex_vbp::client::{Client, ClientError, ClientOptions};
-use vortex_vbp::message::{CollectionSpec, Metric, Search, Upsert, VectorType};
+use vortex_vbp::message::{
+    counters_sum, CollectionSpec, Metric, Search, Upsert, VectorType, BACKGROUND_WORK_COUNTERS,
+};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -158,13 +160,7 @@ fn prepare(config: &LoadConfig) -> anyhow::Result<()> {
 fn settle(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let busy: u64 = client
-            .stats()?
-            .iter()
-            .flat_map(|leu| leu.counters.iter())
-            .filter(|c| c.name == "pending_compactions" || c.name == "index_build_backlog")
-            .map(|c| c.value)
-            .sum();
+        let busy = counters_sum(&client.stats()?, &BACKGROUND_WORK_COUNTERS);
         if busy == 0 || Instant::now() > deadline {
             return Ok(());
         }

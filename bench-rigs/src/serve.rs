@@ -18,7 +18,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vortex_vbp::client::{Client, ClientError, ClientOptions};
-use vortex_vbp::message::{CollectionSpec, Metric, Search, Upsert, VectorType};
+use vortex_vbp::message::{
+    counters_sum, CollectionSpec, Metric, Search, Upsert, VectorType, BACKGROUND_WORK_COUNTERS,
+};
 use vortex_vbp::sharded::ShardedClient;
 
 /// The collection the ANN benchmark fills.
@@ -77,11 +79,7 @@ fn loop_reading(client: &Client) -> anyhow::Result<LoopReading> {
                     Some((top, c.value))
                 })
                 .collect();
-            let throttled = leu
-                .counters
-                .iter()
-                .find(|c| c.name == "throttled_entered")
-                .map_or(0, |c| c.value);
+            let throttled = leu.counter("throttled_entered").unwrap_or(0);
             (leu.leu, buckets, throttled)
         })
         .collect())
@@ -282,16 +280,12 @@ fn settle(client: &Client, merged: bool) -> anyhow::Result<()> {
     let mut said = Instant::now();
     loop {
         let stats = client.stats()?;
-        let sum = |names: &[&str]| -> u64 {
-            stats
-                .iter()
-                .flat_map(|leu| leu.counters.iter())
-                .filter(|c| names.contains(&c.name.as_str()))
-                .map(|c| c.value)
-                .sum()
+        let busy = counters_sum(&stats, &BACKGROUND_WORK_COUNTERS);
+        let unmerged = if merged {
+            counters_sum(&stats, &["idle_merge_due"])
+        } else {
+            0
         };
-        let busy = sum(&["pending_compactions", "index_build_backlog"]);
-        let unmerged = if merged { sum(&["idle_merge_due"]) } else { 0 };
         if busy == 0 && unmerged == 0 {
             return Ok(());
         }

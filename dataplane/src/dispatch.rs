@@ -55,13 +55,18 @@ pub fn dispatch_part(
     }
 }
 
+/// A THROTTLED answer saying what is saturated, with the retry hint.
+pub fn throttled(reason: impl Into<String>) -> Response {
+    Response::Throttled(ThrottledBody {
+        retry_after_ms: RETRY_AFTER.as_millis() as u32,
+        reason: reason.into(),
+    })
+}
+
 /// The response for a shard error.
 pub fn error_response(error: &ShardError) -> Response {
     if error.is_throttled() {
-        return Response::Throttled(ThrottledBody {
-            retry_after_ms: RETRY_AFTER.as_millis() as u32,
-            reason: error.to_string(),
-        });
+        return throttled(error.to_string());
     }
     let code = match error {
         ShardError::Invalid(_) => ErrorCode::InvalidArgument,

@@ -48,15 +48,15 @@ pub(crate) enum Destination {
 pub(crate) struct Finished {
     pub to: Destination,
     pub response: Response,
-    /// The gather this answer ends: its token and lent frame can go.
-    pub gather: Option<u32>,
 }
 
-/// The parts of one gather that came in and were not yet taken by its task.
+/// One gather: the parts that came in and were not yet taken by its task, and the request's
+/// frame, which the other LEUs read in place until every part is in.
 #[derive(Debug, Default)]
 struct Parts {
     arrived: Vec<(u16, Response)>,
     waker: Option<Waker>,
+    frame: Option<FrameBuf>,
 }
 
 /// What the loop and the waiting handlers share.
@@ -73,6 +73,8 @@ pub(crate) struct Waits {
     acks: RefCell<Vec<(u64, Waker)>>,
     /// By gather token.
     parts: RefCell<Vec<Option<Parts>>>,
+    /// Tokens of gathers that are over.
+    tokens_free: RefCell<Vec<u32>>,
     finished: RefCell<VecDeque<Finished>>,
 }
 
@@ -130,14 +132,45 @@ impl Waits {
         }
     }
 
-    /// Starts collecting the parts of gather `token`.
-    pub fn open(&self, token: u32) {
+    /// Starts a gather, keeping the request's `frame` (lent to the other LEUs) until it is
+    /// over; returns its token.
+    pub fn open(&self, frame: Option<FrameBuf>) -> u32 {
         let mut parts = self.parts.borrow_mut();
-        let index = token as usize;
-        if parts.len() <= index {
-            parts.resize_with(index + 1, || None);
+        let token = self.tokens_free.borrow_mut().pop().unwrap_or_else(|| {
+            parts.push(None);
+            (parts.len() - 1) as u32
+        });
+        parts[token as usize] = Some(Parts {
+            frame,
+            ..Parts::default()
+        });
+        token
+    }
+
+    /// A gather that will never finish (its task could not start): the parts still out
+    /// come back to it and are dropped, and its frame, which they may still read, is
+    /// leaked rather than reused under them. Its token is not reused.
+    pub fn abandon(&self, token: u32) {
+        if let Some(slot) = self
+            .parts
+            .borrow_mut()
+            .get_mut(token as usize)
+            .and_then(Option::as_mut)
+        {
+            if let Some(frame) = slot.frame.take() {
+                std::mem::forget(frame);
+            }
         }
-        parts[index] = Some(Parts::default());
+    }
+
+    /// At the end of the loop: the frames of gathers still open may still be read by
+    /// another LEU, so their buffers are leaked rather than returned to the pool.
+    pub fn leak_frames(&self) {
+        for slot in self.parts.borrow_mut().iter_mut().flatten() {
+            if let Some(frame) = slot.frame.take() {
+                std::mem::forget(frame);
+            }
+        }
     }
 
     /// LEU `leu`'s part of gather `token` came in (ignored if the gather is over).
@@ -160,18 +193,22 @@ impl Waits {
         }
     }
 
-    /// A handler is done: the loop sends `response` to `to` (and ends `gather`).
+    /// A handler is done: the loop sends `response` to `to`. Ending gather `gather`
+    /// returns its frame to the pool (every part is in) and frees its token.
     pub fn finish(&self, to: Destination, response: Response, gather: Option<u32>) {
         if let Some(token) = gather {
-            if let Some(slot) = self.parts.borrow_mut().get_mut(token as usize) {
-                *slot = None;
+            let ended = self
+                .parts
+                .borrow_mut()
+                .get_mut(token as usize)
+                .and_then(Option::take);
+            if ended.is_some() {
+                self.tokens_free.borrow_mut().push(token);
             }
         }
-        self.finished.borrow_mut().push_back(Finished {
-            to,
-            response,
-            gather,
-        });
+        self.finished
+            .borrow_mut()
+            .push_back(Finished { to, response });
     }
 
     /// The next answer a handler left for the loop.
@@ -386,9 +423,9 @@ mod tests {
         use vortex_vbp::validator::RequestRef;
         let waits = Rc::new(Waits::default());
         let mut executor = Executor::new(4).unwrap();
-        waits.open(2);
+        let token = waits.open(None);
         // Another LEU's part may come in before the task first runs.
-        waits.add_part(2, 1, counted(1));
+        waits.add_part(token, 1, counted(1));
         let local = Outcome::AfterDurable {
             sequence: 10,
             response: counted(4),
@@ -399,10 +436,10 @@ mod tests {
             request_id: 77,
             since: Instant::now(),
         };
-        let task = gather(Rc::clone(&waits), 2, 0, Some(local), merge, 3, to);
+        let task = gather(Rc::clone(&waits), token, 0, Some(local), merge, 3, to);
         executor.spawn(task).unwrap();
         executor.run_ready(100);
-        waits.add_part(2, 2, counted(2));
+        waits.add_part(token, 2, counted(2));
         executor.run_ready(100);
         assert!(
             waits.take_finished().is_none(),
@@ -412,12 +449,12 @@ mod tests {
         executor.run_ready(100);
         let finished = waits.take_finished().expect("answered");
         assert_eq!(finished.to, to);
-        assert_eq!(finished.gather, Some(2));
         assert!(matches!(
             finished.response,
             Response::Counted(CountResult { count: 7 })
         ));
-        waits.add_part(2, 1, counted(1)); // late: ignored, the gather is over
+        waits.add_part(token, 1, counted(1)); // late: ignored, the gather is over
         assert_eq!(executor.live(), 0);
+        assert_eq!(waits.open(None), token, "the gather's token is free again");
     }
 }

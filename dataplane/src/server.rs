@@ -32,7 +32,7 @@
 //! timeout while acknowledgements are pending (`ack_wait`) and a longer one when idle
 //! (`idle_wait`); another LEU wakes it through an eventfd read armed on the ring.
 
-use crate::dispatch::{dispatch_part, Outcome, RETRY_AFTER};
+use crate::dispatch::{dispatch_part, throttled, Outcome};
 use crate::executor::Executor;
 use crate::gather::{participants, Merge, Ownership};
 use crate::handlers::{self, Destination, Waits};
@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use vortex_io::{OpId, Owner, ProvidedRing, PushError, RingConfig, RingDriver};
 use vortex_shard::Shard;
 use vortex_vbp::codec::{FrameBytes, Response};
-use vortex_vbp::message::{ErrorCode, ThrottledBody};
+use vortex_vbp::message::ErrorCode;
 use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, SizeClass};
 use vortex_vbp::stream::{FrameBuf, LentPartial, StreamDecoder, StreamError};
 use vortex_vbp::validator::{LayoutValidator, RequestRef};
@@ -222,14 +222,6 @@ const STUCK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Handler polls one pass makes at most (the rest wait for the next pass).
 const HANDLER_BUDGET: usize = 4096;
-
-/// The answer to a request that finds every handler slot taken.
-fn handlers_full() -> Response {
-    Response::Throttled(ThrottledBody {
-        retry_after_ms: RETRY_AFTER.as_millis() as u32,
-        reason: "too many requests wait on this core (handlers_max); retry".to_owned(),
-    })
-}
 
 /// Parts of other LEUs' requests one pass runs, per sending LEU.
 const PEER_BUDGET: usize = 32;
@@ -449,8 +441,6 @@ fn serve_inner(
         out_to: vec![0; leus],
         unsent_replies: (0..leus).map(|_| VecDeque::new()).collect(),
         links,
-        gather_frames: Vec::new(),
-        gathers_free: Vec::new(),
         wake_armed: false,
         conns: Vec::new(),
         free: Vec::new(),
@@ -459,7 +449,7 @@ fn serve_inner(
     };
     let ran = server.run(stop);
     server.release_merge_turn();
-    server.leak_lent_frames();
+    server.waits.leak_frames();
     server.pressure(true);
     ran?;
     let Server { shard, report, .. } = server;
@@ -569,9 +559,6 @@ struct Server {
     out_to: Vec<usize>,
     /// Replies to each LEU its queue had no room for (bounded by the window).
     unsent_replies: Vec<VecDeque<Reply>>,
-    /// By gather token: the request's frame, lent to the other LEUs until every part is in.
-    gather_frames: Vec<Option<FrameBuf>>,
-    gathers_free: Vec<u32>,
     wake_armed: bool,
     conns: Vec<Option<Connection>>,
     free: Vec<usize>,
@@ -1234,12 +1221,8 @@ impl Server {
             };
             if self.throttled.is_some() {
                 self.report.throttled_answers += 1;
-                let throttled = Response::Throttled(ThrottledBody {
-                    retry_after_ms: RETRY_AFTER.as_millis() as u32,
-                    reason: "this core is overloaded (receive buffers or ring slots); retry"
-                        .to_owned(),
-                });
-                self.deliver(to, throttled);
+                let reason = "this core is overloaded (receive buffers or ring slots); retry";
+                self.deliver(to, throttled(reason));
                 continue;
             }
             match self.validator.request(frame.bytes()) {
@@ -1253,7 +1236,8 @@ impl Server {
                     if (writes || !alone) && self.client_slots_taken() {
                         // It would wait, and no more client requests may.
                         self.report.throttled_handlers += 1;
-                        self.deliver(to, handlers_full());
+                        let reason = "too many requests wait on this core (handlers_max); retry";
+                        self.deliver(to, throttled(reason));
                         continue;
                     }
                     if alone {
@@ -1363,8 +1347,7 @@ impl Server {
         match outcome {
             Outcome::Ready(response) => self.deliver(to, response),
             Outcome::AfterDurable { sequence, response } => {
-                self.wrote();
-                self.waits.expect(sequence);
+                self.wrote(sequence);
                 let waits = Rc::clone(&self.waits);
                 let task = handlers::acknowledge(waits, to, sequence, response, frame);
                 if let Err(full) = self.executor.spawn(task) {
@@ -1380,8 +1363,10 @@ impl Server {
         self.executor.live() >= self.config.handlers_max.max(1)
     }
 
-    /// A write part ran: the LEU is not idle, and an idle merge is due again.
-    fn wrote(&mut self) {
+    /// A write part ran with WAL `sequence`: its acknowledgement waits for it, the LEU is
+    /// not idle, and an idle merge is due again.
+    fn wrote(&mut self, sequence: u64) {
+        self.waits.expect(sequence);
         self.last_write = Instant::now();
         self.merged_since_write = false;
     }
@@ -1402,38 +1387,27 @@ impl Server {
             .any(|(leu, &needed)| needed && leu != me && self.out_to[leu] >= self.window);
         if full {
             self.report.throttled_handover += 1;
-            let throttled = Response::Throttled(ThrottledBody {
-                retry_after_ms: RETRY_AFTER.as_millis() as u32,
-                reason: "the queue to another core is full; retry".to_owned(),
-            });
-            self.deliver(to, throttled);
+            self.deliver(to, throttled("the queue to another core is full; retry"));
             return;
         }
-        let token = match self.gathers_free.pop() {
-            Some(token) => token,
-            None => {
-                self.gather_frames.push(None);
-                (self.gather_frames.len() - 1) as u32
-            }
-        };
-        self.waits.open(token);
+        // The gather keeps the frame until every part is in: the other LEUs read it in place.
+        let token = self.waits.open(Some(frame.clone()));
         let merge = Merge::new(&request);
         let waiting = needed.iter().filter(|&&n| n).count();
         // This LEU's part first, from the request already validated; the gather's task
         // waits for it if it is a write.
         let local = needed[me].then(|| self.run_part(request));
         if let Some(Outcome::AfterDurable { sequence, .. }) = local {
-            self.wrote();
-            self.waits.expect(sequence);
+            self.wrote(sequence);
         }
-        let mut lent = false;
         for (leu, _) in needed
             .iter()
             .enumerate()
             .filter(|&(leu, &n)| n && leu != me)
         {
-            // SAFETY: the frame's buffer is kept in the gather below until every part is in
-            // (or leaked if the loop ends first: `leak_lent_frames`); nothing writes to it.
+            // SAFETY: the gather opened above keeps the frame's buffer until every part is
+            // in (or leaks it if the loop ends first: `Waits::leak_frames`, or if its task
+            // cannot start: `Waits::abandon`); nothing writes to it.
             let bytes = unsafe { LentFrame::lend(frame.bytes()) };
             let handover = Handover {
                 token,
@@ -1444,7 +1418,6 @@ impl Server {
                 .as_mut()
                 .is_some_and(|queue| queue.push(handover).is_ok());
             if pushed {
-                lent = true;
                 self.out_to[leu] += 1;
                 self.report.handed_over += 1;
                 self.links.team.wakes[leu].after_push();
@@ -1453,17 +1426,11 @@ impl Server {
                 self.waits.add_part(token, leu as u16, lost);
             }
         }
-        if lent {
-            self.gather_frames[token as usize] = Some(frame.clone());
-        }
         let waits = Rc::clone(&self.waits);
         let task = handlers::gather(waits, token, self.leu, local, merge, waiting, to);
         if let Err(full) = self.executor.spawn(task) {
-            // Not reached (a slot was free): the parts still out come back to no gather,
-            // so the frame they read is leaked rather than reused under them.
-            if let Some(frame) = self.gather_frames[token as usize].take() {
-                std::mem::forget(frame);
-            }
+            // Not reached (a slot was free).
+            self.waits.abandon(token);
             let lost = Response::error(ErrorCode::Internal, full.to_string());
             self.deliver(to, lost);
         }
@@ -1489,19 +1456,12 @@ impl Server {
         }
     }
 
-    /// Polls the handlers that were woken and sends the answers of those that finished
-    /// (a finished gather's frame returns to the pool: every part is in).
+    /// Polls the handlers that were woken and sends the answers of those that finished.
     fn run_handlers(&mut self) {
         if self.executor.has_ready() {
             self.executor.run_ready(HANDLER_BUDGET);
         }
         while let Some(finished) = self.waits.take_finished() {
-            if let Some(token) = finished.gather {
-                if let Some(frame) = self.gather_frames.get_mut(token as usize) {
-                    *frame = None;
-                    self.gathers_free.push(token);
-                }
-            }
             self.deliver(finished.to, finished.response);
         }
     }
@@ -1567,14 +1527,6 @@ impl Server {
         }
         if pushed {
             self.links.team.wakes[leu].after_push();
-        }
-    }
-
-    /// At the end of the loop: the frames of gathers still waiting may still be read by
-    /// another LEU, so their buffers are leaked rather than returned to the pool.
-    fn leak_lent_frames(&mut self) {
-        for frame in self.gather_frames.iter_mut().filter_map(Option::take) {
-            std::mem::forget(frame);
         }
     }
 

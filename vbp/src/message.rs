@@ -315,6 +315,29 @@ pub struct LeuStats {
     pub counters: Vec<Counter>,
 }
 
+impl LeuStats {
+    /// The counter `name`, if this LEU reports it.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.counters
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.value)
+    }
+}
+
+/// The counters `names` summed over every LEU (a name an LEU does not report counts 0).
+pub fn counters_sum(leus: &[LeuStats], names: &[&str]) -> u64 {
+    leus.iter()
+        .flat_map(|leu| leu.counters.iter())
+        .filter(|c| names.contains(&c.name.as_str()))
+        .map(|c| c.value)
+        .sum()
+}
+
+/// Counters that stay above 0 while an LEU has index builds or compactions to do: a
+/// benchmark or a demo waits for their sum to reach 0 before it measures.
+pub const BACKGROUND_WORK_COUNTERS: [&str; 2] = ["pending_compactions", "index_build_backlog"];
+
 /// `Stats` response body.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]

@@ -42,17 +42,12 @@ impl ShardedClient {
             .ip();
         let stats = first.stats()?;
         let counter = |leu: usize, name: &str| -> Result<u64, ClientError> {
-            stats[leu]
-                .counters
-                .iter()
-                .find(|c| c.name == name)
-                .map(|c| c.value)
-                .ok_or_else(|| {
-                    no_map(format!(
-                        "LEU {} reports no `{name}` counter (a server older than the LEU map)",
-                        stats[leu].leu
-                    ))
-                })
+            stats[leu].counter(name).ok_or_else(|| {
+                no_map(format!(
+                    "LEU {} reports no `{name}` counter (a server older than the LEU map)",
+                    stats[leu].leu
+                ))
+            })
         };
         if stats.is_empty() {
             return Err(no_map("the server reported no LEU"));

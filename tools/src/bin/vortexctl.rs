@@ -683,10 +683,7 @@ fn load(
 }
 
 fn counter(leu: &LeuStats, name: &str) -> u64 {
-    leu.counters
-        .iter()
-        .find(|c| c.name == name)
-        .map_or(0, |c| c.value)
+    leu.counter(name).unwrap_or(0)
 }
 
 fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {

@@ -12,9 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use vortex_config::{ApplianceConfig, LeuCount, Topology};
 use vortex_dataplane::appliance::{Appliance, Ports};
+use vortex_index::random::SplitMix;
+use vortex_index::Kernels;
 use vortex_io::{memlock, MemlockOutcome};
 use vortex_vbp::client::{Client, ClientOptions};
-use vortex_vbp::message::{CollectionSpec, Metric, Search, Upsert, VectorType};
+use vortex_vbp::message::{
+    counters_sum, CollectionSpec, Metric, Search, Upsert, VectorType, BACKGROUND_WORK_COUNTERS,
+};
 use vortex_vbp::sharded::ShardedClient;
 
 /// The dev config the demo runs (loopback, two LEUs, memory lock "try").
@@ -68,51 +72,27 @@ pub struct DemoReport {
     pub load_rate: f64,
 }
 
-/// A deterministic generator (splitmix64) with normal samples (Box–Muller).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.unit(), self.unit());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-}
-
 /// Points around 64 random centres: `count` rows of `dimension`, flat.
-fn clustered(rng: &mut Rng, centres: &[f32], dimension: usize, count: usize) -> Vec<f32> {
+fn clustered(rng: &mut SplitMix, centres: &[f32], dimension: usize, count: usize) -> Vec<f32> {
     let clusters = centres.len() / dimension;
     let mut out = Vec::with_capacity(count * dimension);
     for _ in 0..count {
-        let centre = (rng.next() % clusters as u64) as usize;
+        let centre = (rng.next_u64() % clusters as u64) as usize;
         let centre = &centres[centre * dimension..(centre + 1) * dimension];
-        out.extend(centre.iter().map(|c| c + 0.25 * rng.normal()));
+        out.extend(centre.iter().map(|c| c + 0.25 * rng.gaussian()));
     }
     out
 }
 
-/// The exact `k` nearest rows of `base` to each query (squared L2), by a full scan on two
-/// threads.
+/// The exact `k` nearest rows of `base` to each query (squared L2, the index's SIMD
+/// kernel), by a full scan on two threads.
 fn exact(base: &[f32], queries: &[f32], dimension: usize, k: usize) -> Vec<Vec<u64>> {
+    let l2 = Kernels::active().l2_squared;
     let one = |query: &[f32]| -> Vec<u64> {
         let mut scored: Vec<(f32, u64)> = base
             .chunks_exact(dimension)
             .enumerate()
-            .map(|(id, row)| {
-                let distance: f32 = row.iter().zip(query).map(|(a, b)| (a - b) * (a - b)).sum();
-                (distance, id as u64)
-            })
+            .map(|(id, row)| (l2(row, query), id as u64))
             .collect();
         let k = k.min(scored.len());
         if k == 0 {
@@ -287,7 +267,7 @@ fn exercise(
         format_args!("collection `{COLLECTION}` created (dimension {dimension}, l2, M 16, ef_construction 200)"),
     );
 
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix::new(seed);
     let centres: Vec<f32> = (0..64 * dimension)
         .map(|_| (rng.unit() * 2.0 - 1.0) as f32)
         .collect();
@@ -423,12 +403,7 @@ fn settle(client: &Client, limit: Duration) -> Result<(), CtlError> {
     let spinner = ProgressBar::new_spinner().with_message("building indexes");
     loop {
         let stats = client.stats().map_err(CtlError::from_client)?;
-        let pending: u64 = stats
-            .iter()
-            .flat_map(|leu| leu.counters.iter())
-            .filter(|c| c.name == "index_build_backlog" || c.name == "pending_compactions")
-            .map(|c| c.value)
-            .sum();
+        let pending = counters_sum(&stats, &BACKGROUND_WORK_COUNTERS);
         if pending == 0 {
             spinner.finish_and_clear();
             return Ok(());
