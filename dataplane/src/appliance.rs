@@ -4,10 +4,10 @@
 //! data directory.
 
 use crate::handover::team;
+use crate::listen::{bind_listeners, PortClaim};
 use crate::routing::{Ring, VNODES_DEFAULT};
 use crate::server::{serve, ServeReport, ServerConfig};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use vortex_config::{ApplianceConfig, ThreadMapping};
 use vortex_io::{affinity, RingConfig};
 use vortex_shard::{Shard, ShardOptions};
+use vortex_storage::DirLock;
 
 /// Which ports the appliance listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,11 @@ pub struct Appliance {
     data_dir: PathBuf,
     /// Per LEU: WAL records replayed, segments, time to ready.
     details: Vec<String>,
+    /// The shared port's claim (none for ephemeral ports).
+    _port_claim: Option<PortClaim>,
+    /// The data directory's lock, let go of when the appliance is dropped (after `stop`
+    /// has joined every LEU).
+    _lock: DirLock,
 }
 
 /// What the LEUs did, summed, when the appliance stopped.
@@ -75,114 +81,35 @@ impl Appliance {
         origin: &str,
     ) -> Result<Appliance, String> {
         let leus = mapping.leus.len();
+        // First, before anything in the directory is read or written: one process per data
+        // directory (the kernel lets go of it if this process dies).
+        let lock = DirLock::acquire(data_dir).map_err(|error| error.to_string())?;
+        let (listeners, port_claim) = bind_listeners(config, leus, ports, origin)?;
         let layout = Layout {
             leus,
             vnodes: VNODES_DEFAULT,
         };
-        layout.check(data_dir)?;
-        let listeners = bind_listeners(config, leus, ports, origin)?;
-        let address = listeners
-            .first()
-            .and_then(|own| own.first())
-            .and_then(|shared| shared.local_addr().ok())
-            .ok_or("no LEU to listen")?;
-        let leu_ports = listeners
-            .iter()
-            .map(|own| {
-                own.last()
-                    .and_then(|l| l.local_addr().ok())
-                    .map_or(0, |a| a.port())
-            })
-            .collect();
-        let ring = Ring::new(leus, VNODES_DEFAULT).map_err(|e| e.to_string())?;
-        let server_config = server_config(config);
-        let links = team(ring, server_config.handover_queue)
-            .map_err(|error| format!("cannot set up the LEU queues: {error}"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
-        let mut threads = Vec::with_capacity(leus);
-        for ((links, listeners), leu) in links.into_iter().zip(listeners).zip(&mapping.leus) {
-            let index = links.leu;
-            let shard_dir = data_dir.join(format!("leu-{index}"));
-            let (server_config, leu_stop, ready_tx, cpu) = (
-                server_config.clone(),
-                Arc::clone(&stop),
-                ready_tx.clone(),
-                leu.cpu,
-            );
-            let thread = std::thread::Builder::new()
-                .name(format!("leu-{index}"))
-                .spawn(move || -> Result<ServeReport, String> {
-                    if let Err(error) = affinity::pin_current_thread(cpu) {
-                        tracing::warn!(cpu, %error, "cannot pin LEU {index}");
-                    }
-                    let (shard, report) = match Shard::open(&shard_dir, ShardOptions::default()) {
-                        Ok(opened) => opened,
-                        Err(error) => {
-                            let message = format!(
-                                "cannot open the shard in {}: {error}",
-                                shard_dir.display()
-                            );
-                            // Nothing was served: the other LEUs are stopped by `start`.
-                            let _ = ready_tx.send(Err(message.clone()));
-                            return Err(message);
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(format!(
-                        "LEU {index}: {} WAL records replayed, {} segments, ready in {:.0} ms",
-                        report.replayed,
-                        report.segments,
-                        report.time_to_ready.as_secs_f64() * 1e3
-                    )));
-                    // Let go of the channel: if another LEU dies before it is ready, `start`
-                    // sees the channel close instead of waiting for ever.
-                    drop(ready_tx);
-                    serve(listeners, shard, links, server_config, leu_stop)
-                        .map_err(|e| e.to_string())
-                })
-                .map_err(|error| format!("cannot start an LEU thread: {error}"));
-            match thread {
-                Ok(thread) => threads.push(thread),
-                Err(message) => {
-                    stop.store(true, Ordering::Release);
-                    for thread in threads {
-                        let _ = thread.join();
-                    }
-                    return Err(message);
+        let created = layout.check(data_dir)?;
+        let running = match start_threads(config, mapping, data_dir, listeners) {
+            Ok(running) => running,
+            Err(message) => {
+                // A failed start leaves the directory as it found it: no LAYOUT, no empty
+                // shards; undone while the lock is still held.
+                if let Some(created) = created {
+                    created.undo(data_dir);
                 }
+                return Err(message);
             }
-        }
-        drop(ready_tx);
-        let mut details = Vec::with_capacity(leus);
-        let mut failure = None;
-        for _ in 0..leus {
-            match ready_rx.recv() {
-                Ok(Ok(detail)) => details.push(detail),
-                Ok(Err(message)) => {
-                    failure = Some(message);
-                    break;
-                }
-                Err(_) => {
-                    failure = Some("an LEU thread stopped before it was ready".to_owned());
-                    break;
-                }
-            }
-        }
-        if let Some(message) = failure {
-            stop.store(true, Ordering::Release);
-            for thread in threads {
-                let _ = thread.join();
-            }
-            return Err(message);
-        }
-        details.sort();
+        };
         Ok(Appliance {
-            threads,
-            stop,
-            address,
-            leu_ports,
+            threads: running.threads,
+            stop: running.stop,
+            address: running.address,
+            leu_ports: running.leu_ports,
             data_dir: data_dir.to_owned(),
-            details,
+            details: running.details,
+            _port_claim: port_claim,
+            _lock: lock,
         })
     }
 
@@ -239,126 +166,141 @@ impl Appliance {
     }
 }
 
-/// Binds, for each LEU, its own port (`leu_port_base + i`, exclusive: a second dataplane
-/// on the same ports fails here) and the shared port (`SO_REUSEPORT`: the kernel spreads
-/// the connections over the LEUs); with [`Ports::Ephemeral`], ports the kernel chooses.
-/// Returns each LEU's listeners, shared first.
-fn bind_listeners(
+/// The LEU threads of a started appliance.
+struct Running {
+    threads: Vec<JoinHandle<Result<ServeReport, String>>>,
+    stop: Arc<AtomicBool>,
+    address: SocketAddr,
+    leu_ports: Vec<u16>,
+    details: Vec<String>,
+}
+
+/// Starts one pinned thread per LEU on its bound listeners and waits until each is ready
+/// (or the first failure: the started ones are stopped again).
+fn start_threads(
     config: &ApplianceConfig,
-    leus: usize,
-    ports: Ports,
-    origin: &str,
-) -> Result<Vec<Vec<TcpListener>>, String> {
-    let host = config.network.listen_address;
-    let taken = |address: SocketAddr, error: std::io::Error| {
-        format!(
-            "cannot listen on {address}: {error} (is another dataplane running? change \
-             [network] port or leu_port_base in {origin})"
-        )
-    };
-    let mut own = Vec::with_capacity(leus);
-    for leu in 0..leus {
-        let port = match ports {
-            Ports::Configured => usize::from(config.network.leu_port_base) + leu,
-            Ports::Ephemeral => 0,
-        };
-        let address = SocketAddr::new(host, u16::try_from(port).map_err(|e| e.to_string())?);
-        own.push(TcpListener::bind(address).map_err(|error| taken(address, error))?);
-    }
-    let mut shared = SocketAddr::new(
-        host,
-        match ports {
-            Ports::Configured => config.network.port,
-            Ports::Ephemeral => 0,
-        },
-    );
-    own.into_iter()
+    mapping: &ThreadMapping,
+    data_dir: &Path,
+    listeners: Vec<Vec<TcpListener>>,
+) -> Result<Running, String> {
+    let leus = mapping.leus.len();
+    let address = listeners
+        .first()
+        .and_then(|own| own.first())
+        .and_then(|shared| shared.local_addr().ok())
+        .ok_or("no LEU to listen")?;
+    let leu_ports = listeners
+        .iter()
         .map(|own| {
-            let listener = reuseport_listener(shared).map_err(|error| taken(shared, error))?;
-            // An ephemeral shared port: the first LEU's choice is every other LEU's.
-            shared = listener
-                .local_addr()
-                .map_err(|error| taken(shared, error))?;
-            Ok(vec![listener, own])
+            own.last()
+                .and_then(|l| l.local_addr().ok())
+                .map_or(0, |a| a.port())
         })
-        .collect()
-}
-
-/// A listener on `address` with `SO_REUSEPORT` set, so that every LEU can bind it.
-fn reuseport_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let family = match address {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: creates a new socket, owned just below.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-        // SAFETY: sets an int option from a live int on a socket we own.
-        let set = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const one).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set != 0 {
-            return Err(std::io::Error::last_os_error());
+        .collect();
+    let ring = Ring::new(leus, VNODES_DEFAULT).map_err(|e| e.to_string())?;
+    let server_config = server_config(config);
+    let links = team(ring, server_config.handover_queue)
+        .map_err(|error| format!("cannot set up the LEU queues: {error}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let mut threads = Vec::with_capacity(leus);
+    // No LEU serves before every LEU is ready, so that a failed start has answered nobody
+    // (and what it created can be removed): each waits for its go.
+    let mut gos = Vec::with_capacity(leus);
+    for ((links, listeners), leu) in links.into_iter().zip(listeners).zip(&mapping.leus) {
+        let index = links.leu;
+        let shard_dir = data_dir.join(format!("leu-{index}"));
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        gos.push(go);
+        let (server_config, leu_stop, ready_tx, cpu) = (
+            server_config.clone(),
+            Arc::clone(&stop),
+            ready_tx.clone(),
+            leu.cpu,
+        );
+        let thread = std::thread::Builder::new()
+            .name(format!("leu-{index}"))
+            .spawn(move || -> Result<ServeReport, String> {
+                if let Err(error) = affinity::pin_current_thread(cpu) {
+                    tracing::warn!(cpu, %error, "cannot pin LEU {index}");
+                }
+                let (shard, report) = match Shard::open(&shard_dir, ShardOptions::default()) {
+                    Ok(opened) => opened,
+                    Err(error) => {
+                        let message =
+                            format!("cannot open the shard in {}: {error}", shard_dir.display());
+                        // Nothing was served: the other LEUs are stopped by `start`.
+                        let _ = ready_tx.send(Err(message.clone()));
+                        return Err(message);
+                    }
+                };
+                let _ = ready_tx.send(Ok(format!(
+                    "LEU {index}: {} WAL records replayed, {} segments, ready in {:.0} ms",
+                    report.replayed,
+                    report.segments,
+                    report.time_to_ready.as_secs_f64() * 1e3
+                )));
+                // Let go of the channel: if another LEU dies before it is ready, `start`
+                // sees the channel close instead of waiting for ever.
+                drop(ready_tx);
+                if go_rx.recv().is_err() {
+                    // Another LEU failed: close the shard unserved.
+                    return shard
+                        .close()
+                        .map(|()| ServeReport::default())
+                        .map_err(|e| e.to_string());
+                }
+                serve(listeners, shard, links, server_config, leu_stop).map_err(|e| e.to_string())
+            })
+            .map_err(|error| format!("cannot start an LEU thread: {error}"));
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(message) => {
+                stop.store(true, Ordering::Release);
+                drop(gos);
+                for thread in threads {
+                    let _ = thread.join();
+                }
+                return Err(message);
+            }
         }
     }
-    let (storage, length) = socket_address(address);
-    // SAFETY: binds to an address held in a live sockaddr_storage of the given length.
-    let bound = unsafe { libc::bind(socket.as_raw_fd(), (&raw const storage).cast(), length) };
-    if bound != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: listens on a bound socket we own.
-    if unsafe { libc::listen(socket.as_raw_fd(), 1024) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(TcpListener::from(socket))
-}
-
-fn socket_address(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let length = match address {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
+    drop(ready_tx);
+    let mut details = Vec::with_capacity(leus);
+    let mut failure = None;
+    for _ in 0..leus {
+        match ready_rx.recv() {
+            Ok(Ok(detail)) => details.push(detail),
+            Ok(Err(message)) => {
+                failure = Some(message);
+                break;
+            }
+            Err(_) => {
+                failure = Some("an LEU thread stopped before it was ready".to_owned());
+                break;
+            }
         }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
+    }
+    if let Some(message) = failure {
+        stop.store(true, Ordering::Release);
+        drop(gos);
+        for thread in threads {
+            let _ = thread.join();
         }
-    };
-    (storage, length as libc::socklen_t)
+        return Err(message);
+    }
+    details.sort();
+    for go in gos {
+        // A thread that is gone already shows up in `failed()`.
+        let _ = go.send(());
+    }
+    Ok(Running {
+        threads,
+        stop,
+        address,
+        leu_ports,
+        details,
+    })
 }
 
 /// How the data directory's points are spread over LEUs. Points live in the LEU that owns
@@ -376,11 +318,12 @@ impl Layout {
         format!("leus = {}\nvnodes = {}\n", self.leus, self.vnodes)
     }
 
-    /// Writes the layout into a new data directory, or checks an existing one's.
-    fn check(&self, data_dir: &std::path::Path) -> Result<(), String> {
+    /// Writes the layout into a new data directory, or checks an existing one's. Returns
+    /// what it created, for a failed start to undo.
+    fn check(&self, data_dir: &Path) -> Result<Option<Created>, String> {
         let path = data_dir.join(Self::FILE);
         match std::fs::read_to_string(&path) {
-            Ok(found) if found == self.text() => Ok(()),
+            Ok(found) if found == self.text() => Ok(None),
             Ok(found) => Err(format!(
                 "{} holds data spread over another LEU layout ({}), and this config runs {} \
                  LEU(s) with {} VNodes; set [leu] count back, or start from an empty data \
@@ -399,10 +342,41 @@ impl Layout {
                         self.leus
                     ));
                 }
+                let shards_new = (0..self.leus)
+                    .map(|leu| format!("leu-{leu}"))
+                    .filter(|name| !data_dir.join(name).exists())
+                    .collect();
                 write_durably(&path, self.text().as_bytes())
-                    .map_err(|error| format!("cannot write {}: {error}", path.display()))
+                    .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+                Ok(Some(Created { shards_new }))
             }
             Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+        }
+    }
+}
+
+/// What a start wrote into a data directory that had no LAYOUT.
+#[derive(Debug)]
+struct Created {
+    /// The shard directories that did not exist before.
+    shards_new: Vec<String>,
+}
+
+impl Created {
+    /// Removes the LAYOUT and the shard directories this start made. Only called before
+    /// any LEU served (they wait for their go), under the directory's lock.
+    fn undo(self, data_dir: &Path) {
+        for name in &self.shards_new {
+            let shard = data_dir.join(name);
+            if let Err(error) = std::fs::remove_dir_all(&shard) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %shard.display(), %error, "cannot remove after a failed start");
+                }
+            }
+        }
+        let layout = data_dir.join(Layout::FILE);
+        if let Err(error) = std::fs::remove_file(&layout) {
+            tracing::warn!(path = %layout.display(), %error, "cannot remove after a failed start");
         }
     }
 }

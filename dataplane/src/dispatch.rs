@@ -75,6 +75,7 @@ pub fn error_response(error: &ShardError) -> Response {
         ShardError::Exists(_) => ErrorCode::CollectionExists,
         ShardError::Storage(_)
         | ShardError::Io { .. }
+        | ShardError::Locked(_)
         | ShardError::Corrupt { .. }
         | ShardError::Index { .. } => ErrorCode::Internal,
     };
@@ -140,11 +141,15 @@ fn run(
                 .map(|id| id.to_native())
                 .filter(|&id| ownership.owns(id))
                 .collect();
-            let sequence = shard.delete(delete.collection.as_str(), &ids)?;
+            let name = delete.collection.as_str();
+            // The answer counts the points that existed (docs/VBP.md); every id still gets
+            // its tombstone. The LEU runs one request at a time, so nothing changes between.
+            let existed = shard.get(name, &ids, false, false)?.len();
+            let sequence = shard.delete(name, &ids)?;
             return Ok(Outcome::AfterDurable {
                 sequence,
                 response: Response::Deleted(WriteAck {
-                    count: ids.len() as u32,
+                    count: existed as u32,
                 }),
             });
         }

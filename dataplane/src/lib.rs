@@ -16,6 +16,7 @@ pub mod gather;
 mod handlers;
 pub mod handover;
 pub mod leu;
+pub mod listen;
 pub mod looptime;
 pub mod report;
 /// Routing lives in the protocol crate, where shard-aware clients use it too.

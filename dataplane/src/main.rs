@@ -13,7 +13,7 @@ use vortex_config::{ApplianceConfig, BlockDevice, DirectIoAlignment, ThreadMappi
 use vortex_dataplane::appliance::{Appliance, Ports};
 use vortex_dataplane::leu;
 use vortex_dataplane::report::TopologyReport;
-use vortex_io::{memlock, MemlockOutcome, RingConfig};
+use vortex_io::{memlock, RingConfig};
 
 const EXIT_RUNTIME: u8 = 1;
 
@@ -167,13 +167,7 @@ fn topology(config_path: Option<PathBuf>, verify: bool, json: bool) -> Result<u8
     };
     if verify {
         let outcome = memlock::apply(config.memory.lock).map_err(Failure::runtime)?;
-        report.memory_lock = Some(match outcome {
-            MemlockOutcome::Locked => "locked".to_owned(),
-            MemlockOutcome::Skipped => "off".to_owned(),
-            MemlockOutcome::Unlocked { limit, .. } => {
-                format!("not locked, RLIMIT_MEMLOCK {limit}")
-            }
-        });
+        report.memory_lock = Some(outcome.to_string());
         let ring_config = RingConfig::from_config(&config.io_uring);
         let results = leu::verify(&report.mapping, &ring_config)
             .map_err(|error| Failure::runtime(format!("cannot start LEU threads: {error}")))?;
@@ -201,6 +195,7 @@ extern "C" fn on_stop_signal(_signal: libc::c_int) {
 }
 
 fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
+    let defaults = config_path.is_none();
     let Planned {
         config,
         origin,
@@ -208,12 +203,16 @@ fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
         data_dir,
         ..
     } = plan(config_path)?;
-    match memlock::apply(config.memory.lock).map_err(Failure::runtime)? {
-        MemlockOutcome::Unlocked { limit, .. } => {
-            tracing::warn!(%limit, "memory not locked (RLIMIT_MEMLOCK too low); going on")
-        }
-        MemlockOutcome::Locked | MemlockOutcome::Skipped => {}
+    if defaults {
+        let data = std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone());
+        eprintln!(
+            "vortex-dataplane: no --config given: running with the built-in defaults \
+             (docs/CONFIG.md; firmware-config/examples/ has annotated configs), data in {}",
+            data.display()
+        );
     }
+    // Under `try` a failure or a partial lock was logged once, and the server goes on.
+    memlock::apply(config.memory.lock).map_err(Failure::runtime)?;
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: installs a handler that only stores to an atomic.
         unsafe { libc::signal(signal, on_stop_signal as *const () as libc::sighandler_t) };

@@ -391,6 +391,11 @@ fn serve_inner(
 ) -> Result<ServeReport, ServeError> {
     let mut ring = RingDriver::new(&config.ring).map_err(|e| ServeError::Ring(e.to_string()))?;
     let pool = BufferPool::new(config.pool).map_err(|e| ServeError::Pool(e.to_string()))?;
+    // Under `memory.lock = "try"` with a finite limit, the pool is locked as far as the
+    // limit allows (otherwise this locks nothing: all of it is locked, or none should be).
+    pool.for_each_free_buffer(|buffer| {
+        vortex_io::memlock::lock_hot(buffer);
+    });
     let provided = provide(&mut ring, &config);
     let leus = links.leus();
     // The LEU's own port is its last listener's (the shared port, if any, comes first).

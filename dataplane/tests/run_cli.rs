@@ -1,10 +1,14 @@
 //! Process-level tests of `vortex-dataplane run`: the real binary starts, says it is ready,
 //! serves a client, stops on SIGTERM with exit status 0 after syncing, and a restart finds
-//! every acknowledged write; a port already taken is a clear error.
+//! every acknowledged write; a port already taken is a clear error; a second server on the
+//! same data directory or the same shared port is refused and the first keeps its data; an
+//! ordinary user's 8 MiB memlock limit does not stop it.
+
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vortex_vbp::client::{Client, ClientOptions};
@@ -36,11 +40,26 @@ fn write_config_with(dir: &Path, port: u16, leus: usize) -> std::path::PathBuf {
     path
 }
 
+/// A config of one LEU with these ports and data directory, written into `dir` as `name`.
+fn config_at(dir: &Path, name: &str, port: u16, leu_port: u16, data_dir: &Path) -> PathBuf {
+    let path = dir.join(name);
+    let text = format!(
+        "[network]\nport = {port}\nleu_port_base = {leu_port}\n[storage]\ndata_dir = \"{}\"\n\
+         [leu]\ncount = 1\n[memory]\nlock = \"off\"\n",
+        data_dir.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Starts the binary and waits for its readiness line.
 fn start(config: &Path) -> (Child, String) {
-    let mut child = Command::new(BINARY)
-        .args(["run", "--config"])
-        .arg(config)
+    start_command(Command::new(BINARY).args(["run", "--config"]).arg(config))
+}
+
+/// Starts a prepared `run` command and waits for its readiness line.
+fn start_command(command: &mut Command) -> (Child, String) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -200,4 +219,253 @@ fn two_leus_share_a_port_have_their_own_and_refuse_another_layout() {
     let config = write_config_with(dir.path(), port, 1);
     let stderr = run_failing(&config);
     assert!(stderr.contains("another LEU layout"), "{stderr}");
+}
+
+fn docs_spec() -> CollectionSpec {
+    CollectionSpec {
+        name: "docs".into(),
+        dimension: 4,
+        metric: Metric::L2,
+        m: 8,
+        ef_construction: 32,
+        vector_type: VectorType::F32,
+    }
+}
+
+/// Issue #21: a second server on the same data directory used to start, serve, and leave
+/// the directory unreadable (its WAL segments removed by the other). Now it is refused
+/// before it reads or writes anything, naming the holder, and the first keeps serving all
+/// of its data, before and after a restart.
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused_and_the_first_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (port, other_port) = (free_port(), free_port());
+    let first_config = config_at(dir.path(), "first.toml", port, free_port(), &data);
+    let (first, _) = start(&first_config);
+    let endpoint = [format!("127.0.0.1:{port}")];
+    let client = Client::connect(&endpoint, ClientOptions::default()).unwrap();
+    client.create_collection(docs_spec()).unwrap();
+    assert_eq!(client.upsert(docs_upsert(0..400)).unwrap(), 400);
+    let files_before = list_files(&data);
+
+    let second_config = config_at(dir.path(), "second.toml", other_port, free_port(), &data);
+    let stderr = run_failing(&second_config);
+    assert!(
+        stderr.contains(&format!("is in use by process {}", first.id())),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    // It touched nothing: the same files, and the first server answers for all its points
+    // and takes more writes.
+    assert_eq!(list_files(&data), files_before);
+    assert_eq!(client.count("docs", None).unwrap(), 400);
+    assert_eq!(client.upsert(docs_upsert(400..500)).unwrap(), 100);
+    drop(client);
+    assert_eq!(terminate(first).code(), Some(0));
+
+    // Once the first has stopped, the directory opens (here under the second config) with
+    // every acknowledged write.
+    let (again, _) = start(&second_config);
+    let client = Client::connect(
+        &[format!("127.0.0.1:{other_port}")],
+        ClientOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(client.count("docs", None).unwrap(), 500);
+    assert_eq!(client.get("docs", vec![0, 250, 499]).unwrap().len(), 3);
+    drop(client);
+    assert_eq!(terminate(again).code(), Some(0));
+}
+
+/// Issue #21: with another data directory and its own LEU ports but the same shared port, a
+/// second server used to join the first's SO_REUSEPORT group, and the kernel split clients
+/// between two servers holding different data. Now it is refused, naming the first, and
+/// leaves nothing in its data directory; every client of the port reaches the first.
+#[test]
+fn a_second_server_on_the_same_port_is_refused_and_every_client_reaches_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let first_config = config_at(
+        dir.path(),
+        "first.toml",
+        port,
+        free_port(),
+        &dir.path().join("first"),
+    );
+    let (first, _) = start(&first_config);
+    let endpoint = [format!("127.0.0.1:{port}")];
+    let client = Client::connect(&endpoint, ClientOptions::default()).unwrap();
+    client.create_collection(docs_spec()).unwrap();
+    assert_eq!(client.upsert(docs_upsert(0..50)).unwrap(), 50);
+
+    let second_data = dir.path().join("second");
+    let second_config = config_at(dir.path(), "second.toml", port, free_port(), &second_data);
+    let stderr = run_failing(&second_config);
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port}: another VORTEX dataplane (process {})",
+            first.id()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !second_data.join("LAYOUT").exists(),
+        "a failed start leaves no LAYOUT"
+    );
+    assert!(!second_data.join("leu-0").exists());
+    for attempt in 0..8 {
+        let fresh = Client::connect(&endpoint, ClientOptions::default()).unwrap();
+        assert_eq!(
+            fresh.count("docs", None).unwrap(),
+            50,
+            "connection {attempt}"
+        );
+    }
+    drop(client);
+    assert_eq!(terminate(first).code(), Some(0));
+}
+
+/// Issue #21: as an ordinary user (RLIMIT_MEMLOCK 8 MiB, no CAP_IPC_LOCK), `memory.lock =
+/// "try"` used to lock every future mapping, and the next LEU thread could not get a stack
+/// (`cannot start an LEU thread: Resource temporarily unavailable`). Now it locks what fits,
+/// says so once, and serves.
+#[test]
+fn an_ordinary_users_memlock_limit_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let leus = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let config = dir.path().join("user.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[network]\nport = {port}\nleu_port_base = {}\n[storage]\ndata_dir = \"{}\"\n\
+             [leu]\ncount = {leus}\n[memory]\nlock = \"try\"\n",
+            free_port(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(BINARY);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped());
+    common::as_ordinary_user(&mut command, 8 << 20);
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let warnings =
+        std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    std::thread::spawn(move || for _ in lines {});
+    if !ready.starts_with("vortex-dataplane ready") {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "not ready: {ready:?}; stderr: {:?}",
+            warnings.join().unwrap()
+        );
+    }
+    let client = Client::connect(&[format!("127.0.0.1:{port}")], ClientOptions::default()).unwrap();
+    client.create_collection(docs_spec()).unwrap();
+    assert_eq!(client.upsert(docs_upsert(0..200)).unwrap(), 200);
+    assert_eq!(client.count("docs", None).unwrap(), 200);
+    drop(client);
+    assert_eq!(terminate(child).code(), Some(0));
+    let warnings = warnings.join().unwrap();
+    let partial: Vec<_> = warnings
+        .iter()
+        .filter(|line| line.contains("memory is locked only in part"))
+        .collect();
+    assert_eq!(partial.len(), 1, "warned once: {warnings:?}");
+    assert!(
+        partial[0].contains("RLIMIT_MEMLOCK = 8 MiB"),
+        "{warnings:?}"
+    );
+}
+
+/// The files under `dir`, with their sizes.
+fn list_files(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let entry = entry.unwrap();
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.push((entry.path(), metadata.len()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Issue #21: a data directory this user cannot write was refused only when the first LEU
+/// opened its shard, with exit status 1; docs/CONFIG.md says 2. Now `run` refuses it at the
+/// start, status 2, one line, and writes nothing into it.
+#[test]
+fn a_data_directory_the_user_cannot_write_is_a_config_error() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let config = config_at(dir.path(), "c.toml", free_port(), free_port(), &data);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = Command::new(BINARY);
+    command.args(["run", "--config"]).arg(&config);
+    // SAFETY: geteuid reads nothing of ours.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root may write anywhere: run the binary as `nobody` (the directory stays root's).
+        command.uid(65534).gid(65534);
+    } else {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("storage.data_dir"), "{stderr}");
+    assert!(stderr.contains("is not writable by this user"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+/// Issue #21: `run` without `--config` says that it runs on the built-in defaults and where
+/// the data goes (before it binds anything, so this holds even if port 7700 is taken here).
+#[test]
+fn run_without_a_config_says_it_uses_the_defaults_and_where_the_data_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BINARY)
+        .arg("run")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let _ = terminate(child);
+    let data = std::fs::canonicalize(dir.path())
+        .unwrap()
+        .join("vortex-data");
+    assert!(
+        first.contains("no --config given: running with the built-in defaults"),
+        "{first}"
+    );
+    assert!(
+        first.ends_with(&format!("data in {}", data.display())),
+        "{first}"
+    );
 }

@@ -121,6 +121,8 @@ fn a_client_gets_every_answer_and_acknowledged_writes_survive_a_stop() {
     assert_eq!(hits[0].id, 42);
     assert_eq!(hits.len(), 5);
     assert_eq!(client.delete("docs", vec![42]).unwrap(), 1);
+    // Ids that do not exist (or no longer do) are not counted as deleted.
+    assert_eq!(client.delete("docs", vec![42, 1 << 40]).unwrap(), 0);
     let hits = client.search(search(42.0)).unwrap();
     assert!(
         hits.iter().all(|hit| hit.id != 42),
@@ -151,7 +153,7 @@ fn a_client_gets_every_answer_and_acknowledged_writes_survive_a_stop() {
     assert_eq!(client.count("docs", None).unwrap(), 2499);
     drop(client);
     let report = server.stop();
-    assert_eq!(report.answered, 211, "{report:?}"); // 11 single requests and 200 pipelined
+    assert_eq!(report.answered, 212, "{report:?}"); // 12 single requests and 200 pipelined
 
     // Every acknowledged write is on disk.
     let (shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();

@@ -517,8 +517,32 @@ impl ApplianceConfig {
             )
             .into());
         }
+        if !writable(dir) {
+            return Err(InvalidConfig::new(
+                "storage.data_dir",
+                format!(
+                    "`{}` is not writable by this user (uid {}); expected a directory this \
+                     process can create and write (change its owner, or data_dir)",
+                    dir.display(),
+                    // SAFETY: getuid takes no arguments and cannot fail.
+                    unsafe { libc::getuid() }
+                ),
+            )
+            .into());
+        }
         Ok(dir.clone())
     }
+}
+
+/// Whether this process may create files in `dir` (write and search permission, as the
+/// kernel judges it for this process's user).
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access reads a NUL-terminated path we own and touches no other memory.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 fn check_range(

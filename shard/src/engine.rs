@@ -37,7 +37,8 @@ use vortex_index::{Filter, Kernels, NodeSet, SearchParams};
 use vortex_io::RingConfig;
 use vortex_storage::sstable::table::Table;
 use vortex_storage::{
-    DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats, WalOptions, WriteSize,
+    DirLock, DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats, WalOptions,
+    WriteSize,
 };
 use vortex_vbp::message::{CollectionInfo, CollectionSpec, Hit, Payload, PointRecord};
 
@@ -147,6 +148,9 @@ pub struct Shard {
     segment_order: Vec<u64>,
     /// The store's version epoch then.
     segment_epoch: Option<u64>,
+    /// This process's hold on `dir`; declared last so that it is let go of after the store
+    /// has stopped.
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for Shard {
@@ -200,8 +204,22 @@ fn check_vector(vector: &[f32], dimension: usize, what: &str) -> Result<(), Shar
             "{what} holds a NaN or an infinity"
         )));
     }
+    // Below a quarter of f32::MAX, every distance between two accepted vectors is a finite
+    // f32 (|q - x|^2 <= 2|q|^2 + 2|x|^2, |q.x| <= (|q|^2 + |x|^2) / 2), and cosine's
+    // normalisation cannot overflow either.
+    let length_squared: f64 = vector.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    if length_squared >= LENGTH_SQUARED_MAX {
+        return Err(ShardError::Invalid(format!(
+            "{what} is too long: its squared length {length_squared:.2e} is not below \
+             {LENGTH_SQUARED_MAX:.2e}, and distances to it would overflow to infinity; scale \
+             the vectors down"
+        )));
+    }
     Ok(())
 }
+
+/// The largest squared length a vector may have (exclusive): a quarter of `f32::MAX`.
+const LENGTH_SQUARED_MAX: f64 = f32::MAX as f64 / 4.0;
 
 fn decode_vector(bytes: &[u8]) -> Vec<f32> {
     bytes
@@ -216,6 +234,8 @@ impl Shard {
     pub fn open(dir: &Path, options: ShardOptions) -> Result<(Self, ShardOpenReport), ShardError> {
         let started = Instant::now();
         std::fs::create_dir_all(dir).map_err(|e| ShardError::io("create", dir, e))?;
+        // Before anything is read: a second opener would replay and rewrite the same WAL.
+        let lock = DirLock::acquire(dir)?;
         let catalog = Catalog::load(dir)?;
         let sidecars = Arc::new(SideCars::new(&dir.join("indexes"))?);
         for collection in catalog.live() {
@@ -244,6 +264,7 @@ impl Shard {
             scratch: Vec::new(),
             segment_order: Vec::new(),
             segment_epoch: None,
+            _lock: lock,
         };
         shard.refresh_segments()?;
         let report = ShardOpenReport {
@@ -373,18 +394,19 @@ impl Shard {
             )));
         }
         if vectors.len() != ids.len() * dimension {
-            let detail = format!(
-                "{} floats for {} points of dimension {dimension}",
-                vectors.len(),
-                ids.len()
-            );
-            return Err(if vectors.len().is_multiple_of(ids.len()) {
+            let points = ids.len();
+            return Err(if vectors.len().is_multiple_of(points) {
                 ShardError::DimensionMismatch(format!(
-                    "{detail}: collection {collection:?} has dimension {dimension}, the batch {}",
-                    vectors.len() / ids.len()
+                    "collection {collection:?} has dimension {dimension}; the {points} \
+                     point(s) sent have vectors of dimension {}",
+                    vectors.len() / points
                 ))
             } else {
-                ShardError::Invalid(detail)
+                ShardError::Invalid(format!(
+                    "{} floats do not make {points} vectors of one dimension (collection \
+                     {collection:?} has dimension {dimension})",
+                    vectors.len()
+                ))
             });
         }
         if !payloads.is_empty() && payloads.len() != ids.len() {

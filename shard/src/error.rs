@@ -21,6 +21,9 @@ pub enum ShardError {
     /// The storage engine failed (or said THROTTLED).
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Another process (or another open) holds the shard's directory.
+    #[error(transparent)]
+    Locked(#[from] vortex_storage::LockError),
     /// A file operation of the shard itself failed.
     #[error("{operation} {path}: {source}")]
     Io {

@@ -337,9 +337,39 @@ fn bad_requests_are_refused_with_clear_errors() {
         .create_collection(spec("c", 3, Metric::L2, VectorType::F32))
         .unwrap();
     let error = shard.upsert("c", &[1], &[1.0, 2.0], &[]).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "collection \"c\" has dimension 3; the 1 point(s) sent have vectors of dimension 2"
+    );
+    // Finite, but every distance to it would be infinite: refused, stored or asked.
+    let error = shard.upsert("c", &[9], &[3e38, 0.0, 0.0], &[]).unwrap_err();
     assert!(
-        error.to_string().contains("2 floats for 1 points"),
+        error
+            .to_string()
+            .starts_with("point 9 is too long: its squared length 9.00e76"),
         "{error}"
+    );
+    let error = shard
+        .search(&SearchRequest {
+            collection: "c",
+            vector: &[3e38, 3e38, 3e38],
+            k: 1,
+            ef: 0,
+            filter: None,
+            with_payload: false,
+        })
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("the query is too long")
+            && error.to_string().contains("overflow"),
+        "{error}"
+    );
+    let error = shard
+        .upsert("c", &[1, 2], &[1.0, 2.0, 3.0], &[])
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "3 floats do not make 2 vectors of one dimension (collection \"c\" has dimension 3)"
     );
     let error = shard
         .upsert("c", &[1], &[1.0, f32::NAN, 0.0], &[])

@@ -11,6 +11,7 @@
 //! - [`memtable`]: one LEU's fresh writes in key order, newest version per key, bounded.
 //! - [`background`]: the bounded pool for flushes and compactions, and the byte-rate limiter.
 //! - [`bloom`]: bloom filters for SSTable point lookups; [`sstable`]: the 4 KiB data blocks.
+//! - [`lock`]: one process per directory (`flock` on `LOCK`, the holder's PID inside).
 //! - [`env`]: what storage asks of the file system; [`posix`] runs it on real files and the
 //!   LEU's io_uring, [`fault`] in memory with injected faults.
 
@@ -19,6 +20,7 @@ pub mod bloom;
 pub mod env;
 pub mod error;
 pub mod fault;
+pub mod lock;
 pub mod manifest;
 pub mod memtable;
 pub mod merge;
@@ -31,6 +33,7 @@ pub mod wal;
 pub use env::Env;
 pub use error::StorageError;
 pub use fault::{Fault, FaultEnv, Target};
+pub use lock::{DirLock, LockError};
 pub use manifest::{Edit, Manifest, ManifestState};
 pub use memtable::{Key, Lookup, MemTable, MemTableFull, Point};
 pub use posix::{DirectIo, PosixEnv};

@@ -51,6 +51,16 @@ fn start(dir: &Path, leus: u16) -> Appliance {
     Appliance::start(&config, &mapping, dir, Ports::Ephemeral, "test").unwrap()
 }
 
+/// The one JSON array a `--json` list prints.
+fn json_array(text: &str) -> Vec<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {text}"));
+    value
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("not an array: {text}"))
+}
+
 fn write_fvecs(path: &Path, rows: impl Iterator<Item = Vec<f32>>) {
     let mut bytes = Vec::new();
     for row in rows {
@@ -73,6 +83,25 @@ fn every_command_works_against_a_running_server() {
     let a = address.as_str();
 
     assert!(expect(a, &["ping", "--count", "2"], 0).contains("pong from"));
+    // The demo on a data directory a running appliance holds (this process's): refused,
+    // naming the holder, before it touches anything.
+    let held = expect(
+        a,
+        &[
+            "demo",
+            "--points",
+            "10",
+            "--queries",
+            "1",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(
+        held.contains(&format!("is in use by process {}", std::process::id())),
+        "{held}"
+    );
     expect(a, &["collection", "create", "docs", "--dimension", "4"], 0);
     let exists = expect(a, &["collection", "create", "docs", "--dimension", "4"], 1);
     assert!(exists.contains("exists"), "{exists}");
@@ -126,9 +155,8 @@ fn every_command_works_against_a_running_server() {
         ],
         0,
     );
-    let ids: Vec<u64> = hits
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    let ids: Vec<u64> = json_array(&hits)
+        .iter()
         .filter_map(|hit| hit["id"].as_u64())
         .collect();
     assert_eq!(ids, vec![10, 11, 9]);
@@ -164,6 +192,16 @@ fn every_command_works_against_a_running_server() {
         got.contains("\"id\":1001") && got.contains("\"blue\"") && got.contains("\"id\":7"),
         "{got}"
     );
+    // `--json` is one JSON document everywhere: an array for lists, an object for one.
+    assert_eq!(json_array(&got).len(), 2);
+    assert_eq!(
+        json_array(&expect(a, &["collection", "list", "--json"], 0)).len(),
+        1
+    );
+    let stats_json = expect(a, &["stats", "--interval", "0.1", "--json"], 0);
+    assert_eq!(json_array(&stats_json).len(), appliance.leu_ports().len());
+    let one: serde_json::Value = serde_json::from_str(described.trim()).unwrap();
+    assert_eq!(one["name"], "docs");
     expect(
         a,
         &[
@@ -179,7 +217,12 @@ fn every_command_works_against_a_running_server() {
         0,
     );
     assert!(expect(a, &["get", "docs", "5000"], 0).contains("\"new\":true"));
-    assert!(expect(a, &["delete", "docs", "5000", "1000", "99999"], 0).contains("deleted 3 id(s)"));
+    // Two of the three ids exist: the answer counts what was deleted.
+    let deleted = expect(a, &["delete", "docs", "5000", "1000", "99999"], 0);
+    assert!(
+        deleted.contains("deleted 2 point(s) (durable); 1 id(s) did not exist"),
+        "{deleted}"
+    );
     assert_eq!(expect(a, &["count", "docs"], 0).trim(), "304");
 
     let stats = expect(a, &["stats", "--interval", "0.2"], 0);
@@ -245,9 +288,52 @@ fn every_command_works_against_a_running_server() {
     assert!(no_query.contains("--vector"), "{no_query}");
     let wrong_dim = expect(a, &["upsert", "docs", "--id", "1", "--vector", "[1, 2]"], 1);
     assert!(
-        wrong_dim.to_lowercase().contains("dimension"),
+        wrong_dim.contains(
+            "collection \"docs\" has dimension 4; the 1 point(s) sent have vectors of dimension 2"
+        ),
         "{wrong_dim}"
     );
+    // Issue #21's rough edges, each a clear error with its exit code.
+    let both = expect(
+        a,
+        &["search", "docs", "--vector", "[1,2,3,4]", "--row", "3"],
+        2,
+    );
+    assert!(both.contains("--row"), "{both}");
+    let overflow = expect(
+        a,
+        &["search", "docs", "--vector", "[3e38, 3e38, 3e38, 3e38]"],
+        1,
+    );
+    assert!(
+        overflow.contains("the query is too long") && overflow.contains("overflow"),
+        "{overflow}"
+    );
+    let negative = expect(
+        a,
+        &["upsert", "docs", "--id", "-1", "--vector", "[1,2,3,4]"],
+        2,
+    );
+    assert!(
+        negative.contains("not `-1`") && !negative.contains("tip:"),
+        "{negative}"
+    );
+    let nohost = expect("nohost", &["ping"], 3);
+    assert!(
+        nohost.contains("HOST:PORT") && !nohost.contains("start one"),
+        "{nohost}"
+    );
+    // A reader that goes away early: a quiet exit, no panic.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_vortexctl"))
+        .args(["--address", a, "collection", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let closed = piped.wait_with_output().unwrap();
+    assert_eq!(closed.status.code(), Some(0), "{}", text(&closed));
+    assert!(closed.stderr.is_empty(), "{}", text(&closed));
     assert!(expect(a, &["count", "nope"], 1).contains("nope"));
     let junk = files.path().join("junk.fvecs");
     std::fs::write(&junk, b"not vectors at all").unwrap();
@@ -365,6 +451,8 @@ fn doctor_prints_a_verdict_for_every_check() {
         "hugepages",
         "isolated cores",
         "direct I/O",
+        "data directory",
+        "ports",
         "transparent huge pages",
         "CPU frequency governor",
     ] {
@@ -394,7 +482,33 @@ fn doctor_prints_a_verdict_for_every_check() {
         .output()
         .unwrap();
     let checks: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(checks.as_array().map(Vec::len), Some(9));
+    assert_eq!(checks.as_array().map(Vec::len), Some(11));
+
+    // A config that cannot start now fails: here its data directory is held (by this
+    // process, as a running dataplane would hold it).
+    let held = dir.path().join("held");
+    std::fs::create_dir(&held).unwrap();
+    let _lock = vortex_storage::DirLock::acquire(&held).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\ndata_dir = \"{}\"\n[leu]\ncount = 1\n",
+            held.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vortexctl"))
+        .args(["doctor", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert!(
+        all.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("data directory")
+            && l.contains(&format!("held by process {}", std::process::id()))),
+        "{all}"
+    );
 }
 
 /// `bench` runs the `vortex-bench` beside `vortexctl` with the arguments as given and exits

@@ -1,8 +1,11 @@
 //! `BufferPool`: pre-allocated, 4 KiB-aligned buffers in two size classes, leased and
 //! returned, with a persistence lock for write handover.
 //!
-//! Every buffer is allocated (and zero-filled, so its pages are resident and, after
-//! `mlockall`, locked) when the pool is built; nothing is allocated afterwards. A lease *owns*
+//! On a server every buffer is allocated (and zero-filled, so its pages are resident and,
+//! after `mlockall`, locked) when the pool is built ([`BufferPool::new`]); nothing is
+//! allocated afterwards. A client, which starts often and rarely needs its large buffers,
+//! builds the pool with [`BufferPool::on_demand`]: a buffer is allocated the first time a
+//! lease needs it and kept afterwards, up to the same counts. A lease *owns*
 //! its buffer's memory (moved out of the pool's free list and back on drop), so the pool
 //! cannot hand the same buffer out twice: Rust's ownership is the tracking, and the per-buffer
 //! state table records it for stats and for the property test.
@@ -108,6 +111,18 @@ pub enum PoolError {
     Config(String),
 }
 
+/// A zero-filled buffer of `bytes` (a multiple of [`BUFFER_ALIGN`]), its pages resident.
+fn allocate(bytes: usize) -> Memory {
+    let mut vec = AVec::<u8, ConstAlign<BUFFER_ALIGN>>::with_capacity(0, bytes);
+    // SAFETY: the capacity is `bytes`; every byte is written (a memset, fast even
+    // unoptimised) before the length covers it.
+    unsafe {
+        std::ptr::write_bytes(vec.as_mut_ptr(), 0, bytes);
+        vec.set_len(bytes);
+        vec.into_boxed_slice()
+    }
+}
+
 /// What the pool knows about one buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BufferState {
@@ -135,6 +150,8 @@ pub struct ClassStats {
 struct ClassPool {
     buffer_bytes: usize,
     free: Vec<(u32, Memory)>,
+    /// Buffers not allocated yet (on-demand pools), next to allocate last.
+    unborn: Vec<u32>,
     states: Vec<BufferState>,
     locks: Vec<u32>,
     exhausted: u64,
@@ -163,6 +180,15 @@ impl fmt::Debug for BufferPool {
 impl BufferPool {
     /// Allocates every buffer now.
     pub fn new(config: PoolConfig) -> Result<Self, PoolError> {
+        Self::build(config, true)
+    }
+
+    /// Allocates each buffer when a lease first needs it (at most the configured counts).
+    pub fn on_demand(config: PoolConfig) -> Result<Self, PoolError> {
+        Self::build(config, false)
+    }
+
+    fn build(config: PoolConfig, upfront: bool) -> Result<Self, PoolError> {
         for (name, bytes, count) in [
             ("buffer", config.buffer_bytes, config.buffer_count),
             (
@@ -195,23 +221,16 @@ impl BufferPool {
             ));
         }
         let class = |bytes: usize, count: usize| {
-            let free = (0..count as u32)
-                .rev()
-                .map(|id| {
-                    let mut vec = AVec::<u8, ConstAlign<BUFFER_ALIGN>>::with_capacity(0, bytes);
-                    // SAFETY: the capacity is `bytes`; every byte is written (a memset, fast
-                    // even unoptimised) before the length covers it.
-                    let memory: Memory = unsafe {
-                        std::ptr::write_bytes(vec.as_mut_ptr(), 0, bytes);
-                        vec.set_len(bytes);
-                        vec.into_boxed_slice()
-                    };
-                    (id, memory)
-                })
-                .collect();
+            let ids = (0..count as u32).rev();
+            let (free, unborn) = if upfront {
+                (ids.map(|id| (id, allocate(bytes))).collect(), Vec::new())
+            } else {
+                (Vec::new(), ids.collect())
+            };
             RefCell::new(ClassPool {
                 buffer_bytes: bytes,
                 free,
+                unborn,
                 states: vec![BufferState::Free; count],
                 locks: vec![0; count],
                 exhausted: 0,
@@ -228,6 +247,17 @@ impl BufferPool {
         })
     }
 
+    /// Calls `visit` with each buffer that is not leased, standard ones first (the receive
+    /// buffers, the hottest), then medium, then large: how the dataplane locks the pool's
+    /// memory as far as `RLIMIT_MEMLOCK` allows.
+    pub fn for_each_free_buffer(&self, mut visit: impl FnMut(&[u8])) {
+        for class in &self.inner.classes {
+            for (_, memory) in class.borrow().free.iter() {
+                visit(memory);
+            }
+        }
+    }
+
     /// Leases a buffer of `class`.
     pub fn lease(&self, class: SizeClass) -> Result<Lease, PoolError> {
         self.lease_counted(class, true)
@@ -237,7 +267,14 @@ impl BufferPool {
     /// makes an LEU THROTTLED) only when `count_refusal`.
     fn lease_counted(&self, class: SizeClass, count_refusal: bool) -> Result<Lease, PoolError> {
         let mut pool = self.inner.classes[class.index()].borrow_mut();
-        let Some((id, memory)) = pool.free.pop() else {
+        let born = match pool.free.pop() {
+            Some(buffer) => Some(buffer),
+            None => {
+                let bytes = pool.buffer_bytes;
+                pool.unborn.pop().map(|id| (id, allocate(bytes)))
+            }
+        };
+        let Some((id, memory)) = born else {
             if count_refusal {
                 pool.exhausted += 1;
             }
@@ -474,6 +511,52 @@ mod tests {
             large_buffer_count: 1,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn an_on_demand_pool_allocates_at_the_first_lease_and_keeps_its_counts() {
+        let pool = BufferPool::on_demand(PoolConfig {
+            buffer_bytes: 4096,
+            buffer_count: 2,
+            medium_buffer_bytes: 8192,
+            medium_buffer_count: 1,
+            large_buffer_bytes: 1 << 20,
+            large_buffer_count: 1,
+        })
+        .unwrap();
+        let mut allocated = 0;
+        pool.for_each_free_buffer(|_| allocated += 1);
+        assert_eq!(allocated, 0, "nothing allocated before a lease");
+        assert_eq!(pool.stats(SizeClass::Standard).free, 2);
+        let first = pool.lease(SizeClass::Standard).unwrap();
+        let second = pool.lease(SizeClass::Standard).unwrap();
+        assert_eq!(first.capacity(), 4096);
+        assert_eq!(first.as_slice().as_ptr() as usize % BUFFER_ALIGN, 0);
+        assert!(first.as_slice().iter().all(|&b| b == 0));
+        assert!(matches!(
+            pool.lease(SizeClass::Standard),
+            Err(PoolError::Exhausted { count: 2, .. })
+        ));
+        drop(first);
+        // The returned buffer is reused, not a new one allocated.
+        let again = pool.lease(SizeClass::Standard).unwrap();
+        drop((again, second));
+        let mut sizes = Vec::new();
+        pool.for_each_free_buffer(|buffer| sizes.push(buffer.len()));
+        assert_eq!(sizes, [4096, 4096], "the large buffer was never needed");
+        assert_eq!(pool.lease_for(5000).unwrap().capacity(), 8192);
+    }
+
+    #[test]
+    fn free_buffers_are_visited_smallest_class_first_and_leased_ones_skipped() {
+        let pool = small_pool();
+        let mut sizes = Vec::new();
+        pool.for_each_free_buffer(|buffer| sizes.push(buffer.len()));
+        assert_eq!(sizes, [4096, 4096, 4096, 4096, 8192, 16384]);
+        let _lease = pool.lease(SizeClass::Standard).unwrap();
+        let mut count = 0;
+        pool.for_each_free_buffer(|_| count += 1);
+        assert_eq!(count, 5);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,14 +21,39 @@ use vortex_vbp::message::{
 };
 use vortex_vbp::sharded::ShardedClient;
 
+/// Prints a line on standard output. A reader that went away (`vortexctl … | head`) ends
+/// the program quietly with status 0, as Unix filters do, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))
+    };
+}
+
+fn emit(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"));
+    if let Err(error) = written {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("vortexctl: cannot write to standard output: {error}");
+        std::process::exit(i32::from(EXIT_FAILED));
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "vortexctl",
     version,
-    about = "Talk to a VORTEX appliance over VBP"
+    about = "Talk to a VORTEX appliance over VBP",
+    after_help = "Exit codes: 0 success, 1 the server or the operation failed, 2 a usage or \
+                  input mistake, 3 the server could not be reached, 4 THROTTLED through every \
+                  retry. docs/VORTEXCTL.md has every command and format."
 )]
 struct Cli {
-    /// The appliance's address (any of its ports).
+    /// The appliance's address, HOST:PORT (any of its ports).
     #[arg(
         long,
         global = true,
@@ -35,7 +61,7 @@ struct Cli {
         default_value = "127.0.0.1:7700"
     )]
     address: String,
-    /// Seconds a request may take.
+    /// Seconds a request may take (1 to 86400).
     #[arg(long, global = true, default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
@@ -43,10 +69,22 @@ struct Cli {
     command: Command,
 }
 
+/// A point id from the command line: 0 to 2^64 - 1, said plainly when it is not (`-1`
+/// included, which clap would otherwise take for a flag).
+fn point_id(text: &str) -> Result<u64, String> {
+    text.parse::<u64>().map_err(|_| {
+        format!(
+            "a point id is an integer from 0 to {}, not `{text}`",
+            u64::MAX
+        )
+    })
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Round trips to the server, with their times.
     Ping {
+        /// How many round trips.
         #[arg(long, default_value_t = 3)]
         count: u32,
     },
@@ -55,12 +93,14 @@ enum Command {
     Collection(CollectionCommand),
     /// Load points from a .fvecs, .npy or JSON Lines file, in batches, with a progress bar.
     Load {
+        /// The collection to load into.
         collection: String,
+        /// The point file (.fvecs, .npy, or .jsonl / .ndjson / .json).
         file: PathBuf,
         /// The file's format (default: from its extension).
         #[arg(long, value_enum)]
         format: Option<FileFormat>,
-        /// Points per request.
+        /// Points per request (at most about 8 MiB of vectors go in one).
         #[arg(long, default_value_t = 1000)]
         batch: usize,
         /// The id of the first row of an .fvecs or .npy file (rows are numbered from it).
@@ -74,8 +114,10 @@ enum Command {
     },
     /// Write one point.
     Upsert {
+        /// The collection.
         collection: String,
-        #[arg(long)]
+        /// The point's id (0 to 2^64 - 1).
+        #[arg(long, value_parser = point_id, allow_negative_numbers = true)]
         id: u64,
         /// The vector, as a JSON array.
         #[arg(long)]
@@ -86,21 +128,26 @@ enum Command {
     },
     /// Read points by id.
     Get {
+        /// The collection.
         collection: String,
-        #[arg(required = true)]
+        /// The ids to read.
+        #[arg(required = true, value_parser = point_id, allow_negative_numbers = true)]
         ids: Vec<u64>,
-        /// Print JSON Lines (with the vectors) instead of a table.
+        /// Print one JSON array of the points, with their vectors.
         #[arg(long)]
         json: bool,
     },
     /// Delete points by id.
     Delete {
+        /// The collection.
         collection: String,
-        #[arg(required = true)]
+        /// The ids to delete.
+        #[arg(required = true, value_parser = point_id, allow_negative_numbers = true)]
         ids: Vec<u64>,
     },
     /// The nearest points to a vector.
     Search {
+        /// The collection.
         collection: String,
         /// The query, as a JSON array.
         #[arg(long, conflicts_with = "vector_file")]
@@ -109,8 +156,9 @@ enum Command {
         #[arg(long, requires = "row")]
         vector_file: Option<PathBuf>,
         /// ... at this row (from 0).
-        #[arg(long, requires = "vector_file")]
+        #[arg(long, requires = "vector_file", conflicts_with = "vector")]
         row: Option<u64>,
+        /// How many neighbours (1 to 10000).
         #[arg(short, long, default_value_t = 10,
               value_parser = clap::value_parser!(u32).range(1..=10_000))]
         k: u32,
@@ -123,36 +171,46 @@ enum Command {
         /// Return the payloads too.
         #[arg(long)]
         payload: bool,
+        /// Print one JSON array of the hits.
         #[arg(long)]
         json: bool,
     },
     /// Count a collection's points.
-    Count { collection: String },
+    Count {
+        /// The collection.
+        collection: String,
+    },
     /// Per LEU: connections, QPS, latency, THROTTLED time, MemTable, segments, index builds.
     Stats {
-        /// Seconds between the two samples QPS is computed from.
+        /// Seconds between the two samples QPS is computed from (0.1 to 60).
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
-        /// Print every counter as JSON.
+        /// Print one JSON array, an object per LEU with every counter.
         #[arg(long)]
         json: bool,
     },
     /// Run a benchmark (a front for `vortex-bench`; `vortexctl bench -- --help`).
     Bench {
+        /// The arguments for `vortex-bench`, as they are.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// The quickstart: an appliance in this process on a temporary directory, a generated
     /// dataset loaded, searched and checked against exact search, then a clean stop.
     Demo {
+        /// Points to generate and load.
         #[arg(long, default_value_t = 100_000)]
         points: usize,
+        /// Their dimension.
         #[arg(long, default_value_t = 128)]
         dimension: usize,
+        /// Queries to search and check against exact search.
         #[arg(long, default_value_t = 200)]
         queries: usize,
+        /// Neighbours per query.
         #[arg(short, long, default_value_t = 10)]
         k: usize,
+        /// Search beam width.
         #[arg(long, default_value_t = 64)]
         ef: u32,
         /// Keep the data in this directory (a demo collection already there is replaced).
@@ -164,6 +222,7 @@ enum Command {
         /// The appliance config (default: the built-in defaults).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Print one JSON array of the checks.
         #[arg(long)]
         json: bool,
     },
@@ -173,22 +232,30 @@ enum Command {
 enum CollectionCommand {
     /// Create a collection.
     Create {
+        /// Its name.
         name: String,
+        /// The dimension of its vectors.
         #[arg(long)]
         dimension: u32,
         #[command(flatten)]
         spec: SpecArgs,
     },
     /// Drop a collection and its points.
-    Drop { name: String },
+    Drop {
+        /// Its name.
+        name: String,
+    },
     /// List the collections.
     List {
+        /// Print one JSON array, an object per collection.
         #[arg(long)]
         json: bool,
     },
     /// One collection's settings and point count.
     Describe {
+        /// Its name.
         name: String,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -196,11 +263,13 @@ enum CollectionCommand {
 
 #[derive(Debug, Clone, Args)]
 struct SpecArgs {
+    /// The distance.
     #[arg(long, value_enum, default_value_t = MetricArg::L2)]
     metric: MetricArg,
     /// HNSW neighbours per node.
     #[arg(long, default_value_t = 16)]
     m: u16,
+    /// HNSW beam width while building.
     #[arg(long, default_value_t = 200)]
     ef_construction: u16,
     /// Keep the vectors scalar-quantized to i8 for the graph walk.
@@ -210,15 +279,21 @@ struct SpecArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum MetricArg {
+    /// Euclidean distance (squared).
     L2,
+    /// One minus the cosine similarity.
     Cosine,
+    /// Negative inner product.
     Ip,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum FileFormat {
+    /// Rows of an i32 dimension and that many f32.
     Fvecs,
+    /// A NumPy array (points, dimension) of <f4 or <f8.
     Npy,
+    /// One {"id", "vector", "payload"} object per line.
     Jsonl,
 }
 
@@ -251,6 +326,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .try_init();
@@ -321,7 +397,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
                 let endpoint = client
                     .connected_endpoint()
                     .map_or_else(|| cli.address.clone(), |e| e.to_string());
-                println!(
+                out!(
                     "pong from {endpoint} in {:.0} µs",
                     started.elapsed().as_secs_f64() * 1e6
                 );
@@ -371,7 +447,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
                 })
             })
             .map_err(CtlError::from_client)?;
-            println!("upserted {written} point (durable)");
+            out!("upserted {written} point (durable)");
             Ok(0)
         }
         Command::Get {
@@ -383,29 +459,32 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             let points = client
                 .get(collection, ids.clone())
                 .map_err(CtlError::from_client)?;
-            for point in &points {
-                let payload = point.payload.as_ref().map(payload_to_json);
-                if *json {
-                    println!(
-                        "{}",
+            if *json {
+                let points: Vec<Value> = points
+                    .iter()
+                    .map(|point| {
+                        let payload = point.payload.as_ref().map(payload_to_json);
                         json!({"id": point.id, "vector": point.vector, "payload": payload})
-                    );
-                } else {
-                    let shown: Vec<String> = point
-                        .vector
-                        .iter()
-                        .take(4)
-                        .map(|x| format!("{x:.4}"))
-                        .collect();
-                    let more = if point.vector.len() > 4 { ", …" } else { "" };
-                    println!(
-                        "{:>12}  [{}{more}] ({} dims)  {}",
-                        point.id,
-                        shown.join(", "),
-                        point.vector.len(),
-                        payload.map_or_else(String::new, |p| p.to_string())
-                    );
-                }
+                    })
+                    .collect();
+                out!("{}", Value::Array(points));
+            }
+            for point in points.iter().filter(|_| !*json) {
+                let payload = point.payload.as_ref().map(payload_to_json);
+                let shown: Vec<String> = point
+                    .vector
+                    .iter()
+                    .take(4)
+                    .map(|x| format!("{x:.4}"))
+                    .collect();
+                let more = if point.vector.len() > 4 { ", …" } else { "" };
+                out!(
+                    "{:>12}  [{}{more}] ({} dims)  {}",
+                    point.id,
+                    shown.join(", "),
+                    point.vector.len(),
+                    payload.map_or_else(String::new, |p| p.to_string())
+                );
             }
             let missing = ids.len() - points.len();
             if missing > 0 {
@@ -417,7 +496,12 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             let client = connect(&cli)?;
             let deleted = retrying(|| client.delete(collection, ids.clone()))
                 .map_err(CtlError::from_client)?;
-            println!("deleted {deleted} id(s) (durable; an id that did not exist is a no-op)");
+            let absent = (ids.len() as u64).saturating_sub(u64::from(deleted));
+            if absent == 0 {
+                out!("deleted {deleted} point(s) (durable)");
+            } else {
+                out!("deleted {deleted} point(s) (durable); {absent} id(s) did not exist");
+            }
             Ok(0)
         }
         Command::Search {
@@ -457,28 +541,29 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             .map_err(CtlError::from_client)?;
             let took = started.elapsed();
             if *as_json {
-                for hit in &hits {
-                    let payload = hit.payload.as_ref().map(payload_to_json);
-                    println!(
-                        "{}",
+                let hits: Vec<Value> = hits
+                    .iter()
+                    .map(|hit| {
+                        let payload = hit.payload.as_ref().map(payload_to_json);
                         json!({"id": hit.id, "distance": hit.distance, "payload": payload})
-                    );
-                }
+                    })
+                    .collect();
+                out!("{}", Value::Array(hits));
             } else {
-                println!("{:>4}  {:>12}  {:>12}  payload", "rank", "id", "distance");
+                out!("{:>4}  {:>12}  {:>12}  payload", "rank", "id", "distance");
                 for (rank, hit) in hits.iter().enumerate() {
                     let payload = hit
                         .payload
                         .as_ref()
                         .map_or_else(String::new, |p| payload_to_json(p).to_string());
-                    println!(
+                    out!(
                         "{:>4}  {:>12}  {:>12.6}  {payload}",
                         rank + 1,
                         hit.id,
                         hit.distance
                     );
                 }
-                println!(
+                out!(
                     "{} hit(s) in {:.0} µs",
                     hits.len(),
                     took.as_secs_f64() * 1e6
@@ -491,7 +576,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             let count = client
                 .count(collection, None)
                 .map_err(CtlError::from_client)?;
-            println!("{count}");
+            out!("{count}");
             Ok(0)
         }
         Command::Stats { interval, json } => stats(&cli, *interval, *json),
@@ -556,25 +641,23 @@ fn collection(cli: &Cli, command: &CollectionCommand) -> Result<u8, CtlError> {
             client
                 .create_collection(spec.spec(name, *dimension))
                 .map_err(CtlError::from_client)?;
-            println!("created collection `{name}`");
+            out!("created collection `{name}`");
         }
         CollectionCommand::Drop { name } => {
             client
                 .drop_collection(name)
                 .map_err(CtlError::from_client)?;
-            println!("dropped collection `{name}`");
+            out!("dropped collection `{name}`");
         }
         CollectionCommand::List { json } => {
             let list = client.list_collections().map_err(CtlError::from_client)?;
-            for info in &list {
-                if *json {
-                    println!("{}", describe_json(info));
-                } else {
-                    println!("{}", describe_line(info));
-                }
+            if *json {
+                out!("{}", Value::Array(list.iter().map(describe_json).collect()));
+            } else if list.is_empty() {
+                out!("no collections");
             }
-            if list.is_empty() && !*json {
-                println!("no collections");
+            for info in list.iter().filter(|_| !*json) {
+                out!("{}", describe_line(info));
             }
         }
         CollectionCommand::Describe { name, json } => {
@@ -582,9 +665,9 @@ fn collection(cli: &Cli, command: &CollectionCommand) -> Result<u8, CtlError> {
                 .describe_collection(name)
                 .map_err(CtlError::from_client)?;
             if *json {
-                println!("{}", describe_json(&info));
+                out!("{}", describe_json(&info));
             } else {
-                println!("{}", describe_line(&info));
+                out!("{}", describe_line(&info));
             }
         }
     }
@@ -675,7 +758,7 @@ fn load(
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    println!(
+    out!(
         "loaded {loaded} points of dimension {dimension} into `{collection}` in {seconds:.1} s ({:.0} points/s), every batch durable",
         loaded as f64 / seconds.max(1e-9)
     );
@@ -697,17 +780,21 @@ fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
     let after = client.stats().map_err(CtlError::from_client)?;
     let seconds = started.elapsed().as_secs_f64();
     if as_json {
-        for leu in &after {
-            let counters: serde_json::Map<String, Value> = leu
-                .counters
-                .iter()
-                .map(|c| (c.name.clone(), Value::from(c.value)))
-                .collect();
-            println!("{}", json!({"leu": leu.leu, "counters": counters}));
-        }
+        let leus: Vec<Value> = after
+            .iter()
+            .map(|leu| {
+                let counters: serde_json::Map<String, Value> = leu
+                    .counters
+                    .iter()
+                    .map(|c| (c.name.clone(), Value::from(c.value)))
+                    .collect();
+                json!({"leu": leu.leu, "counters": counters})
+            })
+            .collect();
+        out!("{}", Value::Array(leus));
         return Ok(0);
     }
-    println!(
+    out!(
         "{:>3}  {:>5}  {:>8}  {:>9}  {:>9}  {:>11}  {:>12}  {:>9}  {:>8}  {:>6}",
         "LEU",
         "conns",
@@ -724,7 +811,7 @@ fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
         let earlier = before.iter().find(|b| b.leu == leu.leu);
         let answered = counter(leu, "requests_answered")
             .saturating_sub(earlier.map_or(0, |b| counter(b, "requests_answered")));
-        println!(
+        out!(
             "{:>3}  {:>5}  {:>8.0}  {:>9.0}  {:>9.0}  {:>11.1}  {:>12.1}  {:>9}  {:>8}  {:>6}",
             leu.leu,
             counter(leu, "connections"),
@@ -738,7 +825,7 @@ fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
             counter(leu, "index_build_backlog"),
         );
     }
-    println!(
+    out!(
         "(QPS over {seconds:.1} s; p99: the server's time per request since start; memtable: writes not yet in a segment; builds: points whose index is being built)"
     );
     Ok(0)
@@ -782,22 +869,22 @@ fn doctor_command(config_path: Option<&PathBuf>, as_json: bool) -> Result<u8, Ct
         &config,
         mapping.as_ref().map_err(Clone::clone),
         &config.storage.data_dir,
+        topology.cpus.len(),
     );
     let checks = doctor::evaluate(&host, &config);
     if as_json {
-        let text =
-            serde_json::to_string_pretty(&checks).map_err(|e| CtlError::runtime(e.to_string()))?;
-        println!("{text}");
+        let text = serde_json::to_string(&checks).map_err(|e| CtlError::runtime(e.to_string()))?;
+        out!("{text}");
     } else {
         for check in &checks {
-            println!(
+            out!(
                 "{}  {:<24} {}",
                 check.verdict.label(),
                 check.name,
                 check.detail
             );
             if let Some(fix) = &check.fix {
-                println!("      fix: {fix}");
+                out!("      fix: {fix}");
             }
         }
     }
@@ -821,5 +908,77 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command, argument and option says what it is in `--help`.
+    #[test]
+    fn every_command_and_option_has_help_text() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for argument in command.get_arguments() {
+                let id = argument.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if argument.get_help().is_none() && argument.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                check(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "vortexctl", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn ids_are_checked_with_a_plain_message() {
+        assert_eq!(point_id("18446744073709551615"), Ok(u64::MAX));
+        let error = point_id("-1").unwrap_err();
+        assert!(
+            error.contains("0 to 18446744073709551615, not `-1`"),
+            "{error}"
+        );
+        let parsed = Cli::try_parse_from([
+            "vortexctl",
+            "upsert",
+            "docs",
+            "--id",
+            "-1",
+            "--vector",
+            "[1]",
+        ]);
+        let message = parsed.unwrap_err().to_string();
+        assert!(message.contains("not `-1`"), "{message}");
+        assert!(!message.contains("tip"), "{message}");
+        let parsed = Cli::try_parse_from(["vortexctl", "get", "docs", "3", "-7"]);
+        assert!(parsed.unwrap_err().to_string().contains("not `-7`"));
+    }
+
+    #[test]
+    fn a_row_without_a_file_or_beside_a_vector_is_a_usage_error() {
+        for args in [
+            &[
+                "vortexctl",
+                "search",
+                "docs",
+                "--vector",
+                "[1]",
+                "--row",
+                "3",
+            ][..],
+            &["vortexctl", "search", "docs", "--row", "3"][..],
+        ] {
+            let error = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        }
     }
 }

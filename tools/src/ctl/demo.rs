@@ -14,7 +14,7 @@ use vortex_config::{ApplianceConfig, LeuCount, Topology};
 use vortex_dataplane::appliance::{Appliance, Ports};
 use vortex_index::random::SplitMix;
 use vortex_index::Kernels;
-use vortex_io::{memlock, MemlockOutcome};
+use vortex_io::memlock;
 use vortex_vbp::client::{Client, ClientOptions};
 use vortex_vbp::message::{
     counters_sum, CollectionSpec, Metric, Search, Upsert, VectorType, BACKGROUND_WORK_COUNTERS,
@@ -170,17 +170,16 @@ pub fn run(options: &DemoOptions, out: &mut impl Write) -> Result<DemoReport, Ct
                 .map_err(|e| CtlError::runtime(e.to_string()))?
         }
     };
-    let data_dir = config
-        .prepare_data_dir()
-        .map_err(|e| CtlError::runtime(e.to_string()))?;
-    if let MemlockOutcome::Unlocked { limit, .. } =
-        memlock::apply(config.memory.lock).map_err(|e| CtlError::runtime(e.to_string()))?
-    {
-        let _ = writeln!(
-            out,
-            "      note: memory not locked (RLIMIT_MEMLOCK {limit}); going on (INSTALL.md says how to raise it)"
-        );
-    }
+    let data_dir = config.prepare_data_dir().map_err(|error| match error {
+        // Only --data-dir can make the dev config's data directory unusable.
+        vortex_config::Error::Invalid(invalid) => {
+            CtlError::usage(format!("--data-dir: {}", invalid.message))
+        }
+        other => CtlError::runtime(other.to_string()),
+    })?;
+    // Under `try`, a limit too low to lock everything is said in one warning and the demo
+    // goes on.
+    memlock::apply(config.memory.lock).map_err(|e| CtlError::runtime(e.to_string()))?;
     let appliance = Appliance::start(
         &config,
         &mapping,

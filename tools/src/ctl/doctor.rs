@@ -69,6 +69,13 @@ pub struct Host {
     pub thp: Option<String>,
     /// Each LEU CPU's frequency governor, where cpufreq is exposed.
     pub governors: Vec<(u32, Option<String>)>,
+    /// Online CPUs on this machine.
+    pub cpus_online: usize,
+    /// The PID of the process that holds the data directory's lock now (`Some(0)`: held,
+    /// PID unknown), or why that could not be read.
+    pub data_dir_holder: Result<Option<u32>, String>,
+    /// The configured ports that cannot be bound now, with the error.
+    pub ports_taken: Vec<(std::net::SocketAddr, String)>,
 }
 
 /// The directory to probe for Direct I/O: `data_dir`, or its nearest existing ancestor
@@ -104,7 +111,9 @@ pub fn observe(
     config: &ApplianceConfig,
     mapping: Result<&ThreadMapping, String>,
     data_dir: &std::path::Path,
+    cpus_online: usize,
 ) -> Host {
+    let ports = configured_ports(config, mapping.as_ref().map_or(1, |m| m.leus.len().max(1)));
     let (mapping, mapping_error) = match mapping {
         Ok(mapping) => (mapping.leus.clone(), None),
         Err(error) => (Vec::new(), Some(error)),
@@ -137,7 +146,23 @@ pub fn observe(
         kernel: read("/proc/sys/kernel/osrelease").unwrap_or_else(|| "unknown".to_owned()),
         ring,
         memlock: MemlockLimit::current(),
-        ipc_lock: read("/proc/self/status").is_some_and(|status| has_ipc_lock(&status)),
+        ipc_lock: vortex_io::memlock::has_ipc_lock(),
+        cpus_online,
+        data_dir_holder: if data_dir.is_dir() {
+            vortex_storage::DirLock::holder(data_dir).map_err(|e| e.to_string())
+        } else {
+            Ok(None)
+        },
+        ports_taken: ports
+            .into_iter()
+            .filter_map(|address| {
+                // A plain bind (std sets SO_REUSEADDR) fails while anything listens there,
+                // as the dataplane's claim on its shared port does.
+                std::net::TcpListener::bind(address)
+                    .err()
+                    .map(|error| (address, error.to_string()))
+            })
+            .collect(),
         hugepages,
         leu_cpus: mapping.iter().map(|l| (l.cpu, l.isolated)).collect(),
         mapping_error,
@@ -156,13 +181,17 @@ pub fn observe(
     }
 }
 
-/// Whether `/proc/self/status` text shows `CAP_IPC_LOCK` (bit 14) in `CapEff`.
-fn has_ipc_lock(status: &str) -> bool {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << 14) != 0)
+/// The ports a config listens on: the shared one, then one per LEU.
+fn configured_ports(config: &ApplianceConfig, leus: usize) -> Vec<std::net::SocketAddr> {
+    let host = config.network.listen_address;
+    std::iter::once(config.network.port)
+        .chain(
+            (0..leus).filter_map(|leu| {
+                u16::try_from(usize::from(config.network.leu_port_base) + leu).ok()
+            }),
+        )
+        .map(|port| std::net::SocketAddr::new(host, port))
+        .collect()
 }
 
 /// `major.minor` of a kernel release string.
@@ -355,6 +384,24 @@ pub fn evaluate(host: &Host, config: &ApplianceConfig) -> Vec<Check> {
             ),
             None,
         );
+    } else if host.leu_cpus.len() >= host.cpus_online {
+        // Isolating every CPU would leave the kernel, the clients and everything else no
+        // CPU to run on: never suggest it.
+        check(
+            "isolated cores",
+            Verdict::Warn,
+            format!(
+                "the LEUs use every CPU of this machine ({}), so none can be isolated: the \
+                 scheduler runs other work beside them",
+                host.cpus_online
+            ),
+            Some(
+                "fine for development; for serving, use a machine with three or more cores, \
+                 where [leu] count = \"auto\" leaves CPU 0's core to the system, and isolate \
+                 the LEU CPUs (INSTALL.md)"
+                    .to_owned(),
+            ),
+        );
     } else {
         let list = cpu_list(&shared);
         check(
@@ -390,6 +437,59 @@ pub fn evaluate(host: &Host, config: &ApplianceConfig) -> Vec<Check> {
             format!("{dir}: cannot probe: {error}"),
             Some("make [storage] data_dir a writable directory".to_owned()),
         ),
+    }
+
+    match &host.data_dir_holder {
+        Ok(None) => check(
+            "data directory",
+            Verdict::Pass,
+            format!("{dir}: no process holds it"),
+            None,
+        ),
+        Ok(Some(pid)) => {
+            check(
+                "data directory",
+                Verdict::Fail,
+                format!(
+                "{dir}: held by {} (a dataplane serving it, or a tool): a second one is refused",
+                if *pid == 0 { "another process".to_owned() } else { format!("process {pid}") }
+            ),
+                Some(
+                    "stop that process first, or set [storage] data_dir to another directory"
+                        .to_owned(),
+                ),
+            )
+        }
+        Err(error) => check(
+            "data directory",
+            Verdict::Fail,
+            format!("{dir}: cannot read its lock: {error}"),
+            Some("make [storage] data_dir a directory this user can write".to_owned()),
+        ),
+    }
+
+    if host.ports_taken.is_empty() {
+        check(
+            "ports",
+            Verdict::Pass,
+            format!(
+                "{}:{} and the LEU ports from {} are free",
+                config.network.listen_address, config.network.port, config.network.leu_port_base
+            ),
+            None,
+        );
+    } else {
+        let taken: Vec<String> = host
+            .ports_taken
+            .iter()
+            .map(|(address, error)| format!("{address} ({error})"))
+            .collect();
+        check(
+            "ports",
+            Verdict::Fail,
+            format!("in use: {}: the dataplane would not start", taken.join(", ")),
+            Some("stop what listens there (another dataplane?), or change [network] port and leu_port_base".to_owned()),
+        );
     }
 
     match host.thp.as_deref() {
@@ -479,6 +579,9 @@ mod tests {
                 (2, Some("performance".into())),
                 (3, Some("performance".into())),
             ],
+            cpus_online: 8,
+            data_dir_holder: Ok(None),
+            ports_taken: Vec::new(),
         }
     }
 
@@ -490,7 +593,7 @@ mod tests {
     #[test]
     fn a_well_set_host_passes_everything() {
         let checks = evaluate(&good_host(), &ApplianceConfig::default());
-        assert_eq!(checks.len(), 9);
+        assert_eq!(checks.len(), 11);
         for check in &checks {
             assert_eq!(check.verdict, Verdict::Pass, "{check:?}");
             assert!(check.fix.is_none());
@@ -534,8 +637,6 @@ mod tests {
             Verdict::Pass,
             "root"
         );
-        assert!(has_ipc_lock("Name:\tx\nCapEff:\t000001ffffffffff\n"));
-        assert!(!has_ipc_lock("CapEff:\t0000000000000000\n"));
         host.kernel = "5.15.0-91-generic".into();
         assert_eq!(
             verdict(&evaluate(&host, &config), "kernel").0,
@@ -546,6 +647,46 @@ mod tests {
             verdict(&evaluate(&host, &config), "kernel").0,
             Verdict::Warn
         );
+    }
+
+    /// Issue #21: on a two-CPU machine whose two LEUs take both CPUs, doctor suggested
+    /// isolating every CPU; it must leave the system one.
+    #[test]
+    fn isolating_every_cpu_is_never_suggested() {
+        let mut host = good_host();
+        host.leu_cpus = vec![(0, false), (1, false)];
+        host.cpus_online = 2;
+        let (verdict_found, fix) = verdict(
+            &evaluate(&host, &ApplianceConfig::default()),
+            "isolated cores",
+        );
+        assert_eq!(verdict_found, Verdict::Warn);
+        let fix = fix.unwrap();
+        assert!(!fix.contains("isolcpus"), "{fix}");
+        assert!(fix.contains("three or more cores"), "{fix}");
+        // With a CPU to spare, the fix names the LEU CPUs only.
+        host.cpus_online = 4;
+        host.leu_cpus = vec![(1, false), (2, true), (3, false)];
+        let (_, fix) = verdict(
+            &evaluate(&host, &ApplianceConfig::default()),
+            "isolated cores",
+        );
+        assert!(fix.unwrap().contains("isolcpus=managed_irq,domain,1,3 "));
+    }
+
+    /// A config that cannot start fails: its data directory held, or a port taken.
+    #[test]
+    fn a_held_data_directory_or_a_taken_port_fails() {
+        let mut host = good_host();
+        host.data_dir_holder = Ok(Some(4242));
+        host.ports_taken = vec![("127.0.0.1:7700".parse().unwrap(), "Address in use".into())];
+        let checks = evaluate(&host, &ApplianceConfig::default());
+        let data = checks.iter().find(|c| c.name == "data directory").unwrap();
+        assert_eq!(data.verdict, Verdict::Fail);
+        assert!(data.detail.contains("process 4242"), "{data:?}");
+        let ports = checks.iter().find(|c| c.name == "ports").unwrap();
+        assert_eq!(ports.verdict, Verdict::Fail);
+        assert!(ports.detail.contains("127.0.0.1:7700"), "{ports:?}");
     }
 
     #[test]

@@ -59,7 +59,14 @@ impl CtlError {
     /// A client error, with the exit code and a hint for the ones a user can act on.
     pub fn from_client(error: ClientError) -> CtlError {
         match &error {
-            ClientError::Connect { .. } | ClientError::Resolve { .. } => CtlError {
+            ClientError::Resolve { .. } | ClientError::NoEndpoint => CtlError {
+                code: EXIT_UNREACHABLE,
+                message: format!(
+                    "{error}\n  --address (or VORTEX_ADDRESS) takes HOST:PORT, for example \
+                     127.0.0.1:7700"
+                ),
+            },
+            ClientError::Connect { .. } => CtlError {
                 code: EXIT_UNREACHABLE,
                 message: format!(
                     "{error}\n  start one with: cargo run --release -p vortex-dataplane -- run \

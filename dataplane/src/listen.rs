@@ -1,0 +1,218 @@
+//! The appliance's listening sockets: each LEU's own port, the port all LEUs share, and the
+//! claim that keeps that shared port to one process.
+//!
+//! The shared port is bound once per LEU with `SO_REUSEPORT`, so that the kernel spreads
+//! connections over the LEUs. The kernel lets *any* process of the same user join such a
+//! group, and a second dataplane on the same port would then receive a share of the clients
+//! (each would answer for its own data). So before binding it, a process claims the port:
+//! an abstract Unix socket named after the address (one per network namespace, let go of
+//! by the kernel when the process dies; a refused start connects to it to learn the
+//! holder's PID), then a plain bind without `SO_REUSEPORT` that fails while any other
+//! program listens there.
+
+use crate::appliance::Ports;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddress, UnixListener, UnixStream};
+use vortex_config::ApplianceConfig;
+
+/// This process's claim on a shared port, held for as long as it serves there.
+#[derive(Debug)]
+pub struct PortClaim {
+    _name: UnixListener,
+}
+
+impl PortClaim {
+    /// The abstract socket name for `address`.
+    fn name(address: SocketAddr) -> String {
+        format!("vortex-dataplane/{address}")
+    }
+
+    /// Claims `address` for this process, or says who has it.
+    pub fn take(address: SocketAddr, origin: &str) -> Result<PortClaim, String> {
+        let name = Self::name(address);
+        let unix = UnixAddress::from_abstract_name(name.as_bytes())
+            .map_err(|error| format!("cannot claim {address}: {error}"))?;
+        let claim = match UnixListener::bind_addr(&unix) {
+            Ok(listener) => PortClaim { _name: listener },
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                let holder = UnixStream::connect_addr(&unix)
+                    .ok()
+                    .and_then(|stream| peer_pid(&stream))
+                    .map_or_else(
+                        || "another process".to_owned(),
+                        |pid| format!("process {pid}"),
+                    );
+                return Err(format!(
+                    "cannot listen on {address}: another VORTEX dataplane ({holder}) serves \
+                     this port, and two would split its clients between them; stop it, or \
+                     change [network] port in {origin}"
+                ));
+            }
+            Err(error) => return Err(format!("cannot claim {address}: {error}")),
+        };
+        // Another program listening there (with or without SO_REUSEPORT) makes this bind
+        // fail; std sets SO_REUSEADDR, so connections of an earlier run in TIME_WAIT do not.
+        match TcpListener::bind(address) {
+            Ok(probe) => drop(probe),
+            Err(error) => {
+                return Err(format!(
+                    "cannot listen on {address}: {error} (another program holds this port; \
+                     change [network] port in {origin})"
+                ))
+            }
+        }
+        Ok(claim)
+    }
+}
+
+/// The PID of the process at the other end of a connected Unix socket.
+fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    let mut credentials = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: reads SO_PEERCRED into a live ucred of the given length.
+    let read = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut credentials).cast(),
+            &mut length,
+        )
+    };
+    (read == 0 && credentials.pid > 0).then_some(credentials.pid as u32)
+}
+
+/// Binds, for each LEU, its own port (`leu_port_base + i`, exclusive: a second dataplane
+/// on the same ports fails here) and the shared port (`SO_REUSEPORT`: the kernel spreads
+/// the connections over the LEUs); with [`Ports::Ephemeral`], ports the kernel chooses.
+/// Returns each LEU's listeners, shared first, and the claim on the shared port.
+pub(crate) fn bind_listeners(
+    config: &ApplianceConfig,
+    leus: usize,
+    ports: Ports,
+    origin: &str,
+) -> Result<(Vec<Vec<TcpListener>>, Option<PortClaim>), String> {
+    let host = config.network.listen_address;
+    let taken = |address: SocketAddr, error: std::io::Error| {
+        format!(
+            "cannot listen on {address}: {error} (is another dataplane running? change \
+             [network] port or leu_port_base in {origin})"
+        )
+    };
+    let mut own = Vec::with_capacity(leus);
+    for leu in 0..leus {
+        let port = match ports {
+            Ports::Configured => usize::from(config.network.leu_port_base) + leu,
+            Ports::Ephemeral => 0,
+        };
+        let address = SocketAddr::new(host, u16::try_from(port).map_err(|e| e.to_string())?);
+        own.push(TcpListener::bind(address).map_err(|error| taken(address, error))?);
+    }
+    let mut shared = SocketAddr::new(
+        host,
+        match ports {
+            Ports::Configured => config.network.port,
+            Ports::Ephemeral => 0,
+        },
+    );
+    // A port the kernel chooses is nobody else's; a configured one is claimed first.
+    let claim = match ports {
+        Ports::Configured => Some(PortClaim::take(shared, origin)?),
+        Ports::Ephemeral => None,
+    };
+    let listeners = own
+        .into_iter()
+        .map(|own| {
+            let listener = reuseport_listener(shared).map_err(|error| taken(shared, error))?;
+            // An ephemeral shared port: the first LEU's choice is every other LEU's.
+            shared = listener
+                .local_addr()
+                .map_err(|error| taken(shared, error))?;
+            Ok(vec![listener, own])
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok((listeners, claim))
+}
+
+/// A listener on `address` with `SO_REUSEPORT` set, so that every LEU can bind it.
+fn reuseport_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let family = match address {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: creates a new socket, owned just below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: sets an int option from a live int on a socket we own.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let (storage, length) = socket_address(address);
+    // SAFETY: binds to an address held in a live sockaddr_storage of the given length.
+    let bound = unsafe { libc::bind(socket.as_raw_fd(), (&raw const storage).cast(), length) };
+    if bound != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listens on a bound socket we own.
+    if unsafe { libc::listen(socket.as_raw_fd(), 1024) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(TcpListener::from(socket))
+}
+
+fn socket_address(address: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let length = match address {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, length as libc::socklen_t)
+}
