@@ -189,9 +189,10 @@ impl<'de> Deserialize<'de> for LeuCount {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
-    /// `mlockall(MCL_CURRENT | MCL_FUTURE)` at start, so that the hot path never takes a page
-    /// fault to swap: `required` (refuse to start without it), `try` (default: warn once and go
-    /// on), `off`.
+    /// Locking memory at start, so that the hot path never takes a page fault to swap:
+    /// `required` (`mlockall(MCL_CURRENT | MCL_FUTURE)`, or refuse to start), `try` (default:
+    /// the same when nothing bounds it, otherwise the buffer pools as far as the limit allows;
+    /// one warning, and go on), `off`.
     pub lock: MemoryLockPolicy,
 }
 
@@ -201,7 +202,9 @@ pub struct MemoryConfig {
 pub enum MemoryLockPolicy {
     /// Lock, or exit with an error.
     Required,
-    /// Lock; on failure log one warning and go on.
+    /// Lock everything where `RLIMIT_MEMLOCK` is unlimited or `CAP_IPC_LOCK` is held; under
+    /// a finite limit lock the buffer pools as far as it allows (never every future mapping,
+    /// which would make later thread stacks and pools fail); one warning, and go on.
     #[default]
     Try,
     /// Do not lock.
@@ -806,6 +809,11 @@ mod example_tests {
     #[test]
     fn appliance_example_requires_memory_locking() {
         let config = example("appliance.toml");
+        // No authentication yet: the example must not listen everywhere.
+        match config.network.listen_address {
+            IpAddr::V4(address) => assert!(address.is_private(), "{address}"),
+            IpAddr::V6(address) => panic!("expected a private IPv4 address, got {address}"),
+        }
         assert_eq!(config.leu.count, LeuCount::Auto);
         assert_eq!(config.memory.lock, MemoryLockPolicy::Required);
         assert_eq!(config.io_uring.queue_depth, 1024);

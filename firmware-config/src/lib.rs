@@ -29,6 +29,6 @@ pub use config::{
     MemoryConfig, MemoryLockPolicy, NetworkBackend, NetworkConfig, StorageConfig,
 };
 pub use cpuset::CpuSet;
-pub use error::{Error, InvalidConfig};
+pub use error::{Error, InvalidConfig, EXIT_CODE_CONFIG, EXIT_CODE_RUNTIME};
 pub use mapping::{LeuAssignment, ThreadMapping};
 pub use topology::{LogicalCpu, NumaNode, PhysicalCore, Topology};
