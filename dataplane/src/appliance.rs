@@ -6,9 +6,11 @@
 use crate::handover::team;
 use crate::listen::{bind_listeners, PortClaim};
 use crate::routing::{Ring, VNODES_DEFAULT};
-use crate::server::{serve, ServeReport, ServerConfig};
+use crate::server::{serve_gated, Gate, ServeReport, ServerConfig};
+use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -43,6 +45,21 @@ pub struct Appliance {
     /// The data directory's lock, let go of when the appliance is dropped (after `stop`
     /// has joined every LEU).
     _lock: DirLock,
+}
+
+impl Drop for Appliance {
+    /// An appliance dropped without [`Appliance::stop`] (a panic, an early return) still
+    /// stops its LEUs and waits for them before it lets go of the data directory and the
+    /// port.
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.stop.store(true, Ordering::Release);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What the LEUs did, summed, when the appliance stopped.
@@ -144,11 +161,11 @@ impl Appliance {
 
     /// Stops every LEU (no more accepts or reads, what was read is answered, WALs synced)
     /// and waits for them.
-    pub fn stop(self) -> Result<Stopped, String> {
+    pub fn stop(mut self) -> Result<Stopped, String> {
         self.stop.store(true, Ordering::Release);
         let mut total = Stopped::default();
         let mut errors = Vec::new();
-        for (leu, thread) in self.threads.into_iter().enumerate() {
+        for (leu, thread) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             match thread.join() {
                 Ok(Ok(report)) => {
                     total.accepted += report.accepted;
@@ -234,23 +251,30 @@ fn start_threads(
                         return Err(message);
                     }
                 };
-                let _ = ready_tx.send(Ok(format!(
+                let detail = format!(
                     "LEU {index}: {} WAL records replayed, {} segments, ready in {:.0} ms",
                     report.replayed,
                     report.segments,
                     report.time_to_ready.as_secs_f64() * 1e3
-                )));
-                // Let go of the channel: if another LEU dies before it is ready, `start`
-                // sees the channel close instead of waiting for ever.
-                drop(ready_tx);
-                if go_rx.recv().is_err() {
-                    // Another LEU failed: close the shard unserved.
-                    return shard
-                        .close()
-                        .map(|()| ServeReport::default())
-                        .map_err(|e| e.to_string());
+                );
+                // The gate runs once the LEU's ring, pool and executor are set up: it says
+                // ready, lets go of the channel (if another LEU dies before it is ready,
+                // `start` sees the channel close instead of waiting for ever), and waits
+                // for the go. A failure before it is reported on the channel instead.
+                let sender = Rc::new(RefCell::new(Some(ready_tx)));
+                let gate_sender = Rc::clone(&sender);
+                let gate: Gate = Box::new(move || {
+                    if let Some(ready_tx) = gate_sender.borrow_mut().take() {
+                        let _ = ready_tx.send(Ok(detail));
+                    }
+                    go_rx.recv().is_ok()
+                });
+                let served = serve_gated(listeners, shard, links, server_config, leu_stop, gate)
+                    .map_err(|e| e.to_string());
+                if let (Err(message), Some(ready_tx)) = (&served, sender.borrow_mut().take()) {
+                    let _ = ready_tx.send(Err(format!("LEU {index}: {message}")));
                 }
-                serve(listeners, shard, links, server_config, leu_stop).map_err(|e| e.to_string())
+                served
             })
             .map_err(|error| format!("cannot start an LEU thread: {error}"));
         match thread {
@@ -344,7 +368,8 @@ impl Layout {
                 }
                 let shards_new = (0..self.leus)
                     .map(|leu| format!("leu-{leu}"))
-                    .filter(|name| !data_dir.join(name).exists())
+                    // Anything there already, a dangling link included, is not ours.
+                    .filter(|name| std::fs::symlink_metadata(data_dir.join(name)).is_err())
                     .collect();
                 write_durably(&path, self.text().as_bytes())
                     .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
@@ -375,7 +400,9 @@ impl Created {
             }
         }
         let layout = data_dir.join(Layout::FILE);
-        if let Err(error) = std::fs::remove_file(&layout) {
+        if let Err(error) =
+            std::fs::remove_file(&layout).and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+        {
             tracing::warn!(path = %layout.display(), %error, "cannot remove after a failed start");
         }
     }

@@ -135,12 +135,15 @@ fn run(
             });
         }
         RequestRef::Delete(delete) => {
-            let ids: Vec<u64> = delete
+            let mut ids: Vec<u64> = delete
                 .ids
                 .iter()
                 .map(|id| id.to_native())
                 .filter(|&id| ownership.owns(id))
                 .collect();
+            // An id given twice is one point: counted (and tombstoned) once.
+            ids.sort_unstable();
+            ids.dedup();
             let name = delete.collection.as_str();
             // The answer counts the points that existed (docs/VBP.md); every id still gets
             // its tombstone. The LEU runs one request at a time, so nothing changes between.

@@ -8,13 +8,15 @@
 //! an abstract Unix socket named after the address (one per network namespace, let go of
 //! by the kernel when the process dies; a refused start connects to it to learn the
 //! holder's PID), then a plain bind without `SO_REUSEPORT` that fails while any other
-//! program listens there.
+//! program listens there. Abstract names carry no permissions: another local user could
+//! take the name first and so keep the dataplane from starting, with a message that names
+//! that user's process; only the host's users can, and the message says which process.
 
 use crate::appliance::Ports;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixAddress, UnixListener, UnixStream};
+use std::os::unix::net::{SocketAddr as UnixAddress, UnixListener};
 use vortex_config::ApplianceConfig;
 
 /// This process's claim on a shared port, held for as long as it serves there.
@@ -37,13 +39,10 @@ impl PortClaim {
         let claim = match UnixListener::bind_addr(&unix) {
             Ok(listener) => PortClaim { _name: listener },
             Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
-                let holder = UnixStream::connect_addr(&unix)
-                    .ok()
-                    .and_then(|stream| peer_pid(&stream))
-                    .map_or_else(
-                        || "another process".to_owned(),
-                        |pid| format!("process {pid}"),
-                    );
+                let holder = holder_pid(name.as_bytes()).map_or_else(
+                    || "another process".to_owned(),
+                    |pid| format!("process {pid}"),
+                );
                 return Err(format!(
                     "cannot listen on {address}: another VORTEX dataplane ({holder}) serves \
                      this port, and two would split its clients between them; stop it, or \
@@ -67,22 +66,59 @@ impl PortClaim {
     }
 }
 
-/// The PID of the process at the other end of a connected Unix socket.
-fn peer_pid(stream: &UnixStream) -> Option<u32> {
+/// The PID of the process listening on the abstract Unix socket `name`, asked without
+/// waiting: the holder never accepts, so its backlog fills with refused starts, and a
+/// blocking connect would then wait for ever. A full backlog (or any error) gives `None`.
+fn holder_pid(name: &[u8]) -> Option<u32> {
+    // SAFETY: creates a new socket, owned just below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh socket nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_un is a valid (unnamed) address.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // An abstract name: a NUL, then the name's bytes (not NUL-terminated).
+    if name.len() + 1 > address.sun_path.len() {
+        return None;
+    }
+    for (slot, &byte) in address.sun_path[1..].iter_mut().zip(name) {
+        *slot = byte as libc::c_char;
+    }
+    let length = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+    // SAFETY: connects to an address held in a live sockaddr_un of at least `length` bytes.
+    let connected = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&raw const address).cast(),
+            length as libc::socklen_t,
+        )
+    };
+    if connected != 0 {
+        return None;
+    }
     let mut credentials = libc::ucred {
         pid: 0,
         uid: 0,
         gid: 0,
     };
-    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: reads SO_PEERCRED into a live ucred of the given length.
+    let mut size = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: reads SO_PEERCRED into a live ucred of the given size.
     let read = unsafe {
         libc::getsockopt(
-            stream.as_raw_fd(),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
             (&raw mut credentials).cast(),
-            &mut length,
+            &mut size,
         )
     };
     (read == 0 && credentials.pid > 0).then_some(credentials.pid as u32)
@@ -105,6 +141,19 @@ pub(crate) fn bind_listeners(
              [network] port or leu_port_base in {origin})"
         )
     };
+    let mut shared = SocketAddr::new(
+        host,
+        match ports {
+            Ports::Configured => config.network.port,
+            Ports::Ephemeral => 0,
+        },
+    );
+    // A port the kernel chooses is nobody else's; a configured one is claimed before any
+    // port is bound, so that a second dataplane on the same config is told who has it.
+    let claim = match ports {
+        Ports::Configured => Some(PortClaim::take(shared, origin)?),
+        Ports::Ephemeral => None,
+    };
     let mut own = Vec::with_capacity(leus);
     for leu in 0..leus {
         let port = match ports {
@@ -114,18 +163,6 @@ pub(crate) fn bind_listeners(
         let address = SocketAddr::new(host, u16::try_from(port).map_err(|e| e.to_string())?);
         own.push(TcpListener::bind(address).map_err(|error| taken(address, error))?);
     }
-    let mut shared = SocketAddr::new(
-        host,
-        match ports {
-            Ports::Configured => config.network.port,
-            Ports::Ephemeral => 0,
-        },
-    );
-    // A port the kernel chooses is nobody else's; a configured one is claimed first.
-    let claim = match ports {
-        Ports::Configured => Some(PortClaim::take(shared, origin)?),
-        Ports::Ephemeral => None,
-    };
     let listeners = own
         .into_iter()
         .map(|own| {

@@ -195,7 +195,17 @@ extern "C" fn on_stop_signal(_signal: libc::c_int) {
 }
 
 fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
-    let defaults = config_path.is_none();
+    if config_path.is_none() {
+        // Said first, so that it stands above any error the defaults lead to.
+        let data_dir = ApplianceConfig::default().storage.data_dir;
+        let data =
+            std::env::current_dir().map_or_else(|_| data_dir.clone(), |cwd| cwd.join(&data_dir));
+        eprintln!(
+            "vortex-dataplane: no --config given: running with the built-in defaults \
+             (docs/CONFIG.md; firmware-config/examples/ has annotated configs), data in {}",
+            data.display()
+        );
+    }
     let Planned {
         config,
         origin,
@@ -203,14 +213,6 @@ fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
         data_dir,
         ..
     } = plan(config_path)?;
-    if defaults {
-        let data = std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone());
-        eprintln!(
-            "vortex-dataplane: no --config given: running with the built-in defaults \
-             (docs/CONFIG.md; firmware-config/examples/ has annotated configs), data in {}",
-            data.display()
-        );
-    }
     // Under `try` a failure or a partial lock was logged once, and the server goes on.
     memlock::apply(config.memory.lock).map_err(Failure::runtime)?;
     for signal in [libc::SIGTERM, libc::SIGINT] {

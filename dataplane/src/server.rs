@@ -371,8 +371,26 @@ pub fn serve(
     config: ServerConfig,
     stop: Arc<AtomicBool>,
 ) -> Result<ServeReport, ServeError> {
+    serve_gated(listeners, shard, links, config, stop, Box::new(|| true))
+}
+
+/// Called once the LEU has everything it needs to serve (its ring, pool and executor) and
+/// before it accepts anything: `false` closes the shard unserved (another LEU failed to
+/// start).
+pub type Gate = Box<dyn FnOnce() -> bool>;
+
+/// [`serve`], passing `gate` before the first accept: how the appliance starts no LEU
+/// until every LEU could set up, so that a failed start has answered nobody.
+pub fn serve_gated(
+    listeners: Vec<TcpListener>,
+    shard: Shard,
+    links: Links,
+    config: ServerConfig,
+    stop: Arc<AtomicBool>,
+    gate: Gate,
+) -> Result<ServeReport, ServeError> {
     let team = Arc::clone(&links.team);
-    let served = serve_inner(listeners, shard, links, config, &stop);
+    let served = serve_inner(listeners, shard, links, config, &stop, gate);
     if served.is_err() {
         team.failed.store(true, Ordering::Release);
         for wake in &team.wakes {
@@ -388,13 +406,16 @@ fn serve_inner(
     links: Links,
     config: ServerConfig,
     stop: &AtomicBool,
+    gate: Gate,
 ) -> Result<ServeReport, ServeError> {
     let mut ring = RingDriver::new(&config.ring).map_err(|e| ServeError::Ring(e.to_string()))?;
     let pool = BufferPool::new(config.pool).map_err(|e| ServeError::Pool(e.to_string()))?;
-    // Under `memory.lock = "try"` with a finite limit, the pool is locked as far as the
-    // limit allows (otherwise this locks nothing: all of it is locked, or none should be).
+    // Under `memory.lock = "try"` with a finite limit, the pool is locked as far as this
+    // LEU's share of the limit allows, receive buffers first (otherwise this locks nothing:
+    // all of it is locked already, or none should be).
+    let mut share = vortex_io::HotShare::take(links.leus());
     pool.for_each_free_buffer(|buffer| {
-        vortex_io::memlock::lock_hot(buffer);
+        share.lock(buffer);
     });
     let provided = provide(&mut ring, &config);
     let leus = links.leus();
@@ -413,6 +434,10 @@ fn serve_inner(
     let slots = (config.handlers_max.max(1) + peer_slots).min(crate::executor::TASKS_MAX);
     let executor =
         Executor::new(slots).ok_or_else(|| ServeError::Pool("no handler slots".to_owned()))?;
+    if !gate() {
+        shard.close()?;
+        return Ok(report);
+    }
     let mut server = Server {
         ring,
         executor,

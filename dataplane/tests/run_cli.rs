@@ -18,11 +18,15 @@ const BINARY: &str = env!("CARGO_BIN_EXE_vortex-dataplane");
 
 /// A free loopback port (taken and released: good enough on a test machine).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports, each held until all are chosen.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
@@ -240,8 +244,8 @@ fn docs_spec() -> CollectionSpec {
 fn a_second_server_on_the_same_data_directory_is_refused_and_the_first_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (port, other_port) = (free_port(), free_port());
-    let first_config = config_at(dir.path(), "first.toml", port, free_port(), &data);
+    let [port, other_port, leu_port, other_leu_port] = free_ports::<4>();
+    let first_config = config_at(dir.path(), "first.toml", port, leu_port, &data);
     let (first, _) = start(&first_config);
     let endpoint = [format!("127.0.0.1:{port}")];
     let client = Client::connect(&endpoint, ClientOptions::default()).unwrap();
@@ -249,7 +253,7 @@ fn a_second_server_on_the_same_data_directory_is_refused_and_the_first_keeps_its
     assert_eq!(client.upsert(docs_upsert(0..400)).unwrap(), 400);
     let files_before = list_files(&data);
 
-    let second_config = config_at(dir.path(), "second.toml", other_port, free_port(), &data);
+    let second_config = config_at(dir.path(), "second.toml", other_port, other_leu_port, &data);
     let stderr = run_failing(&second_config);
     assert!(
         stderr.contains(&format!("is in use by process {}", first.id())),
@@ -285,12 +289,12 @@ fn a_second_server_on_the_same_data_directory_is_refused_and_the_first_keeps_its
 #[test]
 fn a_second_server_on_the_same_port_is_refused_and_every_client_reaches_the_first() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let [port, leu_port] = free_ports::<2>();
     let first_config = config_at(
         dir.path(),
         "first.toml",
         port,
-        free_port(),
+        leu_port,
         &dir.path().join("first"),
     );
     let (first, _) = start(&first_config);
@@ -300,7 +304,8 @@ fn a_second_server_on_the_same_port_is_refused_and_every_client_reaches_the_firs
     assert_eq!(client.upsert(docs_upsert(0..50)).unwrap(), 50);
 
     let second_data = dir.path().join("second");
-    let second_config = config_at(dir.path(), "second.toml", port, free_port(), &second_data);
+    // Even the same LEU port: the shared port's claim is checked first, and names the first.
+    let second_config = config_at(dir.path(), "second.toml", port, leu_port, &second_data);
     let stderr = run_failing(&second_config);
     assert!(
         stderr.contains(&format!(
@@ -333,15 +338,14 @@ fn a_second_server_on_the_same_port_is_refused_and_every_client_reaches_the_firs
 #[test]
 fn an_ordinary_users_memlock_limit_does_not_stop_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let [port, leu_port] = free_ports::<2>();
     let leus = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
     let config = dir.path().join("user.toml");
     std::fs::write(
         &config,
         format!(
-            "[network]\nport = {port}\nleu_port_base = {}\n[storage]\ndata_dir = \"{}\"\n\
+            "[network]\nport = {port}\nleu_port_base = {leu_port}\n[storage]\ndata_dir = \"{}\"\n\
              [leu]\ncount = {leus}\n[memory]\nlock = \"try\"\n",
-            free_port(),
             dir.path().join("data").display()
         ),
     )
@@ -415,18 +419,25 @@ fn a_data_directory_the_user_cannot_write_is_a_config_error() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let config = config_at(dir.path(), "c.toml", free_port(), free_port(), &data);
+    let [port, leu_port] = free_ports::<2>();
+    let config = config_at(dir.path(), "c.toml", port, leu_port, &data);
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut command = Command::new(BINARY);
-    command.args(["run", "--config"]).arg(&config);
     // SAFETY: geteuid reads nothing of ours.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    // As `nobody`, the binary must be reachable: a copy in a directory anyone may enter
+    // (the checkout may live under a private home directory).
+    let binary = dir.path().join("vortex-dataplane");
+    std::fs::copy(BINARY, &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut command = Command::new(&binary);
+    command.args(["run", "--config"]).arg(&config);
+    if root {
         // Root may write anywhere: run the binary as `nobody` (the directory stays root's).
         command.uid(65534).gid(65534);
     } else {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
     }
-    let output = command.output().unwrap();
+    let output = output_retrying(&mut command);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -468,4 +479,47 @@ fn run_without_a_config_says_it_uses_the_defaults_and_where_the_data_goes() {
         first.ends_with(&format!("data in {}", data.display())),
         "{first}"
     );
+}
+
+/// Runs `command`, trying again while the kernel says the just-copied binary is busy (another
+/// test thread's fork may hold its descriptor until that child execs: ETXTBSY).
+fn output_retrying(command: &mut Command) -> std::process::Output {
+    for _ in 0..100 {
+        match command.output() {
+            Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("the binary stayed busy");
+}
+
+/// Issue #21: a start that fails after it wrote LAYOUT (here the second LEU cannot open its
+/// shard: `leu-1` is a file) leaves the data directory as it found it: no LAYOUT, no
+/// `leu-0` made by this start, and what was there before untouched.
+#[test]
+fn a_failed_start_leaves_no_layout_and_no_empty_shards_behind() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        println!("skipped: two LEUs need two CPUs, this machine has {cpus}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config_with(dir.path(), port, 2);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("leu-1"), b"in the way").unwrap();
+    let stderr = run_failing(&config);
+    assert!(stderr.contains("cannot open the shard"), "{stderr}");
+    assert!(stderr.contains("leu-1"), "{stderr}");
+    assert!(!data.join("LAYOUT").exists(), "LAYOUT left behind");
+    assert!(!data.join("leu-0").exists(), "an empty shard left behind");
+    assert_eq!(std::fs::read(data.join("leu-1")).unwrap(), b"in the way");
+    // Once the obstacle is gone, the same directory starts.
+    std::fs::remove_file(data.join("leu-1")).unwrap();
+    let (child, ready) = start(&config);
+    assert!(ready.contains("2 LEU(s)"), "{ready}");
+    assert_eq!(terminate(child).code(), Some(0));
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vortex_dataplane::handover::Links;
-use vortex_dataplane::server::{serve, ServeReport, ServerConfig};
+use vortex_dataplane::server::{serve, serve_gated, ServeReport, ServerConfig};
 use vortex_shard::{Shard, ShardOptions};
 use vortex_vbp::client::{Client, ClientOptions};
 use vortex_vbp::codec::Response;
@@ -904,4 +904,55 @@ fn writes_past_the_handler_slots_are_throttled_before_they_run_and_none_is_lost(
     assert_eq!(points.len(), ids.len());
     drop(client);
     server.stop();
+}
+
+/// Issue #21: an LEU says it is ready only once its ring, pool and executor are set up, so
+/// that a start which fails there has served nobody; a gate that says no closes the shard
+/// unserved (its directory's lock let go of).
+#[test]
+fn the_gate_opens_only_once_the_leu_is_set_up_and_a_closed_gate_serves_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate_calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let gate = |calls: &std::rc::Rc<std::cell::Cell<u32>>, open: bool| {
+        let calls = std::rc::Rc::clone(calls);
+        Box::new(move || {
+            calls.set(calls.get() + 1);
+            open
+        }) as vortex_dataplane::server::Gate
+    };
+    // A ring the kernel refuses (more entries than its 32,768): set-up fails before the gate.
+    let (shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    let mut config = ServerConfig::default();
+    config.ring.queue_depth = 1 << 16;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let failed = serve_gated(
+        vec![listener],
+        shard,
+        Links::solo().unwrap(),
+        config,
+        Arc::new(AtomicBool::new(false)),
+        gate(&gate_calls, true),
+    );
+    assert!(failed.is_err());
+    assert_eq!(gate_calls.get(), 0, "the gate never opened");
+    // Set up, then told not to serve: nothing accepted, the shard closed.
+    let (shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let report = serve_gated(
+        vec![listener],
+        shard,
+        Links::solo().unwrap(),
+        ServerConfig::default(),
+        Arc::new(AtomicBool::new(false)),
+        gate(&gate_calls, false),
+    )
+    .unwrap();
+    assert_eq!(gate_calls.get(), 1);
+    assert_eq!(report.accepted, 0);
+    assert!(
+        TcpStream::connect(address).is_err(),
+        "the listener is closed"
+    );
+    drop(Shard::open(dir.path(), ShardOptions::default()).unwrap());
 }

@@ -520,15 +520,16 @@ impl ApplianceConfig {
             )
             .into());
         }
-        if !writable(dir) {
+        if let Err(error) = writable(dir) {
             return Err(InvalidConfig::new(
                 "storage.data_dir",
                 format!(
-                    "`{}` is not writable by this user (uid {}); expected a directory this \
-                     process can create and write (change its owner, or data_dir)",
+                    "`{}` is not writable by this user (uid {}): {error}; expected a directory \
+                     this process can create and write (its owner, its mode, or a read-only \
+                     mount; or change data_dir)",
                     dir.display(),
-                    // SAFETY: getuid takes no arguments and cannot fail.
-                    unsafe { libc::getuid() }
+                    // SAFETY: geteuid takes no arguments and cannot fail.
+                    unsafe { libc::geteuid() }
                 ),
             )
             .into());
@@ -537,15 +538,27 @@ impl ApplianceConfig {
     }
 }
 
-/// Whether this process may create files in `dir` (write and search permission, as the
-/// kernel judges it for this process's user).
-fn writable(dir: &Path) -> bool {
+/// Whether this process may create files in `dir`: write and search permission as the
+/// kernel judges it for the effective user and capabilities (`AT_EACCESS`), on a writable
+/// mount.
+fn writable(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+    // SAFETY: faccessat reads a NUL-terminated path we own and touches no other memory.
+    let checked = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
     };
-    // SAFETY: access reads a NUL-terminated path we own and touches no other memory.
-    unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    if checked == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn check_range(

@@ -14,7 +14,7 @@ pub mod memlock;
 pub mod provided;
 pub mod ring;
 
-pub use memlock::{lock_hot, MemlockError, MemlockLimit, MemlockOutcome};
+pub use memlock::{HotShare, MemlockError, MemlockLimit, MemlockOutcome};
 pub use provided::ProvidedRing;
 pub use ring::{
     Completion, OpId, Owner, PushError, RingConfig, RingDriver, RingError, RingSetup, RingStats,

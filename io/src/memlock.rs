@@ -7,19 +7,26 @@
 //! process is small, and a later mapping (a thread's stack, a buffer pool, a mapped table)
 //! fails once the locked total reaches the limit, so an ordinary user's 8 MiB would stop the
 //! server a moment after it said memory was locked. So under `try` with a finite limit,
-//! nothing is locked wholesale: the hot regions (each LEU's buffer pool, its rings) are
-//! locked one by one with `mlock` through [`lock_hot`], as far as the limit allows, and the
-//! rest of the process stays unlocked; one warning says so.
+//! nothing is locked wholesale: each LEU takes an equal share of what the limit leaves
+//! ([`HotShare`]) and locks its buffer pool with `mlock`, receive buffers first, as far as
+//! the share goes; the rest of the process stays unlocked, and one warning says so. Under
+//! `required` a finite limit is refused at once (without `CAP_IPC_LOCK`), for the same
+//! reason: `MCL_FUTURE` would fail the process later, once it outgrew the limit.
+//!
+//! `CAP_IPC_LOCK` counts only outside a user namespace: root in a container sees the bit in
+//! `CapEff`, but the kernel checks the capability in the initial namespace.
 
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use vortex_config::MemoryLockPolicy;
 
-/// Bytes [`lock_hot`] may still lock; 0 when it locks nothing (the policy locked everything
-/// already, is `off`, or the limit is used up).
+/// Bytes the hot regions may still lock; 0 when nothing is locked that way (the policy locked
+/// everything already, is `off`, or the limit is used up).
 static HOT_BUDGET_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Bytes [`lock_hot`] has locked.
+/// What the limit left for the hot regions when the policy was applied.
+static HOT_BUDGET_TOTAL_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes locked as hot regions.
 static HOT_LOCKED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// What memory locking did.
@@ -30,7 +37,7 @@ pub enum MemlockOutcome {
     /// The policy is `off`.
     Skipped,
     /// Under `try` with a finite limit: the hot regions are locked one by one as far as the
-    /// limit allows ([`lock_hot`]); the rest is not (the warning was logged).
+    /// limit allows ([`HotShare`]); the rest is not (the warning was logged).
     Partial {
         /// `RLIMIT_MEMLOCK` at the time.
         limit: MemlockLimit,
@@ -107,7 +114,7 @@ impl fmt::Display for MemlockLimit {
 /// `memory.lock = "required"` and locking failed.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "memory.lock = \"required\" but mlockall failed: {source}; RLIMIT_MEMLOCK is {limit}. \
+    "memory.lock = \"required\" cannot lock memory: {source}; RLIMIT_MEMLOCK is {limit}. \
      Fix: raise the limit (LimitMEMLOCK=infinity in the systemd unit, or `ulimit -l unlimited` \
      in the shell that starts VORTEX) or grant CAP_IPC_LOCK, or set memory.lock = \"try\""
 )]
@@ -131,10 +138,20 @@ fn apply_as(
     ipc_lock: bool,
 ) -> Result<MemlockOutcome, MemlockError> {
     HOT_BUDGET_BYTES.store(0, Ordering::Release);
+    HOT_BUDGET_TOTAL_BYTES.store(0, Ordering::Release);
     if policy == MemoryLockPolicy::Off {
         return Ok(MemlockOutcome::Skipped);
     }
     let unbounded = ipc_lock || limit == MemlockLimit::Unlimited;
+    if policy == MemoryLockPolicy::Required && !unbounded {
+        return Err(MemlockError {
+            source: io::Error::other(
+                "the limit is finite and the process lacks CAP_IPC_LOCK, so locking every \
+                 future mapping would make a later one fail once the process outgrew it",
+            ),
+            limit,
+        });
+    }
     if policy == MemoryLockPolicy::Try && !unbounded {
         let locked = locked_bytes_now();
         let budget_bytes = match limit {
@@ -142,6 +159,7 @@ fn apply_as(
             MemlockLimit::Unlimited | MemlockLimit::Unknown => 0,
         };
         HOT_BUDGET_BYTES.store(budget_bytes, Ordering::Release);
+        HOT_BUDGET_TOTAL_BYTES.store(budget_bytes, Ordering::Release);
         tracing::warn!(
             "memory is locked only in part: RLIMIT_MEMLOCK = {limit} (and no CAP_IPC_LOCK), \
              so the LEUs' buffer pools are locked as far as it allows ({} KiB) and the rest \
@@ -173,35 +191,56 @@ fn apply_as(
     })
 }
 
-/// Locks `region` (a hot buffer that lives as long as the process serves) with `mlock` when
-/// the policy locks in part and the limit has room for it; returns whether it did. A region
-/// that does not fit is left unlocked (later, smaller ones may still fit). Never fails the
-/// caller: under `required` or an unbounded `try` the region is locked already, under `off`
-/// nothing is.
-pub fn lock_hot(region: &[u8]) -> bool {
-    let bytes = region_pages_bytes(region);
-    if bytes == 0 {
-        return false;
+/// One LEU's share of what a partial lock may lock: an equal part of the budget, so that
+/// every LEU gets its receive buffers locked before any LEU locks its larger ones. Taken
+/// once per LEU; when the policy does not lock in part, the share is empty and locks nothing
+/// (under `required` or an unbounded `try` everything is locked already, under `off`
+/// nothing should be).
+#[derive(Debug)]
+pub struct HotShare {
+    left_bytes: u64,
+}
+
+impl HotShare {
+    /// Takes this LEU's share, one of `leus`, from the process's budget.
+    pub fn take(leus: usize) -> HotShare {
+        let share = HOT_BUDGET_TOTAL_BYTES.load(Ordering::Acquire) / (leus.max(1) as u64);
+        let taken = HOT_BUDGET_BYTES
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                Some(left - left.min(share))
+            })
+            .map_or(0, |left| left.min(share));
+        HotShare { left_bytes: taken }
     }
-    let reserved = HOT_BUDGET_BYTES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-        left.checked_sub(bytes)
-    });
-    if reserved.is_err() {
-        return false;
+
+    /// Locks `region` (a buffer that lives as long as the LEU serves) with `mlock` if it fits
+    /// in what is left of the share; returns whether it did. A region that does not fit is
+    /// left unlocked (a later, smaller one may still fit). Never fails the caller.
+    pub fn lock(&mut self, region: &[u8]) -> bool {
+        let bytes = region_pages_bytes(region);
+        if bytes == 0 || bytes > self.left_bytes {
+            return false;
+        }
+        // SAFETY: locks the pages of a live slice; mlock reads no memory and changes only
+        // whether the pages may be swapped.
+        if unsafe { libc::mlock(region.as_ptr().cast(), region.len()) } == 0 {
+            self.left_bytes -= bytes;
+            HOT_LOCKED_BYTES.fetch_add(bytes, Ordering::Relaxed);
+            true
+        } else {
+            // The kernel counts otherwise than we do (or the limit changed): stop trying.
+            self.left_bytes = 0;
+            false
+        }
     }
-    // SAFETY: locks the pages of a live slice; mlock reads no memory and changes only
-    // whether the pages may be swapped.
-    if unsafe { libc::mlock(region.as_ptr().cast(), region.len()) } == 0 {
-        HOT_LOCKED_BYTES.fetch_add(bytes, Ordering::Relaxed);
-        true
-    } else {
-        // The kernel counts otherwise than we do (or the limit changed): stop trying.
-        HOT_BUDGET_BYTES.store(0, Ordering::Release);
-        false
+
+    /// What is left of the share.
+    pub fn left_bytes(&self) -> u64 {
+        self.left_bytes
     }
 }
 
-/// Bytes [`lock_hot`] has locked in this process.
+/// Bytes locked as hot regions ([`HotShare::lock`]) in this process.
 pub fn hot_locked_bytes() -> u64 {
     HOT_LOCKED_BYTES.load(Ordering::Relaxed)
 }
@@ -211,15 +250,31 @@ fn region_pages_bytes(region: &[u8]) -> u64 {
     if region.is_empty() {
         return 0;
     }
-    const PAGE: usize = 4096;
-    let start = region.as_ptr() as usize & !(PAGE - 1);
-    let end = (region.as_ptr() as usize + region.len()).div_ceil(PAGE) * PAGE;
+    // SAFETY: sysconf reads a constant of the system and touches no memory of ours.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    const PAGE_FALLBACK: usize = 4096;
+    let page = if page.is_power_of_two() {
+        page
+    } else {
+        PAGE_FALLBACK
+    };
+    let start = region.as_ptr() as usize & !(page - 1);
+    let end = (region.as_ptr() as usize + region.len()).div_ceil(page) * page;
     (end - start) as u64
 }
 
-/// Whether this process has `CAP_IPC_LOCK` in effect (root does, unless it gave it up).
+/// Whether this process has `CAP_IPC_LOCK` in effect where the kernel checks it: in
+/// `CapEff`, and not inside a user namespace (root in a container sees the bit, but the
+/// memlock limit still binds it).
 pub fn has_ipc_lock() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| ipc_lock_in_status(&status))
+        && std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| uid_map_is_initial(&map))
+}
+
+/// Whether `/proc/self/uid_map` text is the initial namespace's identity map.
+pub fn uid_map_is_initial(map: &str) -> bool {
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
 }
 
 /// Whether `/proc/self/status` text shows `CAP_IPC_LOCK` (bit 14) in `CapEff`.
@@ -257,32 +312,61 @@ mod tests {
 
     /// The one test that touches the process-wide budget (tests run in parallel).
     #[test]
-    fn a_finite_limit_under_try_locks_hot_regions_only_within_the_budget() {
+    fn a_finite_limit_under_try_locks_hot_regions_only_within_each_leus_share() {
         assert_eq!(
             apply(MemoryLockPolicy::Off).unwrap(),
             MemlockOutcome::Skipped
         );
+        assert_eq!(HotShare::take(1).left_bytes(), 0, "off: nothing to lock");
         // Nothing is locked wholesale (no MCL_FUTURE): a later mapping cannot fail.
         let outcome = apply_as(MemoryLockPolicy::Try, MemlockLimit::Bytes(8 << 20), false).unwrap();
         let MemlockOutcome::Partial { budget_bytes, .. } = outcome else {
             panic!("expected Partial, got {outcome:?}");
         };
         assert!(budget_bytes <= 8 << 20);
-        // Test the budget's arithmetic with a small one of our own.
-        HOT_BUDGET_BYTES.store(3 * 4096, Ordering::Release);
-        let region = vec![0u8; 16 * 4096];
-        let before = hot_locked_bytes();
-        assert!(
-            !lock_hot(&region),
-            "a region larger than the budget stays unlocked"
+        // Test the shares' arithmetic with a small budget of our own: two LEUs, three
+        // pages each.
+        HOT_BUDGET_BYTES.store(6 * 4096, Ordering::Release);
+        HOT_BUDGET_TOTAL_BYTES.store(6 * 4096, Ordering::Release);
+        let mut first = HotShare::take(2);
+        let mut second = HotShare::take(2);
+        assert_eq!(
+            (first.left_bytes(), second.left_bytes()),
+            (3 * 4096, 3 * 4096)
         );
-        assert!(lock_hot(&region[..4096 * 2 - 100]));
-        assert!(hot_locked_bytes() - before >= 2 * 4096);
-        assert!(!lock_hot(&region[..4096 * 3]), "the budget is used up");
-        assert!(!lock_hot(&[]));
-        // Later policies reset it.
+        assert_eq!(
+            HotShare::take(2).left_bytes(),
+            0,
+            "the budget is shared out"
+        );
+        let region = vec![0u8; 16 * 4096];
+        assert!(
+            !first.lock(&region),
+            "a region larger than the share stays unlocked"
+        );
+        assert!(!first.lock(&[]));
+        // A real mlock: it can fail only where the limit is below a few pages.
+        if MemlockLimit::current() == MemlockLimit::Unlimited
+            || matches!(MemlockLimit::current(), MemlockLimit::Bytes(b) if b >= 1 << 20)
+        {
+            let before = hot_locked_bytes();
+            assert!(first.lock(&region[..4096 * 2 - 100]));
+            assert!(hot_locked_bytes() - before >= 2 * 4096);
+            assert!(!first.lock(&region[..4096 * 3]), "the share is used up");
+            assert!(
+                second.lock(&region[..4096]),
+                "the other LEU's share is its own"
+            );
+        }
+        // `required` with a finite limit and no CAP_IPC_LOCK is refused at once.
+        let error = apply_as(
+            MemoryLockPolicy::Required,
+            MemlockLimit::Bytes(64 << 30),
+            false,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("outgrew"), "{error}");
         apply_as(MemoryLockPolicy::Off, MemlockLimit::Bytes(8 << 20), false).unwrap();
-        assert!(!lock_hot(&region[..1]));
     }
 
     #[test]
@@ -290,6 +374,9 @@ mod tests {
         assert!(ipc_lock_in_status("Name:\tx\nCapEff:\t000001ffffffffff\n"));
         assert!(!ipc_lock_in_status("CapEff:\t0000000000000000\n"));
         assert!(!ipc_lock_in_status("no such line"));
+        assert!(uid_map_is_initial("         0          0 4294967295\n"));
+        assert!(!uid_map_is_initial("         0       1000          1\n"));
+        assert!(!uid_map_is_initial(""));
     }
 
     #[test]

@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 /// The lock file's name inside the locked directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
+/// Tries before a held lock is reported, `ACQUIRE_PAUSE` apart (about 100 ms in all).
+const ACQUIRE_TRIES: u32 = 10;
+const ACQUIRE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// An exclusive lock on a directory; dropping it (or the process ending) releases it.
 #[derive(Debug)]
@@ -54,14 +57,6 @@ pub enum LockError {
     },
 }
 
-impl LockError {
-    /// Whether the directory itself refused us (not writable): a mistake in the config
-    /// rather than a conflict with another process.
-    pub fn is_permission_denied(&self) -> bool {
-        matches!(self, LockError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
-    }
-}
-
 impl DirLock {
     /// Takes the lock on `dir` (which must exist), without waiting: a held lock is
     /// [`LockError::Held`] at once.
@@ -78,16 +73,26 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(io_error)?;
-        // SAFETY: flock on a descriptor we own; it touches no memory.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // A holder keeps the lock for its life; [`DirLock::holder`] (doctor) only for an
+        // instant, so a refusal is retried for a moment before it is believed.
+        let mut tries = 0;
+        loop {
+            // SAFETY: flock on a descriptor we own; it touches no memory.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
             let error = io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_error(error));
+            }
+            tries += 1;
+            if tries >= ACQUIRE_TRIES {
                 return Err(LockError::Held {
                     dir: dir.to_owned(),
                     holder: read_holder(&mut file),
                 });
             }
-            return Err(io_error(error));
+            std::thread::sleep(ACQUIRE_PAUSE);
         }
         // Ours now: record who holds it. The PID is only a hint for the refusal message, so
         // it needs no fsync.

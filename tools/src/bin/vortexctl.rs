@@ -486,7 +486,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
                     payload.map_or_else(String::new, |p| p.to_string())
                 );
             }
-            let missing = ids.len() - points.len();
+            let missing = ids.len().saturating_sub(points.len());
             if missing > 0 {
                 eprintln!("{missing} of {} id(s) not found", ids.len());
             }
@@ -496,7 +496,8 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             let client = connect(&cli)?;
             let deleted = retrying(|| client.delete(collection, ids.clone()))
                 .map_err(CtlError::from_client)?;
-            let absent = (ids.len() as u64).saturating_sub(u64::from(deleted));
+            let distinct = ids.iter().collect::<std::collections::BTreeSet<_>>().len();
+            let absent = (distinct as u64).saturating_sub(u64::from(deleted));
             if absent == 0 {
                 out!("deleted {deleted} point(s) (durable)");
             } else {

@@ -326,10 +326,15 @@ pub fn evaluate(host: &Host, config: &ApplianceConfig) -> Vec<Check> {
         MemoryLockPolicy::Off => "off",
     };
     let raise = "raise it: LimitMEMLOCK=infinity in the systemd unit (deploy/systemd), or `ulimit -l unlimited` before starting, or grant CAP_IPC_LOCK".to_owned();
-    let (verdict, fix) = match (enough, config.memory.lock) {
-        (true, _) | (false, MemoryLockPolicy::Off) => (Verdict::Pass, None),
-        (false, MemoryLockPolicy::Try) => (Verdict::Warn, Some(raise)),
-        (false, MemoryLockPolicy::Required) => (Verdict::Fail, Some(raise)),
+    // `required` refuses any finite limit without CAP_IPC_LOCK (locking every future
+    // mapping would fail the process once it outgrew the limit), however large.
+    let unbounded = host.ipc_lock || host.memlock == MemlockLimit::Unlimited;
+    let (verdict, fix) = match config.memory.lock {
+        MemoryLockPolicy::Off => (Verdict::Pass, None),
+        MemoryLockPolicy::Try if enough => (Verdict::Pass, None),
+        MemoryLockPolicy::Try => (Verdict::Warn, Some(raise)),
+        MemoryLockPolicy::Required if unbounded => (Verdict::Pass, None),
+        MemoryLockPolicy::Required => (Verdict::Fail, Some(raise)),
     };
     check(
         "memlock",
@@ -487,8 +492,8 @@ pub fn evaluate(host: &Host, config: &ApplianceConfig) -> Vec<Check> {
         check(
             "ports",
             Verdict::Fail,
-            format!("in use: {}: the dataplane would not start", taken.join(", ")),
-            Some("stop what listens there (another dataplane?), or change [network] port and leu_port_base".to_owned()),
+            format!("cannot be bound: {}: the dataplane would not start", taken.join(", ")),
+            Some("stop what listens there (another dataplane?), or change [network] port and leu_port_base (and listen_address, if this host does not have it)".to_owned()),
         );
     }
 
@@ -630,6 +635,16 @@ mod tests {
         assert_eq!(
             verdict(&evaluate(&host, &required), "memlock").0,
             Verdict::Fail
+        );
+        host.memlock = MemlockLimit::Bytes(64 << 30);
+        assert_eq!(
+            verdict(&evaluate(&host, &required), "memlock").0,
+            Verdict::Fail,
+            "required refuses any finite limit"
+        );
+        assert_eq!(
+            verdict(&evaluate(&host, &config), "memlock").0,
+            Verdict::Pass
         );
         host.ipc_lock = true;
         assert_eq!(
