@@ -12,7 +12,7 @@ fn bench_kernels(c: &mut Criterion) {
         .into_iter()
         .filter_map(|level| Kernels::for_level(level).ok())
         .collect();
-    for dimension in [128usize, 768] {
+    for dimension in [128usize, 384, 768] {
         let a = values(dimension, 1);
         let b = values(dimension, 2);
         let codes_a: Vec<i8> = a.iter().map(|value| (value * 127.0) as i8).collect();
@@ -34,6 +34,10 @@ fn bench_kernels(c: &mut Criterion) {
             });
             group.bench_function(BenchmarkId::new("l2_squared_i8", name), |bencher| {
                 bencher.iter(|| (kernels.l2_squared_i8)(black_box(&codes_a), black_box(&codes_b)))
+            });
+            // What the i8 graph walk calls (codes within ±127).
+            group.bench_function(BenchmarkId::new("dot_i8_narrow", name), |bencher| {
+                bencher.iter(|| (kernels.dot_i8_narrow)(black_box(&codes_a), black_box(&codes_b)))
             });
         }
         group.finish();

@@ -7,10 +7,11 @@
 //! run and compared on one machine; tests and benchmarks also call
 //! [`Kernels::for_level`] directly.
 //!
-//! Levels built today: `Scalar` (portable Rust, what every x86-64 and other CPU runs; eight
-//! interleaved partial sums so that the baseline's SSE2 vectorizes it) and
-//! `Avx2Fma` (AVX2 + FMA, 256-bit). AVX-512 (and VNNI for the `i8` kernels) is the next level
-//! up; it waits for a machine that has it so that it can be tested there, not shipped blind.
+//! Levels: `Scalar` (portable Rust, what every x86-64 and other CPU runs; eight interleaved
+//! partial sums so that the baseline's SSE2 vectorizes it), `Avx2Fma` (AVX2 + FMA, 256-bit),
+//! `Avx512` (AVX-512 F and BW, 512-bit, masked loads for the `f32` tails) and `Avx512Vnni`
+//! (the same `f32` kernels; the `i8` ones on VNNI's fused multiply-adds, `vpdpbusd` and
+//! `vpdpwssd`). The tests run every level the CPU has against an exact reference.
 //!
 //! Distances follow VBP's convention, smaller is closer: squared L2; the *negative* inner
 //! product for `ip`; `1 - cos` for `cosine` (and 1 when either vector is all zeros).
@@ -30,17 +31,28 @@ pub enum Level {
     Scalar,
     /// AVX2 and FMA, 256-bit registers.
     Avx2Fma,
+    /// AVX-512 F and BW, 512-bit registers.
+    Avx512,
+    /// AVX-512 F, BW and VNNI: the `i8` kernels on fused byte and word dot products.
+    Avx512Vnni,
 }
 
 impl Level {
     /// Every level, widest last.
-    pub const ALL: [Level; 2] = [Level::Scalar, Level::Avx2Fma];
+    pub const ALL: [Level; 4] = [
+        Level::Scalar,
+        Level::Avx2Fma,
+        Level::Avx512,
+        Level::Avx512Vnni,
+    ];
 
     /// The name used by `VORTEX_SIMD_LEVEL` and in logs.
     pub fn name(self) -> &'static str {
         match self {
             Level::Scalar => "scalar",
             Level::Avx2Fma => "avx2",
+            Level::Avx512 => "avx512",
+            Level::Avx512Vnni => "avx512vnni",
         }
     }
 
@@ -55,17 +67,14 @@ impl Level {
     pub fn available(self) -> bool {
         match self {
             Level::Scalar => true,
-            Level::Avx2Fma => {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    false
-                }
-            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2Fma => avx2::supported(),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => avx512::supported(),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => avx512::supported_vnni(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Level::Avx2Fma | Level::Avx512 | Level::Avx512Vnni => false,
         }
     }
 
@@ -86,7 +95,7 @@ pub enum LevelError {
     #[error("SIMD level `{}` is not available on this CPU (it has up to `{}`)", .0.name(), Level::detected().name())]
     Unavailable(Level),
     /// The name is not a level.
-    #[error("unknown SIMD level `{0}`; expected one of: scalar, avx2")]
+    #[error("unknown SIMD level `{0}`; expected one of: scalar, avx2, avx512, avx512vnni")]
     Unknown(String),
 }
 
@@ -134,8 +143,30 @@ impl Kernels {
                 l2_squared_i8: avx2::l2_squared_i8,
                 dot_i8_narrow: avx2::dot_i8_narrow,
             },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => Kernels {
+                level,
+                l2_squared: avx512::l2_squared,
+                dot: avx512::dot,
+                cosine_distance: avx512::cosine_distance,
+                dot_i8: avx512::dot_i8,
+                l2_squared_i8: avx512::l2_squared_i8,
+                dot_i8_narrow: avx512::dot_i8_narrow,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => Kernels {
+                level,
+                l2_squared: avx512::l2_squared,
+                dot: avx512::dot,
+                cosine_distance: avx512::cosine_distance,
+                dot_i8: avx512::dot_i8_vnni,
+                l2_squared_i8: avx512::l2_squared_i8,
+                dot_i8_narrow: avx512::dot_i8_narrow_vnni,
+            },
             #[cfg(not(target_arch = "x86_64"))]
-            Level::Avx2Fma => return Err(LevelError::Unavailable(level)),
+            Level::Avx2Fma | Level::Avx512 | Level::Avx512Vnni => {
+                return Err(LevelError::Unavailable(level))
+            }
         })
     }
 
@@ -310,7 +341,7 @@ mod avx2 {
     /// Floats per loop step: four independent accumulators hide the FMA latency.
     const STEP: usize = 4 * LANES;
 
-    fn supported() -> bool {
+    pub(super) fn supported() -> bool {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
 
@@ -569,6 +600,366 @@ mod avx2 {
             }
         }
         total += u64::from(horizontal_sum_i32(sum) as u32);
+        total += u64::from(super::scalar::l2_squared_i8(
+            &a[offset..length],
+            &b[offset..length],
+        ));
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+}
+
+/// AVX-512 kernels (F and BW; VNNI for the `*_vnni` ones). Private for the reason the AVX2
+/// module is: [`Kernels::for_level`] hands them out only after checking the CPU.
+///
+/// The `f32` tails (the last `n mod 16` floats) are read with masked loads: the masked-off
+/// lanes are neither read nor faulted on, so a load never reaches past the slice. The `i8`
+/// tails go to the scalar kernels.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::cosine_from_parts;
+    use std::arch::x86_64::*;
+
+    /// Floats per 512-bit register.
+    const LANES: usize = 16;
+    /// Floats per loop step: four independent accumulators hide the FMA latency.
+    const STEP: usize = 4 * LANES;
+
+    pub(super) fn supported() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+
+    pub(super) fn supported_vnni() -> bool {
+        supported() && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// `Σ (aᵢ - bᵢ)²`.
+    pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+        debug_assert!(supported());
+        // SAFETY: these kernels are only handed out by `Kernels::for_level` after it checked
+        // that the CPU has AVX-512 F and BW.
+        unsafe { l2_squared_avx512(a, b) }
+    }
+
+    /// `Σ aᵢ·bᵢ`.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        debug_assert!(supported());
+        // SAFETY: as in `l2_squared`.
+        unsafe { dot_avx512(a, b) }
+    }
+
+    /// `1 - cos(a, b)`.
+    pub fn cosine_distance(a: &[f32], b: &[f32]) -> f32 {
+        debug_assert!(supported());
+        // SAFETY: as in `l2_squared`.
+        unsafe { cosine_avx512(a, b) }
+    }
+
+    /// `Σ aᵢ·bᵢ` over `i8`, exact.
+    pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+        debug_assert!(supported());
+        // SAFETY: as in `l2_squared`.
+        unsafe { dot_i8_avx512(a, b) }
+    }
+
+    /// `Σ aᵢ·bᵢ` over `i8`, exact, on VNNI.
+    pub fn dot_i8_vnni(a: &[i8], b: &[i8]) -> i32 {
+        debug_assert!(supported_vnni());
+        // SAFETY: handed out by `Kernels::for_level` only after it checked for AVX-512 F,
+        // BW and VNNI.
+        unsafe { dot_i8_vnni_avx512(a, b) }
+    }
+
+    /// `Σ (aᵢ - bᵢ)²` over `i8`, exact.
+    pub fn l2_squared_i8(a: &[i8], b: &[i8]) -> u32 {
+        debug_assert!(supported());
+        // SAFETY: as in `l2_squared`.
+        unsafe { l2_squared_i8_avx512(a, b) }
+    }
+
+    /// `Σ aᵢ·bᵢ` over codes in `-127..=127`.
+    pub fn dot_i8_narrow(a: &[i8], b: &[i8]) -> i32 {
+        debug_assert!(supported());
+        // SAFETY: as in `l2_squared`.
+        unsafe { dot_i8_narrow_avx512(a, b) }
+    }
+
+    /// `Σ aᵢ·bᵢ` over codes in `-127..=127`, on VNNI.
+    pub fn dot_i8_narrow_vnni(a: &[i8], b: &[i8]) -> i32 {
+        debug_assert!(supported_vnni());
+        // SAFETY: as in `dot_i8_vnni`.
+        unsafe { dot_i8_narrow_vnni_avx512(a, b) }
+    }
+
+    /// Sixteen floats of `values` from `offset` (bounds-checked; no alignment needed).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load(values: &[f32], offset: usize) -> __m512 {
+        let lanes = &values[offset..offset + LANES];
+        // SAFETY: `lanes` is 16 readable floats; `loadu` has no alignment requirement.
+        unsafe { _mm512_loadu_ps(lanes.as_ptr()) }
+    }
+
+    /// The floats of `values` from `offset` to its end (1 to 15 of them), the other lanes
+    /// zero.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_tail(values: &[f32], offset: usize) -> __m512 {
+        let tail = &values[offset..];
+        debug_assert!(!tail.is_empty() && tail.len() < LANES);
+        let mask: __mmask16 = (1u16 << tail.len()) - 1;
+        // SAFETY: the mask selects exactly `tail.len()` lanes, all inside `tail`; AVX-512
+        // neither reads nor faults on masked-off lanes, and `loadu` needs no alignment.
+        unsafe { _mm512_maskz_loadu_ps(mask, tail.as_ptr()) }
+    }
+
+    /// Thirty-two `i8` of `values` from `offset`, widened to `i16`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn load_i8_as_i16(values: &[i8], offset: usize) -> __m512i {
+        let bytes = &values[offset..offset + 32];
+        // SAFETY: `bytes` is 32 readable bytes; `loadu` has no alignment requirement.
+        let packed = unsafe { _mm256_loadu_si256(bytes.as_ptr().cast::<__m256i>()) };
+        _mm512_cvtepi8_epi16(packed)
+    }
+
+    /// Sixty-four `i8` of `values` from `offset`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_i8x64(values: &[i8], offset: usize) -> __m512i {
+        let bytes = &values[offset..offset + 64];
+        // SAFETY: `bytes` is 64 readable bytes; `loadu` has no alignment requirement.
+        unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) }
+    }
+
+    /// `(|x|, y with x's sign)`: the unsigned and signed operands whose byte products are
+    /// `x·y` (0 where x is 0), for `vpmaddubsw` and `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn signed_operands(x: __m512i, y: __m512i) -> (__m512i, __m512i) {
+        let negative = _mm512_movepi8_mask(x);
+        let y_signed = _mm512_mask_sub_epi8(y, negative, _mm512_setzero_si512(), y);
+        (_mm512_abs_epi8(x), y_signed)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn l2_squared_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let length = a.len().min(b.len());
+        let (a, b) = (&a[..length], &b[..length]);
+        let mut sums = [_mm512_setzero_ps(); 4];
+        let mut offset = 0;
+        while offset + STEP <= length {
+            for (index, sum) in sums.iter_mut().enumerate() {
+                let at = offset + index * LANES;
+                let difference = _mm512_sub_ps(load(a, at), load(b, at));
+                *sum = _mm512_fmadd_ps(difference, difference, *sum);
+            }
+            offset += STEP;
+        }
+        while offset + LANES <= length {
+            let difference = _mm512_sub_ps(load(a, offset), load(b, offset));
+            sums[0] = _mm512_fmadd_ps(difference, difference, sums[0]);
+            offset += LANES;
+        }
+        if offset < length {
+            let difference = _mm512_sub_ps(load_tail(a, offset), load_tail(b, offset));
+            sums[1] = _mm512_fmadd_ps(difference, difference, sums[1]);
+        }
+        let total = _mm512_add_ps(
+            _mm512_add_ps(sums[0], sums[1]),
+            _mm512_add_ps(sums[2], sums[3]),
+        );
+        _mm512_reduce_add_ps(total)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let length = a.len().min(b.len());
+        let (a, b) = (&a[..length], &b[..length]);
+        let mut sums = [_mm512_setzero_ps(); 4];
+        let mut offset = 0;
+        while offset + STEP <= length {
+            for (index, sum) in sums.iter_mut().enumerate() {
+                let at = offset + index * LANES;
+                *sum = _mm512_fmadd_ps(load(a, at), load(b, at), *sum);
+            }
+            offset += STEP;
+        }
+        while offset + LANES <= length {
+            sums[0] = _mm512_fmadd_ps(load(a, offset), load(b, offset), sums[0]);
+            offset += LANES;
+        }
+        if offset < length {
+            sums[1] = _mm512_fmadd_ps(load_tail(a, offset), load_tail(b, offset), sums[1]);
+        }
+        let total = _mm512_add_ps(
+            _mm512_add_ps(sums[0], sums[1]),
+            _mm512_add_ps(sums[2], sums[3]),
+        );
+        _mm512_reduce_add_ps(total)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn cosine_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let length = a.len().min(b.len());
+        let (a, b) = (&a[..length], &b[..length]);
+        // Two accumulators per sum: six registers in flight.
+        let mut dots = [_mm512_setzero_ps(); 2];
+        let mut norms_a = [_mm512_setzero_ps(); 2];
+        let mut norms_b = [_mm512_setzero_ps(); 2];
+        let mut offset = 0;
+        while offset + 2 * LANES <= length {
+            for index in 0..2 {
+                let at = offset + index * LANES;
+                let (x, y) = (load(a, at), load(b, at));
+                dots[index] = _mm512_fmadd_ps(x, y, dots[index]);
+                norms_a[index] = _mm512_fmadd_ps(x, x, norms_a[index]);
+                norms_b[index] = _mm512_fmadd_ps(y, y, norms_b[index]);
+            }
+            offset += 2 * LANES;
+        }
+        let mut step = |x: __m512, y: __m512| {
+            dots[0] = _mm512_fmadd_ps(x, y, dots[0]);
+            norms_a[0] = _mm512_fmadd_ps(x, x, norms_a[0]);
+            norms_b[0] = _mm512_fmadd_ps(y, y, norms_b[0]);
+        };
+        while offset + LANES <= length {
+            step(load(a, offset), load(b, offset));
+            offset += LANES;
+        }
+        if offset < length {
+            step(load_tail(a, offset), load_tail(b, offset));
+        }
+        cosine_from_parts(
+            _mm512_reduce_add_ps(_mm512_add_ps(dots[0], dots[1])),
+            _mm512_reduce_add_ps(_mm512_add_ps(norms_a[0], norms_a[1])),
+            _mm512_reduce_add_ps(_mm512_add_ps(norms_b[0], norms_b[1])),
+        )
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn dot_i8_avx512(a: &[i8], b: &[i8]) -> i32 {
+        let length = a.len().min(b.len());
+        // Each `madd` lane adds two products of at most 2^14 a step: 2^15, so an i32 lane
+        // holds 2^16 steps (two million dimensions) without overflow.
+        let mut sums = [_mm512_setzero_si512(); 2];
+        let mut offset = 0;
+        while offset + 64 <= length {
+            for (index, sum) in sums.iter_mut().enumerate() {
+                let at = offset + index * 32;
+                let products = _mm512_madd_epi16(load_i8_as_i16(a, at), load_i8_as_i16(b, at));
+                *sum = _mm512_add_epi32(*sum, products);
+            }
+            offset += 64;
+        }
+        while offset + 32 <= length {
+            let products = _mm512_madd_epi16(load_i8_as_i16(a, offset), load_i8_as_i16(b, offset));
+            sums[0] = _mm512_add_epi32(sums[0], products);
+            offset += 32;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(sums[0], sums[1]))
+            + super::scalar::dot_i8(&a[offset..length], &b[offset..length])
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn dot_i8_vnni_avx512(a: &[i8], b: &[i8]) -> i32 {
+        let length = a.len().min(b.len());
+        // `vpdpwssd` adds two i16 products per i32 lane in one instruction: the same bound
+        // as `dot_i8_avx512`.
+        let mut sums = [_mm512_setzero_si512(); 2];
+        let mut offset = 0;
+        while offset + 64 <= length {
+            for (index, sum) in sums.iter_mut().enumerate() {
+                let at = offset + index * 32;
+                *sum = _mm512_dpwssd_epi32(*sum, load_i8_as_i16(a, at), load_i8_as_i16(b, at));
+            }
+            offset += 64;
+        }
+        while offset + 32 <= length {
+            sums[0] = _mm512_dpwssd_epi32(
+                sums[0],
+                load_i8_as_i16(a, offset),
+                load_i8_as_i16(b, offset),
+            );
+            offset += 32;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(sums[0], sums[1]))
+            + super::scalar::dot_i8(&a[offset..length], &b[offset..length])
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn dot_i8_narrow_avx512(a: &[i8], b: &[i8]) -> i32 {
+        let length = a.len().min(b.len());
+        // As on AVX2: `maddubs` of |x| and y-with-x's-sign adds two products of at most
+        // 16,129 per 16-bit lane (no saturation within ±127), `madd` by ones widens pairs:
+        // an i32 lane grows by at most 64,516 per 64 bytes, so two million dimensions fit.
+        let ones = _mm512_set1_epi16(1);
+        let mut sums = [_mm512_setzero_si512(); 2];
+        let mut offset = 0;
+        let step = |sum: __m512i, at: usize| {
+            let (x, y) = signed_operands(load_i8x64(a, at), load_i8x64(b, at));
+            _mm512_add_epi32(sum, _mm512_madd_epi16(_mm512_maddubs_epi16(x, y), ones))
+        };
+        while offset + 128 <= length {
+            sums[0] = step(sums[0], offset);
+            sums[1] = step(sums[1], offset + 64);
+            offset += 128;
+        }
+        while offset + 64 <= length {
+            sums[0] = step(sums[0], offset);
+            offset += 64;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(sums[0], sums[1]))
+            + super::scalar::dot_i8(&a[offset..length], &b[offset..length])
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn dot_i8_narrow_vnni_avx512(a: &[i8], b: &[i8]) -> i32 {
+        let length = a.len().min(b.len());
+        // `vpdpbusd` adds four products of |x| (unsigned) and y-with-x's-sign per i32 lane:
+        // at most 4 × 16,129 = 64,516 per 64 bytes, so two million dimensions fit.
+        let mut sums = [_mm512_setzero_si512(); 2];
+        let mut offset = 0;
+        let step = |sum: __m512i, at: usize| {
+            let (x, y) = signed_operands(load_i8x64(a, at), load_i8x64(b, at));
+            _mm512_dpbusd_epi32(sum, x, y)
+        };
+        while offset + 128 <= length {
+            sums[0] = step(sums[0], offset);
+            sums[1] = step(sums[1], offset + 64);
+            offset += 128;
+        }
+        while offset + 64 <= length {
+            sums[0] = step(sums[0], offset);
+            offset += 64;
+        }
+        _mm512_reduce_add_epi32(_mm512_add_epi32(sums[0], sums[1]))
+            + super::scalar::dot_i8(&a[offset..length], &b[offset..length])
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn l2_squared_i8_avx512(a: &[i8], b: &[i8]) -> u32 {
+        let length = a.len().min(b.len());
+        // A difference is at most 255 in magnitude: each `madd` lane adds two squares of at
+        // most 65,025 a step. Drained every 1,024 steps, a lane stays under 1.4e8 and the
+        // sixteen lanes' sum under i32::MAX (1,024 × 130,050 × 16 = 2,130,739,200).
+        const DRAIN_STEPS: usize = 1024;
+        let mut total: u64 = 0;
+        let mut sum = _mm512_setzero_si512();
+        let mut steps = 0;
+        let mut offset = 0;
+        while offset + 32 <= length {
+            let difference = _mm512_sub_epi16(load_i8_as_i16(a, offset), load_i8_as_i16(b, offset));
+            sum = _mm512_add_epi32(sum, _mm512_madd_epi16(difference, difference));
+            offset += 32;
+            steps += 1;
+            if steps == DRAIN_STEPS {
+                total += u64::from(_mm512_reduce_add_epi32(sum) as u32);
+                sum = _mm512_setzero_si512();
+                steps = 0;
+            }
+        }
+        total += u64::from(_mm512_reduce_add_epi32(sum) as u32);
         total += u64::from(super::scalar::l2_squared_i8(
             &a[offset..length],
             &b[offset..length],
