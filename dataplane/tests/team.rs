@@ -345,10 +345,19 @@ fn a_scattered_write_is_applied_on_every_owner_or_on_none() {
         "the writers never found the slots taken"
     );
     let client = team.client(1);
+    assert!(
+        last_acked.iter().any(|&last| last != u64::MAX),
+        "no writer got a batch through"
+    );
     for (writer, &last) in last_acked.iter().enumerate() {
-        assert_ne!(last, u64::MAX, "writer {writer} never got a batch through");
         let ids: Vec<u64> = (0..12).map(|j| writer as u64 * 1000 + j).collect();
         let points = client.get("docs", ids).unwrap();
+        if last == u64::MAX {
+            // Every batch of this writer was THROTTLED (a busy machine can do that to one
+            // writer of six): then none of them may have been applied, even in part.
+            assert!(points.is_empty(), "writer {writer}: a refused batch was applied");
+            continue;
+        }
         assert_eq!(points.len(), 12);
         for point in points {
             assert_eq!(

@@ -16,8 +16,8 @@ pub mod store;
 pub use distance::{Kernels, Level, LevelError};
 pub use filter::{Filter, NodeSet};
 pub use hnsw::{
-    vector_stride, BuildParams, Compacted, Hnsw, IndexError, Neighbor, Quantization, Scored,
-    SearchParams, SearchScratch, Seed,
+    vector_stride, BuildControl, BuildParams, Compacted, Helpers, Hnsw, IndexError, Neighbor,
+    Quantization, Scored, SearchParams, SearchScratch, Seed,
 };
 pub use metric::Metric;
 pub use quantize::ScalarQuantizer;

@@ -21,6 +21,7 @@ fn params(quantization: Quantization, metric: Metric) -> BuildParams {
         seed: SEED,
         threads: 1,
         quantization,
+        ..BuildParams::default()
     }
 }
 

@@ -61,6 +61,12 @@ pub const FRESH_POINTS_MAX: usize = 4096;
 pub struct ShardOptions {
     /// The LSM store's options (`memtable_entries_max` bounds the exact scan).
     pub store: StoreOptions,
+    /// Threads per side-car graph build: the store's background worker, plus helpers at
+    /// idle priority (they run only on CPU time the LEUs leave). The default, one, builds a
+    /// graph that is a pure function of its table; more build a big merge that many times
+    /// faster on idle cores, with the recall of one on ordinary data but not on degenerate
+    /// data (points on a line lose about one in a thousand: `tests/collinear.rs`).
+    pub index_build_threads: usize,
 }
 
 impl Default for ShardOptions {
@@ -75,8 +81,16 @@ impl Default for ShardOptions {
                 },
                 ..StoreOptions::default()
             },
+            index_build_threads: 1,
         }
     }
+}
+
+/// What closing did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardCloseReport {
+    /// Index builds (of a flush or a merge) stopped by the close, or earlier since open.
+    pub builds_cancelled: u64,
 }
 
 /// What opening found.
@@ -139,6 +153,9 @@ pub struct ShardStats {
 /// One LEU's shard.
 pub struct Shard {
     dir: PathBuf,
+    /// Cancels running index builds when the shard is dropped, before the store (declared
+    /// after it, so dropped after it) waits for its background jobs.
+    _cancel_builds: CancelBuilds,
     store: Store<PosixEnv>,
     catalog: Catalog,
     sidecars: Arc<SideCars>,
@@ -237,7 +254,10 @@ impl Shard {
         // Before anything is read: a second opener would replay and rewrite the same WAL.
         let lock = DirLock::acquire(dir)?;
         let catalog = Catalog::load(dir)?;
-        let sidecars = Arc::new(SideCars::new(&dir.join("indexes"))?);
+        let sidecars = Arc::new(SideCars::new(
+            &dir.join("indexes"),
+            options.index_build_threads,
+        )?);
         for collection in catalog.live() {
             sidecars.set_spec(collection.id, Some(collection.spec.clone()));
         }
@@ -259,6 +279,7 @@ impl Shard {
             dir: dir.to_owned(),
             store,
             catalog,
+            _cancel_builds: CancelBuilds(Arc::clone(&sidecars)),
             sidecars,
             kernels: Kernels::active(),
             scratch: Vec::new(),
@@ -897,7 +918,24 @@ impl Shard {
     }
 
     /// Finishes background work and makes every write durable.
-    pub fn close(self) -> Result<(), ShardError> {
-        Ok(self.store.close()?)
+    pub fn close(self) -> Result<ShardCloseReport, ShardError> {
+        // A running build would hold the close for as long as it takes (minutes for a big
+        // merge): cancel it. Its flush or merge is abandoned and redone after the next
+        // open; every acknowledged write is in the WAL or an older table.
+        self.sidecars.cancel_builds();
+        self.store.close()?;
+        Ok(ShardCloseReport {
+            builds_cancelled: self.sidecars.builds_cancelled(),
+        })
+    }
+}
+
+/// Cancels a shard's index builds when dropped (see [`Shard`]'s field order).
+#[derive(Debug)]
+struct CancelBuilds(Arc<SideCars>);
+
+impl Drop for CancelBuilds {
+    fn drop(&mut self) {
+        self.0.cancel_builds();
     }
 }

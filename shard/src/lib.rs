@@ -18,5 +18,7 @@ pub mod payload;
 pub mod payload_index;
 pub mod sidecar;
 
-pub use engine::{SearchRequest, Shard, ShardOpenReport, ShardOptions, ShardStats};
+pub use engine::{
+    SearchRequest, Shard, ShardCloseReport, ShardOpenReport, ShardOptions, ShardStats,
+};
 pub use error::ShardError;

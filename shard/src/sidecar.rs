@@ -20,10 +20,11 @@ use crate::payload_index::PayloadIndex;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use vortex_index::{
-    vector_stride, BuildParams, Hnsw, Mapping, Metric, NodeSet, Quantization, Seed, Store,
+    vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Mapping, Metric, NodeSet,
+    Quantization, Seed, Store,
 };
 use vortex_storage::sstable::table::Table;
 use vortex_storage::CompactionHook;
@@ -130,14 +131,22 @@ pub struct SideCars {
     /// Graph nodes built by insertion, and carried over from a seed graph, since open.
     nodes_inserted: AtomicU64,
     nodes_carried: AtomicU64,
+    /// Threads per graph build: the background worker, plus idle-priority helpers.
+    build_threads: usize,
+    /// Set when the shard closes: running builds stop, their flush or merge is abandoned
+    /// (the WAL and the older tables still hold everything) and redone after the next open.
+    cancel: Arc<AtomicBool>,
+    /// Builds cancelled since open.
+    builds_cancelled: AtomicU64,
 }
 
 /// A seed graph is used when it carries at least this share of a new graph's nodes.
 const SEED_SHARE_MIN: f64 = 0.125;
 
 impl SideCars {
-    /// Side-cars kept in `dir` (created if missing).
-    pub fn new(dir: &Path) -> Result<Self, ShardError> {
+    /// Side-cars kept in `dir` (created if missing), each graph built by `build_threads`
+    /// threads (at least one).
+    pub fn new(dir: &Path, build_threads: usize) -> Result<Self, ShardError> {
         std::fs::create_dir_all(dir).map_err(|e| ShardError::io("create", dir, e))?;
         Ok(SideCars {
             dir: dir.to_owned(),
@@ -145,7 +154,20 @@ impl SideCars {
             indexes: RwLock::new(HashMap::new()),
             nodes_inserted: AtomicU64::new(0),
             nodes_carried: AtomicU64::new(0),
+            build_threads: build_threads.max(1),
+            cancel: Arc::new(AtomicBool::new(false)),
+            builds_cancelled: AtomicU64::new(0),
         })
+    }
+
+    /// Stops every running build, and every later one (the shard is closing).
+    pub fn cancel_builds(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// Builds cancelled since open.
+    pub fn builds_cancelled(&self) -> u64 {
+        self.builds_cancelled.load(Ordering::Relaxed)
     }
 
     /// Records a live collection's schema (tables of unknown collections get no side-car
@@ -376,7 +398,11 @@ impl SideCars {
             metric: index_metric(spec.metric),
             m: spec.m as usize,
             ef_construction: spec.ef_construction as usize,
-            threads: 1,
+            threads: self.build_threads,
+            control: BuildControl {
+                cancel: Some(Arc::clone(&self.cancel)),
+                helpers: Helpers::Idle,
+            },
             quantization: match spec.vector_type {
                 VectorType::F32 => Quantization::None,
                 VectorType::I8 => Quantization::ScalarI8,
@@ -423,7 +449,12 @@ impl SideCars {
             }
             None => Hnsw::build_over(dim, rows, Some(&contents.labels), &params),
         };
-        let index = built.map_err(|error| index_error(error.to_string()))?;
+        let index = built.map_err(|error| {
+            if matches!(error, IndexError::Cancelled) {
+                self.builds_cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            index_error(error.to_string())
+        })?;
         let carried = seed.as_ref().map_or(0, |(_, carried)| {
             carried.iter().filter(|&&node| node != u32::MAX).count()
         });

@@ -31,6 +31,9 @@ fn options() -> ShardOptions {
             scrub_bytes_per_second: 0,
             ..StoreOptions::default()
         },
+        // One build thread (the default, said here because a test below relies on it): a
+        // rebuilt side-car is then the same graph, and answers do not change across it.
+        index_build_threads: 1,
     }
 }
 

@@ -11,6 +11,13 @@
 //!
 //! With one thread the insertion order, and therefore the graph, is a pure function of the
 //! vectors and the parameters: a build is deterministic for a seed.
+//!
+//! With more, the calling thread is one of the workers and the others are helpers; with
+//! [`Helpers::Idle`] the helpers run under `SCHED_IDLE`, so the kernel gives them only CPU
+//! time nothing else wants: a build then uses every idle core, always makes progress on the
+//! calling thread, and gives way to foreground work (the LEUs) at once. A build can be
+//! cancelled ([`BuildControl::cancel`]): the workers stop claiming nodes and it returns
+//! [`IndexError::Cancelled`].
 
 use super::search::{beam, greedy, ExactSpace, Links, Scored, SearchScratch, Space};
 use super::{
@@ -23,8 +30,8 @@ use crate::metric::{normalize, Metric};
 use crate::quantize::ScalarQuantizer;
 use crate::random::SplitMix;
 use crate::store::{huge_vec, Store};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How vectors are kept for the graph walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,8 +43,52 @@ pub enum Quantization {
     ScalarI8,
 }
 
+/// Rounds of re-inserting the nodes a parallel build left unreachable (each round inserts
+/// all of them; one is almost always enough).
+const REPAIR_ROUNDS_MAX: usize = 4;
+
+/// How the helper threads of a parallel build are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Helpers {
+    /// As the calling thread.
+    #[default]
+    Normal,
+    /// `SCHED_IDLE`: only on CPU time no other thread wants (the calling thread keeps its
+    /// own priority, so the build always progresses).
+    Idle,
+}
+
+/// What a running build answers to: a cancel flag, and how its helpers are scheduled.
+#[derive(Debug, Clone, Default)]
+pub struct BuildControl {
+    /// Set it to stop the build: the workers stop claiming nodes within one insertion
+    /// each, and the build returns [`IndexError::Cancelled`].
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// How the helper threads run.
+    pub helpers: Helpers,
+}
+
+impl PartialEq for BuildControl {
+    fn eq(&self, other: &Self) -> bool {
+        let same_flag = match (&self.cancel, &other.cancel) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_flag && self.helpers == other.helpers
+    }
+}
+
+impl Eq for BuildControl {}
+
+impl BuildControl {
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|flag| flag.load(Relaxed))
+    }
+}
+
 /// How a graph is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildParams {
     /// The metric.
     pub metric: Metric,
@@ -51,6 +102,8 @@ pub struct BuildParams {
     pub threads: usize,
     /// Whether the walk uses `i8` codes.
     pub quantization: Quantization,
+    /// Cancellation and the helpers' scheduling.
+    pub control: BuildControl,
 }
 
 impl Default for BuildParams {
@@ -62,6 +115,7 @@ impl Default for BuildParams {
             seed: 0x5EED_0F4E_5F00,
             threads: 1,
             quantization: Quantization::None,
+            control: BuildControl::default(),
         }
     }
 }
@@ -703,21 +757,57 @@ impl Hnsw {
             }
             .min(order.len().max(1));
             let next = AtomicUsize::new(0);
+            let control = &params.control;
             let worker = || {
                 let mut scratch = SearchScratch::new();
                 let mut work = Work::default();
-                while let Some(&node) = order.get(next.fetch_add(1, Relaxed)) {
+                while !control.cancelled() {
+                    let Some(&node) = order.get(next.fetch_add(1, Relaxed)) else {
+                        break;
+                    };
                     builder.insert(node, &mut scratch, &mut work);
                 }
             };
-            if threads <= 1 {
+            // The calling thread is a worker too: with idle helpers, the build progresses
+            // at its priority whatever else runs.
+            std::thread::scope(|scope| {
+                for _ in 1..threads {
+                    scope.spawn(|| {
+                        if control.helpers == Helpers::Idle {
+                            run_at_idle_priority();
+                        }
+                        worker();
+                    });
+                }
                 worker();
-            } else {
-                std::thread::scope(|scope| {
-                    for _ in 0..threads {
-                        scope.spawn(worker);
+            });
+            if control.cancelled() {
+                return Err(IndexError::Cancelled);
+            }
+            if threads > 1 {
+                // Concurrent insertions do not see one another: two neighbours inserted at
+                // once can each link only to older nodes, and a later pruning can then drop
+                // the one link into a node. Every node the entry point cannot reach on
+                // layer 0 is inserted again, on this thread, until none is left (or a few
+                // rounds have passed). Degenerate data can still lose: on points on a line
+                // a parallel graph misses about one point in a thousand where a single
+                // thread misses none (shard/tests/collinear.rs), so one thread stays the
+                // shard's default.
+                let mut scratch = SearchScratch::new();
+                let mut work = Work::default();
+                for _ in 0..REPAIR_ROUNDS_MAX {
+                    let (entry, _) = *lock(&builder.entry);
+                    let reached = builder.reachable_from(entry);
+                    let stranded: Vec<u32> = (0..count as u32)
+                        .filter(|&node| !reached.contains(node))
+                        .collect();
+                    if stranded.is_empty() {
+                        break;
                     }
-                });
+                    for node in stranded {
+                        builder.insert(node, &mut scratch, &mut work);
+                    }
+                }
             }
             let (entry, top_level) = *lock(&builder.entry);
             let into_store = |links: Vec<AtomicU32>| {
@@ -760,4 +850,13 @@ impl Hnsw {
             kernels,
         })
     }
+}
+
+/// Moves the calling thread to `SCHED_IDLE`. A failure (a kernel or sandbox that refuses)
+/// leaves it at its priority: the build is then only less polite, never wrong.
+fn run_at_idle_priority() {
+    let parameters = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's (pid 0) policy from a live sched_param; the result
+    // is deliberately ignored (see above).
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &parameters) };
 }

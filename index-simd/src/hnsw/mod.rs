@@ -31,7 +31,7 @@ use crate::metric::Metric;
 use crate::quantize::ScalarQuantizer;
 use crate::store::Store;
 
-pub use build::{BuildParams, Quantization, Seed};
+pub use build::{BuildControl, BuildParams, Helpers, Quantization, Seed};
 pub use compact::Compacted;
 pub use file::{FileError, FILE_MAGIC, FILE_VERSION};
 pub use search::{Neighbor, Scored, SearchParams, SearchScratch};
@@ -72,6 +72,9 @@ pub enum IndexError {
         /// The row of the vector (0 for a query).
         row: usize,
     },
+    /// The build was cancelled ([`BuildControl::cancel`](build::BuildControl::cancel)).
+    #[error("the build was cancelled")]
+    Cancelled,
     /// A node id is not in the index.
     #[error("node {node} is not in the index ({count} nodes)")]
     NoSuchNode {

@@ -46,6 +46,7 @@ fn options() -> ShardOptions {
             scrub_bytes_per_second: 0,
             ..StoreOptions::default()
         },
+        ..ShardOptions::default()
     }
 }
 

@@ -1,0 +1,105 @@
+//! Index builds that use the idle cores and can be stopped: a close during a long merge
+//! cancels its graph build instead of waiting for it, and loses nothing (the merge is
+//! abandoned; its inputs and the WAL still hold every point).
+
+use vortex_shard::{SearchRequest, Shard, ShardOptions};
+use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
+
+const DIM: usize = 48;
+const SEED: u64 = 0x0B0D_1E5E_ED5E_ED00;
+
+/// A deterministic vector for `id` (SplitMix64 per component).
+fn vector(id: u64) -> Vec<f32> {
+    (0..DIM as u64)
+        .map(|d| {
+            let mut z = SEED ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (d << 48);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
+fn upsert(shard: &mut Shard, ids: std::ops::Range<u64>) {
+    let ids: Vec<u64> = ids.collect();
+    for chunk in ids.chunks(500) {
+        let vectors: Vec<f32> = chunk.iter().flat_map(|&id| vector(id)).collect();
+        let sequence = shard.upsert("docs", chunk, &vectors, &[]).unwrap();
+        while shard
+            .poll(Some(std::time::Duration::from_millis(1)))
+            .unwrap()
+            < sequence
+        {}
+    }
+}
+
+fn finds_itself(shard: &Shard, id: u64) -> bool {
+    let query = vector(id);
+    shard
+        .search(&SearchRequest {
+            collection: "docs",
+            vector: &query,
+            k: 1,
+            ef: 64,
+            filter: None,
+            with_payload: false,
+        })
+        .unwrap()
+        .first()
+        .is_some_and(|hit| hit.id == id)
+}
+
+#[test]
+fn a_close_during_a_merge_cancels_its_build_and_loses_nothing() {
+    eprintln!("seed {SEED:#x}");
+    let dir = tempfile::tempdir().unwrap();
+    // One build thread: the merge below takes seconds, far longer than the close needs.
+    let options = || {
+        let mut options = ShardOptions {
+            index_build_threads: 1,
+            ..ShardOptions::default()
+        };
+        // The two flushed segments stay apart until the merge asked for below.
+        options.store.l0_compaction_trigger = 8;
+        options
+    };
+    let (mut shard, _) = Shard::open(dir.path(), options()).unwrap();
+    shard
+        .create_collection(CollectionSpec {
+            name: "docs".into(),
+            dimension: DIM as u32,
+            metric: Metric::L2,
+            m: 24,
+            ef_construction: 300,
+            vector_type: VectorType::F32,
+        })
+        .unwrap();
+    // Segments of 12,000 points (the MemTable flushes on its own too), then a merge of all
+    // in the background (its graph is seeded from the largest and inserts the others).
+    upsert(&mut shard, 0..6_000);
+    shard.flush().unwrap();
+    upsert(&mut shard, 6_000..12_000);
+    shard.flush().unwrap();
+    shard.wait_idle().unwrap();
+    assert!(shard.stats().segments >= 2);
+    assert!(shard.compact_all_soon().unwrap(), "the merge started");
+    let report = shard.close().unwrap();
+    assert_eq!(
+        report.builds_cancelled, 1,
+        "the merge's build was cancelled"
+    );
+
+    let (mut shard, _) = Shard::open(dir.path(), options()).unwrap();
+    assert_eq!(shard.describe_collection("docs").unwrap().points, 12_000);
+    for id in (0..12_000).step_by(997) {
+        assert!(finds_itself(&shard, id), "point {id}");
+    }
+    // The merge runs again, to the end, with every point.
+    shard.compact_all().unwrap();
+    assert_eq!(shard.stats().segments, 1);
+    assert_eq!(shard.describe_collection("docs").unwrap().points, 12_000);
+    for id in (0..12_000).step_by(997) {
+        assert!(finds_itself(&shard, id), "point {id} after the merge");
+    }
+    assert_eq!(shard.close().unwrap().builds_cancelled, 0);
+}
