@@ -355,7 +355,10 @@ fn a_scattered_write_is_applied_on_every_owner_or_on_none() {
         if last == u64::MAX {
             // Every batch of this writer was THROTTLED (a busy machine can do that to one
             // writer of six): then none of them may have been applied, even in part.
-            assert!(points.is_empty(), "writer {writer}: a refused batch was applied");
+            assert!(
+                points.is_empty(),
+                "writer {writer}: a refused batch was applied"
+            );
             continue;
         }
         assert_eq!(points.len(), 12);

@@ -32,11 +32,21 @@ fn misses(shard: &Shard, count: u64) -> Vec<(u64, u64)> {
     wrong
 }
 
-fn run(batch: u64, memtable: usize, count: u64) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut options = ShardOptions::default();
+/// A shard (in `dir`) holding the points `0..count` of the line, written in batches of
+/// `batch` through a MemTable of `memtable` entries, with `build_threads` per graph build.
+fn loaded(
+    dir: &std::path::Path,
+    batch: u64,
+    memtable: usize,
+    count: u64,
+    build_threads: usize,
+) -> Shard {
+    let mut options = ShardOptions {
+        index_build_threads: build_threads,
+        ..ShardOptions::default()
+    };
     options.store.memtable_entries_max = memtable;
-    let (mut shard, _) = Shard::open(dir.path(), options).unwrap();
+    let (mut shard, _) = Shard::open(dir, options).unwrap();
     shard
         .create_collection(CollectionSpec {
             name: "line".into(),
@@ -51,22 +61,23 @@ fn run(batch: u64, memtable: usize, count: u64) {
     while start < count {
         let ids: Vec<u64> = (start..(start + batch).min(count)).collect();
         let vectors: Vec<f32> = ids.iter().flat_map(|&id| vector(id)).collect();
-        loop {
-            match shard.upsert("line", &ids, &vectors, &[]) {
-                Ok(_) => break,
-                Err(e) if e.is_throttled() => {
-                    shard
-                        .poll(Some(std::time::Duration::from_millis(5)))
-                        .unwrap();
-                }
-                Err(e) => panic!("{e}"),
-            }
+        while let Err(e) = shard.upsert("line", &ids, &vectors, &[]) {
+            assert!(e.is_throttled(), "{e}");
+            shard
+                .poll(Some(std::time::Duration::from_millis(5)))
+                .unwrap();
         }
         shard.sync().unwrap();
         start += batch;
     }
     shard.flush().unwrap();
     shard.wait_idle().unwrap();
+    shard
+}
+
+fn run(batch: u64, memtable: usize, count: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut shard = loaded(dir.path(), batch, memtable, count, 1);
     let before = misses(&shard, count);
     shard.compact_all().unwrap();
     shard.wait_idle().unwrap();
@@ -94,38 +105,10 @@ fn every_point_on_a_line_finds_itself_after_flushes_and_a_merge() {
 /// shard's default stays one thread for this reason.
 #[test]
 fn parallel_builds_find_almost_every_point_on_a_line() {
+    let count = 3000u64;
     for (batch, memtable) in [(100, 200), (37, 300)] {
         let dir = tempfile::tempdir().unwrap();
-        let mut options = ShardOptions {
-            index_build_threads: 3,
-            ..ShardOptions::default()
-        };
-        options.store.memtable_entries_max = memtable;
-        let (mut shard, _) = Shard::open(dir.path(), options).unwrap();
-        shard
-            .create_collection(CollectionSpec {
-                name: "line".into(),
-                dimension: DIM as u32,
-                metric: Metric::L2,
-                m: 8,
-                ef_construction: 64,
-                vector_type: VectorType::F32,
-            })
-            .unwrap();
-        let count = 3000u64;
-        let mut start = 0;
-        while start < count {
-            let ids: Vec<u64> = (start..(start + batch).min(count)).collect();
-            let vectors: Vec<f32> = ids.iter().flat_map(|&id| vector(id)).collect();
-            while let Err(e) = shard.upsert("line", &ids, &vectors, &[]) {
-                assert!(e.is_throttled(), "{e}");
-                shard
-                    .poll(Some(std::time::Duration::from_millis(5)))
-                    .unwrap();
-            }
-            shard.sync().unwrap();
-            start += batch;
-        }
+        let mut shard = loaded(dir.path(), batch, memtable, count, 3);
         shard.compact_all().unwrap();
         shard.wait_idle().unwrap();
         let wrong = misses(&shard, count);

@@ -421,6 +421,23 @@ fn the_demo_keeps_its_data_where_asked_and_runs_again_over_it() {
     }
 }
 
+/// Writes a one-LEU config at `config` with `data` as its data directory, and runs
+/// `vortexctl doctor` on it.
+fn doctor_on(config: &Path, data: &Path) -> Output {
+    std::fs::write(
+        config,
+        format!(
+            "[storage]\ndata_dir = \"{}\"\n[leu]\ncount = 1\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_vortexctl"))
+        .args(["doctor", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
 /// `doctor` checks the host and prints a verdict per check, each with its fix when not a
 /// pass; exit 0 unless something fails.
 #[test]
@@ -428,18 +445,7 @@ fn doctor_prints_a_verdict_for_every_check() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vortex.toml");
     let data = dir.path().join("not").join("yet");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\ndata_dir = \"{}\"\n[leu]\ncount = 1\n",
-            data.display()
-        ),
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_vortexctl"))
-        .args(["doctor", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output = doctor_on(&config, &data);
     let all = text(&output);
     assert!(!dir.path().join("not").exists(), "doctor creates nothing");
     assert!(all.contains("not created yet; probed"), "{all}");
@@ -489,18 +495,7 @@ fn doctor_prints_a_verdict_for_every_check() {
     let held = dir.path().join("held");
     std::fs::create_dir(&held).unwrap();
     let _lock = vortex_storage::DirLock::acquire(&held).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\ndata_dir = \"{}\"\n[leu]\ncount = 1\n",
-            held.display()
-        ),
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_vortexctl"))
-        .args(["doctor", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output = doctor_on(&config, &held);
     let all = text(&output);
     assert_eq!(output.status.code(), Some(1), "{all}");
     assert!(
