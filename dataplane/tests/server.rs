@@ -939,6 +939,15 @@ fn the_gate_opens_only_once_the_leu_is_set_up_and_a_closed_gate_serves_nobody() 
     let (shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
+    // A client already waiting in the listener's backlog, with a ping sent.
+    let mut early = TcpStream::connect(address).unwrap();
+    early
+        .write_all(
+            &vortex_vbp::codec::Request::Ping(vortex_vbp::message::Ping { nonce: 7 })
+                .encode(1)
+                .unwrap(),
+        )
+        .unwrap();
     let report = serve_gated(
         vec![listener],
         shard,
@@ -950,6 +959,16 @@ fn the_gate_opens_only_once_the_leu_is_set_up_and_a_closed_gate_serves_nobody() 
     .unwrap();
     assert_eq!(gate_calls.get(), 1);
     assert_eq!(report.accepted, 0);
+    assert_eq!(report.answered, 0);
+    // The waiting client is never answered: its connection ends with no byte.
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = [0u8; 64];
+    assert!(
+        matches!(early.read(&mut answer), Ok(0) | Err(_)),
+        "a closed gate answered"
+    );
     assert!(
         TcpStream::connect(address).is_err(),
         "the listener is closed"

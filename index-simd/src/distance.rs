@@ -841,7 +841,8 @@ mod avx512 {
     fn dot_i8_avx512(a: &[i8], b: &[i8]) -> i32 {
         let length = a.len().min(b.len());
         // Each `madd` lane adds two products of at most 2^14 a step: 2^15, so an i32 lane
-        // holds 2^16 steps (two million dimensions) without overflow.
+        // holds just under 2^16 steps (two million dimensions) without overflow; the sum
+        // itself stays within i32 up to 131,071 dimensions, twice VBP's 65,536.
         let mut sums = [_mm512_setzero_si512(); 2];
         let mut offset = 0;
         while offset + 64 <= length {

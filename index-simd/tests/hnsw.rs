@@ -161,13 +161,37 @@ fn one_thread_builds_the_same_graph_every_time_and_two_threads_keep_recall() {
 fn links_are_bounded_valid_and_free_of_self_loops() {
     let (count, dim) = (2000, 8);
     let data = clustered(count, dim, 5, SEED, Metric::L2);
-    let index = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
+    let single = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
+    // A parallel build, repair pass included, keeps the same invariants.
+    let parallel = BuildParams {
+        threads: 3,
+        control: BuildControl {
+            cancel: None,
+            helpers: Helpers::Idle,
+        },
+        ..params(Metric::L2)
+    };
+    let parallel = Hnsw::build(dim, &data, None, &parallel).unwrap();
+    for index in [single, parallel] {
+        check_links(&index, count);
+    }
+}
+
+fn check_links(index: &Hnsw, count: usize) {
     for node in 0..count as u32 {
         for layer in 0..=index.level_of(node).unwrap() {
             let neighbors = index.neighbors_of(node, layer).unwrap();
             let max = if layer == 0 { 2 * index.m() } else { index.m() };
             assert!(neighbors.len() <= max);
             assert!(!neighbors.contains(&node), "node {node} links to itself");
+            let mut distinct = neighbors.to_vec();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(
+                distinct.len(),
+                neighbors.len(),
+                "node {node} links twice to one"
+            );
             for &neighbor in neighbors {
                 assert!(index.level_of(neighbor).unwrap() >= layer);
             }
@@ -605,13 +629,14 @@ fn a_build_seeded_from_an_earlier_graph_keeps_recall_and_carries_its_links() {
 }
 
 /// Issue #22: a parallel build whose helpers run at idle priority keeps the recall of a
-/// single-thread build of the same data (within 0.005 at the same, small beam width, averaged over
-/// three parallel builds against the deterministic one).
+/// single-thread build of the same data: no more than 0.005 below it at the same, small
+/// beam width (the mean of three parallel builds, each a different graph, against the
+/// deterministic one, over 1,000 queries).
 #[test]
 fn parallel_builds_with_idle_helpers_keep_the_single_thread_recall() {
     eprintln!("seed {SEED:#x}");
     let (count, dim) = (8000, 24);
-    let (data, queries) = clustered_split(count, 500, dim, 40, SEED ^ 7, Metric::L2);
+    let (data, queries) = clustered_split(count, 1000, dim, 40, SEED ^ 7, Metric::L2);
     let search = search_params(12);
     let single = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
     let single_recall = mean_recall(&single, &data, &queries, &search, &|_| true, None);
@@ -635,7 +660,7 @@ fn parallel_builds_with_idle_helpers_keep_the_single_thread_recall() {
         "recall@10 at ef 12: one thread {single_recall:.4}, three (mean of 3) {parallel_recall:.4}"
     );
     assert!(
-        (single_recall - parallel_recall).abs() <= 0.005,
+        parallel_recall >= single_recall - 0.005,
         "one thread {single_recall:.4}, three {parallel_recall:.4}"
     );
 }
@@ -663,9 +688,14 @@ fn a_cancelled_build_stops_and_says_so() {
             Hnsw::build(dim, &data, None, &build),
             Err(IndexError::Cancelled)
         ));
-        // Cancelled part-way, from another thread.
+        // Cancelled part-way, from another thread: it returns long before the whole build
+        // would have (a build that ignored the flag until its end would take as long).
         let big = clustered(60_000, dim, 10, SEED ^ 3, Metric::L2);
         flag.store(false, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let whole = Hnsw::build(dim, &big, None, &build).unwrap();
+        let whole_took = started.elapsed();
+        assert_eq!(whole.len(), 60_000);
         let stopper = {
             let flag = std::sync::Arc::clone(&flag);
             std::thread::spawn(move || {
@@ -673,11 +703,17 @@ fn a_cancelled_build_stops_and_says_so() {
                 flag.store(true, std::sync::atomic::Ordering::Relaxed);
             })
         };
+        let started = std::time::Instant::now();
         let outcome = Hnsw::build(dim, &big, None, &build);
+        let cancelled_took = started.elapsed();
         stopper.join().unwrap();
         assert!(
             matches!(outcome, Err(IndexError::Cancelled)),
             "{threads} thread(s)"
+        );
+        assert!(
+            cancelled_took < whole_took / 2,
+            "{threads} thread(s): cancelled after {cancelled_took:?}, a whole build {whole_took:?}"
         );
     }
 }

@@ -36,12 +36,18 @@ fn replay<T>(kind: &str, target: &str, run: fn(&[u8]) -> T) -> usize {
 #[test]
 fn seeds_are_in_the_corpus() {
     if std::env::var("VORTEX_SIMD_LEVEL").as_deref() != Ok("scalar") {
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "seeds_are_in_the_corpus", "--test-threads", "1"])
             .env("VORTEX_SIMD_LEVEL", "scalar")
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "the seeds at the scalar level: {status}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "the seeds at the scalar level: {}\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
         return;
     }
     let write = std::env::var_os("VORTEX_WRITE_SEEDS").is_some();

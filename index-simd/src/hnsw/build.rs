@@ -13,9 +13,11 @@
 //! vectors and the parameters: a build is deterministic for a seed.
 //!
 //! With more, the calling thread is one of the workers and the others are helpers; with
-//! [`Helpers::Idle`] the helpers run under `SCHED_IDLE`, so the kernel gives them only CPU
-//! time nothing else wants: a build then uses every idle core, always makes progress on the
-//! calling thread, and gives way to foreground work (the LEUs) at once. A build can be
+//! [`Helpers::Idle`] the helpers run under `SCHED_IDLE` on any CPU the process may use, so
+//! the kernel gives them only CPU time nothing else wants: a build then uses the idle cores
+//! and gives way to foreground work (the LEUs) at once. Caveat: idle priority has no
+//! inheritance, so a helper preempted while it holds a node's lock (or the entry lock, for
+//! a node above the top level) stalls the workers that need that lock until it runs again. A build can be
 //! cancelled ([`BuildControl::cancel`]): the workers stop claiming nodes and it returns
 //! [`IndexError::Cancelled`].
 
@@ -61,8 +63,10 @@ pub enum Helpers {
 /// What a running build answers to: a cancel flag, and how its helpers are scheduled.
 #[derive(Debug, Clone, Default)]
 pub struct BuildControl {
-    /// Set it to stop the build: the workers stop claiming nodes within one insertion
-    /// each, and the build returns [`IndexError::Cancelled`].
+    /// Set it to stop the build: in the insertion phase (nearly all of a build) the workers
+    /// stop claiming nodes, each within the insertion it is in, and the build returns
+    /// [`IndexError::Cancelled`]. The short phases before and after (quantizer training,
+    /// carrying a seed graph, the repair pass) do not look at it.
     pub cancel: Option<Arc<AtomicBool>>,
     /// How the helper threads run.
     pub helpers: Helpers,
@@ -772,12 +776,16 @@ impl Hnsw {
             // at its priority whatever else runs.
             std::thread::scope(|scope| {
                 for _ in 1..threads {
-                    scope.spawn(|| {
-                        if control.helpers == Helpers::Idle {
-                            run_at_idle_priority();
-                        }
-                        worker();
-                    });
+                    // A helper the system refuses (a thread limit) is simply not there: the
+                    // others, and this thread, insert its share.
+                    let _ = std::thread::Builder::new()
+                        .name("hnsw-build".to_owned())
+                        .spawn_scoped(scope, || {
+                            if control.helpers == Helpers::Idle {
+                                run_at_idle_priority();
+                            }
+                            worker();
+                        });
                 }
                 worker();
             });
@@ -852,9 +860,21 @@ impl Hnsw {
     }
 }
 
-/// Moves the calling thread to `SCHED_IDLE`. A failure (a kernel or sandbox that refuses)
-/// leaves it at its priority: the build is then only less polite, never wrong.
+/// Moves the calling thread to `SCHED_IDLE`, on any CPU the process may use (a helper spawned
+/// by a pinned thread, an LEU's, would otherwise inherit its one CPU and never find an idle
+/// one). A failure (a kernel or sandbox that refuses) leaves it as it was: the build is then
+/// only less polite or less parallel, never wrong.
 fn run_at_idle_priority() {
+    // SAFETY: an all-zero cpu_set_t is an empty set; sched_getaffinity fills it for the
+    // process's main thread (pid = the process id) and sched_setaffinity reads it for this
+    // thread (0); both take the set's size.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(libc::getpid(), size, &mut allowed) == 0 {
+            let _ = libc::sched_setaffinity(0, size, &allowed);
+        }
+    }
     let parameters = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets the calling thread's (pid 0) policy from a live sched_param; the result
     // is deliberately ignored (see above).
