@@ -14,7 +14,6 @@
 use aligned_vec::{AVec, ConstAlign};
 use std::fs::File;
 use std::ops::Deref;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 /// The alignment of every array: a cache line, and a whole AVX-512 register.
@@ -39,59 +38,29 @@ unsafe impl Plain for u64 {}
 // SAFETY: as above.
 unsafe impl Plain for f32 {}
 
-/// A read-only mapping of a whole file.
+/// A read-only mapping of a whole file (`memmap2`, private and read-only).
 #[derive(Debug)]
 pub struct Mapping {
-    address: *mut libc::c_void,
-    length: usize,
+    map: memmap2::Mmap,
 }
-
-// SAFETY: the mapping is read-only and private; nothing writes through it, so shared access
-// from any thread is sound.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps all of `file` read-only. An empty file cannot be mapped.
     pub fn of(file: &File) -> std::io::Result<Mapping> {
-        let length = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::other("file larger than the address space"))?;
-        if length == 0 {
+        if file.metadata()?.len() == 0 {
             return Err(std::io::Error::other("empty file"));
         }
-        // SAFETY: a fresh private read-only mapping of a file we hold open; the kernel picks
-        // the address. Failure is reported as MAP_FAILED and checked below.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                length,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapping { address, length })
+        // SAFETY: a private read-only mapping. The files mapped here (SSTables and side-car
+        // indexes) are written once, synced and renamed into place before they are mapped,
+        // and never written again (a replaced file is a new file; an unlinked one stays
+        // readable while mapped), so the bytes do not change under the mapping.
+        let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(file)? };
+        Ok(Mapping { map })
     }
 
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `address` is a live mapping of `length` readable bytes until `drop`.
-        unsafe { std::slice::from_raw_parts(self.address.cast::<u8>(), self.length) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region `of` mapped; no view outlives `self` (views hold
-        // an `Arc<Mapping>`).
-        unsafe {
-            libc::munmap(self.address, self.length);
-        }
+        &self.map
     }
 }
 
@@ -143,7 +112,7 @@ impl<T: Plain> Store<T> {
         let size = length.checked_mul(size_of::<T>())?;
         let end = offset_bytes.checked_add(size)?;
         let address = mapping.bytes().as_ptr() as usize + offset_bytes;
-        (end <= mapping.length && address.is_multiple_of(align_of::<T>())).then(|| Store {
+        (end <= mapping.bytes().len() && address.is_multiple_of(align_of::<T>())).then(|| Store {
             inner: Inner::Mapped {
                 mapping: Arc::clone(mapping),
                 offset_bytes,
