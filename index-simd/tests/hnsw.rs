@@ -717,3 +717,47 @@ fn a_cancelled_build_stops_and_says_so() {
         );
     }
 }
+
+/// The repair pass after a parallel build: on points on a line (where concurrent insertions
+/// strand nodes most easily) every node is reachable on layer 0 from the top layer's nodes,
+/// where every search's descent ends up.
+#[test]
+fn a_parallel_build_leaves_no_node_unreachable_on_a_line() {
+    let (count, dim) = (3000u32, 8);
+    let data: Vec<f32> = (0..count)
+        .flat_map(|id| (0..dim).map(move |d| id as f32 + d as f32 * 0.001))
+        .collect();
+    let parallel = BuildParams {
+        m: 8,
+        ef_construction: 64,
+        threads: 3,
+        control: BuildControl {
+            cancel: None,
+            helpers: Helpers::Idle,
+        },
+        ..params(Metric::L2)
+    };
+    for round in 0..3 {
+        let index = Hnsw::build(dim, &data, None, &parallel).unwrap();
+        let top = (0..count)
+            .filter_map(|node| index.level_of(node))
+            .max()
+            .unwrap();
+        let mut reached = vec![false; count as usize];
+        let mut queue: Vec<u32> = (0..count)
+            .filter(|&node| index.level_of(node) == Some(top))
+            .collect();
+        for &node in &queue {
+            reached[node as usize] = true;
+        }
+        while let Some(node) = queue.pop() {
+            for &next in index.neighbors_of(node, 0).unwrap() {
+                if !std::mem::replace(&mut reached[next as usize], true) {
+                    queue.push(next);
+                }
+            }
+        }
+        let stranded: Vec<u32> = (0..count).filter(|&n| !reached[n as usize]).collect();
+        assert!(stranded.is_empty(), "round {round}: stranded {stranded:?}");
+    }
+}

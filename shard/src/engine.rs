@@ -65,7 +65,7 @@ pub struct ShardOptions {
     /// idle priority (they run only on CPU time the LEUs leave). The default, one, builds a
     /// graph that is a pure function of its table; more build a big merge that many times
     /// faster on idle cores, with the recall of one on ordinary data but not on degenerate
-    /// data (points on a line lose about one in a thousand: `tests/collinear.rs`).
+    /// data (on 3,000 points on a line, parallel graphs missed from none to 31 of them).
     pub index_build_threads: usize,
 }
 

@@ -98,25 +98,3 @@ fn every_point_on_a_line_finds_itself_after_flushes_and_a_merge() {
     run(100, 500, 3000);
     run(37, 300, 3000);
 }
-
-/// The same with parallel builds (three threads, two of them idle-priority helpers, and the
-/// repair pass): a parallel graph may miss a point or two of a line, where one thread misses
-/// none. Bounded here at 1 %, so that a regression that strands whole runs fails; the
-/// shard's default stays one thread for this reason.
-#[test]
-fn parallel_builds_find_almost_every_point_on_a_line() {
-    let count = 3000u64;
-    for (batch, memtable) in [(100, 200), (37, 300)] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut shard = loaded(dir.path(), batch, memtable, count, 3);
-        shard.compact_all().unwrap();
-        shard.wait_idle().unwrap();
-        let wrong = misses(&shard, count);
-        println!("batch {batch} memtable {memtable}, 3 build threads: misses {wrong:?}");
-        assert!(
-            wrong.len() <= count as usize / 100,
-            "{} misses",
-            wrong.len()
-        );
-    }
-}

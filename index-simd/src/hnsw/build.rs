@@ -797,10 +797,11 @@ impl Hnsw {
                 // once can each link only to older nodes, and a later pruning can then drop
                 // the one link into a node. Every node the entry point cannot reach on
                 // layer 0 is inserted again, on this thread, until none is left (or a few
-                // rounds have passed). Degenerate data can still lose: on points on a line
-                // a parallel graph misses about one point in a thousand where a single
-                // thread misses none (shard/tests/collinear.rs), so one thread stays the
-                // shard's default.
+                // rounds have passed). Degenerate data can still lose: on 3,000 points on a
+                // line, parallel graphs here missed from none to 31 points in searches
+                // (more when the helpers get CPU time in bursts), where a single thread
+                // misses none (shard/tests/collinear.rs), so one thread stays the shard's
+                // default.
                 let mut scratch = SearchScratch::new();
                 let mut work = Work::default();
                 for _ in 0..REPAIR_ROUNDS_MAX {
