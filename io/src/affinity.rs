@@ -25,6 +25,26 @@ pub fn pin_current_thread(cpu: u32) -> io::Result<()> {
     }
 }
 
+/// Lets the calling thread run on every CPU the process may use (the main thread's set):
+/// for threads that a pinned LEU spawns for background work (flushes, merges, the
+/// scrubber), which would otherwise inherit the LEU's one CPU and compete with it there
+/// while other cores sit idle.
+pub fn unpin_current_thread() -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is an empty set; sched_getaffinity fills it for the
+    // process's main thread (pid = the process id), sched_setaffinity reads it for this
+    // thread (0); both are given the set's size.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(libc::getpid(), size, &mut allowed) != 0
+            || libc::sched_setaffinity(0, size, &allowed) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The kernel's id of the calling thread (what `/proc/self/task/` lists).
 pub fn current_thread_id() -> u32 {
     // SAFETY: gettid has no preconditions and cannot fail.

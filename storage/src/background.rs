@@ -47,15 +47,20 @@ impl BackgroundPool {
             let receiver = Arc::clone(&receiver);
             let worker = std::thread::Builder::new()
                 .name(format!("{name}-{index}"))
-                .spawn(move || loop {
-                    // Hold the lock only to take a job, never while running one.
-                    let job = match receiver.lock() {
-                        Ok(receiver) => receiver.recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return, // the pool was dropped and the queue drained
+                .spawn(move || {
+                    // Spawned by a pinned LEU, a worker would share its one CPU: it may
+                    // run anywhere the process may (a failure leaves it where it is).
+                    let _ = vortex_io::affinity::unpin_current_thread();
+                    loop {
+                        // Hold the lock only to take a job, never while running one.
+                        let job = match receiver.lock() {
+                            Ok(receiver) => receiver.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // the pool was dropped and the queue drained
+                        }
                     }
                 })?;
             workers.push(worker);
@@ -146,6 +151,28 @@ mod tests {
     use std::sync::Barrier;
 
     const MIB: u64 = 1 << 20;
+
+    /// A pool made by a pinned thread (an LEU) does not run its jobs on that one CPU only:
+    /// the workers may use every CPU the process may.
+    #[test]
+    fn workers_of_a_pinned_thread_run_on_every_cpu_the_process_may_use() {
+        let process = vortex_io::affinity::allowed_cpus_of_thread(std::process::id()).unwrap();
+        let first = process.iter().next().unwrap();
+        let worker_cpus = std::thread::spawn(move || {
+            vortex_io::affinity::pin_current_thread(first).unwrap();
+            let pool = BackgroundPool::new("test-unpinned", 1, 1).unwrap();
+            let (sender, receiver) = mpsc::channel();
+            pool.try_submit(Box::new(move || {
+                let tid = vortex_io::affinity::current_thread_id();
+                let _ = sender.send(vortex_io::affinity::allowed_cpus_of_thread(tid).unwrap());
+            }))
+            .unwrap();
+            receiver.recv().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(worker_cpus, process, "the worker kept its spawner's pin");
+    }
 
     #[test]
     fn the_rate_holds_over_a_long_run_with_one_second_of_burst() {

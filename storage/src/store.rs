@@ -624,7 +624,11 @@ impl<E: Env> Store<E> {
             Some(
                 std::thread::Builder::new()
                     .name("vortex-scrub".into())
-                    .spawn(move || scrub_loop(&shared, rate, interval))
+                    .spawn(move || {
+                        // As the pool's workers: not on the LEU's one CPU.
+                        let _ = vortex_io::affinity::unpin_current_thread();
+                        scrub_loop(&shared, rate, interval)
+                    })
                     .map_err(io_error("spawn", dir))?,
             )
         } else {
