@@ -25,6 +25,18 @@ fn params(metric: Metric) -> BuildParams {
     }
 }
 
+/// Three build threads, two of them idle-priority helpers.
+fn parallel_params() -> BuildParams {
+    BuildParams {
+        threads: 3,
+        control: BuildControl {
+            cancel: None,
+            helpers: Helpers::Idle,
+        },
+        ..params(Metric::L2)
+    }
+}
+
 /// Mean recall@10 of `queries` against the exact answer over the nodes `allowed` admits.
 fn mean_recall(
     index: &Hnsw,
@@ -163,14 +175,7 @@ fn links_are_bounded_valid_and_free_of_self_loops() {
     let data = clustered(count, dim, 5, SEED, Metric::L2);
     let single = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
     // A parallel build, repair pass included, keeps the same invariants.
-    let parallel = BuildParams {
-        threads: 3,
-        control: BuildControl {
-            cancel: None,
-            helpers: Helpers::Idle,
-        },
-        ..params(Metric::L2)
-    };
+    let parallel = parallel_params();
     let parallel = Hnsw::build(dim, &data, None, &parallel).unwrap();
     for index in [single, parallel] {
         check_links(&index, count);
@@ -642,14 +647,7 @@ fn parallel_builds_with_idle_helpers_keep_the_single_thread_recall() {
     let search = search_params(16);
     let single = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
     let single_recall = mean_recall(&single, &data, &queries, &search, &|_| true, None);
-    let parallel = BuildParams {
-        threads: 3,
-        control: BuildControl {
-            cancel: None,
-            helpers: Helpers::Idle,
-        },
-        ..params(Metric::L2)
-    };
+    let parallel = parallel_params();
     let parallel_recall = (0..3)
         .map(|_| {
             let index = Hnsw::build(dim, &data, None, &parallel).unwrap();
@@ -732,12 +730,7 @@ fn a_parallel_build_leaves_no_node_unreachable_on_a_line() {
     let parallel = BuildParams {
         m: 8,
         ef_construction: 64,
-        threads: 3,
-        control: BuildControl {
-            cancel: None,
-            helpers: Helpers::Idle,
-        },
-        ..params(Metric::L2)
+        ..parallel_params()
     };
     for round in 0..3 {
         let index = Hnsw::build(dim, &data, None, &parallel).unwrap();

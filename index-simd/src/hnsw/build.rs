@@ -13,8 +13,8 @@
 //! vectors and the parameters: a build is deterministic for a seed.
 //!
 //! With more, the calling thread is one of the workers and the others are helpers; with
-//! [`Helpers::Idle`] the helpers run under `SCHED_IDLE` on any CPU the process may use, so
-//! the kernel gives them only CPU time nothing else wants: a build then uses the idle cores
+//! [`Helpers::Idle`] the helpers run under `SCHED_IDLE` on the CPUs the calling thread may
+//! use, so the kernel gives them only CPU time nothing else wants: a build then uses the idle cores
 //! and gives way to foreground work (the LEUs) at once. Caveat: idle priority has no
 //! inheritance, so a helper preempted while it holds a node's lock (or the entry lock, for
 //! a node above the top level) stalls the workers that need that lock until it runs again. A build can be
@@ -861,21 +861,11 @@ impl Hnsw {
     }
 }
 
-/// Moves the calling thread to `SCHED_IDLE`, on any CPU the process may use (a helper spawned
-/// by a pinned thread, an LEU's, would otherwise inherit its one CPU and never find an idle
-/// one). A failure (a kernel or sandbox that refuses) leaves it as it was: the build is then
-/// only less polite or less parallel, never wrong.
+/// Moves the calling thread to `SCHED_IDLE`. A helper inherits the CPUs its build's thread
+/// may use (the store's background workers may use every CPU of the process). A failure (a
+/// kernel or sandbox that refuses) leaves it at its priority: the build is then only less
+/// polite, never wrong.
 fn run_at_idle_priority() {
-    // SAFETY: an all-zero cpu_set_t is an empty set; sched_getaffinity fills it for the
-    // process's main thread (pid = the process id) and sched_setaffinity reads it for this
-    // thread (0); both take the set's size.
-    unsafe {
-        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        if libc::sched_getaffinity(libc::getpid(), size, &mut allowed) == 0 {
-            let _ = libc::sched_setaffinity(0, size, &allowed);
-        }
-    }
     let parameters = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets the calling thread's (pid 0) policy from a live sched_param; the result
     // is deliberately ignored (see above).
