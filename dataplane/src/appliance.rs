@@ -33,13 +33,10 @@ pub enum Ports {
 /// A running appliance.
 #[derive(Debug)]
 pub struct Appliance {
-    threads: Vec<JoinHandle<Result<ServeReport, String>>>,
-    stop: Arc<AtomicBool>,
-    address: SocketAddr,
-    leu_ports: Vec<u16>,
+    /// The LEU threads, declared first: dropped (stopped and joined) before the claim and
+    /// the lock below are let go of.
+    running: Running,
     data_dir: PathBuf,
-    /// Per LEU: WAL records replayed, segments, time to ready.
-    details: Vec<String>,
     /// The shared port's claim (none for ephemeral ports).
     _port_claim: Option<PortClaim>,
     /// The data directory's lock, let go of when the appliance is dropped (after `stop`
@@ -52,11 +49,11 @@ impl Drop for Appliance {
     /// stops its LEUs and waits for them before it lets go of the data directory and the
     /// port.
     fn drop(&mut self) {
-        if self.threads.is_empty() {
+        if self.running.threads.is_empty() {
             return;
         }
-        self.stop.store(true, Ordering::Release);
-        for thread in self.threads.drain(..) {
+        self.running.stop.store(true, Ordering::Release);
+        for thread in self.running.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -119,12 +116,8 @@ impl Appliance {
             }
         };
         Ok(Appliance {
-            threads: running.threads,
-            stop: running.stop,
-            address: running.address,
-            leu_ports: running.leu_ports,
+            running,
             data_dir: data_dir.to_owned(),
-            details: running.details,
             _port_claim: port_claim,
             _lock: lock,
         })
@@ -132,40 +125,43 @@ impl Appliance {
 
     /// The shared address (every LEU accepts on it).
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.running.address
     }
 
     /// Each LEU's own port.
     pub fn leu_ports(&self) -> &[u16] {
-        &self.leu_ports
+        &self.running.leu_ports
     }
 
     /// The readiness line: `vortex-dataplane ready: serving VBP on …`.
     pub fn ready_line(&self) -> String {
-        let ports: Vec<String> = self.leu_ports.iter().map(u16::to_string).collect();
+        let ports: Vec<String> = self.running.leu_ports.iter().map(u16::to_string).collect();
         format!(
             "vortex-dataplane ready: serving VBP on {} ({} LEU(s); their own ports {}; data in \
              {}; {})",
-            self.address,
-            self.leu_ports.len(),
+            self.running.address,
+            self.running.leu_ports.len(),
             ports.join(", "),
             self.data_dir.display(),
-            self.details.join("; ")
+            self.running.details.join("; ")
         )
     }
 
     /// Whether an LEU ended on its own (it failed): the appliance should be stopped.
     pub fn failed(&self) -> bool {
-        self.threads.iter().any(JoinHandle::is_finished)
+        self.running.threads.iter().any(JoinHandle::is_finished)
     }
 
     /// Stops every LEU (no more accepts or reads, what was read is answered, WALs synced)
     /// and waits for them.
     pub fn stop(mut self) -> Result<Stopped, String> {
-        self.stop.store(true, Ordering::Release);
+        self.running.stop.store(true, Ordering::Release);
         let mut total = Stopped::default();
         let mut errors = Vec::new();
-        for (leu, thread) in std::mem::take(&mut self.threads).into_iter().enumerate() {
+        for (leu, thread) in std::mem::take(&mut self.running.threads)
+            .into_iter()
+            .enumerate()
+        {
             match thread.join() {
                 Ok(Ok(report)) => {
                     total.accepted += report.accepted;
@@ -184,11 +180,13 @@ impl Appliance {
 }
 
 /// The LEU threads of a started appliance.
+#[derive(Debug)]
 struct Running {
     threads: Vec<JoinHandle<Result<ServeReport, String>>>,
     stop: Arc<AtomicBool>,
     address: SocketAddr,
     leu_ports: Vec<u16>,
+    /// Per LEU: WAL records replayed, segments, time to ready.
     details: Vec<String>,
 }
 

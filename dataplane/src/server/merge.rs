@@ -11,9 +11,19 @@ impl Server {
         if self.merge_turn && self.shard.stats().pending_compactions == 0 {
             self.release_merge_turn();
         }
+        let idle = self.last_write.elapsed();
+        if self
+            .config
+            .idle_flush_after
+            .is_none_or(|after| idle < after)
+        {
+            // Written to recently (the usual case under load): `idle_step` would say nothing,
+            // and the shard's statistics need not be gathered for it.
+            return;
+        }
         let stats = self.shard.stats();
         let view = IdleView {
-            idle: self.last_write.elapsed(),
+            idle,
             since_last_merge: self.last_merge.map(|at| at.elapsed()),
             fresh_points: stats.fresh_points,
             background_pending: stats.index_build_backlog > 0 || stats.pending_compactions > 0,
