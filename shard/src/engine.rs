@@ -25,32 +25,30 @@
 //! **Drop** marks the collection dropped in the catalog (durably), then removes all its
 //! tables in one MANIFEST edit; what the MemTables hold of it is dropped at the next flush.
 
-use crate::catalog::{Catalog, State};
+use crate::catalog::Catalog;
 use crate::error::ShardError;
 use crate::payload;
 use crate::sidecar::{index_metric, Segment, SideCars};
+use crate::view::decode_vector;
+use crate::view::{
+    check_vector, live_collection, PublishedView, SearchRequest, ShardView, ViewSegment,
+};
+pub use crate::view::{BATCH_POINTS_MAX, EF_MAX, K_MAX};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_index::metric::normalize;
-use vortex_index::{Filter, Kernels, NodeSet, SearchParams};
+use vortex_index::{Kernels, NodeSet};
 use vortex_io::RingConfig;
-use vortex_storage::sstable::table::Table;
 use vortex_storage::{
     DirLock, DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats, WalOptions,
     WriteSize,
 };
 use vortex_vbp::message::{CollectionInfo, CollectionSpec, Hit, Payload, PointRecord};
 
-/// Results a search may ask for.
-pub const K_MAX: usize = 10_000;
-/// The largest beam width (the index's).
-pub const EF_MAX: usize = vortex_index::hnsw::EF_MAX;
 /// Bytes of a put's WAL record before its vector: collection, point id, vector length.
 const RECORD_HEADER_BYTES: usize = 4 + 8 + 4;
-/// Ids one get may carry. (Upserts and deletes are limited by the store's batch limit,
-/// `Store::batch_limits`: 4,096 points with a shard's default options.)
-pub const BATCH_POINTS_MAX: usize = 65_536;
 
 /// Fresh points (MemTable entries) a search scans exactly at most, by default: beyond
 /// this the MemTable is flushed into a segment with its own index.
@@ -106,23 +104,6 @@ pub struct ShardOpenReport {
     pub time_to_ready: Duration,
 }
 
-/// A search request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SearchRequest<'a> {
-    /// The collection.
-    pub collection: &'a str,
-    /// The query: the collection's dimension, finite.
-    pub vector: &'a [f32],
-    /// Results wanted (1 to [`K_MAX`]).
-    pub k: usize,
-    /// Beam width (0: `max(k, 64)`).
-    pub ef: usize,
-    /// Only points whose payload matches.
-    pub filter: Option<&'a vortex_vbp::message::Filter>,
-    /// Return each hit's payload.
-    pub with_payload: bool,
-}
-
 /// Shard statistics.
 #[derive(Debug, Clone, Default)]
 pub struct ShardStats {
@@ -157,7 +138,7 @@ pub struct Shard {
     /// after it, so dropped after it) waits for its background jobs.
     _cancel_builds: CancelBuilds,
     store: Store<PosixEnv>,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     sidecars: Arc<SideCars>,
     kernels: &'static Kernels,
     scratch: Vec<u8>,
@@ -165,6 +146,13 @@ pub struct Shard {
     segment_order: Vec<u64>,
     /// The store's version epoch then.
     segment_epoch: Option<u64>,
+    /// Each live table's superseded set (see `refresh_segments`); copied on write, so views
+    /// published earlier keep theirs.
+    superseded: HashMap<u64, Arc<NodeSet>>,
+    /// What reads see (see view.rs), republished after every change.
+    view: PublishedView,
+    /// `dir` shared with the views.
+    shared_dir: Arc<Path>,
     /// This process's hold on `dir`; declared last so that it is let go of after the store
     /// has stopped.
     _lock: DirLock,
@@ -176,73 +164,6 @@ impl std::fmt::Debug for Shard {
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
-}
-
-/// What a segment's search may return: nodes the payload filter allows (when there is one)
-/// whose point's newest version this segment holds.
-struct SegmentFilter<'a> {
-    allowed: Option<&'a NodeSet>,
-    live: &'a dyn Fn(u32) -> bool,
-}
-
-impl Filter for SegmentFilter<'_> {
-    fn allows(&self, node: u32) -> bool {
-        self.allowed.is_none_or(|set| set.contains(node)) && (self.live)(node)
-    }
-
-    /// An upper bound (liveness is found out per node), which is what the search needs to
-    /// choose between an exact scan and a graph walk.
-    fn allowed_count(&self) -> Option<usize> {
-        self.allowed.map(NodeSet::len)
-    }
-
-    /// The allowed set's own walk (not a test of every node), then liveness.
-    fn for_each_allowed(&self, count: u32, visit: &mut dyn FnMut(u32)) {
-        match self.allowed {
-            Some(set) => set.for_each_allowed(count, &mut |node| {
-                if (self.live)(node) {
-                    visit(node)
-                }
-            }),
-            None => (0..count).filter(|&node| self.allows(node)).for_each(visit),
-        }
-    }
-}
-
-fn check_vector(vector: &[f32], dimension: usize, what: &str) -> Result<(), ShardError> {
-    if vector.len() != dimension {
-        return Err(ShardError::Invalid(format!(
-            "{what} has {} components; the collection's dimension is {dimension}",
-            vector.len()
-        )));
-    }
-    if !vector.iter().all(|x| x.is_finite()) {
-        return Err(ShardError::Invalid(format!(
-            "{what} holds a NaN or an infinity"
-        )));
-    }
-    // Below a quarter of f32::MAX, every distance between two accepted vectors is a finite
-    // f32 (|q - x|^2 <= 2|q|^2 + 2|x|^2, |q.x| <= (|q|^2 + |x|^2) / 2), and cosine's
-    // normalisation cannot overflow either.
-    let length_squared: f64 = vector.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-    if length_squared >= LENGTH_SQUARED_MAX {
-        return Err(ShardError::Invalid(format!(
-            "{what} is too long: its squared length {length_squared:.2e} is not below \
-             {LENGTH_SQUARED_MAX:.2e}, and distances to it would overflow to infinity; scale \
-             the vectors down"
-        )));
-    }
-    Ok(())
-}
-
-/// The largest squared length a vector may have (exclusive): a quarter of `f32::MAX`.
-const LENGTH_SQUARED_MAX: f64 = f32::MAX as f64 / 4.0;
-
-fn decode_vector(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 impl Shard {
@@ -275,19 +196,30 @@ impl Shard {
         }
         let tables: Vec<_> = store.tables().into_iter().map(|(_, t)| t).collect();
         let indexes_rebuilt = sidecars.load(&tables)?;
+        let view = PublishedView::new(ShardView::new(
+            Arc::from(dir),
+            Arc::new(catalog.clone()),
+            store.snapshot(),
+            Vec::new(),
+            Kernels::active(),
+        ));
         let mut shard = Shard {
             dir: dir.to_owned(),
             store,
-            catalog,
+            catalog: Arc::new(catalog),
             _cancel_builds: CancelBuilds(Arc::clone(&sidecars)),
             sidecars,
             kernels: Kernels::active(),
             scratch: Vec::new(),
             segment_order: Vec::new(),
             segment_epoch: None,
+            superseded: HashMap::new(),
+            view,
+            shared_dir: Arc::from(dir),
             _lock: lock,
         };
         shard.refresh_segments()?;
+        shard.publish();
         let report = ShardOpenReport {
             replayed: report.replay.records,
             segments: shard.segment_order.len(),
@@ -307,42 +239,36 @@ impl Shard {
 
     /// Creates a collection (durably in the catalog).
     pub fn create_collection(&mut self, spec: CollectionSpec) -> Result<(), ShardError> {
-        let mut catalog = self.catalog.clone();
+        let mut catalog = Catalog::clone(&self.catalog);
         let id = catalog.create(spec.clone())?;
         catalog.save(&self.dir)?;
-        self.catalog = catalog;
+        self.catalog = Arc::new(catalog);
         self.sidecars.set_spec(id, Some(spec));
+        self.publish();
         Ok(())
     }
 
     /// Drops a collection: gone from the catalog at once (durably), its segments removed.
     pub fn drop_collection(&mut self, name: &str) -> Result<(), ShardError> {
-        let mut catalog = self.catalog.clone();
+        let mut catalog = Catalog::clone(&self.catalog);
         let id = catalog.drop_collection(name)?;
         catalog.save(&self.dir)?;
-        self.catalog = catalog;
+        self.catalog = Arc::new(catalog);
         self.sidecars.set_spec(id, None);
         let result = self.store.remove_collection_tables(id);
         self.settle(result).map(|_| ())
     }
 
-    fn collection(&self, name: &str) -> Result<(u32, CollectionSpec), ShardError> {
-        self.catalog
-            .by_name(name)
-            .filter(|c| c.state == State::Live)
-            .map(|c| (c.id, c.spec.clone()))
-            .ok_or_else(|| ShardError::NotFound(name.to_owned()))
-    }
-
     /// Live collections with their live point counts (from the segments and MemTables, no
     /// scan).
     pub fn list_collections(&self) -> Result<Vec<CollectionInfo>, ShardError> {
+        let view = self.view.load();
         self.catalog
             .live()
             .map(|c| {
                 Ok(CollectionInfo {
                     spec: c.spec.clone(),
-                    points: self.count_points(c.id)?,
+                    points: view.count_points(c.id)?,
                 })
             })
             .collect()
@@ -350,50 +276,11 @@ impl Shard {
 
     /// One collection with its live point count.
     pub fn describe_collection(&self, name: &str) -> Result<CollectionInfo, ShardError> {
-        let (id, spec) = self.collection(name)?;
+        let (id, spec) = live_collection(&self.catalog, name)?;
         Ok(CollectionInfo {
             spec,
-            points: self.count_points(id)?,
+            points: self.view.load().count_points(id)?,
         })
-    }
-
-    /// Live points of collection `id`, without reading a table: the MemTables' newest
-    /// versions that are puts, plus, in each segment of the collection, the nodes neither
-    /// superseded nor newer in a MemTable. Bounded by the fresh points and the segment count.
-    fn count_points(&self, id: u32) -> Result<u64, ShardError> {
-        let fresh = self.store.memtable_points(id);
-        let mut count = fresh.iter().filter(|(_, found)| found.is_some()).count() as u64;
-        for (_, table) in self.store.tables() {
-            if table.footer().collection != id {
-                continue;
-            }
-            let segment = self.segment(&table)?;
-            let superseded = segment.superseded.read().map_err(|_| ShardError::Index {
-                table: table.number(),
-                detail: "superseded set poisoned".to_owned(),
-            })?;
-            let newer_fresh = fresh
-                .iter()
-                .filter_map(|(point, _)| segment.node_of(*point))
-                .filter(|&node| !superseded.contains(node))
-                .count();
-            let live = segment
-                .labels
-                .len()
-                .saturating_sub(superseded.len() + newer_fresh);
-            count += live as u64;
-        }
-        Ok(count)
-    }
-
-    /// The search structures of a live table.
-    fn segment(&self, table: &Table) -> Result<Arc<Segment>, ShardError> {
-        self.sidecars
-            .index(table.number())
-            .ok_or_else(|| ShardError::Index {
-                table: table.number(),
-                detail: "no side-car for a live segment".to_owned(),
-            })
     }
 
     /// Upserts a batch: `vectors` holds `ids.len() × dimension` floats, `payloads` is empty
@@ -405,7 +292,7 @@ impl Shard {
         vectors: &[f32],
         payloads: &[Payload],
     ) -> Result<u64, ShardError> {
-        let (id, spec) = self.collection(collection)?;
+        let (id, spec) = live_collection(&self.catalog, collection)?;
         let dimension = spec.dimension as usize;
         let (writes_max, _) = self.store.batch_limits();
         if ids.is_empty() || ids.len() > writes_max {
@@ -503,19 +390,47 @@ impl Shard {
         self.settle(written)
     }
 
-    /// Passes a store result on after bringing the segments' derived state up to date: any
-    /// store call may have published a flush or compaction, whatever it returned.
+    /// Passes a store result on after bringing the segments' derived state up to date and
+    /// publishing the view: any store call may have made writes durable (they are then in
+    /// the MemTable) or published a flush or compaction, whatever it returned.
     fn settle<T>(
         &mut self,
         result: Result<T, vortex_storage::StorageError>,
     ) -> Result<T, ShardError> {
         self.refresh_segments()?;
+        self.publish();
         Ok(result?)
+    }
+
+    /// Publishes what reads see now: the store's snapshot, the live tables with their
+    /// segments and superseded sets, the catalog. Constant time in the points; linear in the
+    /// live tables.
+    fn publish(&mut self) {
+        let store = self.store.snapshot();
+        let segments = store
+            .tables()
+            .map(|table| ViewSegment {
+                table: Arc::clone(table),
+                segment: self.sidecars.index(table.number()),
+                superseded: self
+                    .superseded
+                    .get(&table.number())
+                    .cloned()
+                    .unwrap_or_default(),
+            })
+            .collect();
+        self.view.publish(ShardView::new(
+            Arc::clone(&self.shared_dir),
+            Arc::clone(&self.catalog),
+            store,
+            segments,
+            self.kernels,
+        ));
     }
 
     /// Deletes points; returns the sequence number to wait for.
     pub fn delete(&mut self, collection: &str, ids: &[u64]) -> Result<u64, ShardError> {
-        let (id, _) = self.collection(collection)?;
+        let (id, _) = live_collection(&self.catalog, collection)?;
         let (writes_max, _) = self.store.batch_limits();
         if ids.is_empty() || ids.len() > writes_max {
             return Err(ShardError::Invalid(format!(
@@ -555,184 +470,19 @@ impl Shard {
         with_vectors: bool,
         with_payload: bool,
     ) -> Result<Vec<PointRecord>, ShardError> {
-        let (id, _) = self.collection(collection)?;
-        if ids.len() > BATCH_POINTS_MAX {
-            return Err(ShardError::Invalid(format!(
-                "a get carries at most {BATCH_POINTS_MAX} ids"
-            )));
-        }
-        let mut points = Vec::new();
-        for &point in ids {
-            let key = Key {
-                collection: id,
-                point,
-            };
-            if let Some(found) = self.store.get(&key)? {
-                points.push(PointRecord {
-                    id: point,
-                    vector: if with_vectors {
-                        decode_vector(&found.vector)
-                    } else {
-                        Vec::new()
-                    },
-                    payload: if with_payload {
-                        self.decode_payload(&found.payload)?
-                    } else {
-                        None
-                    },
-                });
-            }
-        }
-        Ok(points)
-    }
-
-    fn decode_payload(&self, bytes: &[u8]) -> Result<Option<Payload>, ShardError> {
-        payload::decode(bytes).map_err(|error| ShardError::Corrupt {
-            path: self.dir.join("store"),
-            detail: error.to_string(),
-        })
+        self.view
+            .load()
+            .get(collection, ids, with_vectors, with_payload)
     }
 
     /// The `k` nearest live points (newest versions only) that match the filter.
     pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<Hit>, ShardError> {
-        debug_assert_eq!(
-            self.segment_epoch,
-            Some(self.store.version_epoch()),
-            "superseded sets out of date"
-        );
-        let (id, spec) = self.collection(request.collection)?;
-        let dimension = spec.dimension as usize;
-        if request.vector.len() != dimension {
-            return Err(ShardError::DimensionMismatch(format!(
-                "the query has {} components; the collection's dimension is {dimension}",
-                request.vector.len()
-            )));
-        }
-        check_vector(request.vector, dimension, "the query")?;
-        if request.k == 0 || request.k > K_MAX {
-            return Err(ShardError::Invalid(format!("k must be 1 to {K_MAX}")));
-        }
-        if request.ef > EF_MAX {
-            return Err(ShardError::Invalid(format!("ef must be at most {EF_MAX}")));
-        }
-        if let Some(filter) = request.filter {
-            payload::validate_filter(filter).map_err(|e| ShardError::Invalid(e.to_string()))?;
-        }
-        let k = request.k;
-        let ef = if request.ef == 0 {
-            k.max(64)
-        } else {
-            request.ef.max(k)
-        };
-        let metric = index_metric(spec.metric);
-        let mut query = request.vector.to_vec();
-        if metric.normalizes() {
-            normalize(&mut query);
-        }
-        let mut candidates: Vec<(f32, u64)> = Vec::new();
+        self.view.load().search(request)
+    }
 
-        // The MemTables: exact, and their versions hide everything older.
-        let fresh = self.store.memtable_points(id);
-        let mut row = Vec::with_capacity(dimension);
-        for (point, found) in &fresh {
-            let Some(found) = found else { continue };
-            if found.vector.len() != dimension * 4 {
-                continue;
-            }
-            if let Some(filter) = request.filter {
-                if !payload::matches(filter, self.decode_payload(&found.payload)?.as_ref()) {
-                    continue;
-                }
-            }
-            // Stored as unit vectors for cosine (see `upsert`).
-            row.clear();
-            row.extend(
-                found
-                    .vector
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
-            candidates.push((metric.distance(self.kernels, &query, &row), *point));
-        }
-
-        // Each segment through its index, admitting only points whose newest version it holds.
-        for (_, table) in self.store.tables() {
-            if table.footer().collection != id {
-                continue;
-            }
-            let number = table.number();
-            let segment = self.segment(&table)?;
-            let Some(index) = segment.graph.as_ref() else {
-                continue; // no vectors: only deletes
-            };
-            // The payload filter, from the segment's payload index: a node set, known before
-            // the walk starts (so a selective filter can pick an exact scan).
-            let allowed = request
-                .filter
-                .map(|filter| segment.payloads.evaluate(filter));
-            if allowed.as_ref().is_some_and(|set| set.is_empty()) {
-                continue;
-            }
-            // Live: no newer version in a segment read before this one, nor in a MemTable.
-            // The superseded set is read under one guard for the whole walk.
-            let superseded = segment.superseded.read().map_err(|_| ShardError::Index {
-                table: number,
-                detail: "superseded set poisoned".to_owned(),
-            })?;
-            let admits = |node: u32| -> bool {
-                !superseded.contains(node)
-                    && (fresh.is_empty()
-                        || segment.labels.get(node as usize).is_some_and(|point| {
-                            fresh.binary_search_by_key(point, |(p, _)| *p).is_err()
-                        }))
-            };
-            let params = SearchParams {
-                k,
-                ef,
-                ..SearchParams::default()
-            };
-            let filter = SegmentFilter {
-                allowed: allowed.as_ref(),
-                live: &admits,
-            };
-            // Nothing to exclude: the unfiltered walk, which skips the per-node test.
-            let everything_live = allowed.is_none() && superseded.is_empty() && fresh.is_empty();
-            let found = if everything_live {
-                index.search(request.vector, params.k, params.ef)
-            } else {
-                index.search_filtered(request.vector, &params, &filter)
-            }
-            .map_err(|error| ShardError::Index {
-                table: number,
-                detail: error.to_string(),
-            })?;
-            drop(superseded);
-            candidates.extend(found.iter().map(|n| (n.distance, n.label)));
-        }
-
-        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        candidates.truncate(k);
-        let mut hits = Vec::with_capacity(candidates.len());
-        for (distance, point) in candidates {
-            let payload = if request.with_payload {
-                let key = Key {
-                    collection: id,
-                    point,
-                };
-                match self.store.get(&key)? {
-                    Some(found) => self.decode_payload(&found.payload)?,
-                    None => None,
-                }
-            } else {
-                None
-            };
-            hits.push(Hit {
-                id: point,
-                distance,
-                payload,
-            });
-        }
-        Ok(hits)
+    /// Where this shard publishes what its reads see, for other LEUs to search.
+    pub fn published(&self) -> &PublishedView {
+        &self.view
     }
 
     /// Flushes the MemTable into a segment (and its index) and waits for it.
@@ -840,19 +590,20 @@ impl Shard {
                     // `other` is newer: it supersedes what `fresh` holds of its points.
                     for (node, point) in fresh.labels.iter().enumerate() {
                         if other.holds(*point) {
-                            fresh.supersede(node as u32);
+                            supersede(&mut self.superseded, fresh, node as u32);
                         }
                     }
                 } else if other_position > position {
                     // `other` is older: `fresh` supersedes what it holds of fresh's points.
                     for point in &fresh.keys {
                         if let Some(node) = other.node_of(*point) {
-                            other.supersede(node);
+                            supersede(&mut self.superseded, other, node);
                         }
                     }
                 }
             }
         }
+        self.superseded.retain(|number, _| order.contains(number));
         self.segment_order = order;
         self.segment_epoch = Some(self.store.version_epoch());
         Ok(())
@@ -928,6 +679,15 @@ impl Shard {
             builds_cancelled: self.sidecars.builds_cancelled(),
         })
     }
+}
+
+/// Records that `node` of `segment` has a newer version elsewhere: in a copy of its set when
+/// a published view still holds the current one.
+fn supersede(sets: &mut HashMap<u64, Arc<NodeSet>>, segment: &Segment, node: u32) {
+    let set = sets
+        .entry(segment.number)
+        .or_insert_with(|| Arc::new(NodeSet::with_capacity(segment.labels.len())));
+    Arc::make_mut(set).insert(node);
 }
 
 /// Cancels a shard's index builds when dropped (see [`Shard`]'s field order).

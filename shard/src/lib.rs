@@ -17,8 +17,8 @@ pub mod error;
 pub mod payload;
 pub mod payload_index;
 pub mod sidecar;
+pub mod view;
 
-pub use engine::{
-    SearchRequest, Shard, ShardCloseReport, ShardOpenReport, ShardOptions, ShardStats,
-};
+pub use engine::{Shard, ShardCloseReport, ShardOpenReport, ShardOptions, ShardStats};
 pub use error::ShardError;
+pub use view::{search_views, PublishedView, SearchRequest, ShardView};

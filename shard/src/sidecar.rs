@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use vortex_index::{
-    vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Mapping, Metric, NodeSet,
+    vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Mapping, Metric,
     Quantization, Seed, Store,
 };
 use vortex_storage::sstable::table::Table;
@@ -64,9 +64,6 @@ pub struct Segment {
     pub labels: Vec<u64>,
     /// Every point id the table holds a version of, tombstones included, ascending.
     pub keys: Vec<u64>,
-    /// Nodes whose point has a newer version in a segment read before this one (kept by
-    /// the shard as segments come and go): never returned by a search.
-    pub superseded: RwLock<NodeSet>,
 }
 
 impl Segment {
@@ -103,13 +100,6 @@ impl Segment {
     /// Whether this segment holds a version (or a tombstone) of `point`.
     pub fn holds(&self, point: u64) -> bool {
         self.keys.binary_search(&point).is_ok()
-    }
-
-    /// Records that `node` has a newer version elsewhere.
-    pub fn supersede(&self, node: u32) {
-        if let Ok(mut superseded) = self.superseded.write() {
-            superseded.insert(node);
-        }
     }
 }
 
@@ -300,7 +290,6 @@ impl SideCars {
         let segment = Segment {
             number: table.number(),
             collection: table.footer().collection,
-            superseded: RwLock::new(NodeSet::with_capacity(contents.labels.len())),
             graph,
             payloads: contents.payloads,
             labels: contents.labels,

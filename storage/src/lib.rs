@@ -37,5 +37,7 @@ pub use lock::{DirLock, LockError};
 pub use manifest::{Edit, Manifest, ManifestState};
 pub use memtable::{Key, Lookup, MemTable, MemTableFull, Point};
 pub use posix::{DirectIo, PosixEnv};
-pub use store::{CompactionHook, Located, Store, StoreHooks, StoreOptions, StoreStats, WriteSize};
+pub use store::{
+    CompactionHook, Located, Snapshot, Store, StoreHooks, StoreOptions, StoreStats, WriteSize,
+};
 pub use wal::{ReplayReport, ReplayedRecord, Wal, WalOptions, WalStats};

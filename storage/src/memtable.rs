@@ -1,8 +1,11 @@
 //! The MemTable: fresh writes of one LEU, in key order, until a flush turns them into an
 //! SSTable (issue #6).
 //!
-//! Thread-per-core: each LEU owns its MemTable and is its only writer and reader, so it is a
-//! plain ordered map with no locking. Keys are `(collection id, point id)`; each holds the
+//! Thread-per-core: each LEU owns its MemTable and is its only writer, so it needs no locking.
+//! Other LEUs read it through snapshots ([`crate::Snapshot`]): the map is a persistent one
+//! (`imbl`'s B-tree with shared nodes), so a snapshot is a clone in constant time, and a
+//! write after it copies only the nodes on its path (values are `Arc`s, so a copied node
+//! does not copy vectors). Keys are `(collection id, point id)`; each holds the
 //! newest version seen: a sequence number and a value or a tombstone. Writes are applied in
 //! WAL order, and replay after a crash may apply a write again; a version older than the one
 //! held is ignored, so applying the log twice changes nothing.
@@ -11,8 +14,9 @@
 //! past twice that it refuses writes ([`MemTableFull`]), which the LEU reports as THROTTLED
 //! until the flush has made room.
 
-use std::collections::BTreeMap;
+use imbl::OrdMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// A point's key: collection first, so a collection's points are contiguous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,8 +50,8 @@ impl Point {
 /// What a key holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
-    /// The point's newest content.
-    Put(Point),
+    /// The point's newest content (shared: MemTable snapshots hold it too).
+    Put(Arc<Point>),
     /// The point was deleted.
     Tombstone,
 }
@@ -86,7 +90,7 @@ pub struct MemTableFull {
 /// One LEU's MemTable.
 #[derive(Debug, Clone)]
 pub struct MemTable {
-    map: BTreeMap<Key, Version>,
+    map: OrdMap<Key, Version>,
     bytes: usize,
     bytes_flush: usize,
     last_sequence: u64,
@@ -97,7 +101,7 @@ impl MemTable {
     /// past twice that.
     pub fn new(bytes_flush: usize) -> Self {
         MemTable {
-            map: BTreeMap::new(),
+            map: OrdMap::new(),
             bytes: 0,
             bytes_flush: bytes_flush.max(1),
             last_sequence: 0,
@@ -106,7 +110,7 @@ impl MemTable {
 
     /// Stores `point` for `key` at `sequence`, unless a newer version is held.
     pub fn put(&mut self, key: Key, sequence: u64, point: Point) -> Result<(), MemTableFull> {
-        self.apply(key, sequence, Value::Put(point))
+        self.apply(key, sequence, Value::Put(Arc::new(point)))
     }
 
     /// Records that `key` was deleted at `sequence`, unless a newer version is held.
@@ -223,6 +227,7 @@ fn entry_bytes(value: &Value) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     fn key(collection: u32, point: u64) -> Key {
         Key { collection, point }
@@ -246,6 +251,37 @@ mod tests {
         assert_eq!(table.get(&key(1, 7)), Lookup::Deleted);
         assert_eq!(table.get(&key(2, 7)), Lookup::Missing);
         assert_eq!(table.last_sequence(), 6);
+    }
+
+    /// A clone is a snapshot: writes to either side afterwards leave the other as it was.
+    #[test]
+    fn a_clone_is_unchanged_by_later_writes() {
+        let mut table = MemTable::new(1 << 20);
+        for point in 0..1000 {
+            table
+                .put(key(1, point), point + 1, with_payload(b"old"))
+                .unwrap();
+        }
+        let snapshot = table.clone();
+        for point in (0..1000).step_by(3) {
+            table
+                .put(key(1, point), 2000 + point, with_payload(b"new"))
+                .unwrap();
+        }
+        table.delete(key(1, 1), 5000).unwrap();
+        table
+            .put(key(1, 5000), 5001, with_payload(b"added"))
+            .unwrap();
+        for point in 0..1000 {
+            assert_eq!(
+                snapshot.get(&key(1, point)),
+                Lookup::Found(&with_payload(b"old"))
+            );
+        }
+        assert_eq!(snapshot.get(&key(1, 5000)), Lookup::Missing);
+        assert_eq!((snapshot.len(), table.len()), (1000, 1001));
+        assert_eq!(table.get(&key(1, 3)), Lookup::Found(&with_payload(b"new")));
+        assert_eq!(table.get(&key(1, 1)), Lookup::Deleted);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! wins and the others are skipped.
 
 use crate::error::StorageError;
-use crate::memtable::{Key, Value, Version};
+use crate::memtable::{Key, Point, Value, Version};
 use crate::sstable::table::Entry;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -20,7 +20,7 @@ pub fn memtable_entry(key: &Key, version: &Version) -> Result<Entry, StorageErro
         key: *key,
         sequence: version.sequence,
         point: match &version.value {
-            Value::Put(point) => Some(point.clone()),
+            Value::Put(point) => Some(Point::clone(point)),
             Value::Tombstone => None,
         },
     })
@@ -112,7 +112,6 @@ impl Iterator for Merge<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memtable::Point;
 
     fn entry(point: u64, sequence: u64, value: Option<u8>) -> Result<Entry, StorageError> {
         Ok(Entry {

@@ -299,7 +299,7 @@ pub struct Located {
 
 fn point_of(value: &Value) -> Option<&Point> {
     match value {
-        Value::Put(point) => Some(point),
+        Value::Put(point) => Some(point.as_ref()),
         Value::Tombstone => None,
     }
 }
@@ -465,7 +465,7 @@ fn decode_record(kind: u8, payload: &[u8]) -> Result<(Key, Value), String> {
                 .get(16..16 + vector_len)
                 .ok_or("put record shorter than its vector")?;
             let point = Point::new(vector, &payload[16 + vector_len..]);
-            Ok((key, Value::Put(point)))
+            Ok((key, Value::Put(Arc::new(point))))
         }
         RECORD_DELETE if payload.len() == 12 => {
             Ok((key_of(payload).ok_or("bad delete")?, Value::Tombstone))
@@ -517,6 +517,127 @@ impl WriteSize {
                 } => vector_bytes + payload_bytes,
                 WriteSize::Delete => 0,
             }
+    }
+}
+
+/// The read path over borrowed state: a store's own, or a snapshot's.
+struct Reader<'a> {
+    memtable: &'a MemTable,
+    frozen: Option<&'a MemTable>,
+    version: &'a Version,
+}
+
+impl<'a> Reader<'a> {
+    /// Where the newest version of `key` is: `None` when no version is held anywhere.
+    fn locate(&self, key: &Key) -> Result<Option<Located>, StorageError> {
+        for memtable in std::iter::once(self.memtable).chain(self.frozen) {
+            match memtable.get(key) {
+                Lookup::Found(point) => {
+                    return Ok(Some(Located {
+                        table: None,
+                        point: Some(point.clone()),
+                    }))
+                }
+                Lookup::Deleted => {
+                    return Ok(Some(Located {
+                        table: None,
+                        point: None,
+                    }))
+                }
+                Lookup::Missing => {}
+            }
+        }
+        let found = |table: &Arc<Table>| -> Result<Option<Located>, StorageError> {
+            Ok(table.get(key)?.map(|entry| Located {
+                table: Some(table.number()),
+                point: entry.point,
+            }))
+        };
+        for table in &self.version.levels[0] {
+            if let Some(located) = found(table)? {
+                return Ok(Some(located));
+            }
+        }
+        for tables in &self.version.levels[1..] {
+            let at = tables.partition_point(|table| table.largest() < *key);
+            if let Some(table) = tables.get(at).filter(|t| t.smallest() <= *key) {
+                if let Some(located) = found(table)? {
+                    return Ok(Some(located));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The newest MemTable version of every point of `collection` the MemTables hold
+    /// (`None`: deleted), in point order: what a search must scan exactly, and what hides
+    /// older versions in tables.
+    fn memtable_points(&self, collection: u32) -> Vec<(u64, Option<&'a Point>)> {
+        let mut points: Vec<(u64, Option<&'a Point>)> = self
+            .memtable
+            .collection(collection)
+            .map(|(key, version)| (key.point, point_of(&version.value)))
+            .collect();
+        if let Some(frozen) = self.frozen {
+            let active = points.len();
+            for (key, version) in frozen.collection(collection) {
+                if points[..active]
+                    .binary_search_by_key(&key.point, |(id, _)| *id)
+                    .is_err()
+                {
+                    points.push((key.point, point_of(&version.value)));
+                }
+            }
+            points.sort_unstable_by_key(|(id, _)| *id);
+        }
+        points
+    }
+}
+
+/// A store as it read at one moment: its MemTables and its live tables. Taken in constant time
+/// ([`Store::snapshot`]) and `Send + Sync`, so another thread (another LEU) reads it while
+/// the store goes on writing. Like the store, it holds only durable writes. The tables it
+/// holds stay mapped, and their files on disk, until the last snapshot holding them goes.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    memtable: MemTable,
+    frozen: Option<Arc<MemTable>>,
+    version: Arc<Version>,
+    version_epoch: u64,
+}
+
+impl Snapshot {
+    /// Where the newest version of `key` was: see [`Store::locate`].
+    pub fn locate(&self, key: &Key) -> Result<Option<Located>, StorageError> {
+        self.reader().locate(key)
+    }
+
+    /// The newest version of `key`: see [`Store::get`].
+    pub fn get(&self, key: &Key) -> Result<Option<Point>, StorageError> {
+        Ok(self.locate(key)?.and_then(|located| located.point))
+    }
+
+    /// See [`Store::memtable_points`].
+    pub fn memtable_points(&self, collection: u32) -> Vec<(u64, Option<&Point>)> {
+        self.reader().memtable_points(collection)
+    }
+
+    /// The live tables then, in read order: level 0 newest first, then each level down.
+    pub fn tables(&self) -> impl Iterator<Item = &Arc<Table>> {
+        self.version.tables().map(|(_, table)| table)
+    }
+
+    /// The store's [`Store::version_epoch`] then.
+    pub fn version_epoch(&self) -> u64 {
+        self.version_epoch
+    }
+
+    fn reader(&self) -> Reader<'_> {
+        Reader {
+            memtable: &self.memtable,
+            frozen: self.frozen.as_deref(),
+            version: &self.version,
+        }
     }
 }
 
@@ -684,7 +805,7 @@ impl<E: Env> Store<E> {
                 vector.len()
             )));
         }
-        let value = Value::Put(Point::new(vector, payload));
+        let value = Value::Put(Arc::new(Point::new(vector, payload)));
         let mut scratch = std::mem::take(&mut self.scratch);
         encode_put(&mut scratch, key, vector, payload);
         let result = self.append(RECORD_PUT, &scratch, key, value);
@@ -1419,67 +1540,32 @@ impl<E: Env> Store<E> {
 
     /// Where the newest version of `key` is: `None` when no version is held anywhere.
     pub fn locate(&self, key: &Key) -> Result<Option<Located>, StorageError> {
-        for memtable in std::iter::once(&self.memtable).chain(self.frozen.as_deref()) {
-            match memtable.get(key) {
-                Lookup::Found(point) => {
-                    return Ok(Some(Located {
-                        table: None,
-                        point: Some(point.clone()),
-                    }))
-                }
-                Lookup::Deleted => {
-                    return Ok(Some(Located {
-                        table: None,
-                        point: None,
-                    }))
-                }
-                Lookup::Missing => {}
-            }
-        }
-        let found = |table: &Arc<Table>| -> Result<Option<Located>, StorageError> {
-            Ok(table.get(key)?.map(|entry| Located {
-                table: Some(table.number()),
-                point: entry.point,
-            }))
-        };
-        for table in &self.version.levels[0] {
-            if let Some(located) = found(table)? {
-                return Ok(Some(located));
-            }
-        }
-        for tables in &self.version.levels[1..] {
-            let at = tables.partition_point(|table| table.largest() < *key);
-            if let Some(table) = tables.get(at).filter(|t| t.smallest() <= *key) {
-                if let Some(located) = found(table)? {
-                    return Ok(Some(located));
-                }
-            }
-        }
-        Ok(None)
+        self.reader().locate(key)
     }
 
     /// The newest MemTable version of every point of `collection` the MemTables hold
     /// (`None`: deleted), in point order: what a search must scan exactly, and what hides
     /// older versions in tables.
     pub fn memtable_points(&self, collection: u32) -> Vec<(u64, Option<&Point>)> {
-        let mut points: Vec<(u64, Option<&Point>)> = self
-            .memtable
-            .collection(collection)
-            .map(|(key, version)| (key.point, point_of(&version.value)))
-            .collect();
-        if let Some(frozen) = self.frozen.as_deref() {
-            let active = points.len();
-            for (key, version) in frozen.collection(collection) {
-                if points[..active]
-                    .binary_search_by_key(&key.point, |(id, _)| *id)
-                    .is_err()
-                {
-                    points.push((key.point, point_of(&version.value)));
-                }
-            }
-            points.sort_unstable_by_key(|(id, _)| *id);
+        self.reader().memtable_points(collection)
+    }
+
+    /// The store as it reads now, for other threads: see [`Snapshot`]. Constant time.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            memtable: self.memtable.clone(),
+            frozen: self.frozen.clone(),
+            version: Arc::clone(&self.version),
+            version_epoch: self.version_epoch,
         }
-        points
+    }
+
+    fn reader(&self) -> Reader<'_> {
+        Reader {
+            memtable: &self.memtable,
+            frozen: self.frozen.as_deref(),
+            version: &self.version,
+        }
     }
 
     fn background_failed(&mut self, what: &str, error: &StorageError) {

@@ -15,7 +15,7 @@ use vortex_storage::sstable::table::{table_name, Section, Table};
 use vortex_storage::store::{CompactionHook, OpenReport, StoreHooks};
 use vortex_storage::wal::WalOptions;
 use vortex_storage::{
-    DirectIo, Key, Point, PosixEnv, StorageError, Store, StoreOptions, WriteSize,
+    DirectIo, Key, Point, PosixEnv, Snapshot, StorageError, Store, StoreOptions, WriteSize,
 };
 
 type TestStore = Store<PosixEnv>;
@@ -121,6 +121,24 @@ fn check_against_model(store: &TestStore, model: &BTreeMap<Key, Point>, context:
     }
 }
 
+/// Every point of a snapshot, by `get` and through its MemTables and tables.
+fn check_snapshot(snapshot: &Snapshot, model: &BTreeMap<Key, Point>, context: &str) {
+    for collection in 0..3 {
+        let fresh = snapshot.memtable_points(collection);
+        for point in 0..40 {
+            let k = key(collection, point);
+            let got = snapshot
+                .get(&k)
+                .unwrap_or_else(|e| panic!("{context}: get {k:?}: {e}"));
+            assert_eq!(got.as_ref(), model.get(&k), "{context}: get {k:?}");
+            // A point the MemTables hold is found there, with the same answer.
+            if let Ok(at) = fresh.binary_search_by_key(&point, |(id, _)| *id) {
+                assert_eq!(fresh[at].1, model.get(&k), "{context}: memtable {k:?}");
+            }
+        }
+    }
+}
+
 /// Random puts, overwrites, deletes, flushes, full compactions, closes and reopens (and
 /// drops without close: the WAL has everything acknowledged), checked against a `BTreeMap`.
 #[test]
@@ -133,6 +151,7 @@ fn random_operations_match_a_btreemap() {
     let mut model: BTreeMap<Key, Point> = BTreeMap::new();
     let mut version = 0u64;
     let mut compactions_seen = 0;
+    let mut snapshots: Vec<(Snapshot, BTreeMap<Key, Point>, String)> = Vec::new();
     for step in 0..3_000u64 {
         let context = format!("seed {seed} step {step}");
         match rng.below(100) {
@@ -151,6 +170,17 @@ fn random_operations_match_a_btreemap() {
             80..=89 => {
                 store.sync().unwrap();
                 check_against_model(&store, &model, &context);
+                // Snapshots taken earlier still read as the store did then, whatever was
+                // written, flushed, compacted (their tables' files deleted) or reopened since.
+                for (snapshot, then, taken) in &snapshots {
+                    check_snapshot(snapshot, then, &format!("{context}: snapshot of {taken}"));
+                }
+                let snapshot = store.snapshot();
+                check_snapshot(&snapshot, &model, &format!("{context}: new snapshot"));
+                if snapshots.len() == 4 {
+                    snapshots.remove(0);
+                }
+                snapshots.push((snapshot, model.clone(), context.clone()));
             }
             90..=93 => store.flush().unwrap(),
             94 => store.compact_all().unwrap(),

@@ -1,0 +1,482 @@
+//! What reads see: a shard as it stood at one moment, published for every LEU to search.
+//!
+//! A [`ShardView`] holds a store [`Snapshot`] (the MemTables and live tables then), the
+//! side-car segment of each live table, each segment's superseded set then, and the catalog.
+//! All of it is immutable and reference-counted, so a view is read from any thread without a
+//! lock, and nothing it holds is unmapped or deleted while it is held.
+//!
+//! The shard publishes a new view after every change a read could see (writes made durable,
+//! flushes and compactions published, collections created or dropped) through a
+//! [`PublishedView`], an `arc_swap` cell: publishing never waits for readers, and a reader's
+//! load is a few atomic operations. Superseded sets are copied on write (`Arc::make_mut`)
+//! when a newer segment arrives, so a view taken earlier keeps the sets that match its own
+//! segments: a reader never sees a point hidden by a segment its view does not hold.
+//!
+//! [`search_views`] runs one search over several LEUs' views (the whole node's data on one
+//! core): each LEU owns its points (VNode ownership), so the views hold disjoint points and
+//! their candidates merge by distance.
+
+use crate::catalog::{Catalog, State};
+use crate::error::ShardError;
+use crate::payload;
+use crate::sidecar::{index_metric, Segment};
+use arc_swap::ArcSwap;
+use std::path::Path;
+use std::sync::Arc;
+use vortex_index::metric::normalize;
+use vortex_index::{Filter, Kernels, Metric, NodeSet, SearchParams};
+use vortex_storage::sstable::table::Table;
+use vortex_storage::{Key, Snapshot};
+use vortex_vbp::message::{CollectionSpec, Hit, Payload, PointRecord};
+
+/// Results a search may ask for.
+pub const K_MAX: usize = 10_000;
+/// The largest beam width (the index's).
+pub const EF_MAX: usize = vortex_index::hnsw::EF_MAX;
+/// Ids one get may carry. (Upserts and deletes are limited by the store's batch limit,
+/// `Store::batch_limits`: 4,096 points with a shard's default options.)
+pub const BATCH_POINTS_MAX: usize = 65_536;
+
+/// A search request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest<'a> {
+    /// The collection.
+    pub collection: &'a str,
+    /// The query: the collection's dimension, finite.
+    pub vector: &'a [f32],
+    /// Results wanted (1 to [`K_MAX`]).
+    pub k: usize,
+    /// Beam width (0: `max(k, 64)`).
+    pub ef: usize,
+    /// Only points whose payload matches.
+    pub filter: Option<&'a vortex_vbp::message::Filter>,
+    /// Return each hit's payload.
+    pub with_payload: bool,
+}
+
+/// A live table as a view holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct ViewSegment {
+    pub table: Arc<Table>,
+    /// `None` for a table of a dropped collection, about to go.
+    pub segment: Option<Arc<Segment>>,
+    /// Nodes whose point has a newer version in a segment read before this one, or in a
+    /// table of the same view.
+    pub superseded: Arc<NodeSet>,
+}
+
+/// One shard as it stood when published. See the module documentation.
+#[derive(Debug)]
+pub struct ShardView {
+    dir: Arc<Path>,
+    catalog: Arc<Catalog>,
+    store: Snapshot,
+    /// The live tables in read order (level 0 newest first, then each level down).
+    segments: Vec<ViewSegment>,
+    kernels: &'static Kernels,
+}
+
+/// Where a shard publishes its views; clones share the cell, for other LEUs to read.
+#[derive(Debug, Clone)]
+pub struct PublishedView(Arc<ArcSwap<ShardView>>);
+
+impl PublishedView {
+    pub(crate) fn new(view: ShardView) -> Self {
+        PublishedView(Arc::new(ArcSwap::from_pointee(view)))
+    }
+
+    pub(crate) fn publish(&self, view: ShardView) {
+        self.0.store(Arc::new(view));
+    }
+
+    /// The newest view: lock-free, and cheap enough to take for every search.
+    pub fn load(&self) -> arc_swap::Guard<Arc<ShardView>> {
+        self.0.load()
+    }
+}
+
+/// The search parameters once checked against the collection.
+struct Prepared<'a> {
+    collection: u32,
+    metric: Metric,
+    /// The query as the index compares it (unit length for cosine).
+    query: Vec<f32>,
+    k: usize,
+    ef: usize,
+    request: &'a SearchRequest<'a>,
+}
+
+/// What a segment's search may return: nodes the payload filter allows (when there is one)
+/// whose point's newest version is in this segment.
+struct SegmentFilter<'a> {
+    allowed: Option<&'a NodeSet>,
+    live: &'a dyn Fn(u32) -> bool,
+}
+
+impl Filter for SegmentFilter<'_> {
+    fn allows(&self, node: u32) -> bool {
+        self.allowed.is_none_or(|set| set.contains(node)) && (self.live)(node)
+    }
+
+    /// An upper bound (liveness is found out per node), which is what the search needs to
+    /// choose between an exact scan and a graph walk.
+    fn allowed_count(&self) -> Option<usize> {
+        self.allowed.map(NodeSet::len)
+    }
+
+    /// The allowed set's own walk (not a test of every node), then liveness.
+    fn for_each_allowed(&self, count: u32, visit: &mut dyn FnMut(u32)) {
+        match self.allowed {
+            Some(set) => set.for_each_allowed(count, &mut |node| {
+                if (self.live)(node) {
+                    visit(node)
+                }
+            }),
+            None => (0..count).filter(|&node| self.allows(node)).for_each(visit),
+        }
+    }
+}
+
+/// Checks a vector sent for `dimension`: its length, finite components, and a length whose
+/// distances cannot overflow.
+pub(crate) fn check_vector(vector: &[f32], dimension: usize, what: &str) -> Result<(), ShardError> {
+    if vector.len() != dimension {
+        return Err(ShardError::Invalid(format!(
+            "{what} has {} components; the collection's dimension is {dimension}",
+            vector.len()
+        )));
+    }
+    if !vector.iter().all(|x| x.is_finite()) {
+        return Err(ShardError::Invalid(format!(
+            "{what} holds a NaN or an infinity"
+        )));
+    }
+    // Below a quarter of f32::MAX, every distance between two accepted vectors is a finite
+    // f32 (|q - x|^2 <= 2|q|^2 + 2|x|^2, |q.x| <= (|q|^2 + |x|^2) / 2), and cosine's
+    // normalisation cannot overflow either.
+    let length_squared: f64 = vector.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    if length_squared >= LENGTH_SQUARED_MAX {
+        return Err(ShardError::Invalid(format!(
+            "{what} is too long: its squared length {length_squared:.2e} is not below \
+             {LENGTH_SQUARED_MAX:.2e}, and distances to it would overflow to infinity; scale \
+             the vectors down"
+        )));
+    }
+    Ok(())
+}
+
+/// The largest squared length a vector may have (exclusive): a quarter of `f32::MAX`.
+const LENGTH_SQUARED_MAX: f64 = f32::MAX as f64 / 4.0;
+
+pub(crate) fn decode_vector(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The live collection `name` of `catalog`: its id and spec.
+pub(crate) fn live_collection(
+    catalog: &Catalog,
+    name: &str,
+) -> Result<(u32, CollectionSpec), ShardError> {
+    catalog
+        .by_name(name)
+        .filter(|c| c.state == State::Live)
+        .map(|c| (c.id, c.spec.clone()))
+        .ok_or_else(|| ShardError::NotFound(name.to_owned()))
+}
+
+impl ShardView {
+    pub(crate) fn new(
+        dir: Arc<Path>,
+        catalog: Arc<Catalog>,
+        store: Snapshot,
+        segments: Vec<ViewSegment>,
+        kernels: &'static Kernels,
+    ) -> Self {
+        ShardView {
+            dir,
+            catalog,
+            store,
+            segments,
+            kernels,
+        }
+    }
+
+    /// The catalog then.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The store's table version epoch then.
+    pub fn version_epoch(&self) -> u64 {
+        self.store.version_epoch()
+    }
+
+    /// The `k` nearest live points (newest versions only) that match the filter.
+    pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<Hit>, ShardError> {
+        search_views(std::slice::from_ref(&self), request)
+    }
+
+    /// Checks a search against this view's catalog.
+    fn prepare<'a>(&self, request: &'a SearchRequest<'a>) -> Result<Prepared<'a>, ShardError> {
+        let (id, spec) = live_collection(&self.catalog, request.collection)?;
+        let dimension = spec.dimension as usize;
+        if request.vector.len() != dimension {
+            return Err(ShardError::DimensionMismatch(format!(
+                "the query has {} components; the collection's dimension is {dimension}",
+                request.vector.len()
+            )));
+        }
+        check_vector(request.vector, dimension, "the query")?;
+        if request.k == 0 || request.k > K_MAX {
+            return Err(ShardError::Invalid(format!("k must be 1 to {K_MAX}")));
+        }
+        if request.ef > EF_MAX {
+            return Err(ShardError::Invalid(format!("ef must be at most {EF_MAX}")));
+        }
+        if let Some(filter) = request.filter {
+            payload::validate_filter(filter).map_err(|e| ShardError::Invalid(e.to_string()))?;
+        }
+        let k = request.k;
+        let ef = if request.ef == 0 {
+            k.max(64)
+        } else {
+            request.ef.max(k)
+        };
+        let metric = index_metric(spec.metric);
+        let mut query = request.vector.to_vec();
+        if metric.normalizes() {
+            normalize(&mut query);
+        }
+        Ok(Prepared {
+            collection: id,
+            metric,
+            query,
+            k,
+            ef,
+            request,
+        })
+    }
+
+    /// This view's best candidates, `(distance, point)`, at most `k` of them per source.
+    fn candidates(
+        &self,
+        prepared: &Prepared<'_>,
+        candidates: &mut Vec<(f32, u64)>,
+    ) -> Result<(), ShardError> {
+        let request = prepared.request;
+        let id = prepared.collection;
+        let (k, ef) = (prepared.k, prepared.ef);
+        // The MemTables: exact, and their versions hide everything older.
+        let fresh = self.store.memtable_points(id);
+        let mut row = Vec::new();
+        for (point, found) in &fresh {
+            let Some(found) = found else { continue };
+            if found.vector.len() != prepared.query.len() * 4 {
+                continue;
+            }
+            if let Some(filter) = request.filter {
+                if !payload::matches(filter, self.decode_payload(&found.payload)?.as_ref()) {
+                    continue;
+                }
+            }
+            // Stored as unit vectors for cosine (see `Shard::upsert`).
+            row.clear();
+            row.extend(
+                found
+                    .vector
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            candidates.push((
+                prepared
+                    .metric
+                    .distance(self.kernels, &prepared.query, &row),
+                *point,
+            ));
+        }
+
+        // Each segment through its index, admitting only points whose newest version it holds.
+        for entry in &self.segments {
+            if entry.table.footer().collection != id {
+                continue;
+            }
+            let number = entry.table.number();
+            let segment = entry.segment.as_ref().ok_or_else(|| ShardError::Index {
+                table: number,
+                detail: "no side-car for a live segment".to_owned(),
+            })?;
+            let Some(index) = segment.graph.as_ref() else {
+                continue; // no vectors: only deletes
+            };
+            // The payload filter, from the segment's payload index: a node set, known before
+            // the walk starts (so a selective filter can pick an exact scan).
+            let allowed = request
+                .filter
+                .map(|filter| segment.payloads.evaluate(filter));
+            if allowed.as_ref().is_some_and(|set| set.is_empty()) {
+                continue;
+            }
+            // Live: no newer version in a segment read before this one, nor in a MemTable.
+            let superseded = &entry.superseded;
+            let admits = |node: u32| -> bool {
+                !superseded.contains(node)
+                    && (fresh.is_empty()
+                        || segment.labels.get(node as usize).is_some_and(|point| {
+                            fresh.binary_search_by_key(point, |(p, _)| *p).is_err()
+                        }))
+            };
+            let params = SearchParams {
+                k,
+                ef,
+                ..SearchParams::default()
+            };
+            let filter = SegmentFilter {
+                allowed: allowed.as_ref(),
+                live: &admits,
+            };
+            // Nothing to exclude: the unfiltered walk, which skips the per-node test.
+            let everything_live = allowed.is_none() && superseded.is_empty() && fresh.is_empty();
+            let found = if everything_live {
+                index.search(request.vector, params.k, params.ef)
+            } else {
+                index.search_filtered(request.vector, &params, &filter)
+            }
+            .map_err(|error| ShardError::Index {
+                table: number,
+                detail: error.to_string(),
+            })?;
+            candidates.extend(found.iter().map(|n| (n.distance, n.label)));
+        }
+        Ok(())
+    }
+
+    /// The payload of `point` in collection `id` (`None` when it has none, or is gone).
+    fn payload_of(&self, id: u32, point: u64) -> Result<Option<Payload>, ShardError> {
+        let key = Key {
+            collection: id,
+            point,
+        };
+        match self.store.get(&key)? {
+            Some(found) => self.decode_payload(&found.payload),
+            None => Ok(None),
+        }
+    }
+
+    fn decode_payload(&self, bytes: &[u8]) -> Result<Option<Payload>, ShardError> {
+        payload::decode(bytes).map_err(|error| ShardError::Corrupt {
+            path: self.dir.join("store"),
+            detail: error.to_string(),
+        })
+    }
+
+    /// The points that exist, in request order.
+    pub fn get(
+        &self,
+        collection: &str,
+        ids: &[u64],
+        with_vectors: bool,
+        with_payload: bool,
+    ) -> Result<Vec<PointRecord>, ShardError> {
+        let (id, _) = live_collection(&self.catalog, collection)?;
+        if ids.len() > BATCH_POINTS_MAX {
+            return Err(ShardError::Invalid(format!(
+                "a get carries at most {BATCH_POINTS_MAX} ids"
+            )));
+        }
+        let mut points = Vec::new();
+        for &point in ids {
+            let key = Key {
+                collection: id,
+                point,
+            };
+            if let Some(found) = self.store.get(&key)? {
+                points.push(PointRecord {
+                    id: point,
+                    vector: if with_vectors {
+                        decode_vector(&found.vector)
+                    } else {
+                        Vec::new()
+                    },
+                    payload: if with_payload {
+                        self.decode_payload(&found.payload)?
+                    } else {
+                        None
+                    },
+                });
+            }
+        }
+        Ok(points)
+    }
+
+    /// Live points of collection `id`, without reading a table: the MemTables' newest
+    /// versions that are puts, plus, in each segment of the collection, the nodes neither
+    /// superseded nor newer in a MemTable. Bounded by the fresh points and the segment count.
+    pub(crate) fn count_points(&self, id: u32) -> Result<u64, ShardError> {
+        let fresh = self.store.memtable_points(id);
+        let mut count = fresh.iter().filter(|(_, found)| found.is_some()).count() as u64;
+        for entry in &self.segments {
+            if entry.table.footer().collection != id {
+                continue;
+            }
+            let segment = entry.segment.as_ref().ok_or_else(|| ShardError::Index {
+                table: entry.table.number(),
+                detail: "no side-car for a live segment".to_owned(),
+            })?;
+            let newer_fresh = fresh
+                .iter()
+                .filter_map(|(point, _)| segment.node_of(*point))
+                .filter(|&node| !entry.superseded.contains(node))
+                .count();
+            let live = segment
+                .labels
+                .len()
+                .saturating_sub(entry.superseded.len() + newer_fresh);
+            count += live as u64;
+        }
+        Ok(count)
+    }
+}
+
+/// One search over several shards' views: the `k` nearest live points of all of them. The
+/// views must hold disjoint points (each LEU owns its own); the request is checked against
+/// each view's catalog, so a collection missing from one is an error, as it would be there.
+pub fn search_views<V: std::ops::Deref<Target = ShardView>>(
+    views: &[V],
+    request: &SearchRequest<'_>,
+) -> Result<Vec<Hit>, ShardError> {
+    let mut candidates: Vec<(f32, u64)> = Vec::new();
+    // Which view each run of candidates came from: (view, end of its run).
+    let mut sources: Vec<(usize, usize, u32)> = Vec::with_capacity(views.len());
+    for (index, view) in views.iter().enumerate() {
+        let prepared = view.prepare(request)?;
+        view.candidates(&prepared, &mut candidates)?;
+        sources.push((index, candidates.len(), prepared.collection));
+    }
+    let k = request.k;
+    let mut ranked: Vec<(f32, u64, usize)> = Vec::with_capacity(candidates.len());
+    let mut start = 0;
+    for &(view, end, _) in &sources {
+        ranked.extend(candidates[start..end].iter().map(|&(d, p)| (d, p, view)));
+        start = end;
+    }
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    ranked.truncate(k);
+    let mut hits = Vec::with_capacity(ranked.len());
+    for (distance, point, view) in ranked {
+        let payload = if request.with_payload {
+            let collection = sources[view].2;
+            views[view].payload_of(collection, point)?
+        } else {
+            None
+        };
+        hits.push(Hit {
+            id: point,
+            distance,
+            payload,
+        });
+    }
+    Ok(hits)
+}

@@ -1,0 +1,255 @@
+//! Published views under concurrency: two shards (two LEUs' worth, each owning half the ids)
+//! written by their own threads, with flushes and merges publishing and retiring segments all
+//! the time, while a reader thread per LEU searches both shards' views at once
+//! (`search_views`, the whole node's data on one core) and checks every answer against the
+//! same views' own contents: no hit is a deleted or superseded point, and the ids match exact
+//! search. Readers also hold views for a while and check them again after the writers have
+//! retired the segments they hold: a held view answers as it did, and nothing it maps goes.
+//!
+//! The writers' operations and the queries come from the printed seed (replay with
+//! `VORTEX_TEST_SEED`); the interleaving of threads is the scheduler's, so each run tries
+//! another.
+
+#[path = "../../storage/tests/common/mod.rs"]
+mod common;
+
+use common::{test_seed, Rng};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use vortex_shard::{search_views, SearchRequest, Shard, ShardError, ShardOptions, ShardView};
+use vortex_storage::{StorageError, StoreOptions};
+use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
+
+const DIMENSION: usize = 8;
+/// Ids 0 to this, shard `i` owning those with `id % 2 == i`.
+const IDS: u64 = 600;
+const COLLECTION: &str = "c";
+
+fn options() -> ShardOptions {
+    ShardOptions {
+        store: StoreOptions {
+            memtable_bytes: 8 << 10,
+            memtable_entries_max: 48,
+            table_bytes_target: 16 << 10,
+            merged_table_bytes: 64 << 10,
+            l0_compaction_trigger: 3,
+            l0_stop: 10,
+            level1_bytes: 48 << 10,
+            level_multiplier: 3,
+            compaction_bytes_per_second: 0,
+            scrub_bytes_per_second: 0,
+            ..StoreOptions::default()
+        },
+        index_build_threads: 1,
+    }
+}
+
+fn spec() -> CollectionSpec {
+    CollectionSpec {
+        name: COLLECTION.into(),
+        dimension: DIMENSION as u32,
+        metric: Metric::L2,
+        m: 8,
+        ef_construction: 64,
+        vector_type: VectorType::F32,
+    }
+}
+
+fn l2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum()
+}
+
+/// One LEU's writer: random upserts, overwrites and deletes of its own ids, with flushes and
+/// full merges asked for often; every write is made durable (and so published) before the
+/// next operation. Returns the tables retired (version epochs seen).
+fn write(shard: &mut Shard, owner: u64, seed: u64, operations: u32) -> u64 {
+    let mut rng = Rng(seed);
+    let own = |rng: &mut Rng| rng.below(IDS / 2) * 2 + owner;
+    for _ in 0..operations {
+        match rng.below(100) {
+            0..=64 => {
+                let count = 1 + rng.below(24) as usize;
+                let mut ids: Vec<u64> = (0..count).map(|_| own(&mut rng)).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let vectors: Vec<f32> = (0..ids.len() * DIMENSION)
+                    .map(|_| rng.signed_unit())
+                    .collect();
+                retry(shard, |shard| shard.upsert(COLLECTION, &ids, &vectors, &[]));
+            }
+            65..=84 => {
+                let ids: Vec<u64> = (0..1 + rng.below(8)).map(|_| own(&mut rng)).collect();
+                retry(shard, |shard| shard.delete(COLLECTION, &ids));
+            }
+            85..=92 => shard.flush_soon().unwrap(),
+            _ => {
+                shard.compact_all_soon().unwrap();
+            }
+        }
+        shard.sync().unwrap();
+    }
+    shard.wait_idle().unwrap();
+    shard.published().load().version_epoch()
+}
+
+/// Runs a write until it is taken: THROTTLED waits for the flush that makes room.
+fn retry(shard: &mut Shard, mut write: impl FnMut(&mut Shard) -> Result<u64, ShardError>) {
+    loop {
+        match write(shard) {
+            Ok(_) => return,
+            Err(ShardError::Storage(StorageError::Throttled(_))) => {
+                shard.poll(Some(Duration::from_millis(5))).unwrap();
+            }
+            Err(error) => panic!("write: {error}"),
+        }
+    }
+}
+
+/// Every live point of the views (they hold disjoint ids), from the views themselves.
+fn contents(views: &[Arc<ShardView>]) -> Vec<(u64, Vec<f32>)> {
+    let ids: Vec<u64> = (0..IDS).collect();
+    views
+        .iter()
+        .flat_map(|view| view.get(COLLECTION, &ids, true, false).unwrap())
+        .map(|record| (record.id, record.vector))
+        .collect()
+}
+
+/// Checks one search over `views` against exact search over their contents; returns whether
+/// the ids were exactly the exact ones (hits are always checked strictly).
+fn check(views: &[Arc<ShardView>], rng: &mut Rng, context: &str) -> bool {
+    let query: Vec<f32> = (0..DIMENSION).map(|_| rng.signed_unit()).collect();
+    let k = 10;
+    let hits = search_views(
+        views,
+        &SearchRequest {
+            collection: COLLECTION,
+            vector: &query,
+            k,
+            ef: 512,
+            filter: None,
+            with_payload: false,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{context}: search: {e}"));
+    let live = contents(views);
+    let mut exact: Vec<(f32, u64)> = live.iter().map(|(id, v)| (l2(&query, v), *id)).collect();
+    exact.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    exact.truncate(k);
+    for hit in &hits {
+        let Some((_, vector)) = live.iter().find(|(id, _)| *id == hit.id) else {
+            panic!("{context}: hit {} is not a live point of the views", hit.id);
+        };
+        let expected = l2(&query, vector);
+        assert!(
+            (hit.distance - expected).abs() <= 1e-4 * (1.0 + expected),
+            "{context}: hit {} at {} but its vector in the view is at {expected} (superseded?)",
+            hit.id,
+            hit.distance
+        );
+    }
+    assert_eq!(hits.len(), exact.len(), "{context}: hit count");
+    hits.iter()
+        .map(|h| h.id)
+        .eq(exact.iter().map(|(_, id)| *id))
+}
+
+#[test]
+fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments() {
+    let seed = test_seed();
+    println!("seed {seed} (replay with VORTEX_TEST_SEED={seed}; thread interleavings vary)");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let operations = 400;
+    let writing = Arc::new(AtomicU64::new(2));
+    let (views_tx, views_rx) = mpsc::sync_channel(2);
+    let writers: Vec<_> = (0..2u64)
+        .map(|owner| {
+            let dir = dirs[owner as usize].path().to_owned();
+            let views_tx = views_tx.clone();
+            let writing = Arc::clone(&writing);
+            std::thread::spawn(move || {
+                let (mut shard, _) = Shard::open(&dir, options()).unwrap();
+                shard.create_collection(spec()).unwrap();
+                views_tx.send((owner, shard.published().clone())).unwrap();
+                let epoch = write(&mut shard, owner, seed ^ (owner + 1), operations);
+                writing.fetch_sub(1, Ordering::SeqCst);
+                shard.close().unwrap();
+                epoch
+            })
+        })
+        .collect();
+    let mut published = vec![None, None];
+    for _ in 0..2 {
+        let (owner, view) = views_rx.recv().unwrap();
+        published[owner as usize] = Some(view);
+    }
+    let published: Vec<_> = published.into_iter().map(Option::unwrap).collect();
+    let failed = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2u64)
+        .map(|reader| {
+            let published = published.clone();
+            let writing = Arc::clone(&writing);
+            let failed = Arc::clone(&failed);
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed.rotate_left(17) ^ reader);
+                let (mut searches, mut exact, mut held_checks) = (0u32, 0u32, 0u32);
+                let mut held: Vec<(Vec<Arc<ShardView>>, u64)> = Vec::new();
+                while writing.load(Ordering::SeqCst) > 0 && !failed.load(Ordering::SeqCst) {
+                    let views: Vec<Arc<ShardView>> = published
+                        .iter()
+                        .map(|cell| Arc::clone(&*cell.load()))
+                        .collect();
+                    let context = format!("seed {seed} reader {reader} search {searches}");
+                    searches += 1;
+                    exact += u32::from(check(&views, &mut rng, &context));
+                    let epochs: u64 = views.iter().map(|v| v.version_epoch()).sum();
+                    // Views held since earlier: once the writers have published several
+                    // versions since (their tables merged away), they still answer.
+                    held.retain(|(old, at)| {
+                        if epochs < at + 4 {
+                            return true;
+                        }
+                        let context = format!("{context}: a view held since epoch {at}");
+                        exact += u32::from(check(old, &mut rng, &context));
+                        searches += 1;
+                        held_checks += 1;
+                        false
+                    });
+                    if held.len() < 3 && rng.below(4) == 0 {
+                        held.push((views, epochs));
+                    }
+                    std::thread::sleep(Duration::from_micros(rng.below(500)));
+                }
+                (searches, exact, held_checks)
+            })
+        })
+        .collect();
+    let epochs: Vec<u64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let mut totals = (0, 0, 0);
+    for reader in readers {
+        let result = reader.join();
+        if result.is_err() {
+            failed.store(true, Ordering::SeqCst);
+        }
+        let (searches, exact, held) = result.expect("a reader failed (see its panic above)");
+        totals = (totals.0 + searches, totals.1 + exact, totals.2 + held);
+    }
+    let (searches, exact, held) = totals;
+    println!(
+        "{searches} searches ({held} on held views), {exact} exact; table versions published: {epochs:?}"
+    );
+    assert!(
+        epochs.iter().all(|&e| e >= 20),
+        "too few flushes and merges: {epochs:?}"
+    );
+    assert!(
+        searches >= 50 && held >= 5,
+        "too little overlap: {totals:?}"
+    );
+    assert!(
+        exact as f64 >= 0.98 * searches as f64,
+        "seed {seed}: only {exact} of {searches} searches equal exact search"
+    );
+}
