@@ -321,6 +321,7 @@ mod tests {
             &LeuConfig {
                 count: LeuCount::Fixed(1),
                 cores: Vec::new(),
+                ..LeuConfig::default()
             },
         )
         .unwrap();

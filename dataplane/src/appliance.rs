@@ -78,6 +78,7 @@ pub fn server_config(config: &ApplianceConfig) -> ServerConfig {
             .then(|| Duration::from_secs(u64::from(config.limits.idle_timeout_s))),
         ring: RingConfig::from_config(&config.io_uring),
         busy_poll: Duration::from_micros(u64::from(config.io_uring.busy_poll_us)),
+        search: config.leu.search,
         ..ServerConfig::default()
     }
 }

@@ -10,13 +10,13 @@
 
 use crate::gather::Ownership;
 use std::time::Duration;
-use vortex_shard::{SearchRequest, Shard, ShardError};
+use vortex_shard::{search_views, PublishedView, SearchRequest, Shard, ShardError, ShardView};
 use vortex_vbp::codec::Response;
 use vortex_vbp::message::{
     CollectionList, CountResult, Counter, ErrorCode, GetResult, LeuStats, Ping, SearchResult,
     StatsResult, ThrottledBody, WriteAck,
 };
-use vortex_vbp::validator::RequestRef;
+use vortex_vbp::validator::{RequestRef, SearchView};
 
 /// How long a THROTTLED answer suggests waiting before a retry.
 pub const RETRY_AFTER: Duration = Duration::from_millis(5);
@@ -53,6 +53,34 @@ pub fn dispatch_part(
         Ok(outcome) => outcome,
         Err(error) => Outcome::Ready(error_response(&error)),
     }
+}
+
+/// Runs a whole search on this LEU over `views`, every LEU's published shard view: the
+/// node's data, whichever LEU wrote it (the `whole` search spread, docs/DATAPLANE.md).
+pub fn search_whole(views: &[PublishedView], search: &SearchView<'_>) -> Outcome {
+    let loaded: Vec<_> = views.iter().map(PublishedView::load).collect();
+    let loaded: Vec<&ShardView> = loaded.iter().map(|view| &***view).collect();
+    match search_on(&loaded, search) {
+        Ok(response) => Outcome::Ready(response),
+        Err(error) => Outcome::Ready(error_response(&error)),
+    }
+}
+
+/// A search over `views` (one shard's, or every LEU's).
+fn search_on(views: &[&ShardView], search: &SearchView<'_>) -> Result<Response, ShardError> {
+    let filter: Option<vortex_vbp::message::Filter> = deserialize(&search.body.filter)?;
+    let hits = search_views(
+        views,
+        &SearchRequest {
+            collection: search.body.collection.as_str(),
+            vector: search.vector,
+            k: search.body.k.to_native() as usize,
+            ef: search.body.ef.to_native() as usize,
+            filter: filter.as_ref(),
+            with_payload: search.body.with_payload,
+        },
+    )?;
+    Ok(Response::Hits(SearchResult { hits }))
 }
 
 /// A THROTTLED answer saying what is saturated, with the retry hint.
@@ -171,19 +199,7 @@ fn run(
             )?;
             Response::Points(GetResult { points })
         }
-        RequestRef::Search(view) => {
-            let name = view.body.collection.as_str();
-            let filter: Option<vortex_vbp::message::Filter> = deserialize(&view.body.filter)?;
-            let hits = shard.search(&SearchRequest {
-                collection: name,
-                vector: view.vector,
-                k: view.body.k.to_native() as usize,
-                ef: view.body.ef.to_native() as usize,
-                filter: filter.as_ref(),
-                with_payload: view.body.with_payload,
-            })?;
-            Response::Hits(SearchResult { hits })
-        }
+        RequestRef::Search(view) => search_on(&[&shard.published().load()], &view)?,
         RequestRef::Count(count) => {
             if count.filter.is_some() {
                 return Ok(Outcome::Ready(Response::error(

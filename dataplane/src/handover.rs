@@ -20,7 +20,8 @@ use crate::spsc::{Consumer, Mesh, Producer};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use vortex_shard::PublishedView;
 use vortex_vbp::codec::Response;
 
 /// The bytes of a frame the origin LEU keeps, lent to another LEU.
@@ -148,6 +149,9 @@ pub struct Team {
     /// each full merge holds up to `merged_table_bytes` of vectors in memory, so the LEUs
     /// take turns (`ServerConfig::idle_merges_at_once`).
     pub merges: AtomicUsize,
+    /// Each LEU's published shard view (`vortex_shard::view`), set by the LEU once its shard
+    /// is open and before it passes the start gate: what a whole search on any LEU reads.
+    pub views: Vec<OnceLock<PublishedView>>,
 }
 
 /// One LEU's ends of the queues between LEUs.
@@ -217,6 +221,7 @@ pub fn team(ring: Ring, capacity: usize) -> io::Result<Vec<Links>> {
         quiet: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
         merges: AtomicUsize::new(0),
+        views: (0..leus).map(|_| OnceLock::new()).collect(),
     });
     let ring = Arc::new(ring);
     let Mesh {

@@ -196,6 +196,7 @@ mod tests {
             &LeuConfig {
                 count: LeuCount::Fixed(topology.cores.len() as u16),
                 cores: Vec::new(),
+                ..LeuConfig::default()
             },
         )
         .unwrap();

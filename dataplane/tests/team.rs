@@ -1,13 +1,16 @@
 //! A team of LEUs in one process, each on its own thread, ring, shard and port: writes land
 //! on the LEU that owns each point (whichever LEU the client reached), searches are
-//! scattered and gathered into the exact top k, and a stop leaves every acknowledged write
-//! on its owner's disk.
+//! answered over every LEU's points, and a stop leaves every acknowledged write
+//! on its owner's disk. Searches run whole on the LEU that received them (over every LEU's
+//! published view) or, as the other spread, fanned out and gathered: both find the exact top
+//! k and see every acknowledged write at once, whichever LEU owns it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use vortex_config::SearchSpread;
 use vortex_dataplane::handover::team;
 use vortex_dataplane::routing::Ring;
 use vortex_dataplane::server::{serve, ServeReport, ServerConfig};
@@ -98,7 +101,18 @@ fn l2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn points_live_on_their_owners_and_searches_gather_the_exact_top_k() {
+fn points_live_on_their_owners_and_whole_searches_find_the_exact_top_k() {
+    points_live_on_their_owners_and_searches_find_the_exact_top_k(SearchSpread::Whole);
+}
+
+#[test]
+fn points_live_on_their_owners_and_fanned_out_searches_gather_the_exact_top_k() {
+    points_live_on_their_owners_and_searches_find_the_exact_top_k(SearchSpread::FanOut);
+}
+
+/// Writes through every LEU, then searches through every LEU: whole on the receiving LEU over
+/// every LEU's published view, or fanned out to every LEU and gathered.
+fn points_live_on_their_owners_and_searches_find_the_exact_top_k(spread: SearchSpread) {
     let seed: u64 = std::env::var("VORTEX_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -106,7 +120,13 @@ fn points_live_on_their_owners_and_searches_gather_the_exact_top_k() {
     println!("seed {seed} (VORTEX_TEST_SEED to repeat)");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path());
+    let running = start_with(
+        dir.path(),
+        ServerConfig {
+            search: spread,
+            ..ServerConfig::default()
+        },
+    );
     let clients: Vec<Client> = (0..LEUS).map(|leu| running.client(leu)).collect();
     clients[1].create_collection(spec()).unwrap();
     for client in &clients {
@@ -181,6 +201,37 @@ fn points_live_on_their_owners_and_searches_gather_the_exact_top_k() {
         assert_eq!(found, expected, "query {query} (seed {seed})");
     }
 
+    // Read your writes across LEUs: a point acknowledged through one LEU (owned by any) is
+    // found at once by a search through another.
+    for round in 0..12u64 {
+        let id = rng.next();
+        let vector: Vec<f32> = (0..DIM).map(|_| 2.0 + rng.unit()).collect();
+        let through = (round % LEUS as u64) as usize;
+        clients[through]
+            .upsert(Upsert {
+                collection: "docs".into(),
+                dimension: DIM as u32,
+                ids: vec![id],
+                vectors: vector.clone(),
+                payloads: Vec::new(),
+            })
+            .unwrap();
+        let written = vector.clone();
+        let hits = clients[(through + 1) % LEUS]
+            .search(Search {
+                collection: "docs".into(),
+                vector,
+                k: 1,
+                ef: 64,
+                filter: None,
+                with_payload: false,
+            })
+            .unwrap();
+        assert_eq!(hits.first().map(|hit| hit.id), Some(id), "round {round}");
+        assert_eq!(hits[0].distance, 0.0);
+        points.push((id, written));
+    }
+
     let stats = clients[0].stats().unwrap();
     assert_eq!(
         stats.iter().map(|s| s.leu).collect::<Vec<_>>(),
@@ -189,6 +240,15 @@ fn points_live_on_their_owners_and_searches_gather_the_exact_top_k() {
     drop(clients);
     let reports = running.stop();
     assert!(reports.iter().all(|r| r.handed_over > 0), "{reports:?}");
+    match spread {
+        // 30 + 12 searches, each run whole where it was received.
+        SearchSpread::Whole => assert_eq!(
+            reports.iter().map(|r| r.whole_searches).sum::<u64>(),
+            42,
+            "{reports:?}"
+        ),
+        SearchSpread::FanOut => assert!(reports.iter().all(|r| r.whole_searches == 0)),
+    }
     assert!(
         reports.iter().all(|r| r.served_for_others > 0),
         "{reports:?}"

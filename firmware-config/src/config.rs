@@ -124,6 +124,22 @@ pub struct LeuConfig {
     /// An explicit list of CPU ids, one LEU each, in LEU order. Overrides the automatic
     /// choice; `count` must then be `"auto"` or equal to its length. Default: empty (automatic).
     pub cores: Vec<u32>,
+    /// How a search uses the LEUs: `"whole"` (default) runs each search to the end on the LEU
+    /// that received it, over every LEU's published segments, so throughput grows with
+    /// cores; `"fan-out"` splits each search over every LEU and merges their answers, which
+    /// can shorten one search on idle cores at the cost of throughput.
+    pub search: SearchSpread,
+}
+
+/// `[leu] search`: see [`LeuConfig::search`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SearchSpread {
+    /// Each search on one LEU, over all LEUs' data.
+    #[default]
+    Whole,
+    /// Each search split over every LEU.
+    FanOut,
 }
 
 /// How many LEUs to run.

@@ -26,7 +26,7 @@ mod topology;
 pub use blockdev::{BlockDevice, DirectIoAlignment, DirectIoSource};
 pub use config::{
     ApplianceConfig, IoUringConfig, LeuConfig, LeuCount, LimitsConfig, LogConfig, LogLevel,
-    MemoryConfig, MemoryLockPolicy, NetworkBackend, NetworkConfig, StorageConfig,
+    MemoryConfig, MemoryLockPolicy, NetworkBackend, NetworkConfig, SearchSpread, StorageConfig,
 };
 pub use cpuset::CpuSet;
 pub use error::{Error, InvalidConfig, EXIT_CODE_CONFIG, EXIT_CODE_RUNTIME};

@@ -251,6 +251,7 @@ mod tests {
             &LeuConfig {
                 count,
                 cores: cores.to_vec(),
+                ..LeuConfig::default()
             },
         )
     }

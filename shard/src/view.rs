@@ -216,7 +216,7 @@ impl ShardView {
 
     /// The `k` nearest live points (newest versions only) that match the filter.
     pub fn search(&self, request: &SearchRequest<'_>) -> Result<Vec<Hit>, ShardError> {
-        search_views(std::slice::from_ref(&self), request)
+        search_views(&[self], request)
     }
 
     /// Checks a search against this view's catalog.
@@ -443,8 +443,8 @@ impl ShardView {
 /// One search over several shards' views: the `k` nearest live points of all of them. The
 /// views must hold disjoint points (each LEU owns its own); the request is checked against
 /// each view's catalog, so a collection missing from one is an error, as it would be there.
-pub fn search_views<V: std::ops::Deref<Target = ShardView>>(
-    views: &[V],
+pub fn search_views(
+    views: &[&ShardView],
     request: &SearchRequest<'_>,
 ) -> Result<Vec<Hit>, ShardError> {
     let mut candidates: Vec<(f32, u64)> = Vec::new();

@@ -123,7 +123,7 @@ fn check(views: &[Arc<ShardView>], rng: &mut Rng, context: &str) -> bool {
     let query: Vec<f32> = (0..DIMENSION).map(|_| rng.signed_unit()).collect();
     let k = 10;
     let hits = search_views(
-        views,
+        &views.iter().map(Arc::as_ref).collect::<Vec<&ShardView>>(),
         &SearchRequest {
             collection: COLLECTION,
             vector: &query,

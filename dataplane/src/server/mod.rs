@@ -46,7 +46,7 @@ mod receive;
 mod send;
 mod stats;
 
-use crate::dispatch::{dispatch_part, throttled, Outcome};
+use crate::dispatch::{dispatch_part, search_whole, throttled, Outcome};
 use crate::executor::Executor;
 use crate::gather::{participants, Merge, Ownership};
 use crate::handlers::{self, Destination, Waits};
@@ -61,8 +61,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vortex_config::SearchSpread;
 use vortex_io::{OpId, Owner, ProvidedRing, PushError, RingConfig, RingDriver};
-use vortex_shard::Shard;
+use vortex_shard::{PublishedView, Shard};
 use vortex_vbp::codec::{FrameBytes, Response};
 use vortex_vbp::message::ErrorCode;
 use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, SizeClass};
@@ -123,6 +124,9 @@ pub struct ServerConfig {
     /// Idle merges the whole team runs at once (each holds up to the store's
     /// `merged_table_bytes` of vectors in memory while it writes).
     pub idle_merges_at_once: usize,
+    /// Whole searches on the receiving LEU over every LEU's published view, or each search
+    /// fanned out to every LEU (`[leu] search`).
+    pub search: SearchSpread,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +150,7 @@ impl Default for ServerConfig {
             idle_timeout: Some(Duration::from_secs(300)),
             handlers_max: 16_384,
             idle_merges_at_once: 2,
+            search: SearchSpread::Whole,
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct ServeReport {
     pub handed_over: u64,
     /// Parts of other LEUs' requests this LEU ran.
     pub served_for_others: u64,
+    /// Searches run whole here, over every LEU's published view.
+    pub whole_searches: u64,
     /// Requests answered THROTTLED because the queue to another LEU was full.
     pub throttled_handover: u64,
     /// Requests (and other LEUs' parts) answered THROTTLED because every handler slot was
@@ -448,11 +455,16 @@ fn serve_inner(
     let slots = (config.handlers_max.max(1) + peer_slots).min(crate::executor::TASKS_MAX);
     let executor =
         Executor::new(slots).ok_or_else(|| ServeError::Pool("no handler slots".to_owned()))?;
+    // Published before the gate, so every LEU's view is there once any LEU serves.
+    if let Some(slot) = links.team.views.get(usize::from(links.leu)) {
+        let _ = slot.set(shard.published().clone());
+    }
     if !gate() {
         shard.close()?;
         return Ok(report);
     }
     let mut server = Server {
+        whole_views: None,
         ring,
         executor,
         waits: Rc::new(Waits::default()),
@@ -545,6 +557,8 @@ struct Provided {
 /// Fields drop in order: the ring first (cancelling and draining what is in flight), then
 /// the sockets and buffers those operations used.
 struct Server {
+    /// Every LEU's published view, when searches run whole here (`SearchSpread::Whole`).
+    whole_views: Option<Vec<PublishedView>>,
     ring: RingDriver<Op>,
     /// The handlers that wait (their frames return to the pool as they drop).
     executor: Executor,

@@ -6,6 +6,22 @@
 use super::*;
 
 impl Server {
+    /// Whether searches run whole here: the spread asks for it and every LEU has published
+    /// its view (each does before the start gate; until then, as in a team started without
+    /// one, searches fan out).
+    pub(super) fn whole_search_ready(&mut self) -> bool {
+        if self.whole_views.is_none() && self.config.search == SearchSpread::Whole {
+            self.whole_views = self
+                .links
+                .team
+                .views
+                .iter()
+                .map(|v| v.get().cloned())
+                .collect();
+        }
+        self.whole_views.is_some()
+    }
+
     /// Runs this LEU's part of `request` on its shard.
     pub(super) fn run_part(&mut self, request: vortex_vbp::validator::RequestRef<'_>) -> Outcome {
         // The server's counters go into stats answers only (counting them costs a scan).

@@ -396,6 +396,12 @@ impl Server {
                 continue;
             }
             match self.validator.request(frame.bytes()) {
+                Ok((_, RequestRef::Search(search))) if self.whole_search_ready() => {
+                    let views = self.whole_views.as_deref().unwrap_or_default();
+                    let outcome = search_whole(views, &search);
+                    self.report.whole_searches += 1;
+                    self.settle(to, outcome, Some(frame));
+                }
                 Ok((_, request)) => {
                     let needed = participants(&request, self.links.ring.as_ref(), self.leu);
                     let alone = needed
