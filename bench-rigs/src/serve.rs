@@ -346,7 +346,9 @@ pub fn ann(
                 .map(|_| {
                     let (dataset, next) = (&dataset, &next);
                     scope.spawn(move || -> anyhow::Result<_> {
-                        let client = Client::connect(&[address], ClientOptions::default())?;
+                        // Shard-aware: one connection per LEU, searches sent to them in
+                        // turn, so every LEU receives its share whatever the port spread.
+                        let client = ShardedClient::connect(address, ClientOptions::default())?;
                         let mut times = histogram();
                         let (mut found, mut asked, mut errors) = (0usize, 0u64, 0u64);
                         while Instant::now() < deadline {

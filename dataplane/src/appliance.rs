@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use vortex_config::{ApplianceConfig, ThreadMapping};
+use vortex_config::{ApplianceConfig, SearchSpread, ThreadMapping};
 use vortex_io::{affinity, RingConfig};
-use vortex_shard::{Shard, ShardOptions};
+use vortex_shard::{IndexTier, PublishedView, Shard, ShardOptions};
 use vortex_storage::DirLock;
 
 /// Which ports the appliance listens on.
@@ -56,6 +56,8 @@ impl Drop for Appliance {
         for thread in self.running.threads.drain(..) {
             let _ = thread.join();
         }
+        // Cancels a node graph build and joins the tier's thread.
+        drop(self.running.tier.take());
     }
 }
 
@@ -172,6 +174,7 @@ impl Appliance {
                 Err(_) => errors.push(format!("LEU {leu} panicked")),
             }
         }
+        drop(self.running.tier.take());
         if errors.is_empty() {
             Ok(total)
         } else {
@@ -184,6 +187,8 @@ impl Appliance {
 #[derive(Debug)]
 struct Running {
     threads: Vec<JoinHandle<Result<ServeReport, String>>>,
+    /// The node's index tier (stopped when dropped, after the LEUs).
+    tier: Option<IndexTier>,
     stop: Arc<AtomicBool>,
     address: SocketAddr,
     leu_ports: Vec<u16>,
@@ -217,6 +222,7 @@ fn start_threads(
     let server_config = server_config(config);
     let links = team(ring, server_config.handover_queue)
         .map_err(|error| format!("cannot set up the LEU queues: {error}"))?;
+    let shared = links.first().map(|links| Arc::clone(&links.team));
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
     let mut threads = Vec::with_capacity(leus);
@@ -313,12 +319,36 @@ fn start_threads(
         return Err(message);
     }
     details.sort();
+    // Every LEU published its view before it said ready: the index tier starts over them,
+    // before any LEU serves, so that every LEU finds it.
+    let tier = match shared
+        .as_ref()
+        .filter(|_| server_config.search == SearchSpread::Whole)
+    {
+        Some(team) => {
+            let views: Option<Vec<PublishedView>> =
+                team.views.iter().map(|view| view.get().cloned()).collect();
+            match views.map(|views| IndexTier::start(views, leus)) {
+                Some(Ok(tier)) => {
+                    let _ = team.tier.set(tier.graphs());
+                    Some(tier)
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "the index tier did not start; searches walk every segment");
+                    None
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
     for go in gos {
         // A thread that is gone already shows up in `failed()`.
         let _ = go.send(());
     }
     Ok(Running {
         threads,
+        tier,
         stop,
         address,
         leu_ports,

@@ -10,7 +10,9 @@
 
 use crate::gather::Ownership;
 use std::time::Duration;
-use vortex_shard::{search_views, PublishedView, SearchRequest, Shard, ShardError, ShardView};
+use vortex_shard::{
+    search_node, NodeGraph, PublishedView, SearchRequest, Shard, ShardError, ShardView, TierGraphs,
+};
 use vortex_vbp::codec::Response;
 use vortex_vbp::message::{
     CollectionList, CountResult, Counter, ErrorCode, GetResult, LeuStats, Ping, SearchResult,
@@ -57,20 +59,34 @@ pub fn dispatch_part(
 
 /// Runs a whole search on this LEU over `views`, every LEU's published shard view: the
 /// node's data, whichever LEU wrote it (the `whole` search spread, docs/DATAPLANE.md).
-pub fn search_whole(views: &[PublishedView], search: &SearchView<'_>) -> Outcome {
+pub fn search_whole(
+    views: &[PublishedView],
+    tier: Option<&TierGraphs>,
+    search: &SearchView<'_>,
+) -> Outcome {
     let loaded: Vec<_> = views.iter().map(PublishedView::load).collect();
     let loaded: Vec<&ShardView> = loaded.iter().map(|view| &***view).collect();
-    match search_on(&loaded, search) {
+    let graphs = tier.map(TierGraphs::load);
+    let graph = graphs
+        .as_ref()
+        .and_then(|graphs| graphs.get(search.body.collection.as_str()))
+        .map(|graph| &**graph);
+    match search_on(&loaded, graph, search) {
         Ok(response) => Outcome::Ready(response),
         Err(error) => Outcome::Ready(error_response(&error)),
     }
 }
 
 /// A search over `views` (one shard's, or every LEU's).
-fn search_on(views: &[&ShardView], search: &SearchView<'_>) -> Result<Response, ShardError> {
+fn search_on(
+    views: &[&ShardView],
+    graph: Option<&NodeGraph>,
+    search: &SearchView<'_>,
+) -> Result<Response, ShardError> {
     let filter: Option<vortex_vbp::message::Filter> = deserialize(&search.body.filter)?;
-    let hits = search_views(
+    let hits = search_node(
         views,
+        graph,
         &SearchRequest {
             collection: search.body.collection.as_str(),
             vector: search.vector,
@@ -199,7 +215,7 @@ fn run(
             )?;
             Response::Points(GetResult { points })
         }
-        RequestRef::Search(view) => search_on(&[&shard.published().load()], &view)?,
+        RequestRef::Search(view) => search_on(&[&shard.published().load()], None, &view)?,
         RequestRef::Count(count) => {
             if count.filter.is_some() {
                 return Ok(Outcome::Ready(Response::error(

@@ -21,7 +21,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use vortex_shard::PublishedView;
+use vortex_shard::{PublishedView, TierGraphs};
 use vortex_vbp::codec::Response;
 
 /// The bytes of a frame the origin LEU keeps, lent to another LEU.
@@ -152,6 +152,9 @@ pub struct Team {
     /// Each LEU's published shard view (`vortex_shard::view`), set by the LEU once its shard
     /// is open and before it passes the start gate: what a whole search on any LEU reads.
     pub views: Vec<OnceLock<PublishedView>>,
+    /// The node's index tier (`vortex_shard::tier`), when one runs: set by the appliance
+    /// before its go.
+    pub tier: OnceLock<TierGraphs>,
 }
 
 /// One LEU's ends of the queues between LEUs.
@@ -222,6 +225,7 @@ pub fn team(ring: Ring, capacity: usize) -> io::Result<Vec<Links>> {
         failed: AtomicBool::new(false),
         merges: AtomicUsize::new(0),
         views: (0..leus).map(|_| OnceLock::new()).collect(),
+        tier: OnceLock::new(),
     });
     let ring = Arc::new(ring);
     let Mesh {

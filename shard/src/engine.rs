@@ -151,6 +151,8 @@ pub struct Shard {
     superseded: HashMap<u64, Arc<NodeSet>>,
     /// What reads see (see view.rs), republished after every change.
     view: PublishedView,
+    /// The store's reads epoch when the view was last published.
+    published_at: Option<u64>,
     /// `dir` shared with the views.
     shared_dir: Arc<Path>,
     /// This process's hold on `dir`; declared last so that it is let go of after the store
@@ -215,6 +217,7 @@ impl Shard {
             segment_epoch: None,
             superseded: HashMap::new(),
             view,
+            published_at: None,
             shared_dir: Arc::from(dir),
             _lock: lock,
         };
@@ -255,6 +258,7 @@ impl Shard {
         catalog.save(&self.dir)?;
         self.catalog = Arc::new(catalog);
         self.sidecars.set_spec(id, None);
+        self.published_at = None; // the catalog changed: publish whatever the store did
         let result = self.store.remove_collection_tables(id);
         self.settle(result).map(|_| ())
     }
@@ -398,7 +402,9 @@ impl Shard {
         result: Result<T, vortex_storage::StorageError>,
     ) -> Result<T, ShardError> {
         self.refresh_segments()?;
-        self.publish();
+        if self.published_at != Some(self.store.reads_epoch()) {
+            self.publish();
+        }
         Ok(result?)
     }
 
@@ -406,6 +412,7 @@ impl Shard {
     /// segments and superseded sets, the catalog. Constant time in the points; linear in the
     /// live tables.
     fn publish(&mut self) {
+        self.published_at = Some(self.store.reads_epoch());
         let store = self.store.snapshot();
         let segments = store
             .tables()

@@ -17,8 +17,10 @@ pub mod error;
 pub mod payload;
 pub mod payload_index;
 pub mod sidecar;
+pub mod tier;
 pub mod view;
 
 pub use engine::{Shard, ShardCloseReport, ShardOpenReport, ShardOptions, ShardStats};
 pub use error::ShardError;
-pub use view::{search_views, PublishedView, SearchRequest, ShardView};
+pub use tier::{IndexTier, NodeGraph, TierGraphs};
+pub use view::{search_node, search_views, PublishedView, SearchRequest, ShardView};

@@ -399,7 +399,6 @@ impl SideCars {
             ..BuildParams::default()
         };
         let dim = spec.dimension as usize;
-        let stride = vector_stride(dim);
         // A node is carried only with exactly the vector its seed node has (an older
         // version of the point is inserted afresh).
         let seed = self
@@ -411,18 +410,7 @@ impl SideCars {
             })
             .map(|(segment, mut carried)| {
                 let graph = segment.graph.as_ref().expect("filtered on a graph");
-                for (node, old) in carried.iter_mut().enumerate() {
-                    let row = &rows[node * stride..node * stride + dim];
-                    let same = graph.vector(*old).is_some_and(|vector| {
-                        vector
-                            .iter()
-                            .zip(row)
-                            .all(|(a, b)| a.to_bits() == b.to_bits())
-                    });
-                    if !same {
-                        *old = u32::MAX;
-                    }
-                }
+                carry_unchanged(graph, &rows, dim, &mut carried);
                 (segment, carried)
             });
         let built = match &seed {
@@ -457,6 +445,28 @@ impl SideCars {
             .map_err(|error| index_error(error.to_string()))?;
         self.register(table, Some(index), contents);
         Ok(())
+    }
+}
+
+/// Keeps in `carried` (for each row of `rows`, a node of `graph` or `u32::MAX`) only the
+/// nodes whose vector equals the row bit for bit: a seeded build carries a node only with
+/// exactly the vector it had (an older version of the point is inserted afresh).
+pub(crate) fn carry_unchanged(graph: &Hnsw, rows: &[f32], dim: usize, carried: &mut [u32]) {
+    let stride = vector_stride(dim);
+    for (node, old) in carried.iter_mut().enumerate() {
+        if *old == u32::MAX {
+            continue;
+        }
+        let row = &rows[node * stride..node * stride + dim];
+        let same = graph.vector(*old).is_some_and(|vector| {
+            vector
+                .iter()
+                .zip(row)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        });
+        if !same {
+            *old = u32::MAX;
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::catalog::{Catalog, State};
 use crate::error::ShardError;
 use crate::payload;
 use crate::sidecar::{index_metric, Segment};
+use crate::tier::NodeGraph;
 use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::Arc;
@@ -260,19 +261,36 @@ impl ShardView {
         })
     }
 
-    /// This view's best candidates, `(distance, point)`, at most `k` of them per source.
+    /// The live tables of collection `id`, in read order.
+    pub(crate) fn segments_of(&self, id: u32) -> impl Iterator<Item = &ViewSegment> {
+        self.segments
+            .iter()
+            .filter(move |entry| entry.table.footer().collection == id)
+    }
+
+    /// The live table `number`, if this view holds it.
+    fn segment(&self, number: u64) -> Option<&ViewSegment> {
+        self.segments
+            .iter()
+            .find(|entry| entry.table.number() == number)
+    }
+
+    /// This view's best candidates, `(distance, point)`, at most `k` of them per source:
+    /// from `fresh` (its MemTables' points, see [`Snapshot::memtable_points`]) and from the
+    /// segments of the collection but those `covered` (by a node graph) says to leave.
     fn candidates(
         &self,
         prepared: &Prepared<'_>,
+        fresh: &[(u64, Option<&vortex_storage::Point>)],
+        covered: &dyn Fn(u64) -> bool,
         candidates: &mut Vec<(f32, u64)>,
     ) -> Result<(), ShardError> {
         let request = prepared.request;
         let id = prepared.collection;
         let (k, ef) = (prepared.k, prepared.ef);
         // The MemTables: exact, and their versions hide everything older.
-        let fresh = self.store.memtable_points(id);
         let mut row = Vec::new();
-        for (point, found) in &fresh {
+        for (point, found) in fresh {
             let Some(found) = found else { continue };
             if found.vector.len() != prepared.query.len() * 4 {
                 continue;
@@ -299,11 +317,11 @@ impl ShardView {
         }
 
         // Each segment through its index, admitting only points whose newest version it holds.
-        for entry in &self.segments {
-            if entry.table.footer().collection != id {
-                continue;
-            }
+        for entry in self.segments_of(id) {
             let number = entry.table.number();
+            if covered(number) {
+                continue; // the node graph answers for it
+            }
             let segment = entry.segment.as_ref().ok_or_else(|| ShardError::Index {
                 table: number,
                 detail: "no side-car for a live segment".to_owned(),
@@ -447,13 +465,106 @@ pub fn search_views(
     views: &[&ShardView],
     request: &SearchRequest<'_>,
 ) -> Result<Vec<Hit>, ShardError> {
+    search_node(views, None, request)
+}
+
+/// [`search_views`] over every LEU's view (in LEU order) with the node graph of the
+/// collection, when there is one (`tier.rs`): it answers for the tables it covers, as long
+/// as they are live, and the views' other segments and MemTables for the rest. A search
+/// with a payload filter walks the segments (their payload indexes) instead.
+pub fn search_node(
+    views: &[&ShardView],
+    graph: Option<&NodeGraph>,
+    request: &SearchRequest<'_>,
+) -> Result<Vec<Hit>, ShardError> {
+    let prepared = views
+        .iter()
+        .map(|view| view.prepare(request))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fresh: Vec<Vec<(u64, Option<&vortex_storage::Point>)>> = views
+        .iter()
+        .zip(&prepared)
+        .map(|(view, prepared)| view.store.memtable_points(prepared.collection))
+        .collect();
+    let graph = graph.filter(|graph| {
+        request.filter.is_none() && !graph.is_empty() && graph.serves(request.collection, views)
+    });
+    // Each covered table's superseded set in its LEU's view now; `None`: retired since.
+    let superseded: Vec<Option<&NodeSet>> = graph.map_or_else(Vec::new, |graph| {
+        graph
+            .covered
+            .iter()
+            .map(|&(leu, number)| {
+                let entry = views.get(usize::from(leu))?.segment(number)?;
+                Some(&*entry.superseded)
+            })
+            .collect()
+    });
     let mut candidates: Vec<(f32, u64)> = Vec::new();
-    // Which view each run of candidates came from: (view, end of its run).
-    let mut sources: Vec<(usize, usize, u32)> = Vec::with_capacity(views.len());
+    // Which view each run of candidates came from: (view, end of its run, collection).
+    let mut sources: Vec<(usize, usize, u32)> = Vec::with_capacity(views.len() + 1);
     for (index, view) in views.iter().enumerate() {
-        let prepared = view.prepare(request)?;
-        view.candidates(&prepared, &mut candidates)?;
-        sources.push((index, candidates.len(), prepared.collection));
+        let covered = |number: u64| {
+            graph.is_some_and(|graph| {
+                graph
+                    .covered
+                    .iter()
+                    .zip(&superseded)
+                    .any(|(&(leu, n), set)| {
+                        usize::from(leu) == index && n == number && set.is_some()
+                    })
+            })
+        };
+        view.candidates(&prepared[index], &fresh[index], &covered, &mut candidates)?;
+        sources.push((index, candidates.len(), prepared[index].collection));
+    }
+    if let Some(graph) = graph {
+        let admits = |node: u32| -> bool {
+            let Some(source) = graph.sources.get(node as usize) else {
+                return false;
+            };
+            let Some(Some(set)) = superseded.get(source.table as usize) else {
+                return false; // its table was retired: the segments answer for the point
+            };
+            if set.contains(source.node) {
+                return false;
+            }
+            let leu = usize::from(graph.covered[source.table as usize].0);
+            let newer = &fresh[leu];
+            newer.is_empty()
+                || graph
+                    .graph
+                    .label(node)
+                    .is_some_and(|point| newer.binary_search_by_key(&point, |(p, _)| *p).is_err())
+        };
+        let first = &prepared[0];
+        let params = SearchParams {
+            k: first.k,
+            ef: first.ef,
+            ..SearchParams::default()
+        };
+        let everything_live = superseded
+            .iter()
+            .all(|set| set.is_some_and(NodeSet::is_empty))
+            && graph
+                .covered
+                .iter()
+                .all(|&(leu, _)| fresh[usize::from(leu)].is_empty());
+        let filter = SegmentFilter {
+            allowed: None,
+            live: &admits,
+        };
+        let found = if everything_live {
+            graph.graph.search(request.vector, params.k, params.ef)
+        } else {
+            graph
+                .graph
+                .search_filtered(request.vector, &params, &filter)
+        }
+        .map_err(|error| ShardError::Invalid(format!("the node graph: {error}")))?;
+        candidates.extend(found.iter().map(|n| (n.distance, n.label)));
+        // Their LEU is found when a payload is asked for (the views hold disjoint points).
+        sources.push((usize::MAX, candidates.len(), 0));
     }
     let k = request.k;
     let mut ranked: Vec<(f32, u64, usize)> = Vec::with_capacity(candidates.len());
@@ -466,11 +577,12 @@ pub fn search_views(
     ranked.truncate(k);
     let mut hits = Vec::with_capacity(ranked.len());
     for (distance, point, view) in ranked {
-        let payload = if request.with_payload {
-            let collection = sources[view].2;
-            views[view].payload_of(collection, point)?
-        } else {
+        let payload = if !request.with_payload {
             None
+        } else if view == usize::MAX {
+            payload_anywhere(views, &prepared, point)?
+        } else {
+            views[view].payload_of(sources[view].2, point)?
         };
         hits.push(Hit {
             id: point,
@@ -479,4 +591,22 @@ pub fn search_views(
         });
     }
     Ok(hits)
+}
+
+/// The payload of `point` from whichever view holds it.
+fn payload_anywhere(
+    views: &[&ShardView],
+    prepared: &[Prepared<'_>],
+    point: u64,
+) -> Result<Option<Payload>, ShardError> {
+    for (view, prepared) in views.iter().zip(prepared) {
+        let key = Key {
+            collection: prepared.collection,
+            point,
+        };
+        if let Some(found) = view.store.get(&key)? {
+            return view.decode_payload(&found.payload);
+        }
+    }
+    Ok(None)
 }

@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
-use vortex_shard::{search_views, SearchRequest, Shard, ShardError, ShardOptions, ShardView};
+use vortex_shard::tier::coverage;
+use vortex_shard::{
+    search_node, IndexTier, NodeGraph, SearchRequest, Shard, ShardError, ShardOptions, ShardView,
+};
 use vortex_storage::{StorageError, StoreOptions};
 use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
 
@@ -64,10 +67,17 @@ fn l2(a: &[f32], b: &[f32]) -> f32 {
 /// One LEU's writer: random upserts, overwrites and deletes of its own ids, with flushes and
 /// full merges asked for often; every write is made durable (and so published) before the
 /// next operation. Returns the tables retired (version epochs seen).
-fn write(shard: &mut Shard, owner: u64, seed: u64, operations: u32) -> u64 {
+fn write(shard: &mut Shard, owner: u64, seed: u64, operations: u32, searched: &AtomicU64) -> u64 {
     let mut rng = Rng(seed);
     let own = |rng: &mut Rng| rng.below(IDS / 2) * 2 + owner;
-    for _ in 0..operations {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for operation in 0..operations {
+        // Paced by the readers (on a loaded machine too): a search for every four operations.
+        while searched.load(Ordering::Relaxed) * 4 < u64::from(operation)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         match rng.below(100) {
             0..=64 => {
                 let count = 1 + rng.below(24) as usize;
@@ -117,13 +127,20 @@ fn contents(views: &[Arc<ShardView>]) -> Vec<(u64, Vec<f32>)> {
         .collect()
 }
 
-/// Checks one search over `views` against exact search over their contents; returns whether
-/// the ids were exactly the exact ones (hits are always checked strictly).
-fn check(views: &[Arc<ShardView>], rng: &mut Rng, context: &str) -> bool {
+/// Checks one search over `views` (with the node graph `graph`, if any) against exact search
+/// over their contents; returns whether the ids were exactly the exact ones (hits are always
+/// checked strictly).
+fn check(
+    views: &[Arc<ShardView>],
+    graph: Option<&NodeGraph>,
+    rng: &mut Rng,
+    context: &str,
+) -> bool {
     let query: Vec<f32> = (0..DIMENSION).map(|_| rng.signed_unit()).collect();
     let k = 10;
-    let hits = search_views(
+    let hits = search_node(
         &views.iter().map(Arc::as_ref).collect::<Vec<&ShardView>>(),
+        graph,
         &SearchRequest {
             collection: COLLECTION,
             vector: &query,
@@ -163,17 +180,19 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let operations = 400;
     let writing = Arc::new(AtomicU64::new(2));
+    let searched = Arc::new(AtomicU64::new(0));
     let (views_tx, views_rx) = mpsc::sync_channel(2);
     let writers: Vec<_> = (0..2u64)
         .map(|owner| {
             let dir = dirs[owner as usize].path().to_owned();
             let views_tx = views_tx.clone();
             let writing = Arc::clone(&writing);
+            let searched = Arc::clone(&searched);
             std::thread::spawn(move || {
                 let (mut shard, _) = Shard::open(&dir, options()).unwrap();
                 shard.create_collection(spec()).unwrap();
                 views_tx.send((owner, shard.published().clone())).unwrap();
-                let epoch = write(&mut shard, owner, seed ^ (owner + 1), operations);
+                let epoch = write(&mut shard, owner, seed ^ (owner + 1), operations, &searched);
                 writing.fetch_sub(1, Ordering::SeqCst);
                 shard.close().unwrap();
                 epoch
@@ -186,59 +205,79 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
         published[owner as usize] = Some(view);
     }
     let published: Vec<_> = published.into_iter().map(Option::unwrap).collect();
+    // The node's index tier builds node graphs over both shards' segments as they come.
+    let tier = IndexTier::start(published.clone(), 1).unwrap();
     let failed = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2u64)
         .map(|reader| {
             let published = published.clone();
+            let tier = tier.graphs();
             let writing = Arc::clone(&writing);
+            let searched = Arc::clone(&searched);
             let failed = Arc::clone(&failed);
             std::thread::spawn(move || {
                 let mut rng = Rng(seed.rotate_left(17) ^ reader);
                 let (mut searches, mut exact, mut held_checks) = (0u32, 0u32, 0u32);
-                let mut held: Vec<(Vec<Arc<ShardView>>, u64)> = Vec::new();
+                let mut with_graph = 0u32;
+                type Held = (Vec<Arc<ShardView>>, Option<Arc<NodeGraph>>, u64);
+                let mut held: Vec<Held> = Vec::new();
                 while writing.load(Ordering::SeqCst) > 0 && !failed.load(Ordering::SeqCst) {
                     let views: Vec<Arc<ShardView>> = published
                         .iter()
                         .map(|cell| Arc::clone(&*cell.load()))
                         .collect();
+                    let graph = tier.load().get(COLLECTION).cloned();
+                    with_graph += u32::from(graph.is_some());
                     let context = format!("seed {seed} reader {reader} search {searches}");
                     searches += 1;
-                    exact += u32::from(check(&views, &mut rng, &context));
+                    searched.fetch_add(1, Ordering::Relaxed);
+                    exact += u32::from(check(&views, graph.as_deref(), &mut rng, &context));
                     let epochs: u64 = views.iter().map(|v| v.version_epoch()).sum();
                     // Views held since earlier: once the writers have published several
                     // versions since (their tables merged away), they still answer.
-                    held.retain(|(old, at)| {
+                    held.retain(|(old, old_graph, at)| {
                         if epochs < at + 4 {
                             return true;
                         }
                         let context = format!("{context}: a view held since epoch {at}");
-                        exact += u32::from(check(old, &mut rng, &context));
+                        // The node graph of now over the old views too: what it covers that
+                        // they do not hold is not admitted.
+                        let now = tier.load().get(COLLECTION).cloned();
+                        let graph = if rng.below(2) == 0 { old_graph } else { &now };
+                        exact += u32::from(check(old, graph.as_deref(), &mut rng, &context));
                         searches += 1;
                         held_checks += 1;
                         false
                     });
                     if held.len() < 3 && rng.below(4) == 0 {
-                        held.push((views, epochs));
+                        held.push((views, graph, epochs));
                     }
                     std::thread::sleep(Duration::from_micros(rng.below(500)));
                 }
-                (searches, exact, held_checks)
+                (searches, exact, held_checks, with_graph)
             })
         })
         .collect();
     let epochs: Vec<u64> = writers.into_iter().map(|w| w.join().unwrap()).collect();
-    let mut totals = (0, 0, 0);
+    let mut totals = (0, 0, 0, 0);
     for reader in readers {
         let result = reader.join();
         if result.is_err() {
             failed.store(true, Ordering::SeqCst);
         }
-        let (searches, exact, held) = result.expect("a reader failed (see its panic above)");
-        totals = (totals.0 + searches, totals.1 + exact, totals.2 + held);
+        let (searches, exact, held, graph) = result.expect("a reader failed (see its panic above)");
+        totals = (
+            totals.0 + searches,
+            totals.1 + exact,
+            totals.2 + held,
+            totals.3 + graph,
+        );
     }
-    let (searches, exact, held) = totals;
+    let (searches, exact, held, with_graph) = totals;
     println!(
-        "{searches} searches ({held} on held views), {exact} exact; table versions published: {epochs:?}"
+        "{searches} searches ({held} on held views, {with_graph} with a node graph), {exact} \
+         exact; table versions published: {epochs:?}; node graphs built: {}",
+        tier.graphs().builds()
     );
     assert!(
         epochs.iter().all(|&e| e >= 20),
@@ -252,4 +291,31 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
         exact as f64 >= 0.98 * searches as f64,
         "seed {seed}: only {exact} of {searches} searches equal exact search"
     );
+    assert!(with_graph > 0, "no search had a node graph: {totals:?}");
+
+    // Settled, the tier comes to cover every segment: a search walks one graph, and finds
+    // what exact search finds.
+    let views: Vec<Arc<ShardView>> = published.iter().map(|c| Arc::clone(&*c.load())).collect();
+    let refs: Vec<&ShardView> = views.iter().map(Arc::as_ref).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let graph = loop {
+        let graph = tier.graphs().load().get(COLLECTION).cloned();
+        let walks = coverage(&refs, COLLECTION, graph.as_deref()).walks;
+        if walks <= 1 {
+            break graph;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tier left {walks} graphs to walk"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rng = Rng(seed);
+    let settled = (0..50)
+        .filter(|round| {
+            let context = format!("seed {seed} settled search {round}");
+            check(&views, graph.as_deref(), &mut rng, &context)
+        })
+        .count();
+    assert!(settled >= 49, "{settled} of 50 settled searches exact");
 }

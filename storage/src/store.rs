@@ -412,6 +412,8 @@ pub struct Store<E: Env> {
     stats: StoreStats,
     /// Counts version changes (tables published or removed).
     version_epoch: u64,
+    /// Counts changes of what reads see: writes applied, MemTables frozen or dropped, versions.
+    reads_epoch: u64,
 }
 
 impl<E: Env> std::fmt::Debug for Store<E> {
@@ -790,6 +792,7 @@ impl<E: Env> Store<E> {
             scratch: Vec::new(),
             stats: StoreStats::default(),
             version_epoch: 0,
+            reads_epoch: 0,
         };
         store.maintain(false)?;
         Ok((store, report))
@@ -947,6 +950,7 @@ impl<E: Env> Store<E> {
             self.pending_bytes -= value_bytes(&write.value);
             self.memtable
                 .apply_replayed(write.key, write.sequence, write.value);
+            self.reads_epoch += 1;
         }
     }
 
@@ -1167,6 +1171,13 @@ impl<E: Env> Store<E> {
             .collect()
     }
 
+    /// A number that changes whenever what a read sees may have changed (a write made
+    /// durable and applied, a MemTable frozen or flushed, a version published): a
+    /// [`Snapshot`] taken at the same number reads the same.
+    pub fn reads_epoch(&self) -> u64 {
+        self.reads_epoch
+    }
+
     /// A number that changes whenever the set of live tables changes (a flush or compaction
     /// published, tables removed): what a caller that derives state from the tables compares.
     pub fn version_epoch(&self) -> u64 {
@@ -1231,6 +1242,7 @@ impl<E: Env> Store<E> {
                     MemTable::new(self.options.memtable_bytes),
                 ));
                 self.frozen = Some(Arc::clone(&frozen));
+                self.reads_epoch += 1;
                 self.start_flush(frozen);
             }
         }
@@ -1454,6 +1466,7 @@ impl<E: Env> Store<E> {
                 }
                 self.stats.flushes += 1;
                 self.frozen = None;
+                self.reads_epoch += 1;
                 self.set_version(version);
             }
             Finished::Compaction {
@@ -1576,6 +1589,7 @@ impl<E: Env> Store<E> {
 
     fn set_version(&mut self, version: Version) {
         self.version_epoch += 1;
+        self.reads_epoch += 1;
         let version = Arc::new(version);
         if let Ok(mut current) = self.shared.current.lock() {
             *current = Arc::clone(&version);

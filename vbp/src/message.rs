@@ -334,9 +334,14 @@ pub fn counters_sum(leus: &[LeuStats], names: &[&str]) -> u64 {
         .sum()
 }
 
-/// Counters that stay above 0 while an LEU has index builds or compactions to do: a
-/// benchmark or a demo waits for their sum to reach 0 before it measures.
-pub const BACKGROUND_WORK_COUNTERS: [&str; 2] = ["pending_compactions", "index_build_backlog"];
+/// Counters that stay above 0 while an LEU has index builds or compactions to do, or the
+/// node's index tier a node graph to build: a benchmark or a demo waits for their sum to
+/// reach 0 before it measures.
+pub const BACKGROUND_WORK_COUNTERS: [&str; 3] = [
+    "pending_compactions",
+    "index_build_backlog",
+    "node_graphs_due",
+];
 
 /// `Stats` response body.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

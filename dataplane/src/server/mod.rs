@@ -63,7 +63,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_config::SearchSpread;
 use vortex_io::{OpId, Owner, ProvidedRing, PushError, RingConfig, RingDriver};
-use vortex_shard::{PublishedView, Shard};
+use vortex_shard::{PublishedView, Shard, TierGraphs};
 use vortex_vbp::codec::{FrameBytes, Response};
 use vortex_vbp::message::ErrorCode;
 use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, SizeClass};
@@ -465,6 +465,7 @@ fn serve_inner(
     }
     let mut server = Server {
         whole_views: None,
+        tier: None,
         ring,
         executor,
         waits: Rc::new(Waits::default()),
@@ -559,6 +560,8 @@ struct Provided {
 struct Server {
     /// Every LEU's published view, when searches run whole here (`SearchSpread::Whole`).
     whole_views: Option<Vec<PublishedView>>,
+    /// The node's index tier, when one runs.
+    tier: Option<TierGraphs>,
     ring: RingDriver<Op>,
     /// The handlers that wait (their frames return to the pool as they drop).
     executor: Executor,

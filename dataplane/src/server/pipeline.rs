@@ -18,6 +18,7 @@ impl Server {
                 .iter()
                 .map(|v| v.get().cloned())
                 .collect();
+            self.tier = self.links.team.tier.get().cloned();
         }
         self.whole_views.is_some()
     }
@@ -26,6 +27,7 @@ impl Server {
     pub(super) fn run_part(&mut self, request: vortex_vbp::validator::RequestRef<'_>) -> Outcome {
         // The server's counters go into stats answers only (counting them costs a scan).
         let counters = if matches!(request, vortex_vbp::validator::RequestRef::Stats) {
+            self.whole_search_ready(); // the tier's counters, before any search
             self.counters()
         } else {
             Vec::new()

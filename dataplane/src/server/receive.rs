@@ -398,7 +398,7 @@ impl Server {
             match self.validator.request(frame.bytes()) {
                 Ok((_, RequestRef::Search(search))) if self.whole_search_ready() => {
                     let views = self.whole_views.as_deref().unwrap_or_default();
-                    let outcome = search_whole(views, &search);
+                    let outcome = search_whole(views, self.tier.as_ref(), &search);
                     self.report.whole_searches += 1;
                     self.settle(to, outcome, Some(frame));
                 }

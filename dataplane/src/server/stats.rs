@@ -49,6 +49,12 @@ impl Server {
             ("loop_p99_ns", self.loop_times.quantile_ns(0.99)),
             ("loop_p999_ns", self.loop_times.quantile_ns(0.999)),
             ("loop_max_ns", self.loop_times.max_ns()),
+            ("whole_searches", self.report.whole_searches),
+            (
+                "node_graph_builds",
+                self.tier.as_ref().map_or(0, TierGraphs::builds),
+            ),
+            ("node_graphs_due", self.node_graphs_due()),
         ];
         let mut counters: Vec<(String, u64)> = named
             .iter()
@@ -60,5 +66,31 @@ impl Server {
                 .map(|(upper, count)| (format!("loop_le_ns_{upper}"), count)),
         );
         counters
+    }
+
+    /// Collections whose node graph is due for a (re)build (the same on every LEU): what
+    /// a search walks is more than the index tier aims at (see `vortex_shard::tier`).
+    fn node_graphs_due(&self) -> u64 {
+        let (Some(views), Some(tier)) = (self.whole_views.as_deref(), self.tier.as_ref()) else {
+            return 0;
+        };
+        let loaded: Vec<_> = views.iter().map(PublishedView::load).collect();
+        let views: Vec<&vortex_shard::ShardView> = loaded.iter().map(|view| &***view).collect();
+        let graphs = tier.load();
+        let Some(first) = views.first() else {
+            return 0;
+        };
+        first
+            .catalog()
+            .live()
+            .filter(|collection| {
+                let name = collection.spec.name.as_str();
+                let graph = graphs
+                    .get(name)
+                    .filter(|graph| graph.serves(name, &views))
+                    .map(|graph| &**graph);
+                vortex_shard::tier::coverage(&views, name, graph).wants_rebuild()
+            })
+            .count() as u64
     }
 }

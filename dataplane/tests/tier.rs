@@ -1,0 +1,201 @@
+//! The appliance with two LEUs and its index tier: points written through both LEUs settle
+//! into segments on each, the tier builds one node graph over them (stats say so, and that
+//! nothing more is due), and every search, run whole on whichever LEU received it, matches
+//! exact search: after overwrites and deletes too, which the node graph must not answer
+//! for any more.
+
+use std::time::{Duration, Instant};
+use vortex_config::{ApplianceConfig, LeuConfig, LeuCount, MemoryLockPolicy, Topology};
+use vortex_dataplane::appliance::{Appliance, Ports};
+use vortex_vbp::client::ClientOptions;
+use vortex_vbp::message::{CollectionSpec, LeuStats, Metric, Search, Upsert, VectorType};
+use vortex_vbp::sharded::ShardedClient;
+
+const DIM: usize = 12;
+
+/// A small deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn counter(stats: &[LeuStats], name: &str) -> u64 {
+    stats
+        .iter()
+        .flat_map(|leu| &leu.counters)
+        .filter(|c| c.name == name)
+        .map(|c| c.value)
+        .sum()
+}
+
+fn l2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Checks 20 searches against exact search over `points`; returns how many matched exactly
+/// (hits are always checked to be live, at their current distance).
+fn exact_searches(client: &ShardedClient, points: &[(u64, Vec<f32>)], rng: &mut Rng) -> usize {
+    (0..20)
+        .filter(|_| {
+            let query: Vec<f32> = (0..DIM).map(|_| rng.unit()).collect();
+            let mut exact: Vec<(f32, u64)> =
+                points.iter().map(|(id, v)| (l2(&query, v), *id)).collect();
+            exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let hits = client
+                .search(Search {
+                    collection: "docs".into(),
+                    vector: query.clone(),
+                    k: 10,
+                    ef: 200,
+                    filter: None,
+                    with_payload: false,
+                })
+                .unwrap();
+            for hit in &hits {
+                let (_, vector) = points
+                    .iter()
+                    .find(|(id, _)| *id == hit.id)
+                    .unwrap_or_else(|| panic!("hit {} is not a live point", hit.id));
+                let expected = l2(&query, vector);
+                assert!(
+                    (hit.distance - expected).abs() <= 1e-4 * (1.0 + expected),
+                    "hit {} at {}, its current vector at {expected}",
+                    hit.id,
+                    hit.distance
+                );
+            }
+            hits.iter()
+                .map(|hit| hit.id)
+                .eq(exact.iter().take(10).map(|(_, id)| *id))
+        })
+        .count()
+}
+
+/// Waits until the tier has built `builds` node graphs or more and none is due.
+fn wait_for_tier(client: &ShardedClient, builds: u64) -> Vec<LeuStats> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = client.any().stats().unwrap();
+        // Every LEU reports the tier's count; each one's is the same.
+        let built = counter(&stats, "node_graph_builds") / stats.len() as u64;
+        if built >= builds && counter(&stats, "node_graphs_due") == 0 {
+            return stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tier did not settle: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_index_tier_builds_one_graph_over_both_leus_and_searches_stay_exact() {
+    let seed = 0x71E2_u64;
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ApplianceConfig {
+        leu: LeuConfig {
+            count: LeuCount::Fixed(2),
+            ..LeuConfig::default()
+        },
+        ..ApplianceConfig::default()
+    };
+    config.memory.lock = MemoryLockPolicy::Off;
+    let topology = Topology::discover().unwrap();
+    // Two LEUs whatever the machine has: sharing its cores is fine for this test.
+    let mapping = match config.plan_leus(&topology) {
+        Ok(mapping) => mapping,
+        Err(_) => {
+            config.leu.count = LeuCount::Auto;
+            config.plan_leus(&topology).unwrap()
+        }
+    };
+    let appliance =
+        Appliance::start(&config, &mapping, dir.path(), Ports::Ephemeral, "the test").unwrap();
+    let client =
+        ShardedClient::connect(&appliance.address().to_string(), ClientOptions::default()).unwrap();
+    client
+        .any()
+        .create_collection(CollectionSpec {
+            name: "docs".into(),
+            dimension: DIM as u32,
+            metric: Metric::L2,
+            m: 12,
+            ef_construction: 100,
+            vector_type: VectorType::F32,
+        })
+        .unwrap();
+    let mut points: Vec<(u64, Vec<f32>)> = Vec::new();
+    let write = |points: &[(u64, Vec<f32>)]| {
+        client
+            .upsert(Upsert {
+                collection: "docs".into(),
+                dimension: DIM as u32,
+                ids: points.iter().map(|(id, _)| *id).collect(),
+                vectors: points.iter().flat_map(|(_, v)| v.clone()).collect(),
+                payloads: Vec::new(),
+            })
+            .unwrap();
+    };
+    for batch in 0..6u64 {
+        let fresh: Vec<(u64, Vec<f32>)> = (0..500)
+            .map(|i| (batch * 500 + i, (0..DIM).map(|_| rng.unit()).collect()))
+            .collect();
+        write(&fresh);
+        points.extend(fresh);
+    }
+    // An idle second flushes each LEU's MemTable into a segment: two graphs to walk, which
+    // the tier replaces with one.
+    let stats = wait_for_tier(&client, 1);
+    let leus = stats.len();
+    assert!(
+        exact_searches(&client, &points, &mut rng) >= 19,
+        "settled searches"
+    );
+
+    // Overwrites and deletes: the node graph still holds the old versions, which must not
+    // come back, whether the writes are fresh (in MemTables) or flushed.
+    let overwritten: Vec<(u64, Vec<f32>)> = points
+        .iter()
+        .step_by(7)
+        .map(|(id, _)| (*id, (0..DIM).map(|_| rng.unit()).collect()))
+        .collect();
+    write(&overwritten);
+    for (id, vector) in &overwritten {
+        points.iter_mut().find(|(p, _)| p == id).unwrap().1 = vector.clone();
+    }
+    let deleted: Vec<u64> = points
+        .iter()
+        .skip(3)
+        .step_by(11)
+        .map(|(id, _)| *id)
+        .collect();
+    client.delete("docs", deleted.clone()).unwrap();
+    points.retain(|(id, _)| !deleted.contains(id));
+    assert!(
+        exact_searches(&client, &points, &mut rng) >= 19,
+        "fresh writes over the node graph"
+    );
+    let stats = wait_for_tier(&client, 1);
+    assert!(
+        exact_searches(&client, &points, &mut rng) >= 19,
+        "flushed writes over the node graph"
+    );
+    let whole = counter(&stats, "whole_searches");
+    assert!(whole >= 40, "searches ran whole: {whole}");
+    drop(client);
+    appliance.stop().unwrap();
+    println!("{leus} LEU(s); {whole} whole searches");
+}

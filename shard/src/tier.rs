@@ -1,0 +1,443 @@
+//! The node's index tier (issue #22): few, large graphs. Each LEU's LSM keeps its own
+//! segments, each with a side-car graph, so the settled data of a collection on a node with
+//! N LEUs is at least N graphs, and a search that walks N graphs costs nearly N walks. The
+//! tier builds one [`NodeGraph`] per collection over the settled segments of every LEU, and
+//! a whole search (`view::search_node`) walks it instead of the segments it covers.
+//!
+//! **What a node graph covers.** The tables it was built from, named by (LEU, table number),
+//! and in each only the nodes that were live then (not superseded). Each of its nodes keeps
+//! where it came from: the covered table and its node there. A search admits a node only
+//! when, in its LEU's current view, that table is still live, that node of it is still not
+//! superseded, and the MemTables hold nothing newer of the point: exactly the test the
+//! table's own segment would apply. So a node graph never needs updating to stay correct;
+//! it only covers less as the LEUs' merges retire the tables it was built from, and the
+//! segments it does not cover (newer flushes, merge outputs) are searched as before. Nothing
+//! is ever returned twice: a point's newest version lies in one table, which is either
+//! covered (the node graph answers for it) or not (its segment does).
+//!
+//! **When it is rebuilt** ([`Coverage::wants_rebuild`]): once a search would walk two graphs
+//! or more, and what the node graph does not cover is a tenth of what it does, or more than
+//! [`WALKS_MAX`] graphs. A rebuild is seeded with the previous node graph (`Seed`): a node
+//! whose point and vector are unchanged keeps its links, and only the rest is inserted, so
+//! each rebuild costs what arrived since the last.
+//!
+//! **Builder.** [`IndexTier::start`] runs one thread, unpinned, that looks at the LEUs'
+//! published views every [`CHECK_EVERY`] and builds what is due with `threads` build threads
+//! at idle priority (`Helpers::Idle`: only CPU time the LEUs leave), publishing each graph
+//! through an `arc_swap` cell as the views are. Dropping the tier cancels a running build
+//! and joins the thread. Node graphs live in memory: after a restart the tier builds them
+//! again (searches meanwhile walk the segments).
+
+use crate::catalog::Catalog;
+use crate::error::ShardError;
+use crate::sidecar::{carry_unchanged, index_metric};
+use crate::view::{live_collection, PublishedView, ShardView};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vortex_index::{
+    vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Quantization, Seed, Store,
+};
+use vortex_vbp::message::{CollectionSpec, VectorType};
+
+/// How often the builder looks at the views.
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Graphs a search may walk before the tier rebuilds whatever the sizes.
+pub const WALKS_MAX: usize = 4;
+
+/// Where a node of a node graph came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Source {
+    /// Index into [`NodeGraph::covered`].
+    pub table: u32,
+    /// The node in that table's segment.
+    pub node: u32,
+}
+
+/// One graph over the settled segments of every LEU, for one collection.
+#[derive(Debug)]
+pub struct NodeGraph {
+    /// The collection's name, and its id in each LEU's catalog (by LEU).
+    pub(crate) name: String,
+    pub(crate) collection_ids: Vec<u32>,
+    pub(crate) graph: Hnsw,
+    /// Per node: where its vector came from.
+    pub(crate) sources: Vec<Source>,
+    /// The tables covered: (LEU, table number).
+    pub(crate) covered: Vec<(u16, u64)>,
+}
+
+impl NodeGraph {
+    /// Nodes.
+    pub fn len(&self) -> usize {
+        self.graph.len()
+    }
+
+    /// Whether it has no node.
+    pub fn is_empty(&self) -> bool {
+        self.graph.is_empty()
+    }
+
+    /// Tables covered (over all LEUs).
+    pub fn tables_covered(&self) -> usize {
+        self.covered.len()
+    }
+
+    /// Resident bytes of the graph and its rows.
+    pub fn memory_bytes(&self) -> usize {
+        self.graph.memory_bytes() + self.sources.len() * 8
+    }
+
+    /// Whether it was built for collection `name` as `views` hold it now (a collection
+    /// dropped and created again under the same name has new ids).
+    pub fn serves(&self, name: &str, views: &[&ShardView]) -> bool {
+        self.name == name
+            && self.collection_ids.len() == views.len()
+            && views.iter().zip(&self.collection_ids).all(|(view, &id)| {
+                live_collection(view.catalog(), name).is_ok_and(|(live, _)| live == id)
+            })
+    }
+}
+
+/// What a search of a collection walks, with and without the current node graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coverage {
+    /// Graphs a search walks: the node graph (if any) and the segments it does not cover.
+    pub walks: usize,
+    /// Segments (with a graph) of the collection over all LEUs.
+    pub segments: usize,
+    /// Nodes, live when last looked at, in segments the node graph does not cover.
+    pub uncovered_nodes: usize,
+    /// Nodes of the node graph whose table is still live.
+    pub covered_nodes: usize,
+}
+
+impl Coverage {
+    /// Whether a rebuild of the node graph is due (see the module documentation).
+    pub fn wants_rebuild(&self) -> bool {
+        self.walks >= 2
+            && (self.walks > WALKS_MAX || self.uncovered_nodes * 10 >= self.covered_nodes)
+    }
+}
+
+/// What a search of `name` over `views` walks with `graph` (checked with
+/// [`NodeGraph::serves`] by the caller).
+pub fn coverage(views: &[&ShardView], name: &str, graph: Option<&NodeGraph>) -> Coverage {
+    let mut coverage = Coverage::default();
+    let mut live_tables: Vec<bool> = vec![false; graph.map_or(0, |g| g.covered.len())];
+    for (leu, view) in views.iter().enumerate() {
+        let Ok((id, _)) = live_collection(view.catalog(), name) else {
+            continue;
+        };
+        for entry in view.segments_of(id) {
+            let Some(segment_graph) = entry.segment.as_ref().and_then(|s| s.graph.as_ref()) else {
+                continue;
+            };
+            coverage.segments += 1;
+            let number = entry.table.number();
+            let covered = graph.and_then(|g| {
+                g.covered
+                    .iter()
+                    .position(|&(l, n)| usize::from(l) == leu && n == number)
+            });
+            match covered {
+                Some(at) => live_tables[at] = true,
+                None => {
+                    coverage.walks += 1;
+                    coverage.uncovered_nodes +=
+                        segment_graph.len().saturating_sub(entry.superseded.len());
+                }
+            }
+        }
+    }
+    if let Some(graph) = graph {
+        coverage.walks += 1;
+        coverage.covered_nodes = graph
+            .sources
+            .iter()
+            .filter(|source| live_tables[source.table as usize])
+            .count();
+    }
+    coverage
+}
+
+/// Builds the node graph of collection `name` over the settled segments of `views` (every
+/// LEU's, in LEU order), seeded with `previous` (see the module documentation). `None` when
+/// a view lacks the collection or nothing is settled.
+pub fn build_node_graph(
+    views: &[&ShardView],
+    name: &str,
+    previous: Option<&NodeGraph>,
+    threads: usize,
+    cancel: Arc<AtomicBool>,
+) -> Result<Option<NodeGraph>, ShardError> {
+    let mut collection_ids = Vec::with_capacity(views.len());
+    let mut spec: Option<CollectionSpec> = None;
+    for view in views {
+        let Ok((id, found)) = live_collection(view.catalog(), name) else {
+            return Ok(None);
+        };
+        collection_ids.push(id);
+        spec.get_or_insert(found);
+    }
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let dim = spec.dimension as usize;
+    let stride = vector_stride(dim);
+    // The live nodes of every settled segment: counted first, then copied into the rows.
+    let mut settled = Vec::new();
+    for (leu, (view, &id)) in views.iter().zip(&collection_ids).enumerate() {
+        for entry in view.segments_of(id) {
+            let Some(segment) = entry.segment.as_ref() else {
+                continue;
+            };
+            if let Some(graph) = segment.graph.as_ref().filter(|g| g.dim() == dim) {
+                settled.push((leu as u16, entry, segment, graph));
+            }
+        }
+    }
+    let count: usize = settled
+        .iter()
+        .map(|(_, entry, _, graph)| graph.len().saturating_sub(entry.superseded.len()))
+        .sum();
+    if count == 0 {
+        return Ok(None);
+    }
+    let mut stored = Store::<f32>::zeroed(count * stride);
+    let mut labels = Vec::with_capacity(count);
+    let mut sources = Vec::with_capacity(count);
+    let mut covered = Vec::with_capacity(settled.len());
+    let mut rows_out = stored.chunks_exact_mut(stride);
+    for (leu, entry, segment, graph) in settled {
+        let table = covered.len() as u32;
+        for node in 0..graph.len() as u32 {
+            if entry.superseded.contains(node) {
+                continue;
+            }
+            let (Some(vector), Some(&label), Some(row)) = (
+                graph.vector(node),
+                segment.labels.get(node as usize),
+                rows_out.next(),
+            ) else {
+                continue;
+            };
+            row[..dim].copy_from_slice(vector);
+            labels.push(label);
+            sources.push(Source { table, node });
+        }
+        covered.push((leu, entry.table.number()));
+    }
+    drop(rows_out);
+    if labels.len() != count {
+        return Err(ShardError::Invalid(format!(
+            "the node graph of {name:?}: {} rows for {count} live nodes",
+            labels.len()
+        )));
+    }
+    let rows = Store::from_avec(stored);
+    let params = BuildParams {
+        metric: index_metric(spec.metric),
+        m: spec.m as usize,
+        ef_construction: spec.ef_construction as usize,
+        threads: threads.max(1),
+        control: BuildControl {
+            cancel: Some(cancel),
+            helpers: Helpers::Idle,
+        },
+        quantization: match spec.vector_type {
+            VectorType::F32 => Quantization::None,
+            VectorType::I8 => Quantization::ScalarI8,
+        },
+        ..BuildParams::default()
+    };
+    // Seeded with the previous node graph: a point whose vector did not change keeps its
+    // node's links.
+    let seed = previous.filter(|old| {
+        old.graph.dim() == dim && old.graph.m() == params.m && old.graph.metric() == params.metric
+    });
+    let built = match seed {
+        Some(old) => {
+            let node_of: HashMap<u64, u32> = (0..old.graph.len() as u32)
+                .filter_map(|node| old.graph.label(node).map(|label| (label, node)))
+                .collect();
+            let mut carried: Vec<u32> = labels
+                .iter()
+                .map(|label| node_of.get(label).copied().unwrap_or(u32::MAX))
+                .collect();
+            carry_unchanged(&old.graph, &rows, dim, &mut carried);
+            Hnsw::build_over_seeded(
+                dim,
+                rows,
+                Some(&labels),
+                &params,
+                Seed {
+                    graph: &old.graph,
+                    carried: &carried,
+                },
+            )
+        }
+        None => Hnsw::build_over(dim, rows, Some(&labels), &params),
+    };
+    let graph = match built {
+        Ok(graph) => graph,
+        Err(IndexError::Cancelled) => return Ok(None),
+        Err(error) => {
+            return Err(ShardError::Invalid(format!(
+                "the node graph of {name:?} failed to build: {error}"
+            )))
+        }
+    };
+    Ok(Some(NodeGraph {
+        name: name.to_owned(),
+        collection_ids,
+        graph,
+        sources,
+        covered,
+    }))
+}
+
+/// The node graphs published now, by collection name.
+pub type NodeGraphs = HashMap<String, Arc<NodeGraph>>;
+
+/// The tier: its published node graphs and the builder thread. See the module documentation.
+#[derive(Debug)]
+pub struct IndexTier {
+    graphs: Arc<ArcSwap<NodeGraphs>>,
+    stop: Arc<AtomicBool>,
+    builds: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What searches read of a tier: its published node graphs.
+#[derive(Debug, Clone)]
+pub struct TierGraphs {
+    graphs: Arc<ArcSwap<NodeGraphs>>,
+    builds: Arc<AtomicU64>,
+}
+
+impl TierGraphs {
+    /// The node graphs now: lock-free.
+    pub fn load(&self) -> arc_swap::Guard<Arc<NodeGraphs>> {
+        self.graphs.load()
+    }
+
+    /// Node graphs built since the tier started.
+    pub fn builds(&self) -> u64 {
+        self.builds.load(Ordering::Relaxed)
+    }
+}
+
+impl IndexTier {
+    /// Starts the builder over every LEU's published view (in LEU order), with `threads`
+    /// build threads.
+    pub fn start(views: Vec<PublishedView>, threads: usize) -> std::io::Result<IndexTier> {
+        let graphs = Arc::new(ArcSwap::from_pointee(NodeGraphs::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let builds = Arc::new(AtomicU64::new(0));
+        let thread = std::thread::Builder::new()
+            .name("index-tier".into())
+            .spawn({
+                let (graphs, stop, builds) =
+                    (Arc::clone(&graphs), Arc::clone(&stop), Arc::clone(&builds));
+                move || {
+                    let _ = vortex_io::affinity::unpin_current_thread();
+                    while !stop.load(Ordering::Acquire) {
+                        match build_due(&views, &graphs, threads, &stop) {
+                            Ok(0) => std::thread::park_timeout(CHECK_EVERY),
+                            Ok(built) => {
+                                builds.fetch_add(built, Ordering::Relaxed);
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "the index tier failed; retrying");
+                                std::thread::park_timeout(CHECK_EVERY * 4);
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(IndexTier {
+            graphs,
+            stop,
+            builds,
+            thread: Some(thread),
+        })
+    }
+
+    /// The reading side, for the LEUs.
+    pub fn graphs(&self) -> TierGraphs {
+        TierGraphs {
+            graphs: Arc::clone(&self.graphs),
+            builds: Arc::clone(&self.builds),
+        }
+    }
+}
+
+impl Drop for IndexTier {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One look at the views: drops the node graphs of collections gone, builds the one that is
+/// due (the first found). Returns how many were built.
+fn build_due(
+    published: &[PublishedView],
+    graphs: &ArcSwap<NodeGraphs>,
+    threads: usize,
+    stop: &Arc<AtomicBool>,
+) -> Result<u64, ShardError> {
+    let loaded: Vec<_> = published.iter().map(PublishedView::load).collect();
+    let views: Vec<&ShardView> = loaded.iter().map(|view| &***view).collect();
+    let Some(first) = views.first() else {
+        return Ok(0);
+    };
+    let names: Vec<String> = live_names(first.catalog());
+    let current = graphs.load_full();
+    let kept: NodeGraphs = current
+        .iter()
+        .filter(|(name, graph)| graph.serves(name, &views))
+        .map(|(name, graph)| (name.clone(), Arc::clone(graph)))
+        .collect();
+    if kept.len() != current.len() {
+        graphs.store(Arc::new(kept.clone()));
+    }
+    for name in names {
+        let previous = kept.get(&name);
+        if !coverage(&views, &name, previous.map(Arc::as_ref)).wants_rebuild() {
+            continue;
+        }
+        let built = build_node_graph(
+            &views,
+            &name,
+            previous.map(Arc::as_ref),
+            threads,
+            Arc::clone(stop),
+        )?;
+        let Some(built) = built else {
+            continue;
+        };
+        tracing::info!(
+            collection = %name,
+            nodes = built.len(),
+            tables = built.tables_covered(),
+            "node graph built"
+        );
+        let mut next = NodeGraphs::clone(&graphs.load());
+        next.insert(name, Arc::new(built));
+        graphs.store(Arc::new(next));
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn live_names(catalog: &Catalog) -> Vec<String> {
+    catalog.live().map(|c| c.spec.name.clone()).collect()
+}
