@@ -187,15 +187,19 @@ fn points_live_on_their_owners_and_searches_find_the_exact_top_k(spread: SearchS
             points.iter().map(|(id, v)| (l2(&vector, v), *id)).collect();
         exact.sort_by(|a, b| a.0.total_cmp(&b.0));
         let expected: Vec<u64> = exact.iter().take(10).map(|&(_, id)| id).collect();
+        // Every other search asks to be fanned out (the FAN_OUT flag), whatever the spread.
         let hits = clients[query % LEUS]
-            .search(Search {
-                collection: "docs".into(),
-                vector,
-                k: 10,
-                ef: 400,
-                filter: None,
-                with_payload: false,
-            })
+            .search_spread(
+                Search {
+                    collection: "docs".into(),
+                    vector,
+                    k: 10,
+                    ef: 400,
+                    filter: None,
+                    with_payload: false,
+                },
+                query % 2 == 1,
+            )
             .unwrap();
         let found: Vec<u64> = hits.iter().map(|hit| hit.id).collect();
         assert_eq!(found, expected, "query {query} (seed {seed})");
@@ -241,10 +245,10 @@ fn points_live_on_their_owners_and_searches_find_the_exact_top_k(spread: SearchS
     let reports = running.stop();
     assert!(reports.iter().all(|r| r.handed_over > 0), "{reports:?}");
     match spread {
-        // 30 + 12 searches, each run whole where it was received.
+        // 15 + 12 searches run whole where they were received; the 15 flagged fanned out.
         SearchSpread::Whole => assert_eq!(
             reports.iter().map(|r| r.whole_searches).sum::<u64>(),
-            42,
+            27,
             "{reports:?}"
         ),
         SearchSpread::FanOut => assert!(reports.iter().all(|r| r.whole_searches == 0)),

@@ -70,6 +70,23 @@ impl Request {
 
     /// Builds the frame for this request.
     pub fn encode(&self, request_id: u64) -> Result<FrameBytes, EncodeError> {
+        self.encode_flagged(request_id, 0)
+    }
+
+    /// Builds the frame for this request with header `flags` beside RESPONSE (clear): only
+    /// [`crate::header::FLAG_FAN_OUT`] on a search is valid.
+    pub fn encode_flagged(&self, request_id: u64, flags: u16) -> Result<FrameBytes, EncodeError> {
+        let mut frame = self.encode_plain(request_id)?;
+        if flags != 0 {
+            // `flags` is the u16 at offset 8 of the header (header.rs); the checksum covers it.
+            let old = u16::from_le_bytes([frame[8], frame[9]]);
+            frame[8..10].copy_from_slice(&(old | flags).to_le_bytes());
+            header::seal(&mut frame);
+        }
+        Ok(frame)
+    }
+
+    fn encode_plain(&self, request_id: u64) -> Result<FrameBytes, EncodeError> {
         let opcode = self.opcode();
         match self {
             Request::Ping(body) => encode_body(opcode, false, request_id, Some(body)),

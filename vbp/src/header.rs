@@ -5,7 +5,8 @@
 //!      0     4  magic        b"VRTX"
 //!      4     2  version      u16 LE, 1 today
 //!      6     2  opcode       u16 LE (see `Opcode`)
-//!      8     2  flags        u16 LE, bit 0 = RESPONSE; other bits must be 0
+//!      8     2  flags        u16 LE, bit 0 = RESPONSE, bit 1 = FAN_OUT (Search requests
+//!                              only); other bits must be 0
 //!     10     2  reserved     must be 0
 //!     12     4  body_length  u32 LE, bytes of the rkyv body, without padding
 //!     16     8  request_id   u64 LE, chosen by the client, echoed in the response
@@ -29,6 +30,10 @@ pub const FRAME_ALIGN: usize = 16;
 pub const FRAME_SIZE_MAX_BYTES_DEFAULT: u32 = 16 << 20;
 /// The RESPONSE bit of `flags`.
 pub const FLAG_RESPONSE: u16 = 1;
+/// The FAN_OUT bit of `flags`, on a Search request only: the server spreads this search over
+/// every LEU and merges their answers (shorter for one search on idle cores) instead of
+/// running it whole on the LEU that reads it (more searches per second).
+pub const FLAG_FAN_OUT: u16 = 1 << 1;
 
 use crate::checksum;
 

@@ -222,6 +222,12 @@ impl ShardedClient {
     pub fn search(&self, search: Search) -> Result<Vec<Hit>, ClientError> {
         self.any().search(search)
     }
+
+    /// k-nearest-neighbour search, spread over every LEU with `fan_out`
+    /// ([`Client::search_spread`]).
+    pub fn search_spread(&self, search: Search, fan_out: bool) -> Result<Vec<Hit>, ClientError> {
+        self.any().search_spread(search, fan_out)
+    }
 }
 
 /// The error for an answer of the wrong kind (errors and THROTTLED answers are turned into

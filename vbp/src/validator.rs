@@ -18,7 +18,7 @@
 use crate::codec::{Request, Response};
 use crate::header::{frame_checksum, FRAME_SIZE_MAX_BYTES_DEFAULT};
 use crate::header::{
-    FrameHeader, Opcode, FLAG_RESPONSE, FRAME_ALIGN, HEADER_BYTES, MAGIC, VERSION,
+    FrameHeader, Opcode, FLAG_FAN_OUT, FLAG_RESPONSE, FRAME_ALIGN, HEADER_BYTES, MAGIC, VERSION,
 };
 use crate::message::*;
 use rkyv::rancor;
@@ -375,7 +375,16 @@ impl LayoutValidator {
                 version: header.version,
             });
         }
-        if header.flags & !FLAG_RESPONSE != 0 || header.reserved_a != 0 || header.reserved_b != 0 {
+        // FAN_OUT is a request's option, and only a search's.
+        let fan_out = if !response && header.opcode == Opcode::Search as u16 {
+            FLAG_FAN_OUT
+        } else {
+            0
+        };
+        if header.flags & !(FLAG_RESPONSE | fan_out) != 0
+            || header.reserved_a != 0
+            || header.reserved_b != 0
+        {
             return Err(FrameError::ReservedBits {
                 flags: header.flags,
             });

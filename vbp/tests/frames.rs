@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use vortex_vbp::codec::{Request, Response};
-use vortex_vbp::header::{FrameHeader, Opcode, HEADER_BYTES};
+use vortex_vbp::header::{FrameHeader, Opcode, FLAG_FAN_OUT, FLAG_RESPONSE, HEADER_BYTES};
 use vortex_vbp::message::*;
 use vortex_vbp::samples;
 use vortex_vbp::validator::{FrameError, LayoutValidator, RequestRef};
@@ -170,6 +170,44 @@ fn header_fields_are_checked_even_with_a_good_checksum() {
             "{expected}: {error:?}"
         );
     }
+}
+
+/// FAN_OUT is a search request's option: accepted there (and sent by `encode_flagged`),
+/// refused as a reserved bit on any other request and on responses.
+#[test]
+fn the_fan_out_flag_is_a_search_requests_only() {
+    let search = Request::Search(samples::search(8, false));
+    let flagged = search.encode_flagged(3, FLAG_FAN_OUT).unwrap();
+    let (header, request) = validator().request(&flagged).unwrap();
+    assert_eq!(header.flags, FLAG_FAN_OUT);
+    assert!(matches!(request, RequestRef::Search(_)));
+    assert_eq!(
+        validator()
+            .request(&search.encode(3).unwrap())
+            .unwrap()
+            .0
+            .flags,
+        0
+    );
+    for request in samples::requests() {
+        if matches!(request, Request::Search(_)) {
+            continue;
+        }
+        let frame = request.encode_flagged(4, FLAG_FAN_OUT).unwrap();
+        assert!(
+            matches!(
+                validator().request(&frame),
+                Err(FrameError::ReservedBits { .. })
+            ),
+            "{:?} with FAN_OUT",
+            request.opcode()
+        );
+    }
+    let response = with_header(flagged.to_vec(), |h| h.flags = FLAG_RESPONSE | FLAG_FAN_OUT);
+    assert!(matches!(
+        validator().response(&response),
+        Err(FrameError::ReservedBits { .. })
+    ));
 }
 
 #[test]

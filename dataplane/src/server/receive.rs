@@ -3,6 +3,7 @@
 //! the buffer a large frame is assembled in), and cutting what arrives into frames.
 
 use super::*;
+use vortex_vbp::header::FLAG_FAN_OUT;
 
 impl Server {
     /// Resumes sends the ring refused, goes on with frames that waited, and arms a receive
@@ -396,7 +397,9 @@ impl Server {
                 continue;
             }
             match self.validator.request(frame.bytes()) {
-                Ok((_, RequestRef::Search(search))) if self.whole_search_ready() => {
+                Ok((header, RequestRef::Search(search)))
+                    if header.flags & FLAG_FAN_OUT == 0 && self.whole_search_ready() =>
+                {
                     let views = self.whole_views.as_deref().unwrap_or_default();
                     let outcome = search_whole(views, self.tier.as_ref(), &search);
                     self.report.whole_searches += 1;
