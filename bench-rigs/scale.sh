@@ -9,7 +9,8 @@
 #   5. `floor`: VBP ping against the loopback echo, on the same cores.
 # OUT (default bench-rigs/results/scale) gets the tables, serve.json and the logs.
 # SERVE_FLAGS go to every serve-ann (e.g. `--i8` for a scalar-quantized collection).
-# SEARCH is the dataplane's `[leu] search`: "whole" (default) or "fan-out".
+# SEARCH is the dataplane's `[leu] search`: "whole" (default) or "fan-out". PRESET names the
+# dataset (`vortex-bench dataset --preset`; default clustered-128-l2).
 #
 #   BIN=target/release LEUS=8 CLIENT_CORES=8-15 bench-rigs/scale.sh
 set -euo pipefail
@@ -30,16 +31,17 @@ SATURATION_CONNECTIONS=${SATURATION_CONNECTIONS:-64}
 PORT=${PORT:-7790}
 SERVE_FLAGS=${SERVE_FLAGS:-}
 SEARCH=${SEARCH:-whole}
+PRESET=${PRESET:-clustered-128-l2}
 
 mkdir -p "$OUT" "$WORK"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/scale.log"; }
-name=clustered-128-l2
+name=$PRESET
 [ "$N" != 1000000 ] && name="$name-$N"
 
 log "host: $(nproc) cores, $(uname -r); LEUs on 0-$((LEUS - 1)) (search $SEARCH), client on $CLIENT_CORES"
 if [ ! -f "$DATA/$name/meta.json" ]; then
     log "generating $name"
-    "$BIN/vortex-bench" dataset --preset clustered-128-l2 --n "$N" --queries "$QUERIES" \
+    "$BIN/vortex-bench" dataset --preset "$PRESET" --n "$N" --queries "$QUERIES" \
         --out "$DATA" 2>&1 | tail -2 | tee -a "$OUT/scale.log"
 fi
 

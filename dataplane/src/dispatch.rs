@@ -121,7 +121,8 @@ pub fn error_response(error: &ShardError) -> Response {
         | ShardError::Io { .. }
         | ShardError::Locked(_)
         | ShardError::Corrupt { .. }
-        | ShardError::Index { .. } => ErrorCode::Internal,
+        | ShardError::Index { .. }
+        | ShardError::NodeGraph(_) => ErrorCode::Internal,
     };
     Response::error(code, error.to_string())
 }

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use vortex_config::{ApplianceConfig, LeuConfig, LeuCount, MemoryLockPolicy, Topology};
 use vortex_dataplane::appliance::{Appliance, Ports};
 use vortex_vbp::client::ClientOptions;
-use vortex_vbp::message::{CollectionSpec, LeuStats, Metric, Search, Upsert, VectorType};
+use vortex_vbp::message::{
+    CollectionSpec, LeuStats, Metric, Payload, PayloadField, PayloadValue, Search, Upsert,
+    VectorType,
+};
 use vortex_vbp::sharded::ShardedClient;
 
 const DIM: usize = 12;
@@ -39,6 +42,15 @@ fn counter(stats: &[LeuStats], name: &str) -> u64 {
         .sum()
 }
 
+fn payload_of(id: u64) -> Payload {
+    Payload {
+        fields: vec![PayloadField {
+            key: "id".into(),
+            value: PayloadValue::Int(id as i64),
+        }],
+    }
+}
+
 fn l2(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
@@ -59,10 +71,18 @@ fn exact_searches(client: &ShardedClient, points: &[(u64, Vec<f32>)], rng: &mut 
                     k: 10,
                     ef: 200,
                     filter: None,
-                    with_payload: false,
+                    with_payload: true,
                 })
                 .unwrap();
             for hit in &hits {
+                // Each point's payload names it: the node graph's hits fetch theirs from the
+                // LEU that owns them.
+                assert_eq!(
+                    hit.payload,
+                    Some(payload_of(hit.id)),
+                    "payload of {}",
+                    hit.id
+                );
                 let (_, vector) = points
                     .iter()
                     .find(|(id, _)| *id == hit.id)
@@ -145,7 +165,7 @@ fn the_index_tier_builds_one_graph_over_both_leus_and_searches_stay_exact() {
                 dimension: DIM as u32,
                 ids: points.iter().map(|(id, _)| *id).collect(),
                 vectors: points.iter().flat_map(|(_, v)| v.clone()).collect(),
-                payloads: Vec::new(),
+                payloads: points.iter().map(|(id, _)| payload_of(*id)).collect(),
             })
             .unwrap();
     };

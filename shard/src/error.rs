@@ -44,6 +44,10 @@ pub enum ShardError {
         detail: String,
     },
     /// An index failed to build, load or search.
+    /// A node graph of the index tier failed a search (tier.rs).
+    #[error("the node graph: {0}")]
+    NodeGraph(String),
+
     #[error("index of segment {table}: {detail}")]
     Index {
         /// The segment's table number.

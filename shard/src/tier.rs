@@ -119,6 +119,7 @@ impl Coverage {
     /// Whether a rebuild of the node graph is due (see the module documentation).
     pub fn wants_rebuild(&self) -> bool {
         self.walks >= 2
+            && self.uncovered_nodes > 0
             && (self.walks > WALKS_MAX || self.uncovered_nodes * 10 >= self.covered_nodes)
     }
 }
@@ -127,6 +128,13 @@ impl Coverage {
 /// [`NodeGraph::serves`] by the caller).
 pub fn coverage(views: &[&ShardView], name: &str, graph: Option<&NodeGraph>) -> Coverage {
     let mut coverage = Coverage::default();
+    if views
+        .iter()
+        .any(|view| live_collection(view.catalog(), name).is_err())
+    {
+        // Not on every LEU (a create or drop part-way): nothing to build over yet.
+        return coverage;
+    }
     let mut live_tables: Vec<bool> = vec![false; graph.map_or(0, |g| g.covered.len())];
     for (leu, view) in views.iter().enumerate() {
         let Ok((id, _)) = live_collection(view.catalog(), name) else {
@@ -410,6 +418,9 @@ fn build_due(
         graphs.store(Arc::new(kept.clone()));
     }
     for name in names {
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
         let previous = kept.get(&name);
         if !coverage(&views, &name, previous.map(Arc::as_ref)).wants_rebuild() {
             continue;
@@ -440,4 +451,34 @@ fn build_due(
 
 fn live_names(catalog: &Catalog) -> Vec<String> {
     catalog.live().map(|c| c.spec.name.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coverage(walks: usize, uncovered_nodes: usize, covered_nodes: usize) -> Coverage {
+        Coverage {
+            walks,
+            segments: walks,
+            uncovered_nodes,
+            covered_nodes,
+        }
+    }
+
+    #[test]
+    fn a_rebuild_is_due_only_when_it_saves_walks_over_live_nodes() {
+        // One graph to walk: nothing to gain.
+        assert!(!coverage(1, 5000, 0).wants_rebuild());
+        // Two segments, no node graph yet.
+        assert!(coverage(2, 5000, 0).wants_rebuild());
+        // Segments without a live node (all deleted, tombstones not merged away): building
+        // would give nothing, and being due for ever would hold benchmarks and demos.
+        assert!(!coverage(2, 0, 0).wants_rebuild());
+        assert!(!coverage(WALKS_MAX + 3, 0, 1000).wants_rebuild());
+        // Little new beside a large node graph waits for more, up to WALKS_MAX graphs.
+        assert!(!coverage(3, 900, 10_000).wants_rebuild());
+        assert!(coverage(3, 1000, 10_000).wants_rebuild());
+        assert!(coverage(WALKS_MAX + 1, 10, 10_000).wants_rebuild());
+    }
 }

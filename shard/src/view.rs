@@ -283,7 +283,8 @@ impl ShardView {
         prepared: &Prepared<'_>,
         fresh: &[(u64, Option<&vortex_storage::Point>)],
         covered: &dyn Fn(u64) -> bool,
-        candidates: &mut Vec<(f32, u64)>,
+        view: usize,
+        candidates: &mut Vec<(f32, u64, usize)>,
     ) -> Result<(), ShardError> {
         let request = prepared.request;
         let id = prepared.collection;
@@ -313,6 +314,7 @@ impl ShardView {
                     .metric
                     .distance(self.kernels, &prepared.query, &row),
                 *point,
+                view,
             ));
         }
 
@@ -366,7 +368,7 @@ impl ShardView {
                 table: number,
                 detail: error.to_string(),
             })?;
-            candidates.extend(found.iter().map(|n| (n.distance, n.label)));
+            candidates.extend(found.iter().map(|n| (n.distance, n.label, view)));
         }
         Ok(())
     }
@@ -500,9 +502,8 @@ pub fn search_node(
             })
             .collect()
     });
-    let mut candidates: Vec<(f32, u64)> = Vec::new();
-    // Which view each run of candidates came from: (view, end of its run, collection).
-    let mut sources: Vec<(usize, usize, u32)> = Vec::with_capacity(views.len() + 1);
+    // (distance, point, the view that holds it).
+    let mut candidates: Vec<(f32, u64, usize)> = Vec::new();
     for (index, view) in views.iter().enumerate() {
         let covered = |number: u64| {
             graph.is_some_and(|graph| {
@@ -515,8 +516,8 @@ pub fn search_node(
                     })
             })
         };
-        view.candidates(&prepared[index], &fresh[index], &covered, &mut candidates)?;
-        sources.push((index, candidates.len(), prepared[index].collection));
+        let prepared = &prepared[index];
+        view.candidates(prepared, &fresh[index], &covered, index, &mut candidates)?;
     }
     if let Some(graph) = graph {
         let admits = |node: u32| -> bool {
@@ -561,28 +562,23 @@ pub fn search_node(
                 .graph
                 .search_filtered(request.vector, &params, &filter)
         }
-        .map_err(|error| ShardError::Invalid(format!("the node graph: {error}")))?;
-        candidates.extend(found.iter().map(|n| (n.distance, n.label)));
-        // Their LEU is found when a payload is asked for (the views hold disjoint points).
-        sources.push((usize::MAX, candidates.len(), 0));
+        .map_err(|error| ShardError::NodeGraph(error.to_string()))?;
+        // Each hit's view: the LEU of the table its node came from.
+        candidates.extend(found.iter().filter_map(|n| {
+            let source = graph.sources.get(n.node as usize)?;
+            let (leu, _) = graph.covered.get(source.table as usize)?;
+            Some((n.distance, n.label, usize::from(*leu)))
+        }));
     }
     let k = request.k;
-    let mut ranked: Vec<(f32, u64, usize)> = Vec::with_capacity(candidates.len());
-    let mut start = 0;
-    for &(view, end, _) in &sources {
-        ranked.extend(candidates[start..end].iter().map(|&(d, p)| (d, p, view)));
-        start = end;
-    }
-    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    ranked.truncate(k);
-    let mut hits = Vec::with_capacity(ranked.len());
-    for (distance, point, view) in ranked {
-        let payload = if !request.with_payload {
-            None
-        } else if view == usize::MAX {
-            payload_anywhere(views, &prepared, point)?
+    candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    candidates.truncate(k);
+    let mut hits = Vec::with_capacity(candidates.len());
+    for (distance, point, view) in candidates {
+        let payload = if request.with_payload {
+            views[view].payload_of(prepared[view].collection, point)?
         } else {
-            views[view].payload_of(sources[view].2, point)?
+            None
         };
         hits.push(Hit {
             id: point,
@@ -591,22 +587,4 @@ pub fn search_node(
         });
     }
     Ok(hits)
-}
-
-/// The payload of `point` from whichever view holds it.
-fn payload_anywhere(
-    views: &[&ShardView],
-    prepared: &[Prepared<'_>],
-    point: u64,
-) -> Result<Option<Payload>, ShardError> {
-    for (view, prepared) in views.iter().zip(prepared) {
-        let key = Key {
-            collection: prepared.collection,
-            point,
-        };
-        if let Some(found) = view.store.get(&key)? {
-            return view.decode_payload(&found.payload);
-        }
-    }
-    Ok(None)
 }
