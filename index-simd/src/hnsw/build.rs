@@ -792,16 +792,21 @@ impl Hnsw {
             if control.cancelled() {
                 return Err(IndexError::Cancelled);
             }
-            if threads > 1 {
-                // Concurrent insertions do not see one another: two neighbours inserted at
-                // once can each link only to older nodes, and a later pruning can then drop
-                // the one link into a node. Every node the entry point cannot reach on
-                // layer 0 is inserted again, on this thread, until none is left (or a few
-                // rounds have passed). Degenerate data can still lose: on 3,000 points on a
-                // line, parallel graphs here missed from none to 31 points in searches
-                // (more when the helpers get CPU time in bursts), where a single thread
-                // misses none (shard/tests/collinear.rs), so one thread stays the shard's
-                // default.
+            if count > 0 {
+                // Every node the entry point cannot reach on layer 0 is inserted again, on
+                // this thread, until none is left (or a few rounds have passed). Concurrent
+                // insertions do not see one another: two neighbours inserted at once can
+                // each link only to older nodes, and a later pruning can then drop the one
+                // link into a node. A seeded build strands nodes too: a carried node keeps
+                // its links, and generation after generation a pruning can drop the last
+                // link into one (1 node in 40 after 13 generations of small seeded graphs;
+                // test `every_node_of_small_graphs_seeded_generation_after_generation_is_reachable`),
+                // so the pass runs after every build; it is a pure function of the graph,
+                // so a one-thread build stays deterministic. Degenerate data can still lose
+                // with threads: on 3,000 points on a line, parallel graphs here missed from
+                // none to 31 points in searches (more when the helpers get CPU time in
+                // bursts), where a single thread misses none (shard/tests/collinear.rs), so
+                // one thread stays the shard's default.
                 let mut scratch = SearchScratch::new();
                 let mut work = Work::default();
                 for _ in 0..REPAIR_ROUNDS_MAX {
