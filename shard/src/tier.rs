@@ -68,6 +68,11 @@ pub struct NodeGraph {
     pub(crate) sources: Vec<Source>,
     /// The tables covered: (LEU, table number).
     pub(crate) covered: Vec<(u16, u64)>,
+    /// Each covered table's superseded nodes when it was built. A table's superseded set
+    /// only grows, so a view whose set for it is smaller is older than the build: the node
+    /// graph lacks nodes superseded since, which are live in that view, and must not answer
+    /// for the table there.
+    pub(crate) superseded_at_build: Vec<usize>,
 }
 
 impl NodeGraph {
@@ -150,6 +155,7 @@ pub fn coverage(views: &[&ShardView], name: &str, graph: Option<&NodeGraph>) -> 
                 g.covered
                     .iter()
                     .position(|&(l, n)| usize::from(l) == leu && n == number)
+                    .filter(|&at| entry.superseded.len() >= g.superseded_at_build[at])
             });
             match covered {
                 Some(at) => live_tables[at] = true,
@@ -219,6 +225,7 @@ pub fn build_node_graph(
     let mut labels = Vec::with_capacity(count);
     let mut sources = Vec::with_capacity(count);
     let mut covered = Vec::with_capacity(settled.len());
+    let mut superseded_at_build = Vec::with_capacity(settled.len());
     let mut rows_out = stored.chunks_exact_mut(stride);
     for (leu, entry, segment, graph) in settled {
         let table = covered.len() as u32;
@@ -238,6 +245,7 @@ pub fn build_node_graph(
             sources.push(Source { table, node });
         }
         covered.push((leu, entry.table.number()));
+        superseded_at_build.push(entry.superseded.len());
     }
     drop(rows_out);
     if labels.len() != count {
@@ -305,6 +313,7 @@ pub fn build_node_graph(
         graph,
         sources,
         covered,
+        superseded_at_build,
     }))
 }
 

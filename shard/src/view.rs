@@ -491,14 +491,17 @@ pub fn search_node(
     let graph = graph.filter(|graph| {
         request.filter.is_none() && !graph.is_empty() && graph.serves(request.collection, views)
     });
-    // Each covered table's superseded set in its LEU's view now; `None`: retired since.
+    // Each covered table's superseded set in its LEU's view; `None` where the node graph
+    // cannot answer for the table: retired since the build, or the view is older than the
+    // build (see `NodeGraph::superseded_at_build`).
     let superseded: Vec<Option<&NodeSet>> = graph.map_or_else(Vec::new, |graph| {
         graph
             .covered
             .iter()
-            .map(|&(leu, number)| {
+            .zip(&graph.superseded_at_build)
+            .map(|(&(leu, number), &at_build)| {
                 let entry = views.get(usize::from(leu))?.segment(number)?;
-                Some(&*entry.superseded)
+                Some(&*entry.superseded).filter(|set| set.len() >= at_build)
             })
             .collect()
     });

@@ -288,7 +288,7 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
         "too little overlap: {totals:?}"
     );
     assert!(
-        exact as f64 >= 0.98 * searches as f64,
+        exact as f64 >= 0.99 * searches as f64,
         "seed {seed}: only {exact} of {searches} searches equal exact search"
     );
     assert!(with_graph > 0, "no search had a node graph: {totals:?}");
