@@ -17,7 +17,8 @@
 //!
 //! **When it is rebuilt** ([`Coverage::wants_rebuild`]): once a search would walk two graphs
 //! or more, and what the node graph does not cover is a tenth of what it does, or more than
-//! [`WALKS_MAX`] graphs. A rebuild is seeded with the previous node graph (`Seed`): a node
+//! [`WALKS_MAX`] graphs; and, once the LEUs' tables have not changed for [`QUIET`], whenever a
+//! search would walk two graphs or more over live nodes: settled, a collection is one graph. A rebuild is seeded with the previous node graph (`Seed`): a node
 //! whose point and vector are unchanged keeps its links, and only the rest is inserted, so
 //! each rebuild costs what arrived since the last.
 //!
@@ -47,6 +48,9 @@ use vortex_vbp::message::{CollectionSpec, VectorType};
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Graphs a search may walk before the tier rebuilds whatever the sizes.
 pub const WALKS_MAX: usize = 4;
+/// How long the LEUs' tables must stay unchanged before the tier folds whatever is left
+/// uncovered into the node graph.
+pub const QUIET: Duration = Duration::from_secs(1);
 
 /// Where a node of a node graph came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +125,18 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    /// Whether a rebuild of the node graph is due (see the module documentation).
+    /// Whether a rebuild of the node graph is due while the LEUs' tables keep changing (see
+    /// the module documentation).
     pub fn wants_rebuild(&self) -> bool {
-        self.walks >= 2
-            && self.uncovered_nodes > 0
+        self.wants_rebuild_when_quiet()
             && (self.walks > WALKS_MAX || self.uncovered_nodes * 10 >= self.covered_nodes)
+    }
+
+    /// Whether a rebuild is due once the LEUs' tables have stopped changing for [`QUIET`]:
+    /// whenever a search walks more than one graph over live nodes, so that a settled
+    /// collection is one graph.
+    pub fn wants_rebuild_when_quiet(&self) -> bool {
+        self.walks >= 2 && self.uncovered_nodes > 0
     }
 }
 
@@ -362,8 +373,9 @@ impl IndexTier {
                     (Arc::clone(&graphs), Arc::clone(&stop), Arc::clone(&builds));
                 move || {
                     let _ = vortex_io::affinity::unpin_current_thread();
+                    let mut quiet = Quiet::default();
                     while !stop.load(Ordering::Acquire) {
-                        match build_due(&views, &graphs, threads, &stop) {
+                        match build_due(&views, &graphs, threads, &stop, &mut quiet) {
                             Ok(0) => std::thread::park_timeout(CHECK_EVERY),
                             Ok(built) => {
                                 builds.fetch_add(built, Ordering::Relaxed);
@@ -410,12 +422,14 @@ fn build_due(
     graphs: &ArcSwap<NodeGraphs>,
     threads: usize,
     stop: &Arc<AtomicBool>,
+    quiet: &mut Quiet,
 ) -> Result<u64, ShardError> {
     let loaded: Vec<_> = published.iter().map(PublishedView::load).collect();
     let views: Vec<&ShardView> = loaded.iter().map(|view| &***view).collect();
     let Some(first) = views.first() else {
         return Ok(0);
     };
+    let settled = quiet.settled(views.iter().map(|view| view.version_epoch()).collect());
     let names: Vec<String> = live_names(first.catalog());
     let current = graphs.load_full();
     let kept: NodeGraphs = current
@@ -431,7 +445,8 @@ fn build_due(
             break;
         }
         let previous = kept.get(&name);
-        if !coverage(&views, &name, previous.map(Arc::as_ref)).wants_rebuild() {
+        let coverage = coverage(&views, &name, previous.map(Arc::as_ref));
+        if !(coverage.wants_rebuild() || settled && coverage.wants_rebuild_when_quiet()) {
             continue;
         }
         let built = build_node_graph(
@@ -456,6 +471,23 @@ fn build_due(
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Whether the LEUs' tables have stayed the same for [`QUIET`].
+#[derive(Debug, Default)]
+struct Quiet {
+    epochs: Vec<u64>,
+    since: Option<std::time::Instant>,
+}
+
+impl Quiet {
+    fn settled(&mut self, epochs: Vec<u64>) -> bool {
+        if epochs != self.epochs {
+            self.epochs = epochs;
+            self.since = Some(std::time::Instant::now());
+        }
+        self.since.is_some_and(|since| since.elapsed() >= QUIET)
+    }
 }
 
 fn live_names(catalog: &Catalog) -> Vec<String> {
@@ -489,5 +521,10 @@ mod tests {
         assert!(!coverage(3, 900, 10_000).wants_rebuild());
         assert!(coverage(3, 1000, 10_000).wants_rebuild());
         assert!(coverage(WALKS_MAX + 1, 10, 10_000).wants_rebuild());
+        // Once the tables stop changing, anything left over is folded in.
+        assert!(coverage(3, 900, 10_000).wants_rebuild_when_quiet());
+        assert!(coverage(2, 1, 100_000).wants_rebuild_when_quiet());
+        assert!(!coverage(1, 900, 10_000).wants_rebuild_when_quiet());
+        assert!(!coverage(2, 0, 10_000).wants_rebuild_when_quiet());
     }
 }

@@ -547,9 +547,12 @@ pub fn search_node(
             ef: first.ef,
             ..SearchParams::default()
         };
+        // Nothing superseded since the build (the graph holds no node superseded before it)
+        // and nothing fresh: the unfiltered walk, which skips the per-node test.
         let everything_live = superseded
             .iter()
-            .all(|set| set.is_some_and(NodeSet::is_empty))
+            .zip(&graph.superseded_at_build)
+            .all(|(set, &at_build)| set.is_some_and(|set| set.len() == at_build))
             && graph
                 .covered
                 .iter()

@@ -319,3 +319,70 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
         .count();
     assert!(settled >= 49, "{settled} of 50 settled searches exact");
 }
+
+/// A few points flushed beside a large node graph (well under a tenth of it) wait for no
+/// more writes: once the tables stop changing, the tier folds them in, and a settled
+/// collection is one graph again.
+#[test]
+fn once_the_tables_stop_changing_the_tier_folds_in_what_is_left() {
+    let seed = test_seed();
+    println!("seed {seed} (replay with VORTEX_TEST_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut shards: Vec<Shard> = dirs
+        .iter()
+        .map(|dir| Shard::open(dir.path(), ShardOptions::default()).unwrap().0)
+        .collect();
+    let upsert = |shard: &mut Shard, ids: Vec<u64>, rng: &mut Rng| {
+        let vectors: Vec<f32> = (0..ids.len() * DIMENSION)
+            .map(|_| rng.signed_unit())
+            .collect();
+        shard.upsert(COLLECTION, &ids, &vectors, &[]).unwrap();
+        shard.sync().unwrap();
+    };
+    for (owner, shard) in shards.iter_mut().enumerate() {
+        shard.create_collection(spec()).unwrap();
+        for batch in 0..3u64 {
+            let ids = (0..1000)
+                .map(|i| (batch * 1000 + i) * 2 + owner as u64)
+                .collect();
+            upsert(shard, ids, &mut rng);
+        }
+        shard.flush().unwrap();
+    }
+    let published: Vec<_> = shards.iter().map(|s| s.published().clone()).collect();
+    let tier = IndexTier::start(published.clone(), 1).unwrap();
+    let walks = || {
+        let loaded: Vec<_> = published.iter().map(|p| Arc::clone(&*p.load())).collect();
+        let views: Vec<&ShardView> = loaded.iter().map(Arc::as_ref).collect();
+        let graphs = tier.graphs().load();
+        coverage(&views, COLLECTION, graphs.get(COLLECTION).map(Arc::as_ref)).walks
+    };
+    let wait_for_one_walk = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while walks() > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {} walks",
+                walks()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for_one_walk("two shards' segments");
+    let builds = tier.graphs().builds();
+    // 50 points (under 1 % of the node graph) in a segment of their own.
+    upsert(
+        &mut shards[0],
+        (0..50).map(|i| 100_000 + i * 2).collect(),
+        &mut rng,
+    );
+    shards[0].flush().unwrap();
+    assert!(walks() >= 2 || tier.graphs().builds() > builds);
+    wait_for_one_walk("a small segment beside the node graph");
+    assert!(tier.graphs().builds() > builds);
+    drop(tier);
+    for shard in shards {
+        shard.close().unwrap();
+    }
+}

@@ -68,8 +68,9 @@ impl Server {
         counters
     }
 
-    /// Collections whose node graph is due for a (re)build (the same on every LEU): what
-    /// a search walks is more than the index tier aims at (see `vortex_shard::tier`).
+    /// Collections whose node graph is due for a (re)build once the tables stop changing
+    /// (the same on every LEU): a search walks more than one graph over live nodes (see
+    /// `vortex_shard::tier`).
     fn node_graphs_due(&self) -> u64 {
         let (Some(views), Some(tier)) = (self.whole_views.as_deref(), self.tier.as_ref()) else {
             return 0;
@@ -89,7 +90,7 @@ impl Server {
                     .get(name)
                     .filter(|graph| graph.serves(name, &views))
                     .map(|graph| &**graph);
-                vortex_shard::tier::coverage(&views, name, graph).wants_rebuild()
+                vortex_shard::tier::coverage(&views, name, graph).wants_rebuild_when_quiet()
             })
             .count() as u64
     }
