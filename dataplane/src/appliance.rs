@@ -81,6 +81,11 @@ pub fn server_config(config: &ApplianceConfig) -> ServerConfig {
         ring: RingConfig::from_config(&config.io_uring),
         busy_poll: Duration::from_micros(u64::from(config.io_uring.busy_poll_us)),
         search: config.leu.search,
+        // The index tier folds whatever is flushed into its node graph.
+        idle_flush_points: match config.leu.search {
+            SearchSpread::Whole => 1,
+            SearchSpread::FanOut => crate::server::IDLE_FLUSH_POINTS,
+        },
         ..ServerConfig::default()
     }
 }

@@ -109,7 +109,11 @@ fn wait_for_tier(client: &ShardedClient, builds: u64) -> Vec<LeuStats> {
         let stats = client.any().stats().unwrap();
         // Every LEU reports the tier's count; each one's is the same.
         let built = counter(&stats, "node_graph_builds") / stats.len() as u64;
-        if built >= builds && counter(&stats, "node_graphs_due") == 0 {
+        // Idle, every MemTable is flushed (whole searches), and the tier folds it in.
+        if built >= builds
+            && counter(&stats, "node_graphs_due") == 0
+            && counter(&stats, "memtable_points") == 0
+        {
             return stats;
         }
         assert!(

@@ -127,7 +127,7 @@ pub(super) enum IdleStep {
 }
 
 /// The idle policy: after `idle_flush_after` without a write and with no background work,
-/// flush at least [`IDLE_FLUSH_POINTS`] fresh points; else, after `idle_merge_after`, merge
+/// flush at least `idle_flush_points` fresh points; else, after `idle_merge_after`, merge
 /// two or more segments, at most once per `idle_merge_every`, and not again until a write
 /// comes (or the last merge may have failed).
 pub(super) fn idle_step(config: &ServerConfig, view: &IdleView) -> IdleStep {
@@ -138,7 +138,7 @@ pub(super) fn idle_step(config: &ServerConfig, view: &IdleView) -> IdleStep {
     {
         return IdleStep::Nothing;
     }
-    if view.fresh_points >= IDLE_FLUSH_POINTS {
+    if view.fresh_points >= config.idle_flush_points.max(1) {
         return IdleStep::Flush;
     }
     let merge_due = merge_wanted(
@@ -229,6 +229,18 @@ mod tests {
             ),
             IdleStep::Flush
         );
+        // With the index tier, any fresh point is flushed (and then folded into the node
+        // graph).
+        let tiered = ServerConfig {
+            idle_flush_points: 1,
+            ..ServerConfig::default()
+        };
+        let one = IdleView {
+            fresh_points: 1,
+            ..quiet(2)
+        };
+        assert_eq!(idle_step(&tiered, &one), IdleStep::Flush);
+        assert_eq!(idle_step(&config, &one), IdleStep::Nothing);
     }
 
     #[test]

@@ -96,9 +96,14 @@ pub struct ServerConfig {
     /// power of two, at most half the pool's standard buffers). 0, or a kernel without
     /// provided-buffer rings: one pool buffer per armed receive instead.
     pub provided_buffers: u16,
-    /// With no write for this long, a MemTable of at least [`IDLE_FLUSH_POINTS`] points is
+    /// With no write for this long, a MemTable of at least `idle_flush_points` points is
     /// flushed (searches then walk its index instead of scanning it). `None`: never.
     pub idle_flush_after: Option<Duration>,
+    /// The fewest fresh points an idle flush takes ([`IDLE_FLUSH_POINTS`] by default). With
+    /// the index tier (whole searches), 1: the flushed points are folded into the node
+    /// graph, and a settled search then scans nothing exactly and walks one graph with no
+    /// per-node test.
+    pub idle_flush_points: usize,
     /// With no write for this long, the LEU's segments are merged into one in the
     /// background (a search walks one graph per segment; the output is split into tables
     /// of the store's size target), once per quiet spell (not again until a write comes)
@@ -144,6 +149,7 @@ impl Default for ServerConfig {
             handover_queue: 1024,
             partial_frame_timeout: Duration::from_secs(10),
             idle_flush_after: Some(Duration::from_secs(1)),
+            idle_flush_points: IDLE_FLUSH_POINTS,
             idle_merge_after: Some(Duration::from_secs(5)),
             idle_merge_every: Duration::from_secs(60),
             provided_buffers: 128,
