@@ -4,6 +4,10 @@
 //! exact search: after overwrites and deletes too, which the node graph must not answer
 //! for any more.
 
+#[path = "../../storage/tests/common/mod.rs"]
+mod common;
+
+use common::{test_seed, Rng};
 use std::time::{Duration, Instant};
 use vortex_config::{ApplianceConfig, LeuConfig, LeuCount, MemoryLockPolicy, Topology};
 use vortex_dataplane::appliance::{Appliance, Ports};
@@ -15,23 +19,6 @@ use vortex_vbp::message::{
 use vortex_vbp::sharded::ShardedClient;
 
 const DIM: usize = 12;
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
 
 fn counter(stats: &[LeuStats], name: &str) -> u64 {
     stats
@@ -60,7 +47,7 @@ fn l2(a: &[f32], b: &[f32]) -> f32 {
 fn exact_searches(client: &ShardedClient, points: &[(u64, Vec<f32>)], rng: &mut Rng) -> usize {
     (0..20)
         .filter(|_| {
-            let query: Vec<f32> = (0..DIM).map(|_| rng.unit()).collect();
+            let query: Vec<f32> = (0..DIM).map(|_| rng.signed_unit()).collect();
             let mut exact: Vec<(f32, u64)> =
                 points.iter().map(|(id, v)| (l2(&query, v), *id)).collect();
             exact.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -126,7 +113,8 @@ fn wait_for_tier(client: &ShardedClient, builds: u64) -> Vec<LeuStats> {
 
 #[test]
 fn the_index_tier_builds_one_graph_over_both_leus_and_searches_stay_exact() {
-    let seed = 0x71E2_u64;
+    let seed = test_seed();
+    println!("seed {seed} (replay with VORTEX_TEST_SEED={seed})");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut config = ApplianceConfig {
@@ -175,7 +163,12 @@ fn the_index_tier_builds_one_graph_over_both_leus_and_searches_stay_exact() {
     };
     for batch in 0..6u64 {
         let fresh: Vec<(u64, Vec<f32>)> = (0..500)
-            .map(|i| (batch * 500 + i, (0..DIM).map(|_| rng.unit()).collect()))
+            .map(|i| {
+                (
+                    batch * 500 + i,
+                    (0..DIM).map(|_| rng.signed_unit()).collect(),
+                )
+            })
             .collect();
         write(&fresh);
         points.extend(fresh);
@@ -194,7 +187,7 @@ fn the_index_tier_builds_one_graph_over_both_leus_and_searches_stay_exact() {
     let overwritten: Vec<(u64, Vec<f32>)> = points
         .iter()
         .step_by(7)
-        .map(|(id, _)| (*id, (0..DIM).map(|_| rng.unit()).collect()))
+        .map(|(id, _)| (*id, (0..DIM).map(|_| rng.signed_unit()).collect()))
         .collect();
     write(&overwritten);
     for (id, vector) in &overwritten {
