@@ -45,6 +45,19 @@ pub fn unpin_current_thread() -> io::Result<()> {
     Ok(())
 }
 
+/// Gives the calling thread the lowest normal priority (nice 19): background work that must
+/// yield to the LEUs whenever they want the CPU, yet still progresses under full load
+/// (`SCHED_IDLE` would not run at all while every core is busy). On Linux the nice value is
+/// per thread.
+pub fn lower_current_thread_priority() -> io::Result<()> {
+    // SAFETY: setpriority with PRIO_PROCESS and who = 0 sets the calling thread's nice value;
+    // it reads nothing through pointers.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The kernel's id of the calling thread (what `/proc/self/task/` lists).
 pub fn current_thread_id() -> u32 {
     // SAFETY: gettid has no preconditions and cannot fail.

@@ -22,9 +22,10 @@
 //! whose point and vector are unchanged keeps its links, and only the rest is inserted, so
 //! each rebuild costs what arrived since the last.
 //!
-//! **Builder.** [`IndexTier::start`] runs one thread, unpinned, that looks at the LEUs'
-//! published views every [`CHECK_EVERY`] and builds what is due with `threads` build threads
-//! at idle priority (`Helpers::Idle`: only CPU time the LEUs leave), publishing each graph
+//! **Builder.** [`IndexTier::start`] runs one thread, unpinned and at nice 19, that looks at
+//! the LEUs' published views every [`CHECK_EVERY`] and builds what is due with `threads`
+//! build threads, its helpers at idle priority (`Helpers::Idle`: only CPU time the LEUs
+//! leave; the tier's own thread keeps progressing under full load), publishing each graph
 //! through an `arc_swap` cell as the views are. Dropping the tier cancels a running build
 //! and joins the thread. Node graphs live in memory: after a restart the tier builds them
 //! again (searches meanwhile walk the segments).
@@ -373,6 +374,9 @@ impl IndexTier {
                     (Arc::clone(&graphs), Arc::clone(&stop), Arc::clone(&builds));
                 move || {
                     let _ = vortex_io::affinity::unpin_current_thread();
+                    // Its own share of the build at nice 19, the helpers at SCHED_IDLE: the
+                    // LEUs come first, and the node graph still gets built under full load.
+                    let _ = vortex_io::affinity::lower_current_thread_priority();
                     let mut quiet = Quiet::default();
                     while !stop.load(Ordering::Acquire) {
                         match build_due(&views, &graphs, threads, &stop, &mut quiet) {
