@@ -17,8 +17,11 @@
 //!
 //! **When it is rebuilt** ([`Coverage::wants_rebuild`]): once a search would walk two graphs
 //! or more, and what the node graph does not cover is a tenth of what it does, or more than
-//! [`WALKS_MAX`] graphs; and, once the LEUs' tables have not changed for [`QUIET`], whenever a
-//! search would walk two graphs or more over live nodes: settled, a collection is one graph. A rebuild is seeded with the previous node graph (`Seed`): a node
+//! [`WALKS_MAX`] graphs, or when a tenth of its nodes died since its build (deletes and
+//! overwrites: its walk then tests every node); and, once the LEUs' tables have not changed
+//! for [`QUIET`], whenever a search would walk two graphs or more over live nodes or the
+//! graph holds any dead node: settled, a collection is one graph walked without a test per
+//! node. Rebuilds for that last rule back off by what the previous one took (`Quiet`). A rebuild is seeded with the previous node graph (`Seed`): a node
 //! whose point and vector are unchanged keeps its links, and only the rest is inserted, so
 //! each rebuild costs what arrived since the last.
 //!
@@ -123,21 +126,27 @@ pub struct Coverage {
     pub uncovered_nodes: usize,
     /// Nodes of the node graph whose table is still live.
     pub covered_nodes: usize,
+    /// Nodes of the node graph superseded or deleted since its build (in tables still
+    /// live): they hold every search of the graph to the walk that tests each node.
+    pub dead_nodes: usize,
 }
 
 impl Coverage {
     /// Whether a rebuild of the node graph is due while the LEUs' tables keep changing (see
     /// the module documentation).
     pub fn wants_rebuild(&self) -> bool {
-        self.wants_rebuild_when_quiet()
-            && (self.walks > WALKS_MAX || self.uncovered_nodes * 10 >= self.covered_nodes)
+        (self.walks >= 2
+            && self.uncovered_nodes > 0
+            && (self.walks > WALKS_MAX || self.uncovered_nodes * 10 >= self.covered_nodes))
+            || (self.dead_nodes > 0 && self.dead_nodes * 10 >= self.covered_nodes)
     }
 
     /// Whether a rebuild is due once the LEUs' tables have stopped changing for [`QUIET`]:
-    /// whenever a search walks more than one graph over live nodes, so that a settled
-    /// collection is one graph.
+    /// whenever a search walks more than one graph over live nodes, or the node graph holds
+    /// nodes dead since its build (deletes, overwrites), so that a settled collection is one
+    /// graph walked without a per-node test.
     pub fn wants_rebuild_when_quiet(&self) -> bool {
-        self.walks >= 2 && self.uncovered_nodes > 0
+        (self.walks >= 2 && self.uncovered_nodes > 0) || self.dead_nodes > 0
     }
 }
 
@@ -170,7 +179,11 @@ pub fn coverage(views: &[&ShardView], name: &str, graph: Option<&NodeGraph>) -> 
                     .filter(|&at| entry.superseded.len() >= g.superseded_at_build[at])
             });
             match covered {
-                Some(at) => live_tables[at] = true,
+                Some(at) => {
+                    live_tables[at] = true;
+                    let at_build = graph.map_or(0, |g| g.superseded_at_build[at]);
+                    coverage.dead_nodes += entry.superseded.len().saturating_sub(at_build);
+                }
                 None => {
                     coverage.walks += 1;
                     coverage.uncovered_nodes +=
@@ -450,9 +463,11 @@ fn build_due(
         }
         let previous = kept.get(&name);
         let coverage = coverage(&views, &name, previous.map(Arc::as_ref));
-        if !(coverage.wants_rebuild() || settled && coverage.wants_rebuild_when_quiet()) {
+        let quiet_build = settled && quiet.may_build() && coverage.wants_rebuild_when_quiet();
+        if !(coverage.wants_rebuild() || quiet_build) {
             continue;
         }
+        let started = std::time::Instant::now();
         let built = build_node_graph(
             &views,
             &name,
@@ -472,17 +487,26 @@ fn build_due(
         let mut next = NodeGraphs::clone(&graphs.load());
         next.insert(name, Arc::new(built));
         graphs.store(Arc::new(next));
+        quiet.built(started.elapsed());
         return Ok(1);
     }
     Ok(0)
 }
 
-/// Whether the LEUs' tables have stayed the same for [`QUIET`].
+/// Whether the LEUs' tables have stayed the same for [`QUIET`], and when a rebuild for the
+/// quiet rule may come: a rebuild costs the whole graph's rows however little it folds in,
+/// so after one taking `t`, the next quiet rebuild waits [`QUIET_BACKOFF`] × `t` (a trickle
+/// of writes, each flushed alone when the LEU idles, then costs the tier at most a fifth
+/// of a core; the tenth rule still rebuilds at once).
 #[derive(Debug, Default)]
 struct Quiet {
     epochs: Vec<u64>,
     since: Option<std::time::Instant>,
+    next_build: Option<std::time::Instant>,
 }
+
+/// See [`Quiet`].
+const QUIET_BACKOFF: u32 = 4;
 
 impl Quiet {
     fn settled(&mut self, epochs: Vec<u64>) -> bool {
@@ -491,6 +515,15 @@ impl Quiet {
             self.since = Some(std::time::Instant::now());
         }
         self.since.is_some_and(|since| since.elapsed() >= QUIET)
+    }
+
+    fn may_build(&self) -> bool {
+        self.next_build
+            .is_none_or(|at| std::time::Instant::now() >= at)
+    }
+
+    fn built(&mut self, took: Duration) {
+        self.next_build = Some(std::time::Instant::now() + took * QUIET_BACKOFF);
     }
 }
 
@@ -508,6 +541,7 @@ mod tests {
             segments: walks,
             uncovered_nodes,
             covered_nodes,
+            dead_nodes: 0,
         }
     }
 
@@ -530,5 +564,27 @@ mod tests {
         assert!(coverage(2, 1, 100_000).wants_rebuild_when_quiet());
         assert!(!coverage(1, 900, 10_000).wants_rebuild_when_quiet());
         assert!(!coverage(2, 0, 10_000).wants_rebuild_when_quiet());
+        // Deletes and overwrites of covered points: one graph, but walked with a test per
+        // node until rebuilt; a tenth of it at once, anything once quiet.
+        let dead = |dead_nodes| Coverage {
+            dead_nodes,
+            ..coverage(1, 0, 10_000)
+        };
+        assert!(!dead(999).wants_rebuild());
+        assert!(dead(1000).wants_rebuild());
+        assert!(dead(1).wants_rebuild_when_quiet());
+        assert!(!dead(0).wants_rebuild_when_quiet());
+    }
+
+    #[test]
+    fn quiet_rebuilds_back_off_by_what_the_last_one_took() {
+        let mut quiet = Quiet::default();
+        assert!(quiet.may_build());
+        quiet.built(Duration::from_secs(3600));
+        assert!(!quiet.may_build());
+        quiet.built(Duration::ZERO);
+        assert!(quiet.may_build());
+        assert!(!quiet.settled(vec![1, 2]), "just changed");
+        assert!(!quiet.settled(vec![1, 2]), "not quiet long enough yet");
     }
 }

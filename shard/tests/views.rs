@@ -16,11 +16,12 @@ mod common;
 use common::{test_seed, Rng};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use vortex_shard::tier::coverage;
 use vortex_shard::{
     search_node, IndexTier, NodeGraph, SearchRequest, Shard, ShardError, ShardOptions, ShardView,
+    TierGraphs,
 };
 use vortex_storage::{StorageError, StoreOptions};
 use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
@@ -67,11 +68,26 @@ fn l2(a: &[f32], b: &[f32]) -> f32 {
 /// One LEU's writer: random upserts, overwrites and deletes of its own ids, with flushes and
 /// full merges asked for often; every write is made durable (and so published) before the
 /// next operation. Returns the tables retired (version epochs seen).
-fn write(shard: &mut Shard, owner: u64, seed: u64, operations: u32, searched: &AtomicU64) -> u64 {
+fn write(
+    shard: &mut Shard,
+    owner: u64,
+    seed: u64,
+    operations: u32,
+    searched: &AtomicU64,
+    tier: &OnceLock<TierGraphs>,
+) -> u64 {
     let mut rng = Rng(seed);
     let own = |rng: &mut Rng| rng.below(IDS / 2) * 2 + owner;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     for operation in 0..operations {
+        // Half-way, until the tier (at nice 19, so slow on a busy machine) has built a node
+        // graph: the second half's merges then retire tables it covers under the readers.
+        while operation == operations / 2
+            && tier.get().is_none_or(|tier| tier.load().is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Paced by the readers (on a loaded machine too): a search for every four operations.
         while searched.load(Ordering::Relaxed) * 4 < u64::from(operation)
             && std::time::Instant::now() < deadline
@@ -181,6 +197,7 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
     let operations = 400;
     let writing = Arc::new(AtomicU64::new(2));
     let searched = Arc::new(AtomicU64::new(0));
+    let tier_graphs: Arc<OnceLock<TierGraphs>> = Arc::new(OnceLock::new());
     let (views_tx, views_rx) = mpsc::sync_channel(2);
     let writers: Vec<_> = (0..2u64)
         .map(|owner| {
@@ -188,11 +205,19 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
             let views_tx = views_tx.clone();
             let writing = Arc::clone(&writing);
             let searched = Arc::clone(&searched);
+            let tier_graphs = Arc::clone(&tier_graphs);
             std::thread::spawn(move || {
                 let (mut shard, _) = Shard::open(&dir, options()).unwrap();
                 shard.create_collection(spec()).unwrap();
                 views_tx.send((owner, shard.published().clone())).unwrap();
-                let epoch = write(&mut shard, owner, seed ^ (owner + 1), operations, &searched);
+                let epoch = write(
+                    &mut shard,
+                    owner,
+                    seed ^ (owner + 1),
+                    operations,
+                    &searched,
+                    &tier_graphs,
+                );
                 writing.fetch_sub(1, Ordering::SeqCst);
                 shard.close().unwrap();
                 epoch
@@ -207,6 +232,7 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
     let published: Vec<_> = published.into_iter().map(Option::unwrap).collect();
     // The node's index tier builds node graphs over both shards' segments as they come.
     let tier = IndexTier::start(published.clone(), 1).unwrap();
+    let _ = tier_graphs.set(tier.graphs());
     let failed = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2u64)
         .map(|reader| {
@@ -381,6 +407,28 @@ fn once_the_tables_stop_changing_the_tier_folds_in_what_is_left() {
     assert!(walks() >= 2 || tier.graphs().builds() > builds);
     wait_for_one_walk("a small segment beside the node graph");
     assert!(tier.graphs().builds() > builds);
+    // Deletes of covered points (a table of tombstones, with no graph): still one walk, but
+    // with a test per node until the tier rebuilds without the dead nodes.
+    let dead = || {
+        let loaded: Vec<_> = published.iter().map(|p| Arc::clone(&*p.load())).collect();
+        let views: Vec<&ShardView> = loaded.iter().map(Arc::as_ref).collect();
+        let graphs = tier.graphs().load();
+        coverage(&views, COLLECTION, graphs.get(COLLECTION).map(Arc::as_ref)).dead_nodes
+    };
+    let ids: Vec<u64> = (0..30).map(|i| i * 2).collect();
+    shards[0].delete(COLLECTION, &ids).unwrap();
+    shards[0].sync().unwrap();
+    shards[0].flush().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while dead() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} dead nodes left",
+            dead()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(walks(), 1);
     drop(tier);
     for shard in shards {
         shard.close().unwrap();
