@@ -35,7 +35,7 @@ use crate::view::{
 };
 pub use crate::view::{BATCH_POINTS_MAX, EF_MAX, K_MAX};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_index::metric::normalize;
@@ -133,7 +133,8 @@ pub struct ShardStats {
 
 /// One LEU's shard.
 pub struct Shard {
-    dir: PathBuf,
+    /// Shared with the views (error messages name it).
+    dir: Arc<Path>,
     /// Cancels running index builds when the shard is dropped, before the store (declared
     /// after it, so dropped after it) waits for its background jobs.
     _cancel_builds: CancelBuilds,
@@ -153,8 +154,6 @@ pub struct Shard {
     view: PublishedView,
     /// The store's reads epoch when the view was last published.
     published_at: Option<u64>,
-    /// `dir` shared with the views.
-    shared_dir: Arc<Path>,
     /// This process's hold on `dir`; declared last so that it is let go of after the store
     /// has stopped.
     _lock: DirLock,
@@ -206,7 +205,7 @@ impl Shard {
             Kernels::active(),
         ));
         let mut shard = Shard {
-            dir: dir.to_owned(),
+            dir: Arc::from(dir),
             store,
             catalog: Arc::new(catalog),
             _cancel_builds: CancelBuilds(Arc::clone(&sidecars)),
@@ -218,7 +217,6 @@ impl Shard {
             superseded: HashMap::new(),
             view,
             published_at: None,
-            shared_dir: Arc::from(dir),
             _lock: lock,
         };
         shard.refresh_segments()?;
@@ -427,7 +425,7 @@ impl Shard {
             })
             .collect();
         self.view.publish(ShardView::new(
-            Arc::clone(&self.shared_dir),
+            Arc::clone(&self.dir),
             Arc::clone(&self.catalog),
             store,
             segments,

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use vortex_index::NodeSet;
 use vortex_index::{
     vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Quantization, Seed, Store,
 };
@@ -97,6 +98,34 @@ impl NodeGraph {
     /// Tables covered (over all LEUs).
     pub fn tables_covered(&self) -> usize {
         self.covered.len()
+    }
+
+    /// Each covered table's superseded set in its LEU's view (`views` in LEU order), where
+    /// the node graph answers for the table there; `None` where the table was retired since
+    /// the build, or the view is older than the build (see `superseded_at_build`).
+    pub(crate) fn answering<'v>(&self, views: &[&'v ShardView]) -> Vec<Option<&'v NodeSet>> {
+        self.covered
+            .iter()
+            .zip(&self.superseded_at_build)
+            .map(|(&(leu, number), &at_build)| {
+                let entry = views.get(usize::from(leu))?.segment(number)?;
+                Some(&*entry.superseded).filter(|set| set.len() >= at_build)
+            })
+            .collect()
+    }
+
+    /// Which covered table table `number` of LEU `leu` is, when the node graph answers for
+    /// it (`answering`: what [`NodeGraph::answering`] gave for the same views).
+    pub(crate) fn answers_for(
+        &self,
+        answering: &[Option<&NodeSet>],
+        leu: usize,
+        number: u64,
+    ) -> Option<usize> {
+        self.covered
+            .iter()
+            .zip(answering)
+            .position(|(&(l, n), set)| usize::from(l) == leu && n == number && set.is_some())
     }
 
     /// Resident bytes of the graph and its rows.
@@ -161,7 +190,7 @@ pub fn coverage(views: &[&ShardView], name: &str, graph: Option<&NodeGraph>) -> 
         // Not on every LEU (a create or drop part-way): nothing to build over yet.
         return coverage;
     }
-    let mut live_tables: Vec<bool> = vec![false; graph.map_or(0, |g| g.covered.len())];
+    let answering = graph.map_or_else(Vec::new, |graph| graph.answering(views));
     for (leu, view) in views.iter().enumerate() {
         let Ok((id, _)) = live_collection(view.catalog(), name) else {
             continue;
@@ -172,23 +201,13 @@ pub fn coverage(views: &[&ShardView], name: &str, graph: Option<&NodeGraph>) -> 
             };
             coverage.segments += 1;
             let number = entry.table.number();
-            let covered = graph.and_then(|g| {
-                g.covered
-                    .iter()
-                    .position(|&(l, n)| usize::from(l) == leu && n == number)
-                    .filter(|&at| entry.superseded.len() >= g.superseded_at_build[at])
-            });
-            match covered {
-                Some(at) => {
-                    live_tables[at] = true;
-                    let at_build = graph.map_or(0, |g| g.superseded_at_build[at]);
-                    coverage.dead_nodes += entry.superseded.len().saturating_sub(at_build);
-                }
-                None => {
-                    coverage.walks += 1;
-                    coverage.uncovered_nodes +=
-                        segment_graph.len().saturating_sub(entry.superseded.len());
-                }
+            if graph
+                .and_then(|g| g.answers_for(&answering, leu, number))
+                .is_none()
+            {
+                coverage.walks += 1;
+                coverage.uncovered_nodes +=
+                    segment_graph.len().saturating_sub(entry.superseded.len());
             }
         }
     }
@@ -197,10 +216,36 @@ pub fn coverage(views: &[&ShardView], name: &str, graph: Option<&NodeGraph>) -> 
         coverage.covered_nodes = graph
             .sources
             .iter()
-            .filter(|source| live_tables[source.table as usize])
+            .filter(|source| answering[source.table as usize].is_some())
             .count();
+        coverage.dead_nodes = answering
+            .iter()
+            .zip(&graph.superseded_at_build)
+            .filter_map(|(set, &at_build)| Some(set.as_ref()?.len().saturating_sub(at_build)))
+            .sum();
     }
     coverage
+}
+
+/// Collections of `views` (every LEU's) whose node graph in `graphs` is due for a build once
+/// the tables stop changing ([`Coverage::wants_rebuild_when_quiet`]): what the dataplane
+/// reports as `node_graphs_due`.
+pub fn collections_due(views: &[&ShardView], graphs: &NodeGraphs) -> usize {
+    let Some(first) = views.first() else {
+        return 0;
+    };
+    first
+        .catalog()
+        .live()
+        .filter(|collection| {
+            let name = collection.spec.name.as_str();
+            let graph = graphs
+                .get(name)
+                .filter(|graph| graph.serves(name, views))
+                .map(|graph| &**graph);
+            coverage(views, name, graph).wants_rebuild_when_quiet()
+        })
+        .count()
 }
 
 /// Builds the node graph of collection `name` over the settled segments of `views` (every

@@ -98,7 +98,6 @@ impl PublishedView {
 
 /// The search parameters once checked against the collection.
 struct Prepared<'a> {
-    collection: u32,
     metric: Metric,
     /// The query as the index compares it (unit length for cosine).
     query: Vec<f32>,
@@ -222,7 +221,7 @@ impl ShardView {
 
     /// Checks a search against this view's catalog.
     fn prepare<'a>(&self, request: &'a SearchRequest<'a>) -> Result<Prepared<'a>, ShardError> {
-        let (id, spec) = live_collection(&self.catalog, request.collection)?;
+        let (_, spec) = live_collection(&self.catalog, request.collection)?;
         let dimension = spec.dimension as usize;
         if request.vector.len() != dimension {
             return Err(ShardError::DimensionMismatch(format!(
@@ -252,7 +251,6 @@ impl ShardView {
             normalize(&mut query);
         }
         Ok(Prepared {
-            collection: id,
             metric,
             query,
             k,
@@ -269,7 +267,7 @@ impl ShardView {
     }
 
     /// The live table `number`, if this view holds it.
-    fn segment(&self, number: u64) -> Option<&ViewSegment> {
+    pub(crate) fn segment(&self, number: u64) -> Option<&ViewSegment> {
         self.segments
             .iter()
             .find(|entry| entry.table.number() == number)
@@ -281,13 +279,13 @@ impl ShardView {
     fn candidates(
         &self,
         prepared: &Prepared<'_>,
+        id: u32,
         fresh: &[(u64, Option<&vortex_storage::Point>)],
         covered: &dyn Fn(u64) -> bool,
         view: usize,
         candidates: &mut Vec<(f32, u64, usize)>,
     ) -> Result<(), ShardError> {
         let request = prepared.request;
-        let id = prepared.collection;
         let (k, ef) = (prepared.k, prepared.ef);
         // The MemTables: exact, and their versions hide everything older.
         let mut row = Vec::new();
@@ -479,48 +477,41 @@ pub fn search_node(
     graph: Option<&NodeGraph>,
     request: &SearchRequest<'_>,
 ) -> Result<Vec<Hit>, ShardError> {
-    let prepared = views
+    let Some(first) = views.first() else {
+        return Ok(Vec::new());
+    };
+    // Checked (and the query normalised) once; every view must hold the collection, under
+    // its own id.
+    let prepared = first.prepare(request)?;
+    let ids = views
         .iter()
-        .map(|view| view.prepare(request))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|view| live_collection(&view.catalog, request.collection).map(|(id, _)| id))
+        .collect::<Result<Vec<u32>, _>>()?;
     let fresh: Vec<Vec<(u64, Option<&vortex_storage::Point>)>> = views
         .iter()
-        .zip(&prepared)
-        .map(|(view, prepared)| view.store.memtable_points(prepared.collection))
+        .zip(&ids)
+        .map(|(view, &id)| view.store.memtable_points(id))
         .collect();
     let graph = graph.filter(|graph| {
         request.filter.is_none() && !graph.is_empty() && graph.serves(request.collection, views)
     });
-    // Each covered table's superseded set in its LEU's view; `None` where the node graph
-    // cannot answer for the table: retired since the build, or the view is older than the
-    // build (see `NodeGraph::superseded_at_build`).
-    let superseded: Vec<Option<&NodeSet>> = graph.map_or_else(Vec::new, |graph| {
-        graph
-            .covered
-            .iter()
-            .zip(&graph.superseded_at_build)
-            .map(|(&(leu, number), &at_build)| {
-                let entry = views.get(usize::from(leu))?.segment(number)?;
-                Some(&*entry.superseded).filter(|set| set.len() >= at_build)
-            })
-            .collect()
-    });
+    // Each covered table's superseded set where the node graph answers for it.
+    let superseded: Vec<Option<&NodeSet>> =
+        graph.map_or_else(Vec::new, |graph| graph.answering(views));
     // (distance, point, the view that holds it).
     let mut candidates: Vec<(f32, u64, usize)> = Vec::new();
     for (index, view) in views.iter().enumerate() {
         let covered = |number: u64| {
-            graph.is_some_and(|graph| {
-                graph
-                    .covered
-                    .iter()
-                    .zip(&superseded)
-                    .any(|(&(leu, n), set)| {
-                        usize::from(leu) == index && n == number && set.is_some()
-                    })
-            })
+            graph.is_some_and(|graph| graph.answers_for(&superseded, index, number).is_some())
         };
-        let prepared = &prepared[index];
-        view.candidates(prepared, &fresh[index], &covered, index, &mut candidates)?;
+        view.candidates(
+            &prepared,
+            ids[index],
+            &fresh[index],
+            &covered,
+            index,
+            &mut candidates,
+        )?;
     }
     if let Some(graph) = graph {
         let admits = |node: u32| -> bool {
@@ -541,10 +532,9 @@ pub fn search_node(
                     .label(node)
                     .is_some_and(|point| newer.binary_search_by_key(&point, |(p, _)| *p).is_err())
         };
-        let first = &prepared[0];
         let params = SearchParams {
-            k: first.k,
-            ef: first.ef,
+            k: prepared.k,
+            ef: prepared.ef,
             ..SearchParams::default()
         };
         // Nothing superseded since the build (the graph holds no node superseded before it)
@@ -582,7 +572,7 @@ pub fn search_node(
     let mut hits = Vec::with_capacity(candidates.len());
     for (distance, point, view) in candidates {
         let payload = if request.with_payload {
-            views[view].payload_of(prepared[view].collection, point)?
+            views[view].payload_of(ids[view], point)?
         } else {
             None
         };

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use vortex_shard::tier::coverage;
+use vortex_shard::tier::{coverage, Coverage};
 use vortex_shard::{
     search_node, IndexTier, NodeGraph, SearchRequest, Shard, ShardError, ShardOptions, ShardView,
     TierGraphs,
@@ -378,23 +378,23 @@ fn once_the_tables_stop_changing_the_tier_folds_in_what_is_left() {
     }
     let published: Vec<_> = shards.iter().map(|s| s.published().clone()).collect();
     let tier = IndexTier::start(published.clone(), 1).unwrap();
-    let walks = || {
+    // What a search walks now, over the newest views and node graph.
+    let now = || {
         let loaded: Vec<_> = published.iter().map(|p| Arc::clone(&*p.load())).collect();
         let views: Vec<&ShardView> = loaded.iter().map(Arc::as_ref).collect();
         let graphs = tier.graphs().load();
-        coverage(&views, COLLECTION, graphs.get(COLLECTION).map(Arc::as_ref)).walks
+        coverage(&views, COLLECTION, graphs.get(COLLECTION).map(Arc::as_ref))
     };
-    let wait_for_one_walk = |what: &str| {
+    let walks = || now().walks;
+    // Waits (a minute at most) until `done` holds of what a search walks.
+    let wait_until = |what: &str, done: &dyn Fn(&Coverage) -> bool| {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while walks() > 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what}: {} walks",
-                walks()
-            );
+        while !done(&now()) {
+            assert!(std::time::Instant::now() < deadline, "{what}: {:?}", now());
             std::thread::sleep(Duration::from_millis(50));
         }
     };
+    let wait_for_one_walk = |what: &str| wait_until(what, &|c| c.walks <= 1);
     wait_for_one_walk("two shards' segments");
     let builds = tier.graphs().builds();
     // 50 points (under 1 % of the node graph) in a segment of their own.
@@ -409,25 +409,11 @@ fn once_the_tables_stop_changing_the_tier_folds_in_what_is_left() {
     assert!(tier.graphs().builds() > builds);
     // Deletes of covered points (a table of tombstones, with no graph): still one walk, but
     // with a test per node until the tier rebuilds without the dead nodes.
-    let dead = || {
-        let loaded: Vec<_> = published.iter().map(|p| Arc::clone(&*p.load())).collect();
-        let views: Vec<&ShardView> = loaded.iter().map(Arc::as_ref).collect();
-        let graphs = tier.graphs().load();
-        coverage(&views, COLLECTION, graphs.get(COLLECTION).map(Arc::as_ref)).dead_nodes
-    };
     let ids: Vec<u64> = (0..30).map(|i| i * 2).collect();
     shards[0].delete(COLLECTION, &ids).unwrap();
     shards[0].sync().unwrap();
     shards[0].flush().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while dead() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} dead nodes left",
-            dead()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("dead nodes left", &|c| c.dead_nodes == 0);
     assert_eq!(walks(), 1);
     drop(tier);
     for shard in shards {

@@ -65,17 +65,12 @@ impl Server {
                 // SAFETY: the kernel writes only into provided buffers, kept alive in
                 // `Provided::leases`; the fd stays open while an operation on it is in
                 // flight.
-                match unsafe { self.ring.push(entry, Op::RecvMulti { conn }) } {
-                    Ok(op) => {
-                        connection.receiving = true;
-                        connection.cancelling = false;
-                        connection.recv_op = Some(op);
-                    }
-                    Err(PushError::Busy(_)) => return,
-                    Err(error) => {
-                        tracing::warn!(conn, error = %error_text(&error), "cannot arm a receive");
-                        connection.closing = true;
-                    }
+                let pushed = unsafe { self.ring.push(entry, Op::RecvMulti { conn }) };
+                if pushed.is_ok() {
+                    connection.cancelling = false;
+                }
+                if !armed(connection, conn, pushed) {
+                    return;
                 }
                 continue;
             }
@@ -88,7 +83,7 @@ impl Server {
             // SAFETY: the buffer belongs to the lease, which the operation owns until its
             // completion is reaped; the fd belongs to the connection, which is not closed
             // while an operation on it is in flight.
-            match unsafe {
+            let pushed = unsafe {
                 self.ring.push(
                     entry,
                     Op::Recv {
@@ -97,16 +92,9 @@ impl Server {
                         offset,
                     },
                 )
-            } {
-                Ok(op) => {
-                    connection.receiving = true;
-                    connection.recv_op = Some(op);
-                }
-                Err(PushError::Busy(_)) => return,
-                Err(error) => {
-                    tracing::warn!(conn, error = %error_text(&error), "cannot arm a receive");
-                    connection.closing = true;
-                }
+            };
+            if !armed(connection, conn, pushed) {
+                return;
             }
         }
     }
@@ -439,4 +427,22 @@ impl Server {
             }
         }
     }
+}
+
+/// Records a receive's push on its connection: armed, or the connection closing when the
+/// ring refused it for good. False when the ring is busy (the receive waits for the next
+/// pass).
+fn armed(connection: &mut Connection, conn: usize, pushed: Result<OpId, PushError<Op>>) -> bool {
+    match pushed {
+        Ok(op) => {
+            connection.receiving = true;
+            connection.recv_op = Some(op);
+        }
+        Err(PushError::Busy(_)) => return false,
+        Err(error) => {
+            tracing::warn!(conn, error = %error_text(&error), "cannot arm a receive");
+            connection.closing = true;
+        }
+    }
+    true
 }

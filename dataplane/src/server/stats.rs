@@ -77,21 +77,6 @@ impl Server {
         };
         let loaded: Vec<_> = views.iter().map(PublishedView::load).collect();
         let views: Vec<&vortex_shard::ShardView> = loaded.iter().map(|view| &***view).collect();
-        let graphs = tier.load();
-        let Some(first) = views.first() else {
-            return 0;
-        };
-        first
-            .catalog()
-            .live()
-            .filter(|collection| {
-                let name = collection.spec.name.as_str();
-                let graph = graphs
-                    .get(name)
-                    .filter(|graph| graph.serves(name, &views))
-                    .map(|graph| &**graph);
-                vortex_shard::tier::coverage(&views, name, graph).wants_rebuild_when_quiet()
-            })
-            .count() as u64
+        vortex_shard::tier::collections_due(&views, &tier.load()) as u64
     }
 }
