@@ -128,11 +128,6 @@ impl NodeGraph {
             .position(|(&(l, n), set)| usize::from(l) == leu && n == number && set.is_some())
     }
 
-    /// Resident bytes of the graph and its rows.
-    pub fn memory_bytes(&self) -> usize {
-        self.graph.memory_bytes() + self.sources.len() * 8
-    }
-
     /// Whether it was built for collection `name` as `views` hold it now (a collection
     /// dropped and created again under the same name has new ids).
     pub fn serves(&self, name: &str, views: &[&ShardView]) -> bool {
