@@ -22,6 +22,7 @@
 
 pub mod ann;
 pub mod dataset;
+pub mod ingest;
 pub mod load;
 pub mod lsm;
 pub mod nop;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use vortex_bench::ann::{self, AnnConfig};
 use vortex_bench::dataset::{self, DatasetMeta};
+use vortex_bench::ingest;
 use vortex_bench::load;
 use vortex_bench::lsm::{self, LsmBenchConfig};
 use vortex_bench::nop::{self, NopBenchConfig, NopMode};
@@ -131,6 +132,48 @@ enum Command {
         merged: bool,
         /// The JSON result is written to OUT/serve/<dataset>/<engine>.json (`vortex`, or
         /// `vortex-i8` with `--i8`).
+        #[arg(long, default_value = "bench-rigs/results")]
+        out: PathBuf,
+    },
+    /// A dataset loaded over VBP at full speed into a running dataplane while other
+    /// connections search it (windows of `--seconds`, one beam width each in turn), then the
+    /// same beam widths settled: QPS and recall@k while loading against settled (issue
+    /// #22's during-ingest target). Recall while loading is scored against the exact
+    /// neighbours among the rows acknowledged when each search was sent.
+    ServeIngest {
+        /// The dataplane's `host:port`.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        address: String,
+        /// The dataset directory (from `dataset`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Beam widths, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
+        ef: Vec<u32>,
+        /// Loading connections.
+        #[arg(long, default_value_t = 2)]
+        load_connections: usize,
+        /// Searching connections.
+        #[arg(long, default_value_t = 2)]
+        search_connections: usize,
+        /// Seconds per window while loading, and per beam width settled.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// The first POOL queries are searched while loading (each is scored against every
+        /// prefix of the load, so its distances to every row are kept: POOL × rows × 4
+        /// bytes).
+        #[arg(long, default_value_t = 100)]
+        pool: usize,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, default_value_t = 16)]
+        m: u32,
+        #[arg(long, default_value_t = 200)]
+        ef_construction: u32,
+        /// Before the settled measurement, wait for every LEU's idle merge too.
+        #[arg(long)]
+        merged: bool,
+        /// The JSON result is written to OUT/serve/<dataset>/ingest.json.
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
     },
@@ -552,6 +595,42 @@ fn main() -> anyhow::Result<()> {
             write_result(
                 &out.join("serve").join(&result.dataset),
                 &format!("{}.json", result.engine),
+                &result,
+            )?;
+        }
+        Command::ServeIngest {
+            address,
+            data,
+            ef,
+            load_connections,
+            search_connections,
+            seconds,
+            pool,
+            k,
+            m,
+            ef_construction,
+            merged,
+            out,
+        } => {
+            eprintln!("{command_line}");
+            let config = ingest::IngestConfig {
+                address,
+                data,
+                efs: ef,
+                load_connections,
+                search_connections,
+                window_seconds: seconds,
+                pool,
+                k,
+                m,
+                ef_construction,
+                merged,
+            };
+            let result = ingest::run(&config, &command_line)?;
+            print!("{}", ingest::render(&result));
+            write_result(
+                &out.join("serve").join(&result.dataset),
+                "ingest.json",
                 &result,
             )?;
         }

@@ -24,7 +24,7 @@ use vortex_vbp::message::{
 use vortex_vbp::sharded::ShardedClient;
 
 /// The collection the ANN benchmark fills.
-const COLLECTION: &str = "ann";
+pub(crate) const COLLECTION: &str = "ann";
 
 /// Latency percentiles, microseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -35,7 +35,7 @@ pub struct Latency {
     pub max_us: f64,
 }
 
-fn latency(histogram: &Histogram<u64>) -> Latency {
+pub(crate) fn latency(histogram: &Histogram<u64>) -> Latency {
     let us = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Latency {
         p50_us: us(0.5),
@@ -45,7 +45,7 @@ fn latency(histogram: &Histogram<u64>) -> Latency {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -155,7 +155,9 @@ pub struct AnnResult {
 /// Sends until the answer is not THROTTLED, waiting the server's hint, doubled on each
 /// further THROTTLED up to 64 times it (many loaders retrying at the hint's pace kept the
 /// LEUs busy receiving batches they could only refuse).
-fn retrying<T>(mut attempt: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
+pub(crate) fn retrying<T>(
+    mut attempt: impl FnMut() -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
     let mut backoff = 1u32;
     loop {
         match attempt() {
@@ -196,59 +198,16 @@ fn load(
         Ok(_) => client.drop_collection(COLLECTION)?,
         Err(_) => {}
     }
-    let (m, ef_construction, vector_type) = spec;
-    client.create_collection(CollectionSpec {
-        name: COLLECTION.into(),
-        dimension: dataset.meta.dim as u32,
-        metric: match dataset.meta.metric.as_str() {
-            "l2" => Metric::L2,
-            "cosine" => Metric::Cosine,
-            other => anyhow::bail!("metric `{other}`: expected l2 or cosine"),
-        },
-        m: u16::try_from(m)?,
-        ef_construction: u16::try_from(ef_construction)?,
-        vector_type,
-    })?;
-    let batch = 1000;
-    let next = AtomicUsize::new(0);
+    create(client, dataset, spec)?;
     let loaded = AtomicUsize::new(0);
-    let dim = dataset.meta.dim;
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let workers: Vec<_> = (0..connections.max(1))
-            .map(|_| {
-                scope.spawn(|| -> anyhow::Result<()> {
-                    let client = ShardedClient::connect(address, ClientOptions::default())?;
-                    loop {
-                        let start = next.fetch_add(batch, Ordering::Relaxed);
-                        if start >= dataset.base.len() {
-                            return Ok(());
-                        }
-                        let end = (start + batch).min(dataset.base.len());
-                        let upsert = Upsert {
-                            collection: COLLECTION.into(),
-                            dimension: dim as u32,
-                            ids: (start as u64..end as u64).collect(),
-                            vectors: dataset.base.values[start * dim..end * dim].to_vec(),
-                            payloads: Vec::new(),
-                        };
-                        retrying(|| client.upsert(upsert.clone()))?;
-                        let total = loaded.fetch_add(end - start, Ordering::Relaxed) + end - start;
-                        if total % 100_000 < batch {
-                            eprintln!(
-                                "loaded {total} of {n} ({:.1} s)",
-                                started.elapsed().as_secs_f64()
-                            );
-                        }
-                    }
-                })
-            })
-            .collect();
-        for worker in workers {
-            worker
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("a loading thread panicked")))?;
+    send_rows(address, dataset, connections, &|start, end| {
+        let total = loaded.fetch_add(end - start, Ordering::Relaxed) + end - start;
+        if total % 100_000 < BATCH {
+            eprintln!(
+                "loaded {total} of {n} ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
         }
-        Ok(())
     })?;
     let loaded_in = started.elapsed().as_secs_f64();
     for leu in client.stats()? {
@@ -272,10 +231,80 @@ fn load(
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Creates the benchmark's collection for `dataset` (`spec`: m, ef_construction, vector
+/// type).
+pub(crate) fn create(
+    client: &Client,
+    dataset: &Dataset,
+    spec: (u32, u32, VectorType),
+) -> anyhow::Result<()> {
+    let (m, ef_construction, vector_type) = spec;
+    client.create_collection(CollectionSpec {
+        name: COLLECTION.into(),
+        dimension: dataset.meta.dim as u32,
+        metric: match dataset.meta.metric.as_str() {
+            "l2" => Metric::L2,
+            "cosine" => Metric::Cosine,
+            other => anyhow::bail!("metric `{other}`: expected l2 or cosine"),
+        },
+        m: u16::try_from(m)?,
+        ef_construction: u16::try_from(ef_construction)?,
+        vector_type,
+    })?;
+    Ok(())
+}
+
+/// Points per upsert batch of the loaders.
+pub(crate) const BATCH: usize = 1000;
+
+/// Sends the dataset's rows, in batches of [`BATCH`] taken in order, from `connections`
+/// threads, each straight to the owning LEUs (the shard-aware client), retrying THROTTLED;
+/// `acked(start, end)` runs once each batch is acknowledged (durable).
+pub(crate) fn send_rows(
+    address: &str,
+    dataset: &Dataset,
+    connections: usize,
+    acked: &(dyn Fn(usize, usize) + Sync),
+) -> anyhow::Result<()> {
+    let next = AtomicUsize::new(0);
+    let dim = dataset.meta.dim;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let workers: Vec<_> = (0..connections.max(1))
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    let client = ShardedClient::connect(address, ClientOptions::default())?;
+                    loop {
+                        let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                        if start >= dataset.base.len() {
+                            return Ok(());
+                        }
+                        let end = (start + BATCH).min(dataset.base.len());
+                        let upsert = Upsert {
+                            collection: COLLECTION.into(),
+                            dimension: dim as u32,
+                            ids: (start as u64..end as u64).collect(),
+                            vectors: dataset.base.values[start * dim..end * dim].to_vec(),
+                            payloads: Vec::new(),
+                        };
+                        retrying(|| client.upsert(upsert.clone()))?;
+                        acked(start, end);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a loading thread panicked")))?;
+        }
+        Ok(())
+    })
+}
+
 /// Waits (up to half an hour: a full merge of 1 M points builds its graph on one thread)
 /// until no index build or compaction is pending and, with `merged`, no LEU has an idle
 /// merge due (each merged its segments since the last write).
-fn settle(client: &Client, merged: bool) -> anyhow::Result<()> {
+pub(crate) fn settle(client: &Client, merged: bool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut said = Instant::now();
     loop {
@@ -337,84 +366,15 @@ pub fn ann(
     )?;
     let mut points = Vec::new();
     for &ef in efs {
-        let next = AtomicUsize::new(0);
-        let before = loop_reading(&client)?;
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs_f64(seconds);
-        let shares: Vec<anyhow::Result<Share>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..connections)
-                .map(|_| {
-                    let (dataset, next) = (&dataset, &next);
-                    scope.spawn(move || -> anyhow::Result<_> {
-                        // Shard-aware: one connection per LEU, searches sent to them in
-                        // turn, so every LEU receives its share whatever the port spread.
-                        let client = ShardedClient::connect(address, ClientOptions::default())?;
-                        let mut times = histogram();
-                        let (mut found, mut asked, mut errors) = (0usize, 0u64, 0u64);
-                        while Instant::now() < deadline {
-                            let query =
-                                next.fetch_add(1, Ordering::Relaxed) % dataset.queries.len();
-                            let sent = Instant::now();
-                            let answer = retrying(|| {
-                                client.search(Search {
-                                    collection: COLLECTION.into(),
-                                    vector: dataset.queries.row(query).to_vec(),
-                                    k: k as u32,
-                                    ef,
-                                    filter: None,
-                                    with_payload: false,
-                                })
-                            });
-                            let ns = sent.elapsed().as_nanos() as u64;
-                            match answer {
-                                Ok(hits) => {
-                                    let _ = times.record(ns.max(1));
-                                    let truth = &dataset.truth.row(query)[..k];
-                                    found += hits
-                                        .iter()
-                                        .filter(|hit| truth.contains(&(hit.id as i32)))
-                                        .count();
-                                    asked += 1;
-                                }
-                                Err(_) => errors += 1,
-                            }
-                        }
-                        Ok((times, found, asked, errors))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
-                })
-                .collect()
-        });
-        let elapsed = started.elapsed().as_secs_f64();
-        let mut times = histogram();
-        let (mut found, mut asked, mut errors) = (0usize, 0u64, 0u64);
-        for share in shares {
-            let (share_times, share_found, share_asked, share_errors) = share?;
-            times.add(&share_times)?;
-            found += share_found;
-            asked += share_asked;
-            errors += share_errors;
-        }
-        let point = AnnPoint {
+        points.push(measure(
+            &client,
+            address,
+            &dataset,
             ef,
-            recall: found as f64 / (asked.max(1) as f64 * k as f64),
-            qps: asked as f64 / elapsed,
-            queries: asked,
-            errors,
-            latency: latency(&times),
-            loop_jitter: loop_jitter(&before, &loop_reading(&client)?),
-        };
-        eprintln!(
-            "ef {ef}: recall@{k} {:.4}, {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs",
-            point.recall, point.qps, point.latency.p50_us, point.latency.p99_us
-        );
-        points.push(point);
+            connections,
+            seconds,
+            k,
+        )?);
     }
     Ok(AnnResult {
         engine: if i8 { "vortex-i8" } else { "vortex" }.into(),
@@ -426,6 +386,96 @@ pub fn ann(
         load_seconds,
         points,
     })
+}
+
+/// One closed-loop run at `ef` on `connections` connections for `seconds`: the dataset's
+/// queries in turn, recall@k against its exact neighbours.
+pub(crate) fn measure(
+    client: &Client,
+    address: &str,
+    dataset: &Dataset,
+    ef: u32,
+    connections: usize,
+    seconds: f64,
+    k: usize,
+) -> anyhow::Result<AnnPoint> {
+    let next = AtomicUsize::new(0);
+    let before = loop_reading(client)?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let shares: Vec<anyhow::Result<Share>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..connections)
+            .map(|_| {
+                let next = &next;
+                scope.spawn(move || -> anyhow::Result<_> {
+                    // Shard-aware: one connection per LEU, searches sent to them in
+                    // turn, so every LEU receives its share whatever the port spread.
+                    let client = ShardedClient::connect(address, ClientOptions::default())?;
+                    let mut times = histogram();
+                    let (mut found, mut asked, mut errors) = (0usize, 0u64, 0u64);
+                    while Instant::now() < deadline {
+                        let query = next.fetch_add(1, Ordering::Relaxed) % dataset.queries.len();
+                        let sent = Instant::now();
+                        let answer = retrying(|| {
+                            client.search(Search {
+                                collection: COLLECTION.into(),
+                                vector: dataset.queries.row(query).to_vec(),
+                                k: k as u32,
+                                ef,
+                                filter: None,
+                                with_payload: false,
+                            })
+                        });
+                        let ns = sent.elapsed().as_nanos() as u64;
+                        match answer {
+                            Ok(hits) => {
+                                let _ = times.record(ns.max(1));
+                                let truth = &dataset.truth.row(query)[..k];
+                                found += hits
+                                    .iter()
+                                    .filter(|hit| truth.contains(&(hit.id as i32)))
+                                    .count();
+                                asked += 1;
+                            }
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    Ok((times, found, asked, errors))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+            })
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut times = histogram();
+    let (mut found, mut asked, mut errors) = (0usize, 0u64, 0u64);
+    for share in shares {
+        let (share_times, share_found, share_asked, share_errors) = share?;
+        times.add(&share_times)?;
+        found += share_found;
+        asked += share_asked;
+        errors += share_errors;
+    }
+    let point = AnnPoint {
+        ef,
+        recall: found as f64 / (asked.max(1) as f64 * k as f64),
+        qps: asked as f64 / elapsed,
+        queries: asked,
+        errors,
+        latency: latency(&times),
+        loop_jitter: loop_jitter(&before, &loop_reading(client)?),
+    };
+    eprintln!(
+        "ef {ef}: recall@{k} {:.4}, {:.0} QPS, p50 {:.0} µs, p99 {:.0} µs",
+        point.recall, point.qps, point.latency.p50_us, point.latency.p99_us
+    );
+    Ok(point)
 }
 
 /// A round-trip measurement.

@@ -23,11 +23,11 @@ use crate::sidecar::{index_metric, Segment};
 use crate::tier::NodeGraph;
 use arc_swap::ArcSwap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use vortex_index::metric::normalize;
 use vortex_index::{Filter, Kernels, Metric, NodeSet, SearchParams};
 use vortex_storage::sstable::table::Table;
-use vortex_storage::{Key, Snapshot};
+use vortex_storage::{Key, Point, Snapshot};
 use vortex_vbp::message::{CollectionSpec, Hit, Payload, PointRecord};
 
 /// Results a search may ask for.
@@ -75,6 +75,93 @@ pub struct ShardView {
     /// The live tables in read order (level 0 newest first, then each level down).
     segments: Vec<ViewSegment>,
     kernels: &'static Kernels,
+    /// Each live collection's fresh points, gathered at the view's first search of it.
+    fresh: Vec<(u32, OnceLock<Fresh>)>,
+}
+
+/// A view's fresh points of one collection (its MemTables' newest versions), gathered once
+/// per view, at the first search that wants them, instead of at every search: a search then
+/// scans one block of rows, keeps only its `k` nearest, and tests segment nodes against a
+/// plain sorted list. Bounded by the MemTables' entry cap (`ShardOptions::store`).
+#[derive(Debug, Default)]
+pub(crate) struct Fresh {
+    /// Every fresh point, upserted or deleted, in id order: each hides the older versions
+    /// that segments hold.
+    ids: Vec<u64>,
+    /// The upserted points whose vector has the collection's dimension, in id order.
+    live: Vec<u64>,
+    /// Their vectors, row after row (unit vectors for cosine, as stored).
+    rows: Vec<f32>,
+}
+
+impl Fresh {
+    fn gather(points: &[(u64, Option<&Point>)], dimension: usize) -> Fresh {
+        let mut fresh = Fresh {
+            ids: points.iter().map(|(point, _)| *point).collect(),
+            ..Fresh::default()
+        };
+        for (point, found) in points {
+            let Some(found) = found else { continue };
+            if found.vector.len() != dimension * 4 {
+                continue;
+            }
+            fresh.live.push(*point);
+            fresh.rows.extend(
+                found
+                    .vector
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        fresh
+    }
+
+    /// Whether `point` has a fresh version (so a segment's is not its newest).
+    fn hides(&self, point: u64) -> bool {
+        self.ids.binary_search(&point).is_ok()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The `k` nearest fresh points to `prepared`'s query, as candidates of view `view`:
+    /// exact, and only `k` of them whatever the fresh count (no other can be among a
+    /// search's `k` best).
+    fn nearest(
+        &self,
+        prepared: &Prepared<'_>,
+        kernels: &Kernels,
+        view: usize,
+        candidates: &mut Vec<(f32, u64, usize)>,
+    ) {
+        let dimension = prepared.query.len();
+        if dimension == 0 || self.live.is_empty() {
+            return;
+        }
+        let mut scored: Vec<(f32, u64, usize)> = self
+            .rows
+            .chunks_exact(dimension)
+            .zip(&self.live)
+            .map(|(row, &point)| {
+                (
+                    prepared.metric.distance(kernels, &prepared.query, row),
+                    point,
+                    view,
+                )
+            })
+            .collect();
+        keep_nearest(&mut scored, prepared.k);
+        candidates.extend(scored);
+    }
+}
+
+/// Keeps the `k` nearest of `scored` (ties by point), unordered.
+fn keep_nearest(scored: &mut Vec<(f32, u64, usize)>, k: usize) {
+    if scored.len() > k && k > 0 {
+        scored.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    }
+    scored.truncate(k);
 }
 
 /// Where a shard publishes its views; clones share the cell, for other LEUs to read.
@@ -195,13 +282,36 @@ impl ShardView {
         segments: Vec<ViewSegment>,
         kernels: &'static Kernels,
     ) -> Self {
+        let fresh = catalog.live().map(|c| (c.id, OnceLock::new())).collect();
         ShardView {
             dir,
             catalog,
             store,
             segments,
             kernels,
+            fresh,
         }
+    }
+
+    /// The fresh points of live collection `id`: gathered by the first search of this view
+    /// that wants them (a search that finds them being gathered gathers its own copy rather
+    /// than wait; the first one set is kept).
+    fn fresh_of(&self, id: u32) -> Result<&Fresh, ShardError> {
+        let (_, cell) = self
+            .fresh
+            .iter()
+            .find(|(collection, _)| *collection == id)
+            .ok_or_else(|| ShardError::NotFound(format!("collection id {id} in this view")))?;
+        if let Some(fresh) = cell.get() {
+            return Ok(fresh);
+        }
+        let dimension = self
+            .catalog
+            .by_id(id)
+            .map_or(0, |c| c.spec.dimension as usize);
+        let _ = cell.set(Fresh::gather(&self.store.memtable_points(id), dimension));
+        cell.get()
+            .ok_or_else(|| ShardError::NotFound(format!("collection id {id} in this view")))
     }
 
     /// The catalog then.
@@ -280,7 +390,7 @@ impl ShardView {
         &self,
         prepared: &Prepared<'_>,
         id: u32,
-        fresh: &[(u64, Option<&vortex_storage::Point>)],
+        fresh: &Fresh,
         covered: &dyn Fn(u64) -> bool,
         view: usize,
         candidates: &mut Vec<(f32, u64, usize)>,
@@ -288,32 +398,9 @@ impl ShardView {
         let request = prepared.request;
         let (k, ef) = (prepared.k, prepared.ef);
         // The MemTables: exact, and their versions hide everything older.
-        let mut row = Vec::new();
-        for (point, found) in fresh {
-            let Some(found) = found else { continue };
-            if found.vector.len() != prepared.query.len() * 4 {
-                continue;
-            }
-            if let Some(filter) = request.filter {
-                if !payload::matches(filter, self.decode_payload(&found.payload)?.as_ref()) {
-                    continue;
-                }
-            }
-            // Stored as unit vectors for cosine (see `Shard::upsert`).
-            row.clear();
-            row.extend(
-                found
-                    .vector
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
-            candidates.push((
-                prepared
-                    .metric
-                    .distance(self.kernels, &prepared.query, &row),
-                *point,
-                view,
-            ));
+        match request.filter {
+            None => fresh.nearest(prepared, self.kernels, view, candidates),
+            Some(filter) => self.fresh_matching(prepared, id, filter, view, candidates)?,
         }
 
         // Each segment through its index, admitting only points whose newest version it holds.
@@ -342,9 +429,10 @@ impl ShardView {
             let admits = |node: u32| -> bool {
                 !superseded.contains(node)
                     && (fresh.is_empty()
-                        || segment.labels.get(node as usize).is_some_and(|point| {
-                            fresh.binary_search_by_key(point, |(p, _)| *p).is_err()
-                        }))
+                        || segment
+                            .labels
+                            .get(node as usize)
+                            .is_some_and(|&point| !fresh.hides(point)))
             };
             let params = SearchParams {
                 k,
@@ -368,6 +456,46 @@ impl ShardView {
             })?;
             candidates.extend(found.iter().map(|n| (n.distance, n.label, view)));
         }
+        Ok(())
+    }
+
+    /// The `k` nearest fresh points of collection `id` whose payload matches `filter`
+    /// (decoded per point: a filtered search reads the MemTables themselves).
+    fn fresh_matching(
+        &self,
+        prepared: &Prepared<'_>,
+        id: u32,
+        filter: &vortex_vbp::message::Filter,
+        view: usize,
+        candidates: &mut Vec<(f32, u64, usize)>,
+    ) -> Result<(), ShardError> {
+        let mut row = Vec::new();
+        let mut scored = Vec::new();
+        for (point, found) in self.store.memtable_points(id) {
+            let Some(found) = found else { continue };
+            if found.vector.len() != prepared.query.len() * 4
+                || !payload::matches(filter, self.decode_payload(&found.payload)?.as_ref())
+            {
+                continue;
+            }
+            // Stored as unit vectors for cosine (see `Shard::upsert`).
+            row.clear();
+            row.extend(
+                found
+                    .vector
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            scored.push((
+                prepared
+                    .metric
+                    .distance(self.kernels, &prepared.query, &row),
+                point,
+                view,
+            ));
+        }
+        keep_nearest(&mut scored, prepared.k);
+        candidates.extend(scored);
         Ok(())
     }
 
@@ -487,11 +615,11 @@ pub fn search_node(
         .iter()
         .map(|view| live_collection(&view.catalog, request.collection).map(|(id, _)| id))
         .collect::<Result<Vec<u32>, _>>()?;
-    let fresh: Vec<Vec<(u64, Option<&vortex_storage::Point>)>> = views
+    let fresh = views
         .iter()
         .zip(&ids)
-        .map(|(view, &id)| view.store.memtable_points(id))
-        .collect();
+        .map(|(view, &id)| view.fresh_of(id))
+        .collect::<Result<Vec<&Fresh>, _>>()?;
     let graph = graph.filter(|graph| {
         request.filter.is_none() && !graph.is_empty() && graph.serves(request.collection, views)
     });
@@ -507,7 +635,7 @@ pub fn search_node(
         view.candidates(
             &prepared,
             ids[index],
-            &fresh[index],
+            fresh[index],
             &covered,
             index,
             &mut candidates,
@@ -525,12 +653,12 @@ pub fn search_node(
                 return false;
             }
             let leu = usize::from(graph.covered[source.table as usize].0);
-            let newer = &fresh[leu];
+            let newer = fresh[leu];
             newer.is_empty()
                 || graph
                     .graph
                     .label(node)
-                    .is_some_and(|point| newer.binary_search_by_key(&point, |(p, _)| *p).is_err())
+                    .is_some_and(|point| !newer.hides(point))
         };
         let params = SearchParams {
             k: prepared.k,
@@ -583,4 +711,42 @@ pub fn search_node(
         });
     }
     Ok(hits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_nearest_keeps_the_k_best_with_ties_by_point() {
+        let mut scored = vec![
+            (3.0, 30, 0),
+            (1.0, 12, 1),
+            (2.0, 20, 0),
+            (1.0, 11, 0),
+            (5.0, 50, 1),
+        ];
+        keep_nearest(&mut scored, 3);
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        assert_eq!(scored, vec![(1.0, 11, 0), (1.0, 12, 1), (2.0, 20, 0)]);
+        // Fewer than k: all of them.
+        let mut few = vec![(4.0, 4, 0), (2.0, 2, 0)];
+        keep_nearest(&mut few, 10);
+        assert_eq!(few.len(), 2);
+    }
+
+    #[test]
+    fn fresh_points_gather_ids_of_deletes_and_rows_of_the_right_dimension() {
+        let point = |values: &[f32]| Point {
+            vector: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            payload: Vec::new(),
+        };
+        let (a, b) = (point(&[1.0, 2.0]), point(&[1.0, 2.0, 3.0]));
+        let fresh = Fresh::gather(&[(1, Some(&a)), (2, None), (3, Some(&b))], 2);
+        // A delete hides older versions as much as an upsert; a vector of another
+        // dimension is no candidate.
+        assert!(fresh.hides(1) && fresh.hides(2) && fresh.hides(3) && !fresh.hides(4));
+        assert_eq!(fresh.live, vec![1]);
+        assert_eq!(fresh.rows, vec![1.0, 2.0]);
+    }
 }
