@@ -234,6 +234,7 @@ fn start_threads(
     // No LEU serves before every LEU is ready, so that a failed start has answered nobody
     // (and what it created can be removed): each waits for its go.
     let mut gos = Vec::with_capacity(leus);
+    let background_nice = config.storage.background_nice;
     for ((links, listeners), leu) in links.into_iter().zip(listeners).zip(&mapping.leus) {
         let index = links.leu;
         let shard_dir = data_dir.join(format!("leu-{index}"));
@@ -251,7 +252,9 @@ fn start_threads(
                 if let Err(error) = affinity::pin_current_thread(cpu) {
                     tracing::warn!(cpu, %error, "cannot pin LEU {index}");
                 }
-                let (shard, report) = match Shard::open(&shard_dir, ShardOptions::default()) {
+                let mut options = ShardOptions::default();
+                options.store.background_nice = i32::from(background_nice);
+                let (shard, report) = match Shard::open(&shard_dir, options) {
                     Ok(opened) => opened,
                     Err(error) => {
                         let message =

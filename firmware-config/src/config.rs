@@ -103,12 +103,22 @@ pub struct StorageConfig {
     /// The data directory: WAL, MANIFEST, SSTables. A relative path is relative to the working
     /// directory of the process. Created at start if missing. Default `vortex-data`.
     pub data_dir: PathBuf,
+    /// The nice value of the threads that flush, compact and build indexes, 0 to 19: above
+    /// the LEUs' 0, so that under load searches and writes get the CPU first and index
+    /// builds take what is left (on idle cores they run at full speed). 0 puts them level
+    /// with the LEUs: loads finish sooner while searches run, and searches answer fewer.
+    /// Default 10.
+    pub background_nice: u8,
 }
+
+/// [`StorageConfig::background_nice`]'s default.
+pub const BACKGROUND_NICE_DEFAULT: u8 = 10;
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             data_dir: PathBuf::from("vortex-data"),
+            background_nice: BACKGROUND_NICE_DEFAULT,
         }
     }
 }
@@ -389,6 +399,15 @@ impl ApplianceConfig {
             return Err(InvalidConfig::new(
                 "storage.data_dir",
                 "is empty; expected a directory path",
+            ));
+        }
+        if self.storage.background_nice > 19 {
+            return Err(InvalidConfig::new(
+                "storage.background_nice",
+                format!(
+                    "{} is not a nice value for background work; expected 0 to 19",
+                    self.storage.background_nice
+                ),
             ));
         }
         let leu = &self.leu;
@@ -711,6 +730,11 @@ mod tests {
                 "[io_uring]\nqueue_depth = 300\n",
                 "io_uring.queue_depth",
                 "power of two",
+            ),
+            (
+                "[storage]\nbackground_nice = 20\n",
+                "storage.background_nice",
+                "0 to 19",
             ),
             (
                 "[io_uring]\nqueue_depth = 4\n",

@@ -50,9 +50,16 @@ pub fn unpin_current_thread() -> io::Result<()> {
 /// (`SCHED_IDLE` would not run at all while every core is busy). On Linux the nice value is
 /// per thread.
 pub fn lower_current_thread_priority() -> io::Result<()> {
+    set_current_thread_nice(19)
+}
+
+/// Sets the calling thread's nice value (0 normal, 19 lowest; a thread it spawns later
+/// inherits it). Raising priority (below the current value) needs privileges; lowering
+/// never does.
+pub fn set_current_thread_nice(nice: i32) -> io::Result<()> {
     // SAFETY: setpriority with PRIO_PROCESS and who = 0 sets the calling thread's nice value;
     // it reads nothing through pointers.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

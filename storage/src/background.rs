@@ -38,8 +38,9 @@ pub struct BackgroundPool {
 }
 
 impl BackgroundPool {
-    /// `threads` workers (at least one) and room for `queue_max` waiting jobs.
-    pub fn new(name: &str, threads: usize, queue_max: usize) -> std::io::Result<Self> {
+    /// `threads` workers (at least one) at nice value `nice` (0: the process's), and room
+    /// for `queue_max` waiting jobs.
+    pub fn new(name: &str, threads: usize, queue_max: usize, nice: i32) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::sync_channel::<Job>(queue_max);
         let receiver: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(receiver));
         let mut workers = Vec::new();
@@ -51,6 +52,13 @@ impl BackgroundPool {
                     // Spawned by a pinned LEU, a worker would share its one CPU: it may
                     // run anywhere the process may (a failure leaves it where it is).
                     let _ = vortex_io::affinity::unpin_current_thread();
+                    // Below the LEUs, so that searches and writes win the CPU from index
+                    // builds (a failure leaves it at the process's priority).
+                    if nice != 0 {
+                        if let Err(error) = vortex_io::affinity::set_current_thread_nice(nice) {
+                            tracing::warn!(nice, %error, "cannot lower a background worker's priority");
+                        }
+                    }
                     loop {
                         // Hold the lock only to take a job, never while running one.
                         let job = match receiver.lock() {
@@ -160,7 +168,7 @@ mod tests {
         let first = process.iter().next().unwrap();
         let worker_cpus = std::thread::spawn(move || {
             vortex_io::affinity::pin_current_thread(first).unwrap();
-            let pool = BackgroundPool::new("test-unpinned", 1, 1).unwrap();
+            let pool = BackgroundPool::new("test-unpinned", 1, 1, 0).unwrap();
             let (sender, receiver) = mpsc::channel();
             pool.try_submit(Box::new(move || {
                 let tid = vortex_io::affinity::current_thread_id();
@@ -172,6 +180,29 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(worker_cpus, process, "the worker kept its spawner's pin");
+    }
+
+    /// Workers run at the nice value asked for (below the LEUs), and at the process's with 0.
+    #[test]
+    fn workers_run_at_the_nice_value_asked_for() {
+        let nice_of_a_job = |nice: i32| {
+            let pool = BackgroundPool::new("test-nice", 1, 1, nice).unwrap();
+            let (sender, receiver) = mpsc::channel();
+            pool.try_submit(Box::new(move || {
+                // SAFETY: getpriority with PRIO_PROCESS and who = 0 reads the calling
+                // thread's nice value; it takes no pointer.
+                let _ = sender.send(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) });
+            }))
+            .unwrap();
+            receiver.recv().unwrap()
+        };
+        // SAFETY: as above.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert_eq!(nice_of_a_job(0), own);
+        if own <= 7 {
+            assert_eq!(nice_of_a_job(7), 7);
+        }
+        assert_eq!(nice_of_a_job(19), 19);
     }
 
     #[test]
@@ -205,7 +236,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded_and_queued_jobs_finish_at_drop() {
-        let pool = BackgroundPool::new("test-pool", 1, 2).unwrap();
+        let pool = BackgroundPool::new("test-pool", 1, 2, 0).unwrap();
         let gate = Arc::new(Barrier::new(2));
         let done = Arc::new(AtomicUsize::new(0));
         // The worker blocks on the first job, so the queue fills behind it.

@@ -92,6 +92,9 @@ pub struct StoreOptions {
     pub bloom_bits_per_key: usize,
     /// Worker threads for flushes and compactions.
     pub background_threads: usize,
+    /// Their nice value, 0 to 19 (0: the process's). Above 0 they yield the CPU to the
+    /// threads that serve (LEUs): index builds slow down under load instead of searches.
+    pub background_nice: i32,
 }
 
 impl Default for StoreOptions {
@@ -111,6 +114,7 @@ impl Default for StoreOptions {
             scrub_interval: Duration::from_secs(3600),
             bloom_bits_per_key: 10,
             background_threads: 2,
+            background_nice: 0,
         }
     }
 }
@@ -124,6 +128,9 @@ impl StoreOptions {
         }
         if self.merged_table_bytes < self.table_bytes_target {
             return Err("merged_table_bytes must be at least table_bytes_target".into());
+        }
+        if !(0..=19).contains(&self.background_nice) {
+            return Err("background_nice must be 0 to 19".into());
         }
         if self.l0_compaction_trigger < 2 || self.l0_stop <= self.l0_compaction_trigger {
             return Err("need 2 <= l0_compaction_trigger < l0_stop".into());
@@ -737,8 +744,13 @@ impl<E: Env> Store<E> {
             scrub_bytes: AtomicU64::new(0),
             scrub_corruptions: AtomicU64::new(0),
         });
-        let pool = BackgroundPool::new("vortex-compact", options.background_threads, 4)
-            .map_err(io_error("spawn", dir))?;
+        let pool = BackgroundPool::new(
+            "vortex-compact",
+            options.background_threads,
+            4,
+            options.background_nice,
+        )
+        .map_err(io_error("spawn", dir))?;
         let (finished_tx, finished_rx) = mpsc::sync_channel(8);
         let scrubber = if options.scrub_bytes_per_second > 0 {
             let shared = Arc::clone(&shared);
