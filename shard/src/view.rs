@@ -237,9 +237,11 @@ impl Fresh {
 impl Fresh {
     /// [`Fresh::nearest`] through the codes. With `e_q` the query's quantization error and
     /// `e_x` a row's, the row's true distance lies within `e_q + e_x` of its code distance
-    /// (triangle inequality). The `k` smallest upper bounds give a distance `t` that the
-    /// `k` nearest rows cannot exceed; every row whose lower bound is within `t` is
-    /// re-ranked with its `f32` vector, and the `k` best of those are the exact answer.
+    /// `c_x` (triangle inequality). The `k` rows of smallest code distance are within
+    /// `t = max(c_x + e_q + e_x)` of the query, so the `k` nearest rows are too, and a row
+    /// can be one of them only if `c_x − e_q − e_x ≤ t`: those rows are re-ranked with
+    /// their `f32` vectors, and the `k` best of them are the exact answer. The test is made
+    /// on squares, so the scan takes no square root per row.
     fn nearest_by_codes(
         &self,
         prepared: &Prepared<'_>,
@@ -256,30 +258,34 @@ impl Fresh {
         quantizer.decode(&query, &mut decoded);
         let query_error = distance_f64(&prepared.query, &decoded);
         let scale = f64::from(quantizer.scales().first().copied().unwrap_or(1.0));
-        // (lower, upper) bounds of each row's true `l2` distance, widened by a relative
-        // 1e-6 for the floating-point rounding of the bounds themselves.
-        let bounds: Vec<(f64, f64)> = codes
+        // (squared code distance, row).
+        let mut rows: Vec<(u32, u32)> = codes
             .codes
             .chunks_exact(dimension)
-            .zip(&codes.errors)
-            .map(|(code, &row_error)| {
-                let by_code = scale * f64::from((kernels.l2_squared_i8)(&query, code)).sqrt();
-                let slack = query_error + f64::from(row_error);
-                let margin = 1e-6 * (by_code + slack);
-                (by_code - slack - margin, by_code + slack + margin)
-            })
+            .enumerate()
+            .map(|(row, code)| ((kernels.l2_squared_i8)(&query, code), row as u32))
             .collect();
-        let k = prepared.k.min(bounds.len());
+        let k = prepared.k.min(rows.len());
         if k == 0 {
             return;
         }
-        let mut uppers: Vec<f64> = bounds.iter().map(|&(_, upper)| upper).collect();
-        let (_, &mut within, _) = uppers.select_nth_unstable_by(k - 1, f64::total_cmp);
-        let mut scored: Vec<(f32, u64, usize)> = bounds
+        rows.select_nth_unstable(k - 1);
+        // Widened by a relative 1e-6 against the rounding of the bounds themselves.
+        let slack = |row: u32| query_error + f64::from(codes.errors[row as usize]);
+        let within = rows[..k]
             .iter()
-            .enumerate()
-            .filter(|(_, &(lower, _))| lower <= within)
-            .map(|(row, _)| {
+            .map(|&(squared, row)| scale * f64::from(squared).sqrt() + slack(row))
+            .fold(0.0f64, f64::max)
+            * (1.0 + 1e-6);
+        let scale_squared = scale * scale;
+        let mut scored: Vec<(f32, u64, usize)> = rows
+            .iter()
+            .filter(|&&(squared, row)| {
+                let reach = (within + slack(row)) * (1.0 + 1e-6);
+                f64::from(squared) * scale_squared <= reach * reach
+            })
+            .map(|&(_, row)| {
+                let row = row as usize;
                 (
                     prepared.metric.distance(
                         kernels,
