@@ -11,13 +11,53 @@
 //! program listens there. Abstract names carry no permissions: another local user could
 //! take the name first and so keep the dataplane from starting, with a message that names
 //! that user's process; only the host's users can, and the message says which process.
+//!
+//! A process killed a moment ago can still hold its ports: its io_uring keeps the listening
+//! sockets it had armed accepts on until the kernel has torn the ring down, after the
+//! process is gone. A start that holds the claim (so no other dataplane serves there)
+//! therefore retries a bind that finds its port in use, for up to [`PREDECESSOR_WAIT`],
+//! before it calls the port taken.
 
 use crate::appliance::Ports;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddress, UnixListener};
+use std::time::{Duration, Instant};
 use vortex_config::ApplianceConfig;
+
+/// How long a start retries a bind whose port is in use, once it holds the claim (see the
+/// module documentation).
+pub const PREDECESSOR_WAIT: Duration = Duration::from_secs(5);
+
+/// `bind()` of `address`, retried every 20 ms while it fails with "address in use", for up
+/// to `wait` (said once in the log).
+fn bind_retrying<T>(
+    address: SocketAddr,
+    wait: Duration,
+    mut bind: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let deadline = Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match bind() {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                if !said {
+                    said = true;
+                    tracing::info!(
+                        %address,
+                        "in use; waiting up to {} s for a process that is exiting to let go",
+                        wait.as_secs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
 
 /// This process's claim on a shared port, held for as long as it serves there.
 #[derive(Debug)]
@@ -53,7 +93,8 @@ impl PortClaim {
         };
         // Another program listening there (with or without SO_REUSEPORT) makes this bind
         // fail; std sets SO_REUSEADDR, so connections of an earlier run in TIME_WAIT do not.
-        match TcpListener::bind(address) {
+        // A dataplane killed a moment ago may still hold it: retried for a while.
+        match bind_retrying(address, PREDECESSOR_WAIT, || TcpListener::bind(address)) {
             Ok(probe) => drop(probe),
             Err(error) => {
                 return Err(format!(
@@ -154,6 +195,12 @@ pub(crate) fn bind_listeners(
         Ports::Configured => Some(PortClaim::take(shared, origin)?),
         Ports::Ephemeral => None,
     };
+    // Holding the claim, a port in use is most likely a killed predecessor's, still being
+    // torn down: retried for a while (a port the kernel chooses is free at once).
+    let wait = match ports {
+        Ports::Configured => PREDECESSOR_WAIT,
+        Ports::Ephemeral => Duration::ZERO,
+    };
     let mut own = Vec::with_capacity(leus);
     for leu in 0..leus {
         let port = match ports {
@@ -161,12 +208,16 @@ pub(crate) fn bind_listeners(
             Ports::Ephemeral => 0,
         };
         let address = SocketAddr::new(host, u16::try_from(port).map_err(|e| e.to_string())?);
-        own.push(TcpListener::bind(address).map_err(|error| taken(address, error))?);
+        own.push(
+            bind_retrying(address, wait, || TcpListener::bind(address))
+                .map_err(|error| taken(address, error))?,
+        );
     }
     let listeners = own
         .into_iter()
         .map(|own| {
-            let listener = reuseport_listener(shared).map_err(|error| taken(shared, error))?;
+            let listener = bind_retrying(shared, wait, || reuseport_listener(shared))
+                .map_err(|error| taken(shared, error))?;
             // An ephemeral shared port: the first LEU's choice is every other LEU's.
             shared = listener
                 .local_addr()

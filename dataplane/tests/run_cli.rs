@@ -523,3 +523,41 @@ fn a_failed_start_leaves_no_layout_and_no_empty_shards_behind() {
     assert!(ready.contains("2 LEU(s)"), "{ready}");
     assert_eq!(terminate(child).code(), Some(0));
 }
+
+/// Issue #23 item 9: a start right after a SIGKILL must not fail on "Address already in
+/// use" (the dead process's sockets can outlive it for a moment: its io_uring holds the
+/// listeners until the kernel has torn the ring down). 50 cycles of start, a client that
+/// writes, SIGKILL and an immediate restart, two LEUs: every start serves, and every write
+/// acknowledged before a kill is there after it.
+#[test]
+fn fifty_restarts_right_after_sigkill_all_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let [port, _, _] = free_ports::<3>();
+    let config = write_config_with(dir.path(), port, 2);
+    let address = format!("127.0.0.1:{port}");
+    let mut acknowledged = 0u64;
+    let mut slowest = Duration::ZERO;
+    for cycle in 0..50u64 {
+        let started = Instant::now();
+        let (mut child, _) = start(&config);
+        slowest = slowest.max(started.elapsed());
+        let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+        if cycle == 0 {
+            client.create_collection(docs_spec()).unwrap();
+        }
+        assert_eq!(
+            client.count("docs", None).unwrap(),
+            acknowledged,
+            "cycle {cycle}: the writes acknowledged before the kills"
+        );
+        let batch = cycle * 10..cycle * 10 + 10;
+        assert_eq!(client.upsert(docs_upsert(batch)).unwrap(), 10);
+        acknowledged += 10;
+        // Killed with the client still connected: its connection and the LEUs' armed
+        // receives and accepts are in flight.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(client);
+    }
+    eprintln!("50 restarts after SIGKILL; the slowest start took {slowest:?}");
+}
