@@ -177,6 +177,11 @@ impl StreamDecoder {
         self.stats
     }
 
+    /// Frames decoded so far, however they came out.
+    pub fn frames_decoded(&self) -> u64 {
+        self.stats.in_place + self.stats.assembled + self.stats.copied_misaligned
+    }
+
     /// Whether bytes of an incomplete frame are held (or lent out for a receive).
     pub fn has_partial_frame(&self) -> bool {
         self.lent

@@ -16,9 +16,11 @@ impl Server {
     pub(super) fn pressure(&mut self, ending: bool) {
         let pool = self.pool.stats(SizeClass::Standard);
         let total = self.pool.buffer_count(SizeClass::Standard);
-        let refused = pool.exhausted
-            + self.pool.stats(SizeClass::Medium).exhausted
-            + self.pool.stats(SizeClass::Large).exhausted;
+        // Only standard buffers count: a frame that waits for one of the few medium or
+        // large buffers makes its own connection wait, and must not throttle the requests
+        // of every other (slow senders of large frames would otherwise hold the LEU
+        // THROTTLED for as long as they liked; issue #23).
+        let refused = pool.exhausted;
         let starving = refused > self.refused_seen;
         self.refused_seen = refused;
         // Armed receives (one per open connection) and accepts stay in flight while idle:
@@ -45,7 +47,11 @@ impl Server {
                     || (!starving
                         && pool.free * 4 >= total
                         && inflight * 2 <= slots
-                        && !self.conns.iter().flatten().any(|c| c.starved)) =>
+                        && !self
+                            .conns
+                            .iter()
+                            .flatten()
+                            .any(|c| c.starved && !c.starved_big)) =>
             {
                 self.report.throttled_us += since.elapsed().as_micros() as u64;
                 self.throttled = None;
@@ -84,16 +90,19 @@ impl Server {
             self.stuck_since = None;
         }
         for conn in 0..self.conns.len() {
-            // A frame begun and not finished for this long holds a pool buffer for a
-            // client that sends a byte now and then (slowloris): closed, whatever the
-            // idle timeout.
-            let stalled_mid_frame = self.conns[conn].as_ref().is_some_and(|c| {
-                !c.dead
-                    && c.decoder.has_partial_frame()
-                    && c.last_active.elapsed() > self.config.partial_frame_timeout
-            });
-            if stalled_mid_frame {
-                self.report.closed_idle += 1;
+            // A frame begun and not finished holds a pool buffer (a large one, for a large
+            // frame): closed, whatever the idle timeout, when nothing more of it came for
+            // `partial_frame_timeout` (slowloris), or when after that long it still came
+            // slower than `frame_rate_min` (a trickle).
+            let (timeout, rate_min) = (
+                self.config.partial_frame_timeout,
+                self.config.frame_rate_min,
+            );
+            let slow = self.conns[conn]
+                .as_mut()
+                .is_some_and(|c| !c.dead && frame_too_slow(c, timeout, rate_min));
+            if slow {
+                self.report.closed_slow_frames += 1;
                 self.kill(conn);
             }
         }
@@ -253,4 +262,30 @@ impl Server {
             }
         }
     }
+}
+
+/// Whether the incomplete frame `connection` holds came too slowly (see [`Server`]'s
+/// per-pass checks): no byte for `timeout`, or, once it has taken longer than `timeout`,
+/// fewer than `rate_min` bytes per second since its first. Keeps the frame's clock: it
+/// starts when a frame is begun, and again when another frame has been decoded since.
+fn frame_too_slow(connection: &mut Connection, timeout: Duration, rate_min: u64) -> bool {
+    if !connection.decoder.has_partial_frame() {
+        connection.frame_clock = None;
+        return false;
+    }
+    let decoded = connection.decoder.frames_decoded();
+    let (since, _, bytes_then) = match connection.frame_clock {
+        Some(clock @ (_, frames, _)) if frames == decoded => clock,
+        _ => {
+            let clock = (Instant::now(), decoded, connection.received);
+            connection.frame_clock = Some(clock);
+            clock
+        }
+    };
+    if connection.last_active.elapsed() > timeout {
+        return true;
+    }
+    let taken = since.elapsed();
+    taken > timeout
+        && ((connection.received - bytes_then) as f64) < rate_min as f64 * taken.as_secs_f64()
 }

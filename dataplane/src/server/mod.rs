@@ -66,9 +66,13 @@ use vortex_io::{OpId, Owner, ProvidedRing, PushError, RingConfig, RingDriver};
 use vortex_shard::{PublishedView, Shard, TierGraphs};
 use vortex_vbp::codec::{FrameBytes, Response};
 use vortex_vbp::message::ErrorCode;
-use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, SizeClass};
+use vortex_vbp::pool::{BufferPool, Lease, PoolConfig, PoolError, SizeClass};
 use vortex_vbp::stream::{FrameBuf, LentPartial, StreamDecoder, StreamError};
 use vortex_vbp::validator::{LayoutValidator, RequestRef};
+
+/// [`ServerConfig::frame_rate_min`] by default: 64 KiB/s, so a 16 MiB frame may take
+/// about four minutes.
+pub const FRAME_RATE_MIN_DEFAULT: u64 = 64 << 10;
 
 /// How a server runs.
 #[derive(Debug, Clone)]
@@ -116,8 +120,13 @@ pub struct ServerConfig {
     /// how many requests one LEU may have out to another.
     pub handover_queue: usize,
     /// A connection that began a frame and sent nothing more of it for this long is closed
-    /// (it holds a pool buffer): a slowloris bound, whatever `idle_timeout` says.
+    /// (it holds a pool buffer): a slowloris bound, whatever `idle_timeout` says. Also the
+    /// time after which a frame still incomplete must have arrived at `frame_rate_min`
+    /// since its first byte, or its connection is closed (one that trickles bytes).
     pub partial_frame_timeout: Duration,
+    /// The slowest rate, in bytes per second, at which a frame may arrive once it has taken
+    /// longer than `partial_frame_timeout` (see there).
+    pub frame_rate_min: u64,
     /// A connection idle this long (nothing received, nothing in flight) is closed; `None`:
     /// never.
     pub idle_timeout: Option<Duration>,
@@ -148,6 +157,7 @@ impl Default for ServerConfig {
             frame_size_max_bytes: 16 << 20,
             handover_queue: 1024,
             partial_frame_timeout: Duration::from_secs(10),
+            frame_rate_min: FRAME_RATE_MIN_DEFAULT,
             idle_flush_after: Some(Duration::from_secs(1)),
             idle_flush_points: IDLE_FLUSH_POINTS,
             idle_merge_after: Some(Duration::from_secs(5)),
@@ -203,6 +213,9 @@ pub struct ServeReport {
     /// Connections closed because a THROTTLED LEU answered nothing for a second (the one
     /// holding the most receive buffers).
     pub closed_overload: u64,
+    /// Connections closed because a frame they began did not arrive: nothing more of it for
+    /// `partial_frame_timeout`, or slower than `frame_rate_min` after it.
+    pub closed_slow_frames: u64,
     /// Idle merges started.
     pub idle_merges: u64,
     /// Answers (or their rests) sent by zero-copy send.
@@ -330,6 +343,14 @@ struct Connection {
     stalled: bool,
     /// The decoder found the pool empty: frames wait until buffers come back.
     starved: bool,
+    /// What it waits for is a medium or large buffer (a frame larger than a receive
+    /// buffer): the connection waits, the LEU is not THROTTLED for it.
+    starved_big: bool,
+    /// Bytes received on the connection.
+    received: u64,
+    /// The incomplete frame it holds: since when, and the frames decoded and bytes
+    /// received then (another frame decoded since means another frame).
+    frame_clock: Option<(Instant, u64, u64)>,
     /// A cancel of the multishot receive was asked for.
     cancelling: bool,
     /// Bytes received (in provided buffers) while the decoder still held earlier ones.

@@ -148,6 +148,9 @@ impl Server {
             last_active: Instant::now(),
             stalled: false,
             starved: false,
+            starved_big: false,
+            received: 0,
+            frame_clock: None,
             cancelling: false,
             backlog: VecDeque::new(),
             sent_progress: Instant::now(),
@@ -179,6 +182,7 @@ impl Server {
             }
             Ok(bytes) => bytes as usize,
         };
+        connection.received += bytes as u64;
         if connection
             .decoder
             .push(lease, offset..offset + bytes)
@@ -249,6 +253,7 @@ impl Server {
             }
             Ok(bytes) => {
                 connection.last_active = Instant::now();
+                connection.received += u64::from(bytes);
                 connection.decoder.return_partial(lent, bytes as usize);
                 self.drain_frames(conn);
             }
@@ -303,6 +308,7 @@ impl Server {
             Ok(0) => connection.closing = true, // the peer closed
             Ok(bytes) => {
                 connection.last_active = Instant::now();
+                connection.received += u64::from(bytes);
                 let Some(lease) = lease else {
                     connection.closing = true; // bytes without a buffer: not from us
                     return;
@@ -342,6 +348,7 @@ impl Server {
             };
             connection.stalled = connection.held() >= limit;
             connection.starved = false;
+            connection.starved_big = false;
             if connection.stalled || connection.closing {
                 return;
             }
@@ -358,9 +365,16 @@ impl Server {
                     }
                     continue;
                 }
-                Err(StreamError::Pool(_)) => {
+                Err(StreamError::Pool(error)) => {
                     // No buffer to assemble a frame in; no byte was lost: go on later.
                     connection.starved = true;
+                    connection.starved_big = !matches!(
+                        error,
+                        PoolError::Exhausted {
+                            class: SizeClass::Standard,
+                            ..
+                        }
+                    );
                     return;
                 }
                 Err(error) => {

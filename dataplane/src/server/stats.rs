@@ -27,6 +27,8 @@ impl Server {
             ("handlers_waiting", self.executor.live() as u64),
             ("closed_slow_reader", self.report.closed_slow_reader),
             ("closed_overload", self.report.closed_overload),
+            ("closed_idle", self.report.closed_idle),
+            ("closed_slow_frames", self.report.closed_slow_frames),
             ("idle_merges", self.report.idle_merges),
             ("sends_zero_copy", self.report.sends_zero_copy),
             ("sends_zero_copy_copied", self.report.sends_zero_copy_copied),
