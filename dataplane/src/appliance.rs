@@ -336,7 +336,8 @@ fn start_threads(
         Some(team) => {
             let views: Option<Vec<PublishedView>> =
                 team.views.iter().map(|view| view.get().cloned()).collect();
-            match views.map(|views| IndexTier::start(views, leus)) {
+            let saved = Some(data_dir.join("tier"));
+            match views.map(|views| IndexTier::start(views, leus, saved)) {
                 Some(Ok(tier)) => {
                     let _ = team.tier.set(tier.graphs());
                     Some(tier)

@@ -212,6 +212,37 @@ fn the_index_tier_builds_one_graph_over_both_leus_and_searches_stay_exact() {
     );
     let whole = counter(&stats, "whole_searches");
     assert!(whole >= 40, "searches ran whole: {whole}");
+    // Nothing more due: the tier saves its node graph (under the data directory's `tier/`).
+    let saved = || {
+        std::fs::read_dir(dir.path().join("tier")).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                e.path().join("meta").exists() && !e.file_name().to_string_lossy().contains('.')
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !saved() {
+        assert!(Instant::now() < deadline, "the node graph was not saved");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(client);
+    appliance.stop().unwrap();
+
+    // Restarted, the saved node graph answers at once: settled with no graph built.
+    let appliance =
+        Appliance::start(&config, &mapping, dir.path(), Ports::Ephemeral, "the test").unwrap();
+    let client =
+        ShardedClient::connect(&appliance.address().to_string(), ClientOptions::default()).unwrap();
+    let stats = wait_for_tier(&client, 0);
+    assert_eq!(
+        counter(&stats, "node_graph_builds"),
+        0,
+        "the restarted tier built a graph instead of loading the saved one"
+    );
+    assert!(
+        exact_searches(&client, &points, &mut rng) >= 19,
+        "searches over the loaded node graph"
+    );
     drop(client);
     appliance.stop().unwrap();
     println!("{leus} LEU(s); {whole} whole searches");

@@ -18,6 +18,7 @@ pub mod payload;
 pub mod payload_index;
 pub mod sidecar;
 pub mod tier;
+mod tier_file;
 pub mod view;
 
 pub use engine::{Shard, ShardCloseReport, ShardOpenReport, ShardOptions, ShardStats};

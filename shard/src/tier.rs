@@ -30,15 +30,18 @@
 //! build threads, its helpers at idle priority (`Helpers::Idle`: only CPU time the LEUs
 //! leave; the tier's own thread keeps progressing under full load), publishing each graph
 //! through an `arc_swap` cell as the views are. Dropping the tier cancels a running build
-//! and joins the thread. Node graphs live in memory: after a restart the tier builds them
-//! again (searches meanwhile walk the segments).
+//! and joins the thread. Given a directory, the tier saves each node graph there once
+//! nothing more is due (not after every rebuild of a load), and a restarted tier loads them
+//! before its first look (`tier_file.rs`): searches walk one graph per collection at once.
 
 use crate::catalog::Catalog;
 use crate::error::ShardError;
 use crate::sidecar::{carry_unchanged, index_metric};
+use crate::tier_file;
 use crate::view::{live_collection, PublishedView, ShardView};
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -415,8 +418,14 @@ impl TierGraphs {
 
 impl IndexTier {
     /// Starts the builder over every LEU's published view (in LEU order), with `threads`
-    /// build threads.
-    pub fn start(views: Vec<PublishedView>, threads: usize) -> std::io::Result<IndexTier> {
+    /// build threads. With `dir`, node graphs are saved there once built and nothing more is
+    /// due (`tier_file.rs`), and the ones saved earlier that still serve their collection
+    /// are loaded and published first.
+    pub fn start(
+        views: Vec<PublishedView>,
+        threads: usize,
+        dir: Option<PathBuf>,
+    ) -> std::io::Result<IndexTier> {
         let graphs = Arc::new(ArcSwap::from_pointee(NodeGraphs::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let builds = Arc::new(AtomicU64::new(0));
@@ -430,12 +439,23 @@ impl IndexTier {
                     // Its own share of the build at nice 19, the helpers at SCHED_IDLE: the
                     // LEUs come first, and the node graph still gets built under full load.
                     let _ = vortex_io::affinity::lower_current_thread_priority();
+                    if let Some(dir) = &dir {
+                        load_saved(dir, &views, &graphs);
+                    }
                     let mut quiet = Quiet::default();
+                    let mut unsaved = HashSet::new();
                     while !stop.load(Ordering::Acquire) {
-                        match build_due(&views, &graphs, threads, &stop, &mut quiet) {
-                            Ok(0) => std::thread::park_timeout(CHECK_EVERY),
-                            Ok(built) => {
-                                builds.fetch_add(built, Ordering::Relaxed);
+                        match build_due(&views, &graphs, threads, &stop, &mut quiet, dir.as_deref())
+                        {
+                            Ok(Built::Nothing) => {
+                                if let Some(dir) = &dir {
+                                    save_unsaved(dir, &graphs, &mut unsaved);
+                                }
+                                std::thread::park_timeout(CHECK_EVERY);
+                            }
+                            Ok(Built::Graph(name)) => {
+                                builds.fetch_add(1, Ordering::Relaxed);
+                                unsaved.insert(name);
                             }
                             Err(error) => {
                                 tracing::error!(%error, "the index tier failed; retrying");
@@ -472,19 +492,52 @@ impl Drop for IndexTier {
     }
 }
 
-/// One look at the views: drops the node graphs of collections gone, builds the one that is
-/// due (the first found). Returns how many were built.
+/// What one look at the views built.
+enum Built {
+    Nothing,
+    /// The node graph of this collection.
+    Graph(String),
+}
+
+/// Publishes the node graphs saved in `dir` that still serve their collection.
+fn load_saved(dir: &Path, published: &[PublishedView], graphs: &ArcSwap<NodeGraphs>) {
+    let loaded: Vec<_> = published.iter().map(PublishedView::load).collect();
+    let views: Vec<&ShardView> = loaded.iter().map(|view| &***view).collect();
+    let mut next = NodeGraphs::clone(&graphs.load());
+    for graph in tier_file::load(dir, &views) {
+        next.insert(graph.name.clone(), Arc::new(graph));
+    }
+    graphs.store(Arc::new(next));
+}
+
+/// Saves the node graphs built since the last save (those still published).
+fn save_unsaved(dir: &Path, graphs: &ArcSwap<NodeGraphs>, unsaved: &mut HashSet<String>) {
+    let current = graphs.load();
+    for name in unsaved.drain() {
+        let Some(graph) = current.get(&name) else {
+            continue;
+        };
+        match tier_file::save(dir, graph) {
+            Ok(()) => tracing::info!(collection = %name, nodes = graph.len(), "node graph saved"),
+            Err(error) => tracing::warn!(collection = %name, %error, "cannot save the node graph"),
+        }
+    }
+}
+
+/// One look at the views: drops the node graphs of collections gone (and their saved
+/// copies in `dir`), builds the one that is due (the first found).
 fn build_due(
     published: &[PublishedView],
     graphs: &ArcSwap<NodeGraphs>,
     threads: usize,
     stop: &Arc<AtomicBool>,
     quiet: &mut Quiet,
-) -> Result<u64, ShardError> {
+    dir: Option<&Path>,
+) -> Result<Built, ShardError> {
     let loaded: Vec<_> = published.iter().map(PublishedView::load).collect();
     let views: Vec<&ShardView> = loaded.iter().map(|view| &***view).collect();
     let Some(first) = views.first() else {
-        return Ok(0);
+        return Ok(Built::Nothing);
     };
     let settled = quiet.settled(views.iter().map(|view| view.version_epoch()).collect());
     let names: Vec<String> = live_names(first.catalog());
@@ -496,6 +549,13 @@ fn build_due(
         .collect();
     if kept.len() != current.len() {
         graphs.store(Arc::new(kept.clone()));
+        if let Some(dir) = dir {
+            for (name, graph) in current.iter() {
+                if !kept.contains_key(name) {
+                    tier_file::remove(dir, &graph.collection_ids);
+                }
+            }
+        }
     }
     for name in names {
         if stop.load(Ordering::Acquire) {
@@ -525,12 +585,12 @@ fn build_due(
             "node graph built"
         );
         let mut next = NodeGraphs::clone(&graphs.load());
-        next.insert(name, Arc::new(built));
+        next.insert(name.clone(), Arc::new(built));
         graphs.store(Arc::new(next));
         quiet.built(started.elapsed());
-        return Ok(1);
+        return Ok(Built::Graph(name));
     }
-    Ok(0)
+    Ok(Built::Nothing)
 }
 
 /// Whether the LEUs' tables have stayed the same for [`QUIET`], and when a rebuild for the

@@ -231,7 +231,7 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
     }
     let published: Vec<_> = published.into_iter().map(Option::unwrap).collect();
     // The node's index tier builds node graphs over both shards' segments as they come.
-    let tier = IndexTier::start(published.clone(), 1).unwrap();
+    let tier = IndexTier::start(published.clone(), 1, None).unwrap();
     let _ = tier_graphs.set(tier.graphs());
     let failed = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..2u64)
@@ -377,7 +377,7 @@ fn once_the_tables_stop_changing_the_tier_folds_in_what_is_left() {
         shard.flush().unwrap();
     }
     let published: Vec<_> = shards.iter().map(|s| s.published().clone()).collect();
-    let tier = IndexTier::start(published.clone(), 1).unwrap();
+    let tier = IndexTier::start(published.clone(), 1, None).unwrap();
     // What a search walks now, over the newest views and node graph.
     let now = || {
         let loaded: Vec<_> = published.iter().map(|p| Arc::clone(&*p.load())).collect();
