@@ -129,9 +129,9 @@ pub fn error_response(error: &ShardError) -> Response {
 
 fn deserialize<T, A>(archived: &A) -> Result<T, ShardError>
 where
-    A: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    A: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<vortex_vbp::check_error::CheckError>>,
 {
-    rkyv::deserialize::<T, rkyv::rancor::Error>(archived)
+    rkyv::deserialize::<T, vortex_vbp::check_error::CheckError>(archived)
         .map_err(|error| ShardError::Invalid(format!("cannot read the request: {error}")))
 }
 

@@ -17,9 +17,11 @@
 //! client retries the whole batch.
 
 use crate::routing::Ring;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use vortex_vbp::codec::Response;
-use vortex_vbp::message::{CollectionInfo, CollectionList, CountResult, GetResult, SearchResult};
+use vortex_vbp::message::{
+    CollectionInfo, CollectionList, CountResult, GetResult, PointRecord, SearchResult,
+};
 use vortex_vbp::validator::RequestRef;
 
 /// Which points an LEU runs: those whose VNode it owns.
@@ -73,13 +75,26 @@ pub fn participants(request: &RequestRef<'_>, ring: &Ring, receiver: u16) -> Vec
     needed
 }
 
+/// The points of a get's parts in the order the request asked for them: each id's place in
+/// the request takes the next record found for that id (an id asked twice was answered
+/// twice by its owner, and each answer keeps its place; an id not found has no record).
+fn in_request_order(points: Vec<PointRecord>, ids: &[u64]) -> Vec<PointRecord> {
+    let mut by_id: HashMap<u64, VecDeque<PointRecord>> = HashMap::new();
+    for point in points {
+        by_id.entry(point.id).or_default().push_back(point);
+    }
+    ids.iter()
+        .filter_map(|id| by_id.get_mut(id).and_then(VecDeque::pop_front))
+        .collect()
+}
+
 /// Gathers the answers of a scattered request into one.
 #[derive(Debug)]
 pub struct Merge {
     /// Search: the hits kept.
     k: usize,
-    /// Get: each id's place in the request.
-    order: Option<HashMap<u64, usize>>,
+    /// Get: the ids asked for, in request order (duplicates included).
+    order: Option<Vec<u64>>,
     merged: Option<Response>,
     /// The first failure, with the LEU it came from.
     failure: Option<(u16, Response)>,
@@ -93,13 +108,7 @@ impl Merge {
             _ => 0,
         };
         let order = match request {
-            RequestRef::Get(get) => {
-                let mut order = HashMap::with_capacity(get.ids.len());
-                for (place, id) in get.ids.iter().enumerate() {
-                    order.entry(id.to_native()).or_insert(place);
-                }
-                Some(order)
-            }
+            RequestRef::Get(get) => Some(get.ids.iter().map(|id| id.to_native()).collect()),
             _ => None,
         };
         Merge {
@@ -139,9 +148,7 @@ impl Merge {
         match &mut merged {
             Response::Points(result) => {
                 if let Some(order) = &self.order {
-                    result
-                        .points
-                        .sort_by_key(|point| order.get(&point.id).copied().unwrap_or(usize::MAX));
+                    result.points = in_request_order(std::mem::take(&mut result.points), order);
                 }
             }
             Response::Stats(stats) => stats.leus.sort_by_key(|entry| entry.leu),
@@ -284,6 +291,44 @@ mod tests {
         };
         let ids: Vec<u64> = result.points.iter().map(|p| p.id).collect();
         assert_eq!(ids, vec![7, 3, 9, 1]);
+    }
+
+    /// Issue #23 item 10: an id asked twice keeps both places (before, the second answer
+    /// moved up beside the first); ids not found leave no hole.
+    #[test]
+    fn a_get_with_duplicate_ids_keeps_request_order() {
+        let frame = framed(&Request::Get(Get {
+            collection: "c".into(),
+            ids: vec![7, 3, 9, 7, 4, 3],
+            with_vectors: false,
+            with_payload: false,
+        }));
+        let validator = LayoutValidator::new(1 << 20);
+        let (_, request) = validator.request(&frame).unwrap();
+        let point = |id| PointRecord {
+            id,
+            vector: Vec::new(),
+            payload: None,
+        };
+        let mut merge = Merge::new(&request);
+        // LEU 0 owns 3 (asked twice; 4 is not there), LEU 1 owns 7 and 9.
+        merge.add(
+            0,
+            Response::Points(GetResult {
+                points: vec![point(3), point(3)],
+            }),
+        );
+        merge.add(
+            1,
+            Response::Points(GetResult {
+                points: vec![point(7), point(9), point(7)],
+            }),
+        );
+        let Response::Points(result) = merge.finish() else {
+            panic!("not points");
+        };
+        let ids: Vec<u64> = result.points.iter().map(|p| p.id).collect();
+        assert_eq!(ids, vec![7, 3, 9, 7, 3]);
     }
 
     #[test]

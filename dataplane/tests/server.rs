@@ -1092,3 +1092,42 @@ fn slow_senders_of_large_frames_do_not_throttle_other_clients() {
     drop(good);
     server.stop();
 }
+
+/// Issue #23 item 10: stats count every THROTTLED answer, the store's too (a full MemTable
+/// while its flush runs): before, `throttled_*` said 0 after hundreds of them. A writer
+/// with a tiny MemTable writes until the store has refused some batches; `throttled_total`
+/// equals the THROTTLED answers the client got.
+#[test]
+fn every_throttled_answer_is_counted_the_stores_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ShardOptions::default();
+    options.store.memtable_entries_max = 64;
+    let server = start_with(dir.path(), ServerConfig::default(), options);
+    let client = server.client();
+    client.create_collection(spec()).unwrap();
+    let mut throttled = 0u64;
+    let mut batch = 0u64;
+    while throttled < 5 && batch < 20_000 {
+        let ids = batch * 64..batch * 64 + 64;
+        match client.upsert(upsert(ids)) {
+            Ok(written) => {
+                assert_eq!(written, 64);
+                batch += 1;
+            }
+            Err(vortex_vbp::client::ClientError::Throttled { .. }) => throttled += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert!(
+        throttled >= 5,
+        "{batch} batches and the store never refused one"
+    );
+    let stats = client.stats().unwrap();
+    assert_eq!(counter(&stats[0], "throttled_total"), throttled);
+    // None of them came from the LEU's own state or its handler slots: the store's.
+    assert_eq!(counter(&stats[0], "throttled_answers"), 0);
+    assert_eq!(counter(&stats[0], "throttled_handlers"), 0);
+    assert_eq!(client.count("docs", None).unwrap(), batch * 64);
+    drop(client);
+    server.stop();
+}

@@ -4,9 +4,9 @@
 //! 16-aligned buffer; then the padding is appended, the header written and the checksum
 //! sealed. Nothing is copied after serialization.
 
+use crate::check_error::CheckError;
 use crate::header::{self, FrameHeader, Opcode, FRAME_ALIGN, HEADER_BYTES};
 use crate::message::*;
-use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 /// A complete frame, 16-aligned.
@@ -188,11 +188,8 @@ impl Response {
     }
 }
 
-type Serializer<'a> = rkyv::api::high::HighSerializer<
-    FrameBytes,
-    rkyv::ser::allocator::ArenaHandle<'a>,
-    rancor::Error,
->;
+type Serializer<'a> =
+    rkyv::api::high::HighSerializer<FrameBytes, rkyv::ser::allocator::ArenaHandle<'a>, CheckError>;
 
 /// Serializes `body` (or nothing) behind a header into one sealed frame.
 pub fn encode_body<T>(
@@ -207,7 +204,7 @@ where
     let mut frame = FrameBytes::with_capacity(256);
     frame.extend_from_slice(&[0u8; HEADER_BYTES]);
     if let Some(body) = body {
-        frame = rkyv::api::high::to_bytes_in::<_, rancor::Error>(body, frame)
+        frame = rkyv::api::high::to_bytes_in::<_, CheckError>(body, frame)
             .map_err(|error| EncodeError::Serialize(error.to_string()))?;
     }
     let body_length = frame.len() - HEADER_BYTES;

@@ -13,6 +13,7 @@
 //! - [`checksum`]: CRC32C on two execution ports at once; [`simd`]: the finite-float check
 //!   of vectors. Both dispatched at run time.
 
+pub mod check_error;
 pub mod checksum;
 pub mod client;
 pub mod codec;

@@ -15,13 +15,13 @@
 //! 32-byte slice, lengths are compared in u64, and the body is only ever touched through
 //! rkyv's validated access. Vectors come back as `&[f32]` pointing into the frame.
 
+use crate::check_error::CheckError;
 use crate::codec::{Request, Response};
 use crate::header::{frame_checksum, FRAME_SIZE_MAX_BYTES_DEFAULT};
 use crate::header::{
     FrameHeader, Opcode, FLAG_FAN_OUT, FLAG_RESPONSE, FRAME_ALIGN, HEADER_BYTES, MAGIC, VERSION,
 };
 use crate::message::*;
-use rkyv::rancor;
 use rkyv::vec::ArchivedVec;
 
 /// Longest collection name, payload key or filter field, in bytes.
@@ -285,9 +285,9 @@ impl RequestRef<'_> {
     pub fn to_request(&self) -> Result<Request, FrameError> {
         fn de<T, A>(opcode: Opcode, archived: &A) -> Result<T, FrameError>
         where
-            A: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+            A: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<CheckError>>,
         {
-            rkyv::deserialize::<T, rancor::Error>(archived).map_err(|error| FrameError::Malformed {
+            rkyv::deserialize::<T, CheckError>(archived).map_err(|error| FrameError::Malformed {
                 opcode,
                 detail: error.to_string(),
             })
@@ -459,9 +459,9 @@ impl LayoutValidator {
 fn access<'a, T>(opcode: Opcode, body: &'a [u8]) -> Result<&'a T, FrameError>
 where
     T: rkyv::Portable
-        + for<'b> bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, rancor::Error>>,
+        + for<'b> bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, CheckError>>,
 {
-    rkyv::access::<T, rancor::Error>(body).map_err(|error| FrameError::Malformed {
+    rkyv::access::<T, CheckError>(body).map_err(|error| FrameError::Malformed {
         opcode,
         detail: error.to_string(),
     })
@@ -542,11 +542,11 @@ fn response_body(opcode: Opcode, body: &[u8]) -> Result<Response, FrameError> {
     fn owned<T, A>(opcode: Opcode, body: &[u8]) -> Result<T, FrameError>
     where
         A: rkyv::Portable
-            + for<'b> bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, rancor::Error>>
-            + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+            + for<'b> bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, CheckError>>
+            + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<CheckError>>,
     {
         let archived: &A = access(opcode, body)?;
-        rkyv::deserialize::<T, rancor::Error>(archived).map_err(|error| FrameError::Malformed {
+        rkyv::deserialize::<T, CheckError>(archived).map_err(|error| FrameError::Malformed {
             opcode,
             detail: error.to_string(),
         })

@@ -583,3 +583,46 @@ fn responses_are_not_requests_and_back() {
         Err(FrameError::BadOpcode { .. })
     ));
 }
+
+/// Issue #23 item 10: a malformed body's error says what is wrong and where, in release
+/// builds too (`rancor::Error` said "failed without error information; enable debug
+/// assertions…" there; `check_error`'s own tests hold that part, as this test runs with
+/// debug assertions), and tells no memory address (rkyv's messages name pointers). Every
+/// byte of a Get body in turn set to 0xFF: each refusal names its cause, some the field.
+#[test]
+fn malformed_bodies_are_refused_with_what_and_where() {
+    let get = Request::Get(vortex_vbp::message::Get {
+        collection: "docs".into(),
+        ids: vec![1, 2, 3],
+        with_vectors: true,
+        with_payload: false,
+    })
+    .encode(5)
+    .unwrap()
+    .to_vec();
+    let mut details = Vec::new();
+    for at in HEADER_BYTES..get.len() {
+        let mut edited = get.clone();
+        edited[at] = 0xFF;
+        let resealed = with_header(edited, |_| {});
+        if let Err(FrameError::Malformed { detail, .. }) = validator().request(&resealed) {
+            details.push(detail);
+        }
+    }
+    assert!(!details.is_empty(), "no edit made the body malformed");
+    for detail in &details {
+        assert!(
+            !detail.contains("without error information") && !detail.is_empty(),
+            "{detail}"
+        );
+        // The answer goes to the client: no address of the server's memory in it.
+        let tells_an_address = detail
+            .match_indices("0x")
+            .any(|(at, _)| detail[at + 2..].starts_with(|c: char| c.is_ascii_hexdigit()));
+        assert!(!tells_an_address, "{detail}");
+    }
+    assert!(
+        details.iter().any(|d| d.contains("field")),
+        "no refusal names a field: {details:?}"
+    );
+}

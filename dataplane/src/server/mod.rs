@@ -205,6 +205,10 @@ pub struct ServeReport {
     pub throttled_us: u64,
     /// Requests answered THROTTLED while the LEU was.
     pub throttled_answers: u64,
+    /// Every answer THROTTLED sent to a client, whatever said it: the LEU's state, its
+    /// handler slots, a full queue to another LEU, or the store (a full MemTable or WAL
+    /// batch).
+    pub throttled_total: u64,
     /// Whether receives go into a provided-buffer ring.
     pub provided_buffers: bool,
     /// Connections closed while THROTTLED because they held receive buffers and did not

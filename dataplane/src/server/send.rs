@@ -11,6 +11,9 @@ impl Server {
         };
         connection.unanswered = connection.unanswered.saturating_sub(1);
         self.report.answered += 1;
+        if matches!(response, Response::Throttled(_)) {
+            self.report.throttled_total += 1;
+        }
         if connection.dead {
             return; // its socket is shut down: nothing can be sent
         }

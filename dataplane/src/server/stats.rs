@@ -22,6 +22,7 @@ impl Server {
             ("throttled_entered", self.report.throttled_entered),
             ("throttled_us", self.report.throttled_us + throttled_now),
             ("throttled_answers", self.report.throttled_answers),
+            ("throttled_total", self.report.throttled_total),
             ("throttled_handover", self.report.throttled_handover),
             ("throttled_handlers", self.report.throttled_handlers),
             ("handlers_waiting", self.executor.live() as u64),
