@@ -29,8 +29,14 @@ pub const CATALOG: &str = "CATALOG";
 const CATALOG_TEMP: &str = "CATALOG.tmp";
 /// Collections one shard holds (live and dropped) at most.
 pub const COLLECTIONS_MAX: usize = 4096;
-/// The largest dimension accepted: what fits the storage engine's largest vector.
-pub const DIMENSION_MAX: u32 = (vortex_storage::sstable::table::VECTOR_BYTES_MAX / 4) as u32;
+/// The largest dimension accepted (VBP's limit), which the storage engine's largest vector
+/// and the index hold.
+pub const DIMENSION_MAX: u32 = vortex_vbp::validator::DIMENSION_MAX;
+const _: () = assert!(
+    DIMENSION_MAX as usize * 4 <= vortex_storage::sstable::table::VECTOR_BYTES_MAX
+        && DIMENSION_MAX as usize <= vortex_index::hnsw::DIM_MAX
+        && vortex_vbp::validator::M_MAX as usize <= vortex_index::hnsw::M_MAX
+);
 
 /// Whether a collection is in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

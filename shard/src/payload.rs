@@ -26,14 +26,14 @@ use vortex_vbp::message::{Filter, FilterNode, Payload, PayloadField, PayloadValu
 
 /// The encoding's version byte.
 const VERSION: u8 = 1;
-/// Fields a payload may hold.
-pub const FIELDS_MAX: usize = 64;
-/// Bytes a string value may hold.
-pub const STRING_BYTES_MAX: usize = 64 << 10;
-/// Strings a list may hold.
-pub const LIST_ITEMS_MAX: usize = 1024;
-/// Nodes a filter may hold.
-pub const FILTER_NODES_MAX: usize = 256;
+/// Fields a payload may hold (VBP's limit).
+pub const FIELDS_MAX: usize = vortex_vbp::validator::PAYLOAD_FIELDS_MAX;
+/// Bytes a string value may hold (VBP's limit).
+pub const STRING_BYTES_MAX: usize = vortex_vbp::validator::STRING_BYTES_MAX;
+/// Strings a list may hold (VBP's limit).
+pub const LIST_ITEMS_MAX: usize = vortex_vbp::validator::LIST_VALUES_MAX;
+/// Nodes a filter may hold (VBP's limit).
+pub const FILTER_NODES_MAX: usize = vortex_vbp::validator::FILTER_NODES_MAX;
 
 const TAG_INT: u8 = 1;
 const TAG_FLOAT: u8 = 2;

@@ -30,10 +30,11 @@ use vortex_storage::sstable::table::Table;
 use vortex_storage::{Key, Point, Snapshot};
 use vortex_vbp::message::{CollectionSpec, Hit, Payload, PointRecord};
 
-/// Results a search may ask for.
-pub const K_MAX: usize = 10_000;
-/// The largest beam width (the index's).
-pub const EF_MAX: usize = vortex_index::hnsw::EF_MAX;
+/// Results a search may ask for (VBP's limit).
+pub const K_MAX: usize = vortex_vbp::validator::K_MAX as usize;
+/// The largest beam width (VBP's limit, which the index serves).
+pub const EF_MAX: usize = vortex_vbp::validator::EF_MAX as usize;
+const _: () = assert!(EF_MAX <= vortex_index::hnsw::EF_MAX);
 /// Ids one get may carry. (Upserts and deletes are limited by the store's batch limit,
 /// `Store::batch_limits`: 4,096 points with a shard's default options.)
 pub const BATCH_POINTS_MAX: usize = 65_536;

@@ -24,14 +24,20 @@ use crate::header::{
 use crate::message::*;
 use rkyv::vec::ArchivedVec;
 
+// The protocol's limits: the one definition that the validator, the shard and the dataplane
+// use, and that docs/VBP.md states (a test compares). They are what the server serves: the
+// shard checks at compile time that its storage and index hold them.
+
 /// Longest collection name, payload key or filter field, in bytes.
 pub const NAME_BYTES_MAX: usize = 255;
-/// Largest vector dimension.
-pub const DIMENSION_MAX: u32 = 65536;
+/// Largest vector dimension: 64 KiB of `f32`, the storage engine's largest vector.
+pub const DIMENSION_MAX: u32 = 16_384;
 /// Largest `k`.
 pub const K_MAX: u32 = 10_000;
-/// Largest `ef`.
-pub const EF_MAX: u32 = 100_000;
+/// Largest `ef`: the index's widest beam.
+pub const EF_MAX: u32 = 65_536;
+/// Longest string in a payload (a `Str`, or one string of a `StrList`), in bytes.
+pub const STRING_BYTES_MAX: usize = 64 << 10;
 /// Most nodes in one filter.
 pub const FILTER_NODES_MAX: usize = 256;
 /// Most values in one `In` filter node, or strings in one list value.
