@@ -436,3 +436,66 @@ fn a_scattered_write_is_applied_on_every_owner_or_on_none() {
     }
     team.stop();
 }
+
+/// Issue #23 item 10, what docs/VBP.md now states of writes across three LEUs: an upsert
+/// that names an id twice keeps its last vector and counts every id sent; a delete counts
+/// the points that existed (an id named twice once, a missing one not at all); a cosine
+/// collection stores, and gets back, unit vectors.
+#[test]
+fn duplicate_ids_delete_counts_and_cosine_vectors_are_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let team = start(dir.path());
+    let client = team.client(0);
+    client.create_collection(spec()).unwrap();
+    let vector = |value: f32| vec![value; DIM];
+    // Ids 1..=20 (on every LEU), then id 5 again with another vector, in one batch.
+    let mut ids: Vec<u64> = (1..=20).collect();
+    ids.push(5);
+    let mut vectors: Vec<f32> = (1..=20).flat_map(|id| vector(id as f32)).collect();
+    vectors.extend(vector(99.0));
+    let written = client
+        .upsert(Upsert {
+            collection: "docs".into(),
+            dimension: DIM as u32,
+            ids,
+            vectors,
+            payloads: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(written, 21, "every id sent is counted");
+    let got = client.get("docs", vec![5]).unwrap();
+    assert_eq!(
+        got[0].vector,
+        vector(99.0),
+        "the last of an id's vectors wins"
+    );
+
+    // 3 twice, 4, and 1,000 (never written): two points existed.
+    let deleted = client.delete("docs", vec![3, 3, 4, 1000]).unwrap();
+    assert_eq!(deleted, 2);
+    assert_eq!(client.count("docs", None).unwrap(), 18);
+
+    let cosine = CollectionSpec {
+        name: "angles".into(),
+        metric: Metric::Cosine,
+        ..spec()
+    };
+    client.create_collection(cosine).unwrap();
+    client
+        .upsert(Upsert {
+            collection: "angles".into(),
+            dimension: DIM as u32,
+            ids: vec![7],
+            vectors: vector(3.0),
+            payloads: Vec::new(),
+        })
+        .unwrap();
+    let got = client.get("angles", vec![7]).unwrap();
+    let norm: f32 = got[0].vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!(
+        (norm - 1.0).abs() < 1e-6,
+        "a cosine vector comes back unit: {norm}"
+    );
+    drop(client);
+    team.stop();
+}
