@@ -149,6 +149,9 @@ pub struct Team {
     /// each full merge holds up to `merged_table_bytes` of vectors in memory, so the LEUs
     /// take turns (`ServerConfig::idle_merges_at_once`).
     pub merges: AtomicUsize,
+    /// Client connections open on every LEU together: `ServerConfig::connections_max`
+    /// bounds this sum (the limit is the appliance's, not each LEU's).
+    pub connections: AtomicUsize,
     /// Each LEU's published shard view (`vortex_shard::view`), set by the LEU once its shard
     /// is open and before it passes the start gate: what a whole search on any LEU reads.
     pub views: Vec<OnceLock<PublishedView>>,
@@ -224,6 +227,7 @@ pub fn team(ring: Ring, capacity: usize) -> io::Result<Vec<Links>> {
         quiet: AtomicUsize::new(0),
         failed: AtomicBool::new(false),
         merges: AtomicUsize::new(0),
+        connections: AtomicUsize::new(0),
         views: (0..leus).map(|_| OnceLock::new()).collect(),
         tier: OnceLock::new(),
     });

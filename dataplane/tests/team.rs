@@ -499,3 +499,48 @@ fn duplicate_ids_delete_counts_and_cosine_vectors_are_as_documented() {
     drop(client);
     team.stop();
 }
+
+/// Issue #23 item 10: `connections_max` is the appliance's limit, as docs/CONFIG.md says,
+/// not each LEU's: with 4 allowed over three LEUs, a fifth connection is refused whichever
+/// LEU it reaches, and once one closes another is served.
+#[test]
+fn the_connection_limit_counts_every_leus_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        connections_max: 4,
+        ..ServerConfig::default()
+    };
+    let team = start_with(dir.path(), config);
+    let open: Vec<Client> = [0, 0, 1, 2]
+        .iter()
+        .map(|&leu| {
+            let client = team.client(leu);
+            client.ping().unwrap();
+            client
+        })
+        .collect();
+    for leu in 0..LEUS {
+        let refused = Client::connect(&[team.addresses[leu].to_string()], ClientOptions::default())
+            .and_then(|client| client.ping());
+        assert!(
+            refused.is_err(),
+            "a fifth connection was served by LEU {leu}"
+        );
+    }
+    drop(open);
+    // The closed connections are noticed and reaped by their LEUs: then one more is served.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let served = Client::connect(&[team.addresses[2].to_string()], ClientOptions::default())
+            .and_then(|client| client.ping());
+        if served.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no connection served after the others closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    team.stop();
+}

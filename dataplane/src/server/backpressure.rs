@@ -257,6 +257,7 @@ impl Server {
                 if let Some(connection) = self.conns[conn].take() {
                     // SAFETY: shuts down a descriptor we own; no operation uses it now.
                     unsafe { libc::shutdown(connection.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                    self.links.team.connections.fetch_sub(1, Ordering::AcqRel);
                 }
                 self.free.push(conn);
             }

@@ -6,7 +6,8 @@
 //!
 //! What it holds to:
 //!
-//! - **Bounded**: at most `connections_max` connections (one more is answered with an
+//! - **Bounded**: at most `connections_max` connections over the whole team of LEUs (one
+//!   more, on any LEU, is answered with an
 //!   `Unavailable` error frame and closed), at most `requests_per_connection_max` requests
 //!   of a connection read and not yet fully answered, queued answers included (past that
 //!   the connection is not read until answers go out, so a sender that does not read its

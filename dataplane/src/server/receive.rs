@@ -111,8 +111,17 @@ impl Server {
             self.report.refused += 1;
             return;
         }
-        let live = self.conns.iter().flatten().count();
-        if live >= self.config.connections_max {
+        // The limit is the appliance's: every LEU counts its connections in the team's sum.
+        let max = self.config.connections_max;
+        let admitted = self
+            .links
+            .team
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .is_ok();
+        if !admitted {
             self.report.refused += 1;
             let refusal = Response::error(
                 ErrorCode::Unavailable,
