@@ -35,9 +35,10 @@ pub const K_MAX: usize = vortex_vbp::validator::K_MAX as usize;
 /// The largest beam width (VBP's limit, which the index serves).
 pub const EF_MAX: usize = vortex_vbp::validator::EF_MAX as usize;
 const _: () = assert!(EF_MAX <= vortex_index::hnsw::EF_MAX);
-/// Ids one get may carry. (Upserts and deletes are limited by the store's batch limit,
-/// `Store::batch_limits`: 4,096 points with a shard's default options.)
-pub const BATCH_POINTS_MAX: usize = 65_536;
+/// Ids one get may carry (VBP's limit). Upserts and deletes are limited by the store's
+/// batch limit (`Store::batch_limits`), which with a shard's default options holds VBP's
+/// `WRITE_POINTS_MAX` and `WRITE_BODY_BYTES_MAX` (a test in `engine.rs` checks).
+pub const BATCH_POINTS_MAX: usize = vortex_vbp::validator::GET_IDS_MAX;
 
 /// A search request.
 #[derive(Debug, Clone, PartialEq)]

@@ -38,6 +38,15 @@ pub const K_MAX: u32 = 10_000;
 pub const EF_MAX: u32 = 65_536;
 /// Longest string in a payload (a `Str`, or one string of a `StrList`), in bytes.
 pub const STRING_BYTES_MAX: usize = 64 << 10;
+/// Points one upsert or delete may carry, whichever LEUs own them: any LEU's part of it
+/// then fits the batch its store admits at once (4,096 writes).
+pub const WRITE_POINTS_MAX: usize = 4096;
+/// Bytes one upsert's body may hold (ids, vectors, payloads): any LEU's part of it then
+/// fits its store's batch (4 MiB of WAL records), the records' own headers included. 3.5
+/// MiB: 1,000 points of 768 floats with payloads fit.
+pub const WRITE_BODY_BYTES_MAX: usize = 7 << 19;
+/// Ids one get may carry.
+pub const GET_IDS_MAX: usize = 65_536;
 /// Most nodes in one filter.
 pub const FILTER_NODES_MAX: usize = 256;
 /// Most values in one `In` filter node, or strings in one list value.
@@ -509,21 +518,28 @@ fn request_body(opcode: Opcode, body: &[u8]) -> Result<RequestRef<'_>, FrameErro
             expect_empty(opcode, body)?;
             RequestRef::Stats
         }
-        Opcode::Upsert => RequestRef::Upsert(check_upsert(access(opcode, body)?)?),
+        Opcode::Upsert => {
+            if body.len() > WRITE_BODY_BYTES_MAX {
+                return Err(invalid(
+                    "upsert",
+                    format!(
+                        "a body of {} bytes; expected at most {WRITE_BODY_BYTES_MAX}: split the batch",
+                        body.len()
+                    ),
+                ));
+            }
+            RequestRef::Upsert(check_upsert(access(opcode, body)?)?)
+        }
         Opcode::Delete => {
             let delete: &ArchivedDelete = access(opcode, body)?;
             check_name("delete.collection", delete.collection.as_str())?;
-            if delete.ids.is_empty() {
-                return Err(invalid("delete.ids", "empty; expected at least one id"));
-            }
+            check_id_count("delete.ids", delete.ids.len(), WRITE_POINTS_MAX)?;
             RequestRef::Delete(delete)
         }
         Opcode::Get => {
             let get: &ArchivedGet = access(opcode, body)?;
             check_name("get.collection", get.collection.as_str())?;
-            if get.ids.is_empty() {
-                return Err(invalid("get.ids", "empty; expected at least one id"));
-            }
+            check_id_count("get.ids", get.ids.len(), GET_IDS_MAX)?;
             RequestRef::Get(get)
         }
         Opcode::Search => RequestRef::Search(check_search(access(opcode, body)?)?),
@@ -682,14 +698,26 @@ fn check_spec(spec: &ArchivedCollectionSpec) -> Result<(), FrameError> {
     Ok(())
 }
 
+/// At least one id, and at most `max`.
+fn check_id_count(field: &'static str, count: usize, max: usize) -> Result<(), FrameError> {
+    if count == 0 {
+        return Err(invalid(field, "empty; expected at least one id"));
+    }
+    if count > max {
+        return Err(invalid(
+            field,
+            format!("{count} ids; expected at most {max}: split the batch"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_upsert(upsert: &ArchivedUpsert) -> Result<UpsertView<'_>, FrameError> {
     check_name("upsert.collection", upsert.collection.as_str())?;
     let dimension = upsert.dimension.to_native();
     check_dimension("upsert.dimension", dimension)?;
+    check_id_count("upsert.ids", upsert.ids.len(), WRITE_POINTS_MAX)?;
     let count = upsert.ids.len() as u64;
-    if count == 0 {
-        return Err(invalid("upsert.ids", "empty; expected at least one point"));
-    }
     let expected = count * u64::from(dimension);
     if upsert.vectors.len() as u64 != expected {
         return Err(FrameError::DimensionMismatch {

@@ -626,3 +626,64 @@ fn malformed_bodies_are_refused_with_what_and_where() {
         "no refusal names a field: {details:?}"
     );
 }
+
+/// Issue #23 item 10: write limits per request (not per LEU part): more than
+/// `WRITE_POINTS_MAX` ids in an upsert or delete, an upsert body over
+/// `WRITE_BODY_BYTES_MAX`, or more than `GET_IDS_MAX` ids in a get are refused, naming
+/// the field and the limit; at the limits they pass.
+#[test]
+fn batches_past_the_write_limits_are_refused_whole() {
+    use vortex_vbp::validator::{GET_IDS_MAX, WRITE_BODY_BYTES_MAX, WRITE_POINTS_MAX};
+    let refusal = |request: Request| -> Option<String> {
+        let frame = request.encode(1).unwrap();
+        match LayoutValidator::new(32 << 20).request(&frame) {
+            Ok(_) => None,
+            Err(FrameError::Invalid { field, detail }) => Some(format!("{field}: {detail}")),
+            Err(other) => panic!("{other}"),
+        }
+    };
+    let upsert = |points: usize, dimension: usize| {
+        Request::Upsert(Upsert {
+            collection: "c".into(),
+            dimension: dimension as u32,
+            ids: (0..points as u64).collect(),
+            vectors: vec![1.0; points * dimension],
+            payloads: Vec::new(),
+        })
+    };
+    assert_eq!(refusal(upsert(WRITE_POINTS_MAX, 4)), None);
+    let too_many = refusal(upsert(WRITE_POINTS_MAX + 1, 4)).unwrap();
+    assert!(
+        too_many.starts_with("upsert.ids") && too_many.contains("4096"),
+        "{too_many}"
+    );
+    // Few points, wide vectors: over the body limit.
+    let dimension = WRITE_BODY_BYTES_MAX / 4 / 100 + 1;
+    let too_large = refusal(upsert(100, dimension)).unwrap();
+    assert!(
+        too_large.starts_with("upsert:") && too_large.contains("split"),
+        "{too_large}"
+    );
+    let delete = |ids: usize| {
+        Request::Delete(Delete {
+            collection: "c".into(),
+            ids: (0..ids as u64).collect(),
+        })
+    };
+    assert_eq!(refusal(delete(WRITE_POINTS_MAX)), None);
+    assert!(refusal(delete(WRITE_POINTS_MAX + 1))
+        .unwrap()
+        .starts_with("delete.ids"));
+    let get = |ids: usize| {
+        Request::Get(Get {
+            collection: "c".into(),
+            ids: (0..ids as u64).collect(),
+            with_vectors: false,
+            with_payload: false,
+        })
+    };
+    assert_eq!(refusal(get(GET_IDS_MAX)), None);
+    assert!(refusal(get(GET_IDS_MAX + 1))
+        .unwrap()
+        .starts_with("get.ids"));
+}

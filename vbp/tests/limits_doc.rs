@@ -3,8 +3,9 @@
 //! compared, so neither can change without the other.
 
 use vortex_vbp::validator::{
-    DIMENSION_MAX, EF_CONSTRUCTION_MAX, EF_MAX, FILTER_NODES_MAX, K_MAX, LIST_VALUES_MAX, M_MAX,
-    M_MIN, NAME_BYTES_MAX, PAYLOAD_FIELDS_MAX, STRING_BYTES_MAX,
+    DIMENSION_MAX, EF_CONSTRUCTION_MAX, EF_MAX, FILTER_NODES_MAX, GET_IDS_MAX, K_MAX,
+    LIST_VALUES_MAX, M_MAX, M_MIN, NAME_BYTES_MAX, PAYLOAD_FIELDS_MAX, STRING_BYTES_MAX,
+    WRITE_BODY_BYTES_MAX, WRITE_POINTS_MAX,
 };
 
 /// The rule of the table row whose field cell is `field`.
@@ -53,7 +54,13 @@ fn numbers(text: &str) -> Vec<u64> {
 fn the_documented_limits_are_the_validators() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/VBP.md");
     let doc = std::fs::read_to_string(path).unwrap();
-    let rows: [(&str, Vec<u64>); 9] = [
+    let rows: [(&str, Vec<u64>); 12] = [
+        (
+            "`upsert.ids`, `delete.ids`",
+            vec![1, WRITE_POINTS_MAX as u64],
+        ),
+        ("upsert body", vec![WRITE_BODY_BYTES_MAX as u64]),
+        ("`get.ids`", vec![1, GET_IDS_MAX as u64]),
         ("collection name", vec![1, NAME_BYTES_MAX as u64]),
         ("payload key, filter field", vec![1, NAME_BYTES_MAX as u64]),
         (
