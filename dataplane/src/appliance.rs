@@ -458,3 +458,22 @@ fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frame-size default is VBP's (`FRAME_SIZE_MAX_BYTES_DEFAULT`) in the config file's
+    /// defaults and in the server's: the config crate cannot name VBP's constant, so this
+    /// test holds the three together.
+    #[test]
+    fn the_default_frame_size_is_vbps_everywhere() {
+        let vbp = vortex_vbp::header::FRAME_SIZE_MAX_BYTES_DEFAULT;
+        assert_eq!(ApplianceConfig::default().limits.frame_size_max_bytes, vbp);
+        assert_eq!(ServerConfig::default().frame_size_max_bytes, vbp);
+        assert_eq!(
+            server_config(&ApplianceConfig::default()).frame_size_max_bytes,
+            vbp
+        );
+    }
+}

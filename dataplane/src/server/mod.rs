@@ -155,7 +155,7 @@ impl Default for ServerConfig {
             stop_deadline: Duration::from_secs(5),
             pool: PoolConfig::default(),
             ring: RingConfig::plain(512),
-            frame_size_max_bytes: 16 << 20,
+            frame_size_max_bytes: vortex_vbp::header::FRAME_SIZE_MAX_BYTES_DEFAULT,
             handover_queue: 1024,
             partial_frame_timeout: Duration::from_secs(10),
             frame_rate_min: FRAME_RATE_MIN_DEFAULT,
