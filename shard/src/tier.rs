@@ -448,7 +448,11 @@ impl IndexTier {
                         match build_due(&views, &graphs, threads, &stop, &mut quiet, dir.as_deref())
                         {
                             Ok(Built::Nothing) => {
-                                if let Some(dir) = &dir {
+                                // Not while stopping: a large graph takes a while to write,
+                                // and a stop must be quick (the graph is built again).
+                                if let Some(dir) =
+                                    dir.as_ref().filter(|_| !stop.load(Ordering::Acquire))
+                                {
                                     save_unsaved(dir, &graphs, &mut unsaved);
                                 }
                                 std::thread::park_timeout(CHECK_EVERY);

@@ -413,6 +413,9 @@ pub struct Store<E: Env> {
     flush_running: bool,
     compaction_running: bool,
     retry_at: Option<Instant>,
+    /// [`Store::close`] is waiting for the running jobs: a failure now (a side-car build
+    /// the closing shard cancelled) is the close's doing, not an error to retry.
+    closing: bool,
     compact_pointer: [Option<Key>; LEVELS],
     scrubber: Option<JoinHandle<()>>,
     scratch: Vec<u8>,
@@ -799,6 +802,7 @@ impl<E: Env> Store<E> {
             flush_running: false,
             compaction_running: false,
             retry_at: None,
+            closing: false,
             compact_pointer: [None; LEVELS],
             scrubber,
             scratch: Vec::new(),
@@ -1596,6 +1600,11 @@ impl<E: Env> Store<E> {
     fn background_failed(&mut self, what: &str, error: &StorageError) {
         self.stats.background_errors += 1;
         self.retry_at = Some(Instant::now() + RETRY_AFTER);
+        if self.closing {
+            // Its inputs stay (the WAL, the tables): the next start does it again.
+            tracing::info!(%error, "{what} abandoned: the store is closing");
+            return;
+        }
         tracing::error!(%error, "{what} failed; retrying in {RETRY_AFTER:?}");
     }
 
@@ -1613,6 +1622,7 @@ impl<E: Env> Store<E> {
     /// durable, and stops the background threads.
     pub fn close(mut self) -> Result<(), StorageError> {
         self.sync()?;
+        self.closing = true;
         // Only the jobs running now: a failed flush is not retried (the WAL holds its data).
         while self.flush_running || self.compaction_running {
             match self.finished_rx.recv_timeout(Duration::from_millis(100)) {
