@@ -83,10 +83,15 @@ fn a_close_during_a_merge_cancels_its_build_and_loses_nothing() {
     shard.wait_idle().unwrap();
     assert!(shard.stats().segments >= 2);
     assert!(shard.compact_all_soon().unwrap(), "the merge started");
+    // The close abandons the merge wherever it is: writing its table (the store stops it)
+    // or building its graph (the shard cancels it). Either way it does not wait for it.
+    let started = std::time::Instant::now();
     let report = shard.close().unwrap();
-    assert_eq!(
-        report.builds_cancelled, 1,
-        "the merge's build was cancelled"
+    let took = started.elapsed();
+    assert!(report.builds_cancelled <= 1, "{report:?}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the close waited {took:?} for the merge"
     );
 
     let (mut shard, _) = Shard::open(dir.path(), options()).unwrap();

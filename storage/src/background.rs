@@ -108,12 +108,15 @@ pub struct RateLimiter {
     /// Bytes that may go now (negative: owed).
     balance: i128,
     updated: Instant,
+    /// When set, a wait ends at once and says so ([`RateLimiter::throttle`]).
+    stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl RateLimiter {
     /// A limiter at `bytes_per_second` (0: unlimited), starting with a full one-second burst.
     pub fn new(bytes_per_second: u64, now: Instant) -> Self {
         RateLimiter {
+            stop: None,
             bytes_per_second,
             balance: i128::from(bytes_per_second),
             updated: now,
@@ -138,11 +141,32 @@ impl RateLimiter {
         Duration::from_nanos(owed_nanos.min(i128::from(u64::MAX)) as u64)
     }
 
-    /// Charges `bytes` and sleeps as long as needed.
-    pub fn throttle(&mut self, bytes: u64) {
-        let delay = self.delay_for(bytes, Instant::now());
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
+    /// The same limiter, whose waits end as soon as `stop` is set.
+    pub fn stopping_on(mut self, stop: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Charges `bytes` and sleeps as long as needed, in slices of at most 20 ms: `Err`
+    /// (`Closed`) as soon as the stop flag is set, so that a rate-limited job ends within
+    /// one slice of a close.
+    pub fn throttle(&mut self, bytes: u64) -> Result<(), crate::StorageError> {
+        let mut delay = self.delay_for(bytes, Instant::now());
+        let stop = self.stop.clone();
+        let stopped = || {
+            stop.as_ref()
+                .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Acquire))
+        };
+        loop {
+            if stopped() {
+                return Err(crate::StorageError::Closed("stopping"));
+            }
+            if delay.is_zero() {
+                return Ok(());
+            }
+            let slice = delay.min(Duration::from_millis(20));
+            std::thread::sleep(slice);
+            delay -= slice;
         }
     }
 
@@ -225,6 +249,27 @@ mod tests {
         let later = now + Duration::from_secs(60);
         assert_eq!(limiter.delay_for(10 * MIB, later), Duration::ZERO);
         assert!(limiter.delay_for(MIB, later) > Duration::ZERO);
+    }
+
+    /// A wait of a thousand seconds ends within a slice of the stop flag being set.
+    #[test]
+    fn a_throttled_wait_ends_when_the_stop_flag_is_set() {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut limiter = RateLimiter::new(1, Instant::now()).stopping_on(Arc::clone(&stop));
+        let setter = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                stop.store(true, std::sync::atomic::Ordering::Release);
+            })
+        };
+        let started = Instant::now();
+        assert!(limiter.throttle(1000).is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        setter.join().unwrap();
+        // Without a stop flag nothing ends early (and nothing owed: no wait at all).
+        let mut free = RateLimiter::new(1 << 20, Instant::now());
+        assert!(free.throttle(10).is_ok());
     }
 
     #[test]

@@ -359,7 +359,7 @@ struct Shared {
     table_next: AtomicU64,
     current: Mutex<Arc<Version>>,
     hooks: StoreHooks,
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
     scrub_passes: AtomicU64,
     scrub_bytes: AtomicU64,
     scrub_corruptions: AtomicU64,
@@ -742,7 +742,7 @@ impl<E: Env> Store<E> {
             table_next: AtomicU64::new(state.table_next),
             current: Mutex::new(Arc::clone(&version)),
             hooks,
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             scrub_passes: AtomicU64::new(0),
             scrub_bytes: AtomicU64::new(0),
             scrub_corruptions: AtomicU64::new(0),
@@ -1307,8 +1307,10 @@ impl<E: Env> Store<E> {
         let sender = self.finished_tx.clone();
         let options = self.options.clone();
         self.submit(Box::new(move || {
-            let mut limiter = (options.compaction_bytes_per_second > 0)
-                .then(|| RateLimiter::new(options.compaction_bytes_per_second, Instant::now()));
+            let mut limiter = (options.compaction_bytes_per_second > 0).then(|| {
+                RateLimiter::new(options.compaction_bytes_per_second, Instant::now())
+                    .stopping_on(Arc::clone(&shared.stop))
+            });
             let sources: Vec<Source<'static>> = plan
                 .inputs
                 .iter()
@@ -1618,11 +1620,16 @@ impl<E: Env> Store<E> {
         self.version = version;
     }
 
-    /// Lets running flushes and compactions finish and publishes them, makes every write
-    /// durable, and stops the background threads.
+    /// Makes every write durable, abandons the running flush or compaction (a rate-limited
+    /// write stops within 20 ms; a side-car build is the hook's to cancel) and stops the
+    /// background threads: what was abandoned is done again after the next open, from the
+    /// WAL or the tables it left in place.
     pub fn close(mut self) -> Result<(), StorageError> {
         self.sync()?;
         self.closing = true;
+        // A running flush or merge is abandoned, not waited for (issue #23: a stop must be
+        // quick): its inputs stay, the WAL or the tables, and the next start does it again.
+        self.shared.stop.store(true, Ordering::Release);
         // Only the jobs running now: a failed flush is not retried (the WAL holds its data).
         while self.flush_running || self.compaction_running {
             match self.finished_rx.recv_timeout(Duration::from_millis(100)) {
@@ -1791,7 +1798,8 @@ fn scrub_table(
 }
 
 fn scrub_loop(shared: &Shared, bytes_per_second: u64, interval: Duration) {
-    let mut limiter = RateLimiter::new(bytes_per_second, Instant::now());
+    let mut limiter =
+        RateLimiter::new(bytes_per_second, Instant::now()).stopping_on(Arc::clone(&shared.stop));
     let current = || {
         shared
             .current

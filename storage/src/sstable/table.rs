@@ -513,7 +513,7 @@ impl TableBuilder {
         limiter: Option<&mut RateLimiter>,
     ) -> Result<(), StorageError> {
         if let Some(limiter) = limiter {
-            limiter.throttle(bytes.len() as u64);
+            limiter.throttle(bytes.len() as u64)?;
         }
         let Some(file) = self.file.as_mut() else {
             return Err(StorageError::Invalid("the table is finished".to_owned()));
@@ -1080,7 +1080,7 @@ impl Table {
                     return Err(StorageError::Closed("stopping"));
                 }
                 if let Some(limiter) = limiter.as_deref_mut() {
-                    limiter.throttle(u64::from(self.index[index].len));
+                    limiter.throttle(u64::from(self.index[index].len))?;
                 }
                 self.block(index)?;
                 bytes += u64::from(self.index[index].len);
@@ -1090,7 +1090,7 @@ impl Table {
                     return Err(StorageError::Closed("stopping"));
                 }
                 if let Some(limiter) = limiter.as_deref_mut() {
-                    limiter.throttle(UNIT as u64);
+                    limiter.throttle(UNIT as u64)?;
                 }
                 self.check_vector_unit(unit)?;
                 bytes += UNIT as u64;
