@@ -561,3 +561,69 @@ fn fifty_restarts_right_after_sigkill_all_serve() {
     }
     eprintln!("50 restarts after SIGKILL; the slowest start took {slowest:?}");
 }
+
+/// Issue #23 item 2: SIGTERM in the middle of a load (two writers on two LEUs, flushes and
+/// their index builds running) exits within 5 s with status 0, and a restart finds every
+/// write that was acknowledged.
+#[test]
+fn sigterm_during_a_load_exits_within_five_seconds_and_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let [port, _, _] = free_ports::<3>();
+    let config = write_config_with(dir.path(), port, 2);
+    let address = format!("127.0.0.1:{port}");
+    let (child, _) = start(&config);
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    client.create_collection(docs_spec()).unwrap();
+    let acknowledged = std::sync::Mutex::new(Vec::<u64>::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let took = std::thread::scope(|scope| {
+        for writer in 0..2u64 {
+            let (address, acknowledged, stop) = (&address, &acknowledged, &stop);
+            scope.spawn(move || {
+                let client = Client::connect(&[address.as_str()], ClientOptions::default())
+                    .unwrap();
+                let mut next = writer * 10_000_000;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    match client.upsert(docs_upsert(next..next + 500)) {
+                        Ok(written) => {
+                            assert_eq!(written, 500);
+                            acknowledged.lock().unwrap().extend(next..next + 500);
+                            next += 500;
+                        }
+                        Err(vortex_vbp::client::ClientError::Throttled { retry_after, .. }) => {
+                            std::thread::sleep(retry_after)
+                        }
+                        // The server went away: the answer never came, so it proves nothing.
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        // Long enough for several flushes and their graphs.
+        std::thread::sleep(Duration::from_secs(3));
+        let started = Instant::now();
+        let status = terminate(child);
+        let took = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(status.code(), Some(0), "{status:?}");
+        took
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    eprintln!(
+        "SIGTERM during a load of {} acknowledged points: exited after {took:?}",
+        acknowledged.len()
+    );
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    assert!(acknowledged.len() >= 1000, "too little was loaded to test a stop mid-load");
+
+    let (child, _) = start(&config);
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    let found = client.count("docs", None).unwrap();
+    assert!(found >= acknowledged.len() as u64, "{found} of {} kept", acknowledged.len());
+    for chunk in acknowledged.chunks(2000) {
+        let points = client.get("docs", chunk.to_vec()).unwrap();
+        assert_eq!(points.len(), chunk.len(), "an acknowledged write is gone");
+    }
+    drop(client);
+    assert_eq!(terminate(child).code(), Some(0));
+}
