@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use vortex_index::{Kernels, Metric};
 use vortex_vbp::client::{Client, ClientOptions};
-use vortex_vbp::message::{Search, VectorType};
+use vortex_vbp::message::VectorType;
 use vortex_vbp::sharded::ShardedClient;
 
 /// One run of the rig.
@@ -194,18 +194,8 @@ fn search_window(
                     while Instant::now() < deadline {
                         let query = next.fetch_add(1, Ordering::Relaxed) % pool;
                         let prefix = acknowledged.prefix();
-                        let sent = Instant::now();
-                        let answer = serve::retrying(|| {
-                            client.search(Search {
-                                collection: COLLECTION.into(),
-                                vector: dataset.queries.row(query).to_vec(),
-                                k: config.k as u32,
-                                ef,
-                                filter: None,
-                                with_payload: false,
-                            })
-                        });
-                        let ns = sent.elapsed().as_nanos() as u64;
+                        let (answer, ns) =
+                            serve::timed_search(&client, dataset, query, config.k, ef);
                         match answer {
                             Ok(hits) => {
                                 let _ = share.times.record(ns.max(1));

@@ -330,6 +330,29 @@ pub(crate) fn settle(client: &Client, merged: bool) -> anyhow::Result<()> {
     }
 }
 
+/// Query `query` of `dataset` on `client` (retrying THROTTLED), and the nanoseconds its
+/// answer took.
+pub(crate) fn timed_search(
+    client: &ShardedClient,
+    dataset: &Dataset,
+    query: usize,
+    k: usize,
+    ef: u32,
+) -> (Result<Vec<vortex_vbp::message::Hit>, ClientError>, u64) {
+    let sent = Instant::now();
+    let answer = retrying(|| {
+        client.search(Search {
+            collection: COLLECTION.into(),
+            vector: dataset.queries.row(query).to_vec(),
+            k: k as u32,
+            ef,
+            filter: None,
+            with_payload: false,
+        })
+    });
+    (answer, sent.elapsed().as_nanos() as u64)
+}
+
 /// One connection's share of a run: latencies, true neighbours found, queries answered,
 /// errors.
 type Share = (Histogram<u64>, usize, u64, u64);
@@ -415,18 +438,7 @@ pub(crate) fn measure(
                     let (mut found, mut asked, mut errors) = (0usize, 0u64, 0u64);
                     while Instant::now() < deadline {
                         let query = next.fetch_add(1, Ordering::Relaxed) % dataset.queries.len();
-                        let sent = Instant::now();
-                        let answer = retrying(|| {
-                            client.search(Search {
-                                collection: COLLECTION.into(),
-                                vector: dataset.queries.row(query).to_vec(),
-                                k: k as u32,
-                                ef,
-                                filter: None,
-                                with_payload: false,
-                            })
-                        });
-                        let ns = sent.elapsed().as_nanos() as u64;
+                        let (answer, ns) = timed_search(&client, dataset, query, k, ef);
                         match answer {
                             Ok(hits) => {
                                 let _ = times.record(ns.max(1));

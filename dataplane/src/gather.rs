@@ -258,38 +258,37 @@ mod tests {
         assert_eq!(merge.finish(), hits(&[(1, 0.1), (10, 0.5), (2, 0.7)]));
     }
 
-    #[test]
-    fn get_answers_come_back_in_request_order() {
+    /// The ids of a get of `ids` gathered from `parts` (LEU, the ids it found, in its order).
+    fn gathered_get(ids: Vec<u64>, parts: &[(u16, Vec<u64>)]) -> Vec<u64> {
         let frame = framed(&Request::Get(Get {
             collection: "c".into(),
-            ids: vec![7, 3, 9, 1],
+            ids,
             with_vectors: false,
             with_payload: false,
         }));
         let validator = LayoutValidator::new(1 << 20);
         let (_, request) = validator.request(&frame).unwrap();
-        let point = |id| PointRecord {
-            id,
-            vector: Vec::new(),
-            payload: None,
-        };
         let mut merge = Merge::new(&request);
-        merge.add(
-            0,
-            Response::Points(GetResult {
-                points: vec![point(3), point(1)],
-            }),
-        );
-        merge.add(
-            1,
-            Response::Points(GetResult {
-                points: vec![point(9), point(7)],
-            }),
-        );
+        for (leu, found) in parts {
+            let points = found
+                .iter()
+                .map(|&id| PointRecord {
+                    id,
+                    vector: Vec::new(),
+                    payload: None,
+                })
+                .collect();
+            merge.add(*leu, Response::Points(GetResult { points }));
+        }
         let Response::Points(result) = merge.finish() else {
             panic!("not points");
         };
-        let ids: Vec<u64> = result.points.iter().map(|p| p.id).collect();
+        result.points.iter().map(|p| p.id).collect()
+    }
+
+    #[test]
+    fn get_answers_come_back_in_request_order() {
+        let ids = gathered_get(vec![7, 3, 9, 1], &[(0, vec![3, 1]), (1, vec![9, 7])]);
         assert_eq!(ids, vec![7, 3, 9, 1]);
     }
 
@@ -297,37 +296,11 @@ mod tests {
     /// moved up beside the first); ids not found leave no hole.
     #[test]
     fn a_get_with_duplicate_ids_keeps_request_order() {
-        let frame = framed(&Request::Get(Get {
-            collection: "c".into(),
-            ids: vec![7, 3, 9, 7, 4, 3],
-            with_vectors: false,
-            with_payload: false,
-        }));
-        let validator = LayoutValidator::new(1 << 20);
-        let (_, request) = validator.request(&frame).unwrap();
-        let point = |id| PointRecord {
-            id,
-            vector: Vec::new(),
-            payload: None,
-        };
-        let mut merge = Merge::new(&request);
         // LEU 0 owns 3 (asked twice; 4 is not there), LEU 1 owns 7 and 9.
-        merge.add(
-            0,
-            Response::Points(GetResult {
-                points: vec![point(3), point(3)],
-            }),
+        let ids = gathered_get(
+            vec![7, 3, 9, 7, 4, 3],
+            &[(0, vec![3, 3]), (1, vec![7, 9, 7])],
         );
-        merge.add(
-            1,
-            Response::Points(GetResult {
-                points: vec![point(7), point(9), point(7)],
-            }),
-        );
-        let Response::Points(result) = merge.finish() else {
-            panic!("not points");
-        };
-        let ids: Vec<u64> = result.points.iter().map(|p| p.id).collect();
         assert_eq!(ids, vec![7, 3, 9, 7, 3]);
     }
 

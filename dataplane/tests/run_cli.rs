@@ -580,8 +580,8 @@ fn sigterm_during_a_load_exits_within_five_seconds_and_keeps_every_acknowledged_
         for writer in 0..2u64 {
             let (address, acknowledged, stop) = (&address, &acknowledged, &stop);
             scope.spawn(move || {
-                let client = Client::connect(&[address.as_str()], ClientOptions::default())
-                    .unwrap();
+                let client =
+                    Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
                 let mut next = writer * 10_000_000;
                 while !stop.load(std::sync::atomic::Ordering::Acquire) {
                     match client.upsert(docs_upsert(next..next + 500)) {
@@ -614,12 +614,19 @@ fn sigterm_during_a_load_exits_within_five_seconds_and_keeps_every_acknowledged_
         acknowledged.len()
     );
     assert!(took < Duration::from_secs(5), "the stop took {took:?}");
-    assert!(acknowledged.len() >= 1000, "too little was loaded to test a stop mid-load");
+    assert!(
+        acknowledged.len() >= 1000,
+        "too little was loaded to test a stop mid-load"
+    );
 
     let (child, _) = start(&config);
     let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
     let found = client.count("docs", None).unwrap();
-    assert!(found >= acknowledged.len() as u64, "{found} of {} kept", acknowledged.len());
+    assert!(
+        found >= acknowledged.len() as u64,
+        "{found} of {} kept",
+        acknowledged.len()
+    );
     for chunk in acknowledged.chunks(2000) {
         let points = client.get("docs", chunk.to_vec()).unwrap();
         assert_eq!(points.len(), chunk.len(), "an acknowledged write is gone");
