@@ -51,6 +51,11 @@ use std::time::{Duration, Instant};
 /// WAL record kinds written by the store.
 const RECORD_PUT: u8 = 2;
 const RECORD_DELETE: u8 = 3;
+/// Appended by a clean [`Store::close`] after the last write: it carries nothing and is
+/// skipped at replay, but it is a valid record after every write of the run, so that damage
+/// to any of them (a flipped bit in the last one included) is found as corruption ("valid
+/// records after it") instead of being truncated as a torn tail, which only a crash leaves.
+const RECORD_SEAL: u8 = 4;
 /// The largest WAL record the store accepts: a put must fit one SSTable data block (16 MiB).
 const RECORD_BYTES_MAX: usize = 8 << 20;
 /// How long a failed flush or compaction waits before it is tried again.
@@ -692,6 +697,7 @@ impl<E: Env> Store<E> {
                 &dir.join("wal"),
                 options.wal.clone(),
                 |record| match decode_record(record.kind, record.payload) {
+                    _ if record.kind == RECORD_SEAL => {} // a clean stop's mark
                     Ok((key, value)) => memtable.apply_replayed(key, record.sequence, value),
                     Err(detail) => {
                         bad_record.get_or_insert(format!("record {}: {detail}", record.sequence));
@@ -1626,6 +1632,12 @@ impl<E: Env> Store<E> {
     /// WAL or the tables it left in place.
     pub fn close(mut self) -> Result<(), StorageError> {
         self.sync()?;
+        // The seal after the last write (see `RECORD_SEAL`); a log that cannot be written
+        // any more is left as it is (a start then treats its tail as a crash's).
+        if self.wal.read_only().is_none() {
+            self.wal.append(RECORD_SEAL, &[])?;
+            self.wal.flush()?;
+        }
         self.closing = true;
         // A running flush or merge is abandoned, not waited for (issue #23: a stop must be
         // quick): its inputs stay, the WAL or the tables, and the next start does it again.
