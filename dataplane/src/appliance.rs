@@ -380,21 +380,73 @@ impl Layout {
         format!("leus = {}\nvnodes = {}\n", self.leus, self.vnodes)
     }
 
+    /// A LAYOUT file's contents: exactly the two lines [`Layout::text`] writes, or what is
+    /// wrong with them (never echoing the damaged bytes, only where they are).
+    fn parse(bytes: &[u8]) -> Result<Layout, String> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|error| format!("not text (byte {} is not UTF-8)", error.valid_up_to()))?;
+        let mut lines = text.lines();
+        let mut value = |number: usize, key: &str| -> Result<u64, String> {
+            let line = lines
+                .next()
+                .ok_or_else(|| format!("line {number} (`{key} = …`) is missing"))?;
+            let (found, digits) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line {number} is not `{key} = <number>`"))?;
+            if found.trim() != key {
+                return Err(format!("line {number} should set `{key}`"));
+            }
+            digits
+                .trim()
+                .parse()
+                .map_err(|_| format!("line {number}: `{key}` is not a number"))
+        };
+        let leus = value(1, "leus")?;
+        let vnodes = value(2, "vnodes")?;
+        if lines.next().is_some_and(|rest| !rest.trim().is_empty()) {
+            return Err("it has more than its two lines".to_owned());
+        }
+        let leus = usize::try_from(leus)
+            .ok()
+            .filter(|&leus| (1..=vortex_vbp::routing::LEUS_MAX).contains(&leus))
+            .ok_or_else(|| format!("`leus` {leus} is out of range"))?;
+        let vnodes = u16::try_from(vnodes)
+            .ok()
+            .filter(|&vnodes| vnodes > 0)
+            .ok_or_else(|| format!("`vnodes` {vnodes} is out of range"))?;
+        Ok(Layout { leus, vnodes })
+    }
+
     /// Writes the layout into a new data directory, or checks an existing one's. Returns
     /// what it created, for a failed start to undo.
     fn check(&self, data_dir: &Path) -> Result<Option<Created>, String> {
         let path = data_dir.join(Self::FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(found) if found == self.text() => Ok(None),
-            Ok(found) => Err(format!(
-                "{} holds data spread over another LEU layout ({}), and this config runs {} \
-                 LEU(s) with {} VNodes; set [leu] count back, or start from an empty data \
-                 directory (moving data between layouts is not supported yet)",
-                data_dir.display(),
-                found.trim().replace('\n', ", "),
-                self.leus,
-                self.vnodes
-            )),
+        match std::fs::read(&path) {
+            Ok(found) => match Layout::parse(&found) {
+                Ok(layout) if layout.leus == self.leus && layout.vnodes == self.vnodes => Ok(None),
+                Ok(layout) => Err(format!(
+                    "{} holds data spread over another LEU layout ({} LEU(s), {} VNodes), and \
+                     this config runs {} LEU(s) with {} VNodes; set [leu] count back, or start \
+                     from an empty data directory (moving data between layouts is not \
+                     supported yet)",
+                    data_dir.display(),
+                    layout.leus,
+                    layout.vnodes,
+                    self.leus,
+                    self.vnodes
+                )),
+                Err(damage) => Err(format!(
+                    "{} is damaged: {damage}. It records how the data is spread over the LEUs \
+                     and is written once, as `leus = <count>` and `vnodes = <count>` on two \
+                     lines; this config would write `leus = {}` and `vnodes = {}` (the data \
+                     directory has {} `leu-*` directories). Restore it from a backup, or \
+                     write it by hand if you know the layout the data was written with",
+                    path.display(),
+                    self.leus,
+                    self.vnodes,
+                    count_shard_dirs(data_dir)
+                )),
+            },
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 if self.leus > 1 && data_dir.join("leu-0").exists() {
                     return Err(format!(
@@ -416,6 +468,21 @@ impl Layout {
             Err(error) => Err(format!("cannot read {}: {error}", path.display())),
         }
     }
+}
+
+/// The `leu-<i>` directories in `data_dir`.
+fn count_shard_dirs(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|name| name.strip_prefix("leu-"))
+                    .is_some_and(|index| index.parse::<u32>().is_ok())
+            })
+            .count()
+    })
 }
 
 /// What a start wrote into a data directory that had no LAYOUT.
@@ -462,6 +529,52 @@ fn write_durably(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A damaged LAYOUT is named as damaged, with what is wrong and where, never taken for
+    /// another layout nor echoed back (issue #23 item 7: it echoed the damaged key).
+    #[test]
+    fn a_damaged_layout_says_what_is_wrong() {
+        let good = Layout {
+            leus: 2,
+            vnodes: 256,
+        };
+        let parsed = Layout::parse(good.text().as_bytes()).unwrap();
+        assert_eq!((parsed.leus, parsed.vnodes), (2, 256));
+        let damaged: [(&[u8], &str); 7] = [
+            (b"leus = 2\nvnodeq = 256\n", "line 2 should set `vnodes`"),
+            (b"leus = 2\n", "line 2 (`vnodes = \u{2026}`) is missing"),
+            (
+                b"leus = x\nvnodes = 256\n",
+                "line 1: `leus` is not a number",
+            ),
+            (
+                b"leus = 2\nvnodes = 256\nleus = 3\n",
+                "more than its two lines",
+            ),
+            (b"leus = 0\nvnodes = 256\n", "`leus` 0 is out of range"),
+            (
+                b"leus = 2\nvnodes = 70000\n",
+                "`vnodes` 70000 is out of range",
+            ),
+            (b"leus \xff 2\nvnodes = 256\n", "byte 5 is not UTF-8"),
+        ];
+        for (bytes, expected) in damaged {
+            let error = Layout::parse(bytes).err().unwrap();
+            assert!(error.contains(expected), "{error:?} for {bytes:?}");
+        }
+        // Through the start's check: the file is named and said to be damaged.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(Layout::FILE), b"leus = 2\nvnodeq = 256\n").unwrap();
+        std::fs::create_dir(dir.path().join("leu-0")).unwrap();
+        std::fs::create_dir(dir.path().join("leu-1")).unwrap();
+        let error = good.check(dir.path()).unwrap_err();
+        assert!(
+            error.contains("LAYOUT is damaged: line 2 should set `vnodes`")
+                && error.contains("2 `leu-*` directories")
+                && !error.contains("vnodeq"),
+            "{error}"
+        );
+    }
 
     /// The frame-size default is VBP's (`FRAME_SIZE_MAX_BYTES_DEFAULT`) in the config file's
     /// defaults and in the server's: the config crate cannot name VBP's constant, so this
