@@ -423,14 +423,32 @@ impl Manifest {
         let name = std::str::from_utf8(&text)
             .ok()
             .and_then(|text| text.strip_suffix('\n'))
-            .filter(|name| parse_manifest_name(name).is_some())
-            .ok_or_else(|| StorageError::BadManifest {
+            .filter(|name| parse_manifest_name(name).is_some());
+        let Some(name) = name else {
+            // Damaged: say what it should hold, and which MANIFESTs are there to name (the
+            // newest is the one a crash-free run made current last).
+            let mut manifests: Vec<String> = env
+                .list(dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|name| parse_manifest_name(name).is_some())
+                .collect();
+            manifests.sort_by_key(|name| parse_manifest_name(name));
+            let hint = match manifests.last() {
+                Some(newest) => format!(
+                    "; the directory holds {}: CURRENT most likely should read \"{newest}\\n\"",
+                    manifests.join(", ")
+                ),
+                None => "; the directory holds no MANIFEST".to_owned(),
+            };
+            return Err(StorageError::BadManifest {
                 path: current.clone(),
                 detail: format!(
-                    "expected \"MANIFEST-<number>\\n\", found {:?}",
-                    String::from_utf8_lossy(&text[..text.len().min(64)])
+                    "damaged: {} bytes that are not \"MANIFEST-<number>\\n\"{hint}",
+                    text.len()
                 ),
-            })?;
+            });
+        };
         let number = parse_manifest_name(name).unwrap_or_default();
         let path = dir.join(name);
         let bytes = env.read(&path).map_err(io_error("read", &path))?;

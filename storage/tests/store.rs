@@ -810,3 +810,28 @@ fn a_clean_close_seals_the_wal_so_damage_to_the_last_write_is_not_taken_for_a_to
         }
     }
 }
+
+/// Issue #23 item 7: a damaged CURRENT is named as damaged, with the MANIFEST it most likely
+/// should name, and without echoing its bytes.
+#[test]
+fn a_damaged_current_names_the_manifest_to_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open_with(dir.path(), small_options(), StoreHooks::default());
+    store.put(key(0, 1), &[1u8; 64], b"p").unwrap();
+    store.close().unwrap();
+    let wal = dir.path().join("wal");
+    let manifest = std::fs::read_to_string(wal.join("CURRENT")).unwrap();
+    std::fs::write(wal.join("CURRENT"), b"MANIF\xffST-junk").unwrap();
+    let env = PosixEnv::new(&RingConfig::plain(64), DirectIo::Auto).unwrap();
+    let error = Store::open(env, dir.path(), small_options(), StoreHooks::default())
+        .err()
+        .expect("a damaged CURRENT refuses the start")
+        .to_string();
+    assert!(
+        error.contains("CURRENT")
+            && error.contains("damaged")
+            && error.contains(&format!("should read {:?}", manifest))
+            && !error.contains("junk"),
+        "{error}"
+    );
+}
