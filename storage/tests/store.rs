@@ -823,10 +823,10 @@ fn a_damaged_current_names_the_manifest_to_restore() {
     let manifest = std::fs::read_to_string(wal.join("CURRENT")).unwrap();
     std::fs::write(wal.join("CURRENT"), b"MANIF\xffST-junk").unwrap();
     let env = PosixEnv::new(&RingConfig::plain(64), DirectIo::Auto).unwrap();
-    let error = Store::open(env, dir.path(), small_options(), StoreHooks::default())
-        .err()
-        .expect("a damaged CURRENT refuses the start")
-        .to_string();
+    let error = match Store::open(env, dir.path(), small_options(), StoreHooks::default()) {
+        Ok(_) => panic!("a damaged CURRENT did not refuse the start"),
+        Err(error) => error.to_string(),
+    };
     assert!(
         error.contains("CURRENT")
             && error.contains("damaged")
