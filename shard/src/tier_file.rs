@@ -76,26 +76,49 @@ pub(crate) fn save(tier_dir: &Path, graph: &NodeGraph) -> Result<(), ShardError>
     }
     std::fs::create_dir(&fresh).map_err(|e| ShardError::io("create", &fresh, e))?;
 
+    // The rows are written one at a time (a node graph's vectors can be most of the
+    // node's memory: no second copy), their checksum computed in a first pass.
     let hnsw = &graph.graph;
     let dim = hnsw.dim();
     let stride = vector_stride(dim);
-    let mut rows: Vec<u8> = Vec::with_capacity(hnsw.len() * stride * 4);
-    let padding = vec![0u8; (stride - dim) * 4];
-    for node in 0..hnsw.len() as u32 {
-        let vector = hnsw
-            .vector(node)
-            .ok_or_else(|| ShardError::NodeGraph(format!("node {node} has no vector")))?;
-        rows.extend(vector.iter().flat_map(|x| x.to_le_bytes()));
-        rows.extend_from_slice(&padding);
-    }
+    let mut row = vec![0u8; stride * 4];
+    let mut each_row =
+        |visit: &mut dyn FnMut(&[u8]) -> Result<(), ShardError>| -> Result<(), ShardError> {
+            for node in 0..hnsw.len() as u32 {
+                let vector = hnsw
+                    .vector(node)
+                    .ok_or_else(|| ShardError::NodeGraph(format!("node {node} has no vector")))?;
+                for (bytes, x) in row.chunks_exact_mut(4).zip(vector) {
+                    bytes.copy_from_slice(&x.to_le_bytes());
+                }
+                visit(&row)?;
+            }
+            Ok(())
+        };
+    let mut crc = 0u32;
+    each_row(&mut |bytes| {
+        crc = crc32c::crc32c_append(crc, bytes);
+        Ok(())
+    })?;
     let mut header = [0u8; ROWS_HEADER];
     header[..8].copy_from_slice(&ROWS_MAGIC);
     header[8..12].copy_from_slice(&(dim as u32).to_le_bytes());
     header[12..16].copy_from_slice(&(stride as u32).to_le_bytes());
     header[16..24].copy_from_slice(&(hnsw.len() as u64).to_le_bytes());
-    header[24..28].copy_from_slice(&crc32c::crc32c(&rows).to_le_bytes());
-    write_synced(&fresh.join("rows"), &[&header, &rows])?;
-    drop(rows);
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+    let rows_path = fresh.join("rows");
+    let file = File::create(&rows_path).map_err(|e| ShardError::io("create", &rows_path, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&header)
+        .map_err(|e| ShardError::io("write", &rows_path, e))?;
+    each_row(&mut |bytes| {
+        out.write_all(bytes)
+            .map_err(|e| ShardError::io("write", &rows_path, e))
+    })?;
+    out.into_inner()
+        .map_err(|e| ShardError::io("write", &rows_path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| ShardError::io("sync", &rows_path, e))?;
 
     hnsw.save(&fresh.join("graph.hnsw"))
         .map_err(|e| ShardError::NodeGraph(format!("saving: {e}")))?;

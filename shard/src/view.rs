@@ -129,14 +129,12 @@ impl FreshCodes {
         let quantizer = ScalarQuantizer::train(Metric::L2, dimension, rows);
         let mut codes = vec![0i8; rows.len()];
         let mut errors = Vec::with_capacity(rows.len() / dimension);
-        let mut decoded = vec![0f32; dimension];
         for (row, code) in rows
             .chunks_exact(dimension)
             .zip(codes.chunks_exact_mut(dimension))
         {
             quantizer.encode(row, code);
-            quantizer.decode(code, &mut decoded);
-            errors.push(round_up(distance_f64(row, &decoded)));
+            errors.push(round_up(quantization_error(&quantizer, row, code)));
         }
         Some(FreshCodes {
             quantizer,
@@ -146,12 +144,16 @@ impl FreshCodes {
     }
 }
 
-/// `‖a − b‖`, in `f64`.
-fn distance_f64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let d = f64::from(x) - f64::from(y);
+/// `‖vector − decode(code)‖`, with the decoding done in `f64` (`offset + code × scale`,
+/// exact there): decoded in `f32`, large coordinates with a small spread would round by as
+/// much as the codes' resolution, and the bound built on it would not hold.
+fn quantization_error(quantizer: &ScalarQuantizer, vector: &[f32], code: &[i8]) -> f64 {
+    vector
+        .iter()
+        .zip(code)
+        .zip(quantizer.offsets().iter().zip(quantizer.scales()))
+        .map(|((&x, &c), (&offset, &scale))| {
+            let d = f64::from(x) - (f64::from(offset) + f64::from(c) * f64::from(scale));
             d * d
         })
         .sum::<f64>()
@@ -256,9 +258,7 @@ impl Fresh {
         let quantizer = &codes.quantizer;
         let mut query = vec![0i8; dimension];
         quantizer.encode(&prepared.query, &mut query);
-        let mut decoded = vec![0f32; dimension];
-        quantizer.decode(&query, &mut decoded);
-        let query_error = distance_f64(&prepared.query, &decoded);
+        let query_error = quantization_error(quantizer, &prepared.query, &query);
         let scale = f64::from(quantizer.scales().first().copied().unwrap_or(1.0));
         // (squared code distance, row).
         let mut rows: Vec<(u32, u32)> = codes
@@ -272,18 +272,26 @@ impl Fresh {
             return;
         }
         rows.select_nth_unstable(k - 1);
-        // Widened by a relative 1e-6 against the rounding of the bounds themselves.
+        // The bounds are on true distances; the exact scan ranks by `f32` ones, which are
+        // off by at most about `(d + 2) · 2⁻²⁴` relative (the kernel's sum), and for cosine
+        // (`1 − cos` of unit vectors) by about that much absolute, per unit of `‖q − x‖²/2`.
+        let relative = (dimension as f64 + 2.0) * f64::from(f32::EPSILON);
+        let absolute = match prepared.metric {
+            Metric::Cosine => 2.0 * relative.sqrt(),
+            _ => 0.0,
+        };
         let slack = |row: u32| query_error + f64::from(codes.errors[row as usize]);
         let within = rows[..k]
             .iter()
             .map(|&(squared, row)| scale * f64::from(squared).sqrt() + slack(row))
             .fold(0.0f64, f64::max)
-            * (1.0 + 1e-6);
+            * (1.0 + relative)
+            + absolute;
         let scale_squared = scale * scale;
         let mut scored: Vec<(f32, u64, usize)> = rows
             .iter()
             .filter(|&&(squared, row)| {
-                let reach = (within + slack(row)) * (1.0 + 1e-6);
+                let reach = (within + slack(row)) * (1.0 + relative) + absolute;
                 f64::from(squared) * scale_squared <= reach * reach
             })
             .map(|&(_, row)| {
@@ -1031,6 +1039,51 @@ mod tests {
             let query: Vec<f32> = (0..dimension).map(|d| at + d as f32 * 0.001).collect();
             let (scanned, exact) = both_scans(&fresh, &vectors, Metric::L2, &query, k);
             assert_eq!(scanned, exact, "query at {at}");
+        }
+    }
+
+    /// The bound itself, row by row: a row's true distance lies within (query's error +
+    /// row's error) of its code distance, for large coordinates close together (where an
+    /// `f32` decoding rounds by as much as the codes' resolution) and for ordinary ones.
+    #[test]
+    fn every_rows_true_distance_is_within_its_bound() {
+        let mut rng = vortex_index::random::SplitMix::new(seed());
+        for (centre, spread) in [(999_999.5f32, 0.9f32), (0.0, 3.0), (-40_000.0, 0.01)] {
+            let dimension = 6;
+            let rows: Vec<f32> = (0..dimension * 1200)
+                .map(|_| centre + (rng.unit() as f32 - 0.5) * spread)
+                .collect();
+            let codes = FreshCodes::of(&rows, dimension, Metric::L2).unwrap();
+            let scale = f64::from(codes.quantizer.scales()[0]);
+            for _ in 0..20 {
+                let query: Vec<f32> = (0..dimension)
+                    .map(|_| centre + (rng.unit() as f32 - 0.5) * spread * 1.2)
+                    .collect();
+                let mut code = vec![0i8; dimension];
+                codes.quantizer.encode(&query, &mut code);
+                let query_error = quantization_error(&codes.quantizer, &query, &code);
+                for (row, vector) in rows.chunks_exact(dimension).enumerate() {
+                    let stored = &codes.codes[row * dimension..(row + 1) * dimension];
+                    let by_code: f64 = code
+                        .iter()
+                        .zip(stored)
+                        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                        * scale;
+                    let truth: f64 = query
+                        .iter()
+                        .zip(vector)
+                        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    let slack = query_error + f64::from(codes.errors[row]);
+                    assert!(
+                        (truth - by_code).abs() <= slack * (1.0 + 1e-9) + 1e-12 * f64::from(centre.abs() + 1.0),
+                        "centre {centre}: row {row} at {truth}, code distance {by_code}, slack {slack}"
+                    );
+                }
+            }
         }
     }
 }
