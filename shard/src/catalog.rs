@@ -16,7 +16,6 @@
 //! synced: a crash leaves the old catalog or the new one, whole.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
 
@@ -252,15 +251,9 @@ impl Catalog {
         let path = dir.join(CATALOG);
         let bytes = self.encode();
         debug_assert_eq!(Self::decode(&bytes).as_ref(), Ok(self));
-        let mut file =
-            std::fs::File::create(&temp).map_err(|e| ShardError::io("create", &temp, e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| ShardError::io("write", &temp, e))?;
+        crate::files::write_synced(&temp, &[&bytes])?;
         std::fs::rename(&temp, &path).map_err(|e| ShardError::io("rename", &temp, e))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| ShardError::io("fsync", dir, e))
+        crate::files::sync_dir(dir)
     }
 
     /// The live collection named `name`.

@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod error;
+mod files;
 pub mod payload;
 pub mod payload_index;
 pub mod sidecar;

@@ -20,6 +20,7 @@
 //! `NodeGraph::answering`), exactly as after a merge while running.
 
 use crate::error::ShardError;
+use crate::files::{sync_dir, write_synced};
 use crate::tier::{NodeGraph, Source};
 use crate::view::ShardView;
 use std::fs::File;
@@ -38,21 +39,6 @@ const ROWS_HEADER: usize = 64;
 fn directory_name(collection_ids: &[u32]) -> String {
     let ids: Vec<String> = collection_ids.iter().map(u32::to_string).collect();
     format!("c{}", ids.join("-"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), ShardError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ShardError::io("sync", dir, e))
-}
-
-fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<(), ShardError> {
-    let mut file = File::create(path).map_err(|e| ShardError::io("create", path, e))?;
-    for part in parts {
-        file.write_all(part)
-            .map_err(|e| ShardError::io("write", path, e))?;
-    }
-    file.sync_all().map_err(|e| ShardError::io("sync", path, e))
 }
 
 fn corrupt(path: &Path, detail: impl Into<String>) -> ShardError {

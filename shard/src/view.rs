@@ -182,12 +182,7 @@ impl Fresh {
                 continue;
             }
             fresh.live.push(*point);
-            fresh.rows.extend(
-                found
-                    .vector
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
+            fresh.rows.extend(floats(&found.vector));
         }
         if fresh.live.len() >= FRESH_CODES_MIN {
             fresh.codes = FreshCodes::of(&fresh.rows, dimension, metric);
@@ -236,9 +231,7 @@ impl Fresh {
         keep_nearest(&mut scored, prepared.k);
         candidates.extend(scored);
     }
-}
 
-impl Fresh {
     /// [`Fresh::nearest`] through the codes. With `e_q` the query's quantization error and
     /// `e_x` a row's, the row's true distance lies within `e_q + e_x` of its code distance
     /// `c_x` (triangle inequality). The `k` rows of smallest code distance are within
@@ -412,10 +405,14 @@ pub(crate) fn check_vector(vector: &[f32], dimension: usize, what: &str) -> Resu
 const LENGTH_SQUARED_MAX: f64 = f32::MAX as f64 / 4.0;
 
 pub(crate) fn decode_vector(bytes: &[u8]) -> Vec<f32> {
+    floats(bytes).collect()
+}
+
+/// The `f32`s a stored vector's little-endian bytes hold.
+fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 /// The live collection `name` of `catalog`: its id and spec.
@@ -639,12 +636,7 @@ impl ShardView {
             }
             // Stored as unit vectors for cosine (see `Shard::upsert`).
             row.clear();
-            row.extend(
-                found
-                    .vector
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
+            row.extend(floats(&found.vector));
             scored.push((
                 prepared
                     .metric

@@ -152,11 +152,8 @@ impl RateLimiter {
     /// one slice of a close.
     pub fn throttle(&mut self, bytes: u64) -> Result<(), crate::StorageError> {
         let mut delay = self.delay_for(bytes, Instant::now());
-        let stop = self.stop.clone();
-        let stopped = || {
-            stop.as_ref()
-                .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Acquire))
-        };
+        let stop = self.stop.as_deref();
+        let stopped = || stop.is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Acquire));
         loop {
             if stopped() {
                 return Err(crate::StorageError::Closed("stopping"));

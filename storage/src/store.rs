@@ -418,9 +418,6 @@ pub struct Store<E: Env> {
     flush_running: bool,
     compaction_running: bool,
     retry_at: Option<Instant>,
-    /// [`Store::close`] is waiting for the running jobs: a failure now (a side-car build
-    /// the closing shard cancelled) is the close's doing, not an error to retry.
-    closing: bool,
     compact_pointer: [Option<Key>; LEVELS],
     scrubber: Option<JoinHandle<()>>,
     scratch: Vec<u8>,
@@ -808,7 +805,6 @@ impl<E: Env> Store<E> {
             flush_running: false,
             compaction_running: false,
             retry_at: None,
-            closing: false,
             compact_pointer: [None; LEVELS],
             scrubber,
             scratch: Vec::new(),
@@ -1608,7 +1604,9 @@ impl<E: Env> Store<E> {
     fn background_failed(&mut self, what: &str, error: &StorageError) {
         self.stats.background_errors += 1;
         self.retry_at = Some(Instant::now() + RETRY_AFTER);
-        if self.closing {
+        if self.shared.stop.load(Ordering::Acquire) {
+            // Closing ([`Store::close`] set the flag): the failure is the close's doing (a
+            // job it stopped, a side-car build the shard cancelled), not an error to retry.
             // Its inputs stay (the WAL, the tables): the next start does it again.
             tracing::info!(%error, "{what} abandoned: the store is closing");
             return;
@@ -1638,7 +1636,6 @@ impl<E: Env> Store<E> {
             self.wal.append(RECORD_SEAL, &[])?;
             self.wal.flush()?;
         }
-        self.closing = true;
         // A running flush or merge is abandoned, not waited for (issue #23: a stop must be
         // quick): its inputs stay, the WAL or the tables, and the next start does it again.
         self.shared.stop.store(true, Ordering::Release);
