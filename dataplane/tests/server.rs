@@ -23,6 +23,23 @@ struct Running {
     thread: JoinHandle<ServeReport>,
 }
 
+/// Tests that time their own requests run alone: each other test holds this shared, the
+/// timed one exclusively (the harness runs this file's tests on parallel threads, and a
+/// flood beside it on two cores would time the flood, not the server).
+static TIMING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    TIMING
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    TIMING
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn start(dir: &Path, config: ServerConfig) -> Running {
     start_with(dir, config, ShardOptions::default())
 }
@@ -110,6 +127,7 @@ fn search(at: f32) -> Search {
 
 #[test]
 fn a_client_gets_every_answer_and_acknowledged_writes_survive_a_stop() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), ServerConfig::default());
     let client = server.client();
@@ -162,6 +180,7 @@ fn a_client_gets_every_answer_and_acknowledged_writes_survive_a_stop() {
 
 #[test]
 fn bad_input_closes_only_its_connection_and_the_limit_refuses_one_too_many() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         connections_max: 3,
@@ -220,6 +239,7 @@ fn bad_input_closes_only_its_connection_and_the_limit_refuses_one_too_many() {
 /// many connections at once, while a well-behaved client keeps getting correct answers.
 #[test]
 fn hostile_bytes_on_many_connections_do_not_disturb_a_good_client() {
+    let _timing = shared();
     let seed: u64 = std::env::var("VORTEX_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -312,6 +332,7 @@ fn hostile_bytes_on_many_connections_do_not_disturb_a_good_client() {
 
 #[test]
 fn idle_connections_are_closed_and_busy_ones_kept() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         idle_timeout: Some(Duration::from_millis(300)),
@@ -349,6 +370,7 @@ fn idle_connections_are_closed_and_busy_ones_kept() {
 /// another client is answered throughout.
 #[test]
 fn a_flood_that_never_reads_is_held_at_its_limit_and_others_are_served() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let limit = 32;
     let config = ServerConfig {
@@ -408,6 +430,7 @@ fn a_flood_that_never_reads_is_held_at_its_limit_and_others_are_served() {
 /// throughout, and nothing grows past its bound.
 #[test]
 fn a_flood_that_drains_the_pool_throttles_the_leu_and_a_good_client_still_gets_answers() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let limit = 8;
     let config = ServerConfig {
@@ -554,6 +577,7 @@ fn counter(leu: &vortex_vbp::message::LeuStats, name: &str) -> u64 {
 /// must still poll it, or the last flush stays pending and every search scans its points.
 #[test]
 fn background_work_finishes_after_the_writes_stop() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let mut options = ShardOptions::default();
     options.store.memtable_entries_max = 200;
@@ -589,6 +613,7 @@ fn background_work_finishes_after_the_writes_stop() {
 /// search walks one graph per segment), and every point is still found.
 #[test]
 fn an_idle_leu_merges_its_segments() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let mut options = ShardOptions::default();
     options.store.memtable_entries_max = 200;
@@ -641,6 +666,7 @@ fn an_idle_leu_merges_its_segments() {
 /// whole LEU every minute for ever), and stats say when none is due.
 #[test]
 fn an_idle_merge_is_not_repeated_until_a_write_comes() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let mut options = ShardOptions::default();
     options.store.memtable_entries_max = 200;
@@ -693,6 +719,7 @@ fn an_idle_merge_is_not_repeated_until_a_write_comes() {
 /// answers, and stats count the zero-copy sends (on loopback the kernel reports copying).
 #[test]
 fn large_answers_go_out_by_zero_copy_send_intact() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), ServerConfig::default());
     let client = server.client();
@@ -748,6 +775,7 @@ fn large_answers_go_out_by_zero_copy_send_intact() {
 /// (before, the connections waited on one another and the LEU closed them).
 #[test]
 fn concurrent_large_uploads_all_get_through() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         pool: vortex_vbp::pool::PoolConfig {
@@ -821,6 +849,7 @@ fn concurrent_large_uploads_all_get_through() {
 /// THROTTLED, closes them after `partial_frame_timeout`, and a good client is served.
 #[test]
 fn connections_that_stop_mid_frame_are_closed_and_others_are_served() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         pool: SMALL_POOL,
@@ -859,6 +888,7 @@ fn connections_that_stop_mid_frame_are_closed_and_others_are_served() {
 /// the refusals and show no handler left waiting.
 #[test]
 fn writes_past_the_handler_slots_are_throttled_before_they_run_and_none_is_lost() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         handlers_max: 1,
@@ -911,6 +941,7 @@ fn writes_past_the_handler_slots_are_throttled_before_they_run_and_none_is_lost(
 /// unserved (its directory's lock let go of).
 #[test]
 fn the_gate_opens_only_once_the_leu_is_set_up_and_a_closed_gate_serves_nobody() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let gate_calls = std::rc::Rc::new(std::cell::Cell::new(0));
     let gate = |calls: &std::rc::Rc<std::cell::Cell<u32>>, open: bool| {
@@ -1011,6 +1042,7 @@ fn get_p99(client: &Client, rounds: usize) -> (Duration, u32) {
 /// `partial_frame_timeout`, and counted.
 #[test]
 fn slow_senders_of_large_frames_do_not_throttle_other_clients() {
+    let _timing = alone();
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
         partial_frame_timeout: Duration::from_secs(2),
@@ -1099,6 +1131,7 @@ fn slow_senders_of_large_frames_do_not_throttle_other_clients() {
 /// equals the THROTTLED answers the client got.
 #[test]
 fn every_throttled_answer_is_counted_the_stores_too() {
+    let _timing = shared();
     let dir = tempfile::tempdir().unwrap();
     let mut options = ShardOptions::default();
     options.store.memtable_entries_max = 64;
