@@ -16,6 +16,23 @@ use vortex_vbp::message::{CollectionSpec, Metric, Upsert, VectorType};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_vortex-dataplane");
 
+/// Tests that open many connections (each takes an ephemeral port, the range `free_port`
+/// picks from) run alone: each other test holds this shared, those exclusively, so that a
+/// port another test chose is not taken meanwhile as a client's source port.
+static PORTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    PORTS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    PORTS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A free loopback port (taken and released: good enough on a test machine).
 fn free_port() -> u16 {
     free_ports::<1>()[0]
@@ -108,6 +125,7 @@ fn run_failing(config: &Path) -> String {
 
 #[test]
 fn run_serves_stops_on_sigterm_and_keeps_acknowledged_writes() {
+    let _ports = shared();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port);
@@ -150,6 +168,7 @@ fn run_serves_stops_on_sigterm_and_keeps_acknowledged_writes() {
 
 #[test]
 fn a_taken_port_is_a_clear_error() {
+    let _ports = shared();
     let dir = tempfile::tempdir().unwrap();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -177,6 +196,7 @@ fn docs_upsert(ids: std::ops::Range<u64>) -> Upsert {
 
 #[test]
 fn two_leus_share_a_port_have_their_own_and_refuse_another_layout() {
+    let _ports = shared();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
         println!("skipped: two LEUs need two CPUs, this machine has {cpus}");
@@ -242,6 +262,7 @@ fn docs_spec() -> CollectionSpec {
 /// of its data, before and after a restart.
 #[test]
 fn a_second_server_on_the_same_data_directory_is_refused_and_the_first_keeps_its_data() {
+    let _ports = shared();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let [port, other_port, leu_port, other_leu_port] = free_ports::<4>();
@@ -288,6 +309,7 @@ fn a_second_server_on_the_same_data_directory_is_refused_and_the_first_keeps_its
 /// leaves nothing in its data directory; every client of the port reaches the first.
 #[test]
 fn a_second_server_on_the_same_port_is_refused_and_every_client_reaches_the_first() {
+    let _ports = shared();
     let dir = tempfile::tempdir().unwrap();
     let [port, leu_port] = free_ports::<2>();
     let first_config = config_at(
@@ -337,6 +359,7 @@ fn a_second_server_on_the_same_port_is_refused_and_every_client_reaches_the_firs
 /// says so once, and serves.
 #[test]
 fn an_ordinary_users_memlock_limit_does_not_stop_the_server() {
+    let _ports = shared();
     let dir = tempfile::tempdir().unwrap();
     let [port, leu_port] = free_ports::<2>();
     let leus = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
@@ -413,6 +436,7 @@ fn list_files(dir: &Path) -> Vec<(PathBuf, u64)> {
 /// start, status 2, one line, and writes nothing into it.
 #[test]
 fn a_data_directory_the_user_cannot_write_is_a_config_error() {
+    let _ports = shared();
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
@@ -454,6 +478,7 @@ fn a_data_directory_the_user_cannot_write_is_a_config_error() {
 /// the data goes (before it binds anything, so this holds even if port 7700 is taken here).
 #[test]
 fn run_without_a_config_says_it_uses_the_defaults_and_where_the_data_goes() {
+    let _ports = shared();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BINARY)
         .arg("run")
@@ -500,6 +525,7 @@ fn output_retrying(command: &mut Command) -> std::process::Output {
 /// `leu-0` made by this start, and what was there before untouched.
 #[test]
 fn a_failed_start_leaves_no_layout_and_no_empty_shards_behind() {
+    let _ports = shared();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cpus < 2 {
         println!("skipped: two LEUs need two CPUs, this machine has {cpus}");
@@ -531,6 +557,7 @@ fn a_failed_start_leaves_no_layout_and_no_empty_shards_behind() {
 /// acknowledged before a kill is there after it.
 #[test]
 fn fifty_restarts_right_after_sigkill_all_serve() {
+    let _ports = alone();
     let dir = tempfile::tempdir().unwrap();
     let [port, _, _] = free_ports::<3>();
     let config = write_config_with(dir.path(), port, 2);
@@ -567,6 +594,7 @@ fn fifty_restarts_right_after_sigkill_all_serve() {
 /// write that was acknowledged.
 #[test]
 fn sigterm_during_a_load_exits_within_five_seconds_and_keeps_every_acknowledged_write() {
+    let _ports = alone();
     let dir = tempfile::tempdir().unwrap();
     let [port, _, _] = free_ports::<3>();
     let config = write_config_with(dir.path(), port, 2);
