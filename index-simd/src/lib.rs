@@ -17,7 +17,7 @@ pub use distance::{Kernels, Level, LevelError};
 pub use filter::{Filter, NodeSet};
 pub use hnsw::{
     vector_stride, BuildControl, BuildParams, Compacted, Helpers, Hnsw, IndexError, Neighbor,
-    Quantization, Scored, SearchParams, SearchScratch, Seed,
+    Quantization, Rows, Scored, SearchParams, SearchScratch, Seed,
 };
 pub use metric::Metric;
 pub use quantize::ScalarQuantizer;

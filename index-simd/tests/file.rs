@@ -67,7 +67,10 @@ fn save_then_load_gives_identical_results_from_a_mapping() {
         let mut loaded = loaded;
         loaded.delete(1).unwrap();
         index.delete(1).unwrap();
-        let (a, b) = (loaded.compact().index, index.compact().index);
+        let (a, b) = (
+            loaded.compact().unwrap().index,
+            index.compact().unwrap().index,
+        );
         for query in queries.chunks_exact(index.dim()) {
             assert_eq!(
                 a.search(query, 10, 48).unwrap(),
@@ -288,7 +291,7 @@ fn an_index_built_over_mapped_rows_matches_a_copied_one_and_reloads_over_them() 
         // Compaction gives a self-contained index.
         let mut loaded = loaded;
         loaded.delete(3).unwrap();
-        let compacted = loaded.compact().index;
+        let compacted = loaded.compact().unwrap().index;
         assert!(!compacted.vectors_external());
         compacted.save(&own).unwrap();
         assert_eq!(Hnsw::load(&own).unwrap().len(), 1499);

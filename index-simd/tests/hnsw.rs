@@ -231,7 +231,7 @@ fn deleted_nodes_never_come_back_and_compaction_reclaims_them() {
     assert!(recall >= 0.95);
 
     let memory_before = index.memory_bytes();
-    let compacted = index.compact();
+    let compacted = index.compact().unwrap();
     let fresh = &compacted.index;
     assert_eq!(fresh.len(), count - deleted.len());
     assert_eq!(fresh.deleted_count(), 0);
@@ -386,7 +386,7 @@ fn degenerate_sets_work() {
         index.delete(node).unwrap();
     }
     assert!(index.search(&[0.5; 4], K, 16).unwrap().is_empty());
-    let compacted = index.compact();
+    let compacted = index.compact().unwrap();
     assert!(compacted.index.is_empty());
     assert!(compacted.index.search(&[0.5; 4], K, 16).unwrap().is_empty());
 }

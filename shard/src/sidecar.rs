@@ -410,7 +410,7 @@ impl SideCars {
             })
             .map(|(segment, mut carried)| {
                 let graph = segment.graph.as_ref().expect("filtered on a graph");
-                carry_unchanged(graph, &rows, dim, &mut carried);
+                carry_unchanged(|node| graph.vector(node), &rows, dim, &mut carried);
                 (segment, carried)
             });
         let built = match &seed {
@@ -448,17 +448,23 @@ impl SideCars {
     }
 }
 
-/// Keeps in `carried` (for each row of `rows`, a node of `graph` or `u32::MAX`) only the
-/// nodes whose vector equals the row bit for bit: a seeded build carries a node only with
-/// exactly the vector it had (an older version of the point is inserted afresh).
-pub(crate) fn carry_unchanged(graph: &Hnsw, rows: &[f32], dim: usize, carried: &mut [u32]) {
+/// Keeps in `carried` (for each row of `rows`, a node of the earlier graph or `u32::MAX`)
+/// only the nodes whose vector (`old_vector`) equals the row bit for bit: a seeded build
+/// carries a node only with exactly the vector it had (an older version of the point is
+/// inserted afresh).
+pub(crate) fn carry_unchanged<'a>(
+    old_vector: impl Fn(u32) -> Option<&'a [f32]>,
+    rows: &[f32],
+    dim: usize,
+    carried: &mut [u32],
+) {
     let stride = vector_stride(dim);
     for (node, old) in carried.iter_mut().enumerate() {
         if *old == u32::MAX {
             continue;
         }
         let row = &rows[node * stride..node * stride + dim];
-        let same = graph.vector(*old).is_some_and(|vector| {
+        let same = old_vector(*old).is_some_and(|vector| {
             vector
                 .iter()
                 .zip(row)

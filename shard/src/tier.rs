@@ -48,7 +48,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use vortex_index::NodeSet;
 use vortex_index::{
-    vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Quantization, Seed, Store,
+    vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Quantization, Rows, Seed,
+    Store,
 };
 use vortex_vbp::message::{CollectionSpec, VectorType};
 
@@ -98,6 +99,12 @@ impl NodeGraph {
         self.graph.is_empty()
     }
 
+    /// Whether it holds no vectors of its own (an `i8` collection's: it walks on codes and
+    /// re-ranks with the covered tables' rows).
+    pub fn is_codes_only(&self) -> bool {
+        self.graph.is_codes_only()
+    }
+
     /// Tables covered (over all LEUs).
     pub fn tables_covered(&self) -> usize {
         self.covered.len()
@@ -139,6 +146,43 @@ impl NodeGraph {
             && views.iter().zip(&self.collection_ids).all(|(view, &id)| {
                 live_collection(view.catalog(), name).is_ok_and(|(live, _)| live == id)
             })
+    }
+}
+
+/// The vectors of a node graph's nodes where they live: each node's row in the covered
+/// table it came from (the table's mapped vector region, through its segment), as `views`
+/// (every LEU's, in LEU order) hold them. A node whose table is gone from its view has none.
+/// A codes-only graph re-ranks with these; any graph can be read through them.
+pub(crate) struct NodeRows<'a> {
+    sources: &'a [Source],
+    /// By covered table: its segment's graph, whose vectors are the table's rows.
+    tables: Vec<Option<&'a Hnsw>>,
+}
+
+impl<'a> NodeRows<'a> {
+    pub(crate) fn of(graph: &'a NodeGraph, views: &[&'a ShardView]) -> NodeRows<'a> {
+        let tables = graph
+            .covered
+            .iter()
+            .map(|&(leu, number)| {
+                let entry = views.get(usize::from(leu))?.segment(number)?;
+                entry.segment.as_ref()?.graph.as_ref()
+            })
+            .collect();
+        NodeRows {
+            sources: &graph.sources,
+            tables,
+        }
+    }
+}
+
+impl Rows for NodeRows<'_> {
+    fn row(&self, node: u32) -> Option<&[f32]> {
+        let source = self.sources.get(node as usize)?;
+        self.tables
+            .get(source.table as usize)?
+            .as_ref()?
+            .vector(source.node)
     }
 }
 
@@ -352,7 +396,9 @@ pub fn build_node_graph(
                 .iter()
                 .map(|label| node_of.get(label).copied().unwrap_or(u32::MAX))
                 .collect();
-            carry_unchanged(&old.graph, &rows, dim, &mut carried);
+            // A codes-only graph's vectors are in the tables it covered, where still live.
+            let old_rows = NodeRows::of(old, views);
+            carry_unchanged(|node| old_rows.row(node), &rows, dim, &mut carried);
             Hnsw::build_over_seeded(
                 dim,
                 rows,
@@ -366,7 +412,12 @@ pub fn build_node_graph(
         }
         None => Hnsw::build_over(dim, rows, Some(&labels), &params),
     };
-    let graph = match built {
+    let graph = match built.and_then(|graph| match spec.vector_type {
+        // Only the codes and the graph stay resident: searches re-rank with the covered
+        // tables' rows (`NodeRows`), which are on disk already.
+        VectorType::I8 => graph.into_codes_only(),
+        VectorType::F32 => Ok(graph),
+    }) {
         Ok(graph) => graph,
         Err(IndexError::Cancelled) => return Ok(None),
         Err(error) => {

@@ -6,7 +6,9 @@
 //!
 //! - `graph.hnsw`: the graph, as `Hnsw::save` writes it (its vectors outside it);
 //! - `rows`: its vectors, one row of `vector_stride(dim)` floats per node, after a 64-byte
-//!   header (magic `VXNGROWS`, dim, stride, rows, CRC32C of the rows), mapped at load;
+//!   header (magic `VXNGROWS`, dim, stride, rows, CRC32C of the rows), mapped at load. A
+//!   codes-only graph (an `i8` collection's) has none: its searches re-rank with the rows of
+//!   the covered tables, and it is loaded with `Hnsw::load_codes_only`;
 //! - `meta`: magic `VXNGMETA`, format version, CRC32C of the rest, then the collection's
 //!   name and ids, the tables covered (LEU, table number, superseded nodes at build) and
 //!   each node's source (covered table, node there).
@@ -62,50 +64,12 @@ pub(crate) fn save(tier_dir: &Path, graph: &NodeGraph) -> Result<(), ShardError>
     }
     std::fs::create_dir(&fresh).map_err(|e| ShardError::io("create", &fresh, e))?;
 
-    // The rows are written one at a time (a node graph's vectors can be most of the
-    // node's memory: no second copy), their checksum computed in a first pass.
     let hnsw = &graph.graph;
-    let dim = hnsw.dim();
-    let stride = vector_stride(dim);
-    let mut row = vec![0u8; stride * 4];
-    let mut each_row =
-        |visit: &mut dyn FnMut(&[u8]) -> Result<(), ShardError>| -> Result<(), ShardError> {
-            for node in 0..hnsw.len() as u32 {
-                let vector = hnsw
-                    .vector(node)
-                    .ok_or_else(|| ShardError::NodeGraph(format!("node {node} has no vector")))?;
-                for (bytes, x) in row.chunks_exact_mut(4).zip(vector) {
-                    bytes.copy_from_slice(&x.to_le_bytes());
-                }
-                visit(&row)?;
-            }
-            Ok(())
-        };
-    let mut crc = 0u32;
-    each_row(&mut |bytes| {
-        crc = crc32c::crc32c_append(crc, bytes);
-        Ok(())
-    })?;
-    let mut header = [0u8; ROWS_HEADER];
-    header[..8].copy_from_slice(&ROWS_MAGIC);
-    header[8..12].copy_from_slice(&(dim as u32).to_le_bytes());
-    header[12..16].copy_from_slice(&(stride as u32).to_le_bytes());
-    header[16..24].copy_from_slice(&(hnsw.len() as u64).to_le_bytes());
-    header[24..28].copy_from_slice(&crc.to_le_bytes());
-    let rows_path = fresh.join("rows");
-    let file = File::create(&rows_path).map_err(|e| ShardError::io("create", &rows_path, e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&header)
-        .map_err(|e| ShardError::io("write", &rows_path, e))?;
-    each_row(&mut |bytes| {
-        out.write_all(bytes)
-            .map_err(|e| ShardError::io("write", &rows_path, e))
-    })?;
-    out.into_inner()
-        .map_err(|e| ShardError::io("write", &rows_path, e.into_error()))?
-        .sync_all()
-        .map_err(|e| ShardError::io("sync", &rows_path, e))?;
-
+    // A codes-only graph (`i8`) has no rows of its own: its searches read them from the
+    // covered tables.
+    if !hnsw.is_codes_only() {
+        write_rows(&fresh.join("rows"), hnsw)?;
+    }
     hnsw.save(&fresh.join("graph.hnsw"))
         .map_err(|e| ShardError::NodeGraph(format!("saving: {e}")))?;
 
@@ -198,6 +162,51 @@ impl Reader<'_> {
     }
 }
 
+/// Writes the rows file of `hnsw` at `rows_path`, synced.
+fn write_rows(rows_path: &Path, hnsw: &Hnsw) -> Result<(), ShardError> {
+    // The rows are written one at a time (a node graph's vectors can be most of the
+    // node's memory: no second copy), their checksum computed in a first pass.
+    let dim = hnsw.dim();
+    let stride = vector_stride(dim);
+    let mut row = vec![0u8; stride * 4];
+    let mut each_row =
+        |visit: &mut dyn FnMut(&[u8]) -> Result<(), ShardError>| -> Result<(), ShardError> {
+            for node in 0..hnsw.len() as u32 {
+                let vector = hnsw
+                    .vector(node)
+                    .ok_or_else(|| ShardError::NodeGraph(format!("node {node} has no vector")))?;
+                for (bytes, x) in row.chunks_exact_mut(4).zip(vector) {
+                    bytes.copy_from_slice(&x.to_le_bytes());
+                }
+                visit(&row)?;
+            }
+            Ok(())
+        };
+    let mut crc = 0u32;
+    each_row(&mut |bytes| {
+        crc = crc32c::crc32c_append(crc, bytes);
+        Ok(())
+    })?;
+    let mut header = [0u8; ROWS_HEADER];
+    header[..8].copy_from_slice(&ROWS_MAGIC);
+    header[8..12].copy_from_slice(&(dim as u32).to_le_bytes());
+    header[12..16].copy_from_slice(&(stride as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&(hnsw.len() as u64).to_le_bytes());
+    header[24..28].copy_from_slice(&crc.to_le_bytes());
+    let file = File::create(rows_path).map_err(|e| ShardError::io("create", rows_path, e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&header)
+        .map_err(|e| ShardError::io("write", rows_path, e))?;
+    each_row(&mut |bytes| {
+        out.write_all(bytes)
+            .map_err(|e| ShardError::io("write", rows_path, e))
+    })?;
+    out.into_inner()
+        .map_err(|e| ShardError::io("write", rows_path, e.into_error()))?
+        .sync_all()
+        .map_err(|e| ShardError::io("sync", rows_path, e))
+}
+
 /// Reads the saved node graph in `dir` (checks every file).
 fn load_one(dir: &Path) -> Result<NodeGraph, ShardError> {
     let meta_path = dir.join("meta");
@@ -251,11 +260,39 @@ fn load_one(dir: &Path) -> Result<NodeGraph, ShardError> {
     }
 
     let rows_path = dir.join("rows");
-    let file = File::open(&rows_path).map_err(|e| ShardError::io("open", &rows_path, e))?;
-    let mapping = Arc::new(Mapping::of(&file).map_err(|e| ShardError::io("mmap", &rows_path, e))?);
+    let graph_path = dir.join("graph.hnsw");
+    let (graph, rows_dim) = if rows_path.exists() {
+        let (rows, dim) = map_rows(&rows_path, nodes)?;
+        (Hnsw::load_over(&graph_path, rows), Some(dim))
+    } else {
+        // Saved without rows: a codes-only graph (refused here if it is not one).
+        (Hnsw::load_codes_only(&graph_path), None)
+    };
+    let graph = graph.map_err(|e| corrupt(&graph_path, e.to_string()))?;
+    if graph.len() != nodes || rows_dim.is_some_and(|dim| dim != graph.dim()) {
+        return Err(corrupt(
+            &graph_path,
+            "not the graph of the meta file's nodes",
+        ));
+    }
+    Ok(NodeGraph {
+        name,
+        collection_ids,
+        graph,
+        sources,
+        covered,
+        superseded_at_build,
+    })
+}
+
+/// Maps and checks the rows file at `rows_path` of a graph of `nodes` nodes: the rows, and
+/// their dimension.
+fn map_rows(rows_path: &Path, nodes: usize) -> Result<(Store<f32>, usize), ShardError> {
+    let file = File::open(rows_path).map_err(|e| ShardError::io("open", rows_path, e))?;
+    let mapping = Arc::new(Mapping::of(&file).map_err(|e| ShardError::io("mmap", rows_path, e))?);
     let bytes = mapping.bytes();
     if bytes.len() < ROWS_HEADER || bytes[..8] != ROWS_MAGIC {
-        return Err(corrupt(&rows_path, "not a node graph's rows file"));
+        return Err(corrupt(rows_path, "not a node graph's rows file"));
     }
     let field =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
@@ -273,32 +310,16 @@ fn load_one(dir: &Path) -> Result<NodeGraph, ShardError> {
                     .and_then(|b| b.checked_add(ROWS_HEADER))
                     == Some(bytes.len())
         })
-        .ok_or_else(|| corrupt(&rows_path, "sizes that do not match the file"))?;
+        .ok_or_else(|| corrupt(rows_path, "sizes that do not match the file"))?;
     if crc32c::crc32c(&bytes[ROWS_HEADER..]) != field(24) {
-        return Err(corrupt(&rows_path, "checksum mismatch"));
+        return Err(corrupt(rows_path, "checksum mismatch"));
     }
     if count != nodes as u64 {
-        return Err(corrupt(&rows_path, "not one row per node of the meta file"));
+        return Err(corrupt(rows_path, "not one row per node of the meta file"));
     }
     let rows = Store::mapped(&mapping, ROWS_HEADER, floats)
-        .ok_or_else(|| corrupt(&rows_path, "rows not aligned"))?;
-    let graph_path = dir.join("graph.hnsw");
-    let graph =
-        Hnsw::load_over(&graph_path, rows).map_err(|e| corrupt(&graph_path, e.to_string()))?;
-    if graph.len() != nodes || graph.dim() != dim {
-        return Err(corrupt(
-            &graph_path,
-            "not the graph of the meta file's nodes",
-        ));
-    }
-    Ok(NodeGraph {
-        name,
-        collection_ids,
-        graph,
-        sources,
-        covered,
-        superseded_at_build,
-    })
+        .ok_or_else(|| corrupt(rows_path, "rows not aligned"))?;
+    Ok((rows, dim))
 }
 
 /// The node graphs saved under `tier_dir` that still serve their collection in `views`;

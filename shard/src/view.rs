@@ -20,7 +20,7 @@ use crate::catalog::{Catalog, State};
 use crate::error::ShardError;
 use crate::payload;
 use crate::sidecar::{index_metric, Segment};
-use crate::tier::NodeGraph;
+use crate::tier::{NodeGraph, NodeRows};
 use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -830,7 +830,14 @@ pub fn search_node(
             allowed: None,
             live: &admits,
         };
-        let found = if everything_live {
+        let found = if graph.graph.is_codes_only() {
+            // An `i8` collection's graph: re-ranked with the covered tables' rows.
+            let rows = NodeRows::of(graph, views);
+            let filter = (!everything_live).then_some(&filter as &dyn Filter);
+            graph
+                .graph
+                .search_over_rows(request.vector, &params, filter, &rows)
+        } else if everything_live {
             graph.graph.search(request.vector, params.k, params.ef)
         } else {
             graph

@@ -17,14 +17,14 @@ use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
 const DIMENSION: usize = 8;
 const COLLECTION: &str = "c";
 
-fn spec() -> CollectionSpec {
+fn spec(vector_type: VectorType) -> CollectionSpec {
     CollectionSpec {
         name: COLLECTION.into(),
         dimension: DIMENSION as u32,
         metric: Metric::L2,
         m: 8,
         ef_construction: 64,
-        vector_type: VectorType::F32,
+        vector_type,
     }
 }
 
@@ -52,6 +52,17 @@ fn saved_dir(tier_dir: &Path) -> Option<std::path::PathBuf> {
 
 #[test]
 fn saved_node_graphs_are_searched_after_a_restart_and_damaged_ones_rebuilt() {
+    saved_graphs_of(VectorType::F32);
+}
+
+/// An `i8` collection's node graph holds no vectors (it re-ranks with the covered tables'
+/// rows): saved without a rows file, loaded without one, exact all the same.
+#[test]
+fn codes_only_node_graphs_are_saved_and_searched_without_rows_of_their_own() {
+    saved_graphs_of(VectorType::I8);
+}
+
+fn saved_graphs_of(vector_type: VectorType) {
     let seed = test_seed();
     println!("seed {seed} (replay with VORTEX_TEST_SEED={seed})");
     let mut rng = Rng(seed);
@@ -64,7 +75,7 @@ fn saved_node_graphs_are_searched_after_a_restart_and_damaged_ones_rebuilt() {
         .collect();
     let mut points: Vec<(u64, Vec<f32>)> = Vec::new();
     for (owner, shard) in shards.iter_mut().enumerate() {
-        shard.create_collection(spec()).unwrap();
+        shard.create_collection(spec(vector_type)).unwrap();
         for batch in 0..2u64 {
             let ids: Vec<u64> = (0..800)
                 .map(|i| (batch * 800 + i) * 2 + owner as u64)
@@ -94,6 +105,8 @@ fn saved_node_graphs_are_searched_after_a_restart_and_damaged_ones_rebuilt() {
         let graphs = tier.graphs().load();
         let graph = graphs.get(COLLECTION).map(Arc::as_ref);
         assert!(graph.is_some(), "no node graph");
+        let codes_only = graph.is_some_and(|graph| graph.is_codes_only());
+        assert_eq!(codes_only, vector_type == VectorType::I8);
         let mut exact_answers = 0;
         for _ in 0..30 {
             let query: Vec<f32> = (0..DIMENSION).map(|_| rng.signed_unit()).collect();
@@ -126,6 +139,8 @@ fn saved_node_graphs_are_searched_after_a_restart_and_damaged_ones_rebuilt() {
     wait("the save", || {
         saved_dir(&tier_dir).is_some_and(|d| d.join("meta").exists())
     });
+    let rows_saved = saved_dir(&tier_dir).unwrap().join("rows").exists();
+    assert_eq!(rows_saved, vector_type == VectorType::F32);
     assert_eq!(tier.graphs().builds(), 1);
     check_exact(&tier, &mut rng);
     drop(tier);
@@ -145,6 +160,9 @@ fn saved_node_graphs_are_searched_after_a_restart_and_damaged_ones_rebuilt() {
     // Each file damaged in turn: not used, removed, and built again (then saved again).
     for file in ["meta", "rows", "graph.hnsw"] {
         let path = saved_dir(&tier_dir).unwrap().join(file);
+        if file == "rows" && !rows_saved {
+            continue;
+        }
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes.len() / 2 + (rng.below(16) as usize);
         bytes[at] ^= 0x10;

@@ -50,14 +50,14 @@ fn options() -> ShardOptions {
     }
 }
 
-fn spec() -> CollectionSpec {
+fn spec(vector_type: VectorType) -> CollectionSpec {
     CollectionSpec {
         name: COLLECTION.into(),
         dimension: DIMENSION as u32,
         metric: Metric::L2,
         m: 8,
         ef_construction: 64,
-        vector_type: VectorType::F32,
+        vector_type,
     }
 }
 
@@ -191,6 +191,18 @@ fn check(
 
 #[test]
 fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments() {
+    readers_while_merging(VectorType::F32);
+}
+
+/// The same with an `i8` collection, whose node graphs hold no vectors: their searches
+/// re-rank with the rows of the tables they cover, read through the views searched (a
+/// graph newer than the views has tables they lack, and must not read or return them).
+#[test]
+fn codes_only_node_graphs_re_rank_with_the_rows_of_the_views_searched() {
+    readers_while_merging(VectorType::I8);
+}
+
+fn readers_while_merging(vector_type: VectorType) {
     let seed = test_seed();
     println!("seed {seed} (replay with VORTEX_TEST_SEED={seed}; thread interleavings vary)");
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -208,7 +220,7 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
             let tier_graphs = Arc::clone(&tier_graphs);
             std::thread::spawn(move || {
                 let (mut shard, _) = Shard::open(&dir, options()).unwrap();
-                shard.create_collection(spec()).unwrap();
+                shard.create_collection(spec(vector_type)).unwrap();
                 views_tx.send((owner, shard.published().clone())).unwrap();
                 let epoch = write(
                     &mut shard,
@@ -336,6 +348,11 @@ fn readers_on_every_leu_search_all_views_while_writers_merge_and_retire_segments
         );
         std::thread::sleep(Duration::from_millis(50));
     };
+    assert_eq!(
+        graph.as_ref().map(|graph| graph.is_codes_only()),
+        Some(vector_type == VectorType::I8),
+        "an i8 collection's node graph holds no vectors, an f32 one's does"
+    );
     let mut rng = Rng(seed);
     let settled = (0..50)
         .filter(|round| {
@@ -367,7 +384,7 @@ fn once_the_tables_stop_changing_the_tier_folds_in_what_is_left() {
         shard.sync().unwrap();
     };
     for (owner, shard) in shards.iter_mut().enumerate() {
-        shard.create_collection(spec()).unwrap();
+        shard.create_collection(spec(VectorType::F32)).unwrap();
         for batch in 0..3u64 {
             let ids = (0..1000)
                 .map(|i| (batch * 1000 + i) * 2 + owner as u64)

@@ -288,6 +288,7 @@ fn carried_nodes(
     }
     let mut taken = NodeSet::with_capacity(graph.count);
     let mut carried = Vec::with_capacity(count);
+    let mut code = Vec::new();
     for (node, &old) in seed.carried.iter().enumerate() {
         if old == NO_NODE {
             carried.push(NO_NODE);
@@ -299,10 +300,19 @@ fn carried_nodes(
             )));
         }
         let row = &rows[node * stride..node * stride + dim];
-        let same = row
-            .iter()
-            .zip(graph.row(old))
-            .all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = match (&graph.quantizer, graph.codes_only) {
+            // No vectors to compare: the row must at least encode to the node's codes (the
+            // caller compared the vectors where it keeps them).
+            (Some(quantizer), true) => {
+                code.resize(dim, 0);
+                quantizer.encode(row, &mut code);
+                code[..] == *graph.code_row(old)
+            }
+            _ => row
+                .iter()
+                .zip(graph.row(old))
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+        };
         carried.push(if same { old } else { NO_NODE });
     }
     Ok(carried)
@@ -853,6 +863,7 @@ impl Hnsw {
             top_level,
             vectors: stored,
             external,
+            codes_only: false,
             quantizer,
             codes: Store::from_avec(codes),
             labels: Store::owned(&labels),

@@ -10,7 +10,7 @@
 
 use super::build::{select_neighbors, upper_layout};
 use super::search::{ExactSpace, Scored, Space};
-use super::{block_range, Hnsw, NO_NODE};
+use super::{block_range, Hnsw, IndexError, NO_NODE};
 use crate::filter::NodeSet;
 use crate::store::Store;
 
@@ -25,8 +25,14 @@ pub struct Compacted {
 
 impl Hnsw {
     /// A copy of the index without its deleted nodes (see the module docs). Node ids change:
-    /// `old_to_new` maps them; labels stay with their nodes.
-    pub fn compact(&self) -> Compacted {
+    /// `old_to_new` maps them; labels stay with their nodes. A codes-only index
+    /// ([`Hnsw::into_codes_only`]) has no vectors to repair its links with, and is refused.
+    pub fn compact(&self) -> Result<Compacted, IndexError> {
+        if self.codes_only {
+            return Err(IndexError::InvalidParameter(
+                "a codes-only index cannot be compacted: it holds no vectors".into(),
+            ));
+        }
         let mut old_to_new = vec![NO_NODE; self.count];
         let live: Vec<u32> = (0..self.count as u32)
             .filter(|&node| !self.is_deleted(node))
@@ -135,6 +141,7 @@ impl Hnsw {
             top_level,
             vectors: Store::from_avec(vectors),
             external: false,
+            codes_only: false,
             quantizer: self.quantizer.clone(),
             codes: Store::from_avec(codes),
             labels: Store::owned(&labels),
@@ -145,6 +152,6 @@ impl Hnsw {
             tombstones: NodeSet::with_capacity(count),
             kernels: self.kernels,
         };
-        Compacted { index, old_to_new }
+        Ok(Compacted { index, old_to_new })
     }
 }

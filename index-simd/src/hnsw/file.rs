@@ -136,6 +136,16 @@ pub enum FileError {
     BigEndian,
 }
 
+/// What a load is given for an index's vectors.
+enum Given {
+    /// Nothing: the vectors are in the file.
+    Nothing,
+    /// The rows the index was built over.
+    Rows(Store<f32>),
+    /// Nothing, for an index saved without vectors that walks on codes.
+    CodesOnly,
+}
+
 /// Little-endian field access over the header bytes.
 struct Fields<'a>(&'a [u8]);
 
@@ -250,7 +260,14 @@ impl Hnsw {
     /// Maps the index file at `path` and checks it (see the module docs). An index built
     /// over the caller's rows needs them: [`Hnsw::load_over`].
     pub fn load(path: &Path) -> Result<Hnsw, FileError> {
-        Self::load_with(path, None)
+        Self::load_with(path, Given::Nothing)
+    }
+
+    /// Maps the index file at `path`, saved by a codes-only index
+    /// ([`Hnsw::into_codes_only`]), without any vectors: searches need
+    /// [`Hnsw::search_over_rows`].
+    pub fn load_codes_only(path: &Path) -> Result<Hnsw, FileError> {
+        Self::load_with(path, Given::CodesOnly)
     }
 
     /// Maps the index file at `path`, built by [`Hnsw::build_over`], and takes `rows` as its
@@ -260,10 +277,10 @@ impl Hnsw {
     ///
     /// [`vector_stride`]: super::vector_stride
     pub fn load_over(path: &Path, rows: Store<f32>) -> Result<Hnsw, FileError> {
-        Self::load_with(path, Some(rows))
+        Self::load_with(path, Given::Rows(rows))
     }
 
-    fn load_with(path: &Path, rows: Option<Store<f32>>) -> Result<Hnsw, FileError> {
+    fn load_with(path: &Path, given: Given) -> Result<Hnsw, FileError> {
         if cfg!(target_endian = "big") {
             return Err(FileError::BigEndian);
         }
@@ -410,9 +427,12 @@ impl Hnsw {
             path: path.to_path_buf(),
             detail,
         };
-        let vectors: Store<f32> = match (external, rows) {
-            (false, None) => store(&mapping, view(Section::Vectors, count * stride * 4)?),
-            (true, Some(rows)) => {
+        let (vectors, codes_only): (Store<f32>, bool) = match (external, given) {
+            (false, Given::Nothing) => (
+                store(&mapping, view(Section::Vectors, count * stride * 4)?),
+                false,
+            ),
+            (true, Given::Rows(rows)) => {
                 view(Section::Vectors, 0)?;
                 if rows.len() != count * stride {
                     return Err(rows_error(format!(
@@ -420,16 +440,25 @@ impl Hnsw {
                         rows.len()
                     )));
                 }
-                rows
+                (rows, false)
             }
-            (true, None) => {
+            (true, Given::CodesOnly) if quantized => {
+                view(Section::Vectors, 0)?;
+                (Store::owned(&[]), true)
+            }
+            (true, Given::CodesOnly) => {
+                return Err(rows_error(
+                    "the index walks on f32 vectors and cannot be loaded without them".into(),
+                ))
+            }
+            (true, Given::Nothing) => {
                 return Err(rows_error(
                     "the index was built over rows kept outside the file; load it with them".into(),
                 ))
             }
-            (false, Some(_)) => {
+            (false, Given::Rows(_) | Given::CodesOnly) => {
                 return Err(rows_error(
-                    "the index holds its own vectors; rows were given for them".into(),
+                    "the index holds its own vectors; load it with Hnsw::load".into(),
                 ))
             }
         };
@@ -527,6 +556,7 @@ impl Hnsw {
             top_level,
             vectors,
             external,
+            codes_only,
             quantizer,
             codes,
             labels,

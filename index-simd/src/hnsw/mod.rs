@@ -34,7 +34,7 @@ use crate::store::Store;
 pub use build::{BuildControl, BuildParams, Helpers, Quantization, Seed};
 pub use compact::Compacted;
 pub use file::{FileError, FILE_MAGIC, FILE_VERSION};
-pub use search::{Neighbor, Scored, SearchParams, SearchScratch};
+pub use search::{Neighbor, Rows, Scored, SearchParams, SearchScratch};
 
 /// The marker of an unused neighbour slot or "no node".
 pub(crate) const NO_NODE: u32 = u32::MAX;
@@ -105,6 +105,9 @@ pub struct Hnsw {
     /// Whether `vectors` belongs to the caller (rows inside an SSTable's mapped vector
     /// region, say) and is left out of the index file.
     pub(crate) external: bool,
+    /// Whether the index holds no vectors at all ([`Hnsw::into_codes_only`]): it walks on
+    /// its codes and re-ranks with rows the caller gives ([`Hnsw::search_over_rows`]).
+    pub(crate) codes_only: bool,
     pub(crate) quantizer: Option<ScalarQuantizer>,
     pub(crate) codes: Store<i8>,
     pub(crate) labels: Store<u64>,
@@ -168,9 +171,32 @@ impl Hnsw {
         self.labels.get(node as usize).copied()
     }
 
-    /// The stored vector of `node` (normalised for cosine).
+    /// The stored vector of `node` (normalised for cosine); `None` out of range and in a
+    /// codes-only index.
     pub fn vector(&self, node: u32) -> Option<&[f32]> {
-        ((node as usize) < self.count).then(|| self.row(node))
+        ((node as usize) < self.count && !self.codes_only).then(|| self.row(node))
+    }
+
+    /// The same index without its `f32` vectors, for one that walks on `i8` codes: only the
+    /// codes and the graph stay resident, and a search re-ranks its candidates with rows the
+    /// caller reads from wherever the vectors live ([`Hnsw::search_over_rows`]). Such an
+    /// index is saved without vectors and loaded with [`Hnsw::load_codes_only`]; it cannot
+    /// be compacted (compaction re-ranks links with the vectors).
+    pub fn into_codes_only(mut self) -> Result<Hnsw, IndexError> {
+        if self.quantizer.is_none() {
+            return Err(IndexError::InvalidParameter(
+                "only an index that walks on i8 codes can drop its vectors".into(),
+            ));
+        }
+        self.vectors = Store::owned(&[]);
+        self.external = true;
+        self.codes_only = true;
+        Ok(self)
+    }
+
+    /// Whether the index holds no vectors ([`Hnsw::into_codes_only`]).
+    pub fn is_codes_only(&self) -> bool {
+        self.codes_only
     }
 
     /// The neighbours of `node` at `layer`, if the node reaches that layer.
@@ -201,7 +227,8 @@ impl Hnsw {
         Ok(self.tombstones.insert(node))
     }
 
-    /// Resident bytes of the index's arrays (mapped ones and external vectors included).
+    /// Resident bytes of the index's arrays (mapped ones and external vectors included; a
+    /// codes-only index has none).
     pub fn memory_bytes(&self) -> usize {
         size_of_val(&*self.vectors)
             + size_of_val(&*self.codes)

@@ -203,6 +203,40 @@ impl Space for ExactSpace<'_> {
     }
 }
 
+/// Where a codes-only index ([`Hnsw::into_codes_only`]) reads the `f32` vector of a node to
+/// re-rank it: the rows the index was built from, kept by the caller (an SSTable's mapped
+/// vector region, say). A row is `dim` floats, normalised for cosine as the build's were.
+pub trait Rows {
+    /// The vector of `node`, or `None` where the caller no longer has it (the node is then
+    /// left out of the answer).
+    fn row(&self, node: u32) -> Option<&[f32]>;
+}
+
+/// Exact distances to rows the caller keeps.
+struct RowsSpace<'a> {
+    metric: Metric,
+    kernels: &'static Kernels,
+    rows: &'a dyn Rows,
+    query: &'a [f32],
+}
+
+impl Space for RowsSpace<'_> {
+    fn distance(&self, node: u32) -> f32 {
+        match self.rows.row(node) {
+            Some(row) if row.len() == self.query.len() => {
+                self.metric.distance(self.kernels, self.query, row)
+            }
+            _ => f32::INFINITY,
+        }
+    }
+
+    fn prefetch(&self, node: u32) {
+        if let Some(row) = self.rows.row(node) {
+            prefetch_bytes(row.as_ptr().cast(), size_of_val(row));
+        }
+    }
+}
+
 /// Read access to neighbour lists.
 pub(crate) trait Links {
     /// Calls `visit` with every neighbour of `node` at `layer`.
@@ -309,9 +343,28 @@ impl Hnsw {
         Ok(results)
     }
 
+    /// The `k` nearest live nodes that `filter` (if any) allows, in an index that walks on
+    /// `i8` codes, re-ranked with the caller's `rows`, on this thread's scratch. The search
+    /// for a codes-only index ([`Hnsw::into_codes_only`]); an index holding its vectors
+    /// re-ranks with its own and ignores `rows`.
+    pub fn search_over_rows(
+        &self,
+        query: &[f32],
+        params: &SearchParams,
+        filter: Option<&dyn Filter>,
+        rows: &dyn Rows,
+    ) -> Result<Vec<Neighbor>, IndexError> {
+        let mut results = Vec::with_capacity(params.k);
+        SCRATCH.with_borrow_mut(|scratch| {
+            self.search_inner(scratch, query, params, filter, Some(rows), &mut results)
+        })?;
+        Ok(results)
+    }
+
     /// The full search: writes the `params.k` nearest live nodes that `filter` allows into
     /// `results`, nearest first, using `scratch` (which then holds no allocation to make for
-    /// the next query on this index).
+    /// the next query on this index). A codes-only index is refused: it needs
+    /// [`Hnsw::search_over_rows`].
     pub fn search_with(
         &self,
         scratch: &mut SearchScratch,
@@ -320,7 +373,28 @@ impl Hnsw {
         filter: Option<&dyn Filter>,
         results: &mut Vec<Neighbor>,
     ) -> Result<(), IndexError> {
+        self.search_inner(scratch, query, params, filter, None, results)
+    }
+
+    fn search_inner(
+        &self,
+        scratch: &mut SearchScratch,
+        query: &[f32],
+        params: &SearchParams,
+        filter: Option<&dyn Filter>,
+        rows: Option<&dyn Rows>,
+        results: &mut Vec<Neighbor>,
+    ) -> Result<(), IndexError> {
         results.clear();
+        let rows = match (self.codes_only, rows) {
+            (false, _) => None,
+            (true, Some(rows)) => Some(rows),
+            (true, None) => {
+                return Err(IndexError::InvalidParameter(
+                    "a codes-only index re-ranks with the caller's rows: search_over_rows".into(),
+                ))
+            }
+        };
         if query.len() != self.dim {
             return Err(IndexError::DimensionMismatch {
                 expected: self.dim,
@@ -352,7 +426,19 @@ impl Hnsw {
         let allowed_count = filter.and_then(|filter| filter.allowed_count());
         if let (Some(filter), Some(allowed)) = (filter, allowed_count) {
             if self.prefers_scan(allowed, ef) {
-                self.scan(scratch, query, params.k, filter, results);
+                match rows {
+                    None => self.scan(
+                        scratch,
+                        &ExactSpace::of(self, query),
+                        params.k,
+                        filter,
+                        results,
+                    ),
+                    Some(rows) => {
+                        let space = self.rows_space(rows, query);
+                        self.scan(scratch, &space, params.k, filter, results)
+                    }
+                }
                 scratch.query = query_buffer;
                 return Ok(());
             }
@@ -389,14 +475,14 @@ impl Hnsw {
                 scratch.ranked.sort_unstable();
                 let rerank = (params.k * params.rerank_factor.max(1)).clamp(params.k, ef);
                 scratch.ranked.truncate(rerank);
-                // The f32 rows are cold (the walk read codes): ask for all of them first.
-                for candidate in &scratch.ranked {
-                    exact.prefetch(candidate.node);
+                match rows {
+                    None => rerank_with(&exact, &mut scratch.ranked),
+                    Some(rows) => {
+                        rerank_with(&self.rows_space(rows, query), &mut scratch.ranked);
+                        // Nodes whose rows the caller no longer has.
+                        scratch.ranked.retain(|scored| scored.distance.is_finite());
+                    }
                 }
-                for candidate in scratch.ranked.iter_mut() {
-                    candidate.distance = exact.distance(candidate.node);
-                }
-                scratch.ranked.sort_unstable();
             }
         }
         results.extend(scratch.ranked.iter().take(params.k).map(|scored| Neighbor {
@@ -416,16 +502,24 @@ impl Hnsw {
         allowed as f64 <= walk_distances
     }
 
-    /// Exact top-`k` over the nodes `filter` allows.
-    fn scan(
+    fn rows_space<'a>(&self, rows: &'a dyn Rows, query: &'a [f32]) -> RowsSpace<'a> {
+        RowsSpace {
+            metric: self.metric,
+            kernels: self.kernels,
+            rows,
+            query,
+        }
+    }
+
+    /// Exact top-`k` over the nodes `filter` allows, with the distances of `exact`.
+    fn scan<S: Space>(
         &self,
         scratch: &mut SearchScratch,
-        query: &[f32],
+        exact: &S,
         k: usize,
         filter: &dyn Filter,
         results: &mut Vec<Neighbor>,
     ) {
-        let exact = ExactSpace::of(self, query);
         // The allowed live nodes first, so that the rows a few places ahead can be
         // prefetched while one is compared (the rows are scattered: each is a cold miss).
         let nodes = &mut scratch.fresh;
@@ -437,8 +531,10 @@ impl Hnsw {
         });
         let heap = &mut scratch.results;
         heap.clear();
-        for_each_distance(&exact, nodes, |node, distance| {
-            if heap.len() < k {
+        for_each_distance(exact, nodes, |node, distance| {
+            if !distance.is_finite() {
+                // A row the caller no longer has (codes-only index).
+            } else if heap.len() < k {
                 heap.push(Scored { distance, node });
             } else if heap.peek().is_some_and(|worst| distance < worst.distance) {
                 heap.pop();
@@ -474,6 +570,18 @@ impl Hnsw {
         scratch.visited.reset(self.count);
         beam(self, scratch, space, current, ef, 0, accept);
     }
+}
+
+/// Replaces the code distances of `ranked` by exact ones and sorts it again. The rows are
+/// cold (the walk read codes): all of them are asked for first.
+fn rerank_with<S: Space>(exact: &S, ranked: &mut [Scored]) {
+    for candidate in ranked.iter() {
+        exact.prefetch(candidate.node);
+    }
+    for candidate in ranked.iter_mut() {
+        candidate.distance = exact.distance(candidate.node);
+    }
+    ranked.sort_unstable();
 }
 
 /// Moves to the nearest neighbour while that gets closer to the query.
