@@ -3,8 +3,14 @@
 # LEUs, the dataset loaded over VBP and merged (`serve-ann --merged`), searched at EF for
 # SECONDS, then the process's memory from /proc: the resident set split into anonymous
 # memory (heap: graphs, codes, MemTables, buffers) and file pages (mapped tables and
-# side-car files a search touched), and the proportional set, which counts a file page
-# mapped twice once. Printed as one Markdown row, with bytes per vector.
+# side-car files a search touched), the proportional set, which counts a file page mapped
+# twice once, and the anonymous memory on transparent huge pages. Printed as one Markdown
+# row (kB, then bytes per vector): name, flags, LEUs, RSS before the load, RSS, RssAnon,
+# RssFile, Pss_Anon, Pss_File, AnonHugePages, RSS growth per vector, RssAnon growth per
+# vector, PSS growth per vector.
+#
+# LOCK is `[memory] lock` (default "try", which locks every page the process maps where
+# nothing bounds locking: root, or CAP_IPC_LOCK).
 #
 #   SERVE_FLAGS=--i8 NAME=clustered-768-cosine bench-rigs/memory.sh
 set -euo pipefail
@@ -19,6 +25,7 @@ PORT=${PORT:-7890}
 EF=${EF:-32}
 SECONDS_SEARCHING=${SECONDS_SEARCHING:-5}
 SERVE_FLAGS=${SERVE_FLAGS:-}
+LOCK=${LOCK:-try}
 
 mkdir -p "$OUT" "$WORK"
 rm -rf "$WORK/data"
@@ -30,6 +37,8 @@ leu_port_base = $((PORT + 10))
 data_dir = "$WORK/data"
 [leu]
 count = $LEUS
+[memory]
+lock = "$LOCK"
 EOF
 "$BIN/vortex-dataplane" run --config "$WORK/config.toml" >"$OUT/dataplane.log" 2>&1 &
 dataplane=$!
@@ -44,17 +53,17 @@ field() { awk -v f="$1:" '$1 == f { print $2 }' "$2"; }
 snapshot() {
     local status=/proc/$dataplane/status rollup=/proc/$dataplane/smaps_rollup
     echo "$(field VmRSS $status) $(field RssAnon $status) $(field RssFile $status)" \
-        "$(field Pss_Anon $rollup) $(field Pss_File $rollup)"
+        "$(field Pss_Anon $rollup) $(field Pss_File $rollup) $(field AnonHugePages $rollup)"
 }
-read -r rss0 anon0 file0 _ _ <<<"$(snapshot)"
+read -r rss0 anon0 file0 _ _ _ <<<"$(snapshot)"
 
 "$BIN/vortex-bench" serve-ann --address "127.0.0.1:$PORT" --data "$DATA/$NAME" --ef "$EF" \
     --seconds "$SECONDS_SEARCHING" --merged --out "$WORK/serve" $SERVE_FLAGS \
     >"$OUT/serve.md" 2>"$OUT/serve.log"
-read -r rss anon file pss_anon pss_file <<<"$(snapshot)"
+read -r rss anon file pss_anon pss_file huge <<<"$(snapshot)"
 
 rows=$(awk -F'[ ,:]+' '/"n"/ { print $3; exit }' "$DATA/$NAME/meta.json")
 per() { echo $(( ($1) * 1024 / rows )); }
-flags=${SERVE_FLAGS:-f32}
-echo "| $NAME | $flags | $LEUS | $rss0 | $rss | $anon | $file | $pss_anon | $pss_file | $(per "$rss - rss0") | $(per "$anon - anon0") | $(per "$pss_anon + pss_file - anon0 - file0") |" \
+flags="${SERVE_FLAGS:-f32} lock=$LOCK"
+echo "| $NAME | $flags | $LEUS | $rss0 | $rss | $anon | $file | $pss_anon | $pss_file | $huge | $(per "$rss - rss0") | $(per "$anon - anon0") | $(per "$pss_anon + pss_file - anon0 - file0") |" \
     | tee -a "$OUT/memory.md"

@@ -73,6 +73,9 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // Before any thread or large block: freed memory goes back to the system
+    // (vortex_io::allocator).
+    vortex_io::allocator::bound_retention();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Topology {

@@ -8,8 +8,10 @@
 //!   operations and completion dispatch by user data.
 //! - [`affinity`]: pinning a thread to a CPU and reading the pinning back from procfs.
 //! - [`memlock`]: `mlockall` under the `required` / `try` / `off` policy.
+//! - [`allocator`]: fixed thresholds for glibc's malloc, so that freed memory goes back.
 
 pub mod affinity;
+pub mod allocator;
 pub mod memlock;
 pub mod provided;
 pub mod ring;
