@@ -125,6 +125,42 @@ impl<T: Plain> Store<T> {
     pub fn is_mapped(&self) -> bool {
         matches!(self.inner, Inner::Mapped { .. })
     }
+
+    /// For a mapped array: lets go of the pages of it this process holds (the whole pages
+    /// inside its range), so that they leave its resident set; the next read of one faults
+    /// it in again from the file (from the page cache, while the kernel keeps it there).
+    /// For after a pass that read every row once (an index build over a table's rows):
+    /// later only what searches touch comes back (by the kernel's unit: a page, or on
+    /// kernels that cache files in large folios, such as 6.18 on ext4 here, the whole folio
+    /// around it). The pages are unlocked first, as `madvise` refuses locked ones, and stay
+    /// unlocked (under `mlockall(MCL_FUTURE | MCL_ONFAULT)` the rest of the process still
+    /// locks what it touches). Nothing for an owned array.
+    pub fn release_pages(&self) {
+        #[cfg(target_os = "linux")]
+        if let Inner::Mapped {
+            mapping,
+            offset_bytes,
+            length,
+        } = &self.inner
+        {
+            const PAGE_BYTES: usize = 4096;
+            let base = mapping.bytes().as_ptr() as usize;
+            let start = (base + offset_bytes).next_multiple_of(PAGE_BYTES);
+            let end = (base + offset_bytes + length * size_of::<T>()) / PAGE_BYTES * PAGE_BYTES;
+            if end > start {
+                // SAFETY: whole pages inside a private, read-only file mapping that `mapping`
+                // keeps alive. `munlock` only unlocks them; `MADV_DONTNEED` drops this
+                // process's page-table entries, and as no page of a read-only mapping was
+                // ever written (no private copy exists), every later read sees the file's
+                // bytes, which never change while mapped (see `Mapping::of`). Slices
+                // borrowed from the array stay valid and read the same values.
+                unsafe {
+                    libc::munlock(start as *const libc::c_void, end - start);
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+                }
+            }
+        }
+    }
 }
 
 impl<T: Plain> Deref for Store<T> {
@@ -195,4 +231,74 @@ pub fn as_bytes<T: Plain>(values: &[T]) -> &[u8] {
     // SAFETY: `T` is a plain number type without padding; its bytes are initialised, and the
     // view covers exactly the slice's memory for the slice's lifetime.
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of_val(values)) }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Resident kB of this process's mapping that holds `address` (/proc/self/smaps).
+    fn resident_kib_at(address: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, end)) = first.split_once('-') {
+                if let (Ok(start), Ok(end)) = (
+                    usize::from_str_radix(start, 16),
+                    usize::from_str_radix(end, 16),
+                ) {
+                    inside = (start..end).contains(&address);
+                    continue;
+                }
+            }
+            if inside {
+                if let Some(rest) = line.strip_prefix("Rss:") {
+                    return rest.trim().trim_end_matches("kB").trim().parse().unwrap();
+                }
+            }
+        }
+        panic!("no mapping holds {address:#x}");
+    }
+
+    /// Pages of a mapped array read once leave the resident set when released, locked or
+    /// not, and the array still reads the file's values.
+    #[test]
+    fn released_pages_leave_the_resident_set_and_read_the_same() {
+        let values: Vec<f32> = (0..(4 << 20) / 4).map(|i| i as f32 * 0.5).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(as_bytes(&values)).unwrap();
+        let mapping = Arc::new(Mapping::of(&file).unwrap());
+        let store = Store::<f32>::mapped(&mapping, 0, values.len()).unwrap();
+        let address = store.as_ptr() as usize;
+        let sum = |store: &Store<f32>| store.iter().map(|&x| f64::from(x)).sum::<f64>();
+        let expected = sum(&store);
+        for locked in [false, true] {
+            let read = sum(&store);
+            assert_eq!(read, expected);
+            let mut touched = resident_kib_at(address);
+            if locked {
+                // SAFETY: whole pages of a live mapping; locking changes no contents.
+                let result = unsafe { libc::mlock(store.as_ptr().cast(), values.len() * 4) };
+                eprintln!(
+                    "mlock: {}",
+                    if result == 0 {
+                        "locked"
+                    } else {
+                        "refused (limit)"
+                    }
+                );
+                touched = resident_kib_at(address);
+            }
+            assert!(touched >= 4000, "read every page: {touched} kB resident");
+            store.release_pages();
+            let released = resident_kib_at(address);
+            eprintln!(
+                "locked {locked}: {touched} kB resident after reading, {released} after release"
+            );
+            assert!(released <= 8, "{released} kB still resident");
+        }
+        assert_eq!(sum(&store), expected, "the values read after a release");
+    }
 }

@@ -1,7 +1,10 @@
 //! Resilient memory locking, as the config's `memory.lock` policy says.
 //!
 //! Locking keeps the hot path free of major page faults. `mlockall(MCL_CURRENT |
-//! MCL_FUTURE)` locks every page the process has and will map; it is what `required` does,
+//! MCL_FUTURE | MCL_ONFAULT)` locks every page the process has and every page it touches
+//! from then on (not every page of a mapping at once: a mapped table's cold rows, which an
+//! `i8` collection reads only to re-rank, are not read in for it; kernels before 4.4, which
+//! lack `MCL_ONFAULT`, lock every page mapped); it is what `required` does,
 //! and what `try` does when nothing bounds it (`RLIMIT_MEMLOCK` unlimited, or
 //! `CAP_IPC_LOCK`). Under a finite limit `MCL_FUTURE` is a trap: the call succeeds while the
 //! process is small, and a later mapping (a thread's stack, a buffer pool, a mapped table)
@@ -173,7 +176,13 @@ fn apply_as(
         });
     }
     // SAFETY: mlockall takes flags only and touches no memory of ours.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } == 0 {
+    let lock = |flags| unsafe { libc::mlockall(flags) } == 0;
+    // Pages are locked as they are first touched (MCL_ONFAULT, Linux 4.4): a mapped table
+    // is not read in whole at its mapping, only what is used of it. Older kernels refuse
+    // the flag (EINVAL): then every page, as before.
+    if lock(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT)
+        || lock(libc::MCL_CURRENT | libc::MCL_FUTURE)
+    {
         return Ok(MemlockOutcome::Locked);
     }
     let source = io::Error::last_os_error();

@@ -443,6 +443,9 @@ impl SideCars {
         index
             .save(&path)
             .map_err(|error| index_error(error.to_string()))?;
+        // The build read every row of the table; searches need only those they touch (an
+        // `i8` graph walks its codes and reads rows to re-rank).
+        index.release_vector_pages();
         self.register(table, Some(index), contents);
         Ok(())
     }

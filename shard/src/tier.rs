@@ -339,6 +339,7 @@ pub fn build_node_graph(
     let mut covered = Vec::with_capacity(settled.len());
     let mut superseded_at_build = Vec::with_capacity(settled.len());
     let mut rows_out = stored.chunks_exact_mut(stride);
+    let mut copied = Vec::with_capacity(settled.len());
     for (leu, entry, segment, graph) in settled {
         let table = covered.len() as u32;
         for node in 0..graph.len() as u32 {
@@ -358,6 +359,7 @@ pub fn build_node_graph(
         }
         covered.push((leu, entry.table.number()));
         superseded_at_build.push(entry.superseded.len());
+        copied.push(graph);
     }
     drop(rows_out);
     if labels.len() != count {
@@ -412,6 +414,11 @@ pub fn build_node_graph(
         }
         None => Hnsw::build_over(dim, rows, Some(&labels), &params),
     };
+    // Copied and compared: the tables' rows need not stay resident for this (see
+    // `Hnsw::release_vector_pages`).
+    for graph in copied {
+        graph.release_vector_pages();
+    }
     let graph = match built.and_then(|graph| match spec.vector_type {
         // Only the codes and the graph stay resident: searches re-rank with the covered
         // tables' rows (`NodeRows`), which are on disk already.

@@ -1794,6 +1794,7 @@ fn scrub_table(
     }
     match table.verify(limiter, Some(&shared.stop)) {
         Ok(bytes) => {
+            table.release_pages();
             shared.scrub_bytes.fetch_add(bytes, Ordering::Relaxed);
             Ok(bytes)
         }

@@ -194,6 +194,13 @@ impl Hnsw {
         Ok(self)
     }
 
+    /// Lets go of the resident pages of vectors kept in a file mapping (the caller's rows
+    /// of [`Hnsw::build_over`], or a loaded index's): see [`Store::release_pages`]. For
+    /// after a build, which read every row: searches then bring back only what they touch.
+    pub fn release_vector_pages(&self) {
+        self.vectors.release_pages();
+    }
+
     /// Whether the index holds no vectors ([`Hnsw::into_codes_only`]).
     pub fn is_codes_only(&self) -> bool {
         self.codes_only

@@ -579,6 +579,7 @@ impl TableBuilder {
                 // The assertion after the write: what is on disk opens and verifies whole.
                 let table = Table::open(&self.path, number)?;
                 table.verify(None, None)?;
+                table.release_pages();
                 Ok(table)
             });
         if result.is_err() {
@@ -786,6 +787,22 @@ impl Table {
         Key {
             collection: self.footer.collection,
             point: self.footer.largest,
+        }
+    }
+
+    /// Lets go of the pages of the table this process holds mapped, so that they leave its
+    /// resident set; later reads fault back in what they touch (from the page cache while
+    /// the kernel keeps it). For after a pass over the whole table (the check after writing
+    /// it, a scrub): without it, such a pass leaves every page of every table resident (and
+    /// locked, under `mlockall`), where a search reads a few rows of each. The pages are
+    /// unlocked first (`madvise` refuses locked pages) and stay unlocked.
+    pub fn release_pages(&self) {
+        if let Some(map) = &self.map {
+            let _ = map.unlock();
+            // SAFETY: a read-only mapping of a table file, which is never written after it
+            // is finished (a replaced table is a new file): dropping this process's
+            // page-table entries loses nothing, and every later read sees the same bytes.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
         }
     }
 
