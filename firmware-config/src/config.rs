@@ -216,7 +216,7 @@ impl<'de> Deserialize<'de> for LeuCount {
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// Locking memory at start, so that the hot path never takes a page fault to swap:
-    /// `required` (`mlockall(MCL_CURRENT | MCL_FUTURE)`, or refuse to start), `try` (default:
+    /// `required` (`mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)`, or refuse to start), `try` (default:
     /// the same when nothing bounds it, otherwise the buffer pools as far as the limit allows;
     /// one warning, and go on), `off`.
     pub lock: MemoryLockPolicy,

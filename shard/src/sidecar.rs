@@ -259,6 +259,7 @@ impl SideCars {
             });
             match loaded {
                 Ok(index) if index.len() as u64 == table.footer().vector_count => {
+                    index.release_pages(); // the load's checks read every section
                     let contents = self.read_table(table)?;
                     self.register(table, Some(index), contents);
                 }
@@ -443,9 +444,16 @@ impl SideCars {
         index
             .save(&path)
             .map_err(|error| index_error(error.to_string()))?;
-        // The build read every row of the table; searches need only those they touch (an
-        // `i8` graph walks its codes and reads rows to re-rank).
-        index.release_vector_pages();
+        // Served from its file, as after a restart, not from the heap: once the node's tier
+        // covers the table, nothing reads its graph or codes, and mapped pages leave the
+        // resident set where heap would stay (an `i8` graph's codes are a byte per
+        // dimension per point). The build read every row, and the load checks every
+        // section: searches need only what they touch.
+        drop(index);
+        let index = self.rows(table, dim).and_then(|rows| {
+            Hnsw::load_over(&path, rows).map_err(|e| index_error(e.to_string()))
+        })?;
+        index.release_pages();
         self.register(table, Some(index), contents);
         Ok(())
     }

@@ -415,9 +415,9 @@ pub fn build_node_graph(
         None => Hnsw::build_over(dim, rows, Some(&labels), &params),
     };
     // Copied and compared: the tables' rows need not stay resident for this (see
-    // `Hnsw::release_vector_pages`).
+    // `Hnsw::release_pages`).
     for graph in copied {
-        graph.release_vector_pages();
+        graph.release_pages();
     }
     let graph = match built.and_then(|graph| match spec.vector_type {
         // Only the codes and the graph stay resident: searches re-rank with the covered

@@ -194,11 +194,18 @@ impl Hnsw {
         Ok(self)
     }
 
-    /// Lets go of the resident pages of vectors kept in a file mapping (the caller's rows
-    /// of [`Hnsw::build_over`], or a loaded index's): see [`Store::release_pages`]. For
-    /// after a build, which read every row: searches then bring back only what they touch.
-    pub fn release_vector_pages(&self) {
+    /// Lets go of the resident pages of every array kept in a file mapping (a loaded
+    /// index's, and the caller's rows of [`Hnsw::build_over`]): see
+    /// [`Store::release_pages`]. For after a pass that read them all (a build reads every
+    /// row, a load checks every section): searches then bring back only what they touch.
+    pub fn release_pages(&self) {
         self.vectors.release_pages();
+        self.codes.release_pages();
+        self.labels.release_pages();
+        self.levels.release_pages();
+        self.upper_offsets.release_pages();
+        self.links0.release_pages();
+        self.upper_links.release_pages();
     }
 
     /// Whether the index holds no vectors ([`Hnsw::into_codes_only`]).
