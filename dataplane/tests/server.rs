@@ -178,6 +178,48 @@ fn a_client_gets_every_answer_and_acknowledged_writes_survive_a_stop() {
     assert_eq!(shard.describe_collection("docs").unwrap().points, 2499);
 }
 
+/// The WAL shares the LEU's ring (issue #22 item 6): the completion of a write's log write
+/// wakes the loop, which acknowledges it at once. The loop here waits 3 s per pass and
+/// never busy-polls, so a WAL that completed on a ring of its own was found only when the
+/// wait ran out: each of these writes then took 3 s.
+#[test]
+fn a_write_is_acknowledged_when_its_log_write_completes_not_at_the_next_poll() {
+    let _timing = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let pass = Duration::from_secs(3);
+    let config = ServerConfig {
+        idle_wait: pass,
+        ack_wait: pass,
+        busy_poll: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let server = start(dir.path(), config);
+    let client = server.patient_client(Duration::from_secs(60));
+    client.create_collection(spec()).unwrap();
+    let writes = 10u64;
+    let started = std::time::Instant::now();
+    for i in 0..writes {
+        assert_eq!(client.upsert(upsert(i * 10..i * 10 + 10)).unwrap(), 10);
+    }
+    let took = started.elapsed();
+    eprintln!("{writes} writes one after another: {took:?}");
+    // Before: at least `writes` whole waits (30 s). A noisy machine is far from that.
+    assert!(
+        took < pass * writes as u32 / 3,
+        "{writes} writes took {took:?}: acknowledgements wait for the loop's timeout"
+    );
+    let stats = client.stats().unwrap();
+    assert_eq!(counter(&stats[0], "wal_on_leu_ring"), 1);
+    assert!(counter(&stats[0], "wal_ops_on_leu_ring") >= writes);
+    drop(client);
+    server.stop();
+    let (shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    assert_eq!(
+        shard.describe_collection("docs").unwrap().points,
+        writes * 10
+    );
+}
+
 #[test]
 fn bad_input_closes_only_its_connection_and_the_limit_refuses_one_too_many() {
     let _timing = shared();

@@ -36,14 +36,15 @@ use crate::view::{
 pub use crate::view::{BATCH_POINTS_MAX, EF_MAX, K_MAX};
 use std::collections::HashMap;
 use std::path::Path;
+use std::rc::Weak;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_index::metric::normalize;
 use vortex_index::{Kernels, NodeSet};
 use vortex_io::RingConfig;
 use vortex_storage::{
-    DirLock, DirectIo, Key, PosixEnv, Store, StoreHooks, StoreOptions, StoreStats, WalOptions,
-    WriteSize,
+    DirLock, DirectIo, Key, PosixEnv, SharedLogRing, Store, StoreHooks, StoreOptions, StoreStats,
+    WalOptions, WriteSize,
 };
 use vortex_vbp::message::{CollectionInfo, CollectionSpec, Hit, Payload, PointRecord};
 
@@ -458,6 +459,14 @@ impl Shard {
     /// Moves writes and background work forward; returns the durable sequence number.
     pub fn poll(&mut self, wait: Option<Duration>) -> Result<u64, ShardError> {
         let result = self.store.poll(wait);
+        self.settle(result)
+    }
+
+    /// Makes every write so far durable, then sends the WAL's writes through `ring`: the
+    /// ring of the LEU that runs this shard, so that one submit carries its network and log
+    /// I/O and a log write's completion wakes its loop (see [`PosixEnv::share_ring`]).
+    pub fn share_log_ring(&mut self, ring: Weak<dyn SharedLogRing>) -> Result<(), ShardError> {
+        let result = self.store.share_log_ring(ring);
         self.settle(result)
     }
 

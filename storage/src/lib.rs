@@ -36,7 +36,7 @@ pub use fault::{Fault, FaultEnv, Target};
 pub use lock::{DirLock, LockError};
 pub use manifest::{Edit, Manifest, ManifestState};
 pub use memtable::{Key, Lookup, MemTable, MemTableFull, Point};
-pub use posix::{DirectIo, PosixEnv};
+pub use posix::{DirectIo, LogChain, LogOp, PosixEnv, SharedLogRing};
 pub use store::{
     CompactionHook, Located, Snapshot, Store, StoreHooks, StoreOptions, StoreStats, WriteSize,
 };

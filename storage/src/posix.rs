@@ -10,15 +10,25 @@
 //! one completed in full, so the log never has a hole before bytes that reached the disk.
 //! When one falls short or fails, the kernel completes the rest with `-ECANCELED`; the WAL
 //! sees every result and decides (see `wal.rs`).
+//!
+//! **Whose ring.** A new environment has a ring of its own. The dataplane hands it its LEU's
+//! ring instead ([`PosixEnv::share_ring`], through [`SharedLogRing`]): the log's writes are
+//! then queued on the ring the LEU's network I/O uses, one `io_uring_enter` submits both, and
+//! a write's completion wakes the loop that waits on that ring, so an acknowledgement is not
+//! found by polling a second ring. The environment holds the shared ring weakly: its owner
+//! drops it (after making every write durable) and the environment goes back to a ring of
+//! its own; a chain that was still in flight then fails with `-ECANCELED` (the WAL turns
+//! read-only, as for any failed write), and nothing is left for the kernel to write from.
 
-use crate::env::{BlockBuffer, Env, FinishedChain, LogFile, WriteChain};
-use io_uring::{opcode, types};
+use crate::env::{block_buffer, BlockBuffer, Env, FinishedChain, LogFile, WriteChain};
+use io_uring::{opcode, squeue, types};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 use vortex_config::{BlockDevice, DirectIoAlignment};
 use vortex_io::{Owner, PushError, RingConfig, RingDriver};
@@ -42,10 +52,12 @@ pub enum DirectIo {
 /// so a batch of 32 blocks written one by one would cost 32 flushes.
 const WRITEV_BYTES_MAX: usize = 1 << 20;
 
-/// The owner of one ring operation: which chain, which of its writes (`first` and `count`;
-/// the sync has `count` 0), the buffers the kernel reads from, and the iovecs pointing into
-/// them. All are held here until the completion, so none can be freed under the kernel.
-struct ChainOp {
+/// The owner of one log operation on a ring: which chain, which of its writes (`first` and
+/// `count`; the sync has `count` 0), the buffers the kernel reads from, and the iovecs
+/// pointing into them. All are held here until the completion, so none can be freed under
+/// the kernel. Opaque: a [`SharedLogRing`] keeps it among its own operations' owners and
+/// hands it back with its result.
+pub struct LogOp {
     chain: usize,
     first: usize,
     count: usize,
@@ -53,9 +65,9 @@ struct ChainOp {
     iovecs: Vec<libc::iovec>,
 }
 
-impl fmt::Debug for ChainOp {
+impl fmt::Debug for LogOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChainOp")
+        f.debug_struct("LogOp")
             .field("chain", &self.chain)
             .field("first", &self.first)
             .field("count", &self.count)
@@ -64,17 +76,72 @@ impl fmt::Debug for ChainOp {
     }
 }
 
+/// A linked chain of log operations, as a ring takes it.
+pub type LogChain = Vec<(squeue::Entry, LogOp)>;
+
+/// A ring the log shares with the other I/O of its thread (the dataplane's LEU ring). The
+/// implementer owns the ring: it keeps each [`LogOp`] with its operation, and when the
+/// operation completes it keeps the op and its raw result for
+/// [`take_log_completions`](Self::take_log_completions). Every method is called on the
+/// ring's own thread, and none while another of them runs.
+pub trait SharedLogRing {
+    /// Queues `ops` as one linked chain, as [`RingDriver::push_chain`] does; they are
+    /// submitted by the owner's next submit, or by [`wait`](Self::wait).
+    ///
+    /// # Safety
+    ///
+    /// As [`RingDriver::push_chain`]: the memory each entry refers to is owned by its op and
+    /// stays valid until the op is handed back.
+    unsafe fn push_log_chain(&self, ops: LogChain) -> Result<(), PushError<LogChain>>;
+
+    /// Submits what is queued and waits up to `timeout` for at least one completion, then
+    /// takes what completed: the log's ops are kept for `take_log_completions`, the other
+    /// operations' completions for the owner's own next pass. Only the log's blocking calls
+    /// (a sync at shutdown, a salvage at open) wait here; a serving loop waits itself.
+    fn wait(&self, timeout: Duration) -> io::Result<()>;
+
+    /// Moves the log ops that completed, with their raw results, into `done`.
+    fn take_log_completions(&self, done: &mut Vec<(LogOp, i32)>);
+}
+
+/// A chain whose writes are in flight.
 #[derive(Debug)]
 struct PendingChain {
     chain: WriteChain,
     results: Vec<Option<i32>>,
     outstanding: usize,
+    /// Each write's buffer size: a chain lost with a shared ring gets new buffers back.
+    buffer_bytes: Vec<usize>,
+}
+
+/// The ring the log's writes go through.
+enum LogRing {
+    /// The environment's own (boxed: it is large, and gone once the dataplane shares its
+    /// ring).
+    Own(Box<RingDriver<LogOp>>),
+    /// Another owner's, while it lives.
+    Shared(Weak<dyn SharedLogRing>),
+}
+
+impl fmt::Debug for LogRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogRing::Own(ring) => f.debug_tuple("Own").field(ring).finish(),
+            LogRing::Shared(ring) => f
+                .debug_tuple("Shared")
+                .field(&(ring.strong_count() > 0))
+                .finish(),
+        }
+    }
 }
 
 /// Real files under an io_uring.
 #[derive(Debug)]
 pub struct PosixEnv {
-    ring: RingDriver<ChainOp>,
+    ring: LogRing,
+    /// What a ring of the environment's own is built with (at `new`, and again when a
+    /// shared ring goes away).
+    ring_config: RingConfig,
     direct: DirectIo,
     files: Vec<Option<File>>,
     pending: Vec<Option<PendingChain>>,
@@ -82,32 +149,94 @@ pub struct PosixEnv {
     alignment: Option<DirectIoAlignment>,
     fallback_warned: bool,
     /// Completions taken off the ring by one `reap`, kept to reuse its allocation.
-    completed: Vec<(ChainOp, i32)>,
+    completed: Vec<(LogOp, i32)>,
+    /// Chains failed because the shared ring they were in flight on went away, for the next
+    /// `reap`.
+    lost: Vec<FinishedChain>,
 }
 
 impl PosixEnv {
     /// An environment whose log writes go through a new ring created on this thread.
     pub fn new(ring: &RingConfig, direct: DirectIo) -> io::Result<Self> {
-        let ring = RingDriver::new(ring).map_err(io::Error::other)?;
-        Ok(Self::with_ring(ring, direct))
-    }
-
-    /// An environment around an existing ring.
-    fn with_ring(ring: RingDriver<ChainOp>, direct: DirectIo) -> Self {
-        PosixEnv {
-            ring,
+        let own = RingDriver::new(ring).map_err(io::Error::other)?;
+        Ok(PosixEnv {
+            ring: LogRing::Own(Box::new(own)),
+            ring_config: ring.clone(),
             direct,
             files: (0..LOG_FILES_MAX).map(|_| None).collect(),
             pending: (0..CHAINS_INFLIGHT_MAX).map(|_| None).collect(),
             alignment: None,
             fallback_warned: false,
             completed: Vec::with_capacity(CHAINS_INFLIGHT_MAX * 8),
+            lost: Vec::new(),
+        })
+    }
+
+    /// The setup of the environment's own ring, for reports; `None` while it shares one.
+    pub fn ring_setup(&self) -> Option<&vortex_io::RingSetup> {
+        match &self.ring {
+            LogRing::Own(ring) => Some(ring.setup()),
+            LogRing::Shared(_) => None,
         }
     }
 
-    /// The ring's setup, for reports.
-    pub fn ring_setup(&self) -> &vortex_io::RingSetup {
-        self.ring.setup()
+    /// Sends the log's writes through `ring` from now on, and drops the environment's own
+    /// ring. Refused (`EBUSY`) while a chain is in flight: make every append durable first
+    /// ([`Wal::share_ring`](crate::Wal::share_ring) does).
+    pub fn share_ring(&mut self, ring: Weak<dyn SharedLogRing>) -> io::Result<()> {
+        if self.chains_in_flight() > 0 {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        self.ring = LogRing::Shared(ring);
+        Ok(())
+    }
+
+    /// Whether the log's writes go through a ring shared with other work.
+    pub fn shares_ring(&self) -> bool {
+        matches!(self.ring, LogRing::Shared(_))
+    }
+
+    fn chains_in_flight(&self) -> usize {
+        self.pending.iter().flatten().count()
+    }
+
+    /// The shared ring if it still lives. When it has gone, the chains that were in flight
+    /// on it are failed (`-ECANCELED`, delivered by the next `reap`) and the environment
+    /// builds a ring of its own again.
+    fn shared_ring(&mut self) -> io::Result<Option<Rc<dyn SharedLogRing>>> {
+        let LogRing::Shared(weak) = &self.ring else {
+            return Ok(None);
+        };
+        if let Some(ring) = weak.upgrade() {
+            return Ok(Some(ring));
+        }
+        for slot in &mut self.pending {
+            let Some(pending) = slot.take() else {
+                continue;
+            };
+            let PendingChain {
+                mut chain,
+                results,
+                buffer_bytes,
+                ..
+            } = pending;
+            // The ring dropped the ops with their buffers (after the kernel finished with
+            // them): the WAL gets buffers of the same sizes back.
+            for (write, bytes) in chain.writes.iter_mut().zip(buffer_bytes) {
+                if write.buffer.len() != bytes {
+                    write.buffer = block_buffer(bytes);
+                }
+            }
+            let results = results
+                .into_iter()
+                .map(|result| result.unwrap_or(-libc::ECANCELED))
+                .collect();
+            tracing::error!("the ring shared with the log went away with a write in flight");
+            self.lost.push(FinishedChain { chain, results });
+        }
+        let own = RingDriver::new(&self.ring_config).map_err(io::Error::other)?;
+        self.ring = LogRing::Own(Box::new(own));
+        Ok(None)
     }
 
     fn direct_alignment(&mut self, dir: &Path) -> io::Result<Option<u32>> {
@@ -150,7 +279,7 @@ impl PosixEnv {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "log file is not open"))
     }
 
-    fn finish_op(&mut self, op: ChainOp, result: i32, finished: &mut Vec<FinishedChain>) {
+    fn finish_op(&mut self, op: LogOp, result: i32, finished: &mut Vec<FinishedChain>) {
         let Some(Some(pending)) = self.pending.get_mut(op.chain) else {
             debug_assert!(false, "completion for an unknown chain");
             return;
@@ -298,7 +427,12 @@ impl Env for PosixEnv {
             Ok(file) => file.as_raw_fd(),
             Err(error) => return Err((chain, error)),
         };
-        let mut ops: Vec<(io_uring::squeue::Entry, ChainOp)> = Vec::new();
+        let shared = match self.shared_ring() {
+            Ok(shared) => shared,
+            Err(error) => return Err((chain, error)),
+        };
+        let buffer_bytes: Vec<usize> = chain.writes.iter().map(|w| w.buffer.len()).collect();
+        let mut ops: LogChain = Vec::new();
         let mut position = 0;
         while position < chain.writes.len() {
             // Gather the contiguous writes that fit in one writev.
@@ -333,7 +467,7 @@ impl Env for PosixEnv {
                 .build();
             ops.push((
                 entry,
-                ChainOp {
+                LogOp {
                     chain: slot,
                     first,
                     count: position - first,
@@ -348,7 +482,7 @@ impl Env for PosixEnv {
                 .build();
             ops.push((
                 entry,
-                ChainOp {
+                LogOp {
                     chain: slot,
                     first: chain.writes.len(),
                     count: 0,
@@ -359,14 +493,26 @@ impl Env for PosixEnv {
         }
         let results = chain.writes.len() + usize::from(chain.sync);
         let ops_count = ops.len();
-        // SAFETY: every write's buffer is owned by its op (see above); the file descriptor
-        // stays open until the WAL closes the file, which it does only with no chain in flight.
-        match unsafe { self.ring.push_chain(ops) } {
+        // Every write's buffer is owned by its op (see above); the file descriptor stays open
+        // until the WAL closes the file, which it does only with no chain in flight.
+        let pushed = match (&shared, &mut self.ring) {
+            // SAFETY: as above.
+            (Some(ring), _) => unsafe { ring.push_log_chain(ops) },
+            // SAFETY: as above.
+            (None, LogRing::Own(ring)) => unsafe { ring.push_chain(ops) },
+            // `shared_ring` replaced a shared ring that went away with one of our own.
+            (None, LogRing::Shared(_)) => Err(PushError::Ring(
+                ops,
+                io::Error::other("the log's ring went away"),
+            )),
+        };
+        match pushed {
             Ok(()) => {
                 self.pending[slot] = Some(PendingChain {
                     chain,
                     results: vec![None; results],
                     outstanding: ops_count,
+                    buffer_bytes,
                 });
                 Ok(())
             }
@@ -390,22 +536,40 @@ impl Env for PosixEnv {
         wait: Option<Duration>,
         finished: &mut Vec<FinishedChain>,
     ) -> io::Result<()> {
-        match wait {
-            Some(timeout) if self.ring.inflight() > 0 => {
-                self.ring
-                    .submit_and_wait_timeout(1, timeout)
-                    .map_err(io::Error::other)?;
+        let shared = self.shared_ring()?;
+        finished.append(&mut self.lost);
+        let mut done = std::mem::take(&mut self.completed);
+        match (shared, &mut self.ring) {
+            (Some(ring), _) => {
+                // The owner submits and reaps its ring in its own loop; only a blocking
+                // wait drives it from here.
+                if let Some(timeout) = wait.filter(|_| self.pending.iter().any(Option::is_some)) {
+                    ring.wait(timeout)?;
+                }
+                ring.take_log_completions(&mut done);
             }
-            _ => {
-                self.ring.submit().map_err(io::Error::other)?;
+            (None, LogRing::Own(ring)) => {
+                match wait {
+                    Some(timeout) if ring.inflight() > 0 => {
+                        ring.submit_and_wait_timeout(1, timeout)
+                            .map_err(io::Error::other)?;
+                    }
+                    _ => {
+                        ring.submit().map_err(io::Error::other)?;
+                    }
+                }
+                ring.reap(|completion, owner| {
+                    if let Owner::Finished(op) = owner {
+                        done.push((op, completion.result));
+                    }
+                });
+            }
+            // `shared_ring` replaced a shared ring that went away with one of our own.
+            (None, LogRing::Shared(_)) => {
+                self.completed = done;
+                return Err(io::Error::other("the log's ring went away"));
             }
         }
-        let mut done = std::mem::take(&mut self.completed);
-        self.ring.reap(|completion, owner| {
-            if let Owner::Finished(op) = owner {
-                done.push((op, completion.result));
-            }
-        });
         for (op, result) in done.drain(..) {
             self.finish_op(op, result, finished);
         }

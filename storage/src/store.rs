@@ -428,6 +428,25 @@ pub struct Store<E: Env> {
     reads_epoch: u64,
 }
 
+impl Store<crate::PosixEnv> {
+    /// Makes every write so far durable, then sends the WAL's writes through `ring`, the ring
+    /// the caller's other I/O uses (see [`Wal::share_ring`]).
+    pub fn share_log_ring(
+        &mut self,
+        ring: std::rc::Weak<dyn crate::SharedLogRing>,
+    ) -> Result<(), StorageError> {
+        self.wal.share_ring(ring)?;
+        let durable = self.wal.durable_sequence();
+        self.apply_durable(durable);
+        Ok(())
+    }
+
+    /// Whether the WAL's writes go through a ring shared with other work.
+    pub fn shares_log_ring(&self) -> bool {
+        self.wal.env().shares_ring()
+    }
+}
+
 impl<E: Env> std::fmt::Debug for Store<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")

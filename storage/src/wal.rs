@@ -1065,6 +1065,20 @@ struct Replay<'o> {
     segments: VecDeque<Segment>,
 }
 
+impl Wal<crate::PosixEnv> {
+    /// Makes every append so far durable, then sends the log's writes through `ring`, the
+    /// ring the caller's other I/O uses (see [`PosixEnv::share_ring`](crate::PosixEnv)).
+    pub fn share_ring(
+        &mut self,
+        ring: std::rc::Weak<dyn crate::SharedLogRing>,
+    ) -> Result<(), StorageError> {
+        self.flush()?;
+        self.env
+            .share_ring(ring)
+            .map_err(io_error("share the log's ring", &self.dir))
+    }
+}
+
 impl Replay<'_> {
     fn segment(
         &mut self,

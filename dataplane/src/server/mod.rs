@@ -29,21 +29,25 @@
 //!   a request that needs no wait is answered where it is read. With every task slot taken
 //!   (`handlers_max`), requests are answered THROTTLED before they run.
 //!
-//! The shard's WAL runs on its own ring, so the loop waits on the network ring with a short
-//! timeout while acknowledgements are pending (`ack_wait`) and a longer one when idle
-//! (`idle_wait`); another LEU wakes it through an eventfd read armed on the ring.
+//! - **One ring**: the shard's WAL queues its writes on the LEU's ring ([`ring`]), so one
+//!   submit per pass carries sends, receives and log writes, and the completion of a log
+//!   write wakes the loop's wait (up to `idle_wait`) like any other; another LEU wakes it
+//!   through an eventfd read armed on the ring. Only where the WAL could not take the ring
+//!   (its log had failed) does the loop wait `ack_wait` at most while acknowledgements are
+//!   pending, polling the WAL's own ring.
 //!
 //! This file holds the loop itself (set-up, one pass, the wait, completions); the rest of
 //! the server's methods live beside it by concern: `receive` (accepting and the receive
 //! path), `pipeline` (running, scattering and answering requests, releasing
 //! acknowledgements), `send` (the outboxes and zero-copy sends), `backpressure` (THROTTLED
 //! and the connections closed for cause), `merge` (the idle-maintenance policy) and
-//! `stats` (the counters).
+//! `stats` (the counters); `ring` is the ring the loop shares with the WAL.
 
 mod backpressure;
 mod merge;
 mod pipeline;
 mod receive;
+mod ring;
 mod send;
 mod stats;
 
@@ -55,6 +59,7 @@ use crate::handover::{Handover, LentFrame, Links, Reply};
 use crate::looptime::LoopTimes;
 use crate::routing::Ring;
 use io_uring::{opcode, types};
+use ring::LeuRing;
 use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -63,7 +68,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_config::SearchSpread;
-use vortex_io::{OpId, Owner, ProvidedRing, PushError, RingConfig, RingDriver};
+use vortex_io::{OpId, ProvidedRing, PushError, RingConfig, RingDriver};
 use vortex_shard::{PublishedView, Shard, TierGraphs};
 use vortex_vbp::codec::{FrameBytes, Response};
 use vortex_vbp::message::ErrorCode;
@@ -82,9 +87,10 @@ pub struct ServerConfig {
     pub connections_max: usize,
     /// Requests of one connection read and not yet answered, at most.
     pub requests_per_connection_max: usize,
-    /// The loop's wait for network completions when nothing else is pending.
+    /// The loop's longest wait for completions (its WAL's included) with nothing else to do.
     pub idle_wait: Duration,
-    /// The wait while write acknowledgements are pending (the WAL completes on its own ring).
+    /// The wait while stopping, and while write acknowledgements are pending on a WAL that
+    /// kept a ring of its own (one that had failed when the loop started).
     pub ack_wait: Duration,
     /// How long the loop keeps polling (without sleeping in the kernel) after its last
     /// piece of work.
@@ -311,6 +317,8 @@ enum Op {
         sent: usize,
         result: Option<i32>,
     },
+    /// A write or sync of the shard's WAL: its completion goes to the WAL ([`ring`]).
+    Log(vortex_storage::LogOp),
 }
 
 /// A completion, with what its operation owned.
@@ -471,6 +479,17 @@ fn serve_inner(
         share.lock(buffer);
     });
     let provided = provide(&mut ring, &config);
+    let ring = LeuRing::new(ring);
+    let mut shard = shard;
+    // From here the WAL's writes go through this ring (after every write so far is durable).
+    // A WAL that cannot take it has failed already: it stays on its own ring, read-only.
+    let log_shares_ring = match shard.share_log_ring(ring.for_log()) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(leu = links.leu, %error, "the WAL keeps its own ring");
+            false
+        }
+    };
     let leus = links.leus();
     // The LEU's own port is its last listener's (the shared port, if any, comes first).
     let own_port = listeners
@@ -499,6 +518,7 @@ fn serve_inner(
         whole_views: None,
         tier: None,
         ring,
+        log_shares_ring,
         executor,
         waits: Rc::new(Waits::default()),
         provided,
@@ -594,7 +614,9 @@ struct Server {
     whole_views: Option<Vec<PublishedView>>,
     /// The node's index tier, when one runs.
     tier: Option<TierGraphs>,
-    ring: RingDriver<Op>,
+    ring: Rc<LeuRing>,
+    /// The WAL's writes complete on `ring` (see the module's doc).
+    log_shares_ring: bool,
     /// The handlers that wait (their frames return to the pool as they drop).
     executor: Executor,
     waits: Rc<Waits>,
@@ -710,25 +732,7 @@ impl Server {
             self.arm_connections();
             self.wait(stopping_since.is_some())?;
             let mut events = Vec::new();
-            let reaped = self.ring.reap(|completion, owner| {
-                let event = match owner {
-                    // A multishot accept goes on.
-                    Owner::Continuing(Op::Accept { .. }) => Event::Accepted,
-                    Owner::Continuing(Op::RecvMulti { conn }) => Event::Received {
-                        conn: *conn,
-                        last: false,
-                    },
-                    Owner::Finished(Op::RecvMulti { conn }) => Event::Received { conn, last: true },
-                    // A zero-copy send's own completion; its notification ends it.
-                    Owner::Continuing(Op::SendZc { result, .. }) => {
-                        *result = Some(completion.result);
-                        Event::Ignored
-                    }
-                    Owner::Continuing(_) => Event::Ignored,
-                    Owner::Finished(op) => Event::Finished(op),
-                };
-                events.push((completion, event));
-            });
+            let reaped = self.ring.reap(&mut events);
             if reaped > 0 || self.links.has_inbound() {
                 self.last_activity = Instant::now();
             }
@@ -805,7 +809,9 @@ impl Server {
         let submitted = if busy {
             self.ring.submit()
         } else {
-            let wait = if !self.waits.acks_waiting() && !stopping {
+            // A log write's completion ends the wait when the WAL shares the ring.
+            let polled_acks = self.waits.acks_waiting() && !self.log_shares_ring;
+            let wait = if !polled_acks && !stopping {
                 self.config.idle_wait
             } else {
                 self.config.ack_wait
@@ -880,6 +886,8 @@ impl Server {
                 sent,
                 result,
             }) => self.sent_zero_copy(conn, frame, sent, result, completion),
+            // Sorted out for the WAL as it is reaped (`LeuRing::reap`).
+            Event::Finished(Op::Log(_)) => {}
         }
     }
 }

@@ -43,6 +43,8 @@ impl Server {
             ),
             ("receive_buffers_lent", self.lent() as u64),
             ("ring_inflight", u64::from(self.ring.inflight())),
+            ("wal_on_leu_ring", u64::from(self.log_shares_ring)),
+            ("wal_ops_on_leu_ring", self.ring.log_completed()),
             ("request_p50_ns", self.request_times.quantile_ns(0.5)),
             ("request_p99_ns", self.request_times.quantile_ns(0.99)),
             ("request_p999_ns", self.request_times.quantile_ns(0.999)),
