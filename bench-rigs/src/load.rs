@@ -65,6 +65,9 @@ pub struct LoadResult {
     pub target_rate: Option<f64>,
     pub achieved_qps: f64,
     pub errors: u64,
+    /// THROTTLED answers, each retried after the server's advised wait (the request's
+    /// latency includes the waits).
+    pub throttled: u64,
     pub search: Latency,
     pub upsert: Latency,
     pub all: Latency,
@@ -173,6 +176,10 @@ struct Share {
     search: Histogram<u64>,
     upsert: Histogram<u64>,
     errors: u64,
+    /// THROTTLED answers (each retried after the advised wait).
+    throttled: u64,
+    /// The first error's text, printed once with the result.
+    first_error: Option<String>,
 }
 
 fn worker(config: &LoadConfig, index: usize, started: Instant) -> anyhow::Result<Share> {
@@ -181,6 +188,8 @@ fn worker(config: &LoadConfig, index: usize, started: Instant) -> anyhow::Result
         search: histogram(),
         upsert: histogram(),
         errors: 0,
+        throttled: 0,
+        first_error: None,
     };
     let mut state = 0xBE_u64 + index as u64;
     let deadline = started + Duration::from_secs_f64(config.seconds);
@@ -213,27 +222,39 @@ fn worker(config: &LoadConfig, index: usize, started: Instant) -> anyhow::Result
         };
         let is_search = (splitmix(&mut state) % 100) < u64::from(config.search_percent);
         let vector = random_vector(&mut state, config.dim);
-        let outcome = if is_search {
-            client
-                .search(Search {
-                    collection: "load".into(),
-                    vector,
-                    k: config.k,
-                    ef: config.ef,
-                    filter: None,
-                    with_payload: false,
-                })
-                .map(|_| ())
-        } else {
-            client
-                .upsert(Upsert {
-                    collection: "load".into(),
-                    dimension: config.dim,
-                    ids: vec![splitmix(&mut state) % config.points.max(1)],
-                    vectors: vector,
-                    payloads: Vec::new(),
-                })
-                .map(|_| ())
+        let id = splitmix(&mut state) % config.points.max(1);
+        // THROTTLED is retried after the wait the server advises, as a client would; the
+        // latency runs from the first send (or the scheduled time), so it shows.
+        let outcome = loop {
+            let outcome = if is_search {
+                client
+                    .search(Search {
+                        collection: "load".into(),
+                        vector: vector.clone(),
+                        k: config.k,
+                        ef: config.ef,
+                        filter: None,
+                        with_payload: false,
+                    })
+                    .map(|_| ())
+            } else {
+                client
+                    .upsert(Upsert {
+                        collection: "load".into(),
+                        dimension: config.dim,
+                        ids: vec![id],
+                        vectors: vector.clone(),
+                        payloads: Vec::new(),
+                    })
+                    .map(|_| ())
+            };
+            match outcome {
+                Err(ClientError::Throttled { retry_after, .. }) if Instant::now() < deadline => {
+                    share.throttled += 1;
+                    std::thread::sleep(retry_after.min(deadline - Instant::now()));
+                }
+                outcome => break outcome,
+            }
         };
         let micros = from.elapsed().as_micros().clamp(1, 60_000_000) as u64;
         match outcome {
@@ -245,7 +266,10 @@ fn worker(config: &LoadConfig, index: usize, started: Instant) -> anyhow::Result
                 };
                 let _ = histogram.record(micros);
             }
-            Err(_) => share.errors += 1,
+            Err(error) => {
+                share.errors += 1;
+                share.first_error.get_or_insert_with(|| error.to_string());
+            }
         }
     }
     Ok(share)
@@ -273,6 +297,7 @@ pub fn run(config: &LoadConfig, command: &str) -> anyhow::Result<LoadResult> {
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     let (mut search, mut upsert, mut all) = (histogram(), histogram(), histogram());
     let mut errors = 0;
+    let mut throttled = 0;
     for share in shares {
         let share = share?;
         search.add(&share.search)?;
@@ -280,6 +305,10 @@ pub fn run(config: &LoadConfig, command: &str) -> anyhow::Result<LoadResult> {
         all.add(&share.search)?;
         all.add(&share.upsert)?;
         errors += share.errors;
+        throttled += share.throttled;
+        if let Some(error) = share.first_error {
+            eprintln!("a connection's first error (of {}): {error}", share.errors);
+        }
     }
     Ok(LoadResult {
         command: command.to_owned(),
@@ -294,6 +323,7 @@ pub fn run(config: &LoadConfig, command: &str) -> anyhow::Result<LoadResult> {
         target_rate: config.rate,
         achieved_qps: all.len() as f64 / elapsed,
         errors,
+        throttled,
         search: latency(&search),
         upsert: latency(&upsert),
         all: latency(&all),
@@ -303,7 +333,7 @@ pub fn run(config: &LoadConfig, command: &str) -> anyhow::Result<LoadResult> {
 /// The result as Markdown.
 pub fn render(result: &LoadResult) -> String {
     let mut out = format!(
-        "`{}`\n\n{} loop, {} connections, {:.1} s{}: {:.0} requests/s achieved, {} errors\n\n\
+        "`{}`\n\n{} loop, {} connections, {:.1} s{}: {:.0} requests/s achieved, {} errors, {} THROTTLED (retried)\n\n\
          | requests | count | p50 µs | p99 µs | p99.9 µs | max µs |\n|---|---:|---:|---:|---:|---:|\n",
         result.command,
         result.mode,
@@ -314,7 +344,8 @@ pub fn render(result: &LoadResult) -> String {
             .map(|rate| format!(" at {rate:.0}/s offered"))
             .unwrap_or_default(),
         result.achieved_qps,
-        result.errors
+        result.errors,
+        result.throttled
     );
     for (name, latency) in [
         ("search", &result.search),
