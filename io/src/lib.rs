@@ -9,13 +9,16 @@
 //! - [`affinity`]: pinning a thread to a CPU and reading the pinning back from procfs.
 //! - [`memlock`]: `mlockall` under the `required` / `try` / `off` policy.
 //! - [`allocator`]: fixed thresholds for glibc's malloc, so that freed memory goes back.
+//! - [`fake`]: `FakeRing`, a ring whose completions a unit test writes.
 
 pub mod affinity;
 pub mod allocator;
+pub mod fake;
 pub mod memlock;
 pub mod provided;
 pub mod ring;
 
+pub use fake::FakeRing;
 pub use memlock::{HotShare, MemlockError, MemlockLimit, MemlockOutcome};
 pub use provided::ProvidedRing;
 pub use ring::{

@@ -205,6 +205,18 @@ pub struct OpId {
 }
 
 impl OpId {
+    pub(crate) fn new(index: u32, generation: u32) -> Self {
+        OpId { index, generation }
+    }
+
+    pub(crate) fn index(self) -> u32 {
+        self.index
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        self.generation
+    }
+
     fn user_data(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }

@@ -65,6 +65,13 @@ pub struct LogOp {
     iovecs: Vec<libc::iovec>,
 }
 
+impl LogOp {
+    /// The bytes this operation writes (0 for the sync): what a complete write returns.
+    pub fn bytes(&self) -> usize {
+        self.iovecs.iter().map(|iovec| iovec.iov_len).sum()
+    }
+}
+
 impl fmt::Debug for LogOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LogOp")

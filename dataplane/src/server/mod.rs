@@ -50,6 +50,8 @@ mod receive;
 mod ring;
 mod send;
 mod stats;
+#[cfg(test)]
+mod tests;
 
 use crate::dispatch::{dispatch_part, search_whole, throttled, Outcome};
 use crate::executor::Executor;
@@ -479,83 +481,20 @@ fn serve_inner(
         share.lock(buffer);
     });
     let provided = provide(&mut ring, &config);
-    let ring = LeuRing::new(ring);
-    let mut shard = shard;
-    // From here the WAL's writes go through this ring (after every write so far is durable).
-    // A WAL that cannot take it has failed already: it stays on its own ring, read-only.
-    let log_shares_ring = match shard.share_log_ring(ring.for_log()) {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::error!(leu = links.leu, %error, "the WAL keeps its own ring");
-            false
-        }
-    };
-    let leus = links.leus();
-    // The LEU's own port is its last listener's (the shared port, if any, comes first).
-    let own_port = listeners
-        .last()
-        .and_then(|listener| listener.local_addr().ok())
-        .map_or(0, |address| address.port());
-    let report = ServeReport {
-        provided_buffers: provided.is_some(),
-        ..ServeReport::default()
-    };
-    // Client requests get `handlers_max` slots; the parts other LEUs hand over get as many
-    // as they may have out to this one.
-    let peer_slots = (leus - 1) * links.window();
-    let slots = (config.handlers_max.max(1) + peer_slots).min(crate::executor::TASKS_MAX);
-    let executor =
-        Executor::new(slots).ok_or_else(|| ServeError::Pool("no handler slots".to_owned()))?;
-    // Published before the gate, so every LEU's view is there once any LEU serves.
-    if let Some(slot) = links.team.views.get(usize::from(links.leu)) {
-        let _ = slot.set(shard.published().clone());
-    }
+    let mut server = Server::new(
+        listeners,
+        shard,
+        links,
+        config,
+        ring::Driver::Kernel(ring),
+        pool,
+        provided,
+    )?;
     if !gate() {
+        let Server { shard, report, .. } = server;
         shard.close()?;
         return Ok(report);
     }
-    let mut server = Server {
-        whole_views: None,
-        tier: None,
-        ring,
-        log_shares_ring,
-        executor,
-        waits: Rc::new(Waits::default()),
-        provided,
-        throttled: None,
-        refused_seen: 0,
-        loop_times: LoopTimes::default(),
-        request_times: LoopTimes::default(),
-        working_since: None,
-        last_shard_poll: Instant::now(),
-        stuck_since: None,
-        stopping: false,
-        armed_receives: 0,
-        last_activity: Instant::now(),
-        last_write: Instant::now(),
-        last_maintain: Instant::now(),
-        last_merge: None,
-        merged_since_write: false,
-        errors_at_merge: 0,
-        merge_turn: false,
-        zero_copy: ZeroCopy::ReportingUsage,
-        accepting: vec![false; listeners.len()],
-        own_port,
-        listeners,
-        pool,
-        validator: LayoutValidator::new(config.frame_size_max_bytes),
-        shard,
-        leu: links.leu,
-        window: links.window(),
-        out_to: vec![0; leus],
-        unsent_replies: (0..leus).map(|_| VecDeque::new()).collect(),
-        links,
-        wake_armed: false,
-        conns: Vec::new(),
-        free: Vec::new(),
-        report,
-        config,
-    };
     let ran = server.run(stop);
     server.release_merge_turn();
     server.waits.leak_frames();
@@ -564,6 +503,93 @@ fn serve_inner(
     let Server { shard, report, .. } = server;
     shard.close()?;
     Ok(report)
+}
+
+impl Server {
+    /// A server on `driver`, its WAL sharing the ring, nothing armed yet.
+    fn new(
+        listeners: Vec<TcpListener>,
+        mut shard: Shard,
+        links: Links,
+        config: ServerConfig,
+        driver: ring::Driver,
+        pool: BufferPool,
+        provided: Option<Provided>,
+    ) -> Result<Server, ServeError> {
+        let ring = LeuRing::new(driver);
+        // From here the WAL's writes go through this ring (after every write so far is
+        // durable). A WAL that cannot take it has failed already: it stays on its own ring,
+        // read-only.
+        let log_shares_ring = match shard.share_log_ring(ring.for_log()) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(leu = links.leu, %error, "the WAL keeps its own ring");
+                false
+            }
+        };
+        let leus = links.leus();
+        // The LEU's own port is its last listener's (the shared port, if any, comes first).
+        let own_port = listeners
+            .last()
+            .and_then(|listener| listener.local_addr().ok())
+            .map_or(0, |address| address.port());
+        let report = ServeReport {
+            provided_buffers: provided.is_some(),
+            ..ServeReport::default()
+        };
+        // Client requests get `handlers_max` slots; the parts other LEUs hand over get as
+        // many as they may have out to this one.
+        let peer_slots = (leus - 1) * links.window();
+        let slots = (config.handlers_max.max(1) + peer_slots).min(crate::executor::TASKS_MAX);
+        let executor =
+            Executor::new(slots).ok_or_else(|| ServeError::Pool("no handler slots".to_owned()))?;
+        // Published before the gate, so every LEU's view is there once any LEU serves.
+        if let Some(slot) = links.team.views.get(usize::from(links.leu)) {
+            let _ = slot.set(shard.published().clone());
+        }
+        Ok(Server {
+            whole_views: None,
+            tier: None,
+            ring,
+            log_shares_ring,
+            executor,
+            waits: Rc::new(Waits::default()),
+            provided,
+            throttled: None,
+            refused_seen: 0,
+            loop_times: LoopTimes::default(),
+            request_times: LoopTimes::default(),
+            working_since: None,
+            last_shard_poll: Instant::now(),
+            stuck_since: None,
+            stopping: false,
+            armed_receives: 0,
+            last_activity: Instant::now(),
+            last_write: Instant::now(),
+            last_maintain: Instant::now(),
+            last_merge: None,
+            merged_since_write: false,
+            errors_at_merge: 0,
+            merge_turn: false,
+            zero_copy: ZeroCopy::ReportingUsage,
+            accepting: vec![false; listeners.len()],
+            own_port,
+            listeners,
+            pool,
+            validator: LayoutValidator::new(config.frame_size_max_bytes),
+            shard,
+            leu: links.leu,
+            window: links.window(),
+            out_to: vec![0; leus],
+            unsent_replies: (0..leus).map(|_| VecDeque::new()).collect(),
+            links,
+            wake_armed: false,
+            conns: Vec::new(),
+            free: Vec::new(),
+            report,
+            config,
+        })
+    }
 }
 
 /// The buffer group of every LEU's provided-buffer ring (one ring per io_uring).
@@ -724,33 +750,41 @@ impl Server {
             } else {
                 self.arm_accept();
             }
-            if !self.wake_armed {
-                self.arm_wake();
-            }
-            self.pressure(false);
-            self.refill();
-            self.arm_connections();
-            self.wait(stopping_since.is_some())?;
-            let mut events = Vec::new();
-            let reaped = self.ring.reap(&mut events);
-            if reaped > 0 || self.links.has_inbound() {
-                self.last_activity = Instant::now();
-            }
-            for (completion, op) in events {
-                self.complete(completion, op);
-            }
-            self.serve_peers();
-            self.take_replies();
-            self.release_acks();
-            self.run_handlers();
-            self.flush_replies();
+            self.pass(stopping_since.is_some())?;
             if last_idle_check.elapsed() >= IDLE_CHECK_EVERY {
                 last_idle_check = Instant::now();
                 self.close_idle();
             }
-            self.reap_closed();
         }
         self.shard.sync()?;
+        Ok(())
+    }
+
+    /// One pass of the loop: arm what can be armed, submit and wait (not at all if there is
+    /// work), then handle what completed, other LEUs' requests and replies, acknowledgements
+    /// the WAL released, and the handlers that can go on.
+    fn pass(&mut self, stopping: bool) -> Result<(), ServeError> {
+        if !self.wake_armed {
+            self.arm_wake();
+        }
+        self.pressure(false);
+        self.refill();
+        self.arm_connections();
+        self.wait(stopping)?;
+        let mut events = Vec::new();
+        let reaped = self.ring.reap(&mut events);
+        if reaped > 0 || self.links.has_inbound() {
+            self.last_activity = Instant::now();
+        }
+        for (completion, op) in events {
+            self.complete(completion, op);
+        }
+        self.serve_peers();
+        self.take_replies();
+        self.release_acks();
+        self.run_handlers();
+        self.flush_replies();
+        self.reap_closed();
         Ok(())
     }
 

@@ -278,12 +278,20 @@ impl Server {
     /// Cancels the connection's multishot receive (its last completion ends it; it is
     /// re-armed once the connection may read again).
     pub(super) fn stop_receiving(&mut self, conn: usize) {
-        if self.provided.is_none() {
-            return; // a single receive ends by itself
-        }
         let Some(connection) = self.conns[conn].as_mut() else {
             return;
         };
+        if self.provided.is_none() {
+            // A single receive ends by itself, unless the connection is closing: then its
+            // peer may never send again, and the receive would hold its buffer and the
+            // connection's slot until it did.
+            if connection.closing && connection.receiving && !connection.cancelling {
+                if let Some(op) = connection.recv_op {
+                    connection.cancelling = self.ring.cancel(op).is_ok();
+                }
+            }
+            return;
+        }
         if connection.receiving && !connection.cancelling && !connection.receiving_into {
             if let Some(op) = connection.recv_op {
                 // A refused cancel (a full submission queue) is tried again next pass.

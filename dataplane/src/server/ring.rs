@@ -20,12 +20,110 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
+#[cfg(test)]
+use vortex_io::FakeRing;
 use vortex_io::{Completion, OpId, Owner, PushError, RingDriver, RingError};
 use vortex_storage::{LogChain, LogOp, SharedLogRing};
 
+/// The ring under a [`LeuRing`]: the kernel's, or in the server's unit tests a fake one
+/// whose completions the test writes (`server/tests.rs`).
+// One per LEU, made once and never moved: the variants' sizes do not matter.
+#[cfg_attr(test, allow(clippy::large_enum_variant))]
+pub(super) enum Driver {
+    Kernel(RingDriver<Op>),
+    #[cfg(test)]
+    Fake(Box<FakeRing<Op>>),
+}
+
+type Entry = io_uring::squeue::Entry;
+
+impl Driver {
+    /// # Safety
+    ///
+    /// As [`RingDriver::push`].
+    unsafe fn push(&mut self, entry: Entry, op: Op) -> Result<OpId, PushError<Op>> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Driver::Kernel(ring) => unsafe { ring.push(entry, op) },
+            #[cfg(test)]
+            Driver::Fake(ring) => ring.push(entry, op),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As [`RingDriver::push_chain`].
+    unsafe fn push_chain(
+        &mut self,
+        ops: Vec<(Entry, Op)>,
+    ) -> Result<(), PushError<Vec<(Entry, Op)>>> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Driver::Kernel(ring) => unsafe { ring.push_chain(ops) },
+            #[cfg(test)]
+            Driver::Fake(ring) => ring.push_chain(ops),
+        }
+    }
+
+    fn cancel(&mut self, op: OpId) -> Result<(), RingError> {
+        match self {
+            Driver::Kernel(ring) => ring.cancel(op),
+            #[cfg(test)]
+            Driver::Fake(ring) => {
+                ring.cancel(op);
+                Ok(())
+            }
+        }
+    }
+
+    fn inflight(&self) -> u32 {
+        match self {
+            Driver::Kernel(ring) => ring.inflight(),
+            #[cfg(test)]
+            Driver::Fake(ring) => ring.inflight(),
+        }
+    }
+
+    fn capacity_left(&self) -> u32 {
+        match self {
+            Driver::Kernel(ring) => ring.capacity_left(),
+            #[cfg(test)]
+            Driver::Fake(ring) => ring.capacity_left(),
+        }
+    }
+
+    fn submit(&mut self) -> Result<usize, RingError> {
+        match self {
+            Driver::Kernel(ring) => ring.submit(),
+            #[cfg(test)]
+            Driver::Fake(ring) => Ok(ring.submit()),
+        }
+    }
+
+    fn submit_and_wait_timeout(
+        &mut self,
+        want: usize,
+        timeout: Duration,
+    ) -> Result<usize, RingError> {
+        match self {
+            Driver::Kernel(ring) => ring.submit_and_wait_timeout(want, timeout),
+            #[cfg(test)]
+            Driver::Fake(ring) => Ok(ring.submit_and_wait_timeout(want, timeout)),
+        }
+    }
+
+    fn reap(&mut self, on_completion: impl FnMut(Completion, Owner<'_, Op>)) -> usize {
+        match self {
+            Driver::Kernel(ring) => ring.reap(on_completion),
+            #[cfg(test)]
+            Driver::Fake(ring) => ring.reap(on_completion),
+        }
+    }
+}
+
 /// The ring and what its reaps sorted out for the WAL and the loop.
 pub(super) struct LeuRing {
-    driver: RefCell<RingDriver<Op>>,
+    driver: RefCell<Driver>,
     /// The log's completed writes, for the WAL's next poll.
     log_done: RefCell<Vec<(LogOp, i32)>>,
     /// The loop's completions that a wait of the WAL's reaped, for the loop's next reap.
@@ -35,12 +133,21 @@ pub(super) struct LeuRing {
 }
 
 impl LeuRing {
-    pub(super) fn new(driver: RingDriver<Op>) -> Rc<LeuRing> {
+    pub(super) fn new(driver: Driver) -> Rc<LeuRing> {
         Rc::new(LeuRing {
             driver: RefCell::new(driver),
             log_done: RefCell::new(Vec::new()),
             parked: RefCell::new(Vec::new()),
             log_completed: Cell::new(0),
+        })
+    }
+
+    /// The fake ring under a test's server.
+    #[cfg(test)]
+    pub(super) fn fake(&self) -> std::cell::RefMut<'_, FakeRing<Op>> {
+        std::cell::RefMut::map(self.driver.borrow_mut(), |driver| match driver {
+            Driver::Fake(ring) => &mut **ring,
+            Driver::Kernel(_) => panic!("this server runs on the kernel's ring"),
         })
     }
 
