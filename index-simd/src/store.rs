@@ -38,10 +38,13 @@ unsafe impl Plain for u64 {}
 // SAFETY: as above.
 unsafe impl Plain for f32 {}
 
-/// A read-only mapping of a whole file (`memmap2`, private and read-only).
+/// A read-only mapping of a whole file (`memmap2`, private and read-only), with the file
+/// kept open beside it so that a few values can also be read without touching the mapping
+/// ([`Store::read_into`]).
 #[derive(Debug)]
 pub struct Mapping {
     map: memmap2::Mmap,
+    file: File,
 }
 
 impl Mapping {
@@ -55,7 +58,17 @@ impl Mapping {
         // and never written again (a replaced file is a new file; an unlinked one stays
         // readable while mapped), so the bytes do not change under the mapping.
         let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(file)? };
-        Ok(Mapping { map })
+        Ok(Mapping {
+            map,
+            file: file.try_clone()?,
+        })
+    }
+
+    /// Reads `out.len()` bytes at `offset` from the file (`pread`), not through the
+    /// mapping: the bytes do not enter this process's resident set (only the page cache).
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(out, offset as u64)
     }
 
     /// The mapped bytes.
@@ -119,6 +132,37 @@ impl<T: Plain> Store<T> {
                 length,
             },
         })
+    }
+
+    /// Copies the values `start..start + out.len()` into `out`: from memory for an owned
+    /// array, and for a mapped one by a `pread` of the file, so that reading a few values
+    /// of a large mapped array (an `i8` index re-ranking its candidates with their `f32`
+    /// rows) does not bring the pages around them into the resident set, as touching the
+    /// mapping does (a whole page at least; on kernels that cache files in large folios,
+    /// the folio). False when the range is outside the array or the read fails.
+    pub fn read_into(&self, start: usize, out: &mut [T]) -> bool {
+        let Some(end) = start.checked_add(out.len()) else {
+            return false;
+        };
+        match &self.inner {
+            Inner::Owned(values) => match values.get(start..end) {
+                Some(values) => {
+                    out.copy_from_slice(values);
+                    true
+                }
+                None => false,
+            },
+            Inner::Mapped {
+                mapping,
+                offset_bytes,
+                length,
+            } => {
+                end <= *length
+                    && mapping
+                        .read_at(offset_bytes + start * size_of::<T>(), as_bytes_mut(out))
+                        .is_ok()
+            }
+        }
     }
 
     /// Whether the array lives in a file mapping.
@@ -231,6 +275,13 @@ pub fn as_bytes<T: Plain>(values: &[T]) -> &[u8] {
     // SAFETY: `T` is a plain number type without padding; its bytes are initialised, and the
     // view covers exactly the slice's memory for the slice's lifetime.
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), size_of_val(values)) }
+}
+
+/// The bytes of a plain array, to read into.
+pub fn as_bytes_mut<T: Plain>(values: &mut [T]) -> &mut [u8] {
+    // SAFETY: `T` is a plain number type without padding, so any bytes written are a valid
+    // value; the view covers exactly the slice's memory for the slice's lifetime.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), size_of_val(values)) }
 }
 
 #[cfg(all(test, target_os = "linux"))]

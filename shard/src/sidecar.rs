@@ -411,7 +411,12 @@ impl SideCars {
             })
             .map(|(segment, mut carried)| {
                 let graph = segment.graph.as_ref().expect("filtered on a graph");
-                carry_unchanged(|node| graph.vector(node), &rows, dim, &mut carried);
+                carry_unchanged(
+                    |node, out| graph.read_vector(node, out),
+                    &rows,
+                    dim,
+                    &mut carried,
+                );
                 (segment, carried)
             });
         let built = match &seed {
@@ -460,27 +465,27 @@ impl SideCars {
 }
 
 /// Keeps in `carried` (for each row of `rows`, a node of the earlier graph or `u32::MAX`)
-/// only the nodes whose vector (`old_vector`) equals the row bit for bit: a seeded build
+/// only the nodes whose vector (read by `read_old_vector`) equals the row bit for bit: a seeded build
 /// carries a node only with exactly the vector it had (an older version of the point is
 /// inserted afresh).
-pub(crate) fn carry_unchanged<'a>(
-    old_vector: impl Fn(u32) -> Option<&'a [f32]>,
+pub(crate) fn carry_unchanged(
+    read_old_vector: impl Fn(u32, &mut [f32]) -> bool,
     rows: &[f32],
     dim: usize,
     carried: &mut [u32],
 ) {
     let stride = vector_stride(dim);
+    let mut old_vector = vec![0.0f32; dim];
     for (node, old) in carried.iter_mut().enumerate() {
         if *old == u32::MAX {
             continue;
         }
         let row = &rows[node * stride..node * stride + dim];
-        let same = old_vector(*old).is_some_and(|vector| {
-            vector
+        let same = read_old_vector(*old, &mut old_vector)
+            && old_vector
                 .iter()
                 .zip(row)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-        });
+                .all(|(a, b)| a.to_bits() == b.to_bits());
         if !same {
             *old = u32::MAX;
         }

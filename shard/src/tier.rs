@@ -177,12 +177,15 @@ impl<'a> NodeRows<'a> {
 }
 
 impl Rows for NodeRows<'_> {
-    fn row(&self, node: u32) -> Option<&[f32]> {
-        let source = self.sources.get(node as usize)?;
-        self.tables
-            .get(source.table as usize)?
-            .as_ref()?
-            .vector(source.node)
+    fn read(&self, node: u32, out: &mut [f32]) -> bool {
+        let Some(source) = self.sources.get(node as usize) else {
+            return false;
+        };
+        let Some(Some(table)) = self.tables.get(source.table as usize) else {
+            return false;
+        };
+        // A read of the segment graph's file, not of its mapping (see `Rows`).
+        table.read_vector(source.node, out)
     }
 }
 
@@ -400,7 +403,12 @@ pub fn build_node_graph(
                 .collect();
             // A codes-only graph's vectors are in the tables it covered, where still live.
             let old_rows = NodeRows::of(old, views);
-            carry_unchanged(|node| old_rows.row(node), &rows, dim, &mut carried);
+            carry_unchanged(
+                |node, out| old_rows.read(node, out),
+                &rows,
+                dim,
+                &mut carried,
+            );
             Hnsw::build_over_seeded(
                 dim,
                 rows,

@@ -177,6 +177,19 @@ impl Hnsw {
         ((node as usize) < self.count && !self.codes_only).then(|| self.row(node))
     }
 
+    /// Copies the stored vector of `node` (normalised for cosine) into `out` (`dim` floats)
+    /// without touching a mapping: a mapped index reads it from its file
+    /// ([`Store::read_into`](crate::store::Store::read_into)). False for a node out of
+    /// range, a codes-only index, an `out` of another length, or a failed read.
+    pub fn read_vector(&self, node: u32, out: &mut [f32]) -> bool {
+        (node as usize) < self.count
+            && !self.codes_only
+            && out.len() == self.dim
+            && self
+                .vectors
+                .read_into(node as usize * self.vector_stride, out)
+    }
+
     /// The same index without its `f32` vectors, for one that walks on `i8` codes: only the
     /// codes and the graph stay resident, and a search re-ranks its candidates with rows the
     /// caller reads from wherever the vectors live ([`Hnsw::search_over_rows`]). Such an

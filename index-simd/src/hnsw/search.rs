@@ -204,37 +204,49 @@ impl Space for ExactSpace<'_> {
 }
 
 /// Where a codes-only index ([`Hnsw::into_codes_only`]) reads the `f32` vector of a node to
-/// re-rank it: the rows the index was built from, kept by the caller (an SSTable's mapped
-/// vector region, say). A row is `dim` floats, normalised for cosine as the build's were.
+/// re-rank it: the rows the index was built from, kept by the caller (an SSTable's vector
+/// region, say). A row is `dim` floats, normalised for cosine as the build's were.
 pub trait Rows {
-    /// The vector of `node`, or `None` where the caller no longer has it (the node is then
-    /// left out of the answer).
-    fn row(&self, node: u32) -> Option<&[f32]>;
+    /// Copies the vector of `node` into `out` (`dim` floats); false where the caller no
+    /// longer has it (the node is then left out of the answer). Read it without touching a
+    /// mapping where the rows are mapped ([`Hnsw::read_vector`]): a search reads a few
+    /// dozen rows scattered over all of them, and through a mapping each read would keep
+    /// the pages around it resident.
+    fn read(&self, node: u32, out: &mut [f32]) -> bool;
 }
 
-/// Exact distances to rows the caller keeps.
+/// An index's own rows, read without touching its mapping ([`Hnsw::read_vector`]): how an
+/// `i8` index with mapped rows re-ranks.
+struct OwnRows<'a>(&'a Hnsw);
+
+impl Rows for OwnRows<'_> {
+    fn read(&self, node: u32, out: &mut [f32]) -> bool {
+        self.0.read_vector(node, out)
+    }
+}
+
+/// Exact distances to rows read from `rows` one at a time into `row`.
 struct RowsSpace<'a> {
     metric: Metric,
     kernels: &'static Kernels,
     rows: &'a dyn Rows,
     query: &'a [f32],
+    row: RefCell<Vec<f32>>,
 }
 
 impl Space for RowsSpace<'_> {
     fn distance(&self, node: u32) -> f32 {
-        match self.rows.row(node) {
-            Some(row) if row.len() == self.query.len() => {
-                self.metric.distance(self.kernels, self.query, row)
-            }
-            _ => f32::INFINITY,
+        let mut row = self.row.borrow_mut();
+        row.resize(self.query.len(), 0.0);
+        if self.rows.read(node, &mut row) {
+            self.metric.distance(self.kernels, self.query, &row)
+        } else {
+            f32::INFINITY
         }
     }
 
-    fn prefetch(&self, node: u32) {
-        if let Some(row) = self.rows.row(node) {
-            prefetch_bytes(row.as_ptr().cast(), size_of_val(row));
-        }
-    }
+    // The rows are read, not touched where they lie: nothing to prefetch.
+    fn prefetch(&self, _node: u32) {}
 }
 
 /// Read access to neighbour lists.
@@ -475,6 +487,10 @@ impl Hnsw {
                 scratch.ranked.sort_unstable();
                 let rerank = (params.k * params.rerank_factor.max(1)).clamp(params.k, ef);
                 scratch.ranked.truncate(rerank);
+                // Mapped rows are read for the candidates only (see `Rows`); rows in memory
+                // are used where they are.
+                let own = OwnRows(self);
+                let rows = rows.or_else(|| self.vectors.is_mapped().then_some(&own as &dyn Rows));
                 match rows {
                     None => rerank_with(&exact, &mut scratch.ranked),
                     Some(rows) => {
@@ -508,6 +524,7 @@ impl Hnsw {
             kernels: self.kernels,
             rows,
             query,
+            row: RefCell::new(Vec::with_capacity(self.dim)),
         }
     }
 
