@@ -315,6 +315,31 @@ fn locked_bytes_now() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// The resident kilobytes (`Rss` in `/proc/self/smaps`) of this process's mapping that holds
+/// `address`, or `None` when no mapping holds it: how the tests check that mapped tables
+/// and indexes leave the resident set once their pages are released.
+pub fn mapping_resident_kib(address: usize) -> io::Result<Option<u64>> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                inside = (start..end).contains(&address);
+                continue;
+            }
+        }
+        if let Some(rest) = line.strip_prefix("Rss:").filter(|_| inside) {
+            let kib = rest.trim().trim_end_matches("kB").trim();
+            return kib.parse().map(Some).map_err(io::Error::other);
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -154,7 +154,7 @@ pub struct Shard {
     /// What reads see (see view.rs), republished after every change.
     view: PublishedView,
     /// The store's reads epoch when the view was last published.
-    published_at: Option<u64>,
+    published_at: Option<(u64, u64)>,
     /// This process's hold on `dir`; declared last so that it is let go of after the store
     /// has stopped.
     _lock: DirLock,
@@ -184,6 +184,10 @@ impl Shard {
         for collection in catalog.live() {
             sidecars.set_spec(collection.id, Some(collection.spec.clone()));
         }
+        // Flushed tables' graphs, and those missing at open, are built by this thread after
+        // the tables are published; the guard stops it if the open fails from here on.
+        sidecars.start_builder()?;
+        let cancel_builds = CancelBuilds(Arc::clone(&sidecars));
         let env = PosixEnv::new(&RingConfig::plain(256), DirectIo::Auto)
             .map_err(|e| ShardError::io("io_uring setup", dir, e))?;
         let hooks = StoreHooks {
@@ -209,7 +213,7 @@ impl Shard {
             dir: Arc::from(dir),
             store,
             catalog: Arc::new(catalog),
-            _cancel_builds: CancelBuilds(Arc::clone(&sidecars)),
+            _cancel_builds: cancel_builds,
             sidecars,
             kernels: Kernels::active(),
             scratch: Vec::new(),
@@ -401,7 +405,7 @@ impl Shard {
         result: Result<T, vortex_storage::StorageError>,
     ) -> Result<T, ShardError> {
         self.refresh_segments()?;
-        if self.published_at != Some(self.store.reads_epoch()) {
+        if self.published_at != Some(self.published_state()) {
             self.publish();
         }
         Ok(result?)
@@ -410,8 +414,14 @@ impl Shard {
     /// Publishes what reads see now: the store's snapshot, the live tables with their
     /// segments and superseded sets, the catalog. Constant time in the points; linear in the
     /// live tables.
+    /// What a published view reflects: the store's reads epoch and the side-cars'
+    /// generation (a graph built after its table was published).
+    fn published_state(&self) -> (u64, u64) {
+        (self.store.reads_epoch(), self.sidecars.generation())
+    }
+
     fn publish(&mut self) {
-        self.published_at = Some(self.store.reads_epoch());
+        self.published_at = Some(self.published_state());
         let store = self.store.snapshot();
         let segments = store
             .tables()
@@ -502,6 +512,8 @@ impl Shard {
     /// Flushes the MemTable into a segment (and its index) and waits for it.
     pub fn flush(&mut self) -> Result<(), ShardError> {
         let result = self.store.flush();
+        // A flushed table's graph is built after it was published: waited for here.
+        self.sidecars.wait_deferred();
         self.settle(result)
     }
 
@@ -526,9 +538,18 @@ impl Shard {
         self.settle(result)
     }
 
+    /// Holds the graph builds of flushed tables until released (`false`): they queue (at
+    /// most `sidecar::DEFERRED_MAX`; past that a flush builds its graph before it is
+    /// published), and their tables are searched by an exact scan meanwhile. For tests of
+    /// that state, and for a bulk load that wants every core for ingest.
+    pub fn hold_index_builds(&self, hold: bool) {
+        self.sidecars.hold_builds(hold);
+    }
+
     /// Waits until no flush or compaction is running or due.
     pub fn wait_idle(&mut self) -> Result<(), ShardError> {
         let result = self.store.wait_idle();
+        self.sidecars.wait_deferred();
         self.settle(result)
     }
 
@@ -556,7 +577,7 @@ impl Shard {
             indexes,
             index_bytes,
             fresh_points: store.memtable_entries + store.frozen_entries,
-            index_build_backlog: store.frozen_entries,
+            index_build_backlog: store.frozen_entries + self.sidecars.deferred_points() as usize,
             pending_compactions: store.compactions_due.max(usize::from(store.compacting)),
             bytes_per_vector: (table_bytes + index_bytes as u64) as f64
                 / store.table_vectors.max(1) as f64,
@@ -646,6 +667,9 @@ impl Shard {
                 .sidecars
                 .index(number)
                 .ok_or_else(|| mismatch("no side-car index".to_owned()))?;
+            if segment.graph.is_none() && segment.rows.is_some() {
+                continue; // its build is queued: searched exactly until then
+            }
             let index = segment
                 .graph
                 .as_ref()

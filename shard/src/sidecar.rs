@@ -13,15 +13,27 @@
 //! The graph is built over the region in place (`Hnsw::build_over`, through a mapping of the
 //! table file): the vectors are not copied, and the side-car file holds only the graph,
 //! labels and codes. Cosine collections store unit vectors, so the rows are used as they are.
+//!
+//! **A flush does not wait for its graph** (issue #23 item 1): [`SideCars::table_flushed`]
+//! registers the flushed table at once without a graph, with its rows for an exact scan
+//! ([`Segment::rows`]), and queues the build for the side-car's own builder thread; the
+//! flush installs and the WAL is checkpointed meanwhile. When the build is done the segment
+//! is registered again with its graph ([`SideCars::generation`] moves, and the shard
+//! publishes it). A table whose side-car is missing at open (a crash before its build
+//! finished) is registered and queued the same way, after a check of its blocks, so that
+//! an open never waits for builds. Compactions still build before they publish: their
+//! inputs keep serving meanwhile, and nothing waits on them. At most [`DEFERRED_MAX`]
+//! builds wait; past that, a flush builds before it publishes, as before.
 
 use crate::error::ShardError;
 use crate::payload;
 use crate::payload_index::PayloadIndex;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::thread::JoinHandle;
 use vortex_index::{
     vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Mapping, Metric,
     Quantization, Seed, Store,
@@ -56,8 +68,11 @@ pub struct Segment {
     /// The collection's id.
     pub collection: u32,
     /// The side-car HNSW (built, or mapped from its file); `None` when the table holds no
-    /// vector of the collection's dimension (only deletes, say).
+    /// vector of the collection's dimension (only deletes, say), or while its build waits.
     pub graph: Option<Hnsw>,
+    /// While the graph is being built (a flushed table's, or one missing at open): the
+    /// table's vector region, searched by an exact scan meanwhile.
+    pub rows: Option<Store<f32>>,
     /// Which nodes hold which payload values.
     pub payloads: PayloadIndex,
     /// Each node's point id, ascending (slots are in key order).
@@ -128,10 +143,42 @@ pub struct SideCars {
     cancel: Arc<AtomicBool>,
     /// Builds cancelled since open.
     builds_cancelled: AtomicU64,
+    /// Flushed tables whose graphs are built after they were published.
+    builder: Builder,
+    /// Moves whenever a segment is registered (a deferred build finished, say): the shard
+    /// publishes again when it moved.
+    generation: AtomicU64,
 }
 
 /// A seed graph is used when it carries at least this share of a new graph's nodes.
 const SEED_SHARE_MIN: f64 = 0.125;
+
+/// Builds that may wait for the builder thread; past this, a flush builds before it
+/// publishes (bounds the tables searched by exact scan).
+pub const DEFERRED_MAX: usize = 16;
+
+/// A table whose graph is built after it was published.
+#[derive(Debug)]
+struct Deferred {
+    table: Arc<Table>,
+    /// Found without its side-car at open: its blocks are checked before the build.
+    verify: bool,
+}
+
+/// The builds that wait, and the thread that runs them.
+#[derive(Debug, Default)]
+struct Builder {
+    queue: Mutex<VecDeque<Deferred>>,
+    /// Signalled when a build is queued or finishes, and at stop.
+    changed: Condvar,
+    /// Vectors of the queued tables and of the one being built.
+    points: AtomicU64,
+    /// A build is running.
+    busy: AtomicBool,
+    /// Builds wait while set ([`SideCars::hold_builds`]).
+    held: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
 
 impl SideCars {
     /// Side-cars kept in `dir` (created if missing), each graph built by `build_threads`
@@ -147,12 +194,162 @@ impl SideCars {
             build_threads: build_threads.max(1),
             cancel: Arc::new(AtomicBool::new(false)),
             builds_cancelled: AtomicU64::new(0),
+            builder: Builder::default(),
+            generation: AtomicU64::new(0),
         })
     }
 
-    /// Stops every running build, and every later one (the shard is closing).
+    /// Starts the thread that builds the graphs of flushed tables after they were
+    /// published. Until it runs, flushes build before they publish.
+    pub fn start_builder(self: &Arc<Self>) -> Result<(), ShardError> {
+        let weak = Arc::downgrade(self);
+        let thread = std::thread::Builder::new()
+            .name("vortex-sidecar".to_owned())
+            .spawn(move || build_deferred_loop(&weak))
+            .map_err(|e| ShardError::io("start the side-car builder", &self.dir, e))?;
+        if let Ok(mut slot) = self.builder.thread.lock() {
+            *slot = Some(thread);
+        }
+        Ok(())
+    }
+
+    /// Stops every running build, and every later one (the shard is closing), and waits for
+    /// the builder thread to end. What was queued is built after the next open.
     pub fn cancel_builds(&self) {
         self.cancel.store(true, Ordering::Release);
+        {
+            let _queue = self.builder.queue.lock();
+            self.builder.changed.notify_all();
+        }
+        let thread = self
+            .builder
+            .thread
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+
+    /// Holds the deferred builds (they queue, their tables searched exactly) until
+    /// released; a build running goes on.
+    pub fn hold_builds(&self, hold: bool) {
+        self.builder.held.store(hold, Ordering::Release);
+        let _queue = self.builder.queue.lock();
+        self.builder.changed.notify_all();
+    }
+
+    /// Moves whenever a segment is registered: a shard that published at another value
+    /// publishes again (a deferred build finished).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Vectors whose graph is queued or being built (stats: index build backlog).
+    pub fn deferred_points(&self) -> u64 {
+        self.builder.points.load(Ordering::Acquire)
+    }
+
+    /// Waits until no build is queued or running (or the builds are cancelled or held):
+    /// after [`Shard::flush`](crate::Shard::flush), every segment has its graph.
+    pub fn wait_deferred(&self) {
+        let Ok(mut queue) = self.builder.queue.lock() else {
+            return;
+        };
+        loop {
+            let busy = self.builder.busy.load(Ordering::Acquire);
+            let held = self.builder.held.load(Ordering::Acquire);
+            // Done when nothing waits or runs; given up on when cancelled, or when the
+            // queued builds are held (and none runs).
+            if (queue.is_empty() && !busy) || self.cancel.load(Ordering::Acquire) || (held && !busy)
+            {
+                return;
+            }
+
+            queue = match self.builder.changed.wait(queue) {
+                Ok(queue) => queue,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// Registers `table` without its graph, searched by an exact scan over its rows, and
+    /// queues the build; false (nothing done) when the builder is not running or
+    /// [`DEFERRED_MAX`] builds wait.
+    fn defer(&self, table: &Arc<Table>, verify: bool) -> Result<bool, ShardError> {
+        let running = self
+            .builder
+            .thread
+            .lock()
+            .is_ok_and(|thread| thread.is_some());
+        let room = self
+            .builder
+            .queue
+            .lock()
+            .is_ok_and(|queue| queue.len() < DEFERRED_MAX);
+        let Some(spec) = self.spec(table.footer().collection) else {
+            return Ok(false);
+        };
+        if !running || !room {
+            return Ok(false);
+        }
+        // Read before the queue is locked: the builder thread does not wait on this.
+        let rows = self.rows(table, spec.dimension as usize)?;
+        let contents = self.read_table(table)?;
+        let Ok(mut queue) = self.builder.queue.lock() else {
+            return Ok(false);
+        };
+        self.register_segment(table, None, Some(rows), contents, false);
+        self.builder
+            .points
+            .fetch_add(table.footer().vector_count, Ordering::AcqRel);
+        queue.push_back(Deferred {
+            table: Arc::clone(table),
+            verify,
+        });
+        self.builder.changed.notify_all();
+        Ok(true)
+    }
+
+    /// Runs one deferred build: its graph replaces the segment registered without one, if
+    /// that is still there (a table compacted away meanwhile is skipped).
+    fn build_deferred(&self, deferred: &Deferred) {
+        let number = deferred.table.number();
+        let waiting = self
+            .index(number)
+            .is_some_and(|segment| segment.graph.is_none() && segment.rows.is_some());
+        if !waiting || self.cancel.load(Ordering::Acquire) {
+            return;
+        }
+        let checked = if deferred.verify {
+            deferred
+                .table
+                .verify(None, None)
+                .map(|_| ())
+                .map_err(ShardError::from)
+        } else {
+            Ok(())
+        };
+        let built = checked.and_then(|()| self.build_graph(&deferred.table));
+        match built {
+            Ok(Some((graph, contents))) => {
+                // Compacted away while it was built: its side-car goes with it.
+                if !self.register_segment(&deferred.table, Some(graph), None, contents, true) {
+                    self.table_deleted(number);
+                }
+            }
+            Ok(None) => {}
+            Err(_) if self.cancel.load(Ordering::Acquire) => {} // built after the next open
+            Err(error) => {
+                tracing::error!(table = number, %error, "a side-car build failed; the table is searched exactly");
+                if deferred.verify {
+                    deferred
+                        .table
+                        .quarantine(&format!("side-car rebuild failed: {error}"));
+                }
+            }
+        }
     }
 
     /// Builds cancelled since open.
@@ -233,8 +430,9 @@ impl SideCars {
         self.indexes.read().ok()?.get(&number).cloned()
     }
 
-    /// Maps the side-car of each live table, building the missing ones. Returns how many
-    /// were rebuilt.
+    /// Maps the side-car of each live table, building the missing ones (queued for the
+    /// builder thread where it runs, built here otherwise). Returns how many were rebuilt
+    /// or queued.
     pub fn load(&self, tables: &[Arc<Table>]) -> Result<usize, ShardError> {
         let mut rebuilt = 0;
         for table in tables {
@@ -267,6 +465,12 @@ impl SideCars {
                     if let Err(error) = outcome {
                         tracing::warn!(path = %path.display(), %error, "rebuilding a side-car index");
                     }
+                    // Searched exactly until the builder thread has built it (after a
+                    // check of the table's blocks): an open does not wait for builds.
+                    if matches!(self.defer(table, true), Ok(true)) {
+                        rebuilt += 1;
+                        continue;
+                    }
                     // Rebuild only from a table whose blocks and vectors check out; a damaged
                     // one is quarantined (searches over it fail clearly) instead of failing
                     // the whole open.
@@ -288,17 +492,38 @@ impl SideCars {
 
     /// Registers `table`'s segment: its graph, and what was read from the table itself.
     fn register(&self, table: &Table, graph: Option<Hnsw>, contents: Contents) {
+        self.register_segment(table, graph, None, contents, false);
+    }
+
+    /// Registers `table`'s segment (with `rows` for an exact scan while it has no graph);
+    /// with `replacing`, only if a segment of the table is registered now (not one compacted
+    /// away meanwhile). Returns whether it did.
+    fn register_segment(
+        &self,
+        table: &Table,
+        graph: Option<Hnsw>,
+        rows: Option<Store<f32>>,
+        contents: Contents,
+        replacing: bool,
+    ) -> bool {
         let segment = Segment {
             number: table.number(),
             collection: table.footer().collection,
             graph,
+            rows,
             payloads: contents.payloads,
             labels: contents.labels,
             keys: contents.keys,
         };
-        if let Ok(mut indexes) = self.indexes.write() {
-            indexes.insert(table.number(), Arc::new(segment));
+        let Ok(mut indexes) = self.indexes.write() else {
+            return false;
+        };
+        if replacing && !indexes.contains_key(&table.number()) {
+            return false;
         }
+        indexes.insert(table.number(), Arc::new(segment));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
     /// Reads `table` once: each slot's point id and payload (indexed), and every key.
@@ -370,14 +595,25 @@ impl SideCars {
     }
 
     fn build(&self, table: &Table) -> Result<(), ShardError> {
+        if let Some((graph, contents)) = self.build_graph(table)? {
+            self.register(table, Some(graph), contents);
+        }
+        Ok(())
+    }
+
+    /// Builds `table`'s graph and saves its side-car; the graph, served from its file, and
+    /// what was read from the table. `None` when there is nothing to build: the collection
+    /// is gone, or the table holds no vectors of its dimension (then registered without a
+    /// graph here).
+    fn build_graph(&self, table: &Table) -> Result<Option<(Hnsw, Contents)>, ShardError> {
         let footer = table.footer();
         let Some(spec) = self.spec(footer.collection) else {
-            return Ok(());
+            return Ok(None);
         };
         let contents = self.read_table(table)?;
         if !self.wants_index(table) {
             self.register(table, None, contents);
-            return Ok(());
+            return Ok(None);
         }
         let index_error = |detail: String| ShardError::Index {
             table: table.number(),
@@ -459,8 +695,47 @@ impl SideCars {
             Hnsw::load_over(&path, rows).map_err(|e| index_error(e.to_string()))
         })?;
         index.release_pages();
-        self.register(table, Some(index), contents);
-        Ok(())
+        Ok(Some((index, contents)))
+    }
+}
+
+/// The builder thread: runs the deferred builds one at a time until the builds are
+/// cancelled (the shard is closing) or the side-cars are gone.
+fn build_deferred_loop(weak: &Weak<SideCars>) {
+    loop {
+        let Some(sidecars) = weak.upgrade() else {
+            return;
+        };
+        let builder = &sidecars.builder;
+        let job = {
+            let Ok(mut queue) = builder.queue.lock() else {
+                return;
+            };
+            loop {
+                if sidecars.cancel.load(Ordering::Acquire) {
+                    return;
+                }
+                if !builder.held.load(Ordering::Acquire) {
+                    if let Some(job) = queue.pop_front() {
+                        builder.busy.store(true, Ordering::Release);
+                        break job;
+                    }
+                }
+                queue = match builder.changed.wait(queue) {
+                    Ok(queue) => queue,
+                    Err(_) => return,
+                };
+            }
+        };
+        sidecars.build_deferred(&job);
+        builder
+            .points
+            .fetch_sub(job.table.footer().vector_count, Ordering::AcqRel);
+        drop(job);
+        let finished = builder.queue.lock();
+        builder.busy.store(false, Ordering::Release);
+        builder.changed.notify_all();
+        drop(finished);
     }
 }
 
@@ -495,6 +770,15 @@ pub(crate) fn carry_unchanged(
 impl CompactionHook for SideCars {
     fn table_written(&self, table: &Table) -> Result<(), String> {
         self.build(table).map_err(|error| error.to_string())
+    }
+
+    /// Published now, searched by an exact scan, its graph built by the builder thread
+    /// (see the module's documentation); built here when too many builds wait.
+    fn table_flushed(&self, table: &Arc<Table>) -> Result<(), String> {
+        if self.wants_index(table) && self.defer(table, false).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        self.table_written(table)
     }
 
     fn table_deleted(&self, number: u64) {

@@ -306,6 +306,43 @@ impl Fresh {
 }
 
 /// Keeps the `k` nearest of `scored` (ties by point), unordered.
+/// The `k` nearest nodes of a segment that has rows but no graph yet (its build is queued),
+/// by an exact scan of the rows `admitted` lets through: node `i` is row `i` of the table's
+/// vector region (rows of `vector_stride(dim)` floats, unit vectors for cosine).
+fn scan_rows(
+    prepared: &Prepared<'_>,
+    kernels: &Kernels,
+    rows: &[f32],
+    segment: &Segment,
+    admitted: &dyn Fn(u32) -> bool,
+    view: usize,
+    candidates: &mut Vec<(f32, u64, usize)>,
+) {
+    let dim = prepared.query.len();
+    let stride = vortex_index::vector_stride(dim);
+    let mut scored: Vec<(f32, u64, usize)> = Vec::new();
+    for (node, &point) in segment.labels.iter().enumerate() {
+        let node = node as u32;
+        let Some(row) = rows.get(node as usize * stride..node as usize * stride + dim) else {
+            break;
+        };
+        if !admitted(node) {
+            continue;
+        }
+        scored.push((
+            prepared.metric.distance(kernels, &prepared.query, row),
+            point,
+            view,
+        ));
+        // Bounded: the k best so far, whatever the segment's size.
+        if scored.len() >= 4 * prepared.k.max(16) {
+            keep_nearest(&mut scored, prepared.k);
+        }
+    }
+    keep_nearest(&mut scored, prepared.k);
+    candidates.extend(scored);
+}
+
 fn keep_nearest(scored: &mut Vec<(f32, u64, usize)>, k: usize) {
     if scored.len() > k && k > 0 {
         scored.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -569,9 +606,9 @@ impl ShardView {
                 table: number,
                 detail: "no side-car for a live segment".to_owned(),
             })?;
-            let Some(index) = segment.graph.as_ref() else {
+            if segment.graph.is_none() && segment.rows.is_none() {
                 continue; // no vectors: only deletes
-            };
+            }
             // The payload filter, from the segment's payload index: a node set, known before
             // the walk starts (so a selective filter can pick an exact scan).
             let allowed = request
@@ -589,6 +626,24 @@ impl ShardView {
                             .labels
                             .get(node as usize)
                             .is_some_and(|&point| !fresh.hides(point)))
+            };
+            let Some(index) = segment.graph.as_ref() else {
+                // Its graph is being built (a table published by a flush): exact, meanwhile.
+                if let Some(rows) = segment.rows.as_deref() {
+                    let admitted = |node: u32| {
+                        admits(node) && allowed.as_ref().is_none_or(|set| set.contains(node))
+                    };
+                    scan_rows(
+                        prepared,
+                        self.kernels,
+                        rows,
+                        segment,
+                        &admitted,
+                        view,
+                        candidates,
+                    );
+                }
+                continue;
             };
             let params = SearchParams {
                 k,

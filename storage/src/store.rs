@@ -160,6 +160,17 @@ pub trait CompactionHook: Send + Sync {
     /// the flush or compaction (its outputs are deleted) and it is tried again later.
     fn table_written(&self, table: &Table) -> Result<(), String>;
 
+    /// A flush wrote `table` (written, synced and verified, not yet live). As
+    /// [`table_written`](Self::table_written), except that the hook may publish now and make
+    /// its side-car durable later, so that the flush, and the WAL checkpoint it allows, do
+    /// not wait for an index build (issue #23: a flush that is all or nothing with its
+    /// build starts from zero after every crash, and the WAL only grows). The hook keeps
+    /// `table` to build from, and must search the table without its side-car meanwhile.
+    /// Default: [`table_written`](Self::table_written).
+    fn table_flushed(&self, table: &Arc<Table>) -> Result<(), String> {
+        self.table_written(table)
+    }
+
     /// The table's file was deleted (it was compacted away and no reader holds it): its
     /// side-car can go too.
     fn table_deleted(&self, number: u64) {
@@ -1314,7 +1325,15 @@ impl<E: Env> Store<E> {
         self.submit(Box::new(move || {
             let entries: Source<'_> = Box::new(frozen.iter().map(|(k, v)| memtable_entry(k, v)));
             let cut_bytes = options.table_bytes_target;
-            let outputs = write_tables(&shared, &options, entries, false, cut_bytes, None);
+            let outputs = write_tables(
+                &shared,
+                &options,
+                entries,
+                false,
+                cut_bytes,
+                None,
+                Written::Flush,
+            );
             let _ = sender.send(Finished::Flush {
                 outputs,
                 last_sequence: frozen.last_sequence(),
@@ -1348,6 +1367,7 @@ impl<E: Env> Store<E> {
                     plan.drop_tombstones,
                     plan.cut_bytes,
                     limiter.as_mut(),
+                    Written::Compaction,
                 )
             });
             let _ = sender.send(Finished::Compaction {
@@ -1711,6 +1731,13 @@ fn obsolete(shared: &Shared, table: &Table) {
 /// Writes `entries` into new tables (cut at collection and vector length boundaries and
 /// at about `cut_bytes`), calls the side-car hook for each, and syncs the directory. On any
 /// failure the tables written so far are deleted.
+/// What wrote a table: its side-car hook differs ([`CompactionHook::table_flushed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Flush,
+    Compaction,
+}
+
 fn write_tables(
     shared: &Shared,
     options: &StoreOptions,
@@ -1718,6 +1745,7 @@ fn write_tables(
     drop_tombstones: bool,
     cut_bytes: u64,
     mut limiter: Option<&mut RateLimiter>,
+    written: Written,
 ) -> Result<Vec<Arc<Table>>, StorageError> {
     let mut outputs: Vec<Arc<Table>> = Vec::new();
     let result = (|| {
@@ -1755,6 +1783,7 @@ fn write_tables(
                         number,
                         done,
                         limiter.as_deref_mut(),
+                        written,
                     )?);
                 }
             }
@@ -1768,7 +1797,9 @@ fn write_tables(
             }
         }
         if let Some((number, done)) = builder.take() {
-            outputs.push(finish_table(shared, options, number, done, limiter)?);
+            outputs.push(finish_table(
+                shared, options, number, done, limiter, written,
+            )?);
         }
         sync_dir(&shared.tables_dir)
     })();
@@ -1787,9 +1818,14 @@ fn finish_table(
     number: u64,
     builder: TableBuilder,
     limiter: Option<&mut RateLimiter>,
+    written: Written,
 ) -> Result<Arc<Table>, StorageError> {
     let table = Arc::new(builder.finish(number, options.bloom_bits_per_key, limiter)?);
-    if let Err(detail) = shared.hooks.compaction.table_written(&table) {
+    let hooked = match written {
+        Written::Flush => shared.hooks.compaction.table_flushed(&table),
+        Written::Compaction => shared.hooks.compaction.table_written(&table),
+    };
+    if let Err(detail) = hooked {
         obsolete(shared, &table); // the hook may have saved a side-car before it failed
         return Err(StorageError::Invalid(format!(
             "the side-car builder failed for {}: {detail}",

@@ -126,6 +126,14 @@ fn open(dir: &Path) -> (Wal<PosixEnv>, Records) {
     (wal, records)
 }
 
+/// A WAL in `dir` sharing a new owner's ring.
+fn open_shared(dir: &Path) -> (Wal<PosixEnv>, Rc<OwnerRing>) {
+    let (mut wal, _) = open(dir);
+    let ring = OwnerRing::new();
+    wal.share_ring(ring.weak()).unwrap();
+    (wal, ring)
+}
+
 fn payload(sequence: u64) -> Vec<u8> {
     (0..(sequence % 700) as usize + 1)
         .map(|i| (i as u64 ^ sequence) as u8)
@@ -144,9 +152,7 @@ fn append(wal: &mut Wal<PosixEnv>, written: &mut Records) -> u64 {
 fn writes_go_out_with_the_owners_submit_and_complete_in_its_reap() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("wal");
-    let (mut wal, _) = open(&dir);
-    let ring = OwnerRing::new();
-    wal.share_ring(ring.weak()).unwrap();
+    let (mut wal, ring) = open_shared(&dir);
     assert!(wal.env().shares_ring());
     let mut written = Vec::new();
     // Enough to rotate segments several times.
@@ -180,9 +186,7 @@ fn writes_go_out_with_the_owners_submit_and_complete_in_its_reap() {
 fn a_blocking_flush_drives_the_shared_ring_and_keeps_the_owners_completions() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("wal");
-    let (mut wal, _) = open(&dir);
-    let ring = OwnerRing::new();
-    wal.share_ring(ring.weak()).unwrap();
+    let (mut wal, ring) = open_shared(&dir);
     let mut written = Vec::new();
     for tag in 0..50 {
         ring.push_nop(tag);
@@ -204,9 +208,7 @@ fn a_blocking_flush_drives_the_shared_ring_and_keeps_the_owners_completions() {
 fn an_idle_wal_outlives_its_shared_ring_on_a_ring_of_its_own() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("wal");
-    let (mut wal, _) = open(&dir);
-    let ring = OwnerRing::new();
-    wal.share_ring(ring.weak()).unwrap();
+    let (mut wal, ring) = open_shared(&dir);
     let mut written = Vec::new();
     for _ in 0..20 {
         append(&mut wal, &mut written);
@@ -229,9 +231,7 @@ fn an_idle_wal_outlives_its_shared_ring_on_a_ring_of_its_own() {
 fn a_write_in_flight_when_the_shared_ring_goes_away_fails_the_log_not_the_process() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("wal");
-    let (mut wal, _) = open(&dir);
-    let ring = OwnerRing::new();
-    wal.share_ring(ring.weak()).unwrap();
+    let (mut wal, ring) = open_shared(&dir);
     let mut written = Vec::new();
     for _ in 0..5 {
         append(&mut wal, &mut written);

@@ -836,26 +836,11 @@ fn a_damaged_current_names_the_manifest_to_restore() {
     );
 }
 
-/// Resident kB of this process's mapping that holds `address` (/proc/self/smaps).
+/// Resident kB of this process's mapping that holds `address`.
 fn resident_kib_at(address: usize) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            ) {
-                inside = (start..end).contains(&address);
-                continue;
-            }
-        }
-        if let Some(rest) = line.strip_prefix("Rss:").filter(|_| inside) {
-            return rest.trim().trim_end_matches("kB").trim().parse().unwrap();
-        }
-    }
-    panic!("no mapping holds {address:#x}");
+    vortex_io::memlock::mapping_resident_kib(address)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no mapping holds {address:#x}"))
 }
 
 /// A finished table was read whole once (the check after writing it), and a scrub reads it

@@ -127,28 +127,10 @@ impl<F: Fn(u32) -> bool> Filter for Predicate<F> {
     }
 }
 
-/// The resident kilobytes (`Rss` in /proc/self/smaps) of this process's mapping that holds
-/// `address`.
+/// The resident kilobytes of this process's mapping that holds `address`.
 #[allow(dead_code)] // not every test file reads residency
 pub fn resident_kib_at(address: usize) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-    let mut inside = false;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-') {
-            if let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            ) {
-                inside = (start..end).contains(&address);
-                continue;
-            }
-        }
-        if inside {
-            if let Some(rest) = line.strip_prefix("Rss:") {
-                return rest.trim().trim_end_matches("kB").trim().parse().unwrap();
-            }
-        }
-    }
-    panic!("no mapping holds {address:#x}");
+    vortex_io::memlock::mapping_resident_kib(address)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no mapping holds {address:#x}"))
 }
