@@ -153,8 +153,9 @@ pub struct SideCars {
 /// A seed graph is used when it carries at least this share of a new graph's nodes.
 const SEED_SHARE_MIN: f64 = 0.125;
 
-/// Builds that may wait for the builder thread; past this, a flush builds before it
-/// publishes (bounds the tables searched by exact scan).
+/// Builds that may wait for the builder thread at open (tables found without their
+/// side-car); a flush defers its build only when the builder is idle. Past this, the table's
+/// graph is built before it is published (bounds the tables searched by exact scan).
 pub const DEFERRED_MAX: usize = 16;
 
 /// A table whose graph is built after it was published.
@@ -283,11 +284,13 @@ impl SideCars {
             .thread
             .lock()
             .is_ok_and(|thread| thread.is_some());
-        let room = self
-            .builder
-            .queue
-            .lock()
-            .is_ok_and(|queue| queue.len() < DEFERRED_MAX);
+        // Deferred only while the builder keeps up: with a build running or waiting, this
+        // flush builds its own graph, so that ingest never outruns index builds (flushes
+        // that outran them filled level 0 up to its stop, and a restart then stayed
+        // THROTTLED until a compaction had caught up).
+        let room = self.builder.queue.lock().is_ok_and(|queue| {
+            queue.len() < DEFERRED_MAX && !self.builder.busy.load(Ordering::Acquire)
+        });
         let Some(spec) = self.spec(table.footer().collection) else {
             return Ok(false);
         };
