@@ -68,6 +68,12 @@ pub struct StoreOptions {
     pub wal: WalOptions,
     /// A MemTable this large is flushed; writes are refused (THROTTLED) at twice this.
     pub memtable_bytes: usize,
+    /// The WAL a start would replay holds at most about this many bytes (0: no bound): at
+    /// this size a flush is started and writes are refused (THROTTLED) until a checkpoint
+    /// retires segments. The MemTable bounds the WAL while flushes complete; this bounds it
+    /// when they do not (a start's replay, and so its time to serve, stays bounded). At
+    /// least two WAL segments and a batch.
+    pub wal_bytes_max: u64,
     /// A MemTable with this many entries is flushed too, and writes are refused (THROTTLED)
     /// at twice this (0: no cap). The shard engine caps it so that the fresh vectors a search
     /// scans exactly stay few.
@@ -107,6 +113,7 @@ impl Default for StoreOptions {
         StoreOptions {
             wal: WalOptions::default(),
             memtable_bytes: 64 << 20,
+            wal_bytes_max: 512 << 20,
             memtable_entries_max: 0,
             table_bytes_target: 64 << 20,
             merged_table_bytes: 1 << 30,
@@ -143,6 +150,12 @@ impl StoreOptions {
         if self.level_multiplier < 2 {
             return Err("level_multiplier must be at least 2".into());
         }
+        let wal_floor = 2 * self.wal.segment_bytes_target + self.wal.batch_bytes_max as u64;
+        if self.wal_bytes_max != 0 && self.wal_bytes_max < wal_floor {
+            return Err(format!(
+                "wal_bytes_max must be 0 or at least two WAL segments and a batch ({wal_floor} bytes)"
+            ));
+        }
         if self.wal.record_bytes_max > RECORD_BYTES_MAX {
             return Err(format!(
                 "wal.record_bytes_max above {RECORD_BYTES_MAX}: an entry must fit an SSTable block"
@@ -151,6 +164,9 @@ impl StoreOptions {
         Ok(())
     }
 }
+
+/// Why a write is refused while the WAL is at its bound.
+const WAL_FULL: &str = "the WAL holds wal_bytes_max bytes until a flush retires them";
 
 /// Called for each SSTable a flush or compaction writes, before it is published: the
 /// side-car index of issue #7 is built here.
@@ -281,6 +297,8 @@ pub struct StoreStats {
     pub user_bytes: u64,
     /// WAL bytes written.
     pub wal_bytes: u64,
+    /// Bytes of the WAL a start would replay now (see `StoreOptions::wal_bytes_max`).
+    pub wal_live_bytes: u64,
     /// Flushes published.
     pub flushes: u64,
     /// Bytes of tables written by flushes.
@@ -907,6 +925,10 @@ impl<E: Env> Store<E> {
             }
             held += bytes;
         }
+        if self.wal_full() {
+            self.maintain(true)?;
+            return Err(StorageError::Throttled(WAL_FULL));
+        }
         if room
             && self
                 .wal
@@ -968,6 +990,10 @@ impl<E: Env> Store<E> {
             return Err(StorageError::Throttled(
                 "the memtable is full until the running flush completes",
             ));
+        }
+        if self.wal_full() {
+            self.maintain(true)?;
+            return Err(StorageError::Throttled(WAL_FULL));
         }
         let sequence = self.wal.append(kind, record)?;
         self.pending_bytes += bytes;
@@ -1208,6 +1234,7 @@ impl<E: Env> Store<E> {
         stats.scrub_bytes = self.shared.scrub_bytes.load(Ordering::Relaxed);
         stats.scrub_corruptions = self.shared.scrub_corruptions.load(Ordering::Relaxed);
         stats.wal_bytes = stats.wal.bytes_written;
+        stats.wal_live_bytes = self.wal.live_bytes();
         stats
     }
 
@@ -1300,6 +1327,11 @@ impl<E: Env> Store<E> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the WAL holds `wal_bytes_max` bytes (writes wait for a flush's checkpoint).
+    fn wal_full(&self) -> bool {
+        self.options.wal_bytes_max > 0 && self.wal.live_bytes() >= self.options.wal_bytes_max
     }
 
     /// Whether the MemTable is due for a flush: by bytes, or by entries when capped.

@@ -206,6 +206,8 @@ struct Segment {
     number: u64,
     /// The last sequence number sealed into a write to it (0 if none).
     last_sequence: u64,
+    /// Its length once closed (the current segment's is the open batch's end).
+    bytes: u64,
 }
 
 /// The open batch: appends not yet submitted.
@@ -423,6 +425,7 @@ impl<E: Env> Wal<E> {
         segments.push_back(Segment {
             number,
             last_sequence: 0,
+            bytes: 0,
         });
         let next_state = ManifestState {
             wal_replay_from_segment: if live.is_empty() {
@@ -557,6 +560,19 @@ impl<E: Env> Wal<E> {
             self.options.appends_pending_max / 2,
             self.options.batch_bytes_max / 2,
         )
+    }
+
+    /// Bytes of the log that a start would read: every segment not yet retired by a
+    /// checkpoint, the open batch included.
+    pub fn live_bytes(&self) -> u64 {
+        let closed: u64 = self
+            .segments
+            .iter()
+            .rev()
+            .skip(1)
+            .map(|segment| segment.bytes)
+            .sum();
+        closed + self.batch.end
     }
 
     /// The highest sequence number known durable: every append up to it is acknowledged.
@@ -804,9 +820,13 @@ impl<E: Env> Wal<E> {
             Some(in_flight) if in_flight.file == previous => self.closing = Some(previous),
             _ => self.env.close_log(previous),
         }
+        if let Some(closed) = self.segments.back_mut() {
+            closed.bytes = self.batch.start;
+        }
         self.segments.push_back(Segment {
             number,
             last_sequence: 0,
+            bytes: 0,
         });
         self.pool.append(&mut self.batch.blocks);
         self.batch.start = 0;
@@ -1170,6 +1190,7 @@ impl Replay<'_> {
         self.segments.push_back(Segment {
             number,
             last_sequence: segment_last,
+            bytes: bytes.len() as u64,
         });
         Ok(())
     }

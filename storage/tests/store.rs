@@ -881,3 +881,76 @@ fn whole_table_passes_leave_no_page_resident() {
     assert_eq!(table.region_points().unwrap().len(), 2048);
     assert_eq!(table.verify(None, None).unwrap(), verified);
 }
+
+/// Issue #23 item 1: the WAL is bounded in bytes, not only through the MemTable. With a
+/// MemTable far larger than the bound, writes past `wal_bytes_max` start a flush and are
+/// refused THROTTLED until its checkpoint retires segments; the WAL never holds much more
+/// than the bound, a start replays no more than that, and every write is there.
+#[test]
+fn the_wal_is_bounded_in_bytes_and_writes_wait_for_a_flush_at_the_bound() {
+    let scratch = tempfile::tempdir().unwrap();
+    let segment = 64u64 << 10;
+    let batch = 64usize << 10;
+    let bound = 2 * segment + batch as u64 + (64 << 10);
+    let options = StoreOptions {
+        wal: WalOptions {
+            segment_bytes_target: segment,
+            batch_bytes_max: batch,
+            record_bytes_max: 16 << 10,
+            ..WalOptions::default()
+        },
+        memtable_bytes: 64 << 20, // never full here: only the WAL's bound flushes
+        wal_bytes_max: bound,
+        ..small_options()
+    };
+    let (mut store, _) = open_with(scratch.path(), options.clone(), StoreHooks::default());
+    let mut model = BTreeMap::new();
+    let mut rng = Rng(0x3A1B);
+    let mut throttled = 0;
+    let mut largest = 0;
+    for point in 0..4_000u64 {
+        let key = key(0, point % 1_500);
+        let value = point_for(0, key.point, point, &mut rng);
+        loop {
+            match store.put(key, &value.vector, &value.payload) {
+                Ok(_) => break,
+                Err(StorageError::Throttled(reason)) => {
+                    if reason.contains("wal_bytes_max") {
+                        throttled += 1;
+                    }
+                    store.poll(Some(Duration::from_millis(5))).unwrap();
+                }
+                Err(error) => panic!("put: {error}"),
+            }
+        }
+        model.insert(key, value);
+        store.poll(None).unwrap();
+        largest = largest.max(store.stats().wal_live_bytes);
+    }
+    store.sync().unwrap();
+    let stats = store.stats();
+    eprintln!(
+        "{} bytes written to the WAL, at most {largest} live (bound {bound}); {throttled} \
+         writes waited for a flush; {} flushes",
+        stats.wal_bytes, stats.flushes
+    );
+    assert!(
+        stats.wal_bytes > 4 * bound,
+        "the run wrote well past the bound"
+    );
+    assert!(throttled > 0, "the bound was reached");
+    assert!(stats.flushes >= 2, "the bound made flushes: {stats:?}");
+    assert!(
+        largest <= bound + batch as u64,
+        "the WAL held {largest} bytes, bound {bound}"
+    );
+    check_against_model(&store, &model, "after the run");
+    drop(store);
+    let (store, report) = open_with(scratch.path(), options, StoreHooks::default());
+    assert!(
+        report.replay.bytes <= bound + batch as u64,
+        "a start replayed {} bytes, bound {bound}",
+        report.replay.bytes
+    );
+    check_against_model(&store, &model, "after a restart");
+}
