@@ -860,7 +860,13 @@ impl<E: Env> Store<E> {
             version_epoch: 0,
             reads_epoch: 0,
         };
-        store.maintain(false)?;
+        // What the start replayed goes to a table at once, even with level 0 at its stop
+        // (up to twice it): otherwise a MemTable refilled past its mark by replay would
+        // refuse every write until a compaction had made room, and a node killed again
+        // before that never took a write (issue #23 item 1).
+        let replayed_full =
+            store.memtable_full() && store.version.levels[0].len() < 2 * store.options.l0_stop;
+        store.maintain(replayed_full)?;
         Ok((store, report))
     }
 

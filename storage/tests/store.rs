@@ -954,3 +954,79 @@ fn the_wal_is_bounded_in_bytes_and_writes_wait_for_a_flush_at_the_bound() {
     );
     check_against_model(&store, &model, "after a restart");
 }
+
+/// A hook under which every compaction fails and every flush succeeds: level 0 only grows.
+#[derive(Debug, Default)]
+struct CompactionsFail;
+
+impl CompactionHook for CompactionsFail {
+    fn table_written(&self, _table: &Table) -> Result<(), String> {
+        Err("compactions fail in this test".to_owned())
+    }
+
+    fn table_flushed(&self, _table: &Arc<Table>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Issue #23 item 1: a start takes writes at once whatever it replayed. Level 0 at its
+/// stop (every compaction fails here) holds the MemTable's flush back, so writes fill it to
+/// its THROTTLED mark; after a crash the replay refills it past that mark. The start
+/// flushes what it replayed anyway (level 0 may pass its stop, up to twice it), so the
+/// first write after the start is taken; before, every write was refused until a
+/// compaction made room, and a node killed again before that never took one.
+#[test]
+fn a_start_takes_writes_at_once_though_level_0_is_at_its_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = StoreHooks {
+        compaction: Arc::new(CompactionsFail) as Arc<dyn CompactionHook>,
+        ..StoreHooks::default()
+    };
+    let options = small_options();
+    let (mut store, _) = open_with(dir.path(), options.clone(), hooks.clone());
+    let mut rng = Rng(0x10_57);
+    let mut model = BTreeMap::new();
+    let mut point = 0u64;
+    // Write until a write is refused with level 0 at its stop.
+    let started = std::time::Instant::now();
+    loop {
+        let value = point_for(0, point, 1, &mut rng);
+        match store.put(key(0, point), &value.vector, &value.payload) {
+            Ok(_) => {
+                model.insert(key(0, point), value);
+                point += 1;
+            }
+            Err(StorageError::Throttled(_))
+                if store.stats().levels[0].tables >= options.l0_stop =>
+            {
+                break
+            }
+            Err(StorageError::Throttled(_)) => {}
+            Err(error) => panic!("put: {error}"),
+        }
+        store.poll(Some(Duration::from_millis(1))).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "level 0 never filled"
+        );
+    }
+    store.sync().unwrap();
+    let level_0 = store.stats().levels[0].tables;
+    eprintln!(
+        "{point} writes; level 0 at {level_0} tables (stop {})",
+        options.l0_stop
+    );
+    drop(store); // a crash: the MemTable is only in the WAL
+    let (mut store, report) = open_with(dir.path(), options.clone(), hooks);
+    assert!(report.replay.records > 0, "{report:?}");
+    let value = point_for(0, point, 1, &mut rng);
+    let taken = store.put(key(0, point), &value.vector, &value.payload);
+    assert!(
+        taken.is_ok(),
+        "the first write after the start was refused: {taken:?}"
+    );
+    model.insert(key(0, point), value);
+    store.sync().unwrap();
+    check_against_model(&store, &model, "after the start");
+    assert!(store.stats().levels[0].tables <= 2 * options.l0_stop);
+}
