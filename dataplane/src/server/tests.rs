@@ -8,6 +8,7 @@
 
 use super::ring::Driver;
 use super::*;
+use crate::handover::team;
 use std::net::TcpStream;
 use std::os::fd::IntoRawFd;
 use vortex_io::FakeRing;
@@ -53,6 +54,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_links(Links::solo().unwrap())
+    }
+
+    /// The LEU `links` names, on a fake ring and a shard of its own.
+    fn with_links(links: Links) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let (shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
         let config = ServerConfig {
@@ -67,7 +73,7 @@ impl Harness {
         let server = Server::new(
             vec![listener],
             shard,
-            Links::solo().unwrap(),
+            links,
             config,
             Driver::Fake(Box::new(FakeRing::new(SLOTS))),
             pool,
@@ -541,4 +547,80 @@ fn a_full_ring_throttles_the_leu_and_serving_resumes_when_slots_free() {
     );
     h.request(conn, &ping(7));
     assert!(is_pong(&h.answers(conn)[0].1, 7));
+}
+
+/// Two LEUs in one thread, each on its own fake ring, linked by their real queues: a write
+/// whose points live on both is answered once, after both parts' log writes completed. The
+/// receiving LEU's part is durable first here and the answer still waits for the other's.
+#[test]
+fn a_write_across_two_leus_is_acknowledged_only_when_both_parts_are_durable() {
+    let ring = crate::routing::Ring::new(2, 64).unwrap();
+    let mut links = team(ring.clone(), 16).unwrap();
+    let second = links.pop().unwrap();
+    let first = links.pop().unwrap();
+    let mut h = [Harness::with_links(first), Harness::with_links(second)];
+    let passes = |h: &mut [Harness; 2], count: usize| {
+        for _ in 0..count {
+            h[0].pass();
+            h[1].pass();
+        }
+    };
+    let conn = h[0].connect();
+    // The catalog change reaches both LEUs; its answer comes from the first.
+    let (_, create) = h[0].frame(&Request::CreateCollection(spec()));
+    h[0].receive(conn, &create);
+    passes(&mut h, 10);
+    let created = h[0].answers(conn);
+    assert!(matches!(created[0].1, Response::Created), "{created:?}");
+    // Ten points on each LEU.
+    let ids: Vec<u64> = {
+        let (mut on_first, mut on_second) = (Vec::new(), Vec::new());
+        for id in 0..1000u64 {
+            match ring.leu_of(id) {
+                0 if on_first.len() < 10 => on_first.push(id),
+                1 if on_second.len() < 10 => on_second.push(id),
+                _ => {}
+            }
+        }
+        on_first.into_iter().chain(on_second).collect()
+    };
+    let request = Request::Upsert(Upsert {
+        collection: "docs".into(),
+        dimension: 4,
+        ids: ids.clone(),
+        vectors: ids.iter().flat_map(|&id| [id as f32; 4]).collect(),
+        payloads: Vec::new(),
+    });
+    let (id, bytes) = h[0].frame(&request);
+    h[0].receive(conn, &bytes);
+    passes(&mut h, 10);
+    let (first_writes, second_writes) = (h[0].log_writes(), h[1].log_writes());
+    assert!(!first_writes.is_empty(), "the first LEU wrote its part");
+    assert!(!second_writes.is_empty(), "the second LEU wrote its part");
+    // The first LEU's part is durable; the second's is not: no answer yet.
+    while h[0].complete_log_writes(|bytes| bytes as i32) > 0 {}
+    passes(&mut h, 20);
+    assert!(
+        h[0].send_in_flight(conn).is_none(),
+        "acknowledged before every part was durable"
+    );
+    while h[1].complete_log_writes(|bytes| bytes as i32) > 0 {}
+    passes(&mut h, 20);
+    let answers = h[0].answers(conn);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, id);
+    assert!(
+        matches!(&answers[0].1, Response::Upserted(ack) if ack.count == 20),
+        "{answers:?}"
+    );
+    assert_eq!(
+        h[0].server.report.handed_over, 2,
+        "{:?}",
+        h[0].server.report
+    );
+    assert_eq!(
+        h[1].server.report.served_for_others, 2,
+        "{:?}",
+        h[1].server.report
+    );
 }
