@@ -186,7 +186,7 @@ impl Shard {
         }
         // Flushed tables' graphs, and those missing at open, are built by this thread after
         // the tables are published; the guard stops it if the open fails from here on.
-        sidecars.start_builder()?;
+        sidecars.start_builder(options.store.background_nice)?;
         let cancel_builds = CancelBuilds(Arc::clone(&sidecars));
         let env = PosixEnv::new(&RingConfig::plain(256), DirectIo::Auto)
             .map_err(|e| ShardError::io("io_uring setup", dir, e))?;

@@ -201,12 +201,23 @@ impl SideCars {
     }
 
     /// Starts the thread that builds the graphs of flushed tables after they were
-    /// published. Until it runs, flushes build before they publish.
-    pub fn start_builder(self: &Arc<Self>) -> Result<(), ShardError> {
+    /// published, at `nice` (the store's background priority). Until it runs, flushes build
+    /// before they publish.
+    pub fn start_builder(self: &Arc<Self>, nice: i32) -> Result<(), ShardError> {
         let weak = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
             .name("vortex-sidecar".to_owned())
-            .spawn(move || build_deferred_loop(&weak))
+            .spawn(move || {
+                // Spawned by a pinned LEU, it would share that LEU's one CPU: it may run
+                // anywhere the process may, below the LEUs as the store's workers do.
+                let _ = vortex_io::affinity::unpin_current_thread();
+                if nice != 0 {
+                    if let Err(error) = vortex_io::affinity::set_current_thread_nice(nice) {
+                        tracing::warn!(nice, %error, "cannot lower the side-car builder's priority");
+                    }
+                }
+                build_deferred_loop(&weak)
+            })
             .map_err(|e| ShardError::io("start the side-car builder", &self.dir, e))?;
         if let Ok(mut slot) = self.builder.thread.lock() {
             *slot = Some(thread);

@@ -169,3 +169,45 @@ fn a_flush_is_published_and_retires_the_wal_before_its_graph_is_built() {
         "the background build saved its side-car"
     );
 }
+
+/// The side-car builder thread does not share its LEU's core: a shard opened on a pinned
+/// thread (as an LEU opens its own) starts it unpinned and at the store's background
+/// priority, like the store's workers. It inherited the LEU's one CPU and a normal priority
+/// before, and a write's p99 tripled on two cores.
+#[test]
+fn the_side_car_builder_leaves_its_leu_s_core_and_runs_below_it() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dir = tempfile::tempdir().unwrap();
+    let seen = std::thread::spawn(move || {
+        vortex_io::affinity::pin_current_thread(0).unwrap();
+        let mut options = ShardOptions::default();
+        options.store.background_nice = 10;
+        let (shard, _) = Shard::open(dir.path(), options).unwrap();
+        // The builder thread sets itself up first thing; give it a moment.
+        let mut seen = None;
+        for _ in 0..200 {
+            let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+            seen = tasks.flatten().find_map(|task| {
+                let tid: u32 = task.file_name().to_string_lossy().parse().ok()?;
+                let name = vortex_io::affinity::thread_name(tid).ok()?;
+                (name == "vortex-sidecar").then_some(tid)
+            });
+            if let Some(tid) = seen {
+                let allowed = vortex_io::affinity::allowed_cpus_of_thread(tid).unwrap();
+                let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+                // Field 19 is the nice value; fields start after the parenthesised name.
+                let after = &stat[stat.rfind(')').unwrap() + 2..];
+                let nice: i32 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+                if nice == 10 && (cpus == 1 || allowed.len() > 1) {
+                    return Some((allowed.len(), nice));
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(shard);
+        panic!("the builder thread ({seen:?}) stayed pinned or at its LEU's priority");
+    })
+    .join()
+    .unwrap();
+    eprintln!("side-car builder: {seen:?} (CPUs allowed, nice) on a {cpus}-CPU machine");
+}
