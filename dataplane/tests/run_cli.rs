@@ -50,11 +50,41 @@ fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
     write_config_with(dir, port, 1)
 }
 
+/// The first of `count` consecutive loopback ports that are free now, none of them `not`
+/// (the LEUs' own ports: `port + 1` of a free `port` may be another test's).
+fn free_port_run(count: usize, not: u16) -> u16 {
+    for _ in 0..1000 {
+        let first = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let ports = u32::from(base)..u32::from(base) + count as u32;
+        if ports.contains(&u32::from(not)) || ports.end > u32::from(u16::MAX) {
+            continue;
+        }
+        let rest: Vec<_> = ports
+            .skip(1)
+            .map(|port| TcpListener::bind(("127.0.0.1", port as u16)))
+            .collect();
+        if rest.iter().all(Result::is_ok) {
+            return base;
+        }
+    }
+    panic!("no run of {count} free ports");
+}
+
+/// The `leu_port_base` a config written by [`write_config_with`] gives.
+fn leu_port_base(config: &Path) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("leu_port_base = "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap()
+}
+
 fn write_config_with(dir: &Path, port: u16, leus: usize) -> std::path::PathBuf {
     let path = dir.join("vortex.toml");
     let text = format!(
         "[network]\nport = {port}\nleu_port_base = {}\n[storage]\ndata_dir = \"{}\"\n[leu]\ncount = {leus}\n[memory]\nlock = \"off\"\n",
-        port + 1,
+        free_port_run(leus, port),
         dir.join("data").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -203,9 +233,10 @@ fn two_leus_share_a_port_have_their_own_and_refuse_another_layout() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // The shared port, then one port per LEU just above it.
+    // The shared port, and one port per LEU from `leu_port_base`.
     let port = free_port();
     let config = write_config_with(dir.path(), port, 2);
+    let base = leu_port_base(&config);
     let (child, ready) = start(&config);
     assert!(ready.contains("2 LEU(s)"), "{ready}");
     let shared = [format!("127.0.0.1:{port}")];
@@ -222,7 +253,7 @@ fn two_leus_share_a_port_have_their_own_and_refuse_another_layout() {
         .unwrap();
     assert_eq!(client.upsert(docs_upsert(0..500)).unwrap(), 500);
     for leu in 0..2u16 {
-        let own = [format!("127.0.0.1:{}", port + 1 + leu)];
+        let own = [format!("127.0.0.1:{}", base + leu)];
         let direct = Client::connect(&own, ClientOptions::default()).unwrap();
         assert_eq!(direct.count("docs", None).unwrap(), 500, "LEU {leu}");
         assert_eq!(direct.get("docs", vec![3, 499, 7]).unwrap().len(), 3);
