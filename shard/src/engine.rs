@@ -153,7 +153,8 @@ pub struct Shard {
     superseded: HashMap<u64, Arc<NodeSet>>,
     /// What reads see (see view.rs), republished after every change.
     view: PublishedView,
-    /// The store's reads epoch when the view was last published.
+    /// The store's reads epoch and the side-cars' generation when the view was last
+    /// published.
     published_at: Option<(u64, u64)>,
     /// This process's hold on `dir`; declared last so that it is let go of after the store
     /// has stopped.
@@ -411,15 +412,15 @@ impl Shard {
         Ok(result?)
     }
 
-    /// Publishes what reads see now: the store's snapshot, the live tables with their
-    /// segments and superseded sets, the catalog. Constant time in the points; linear in the
-    /// live tables.
     /// What a published view reflects: the store's reads epoch and the side-cars'
     /// generation (a graph built after its table was published).
     fn published_state(&self) -> (u64, u64) {
         (self.store.reads_epoch(), self.sidecars.generation())
     }
 
+    /// Publishes what reads see now: the store's snapshot, the live tables with their
+    /// segments and superseded sets, the catalog. Constant time in the points; linear in the
+    /// live tables.
     fn publish(&mut self) {
         self.published_at = Some(self.published_state());
         let store = self.store.snapshot();
@@ -538,10 +539,10 @@ impl Shard {
         self.settle(result)
     }
 
-    /// Holds the graph builds of flushed tables until released (`false`): they queue (at
-    /// most `sidecar::DEFERRED_MAX`; past that a flush builds its graph before it is
-    /// published), and their tables are searched by an exact scan meanwhile. For tests of
-    /// that state, and for a bulk load that wants every core for ingest.
+    /// Holds the deferred graph builds until released (`false`): they stay queued and their
+    /// tables are searched by an exact scan meanwhile (a flush defers only while nothing is
+    /// queued, so later flushes build their own graphs). For tests of that state, and for a
+    /// bulk load that wants every core for ingest.
     pub fn hold_index_builds(&self, hold: bool) {
         self.sidecars.hold_builds(hold);
     }

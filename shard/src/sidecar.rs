@@ -21,9 +21,11 @@
 //! is registered again with its graph ([`SideCars::generation`] moves, and the shard
 //! publishes it). A table whose side-car is missing at open (a crash before its build
 //! finished) is registered and queued the same way, after a check of its blocks, so that
-//! an open never waits for builds. Compactions still build before they publish: their
-//! inputs keep serving meanwhile, and nothing waits on them. At most [`DEFERRED_MAX`]
-//! builds wait; past that, a flush builds before it publishes, as before.
+//! an open never waits for builds (at most [`DEFERRED_MAX`] of them; past that they are
+//! built before the shard opens). A flush defers its build only while the builder has
+//! nothing to do; otherwise it builds before it publishes, as before, so that ingest does
+//! not outrun index builds. Compactions still build before they publish: their inputs keep
+//! serving meanwhile, and nothing waits on them.
 
 use crate::error::ShardError;
 use crate::payload;
@@ -154,8 +156,8 @@ pub struct SideCars {
 const SEED_SHARE_MIN: f64 = 0.125;
 
 /// Builds that may wait for the builder thread at open (tables found without their
-/// side-car); a flush defers its build only when the builder is idle. Past this, the table's
-/// graph is built before it is published (bounds the tables searched by exact scan).
+/// side-car); past this, the table's graph is built before the shard opens (bounds the
+/// tables searched by exact scan). A flush defers its build only when the builder is idle.
 pub const DEFERRED_MAX: usize = 16;
 
 /// A table whose graph is built after it was published.
@@ -278,7 +280,6 @@ impl SideCars {
             {
                 return;
             }
-
             queue = match self.builder.changed.wait(queue) {
                 Ok(queue) => queue,
                 Err(_) => return,
@@ -287,24 +288,29 @@ impl SideCars {
     }
 
     /// Registers `table` without its graph, searched by an exact scan over its rows, and
-    /// queues the build; false (nothing done) when the builder is not running or
-    /// [`DEFERRED_MAX`] builds wait.
+    /// queues the build; false (nothing done) when the builder is not running, or has work
+    /// already for a flushed table (`verify` false), or [`DEFERRED_MAX`] builds wait for
+    /// one found at open (`verify` true).
     fn defer(&self, table: &Arc<Table>, verify: bool) -> Result<bool, ShardError> {
+        let Some(spec) = self.spec(table.footer().collection) else {
+            return Ok(false);
+        };
         let running = self
             .builder
             .thread
             .lock()
             .is_ok_and(|thread| thread.is_some());
-        // Deferred only while the builder keeps up: with a build running or waiting, this
-        // flush builds its own graph, so that ingest never outruns index builds (flushes
-        // that outran them filled level 0 up to its stop, and a restart then stayed
-        // THROTTLED until a compaction had caught up).
+        // A flush defers only while the builder is idle: with a build running or waiting it
+        // builds its own graph, so that ingest never outruns index builds (flushes that
+        // outran them filled level 0 up to its stop, and a restart then stayed THROTTLED
+        // until a compaction had caught up). An open queues what it finds, up to the bound.
         let room = self.builder.queue.lock().is_ok_and(|queue| {
-            queue.len() < DEFERRED_MAX && !self.builder.busy.load(Ordering::Acquire)
+            if verify {
+                queue.len() < DEFERRED_MAX
+            } else {
+                queue.is_empty() && !self.builder.busy.load(Ordering::Acquire)
+            }
         });
-        let Some(spec) = self.spec(table.footer().collection) else {
-            return Ok(false);
-        };
         if !running || !room {
             return Ok(false);
         }
@@ -754,9 +760,9 @@ fn build_deferred_loop(weak: &Weak<SideCars>) {
 }
 
 /// Keeps in `carried` (for each row of `rows`, a node of the earlier graph or `u32::MAX`)
-/// only the nodes whose vector (read by `read_old_vector`) equals the row bit for bit: a seeded build
-/// carries a node only with exactly the vector it had (an older version of the point is
-/// inserted afresh).
+/// only the nodes whose vector (read by `read_old_vector`) equals the row bit for bit: a
+/// seeded build carries a node only with exactly the vector it had (an older version of the
+/// point is inserted afresh).
 pub(crate) fn carry_unchanged(
     read_old_vector: impl Fn(u32, &mut [f32]) -> bool,
     rows: &[f32],
@@ -787,7 +793,7 @@ impl CompactionHook for SideCars {
     }
 
     /// Published now, searched by an exact scan, its graph built by the builder thread
-    /// (see the module's documentation); built here when too many builds wait.
+    /// (see the module's documentation); built here when the builder has work already.
     fn table_flushed(&self, table: &Arc<Table>) -> Result<(), String> {
         if self.wants_index(table) && self.defer(table, false).map_err(|e| e.to_string())? {
             return Ok(());

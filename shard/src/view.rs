@@ -305,7 +305,6 @@ impl Fresh {
     }
 }
 
-/// Keeps the `k` nearest of `scored` (ties by point), unordered.
 /// The `k` nearest nodes of a segment that has rows but no graph yet (its build is queued),
 /// by an exact scan of the rows `admitted` lets through: node `i` is row `i` of the table's
 /// vector region (rows of `vector_stride(dim)` floats, unit vectors for cosine).
@@ -343,6 +342,7 @@ fn scan_rows(
     candidates.extend(scored);
 }
 
+/// Keeps the `k` nearest of `scored` (ties by point), unordered.
 fn keep_nearest(scored: &mut Vec<(f32, u64, usize)>, k: usize) {
     if scored.len() > k && k > 0 {
         scored.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));

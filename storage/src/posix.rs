@@ -21,6 +21,7 @@
 //! read-only, as for any failed write), and nothing is left for the kernel to write from.
 
 use crate::env::{block_buffer, BlockBuffer, Env, FinishedChain, LogFile, WriteChain};
+use crate::record::BLOCK_BYTES;
 use io_uring::{opcode, squeue, types};
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -117,8 +118,6 @@ struct PendingChain {
     chain: WriteChain,
     results: Vec<Option<i32>>,
     outstanding: usize,
-    /// Each write's buffer size: a chain lost with a shared ring gets new buffers back.
-    buffer_bytes: Vec<usize>,
 }
 
 /// The ring the log's writes go through.
@@ -222,16 +221,13 @@ impl PosixEnv {
                 continue;
             };
             let PendingChain {
-                mut chain,
-                results,
-                buffer_bytes,
-                ..
+                mut chain, results, ..
             } = pending;
             // The ring dropped the ops with their buffers (after the kernel finished with
-            // them): the WAL gets buffers of the same sizes back.
-            for (write, bytes) in chain.writes.iter_mut().zip(buffer_bytes) {
-                if write.buffer.len() != bytes {
-                    write.buffer = block_buffer(bytes);
+            // them): the WAL gets block buffers back (every one of its buffers is a block).
+            for write in &mut chain.writes {
+                if write.buffer.is_empty() {
+                    write.buffer = block_buffer(BLOCK_BYTES);
                 }
             }
             let results = results
@@ -438,7 +434,6 @@ impl Env for PosixEnv {
             Ok(shared) => shared,
             Err(error) => return Err((chain, error)),
         };
-        let buffer_bytes: Vec<usize> = chain.writes.iter().map(|w| w.buffer.len()).collect();
         let mut ops: LogChain = Vec::new();
         let mut position = 0;
         while position < chain.writes.len() {
@@ -519,7 +514,6 @@ impl Env for PosixEnv {
                     chain,
                     results: vec![None; results],
                     outstanding: ops_count,
-                    buffer_bytes,
                 });
                 Ok(())
             }

@@ -469,11 +469,6 @@ impl Store<crate::PosixEnv> {
         self.apply_durable(durable);
         Ok(())
     }
-
-    /// Whether the WAL's writes go through a ring shared with other work.
-    pub fn shares_log_ring(&self) -> bool {
-        self.wal.env().shares_ring()
-    }
 }
 
 impl<E: Env> std::fmt::Debug for Store<E> {
@@ -1766,9 +1761,6 @@ fn obsolete(shared: &Shared, table: &Table) {
     table.mark_obsolete(Some(Box::new(move |number| hook.table_deleted(number))));
 }
 
-/// Writes `entries` into new tables (cut at collection and vector length boundaries and
-/// at about `cut_bytes`), calls the side-car hook for each, and syncs the directory. On any
-/// failure the tables written so far are deleted.
 /// What wrote a table: its side-car hook differs ([`CompactionHook::table_flushed`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Written {
@@ -1776,6 +1768,9 @@ enum Written {
     Compaction,
 }
 
+/// Writes `entries` into new tables (cut at collection and vector length boundaries and
+/// at about `cut_bytes`), calls the side-car hook for each, and syncs the directory. On any
+/// failure the tables written so far are deleted.
 fn write_tables(
     shared: &Shared,
     options: &StoreOptions,

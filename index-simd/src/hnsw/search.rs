@@ -128,6 +128,8 @@ pub struct SearchScratch {
     pub(crate) fresh: Vec<u32>,
     query: Vec<f32>,
     query_codes: Vec<i8>,
+    /// One row read for a re-rank (`RowsSpace`), kept between searches.
+    row: Vec<f32>,
     ranked: Vec<Scored>,
 }
 
@@ -447,8 +449,9 @@ impl Hnsw {
                         results,
                     ),
                     Some(rows) => {
-                        let space = self.rows_space(rows, query);
-                        self.scan(scratch, &space, params.k, filter, results)
+                        let space = self.rows_space(rows, query, std::mem::take(&mut scratch.row));
+                        self.scan(scratch, &space, params.k, filter, results);
+                        scratch.row = space.row.into_inner();
                     }
                 }
                 scratch.query = query_buffer;
@@ -494,7 +497,9 @@ impl Hnsw {
                 match rows {
                     None => rerank_with(&exact, &mut scratch.ranked),
                     Some(rows) => {
-                        rerank_with(&self.rows_space(rows, query), &mut scratch.ranked);
+                        let space = self.rows_space(rows, query, std::mem::take(&mut scratch.row));
+                        rerank_with(&space, &mut scratch.ranked);
+                        scratch.row = space.row.into_inner();
                         // Nodes whose rows the caller no longer has.
                         scratch.ranked.retain(|scored| scored.distance.is_finite());
                     }
@@ -518,13 +523,14 @@ impl Hnsw {
         allowed as f64 <= walk_distances
     }
 
-    fn rows_space<'a>(&self, rows: &'a dyn Rows, query: &'a [f32]) -> RowsSpace<'a> {
+    /// Distances to `rows`, read one at a time into `row` (the scratch's, handed back after).
+    fn rows_space<'a>(&self, rows: &'a dyn Rows, query: &'a [f32], row: Vec<f32>) -> RowsSpace<'a> {
         RowsSpace {
             metric: self.metric,
             kernels: self.kernels,
             rows,
             query,
-            row: RefCell::new(Vec::with_capacity(self.dim)),
+            row: RefCell::new(row),
         }
     }
 
