@@ -145,12 +145,15 @@ fn prepare(config: &LoadConfig) -> anyhow::Result<()> {
             payloads: Vec::new(),
         };
         loop {
+            // THROTTLED whole or in part: the whole batch again (upserts are idempotent).
             match client.upsert(request.clone()) {
                 Ok(_) => break,
-                Err(ClientError::Throttled { retry_after, .. }) => {
-                    std::thread::sleep(retry_after.max(Duration::from_millis(1)));
-                }
-                Err(error) => return Err(error.into()),
+                Err(error) => match error.retry_after() {
+                    Some(retry_after) => {
+                        std::thread::sleep(retry_after.max(Duration::from_millis(1)))
+                    }
+                    None => return Err(error.into()),
+                },
             }
         }
         start = end;
@@ -248,12 +251,12 @@ fn worker(config: &LoadConfig, index: usize, started: Instant) -> anyhow::Result
                     })
                     .map(|_| ())
             };
-            match outcome {
-                Err(ClientError::Throttled { retry_after, .. }) if Instant::now() < deadline => {
+            match outcome.as_ref().err().and_then(ClientError::retry_after) {
+                Some(retry_after) if Instant::now() < deadline => {
                     share.throttled += 1;
                     std::thread::sleep(retry_after.min(deadline - Instant::now()));
                 }
-                outcome => break outcome,
+                _ => break outcome,
             }
         };
         let micros = from.elapsed().as_micros().clamp(1, 60_000_000) as u64;

@@ -152,7 +152,7 @@ pub struct AnnResult {
     pub points: Vec<AnnPoint>,
 }
 
-/// Sends until the answer is not THROTTLED, waiting the server's hint, doubled on each
+/// Sends until the answer is not THROTTLED (whole or in part), waiting the server's hint, doubled on each
 /// further THROTTLED up to 64 times it (many loaders retrying at the hint's pace kept the
 /// LEUs busy receiving batches they could only refuse).
 pub(crate) fn retrying<T>(
@@ -160,12 +160,16 @@ pub(crate) fn retrying<T>(
 ) -> Result<T, ClientError> {
     let mut backoff = 1u32;
     loop {
+        // A write partly THROTTLED (`Partial`) is sent again whole: upserts are idempotent.
         match attempt() {
-            Err(ClientError::Throttled { retry_after, .. }) => {
-                std::thread::sleep(retry_after.max(Duration::from_millis(1)) * backoff);
-                backoff = (backoff * 2).min(64);
-            }
-            other => return other,
+            Err(error) => match error.retry_after() {
+                Some(retry_after) => {
+                    std::thread::sleep(retry_after.max(Duration::from_millis(1)) * backoff);
+                    backoff = (backoff * 2).min(64);
+                }
+                None => return Err(error),
+            },
+            done => return done,
         }
     }
 }

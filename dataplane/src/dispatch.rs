@@ -99,6 +99,30 @@ fn search_on(
     Ok(Response::Hits(SearchResult { hits }))
 }
 
+/// Checks a whole upsert or delete on `shard` as each owner will check its part, without
+/// writing: the LEU that reads a write spanning several LEUs calls this before any part
+/// runs, so that an error about the request (collection, batch size, dimension, values,
+/// payloads) means nothing was applied anywhere (docs/VBP.md). Other requests pass.
+pub fn check_write(shard: &Shard, request: &RequestRef<'_>) -> Result<(), Response> {
+    let checked = match request {
+        RequestRef::Upsert(view) => {
+            let ids: Vec<u64> = view.body.ids.iter().map(|id| id.to_native()).collect();
+            deserialize(&view.body.payloads).and_then(|payloads: Vec<_>| {
+                shard.check_upsert(view.body.collection.as_str(), &ids, view.vectors, &payloads)
+            })
+        }
+        RequestRef::Delete(delete) => {
+            let mut ids: Vec<u64> = delete.ids.iter().map(|id| id.to_native()).collect();
+            // As each owner counts them: an id given twice is one delete.
+            ids.sort_unstable();
+            ids.dedup();
+            shard.check_delete(delete.collection.as_str(), &ids)
+        }
+        _ => Ok(()),
+    };
+    checked.map_err(|error| error_response(&error))
+}
+
 /// A THROTTLED answer saying what is saturated, with the retry hint.
 pub fn throttled(reason: impl Into<String>) -> Response {
     Response::Throttled(ThrottledBody {

@@ -11,16 +11,22 @@
 //! - **count, describe, list** go to every LEU; point counts are summed;
 //! - **create, drop** go to every LEU; **stats** gathers one entry per LEU.
 //!
-//! If any part fails, the gathered answer is the first failure (the failure of the lowest
-//! LEU among those that failed, so the answer does not depend on timing). A write may then
-//! have been applied on some LEUs and not others: upserts and deletes are idempotent, so the
-//! client retries the whole batch.
+//! If any part fails, the gathered answer is a failure, chosen so that it does not depend
+//! on timing and never claims more than is true: an `Internal` error (the part may have
+//! been applied in part) before any other error, any error before THROTTLED, then the lowest
+//! LEU. An upsert or delete whose parts partly succeeded is answered `Partial` instead
+//! (docs/VBP.md): what the parts that succeeded applied, and the ids of the parts that
+//! failed. The LEU that read such a write has checked all of it first
+//! ([`crate::dispatch::check_write`]), so only what an owner finds when it runs its part
+//! (its store full, its disk failing) can fail one part and not another.
 
 use crate::routing::Ring;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use vortex_vbp::codec::Response;
 use vortex_vbp::message::{
-    CollectionInfo, CollectionList, CountResult, GetResult, PointRecord, SearchResult,
+    CollectionInfo, CollectionList, CountResult, ErrorCode, GetResult, PartialBody, PointRecord,
+    SearchResult,
 };
 use vortex_vbp::validator::RequestRef;
 
@@ -95,14 +101,17 @@ pub struct Merge {
     k: usize,
     /// Get: the ids asked for, in request order (duplicates included).
     order: Option<Vec<u64>>,
+    /// Upsert, delete: the ids in request order and their placement, to name the ids of a
+    /// part that failed.
+    write: Option<(Vec<u64>, Arc<Ring>)>,
     merged: Option<Response>,
-    /// The first failure, with the LEU it came from.
-    failure: Option<(u16, Response)>,
+    /// Every part that failed, with the LEU it came from.
+    failures: Vec<(u16, Response)>,
 }
 
 impl Merge {
-    /// A merge for `request`'s answers.
-    pub fn new(request: &RequestRef<'_>) -> Merge {
+    /// A merge for `request`'s answers; `ring` places its points on the LEUs.
+    pub fn new(request: &RequestRef<'_>, ring: &Arc<Ring>) -> Merge {
         let k = match request {
             RequestRef::Search(view) => view.body.k.to_native() as usize,
             _ => 0,
@@ -111,20 +120,31 @@ impl Merge {
             RequestRef::Get(get) => Some(get.ids.iter().map(|id| id.to_native()).collect()),
             _ => None,
         };
+        let write = match request {
+            RequestRef::Upsert(view) => Some(&view.body.ids),
+            RequestRef::Delete(delete) => Some(&delete.ids),
+            _ => None,
+        }
+        .map(|ids| {
+            let ids = ids.iter().map(|id| id.to_native()).collect();
+            (ids, Arc::clone(ring))
+        });
         Merge {
             k,
             order,
+            write,
             merged: None,
-            failure: None,
+            failures: Vec::new(),
         }
     }
 
     /// Adds LEU `leu`'s answer.
     pub fn add(&mut self, leu: u16, answer: Response) {
-        if matches!(answer, Response::Error(_) | Response::Throttled(_)) {
-            if self.failure.as_ref().is_none_or(|(first, _)| leu < *first) {
-                self.failure = Some((leu, answer));
-            }
+        if matches!(
+            answer,
+            Response::Error(_) | Response::Throttled(_) | Response::Partial(_)
+        ) {
+            self.failures.push((leu, answer));
             return;
         }
         let Some(merged) = self.merged.take() else {
@@ -135,9 +155,9 @@ impl Merge {
     }
 
     /// The gathered answer.
-    pub fn finish(self) -> Response {
-        if let Some((_, failure)) = self.failure {
-            return failure;
+    pub fn finish(mut self) -> Response {
+        if !self.failures.is_empty() {
+            return self.failed();
         }
         let Some(mut merged) = self.merged else {
             return Response::error(
@@ -155,6 +175,66 @@ impl Merge {
             _ => {}
         }
         merged
+    }
+}
+
+impl Merge {
+    /// The answer when some part failed: the failure that claims least (see the module's
+    /// doc), or, for a write that other parts applied, `Partial`.
+    fn failed(&mut self) -> Response {
+        self.failures
+            .sort_by_key(|(leu, answer)| (failure_rank(answer), *leu));
+        let (worst_leu, worst) = self.failures.swap_remove(0);
+        let applied = match self.merged.take() {
+            Some(Response::Upserted(ack) | Response::Deleted(ack)) => ack.count,
+            _ => return worst,
+        };
+        let Some((ids, ring)) = self.write.take() else {
+            return worst;
+        };
+        let failed_leus: HashSet<u16> = self
+            .failures
+            .iter()
+            .map(|(leu, _)| *leu)
+            .chain(std::iter::once(worst_leu))
+            .collect();
+        let mut named = HashSet::new();
+        let failed_ids = ids
+            .into_iter()
+            .filter(|&id| failed_leus.contains(&(ring.leu_of(id) as u16)) && named.insert(id))
+            .collect();
+        let (throttled, retry_after_ms, code, message) = match worst {
+            Response::Throttled(body) => (true, body.retry_after_ms, 0, body.reason),
+            Response::Error(body) => (false, 0, body.code, body.message),
+            Response::Partial(body) => {
+                (body.throttled, body.retry_after_ms, body.code, body.message)
+            }
+            other => (
+                false,
+                0,
+                ErrorCode::Internal as u16,
+                format!("a part answered {:?}", other.opcode()),
+            ),
+        };
+        Response::Partial(PartialBody {
+            applied,
+            failed_ids,
+            throttled,
+            retry_after_ms,
+            code,
+            message,
+        })
+    }
+}
+
+/// Which failure a gathered answer gives first: an `Internal` error (its part may have been
+/// applied in part), then another error, then THROTTLED (nothing of its part applied).
+fn failure_rank(answer: &Response) -> u8 {
+    match answer {
+        Response::Error(body) if body.code == ErrorCode::Internal as u16 => 0,
+        Response::Partial(body) if !body.throttled && body.code == ErrorCode::Internal as u16 => 0,
+        Response::Error(_) | Response::Partial(_) => 1,
+        _ => 2,
     }
 }
 
@@ -227,6 +307,10 @@ mod tests {
         request.encode(1).unwrap()
     }
 
+    fn one_ring() -> Arc<Ring> {
+        Arc::new(Ring::new(1, 1).unwrap())
+    }
+
     fn hits(pairs: &[(u64, f32)]) -> Response {
         Response::Hits(SearchResult {
             hits: pairs
@@ -252,7 +336,7 @@ mod tests {
         }));
         let validator = LayoutValidator::new(1 << 20);
         let (_, request) = validator.request(&frame).unwrap();
-        let mut merge = Merge::new(&request);
+        let mut merge = Merge::new(&request, &one_ring());
         merge.add(1, hits(&[(10, 0.5), (11, 0.9)]));
         merge.add(0, hits(&[(1, 0.1), (2, 0.7), (3, 1.5)]));
         assert_eq!(merge.finish(), hits(&[(1, 0.1), (10, 0.5), (2, 0.7)]));
@@ -268,7 +352,7 @@ mod tests {
         }));
         let validator = LayoutValidator::new(1 << 20);
         let (_, request) = validator.request(&frame).unwrap();
-        let mut merge = Merge::new(&request);
+        let mut merge = Merge::new(&request, &one_ring());
         for (leu, found) in parts {
             let points = found
                 .iter()
@@ -309,18 +393,18 @@ mod tests {
         let frame = framed(&Request::Stats);
         let validator = LayoutValidator::new(1 << 20);
         let (_, request) = validator.request(&frame).unwrap();
-        let mut merge = Merge::new(&request);
+        let mut merge = Merge::new(&request, &one_ring());
         merge.add(0, Response::Upserted(WriteAck { count: 3 }));
         merge.add(2, Response::Upserted(WriteAck { count: 4 }));
         assert_eq!(merge.finish(), Response::Upserted(WriteAck { count: 7 }));
 
-        let mut merge = Merge::new(&request);
+        let mut merge = Merge::new(&request, &one_ring());
         merge.add(2, Response::error(ErrorCode::Internal, "two"));
         merge.add(0, Response::Upserted(WriteAck { count: 3 }));
         merge.add(1, Response::error(ErrorCode::Internal, "one"));
         assert_eq!(merge.finish(), Response::error(ErrorCode::Internal, "one"));
 
-        let mut merge = Merge::new(&request);
+        let mut merge = Merge::new(&request, &one_ring());
         for leu in [1u16, 0] {
             merge.add(
                 leu,
@@ -336,6 +420,119 @@ mod tests {
             panic!("not stats");
         };
         assert_eq!(stats.leus.iter().map(|l| l.leu).collect::<Vec<_>>(), [0, 1]);
+    }
+
+    /// The answer to a write over 3 LEUs whose parts answered `answers` (LEU, answer), with
+    /// the ids each LEU owns.
+    fn gathered_write(delete: bool, answers: Vec<(u16, Response)>) -> (Response, [Vec<u64>; 3]) {
+        let ring = Arc::new(Ring::new(3, 64).unwrap());
+        let ids: Vec<u64> = (0..40).chain([5, 5]).collect();
+        let request = if delete {
+            Request::Delete(vortex_vbp::message::Delete {
+                collection: "c".into(),
+                ids: ids.clone(),
+            })
+        } else {
+            Request::Upsert(vortex_vbp::message::Upsert {
+                collection: "c".into(),
+                dimension: 1,
+                ids: ids.clone(),
+                vectors: vec![0.5; ids.len()],
+                payloads: Vec::new(),
+            })
+        };
+        let frame = framed(&request);
+        let validator = LayoutValidator::new(1 << 20);
+        let (_, request) = validator.request(&frame).unwrap();
+        let mut merge = Merge::new(&request, &ring);
+        for (leu, answer) in answers {
+            merge.add(leu, answer);
+        }
+        let mut owned: [Vec<u64>; 3] = Default::default();
+        for id in 0..40 {
+            owned[ring.leu_of(id)].push(id);
+        }
+        (merge.finish(), owned)
+    }
+
+    fn throttled(reason: &str) -> Response {
+        Response::Throttled(vortex_vbp::message::ThrottledBody {
+            retry_after_ms: 5,
+            reason: reason.into(),
+        })
+    }
+
+    /// Issue #23 item 8: a write applied on some LEUs and not on others says so, naming
+    /// the ids of the parts that failed (each once, in request order) and what the others
+    /// applied; the failure it gives claims the least.
+    #[test]
+    fn a_write_that_failed_on_some_leus_is_answered_partial_naming_their_ids() {
+        let (answer, owned) = gathered_write(
+            false,
+            vec![
+                (0, Response::Upserted(WriteAck { count: 9 })),
+                (2, throttled("memtable full")),
+                (1, Response::Upserted(WriteAck { count: 11 })),
+            ],
+        );
+        let Response::Partial(body) = answer else {
+            panic!("not partial: {answer:?}");
+        };
+        assert_eq!(body.applied, 20);
+        assert_eq!(body.failed_ids, owned[2]);
+        assert!(body.throttled && body.retry_after_ms == 5, "{body:?}");
+        assert_eq!(body.message, "memtable full");
+
+        // Two parts failed: an Internal error (its part may be applied in part) is the
+        // cause given, whatever the LEUs' order; both parts' ids are named.
+        let (answer, owned) = gathered_write(
+            true,
+            vec![
+                (0, throttled("ring full")),
+                (1, Response::Deleted(WriteAck { count: 4 })),
+                (2, Response::error(ErrorCode::Internal, "disk")),
+            ],
+        );
+        let Response::Partial(body) = answer else {
+            panic!("not partial: {answer:?}");
+        };
+        assert_eq!(body.applied, 4);
+        let mut expected: Vec<u64> = owned[0].iter().chain(&owned[2]).copied().collect();
+        expected.sort_unstable();
+        assert_eq!(
+            body.failed_ids, expected,
+            "request order: 0..40 then 5 again"
+        );
+        assert!(!body.throttled);
+        assert_eq!(body.code, ErrorCode::Internal as u16);
+        assert_eq!(body.message, "disk");
+    }
+
+    /// When every part failed nothing was applied: the answer is a plain failure, the one
+    /// that claims least, not the first to arrive.
+    #[test]
+    fn a_write_that_failed_everywhere_gets_the_failure_that_claims_least() {
+        let (answer, _) = gathered_write(
+            false,
+            vec![
+                (0, throttled("memtable full")),
+                (2, Response::error(ErrorCode::CollectionNotFound, "gone")),
+                (1, throttled("ring full")),
+            ],
+        );
+        assert_eq!(
+            answer,
+            Response::error(ErrorCode::CollectionNotFound, "gone")
+        );
+        let (answer, _) = gathered_write(
+            false,
+            vec![
+                (1, throttled("b")),
+                (0, throttled("a")),
+                (2, throttled("c")),
+            ],
+        );
+        assert_eq!(answer, throttled("a"));
     }
 
     #[test]

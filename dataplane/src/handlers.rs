@@ -430,7 +430,8 @@ mod tests {
             sequence: 10,
             response: counted(4),
         };
-        let merge = Merge::new(&RequestRef::ListCollections);
+        let ring = std::sync::Arc::new(crate::routing::Ring::new(1, 1).unwrap());
+        let merge = Merge::new(&RequestRef::ListCollections, &ring);
         let to = Destination::Client {
             conn: 5,
             request_id: 77,

@@ -85,6 +85,15 @@ impl Default for ShardOptions {
     }
 }
 
+/// What an upsert's checks found: the collection, and the batch as the store takes it.
+struct CheckedUpsert {
+    id: u32,
+    spec: CollectionSpec,
+    /// Each point's payload, encoded (empty: no payloads).
+    encoded: Vec<Vec<u8>>,
+    sizes: Vec<WriteSize>,
+}
+
 /// What closing did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardCloseReport {
@@ -291,15 +300,35 @@ impl Shard {
         })
     }
 
-    /// Upserts a batch: `vectors` holds `ids.len() × dimension` floats, `payloads` is empty
-    /// or one per id. Returns the sequence number to wait for (see [`Shard::poll`]).
-    pub fn upsert(
-        &mut self,
+    /// Checks an upsert as [`upsert`](Self::upsert) would, without writing anything: every
+    /// error `upsert` can give that depends only on the request and the catalog (collection,
+    /// batch limit, dimension, values, payloads, record size). The LEU that reads a batch
+    /// spanning several LEUs checks all of it here before any LEU runs its part, so that
+    /// such an error means nothing was applied.
+    pub fn check_upsert(
+        &self,
         collection: &str,
         ids: &[u64],
         vectors: &[f32],
         payloads: &[Payload],
-    ) -> Result<u64, ShardError> {
+    ) -> Result<(), ShardError> {
+        self.checked_upsert(collection, ids, vectors, payloads)
+            .map(|_| ())
+    }
+
+    /// Checks a delete as [`delete`](Self::delete) would, without writing anything.
+    pub fn check_delete(&self, collection: &str, ids: &[u64]) -> Result<(), ShardError> {
+        self.checked_delete(collection, ids).map(|_| ())
+    }
+
+    /// An upsert's checks; the collection's id and spec and the encoded payloads.
+    fn checked_upsert(
+        &self,
+        collection: &str,
+        ids: &[u64],
+        vectors: &[f32],
+        payloads: &[Payload],
+    ) -> Result<CheckedUpsert, ShardError> {
         let (id, spec) = live_collection(&self.catalog, collection)?;
         let dimension = spec.dimension as usize;
         let (writes_max, _) = self.store.batch_limits();
@@ -337,9 +366,6 @@ impl Shard {
                 return Err(ShardError::Invalid(format!("point {}{detail}", ids[index])));
             }
         }
-        // Everything is checked before the first write, and the store admits the whole batch
-        // before it (THROTTLED then comes before any write, not part-way); only an I/O
-        // failure can stop a batch part-way, and a retry of the whole batch is harmless.
         let record_bytes_max = self.store.record_bytes_max();
         if RECORD_HEADER_BYTES + dimension * 4 > record_bytes_max {
             return Err(ShardError::Invalid(format!(
@@ -361,13 +387,43 @@ impl Shard {
             }
             encoded.push(bytes);
         }
-        // Admitted whole or not at all: THROTTLED never cuts a batch part-way.
         let sizes: Vec<WriteSize> = (0..ids.len())
             .map(|index| WriteSize::Put {
                 vector_bytes: dimension * 4,
                 payload_bytes: encoded.get(index).map_or(0, Vec::len),
             })
             .collect();
+        self.store
+            .check_batch(&sizes)
+            .map_err(|error| ShardError::Invalid(error.to_string()))?;
+        Ok(CheckedUpsert {
+            id,
+            spec,
+            encoded,
+            sizes,
+        })
+    }
+
+    /// Upserts a batch: `vectors` holds `ids.len() × dimension` floats, `payloads` is empty
+    /// or one per id. Returns the sequence number to wait for (see [`Shard::poll`]).
+    pub fn upsert(
+        &mut self,
+        collection: &str,
+        ids: &[u64],
+        vectors: &[f32],
+        payloads: &[Payload],
+    ) -> Result<u64, ShardError> {
+        // Everything is checked before the first write, and the store admits the whole batch
+        // before it (THROTTLED then comes before any write, not part-way); only an I/O
+        // failure can stop a batch part-way, and a retry of the whole batch is harmless.
+        let CheckedUpsert {
+            id,
+            spec,
+            encoded,
+            sizes,
+        } = self.checked_upsert(collection, ids, vectors, payloads)?;
+        let dimension = spec.dimension as usize;
+        // Admitted whole or not at all: THROTTLED never cuts a batch part-way.
         let admitted = self.store.admit(&sizes);
         self.settle(admitted)?;
         // Cosine vectors are stored as unit vectors, so that a segment's index reads the
@@ -447,14 +503,7 @@ impl Shard {
 
     /// Deletes points; returns the sequence number to wait for.
     pub fn delete(&mut self, collection: &str, ids: &[u64]) -> Result<u64, ShardError> {
-        let (id, _) = live_collection(&self.catalog, collection)?;
-        let (writes_max, _) = self.store.batch_limits();
-        if ids.is_empty() || ids.len() > writes_max {
-            return Err(ShardError::Invalid(format!(
-                "a delete carries 1 to {writes_max} ids (the store's batch limit), not {}",
-                ids.len()
-            )));
-        }
+        let id = self.checked_delete(collection, ids)?;
         let admitted = self.store.admit(&vec![WriteSize::Delete; ids.len()]);
         self.settle(admitted)?;
         let store = &mut self.store;
@@ -465,6 +514,22 @@ impl Shard {
             })
         });
         self.settle(deleted)
+    }
+
+    /// A delete's checks; the collection's id.
+    fn checked_delete(&self, collection: &str, ids: &[u64]) -> Result<u32, ShardError> {
+        let (id, _) = live_collection(&self.catalog, collection)?;
+        let (writes_max, _) = self.store.batch_limits();
+        if ids.is_empty() || ids.len() > writes_max {
+            return Err(ShardError::Invalid(format!(
+                "a delete carries 1 to {writes_max} ids (the store's batch limit), not {}",
+                ids.len()
+            )));
+        }
+        self.store
+            .check_batch(&vec![WriteSize::Delete; ids.len()])
+            .map_err(|error| ShardError::Invalid(error.to_string()))?;
+        Ok(id)
     }
 
     /// Moves writes and background work forward; returns the durable sequence number.

@@ -893,26 +893,7 @@ impl<E: Env> Store<E> {
         if let Some(error) = self.wal.read_only() {
             return Err(error);
         }
-        let record_bytes_max = self.options.wal.record_bytes_max;
-        if let Some(too_large) = writes.iter().find(|w| w.record_bytes() > record_bytes_max) {
-            return Err(StorageError::RecordTooLarge {
-                bytes: too_large.record_bytes(),
-                max_bytes: record_bytes_max,
-            });
-        }
-        let (writes_max, bytes_max) = self.batch_limits();
-        let total: usize = writes.iter().map(WriteSize::record_bytes).sum();
-        let memtable_total: usize = writes.iter().map(WriteSize::memtable_bytes).sum();
-        if writes.len() > writes_max
-            || total > bytes_max
-            || memtable_total > self.options.memtable_bytes
-        {
-            return Err(StorageError::Invalid(format!(
-                "a batch of {} writes and {total} bytes is larger than the store takes at once \
-                 ({writes_max} writes, {bytes_max} bytes): split it",
-                writes.len()
-            )));
-        }
+        self.check_batch(writes)?;
         let entries_max = self.options.memtable_entries_max;
         let mut held = self.memtable.bytes() + self.pending_bytes;
         let entries_before = self.memtable.len() + self.pending.len();
@@ -941,6 +922,34 @@ impl<E: Env> Store<E> {
         Err(StorageError::Throttled(
             "the memtable or the WAL's open batch is full until a flush or a write completes",
         ))
+    }
+
+    /// The checks of [`admit`](Self::admit) that depend on the batch alone, not on the
+    /// store's state: each record within the record limit, the batch within
+    /// [`batch_limits`](Self::batch_limits). An error here is an error on every store with
+    /// these options, now and later.
+    pub fn check_batch(&self, writes: &[WriteSize]) -> Result<(), StorageError> {
+        let record_bytes_max = self.options.wal.record_bytes_max;
+        if let Some(too_large) = writes.iter().find(|w| w.record_bytes() > record_bytes_max) {
+            return Err(StorageError::RecordTooLarge {
+                bytes: too_large.record_bytes(),
+                max_bytes: record_bytes_max,
+            });
+        }
+        let (writes_max, bytes_max) = self.batch_limits();
+        let total: usize = writes.iter().map(WriteSize::record_bytes).sum();
+        let memtable_total: usize = writes.iter().map(WriteSize::memtable_bytes).sum();
+        if writes.len() > writes_max
+            || total > bytes_max
+            || memtable_total > self.options.memtable_bytes
+        {
+            return Err(StorageError::Invalid(format!(
+                "a batch of {} writes and {total} bytes is larger than the store takes at once \
+                 ({writes_max} writes, {bytes_max} bytes): split it",
+                writes.len()
+            )));
+        }
+        Ok(())
     }
 
     /// The largest batch [`admit`](Self::admit) takes: (writes, record bytes). Half the

@@ -109,6 +109,18 @@ pub enum ClientError {
         /// What is saturated.
         reason: String,
     },
+    /// A write whose points live on several LEUs was applied on some and failed on others
+    /// (docs/VBP.md, `Partial`): the ids not in `failed_ids` are written (or deleted) and
+    /// durable; those in it were not, unless `cause` is an `Internal` server error.
+    #[error("applied in part ({applied} applied, {} ids failed): {cause}", failed_ids.len())]
+    Partial {
+        /// What the parts that succeeded did (points upserted, or deleted that existed).
+        applied: u32,
+        /// The ids of the parts that failed, each once, in request order.
+        failed_ids: Vec<u64>,
+        /// Why they failed: [`ClientError::Throttled`] or [`ClientError::Server`].
+        cause: Box<ClientError>,
+    },
     /// A response of the wrong kind for the request.
     #[error("expected a {expected:?} response, got {got:?}")]
     UnexpectedResponse {
@@ -126,6 +138,39 @@ pub enum ClientError {
     /// A shard-aware client could not learn the LEU map.
     #[error("cannot learn the LEU map: {0}")]
     NoMap(String),
+}
+
+impl ClientError {
+    /// How long to wait before sending the request again, when the server (or, for a
+    /// [`ClientError::Partial`] answer, the part that failed) was THROTTLED.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Throttled { retry_after, .. } => Some(*retry_after),
+            ClientError::Partial { cause, .. } => cause.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// The error a `Partial` answer stands for.
+    pub fn partial(body: crate::message::PartialBody) -> ClientError {
+        let cause = if body.throttled {
+            ClientError::Throttled {
+                retry_after: Duration::from_millis(u64::from(body.retry_after_ms)),
+                reason: body.message,
+            }
+        } else {
+            ClientError::Server {
+                code: ErrorCode::from_u16(body.code)
+                    .map_or(ServerCode::Unknown(body.code), ServerCode::Known),
+                message: body.message,
+            }
+        };
+        ClientError::Partial {
+            applied: body.applied,
+            failed_ids: body.failed_ids,
+            cause: Box::new(cause),
+        }
+    }
 }
 
 /// A server error code: known, or a number from a newer server.
@@ -252,6 +297,7 @@ impl Pending {
                 retry_after: Duration::from_millis(u64::from(body.retry_after_ms)),
                 reason: body.reason,
             }),
+            Response::Partial(body) => Err(ClientError::partial(body)),
             response if response.opcode() == self.opcode => Ok(response),
             response => Err(ClientError::UnexpectedResponse {
                 expected: self.opcode,

@@ -131,6 +131,8 @@ pub enum Response {
     Counted(CountResult),
     /// To `Stats`.
     Stats(StatsResult),
+    /// Applied on some LEUs, failed on others: to an `Upsert` or `Delete`.
+    Partial(PartialBody),
     /// A typed error, to any request.
     Error(ErrorBody),
     /// Overloaded, to any request.
@@ -152,6 +154,7 @@ impl Response {
             Response::Hits(_) => Opcode::Search,
             Response::Counted(_) => Opcode::Count,
             Response::Stats(_) => Opcode::Stats,
+            Response::Partial(_) => Opcode::Partial,
             Response::Error(_) => Opcode::Error,
             Response::Throttled(_) => Opcode::Throttled,
         }
@@ -182,6 +185,7 @@ impl Response {
             Response::Hits(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Counted(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Stats(body) => encode_body(opcode, true, request_id, Some(body)),
+            Response::Partial(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Error(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Throttled(body) => encode_body(opcode, true, request_id, Some(body)),
         }

@@ -40,7 +40,7 @@ use crate::checksum;
 const CHECKSUM_OFFSET: usize = 24;
 
 /// Operation codes. Requests and their responses share a code; a response sets
-/// [`FLAG_RESPONSE`]. `Error` and `Throttled` exist only as responses.
+/// [`FLAG_RESPONSE`]. `Partial`, `Error` and `Throttled` exist only as responses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Opcode {
@@ -66,6 +66,8 @@ pub enum Opcode {
     Count = 10,
     /// Per-LEU statistics.
     Stats = 11,
+    /// A write applied on some of the LEUs it spans and failed on others (response only).
+    Partial = 0xFD,
     /// A typed error (response only).
     Error = 0xFE,
     /// The server is overloaded; retry later (response only).
@@ -74,7 +76,7 @@ pub enum Opcode {
 
 impl Opcode {
     /// Every opcode, for tests and docs.
-    pub const ALL: [Opcode; 13] = [
+    pub const ALL: [Opcode; 14] = [
         Opcode::Ping,
         Opcode::CreateCollection,
         Opcode::DropCollection,
@@ -86,6 +88,7 @@ impl Opcode {
         Opcode::Search,
         Opcode::Count,
         Opcode::Stats,
+        Opcode::Partial,
         Opcode::Error,
         Opcode::Throttled,
     ];
@@ -97,7 +100,7 @@ impl Opcode {
 
     /// Whether the opcode may only appear in responses.
     pub fn response_only(self) -> bool {
-        matches!(self, Opcode::Error | Opcode::Throttled)
+        matches!(self, Opcode::Partial | Opcode::Error | Opcode::Throttled)
     }
 }
 

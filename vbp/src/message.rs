@@ -371,6 +371,30 @@ pub struct ThrottledBody {
     pub reason: String,
 }
 
+/// `Partial` response body: a write whose points live on several LEUs (or nodes) was
+/// applied on some of them and failed on others. The parts that succeeded are durable,
+/// exactly as a full success would be; `failed_ids` names the points of the parts that
+/// failed. Those were not applied, except when `code` is `Internal`, where they may or may
+/// not have been (as for any `Internal` answer). Upserts and deletes are idempotent: sending
+/// the whole request again, or only `failed_ids`, is safe.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PartialBody {
+    /// What the parts that succeeded did, counted as a full answer counts it: points
+    /// upserted, or points deleted that existed.
+    pub applied: u32,
+    /// The ids of the parts that failed, each once, in request order.
+    pub failed_ids: Vec<u64>,
+    /// The failure was THROTTLED: retry `failed_ids` after `retry_after_ms`; `code` is 0.
+    pub throttled: bool,
+    /// Suggested wait before a retry, in milliseconds (0 unless `throttled`).
+    pub retry_after_ms: u32,
+    /// An `ErrorCode` value when not `throttled`.
+    pub code: u16,
+    /// The failure, in words (the first failed part's, by LEU order).
+    pub message: String,
+}
+
 /// Wire error codes carried in `ErrorBody::code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]

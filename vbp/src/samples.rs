@@ -182,6 +182,14 @@ pub fn responses() -> Vec<Response> {
                 }],
             }],
         }),
+        Response::Partial(PartialBody {
+            applied: 2,
+            failed_ids: vec![7, 3],
+            throttled: true,
+            retry_after_ms: 5,
+            code: 0,
+            message: "the memtable is full until a flush completes".to_owned(),
+        }),
         Response::error(ErrorCode::CollectionNotFound, "no collection `docs`"),
         Response::Throttled(ThrottledBody {
             retry_after_ms: 5,

@@ -6,15 +6,17 @@
 //! (the ring's parameters). The client rebuilds the same [`Ring`] (a pure function of the
 //! two counts, see [`crate::routing`]), opens one [`Client`] per LEU on the host it first
 //! reached, and splits each batch by owner: the parts go out pipelined and their answers
-//! are summed (writes) or put back in request order (get). Searches and everything else go
-//! to the LEUs in turn; the LEU that reads a search gathers it from all of them.
+//! are summed (writes) or put back in request order (get). A write that failed on some LEUs
+//! only is [`ClientError::Partial`], as the server answers a write it split itself. Searches
+//! and everything else go to the LEUs in turn; the LEU that reads a search gathers it from
+//! all of them.
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::codec::{Request, Response};
 use crate::header::Opcode;
 use crate::message::{Delete, Get, Hit, PointRecord, Search, Upsert};
 use crate::routing::Ring;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -159,12 +161,7 @@ impl ShardedClient {
                 (leu, Request::Upsert(part))
             })
             .collect();
-        self.scatter(parts)?
-            .into_iter()
-            .try_fold(0u32, |total, answer| match answer {
-                Response::Upserted(ack) => Ok(total.saturating_add(ack.count)),
-                other => Err(answer_error(Opcode::Upsert, other)),
-            })
+        self.scatter_write(&upsert.ids, parts, Opcode::Upsert)
     }
 
     /// Deletes points, each on its owner LEU; returns the count the LEUs report.
@@ -180,12 +177,57 @@ impl ShardedClient {
                 (leu, Request::Delete(part))
             })
             .collect();
-        self.scatter(parts)?
-            .into_iter()
-            .try_fold(0u32, |total, answer| match answer {
-                Response::Deleted(ack) => Ok(total.saturating_add(ack.count)),
-                other => Err(answer_error(Opcode::Delete, other)),
-            })
+        self.scatter_write(&ids, parts, Opcode::Delete)
+    }
+
+    /// Sends a write's parts, all before waiting, and sums their counts. Every part is
+    /// waited for: if some failed and others did not, the answer is
+    /// [`ClientError::Partial`] naming the ids of the parts that failed (as the server
+    /// answers a write it split itself; docs/VBP.md); if all failed, the failure that
+    /// claims least (one that may have been applied in part first, THROTTLED last).
+    fn scatter_write(
+        &self,
+        ids: &[u64],
+        parts: Vec<(usize, Request)>,
+        expected: Opcode,
+    ) -> Result<u32, ClientError> {
+        let pending: Vec<_> = parts
+            .iter()
+            .map(|(leu, request)| (*leu, self.leus[*leu].send(request)))
+            .collect();
+        let mut applied = 0u32;
+        let mut any_applied = false;
+        let mut failures: Vec<(usize, ClientError)> = Vec::new();
+        for (leu, sent) in pending {
+            match sent.and_then(|pending| pending.wait()) {
+                // `wait` took only the request's own answer (or an error).
+                Ok(Response::Upserted(ack) | Response::Deleted(ack)) => {
+                    applied = applied.saturating_add(ack.count);
+                    any_applied = true;
+                }
+                Ok(other) => failures.push((leu, answer_error(expected, other))),
+                Err(error) => failures.push((leu, error)),
+            }
+        }
+        failures.sort_by_key(|(leu, error)| (claim_rank(error), *leu));
+        let failed_leus: HashSet<usize> = failures.iter().map(|(leu, _)| *leu).collect();
+        let Some((_, cause)) = failures.into_iter().next() else {
+            return Ok(applied);
+        };
+        if !any_applied {
+            return Err(cause);
+        }
+        let mut named = HashSet::new();
+        let failed_ids = ids
+            .iter()
+            .copied()
+            .filter(|&id| failed_leus.contains(&self.ring.leu_of(id)) && named.insert(id))
+            .collect();
+        Err(ClientError::Partial {
+            applied,
+            failed_ids,
+            cause: Box::new(cause),
+        })
     }
 
     /// Fetches points (with vectors and payloads) from their owners, in request order.
@@ -227,6 +269,20 @@ impl ShardedClient {
     /// ([`Client::search_spread`]).
     pub fn search_spread(&self, search: Search, fan_out: bool) -> Result<Vec<Hit>, ClientError> {
         self.any().search_spread(search, fan_out)
+    }
+}
+
+/// Which failure a split write reports first: one whose part may have been applied in part
+/// (a server's `Internal`, a connection lost or timed out), then the server's other errors,
+/// then THROTTLED (its part was not applied).
+fn claim_rank(error: &ClientError) -> u8 {
+    match error {
+        ClientError::Throttled { .. } => 2,
+        ClientError::Server {
+            code: crate::client::ServerCode::Known(code),
+            ..
+        } if *code != crate::message::ErrorCode::Internal => 1,
+        _ => 0,
     }
 }
 

@@ -551,7 +551,7 @@ fn request_body(opcode: Opcode, body: &[u8]) -> Result<RequestRef<'_>, FrameErro
             }
             RequestRef::Count(count)
         }
-        Opcode::Error | Opcode::Throttled => {
+        Opcode::Partial | Opcode::Error | Opcode::Throttled => {
             return Err(FrameError::BadOpcode {
                 opcode: opcode as u16,
                 direction: "in a request",
@@ -601,6 +601,9 @@ fn response_body(opcode: Opcode, body: &[u8]) -> Result<Response, FrameError> {
             Response::Counted(owned::<CountResult, ArchivedCountResult>(opcode, body)?)
         }
         Opcode::Stats => Response::Stats(owned::<StatsResult, ArchivedStatsResult>(opcode, body)?),
+        Opcode::Partial => {
+            Response::Partial(owned::<PartialBody, ArchivedPartialBody>(opcode, body)?)
+        }
         Opcode::Error => Response::Error(owned::<ErrorBody, ArchivedErrorBody>(opcode, body)?),
         Opcode::Throttled => {
             Response::Throttled(owned::<ThrottledBody, ArchivedThrottledBody>(opcode, body)?)

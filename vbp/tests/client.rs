@@ -27,6 +27,8 @@ enum Mode {
     Silent,
     /// Answer THROTTLED.
     Throttle,
+    /// Answer `Partial`, THROTTLED in part if `true`, else with an Internal failure.
+    Partial(bool),
     /// Close the connection after this many requests.
     CloseAfter(usize),
 }
@@ -254,6 +256,18 @@ fn serve(mut stream: TcpStream, mode: Mode, model: &Mutex<Model>) {
                     Mode::Throttle => Response::Throttled(ThrottledBody {
                         retry_after_ms: 7,
                         reason: "test".to_owned(),
+                    }),
+                    Mode::Partial(throttled) => Response::Partial(PartialBody {
+                        applied: 3,
+                        failed_ids: vec![9, 4],
+                        throttled,
+                        retry_after_ms: if throttled { 11 } else { 0 },
+                        code: if throttled {
+                            0
+                        } else {
+                            ErrorCode::Internal as u16
+                        },
+                        message: "part failed".to_owned(),
                     }),
                     _ => model.lock().unwrap().answer(request),
                 },
@@ -515,6 +529,42 @@ fn throttled_is_a_typed_error_with_the_hint() {
             assert_eq!(retry_after, Duration::from_millis(7))
         }
         other => panic!("{other}"),
+    }
+}
+
+/// A `Partial` answer comes back as `ClientError::Partial` with the ids that failed and the
+/// cause; `retry_after` gives the wait for a THROTTLED part and none for an error.
+#[test]
+fn partial_is_a_typed_error_naming_the_failed_ids() {
+    for throttled in [true, false] {
+        let server = TestServer::start(Mode::Partial(throttled));
+        let client = Client::connect(&[server.endpoint()], options()).unwrap();
+        let error = client.delete("docs", vec![1, 9, 4]).unwrap_err();
+        let ClientError::Partial {
+            applied,
+            ref failed_ids,
+            ref cause,
+        } = error
+        else {
+            panic!("{error}");
+        };
+        assert_eq!((applied, failed_ids.as_slice()), (3, &[9u64, 4][..]));
+        if throttled {
+            assert!(matches!(**cause, ClientError::Throttled { .. }), "{cause}");
+            assert_eq!(error.retry_after(), Some(Duration::from_millis(11)));
+        } else {
+            assert!(
+                matches!(
+                    **cause,
+                    ClientError::Server {
+                        code: ServerCode::Known(ErrorCode::Internal),
+                        ..
+                    }
+                ),
+                "{cause}"
+            );
+            assert_eq!(error.retry_after(), None);
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vortex_vbp::client::{Client, ClientError, ClientOptions};
+use vortex_vbp::client::{Client, ClientOptions};
 use vortex_vbp::message::{CollectionSpec, Metric, Upsert, VectorType};
 
 const COLLECTION: &str = "crash";
@@ -389,9 +389,13 @@ fn write(
                     first.get_or_insert_with(|| started.elapsed());
                 }
             }
-            Err(ClientError::Throttled { retry_after, .. }) => std::thread::sleep(retry_after),
-            // The node went away (the kill): what was not answered proves nothing.
-            Err(_) => return,
+            // THROTTLED, whole or in part: the batch is sent again (a part written twice
+            // holds the same values).
+            Err(error) => match error.retry_after() {
+                Some(retry_after) => std::thread::sleep(retry_after),
+                // The node went away (the kill): what was not answered proves nothing.
+                None => return,
+            },
         }
     }
 }

@@ -53,7 +53,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-use crate::dispatch::{dispatch_part, search_whole, throttled, Outcome};
+use crate::dispatch::{check_write, dispatch_part, search_whole, throttled, Outcome};
 use crate::executor::Executor;
 use crate::gather::{participants, Merge, Ownership};
 use crate::handlers::{self, Destination, Waits};
@@ -216,8 +216,10 @@ pub struct ServeReport {
     pub throttled_answers: u64,
     /// Every answer THROTTLED sent to a client, whatever said it: the LEU's state, its
     /// handler slots, a full queue to another LEU, or the store (a full MemTable or WAL
-    /// batch).
+    /// batch). A `Partial` answer whose failed part was THROTTLED counts too.
     pub throttled_total: u64,
+    /// `Partial` answers sent to clients: writes applied on some LEUs, failed on others.
+    pub partial_answers: u64,
     /// Whether receives go into a provided-buffer ring.
     pub provided_buffers: bool,
     /// Connections closed while THROTTLED because they held receive buffers and did not

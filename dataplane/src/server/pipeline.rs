@@ -94,9 +94,17 @@ impl Server {
             self.deliver(to, throttled("the queue to another core is full; retry"));
             return;
         }
+        // A write checked whole before any part runs: an error about the request then means
+        // that no LEU applied any of it.
+        if needed.iter().filter(|&&n| n).count() > 1 {
+            if let Err(refused) = check_write(&self.shard, &request) {
+                self.deliver(to, refused);
+                return;
+            }
+        }
         // The gather keeps the frame until every part is in: the other LEUs read it in place.
         let token = self.waits.open(Some(frame.clone()));
-        let merge = Merge::new(&request);
+        let merge = Merge::new(&request, &self.links.ring);
         let waiting = needed.iter().filter(|&&n| n).count();
         // This LEU's part first, from the request already validated; the gather's task
         // waits for it if it is a write.

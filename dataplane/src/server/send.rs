@@ -11,8 +11,13 @@ impl Server {
         };
         connection.unanswered = connection.unanswered.saturating_sub(1);
         self.report.answered += 1;
-        if matches!(response, Response::Throttled(_)) {
-            self.report.throttled_total += 1;
+        match response {
+            Response::Throttled(_) => self.report.throttled_total += 1,
+            Response::Partial(partial) => {
+                self.report.partial_answers += 1;
+                self.report.throttled_total += u64::from(partial.throttled);
+            }
+            _ => {}
         }
         if connection.dead {
             return; // its socket is shut down: nothing can be sent

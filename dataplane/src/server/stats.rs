@@ -23,6 +23,7 @@ impl Server {
             ("throttled_us", self.report.throttled_us + throttled_now),
             ("throttled_answers", self.report.throttled_answers),
             ("throttled_total", self.report.throttled_total),
+            ("partial_answers", self.report.partial_answers),
             ("throttled_handover", self.report.throttled_handover),
             ("throttled_handlers", self.report.throttled_handlers),
             ("handlers_waiting", self.executor.live() as u64),

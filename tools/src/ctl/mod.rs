@@ -83,17 +83,21 @@ impl CtlError {
     }
 }
 
-/// Runs `call` until it is not THROTTLED (waiting the server's hint, doubling from 1 ms up
+/// Runs `call` until it is not THROTTLED, whole or in part (waiting the server's hint, doubling from 1 ms up
 /// to 1 s), at most 60 times.
 pub fn retrying<T>(mut call: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
     let mut wait = Duration::from_millis(1);
     for _ in 0..60 {
         match call() {
-            Err(ClientError::Throttled { retry_after, .. }) => {
-                std::thread::sleep(wait.max(retry_after).min(Duration::from_secs(1)));
-                wait = (wait * 2).min(Duration::from_secs(1));
-            }
-            other => return other,
+            // THROTTLED whole or in part (`Partial`): writes are idempotent, so all again.
+            Err(error) => match error.retry_after() {
+                Some(retry_after) => {
+                    std::thread::sleep(wait.max(retry_after).min(Duration::from_secs(1)));
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                None => return Err(error),
+            },
+            done => return done,
         }
     }
     call()
