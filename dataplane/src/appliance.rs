@@ -68,6 +68,14 @@ pub struct Stopped {
     pub accepted: u64,
     /// Requests answered.
     pub answered: u64,
+    /// Connections reset at the end of the stop's drain (their peers were not reading).
+    pub aborted: u64,
+}
+
+/// How long a stop may take, from the signal to the process's exit
+/// (`[limits] stop_timeout_s`).
+pub fn stop_bound(config: &ApplianceConfig) -> Duration {
+    Duration::from_secs(u64::from(config.limits.stop_timeout_s))
 }
 
 /// The server settings an appliance config asks for.
@@ -81,6 +89,9 @@ pub fn server_config(config: &ApplianceConfig) -> ServerConfig {
         ring: RingConfig::from_config(&config.io_uring),
         busy_poll: Duration::from_micros(u64::from(config.io_uring.busy_poll_us)),
         search: config.leu.search,
+        // Half the stop's bound for answering what was read; the rest for syncing and
+        // sealing the WALs and abandoning background work.
+        stop_deadline: stop_bound(config) / 2,
         // The index tier folds whatever is flushed into its node graph.
         idle_flush_points: match config.leu.search {
             SearchSpread::Whole => 1,
@@ -174,6 +185,7 @@ impl Appliance {
                 Ok(Ok(report)) => {
                     total.accepted += report.accepted;
                     total.answered += report.answered;
+                    total.aborted += report.aborted_at_stop;
                 }
                 Ok(Err(error)) => errors.push(format!("LEU {leu}: {error}")),
                 Err(_) => errors.push(format!("LEU {leu} panicked")),

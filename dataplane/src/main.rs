@@ -16,6 +16,9 @@ use vortex_dataplane::report::TopologyReport;
 use vortex_io::{memlock, RingConfig};
 
 const EXIT_RUNTIME: u8 = 1;
+/// A stop that did not end within `[limits] stop_timeout_s`: the process ended as after a
+/// crash (acknowledged writes are durable; the next start replays the WAL).
+const EXIT_STOP_TIMEOUT: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(name = "vortex-dataplane", version, about = "The VORTEX dataplane")]
@@ -197,6 +200,29 @@ extern "C" fn on_stop_signal(_signal: libc::c_int) {
     STOP.store(true, Ordering::Release);
 }
 
+/// Ends the process if the stop now starting has not ended within `bound`: the LEUs drain
+/// for half of it and then sync and seal their WALs and abandon background work, which
+/// should take far less than the rest; if something still holds the stop at the bound (a
+/// disk that does not answer a sync), exiting as a crash would is safe, since every
+/// acknowledged write is durable, and it keeps the promise made to the supervisor.
+fn watch_the_stop(bound: Duration) {
+    let watch = std::thread::Builder::new()
+        .name("vortex-stop-bound".to_owned())
+        .spawn(move || {
+            std::thread::sleep(bound);
+            eprintln!(
+                "vortex-dataplane: the stop did not end within limits.stop_timeout_s = {} s: \
+                 exiting now, as after a crash (every acknowledged write is durable; the next \
+                 start replays the WAL and redoes the abandoned work)",
+                bound.as_secs()
+            );
+            std::process::exit(i32::from(EXIT_STOP_TIMEOUT));
+        });
+    if let Err(error) = watch {
+        tracing::warn!(%error, "cannot watch the stop's time bound");
+    }
+}
+
 fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
     if config_path.is_none() {
         // Said first, so that it stands above any error the defaults lead to.
@@ -230,10 +256,12 @@ fn run(config_path: Option<PathBuf>) -> Result<u8, Failure> {
     while !STOP.load(Ordering::Acquire) && !appliance.failed() {
         std::thread::sleep(Duration::from_millis(20));
     }
+    watch_the_stop(vortex_dataplane::appliance::stop_bound(&config));
     let stopped = appliance.stop().map_err(Failure::runtime)?;
     println!(
-        "vortex-dataplane stopped: {} connections, {} requests answered, WAL synced",
-        stopped.accepted, stopped.answered
+        "vortex-dataplane stopped: {} connections, {} requests answered, {} connections reset \
+         unread, WAL synced",
+        stopped.accepted, stopped.answered, stopped.aborted
     );
     Ok(0)
 }

@@ -693,3 +693,153 @@ fn sigterm_during_a_load_exits_within_five_seconds_and_keeps_every_acknowledged_
     drop(client);
     assert_eq!(terminate(child).code(), Some(0));
 }
+
+/// Issue #23 item 2: SIGTERM right after a load, while the LEUs merge their level-0 tables
+/// and build the merged tables' graphs (and the index tier its node graph), ends the
+/// process within `[limits] stop_timeout_s` (2 s here): the merge and the builds are abandoned, to be redone, and a
+/// restart finds every point. Exit status 0 (a clean stop), or 3 if the stop's own bound
+/// had to end it (then as after a crash, losing nothing acknowledged).
+#[test]
+fn sigterm_in_the_middle_of_a_merge_exits_within_the_configured_bound() {
+    let _ports = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config_with(dir.path(), port, 2);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[limits]\nstop_timeout_s = 2\n");
+    std::fs::write(&config, text).unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let (child, _) = start(&config);
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    const DIM: usize = 48;
+    const POINTS: u64 = 40_000;
+    client
+        .create_collection(CollectionSpec {
+            name: "docs".into(),
+            dimension: DIM as u32,
+            metric: Metric::L2,
+            m: 16,
+            ef_construction: 200,
+            vector_type: VectorType::F32,
+        })
+        .unwrap();
+    let vector = |id: u64| -> Vec<f32> {
+        (0..DIM as u64)
+            .map(|j| ((id.wrapping_mul(2_654_435_761) ^ j.wrapping_mul(40_503)) % 1000) as f32)
+            .collect()
+    };
+    for start in (0..POINTS).step_by(1000) {
+        let ids: Vec<u64> = (start..start + 1000).collect();
+        let upsert = Upsert {
+            collection: "docs".into(),
+            dimension: DIM as u32,
+            vectors: ids.iter().flat_map(|&id| vector(id)).collect(),
+            ids,
+            payloads: Vec::new(),
+        };
+        loop {
+            match client.upsert(upsert.clone()) {
+                Ok(_) => break,
+                Err(error) => match error.retry_after() {
+                    Some(wait) => std::thread::sleep(wait),
+                    None => panic!("{error}"),
+                },
+            }
+        }
+    }
+    // The load leaves level-0 tables to merge into level 1, with the merged table's graph
+    // to build, and the index tier a node graph: catch them at it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let caught = loop {
+        let stats = client.stats().unwrap();
+        let merging = vortex_vbp::message::counters_sum(&stats, &["pending_compactions"]);
+        let busy = vortex_vbp::message::counters_sum(
+            &stats,
+            &vortex_vbp::message::BACKGROUND_WORK_COUNTERS,
+        );
+        if merging > 0 {
+            break busy;
+        }
+        assert!(Instant::now() < deadline, "no merge began: {stats:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drop(client);
+    let started = Instant::now();
+    let status = terminate(child);
+    let took = started.elapsed();
+    eprintln!(
+        "SIGTERM during a merge ({caught} units of background work left): exit {:?} after \
+         {took:?}",
+        status.code()
+    );
+    assert!(
+        matches!(status.code(), Some(0 | 3)),
+        "{status:?}: neither a clean stop nor the bound's"
+    );
+    // The bound, plus what a busy 2-core machine takes to schedule the exit.
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}");
+
+    let (child, _) = start(&config);
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    assert_eq!(client.count("docs", None).unwrap(), POINTS);
+    for start in (0..POINTS).step_by(4000) {
+        let ids: Vec<u64> = (start..start + 4000).collect();
+        let points = client.get("docs", ids).unwrap();
+        assert_eq!(points.len(), 4000);
+        for point in points {
+            assert_eq!(point.vector, vector(point.id), "point {}", point.id);
+        }
+    }
+    drop(client);
+    assert!(matches!(terminate(child).code(), Some(0 | 3)));
+}
+
+/// Issue #23 item 2: a client that sends requests with large answers and never reads them
+/// cannot hold a stop: the LEUs give up on its answers at half of `stop_timeout_s` (2 s
+/// here) and the process exits 0 within the bound.
+#[test]
+fn a_client_that_never_reads_cannot_hold_a_stop_past_its_bound() {
+    use std::io::Write as _;
+    let _ports = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[limits]\nstop_timeout_s = 2\n");
+    std::fs::write(&config, text).unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let (child, _) = start(&config);
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    client.create_collection(docs_spec()).unwrap();
+    for start in (0..8000).step_by(2000) {
+        client.upsert(docs_upsert(start..start + 2000)).unwrap();
+    }
+    drop(client);
+    // 64 gets of 8,000 points each (about 0.3 MB an answer), never read.
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    let get = vortex_vbp::codec::Request::Get(vortex_vbp::message::Get {
+        collection: "docs".into(),
+        ids: (0..8000).collect(),
+        with_vectors: true,
+        with_payload: true,
+    });
+    for request_id in 1..=64 {
+        stream.write_all(&get.encode(request_id).unwrap()).unwrap();
+    }
+    // Let the answers fill both sockets' buffers.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = terminate(child);
+    let took = started.elapsed();
+    eprintln!(
+        "SIGTERM with a client not reading: exit {:?} after {took:?}",
+        status.code()
+    );
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "the drain gave up at once: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "the stop took {took:?}");
+    drop(stream);
+}

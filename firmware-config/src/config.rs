@@ -33,6 +33,8 @@ pub const FRAME_SIZE_MIN_BYTES: u32 = 4096;
 pub const FRAME_SIZE_MAX_BYTES: u32 = 1 << 30;
 /// Upper bound of `limits.connections_max`.
 pub const CONNECTIONS_MAX: u32 = 1 << 20;
+/// Bounds of `limits.stop_timeout_s`: a second to ten minutes.
+pub const STOP_TIMEOUT_MAX_S: u32 = 600;
 /// Upper bound of `limits.idle_timeout_s`: a day.
 const IDLE_TIMEOUT_MAX_S: u32 = 86_400;
 
@@ -284,6 +286,13 @@ pub struct LimitsConfig {
     /// Seconds a connection may stay idle (no request in flight, nothing received) before
     /// it is closed; 0 keeps idle connections forever. 0 to 86400, default 300.
     pub idle_timeout_s: u32,
+    /// Seconds from SIGTERM (or SIGINT) to the process's exit, at most, 1 to 600. The first
+    /// half goes to answering what was read; then the WALs are synced and sealed and
+    /// running flushes, merges and index builds are abandoned (they resume at the next
+    /// start). A stop still running at the bound ends the process as a crash would (every
+    /// acknowledged write is durable; the next start replays the WAL). Default 5, well
+    /// inside systemd's `TimeoutStopSec`.
+    pub stop_timeout_s: u32,
 }
 
 impl Default for LimitsConfig {
@@ -293,6 +302,7 @@ impl Default for LimitsConfig {
             frame_size_max_bytes: 16 << 20,
             inflight_per_connection_max: 64,
             idle_timeout_s: 300,
+            stop_timeout_s: 5,
         }
     }
 }
@@ -496,6 +506,13 @@ impl ApplianceConfig {
             limits.idle_timeout_s,
             0,
             IDLE_TIMEOUT_MAX_S,
+            "",
+        )?;
+        check_range(
+            "limits.stop_timeout_s",
+            limits.stop_timeout_s,
+            1,
+            STOP_TIMEOUT_MAX_S,
             "",
         )?;
         Ok(())
@@ -891,7 +908,7 @@ mod properties {
         #[test]
         fn config_shaped_text_is_parsed_or_refused_on_one_line(
             section in "(network|storage|leu|memory|io_uring|limits|log|bogus)",
-            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|busy_poll_us|connections_max|frame_size_max_bytes|inflight_per_connection_max|idle_timeout_s|level|bogus)",
+            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|busy_poll_us|connections_max|frame_size_max_bytes|inflight_per_connection_max|idle_timeout_s|stop_timeout_s|level|bogus)",
             value in "(-?[0-9]{1,12}|\"[a-z]{0,8}\"|true|\\[[0-9, ]{0,12}\\]|[0-9]\\.[0-9])",
         ) {
             let text = format!("[{section}]\n{key} = {value}\n");

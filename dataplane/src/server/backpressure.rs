@@ -247,6 +247,53 @@ impl Server {
 
     /// Frees the slots of closing connections with nothing in flight and nothing left to
     /// send (dropping the fd closes the socket).
+    /// At the end of a stop's drain: resets the connections whose answers have not all gone
+    /// out (their peers stopped reading), so that the kernel drops what they hold at once.
+    /// Otherwise the sends in flight, a zero-copy send's notification above all, complete
+    /// only when the peer reads, and the ring's drop would wait for them.
+    pub(super) fn abort_unsent(&mut self) {
+        let mut aborted = 0;
+        for connection in self.conns.iter().flatten() {
+            if !connection.sending && connection.outbox.is_empty() {
+                continue;
+            }
+            let fd = connection.fd.as_raw_fd();
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: the socket is ours; `linger` is a valid `struct linger` of the length
+            // given, and `unspec` a valid `sockaddr` whose family is AF_UNSPEC: on a TCP
+            // socket, connecting to it disconnects (the kernel's `tcp_disconnect`: the
+            // queues are purged and the peer gets a reset).
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&raw const linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+                let mut unspec: libc::sockaddr = std::mem::zeroed();
+                unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+                libc::connect(
+                    fd,
+                    &raw const unspec,
+                    std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+                );
+            }
+            aborted += 1;
+        }
+        self.report.aborted_at_stop += aborted;
+        if aborted > 0 {
+            tracing::warn!(
+                leu = self.leu,
+                connections = aborted,
+                "stop: reset connections whose peers did not read their answers"
+            );
+        }
+    }
+
     pub(super) fn reap_closed(&mut self) {
         for conn in 0..self.conns.len() {
             // `unanswered` counts the acknowledgements still waiting for durability too.

@@ -220,6 +220,8 @@ pub struct ServeReport {
     pub throttled_total: u64,
     /// `Partial` answers sent to clients: writes applied on some LEUs, failed on others.
     pub partial_answers: u64,
+    /// Connections reset at the end of a stop's drain, their answers not all read.
+    pub aborted_at_stop: u64,
     /// Whether receives go into a provided-buffer ring.
     pub provided_buffers: bool,
     /// Connections closed while THROTTLED because they held receive buffers and did not
@@ -746,7 +748,11 @@ impl Server {
                     }
                 }
                 let team_quiet = self.links.team.quiet.load(Ordering::Acquire) >= leus;
-                if (quiet && team_quiet) || since.elapsed() > self.config.stop_deadline {
+                if quiet && team_quiet {
+                    break;
+                }
+                if since.elapsed() > self.config.stop_deadline {
+                    self.abort_unsent();
                     break;
                 }
             } else {
