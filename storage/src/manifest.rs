@@ -341,12 +341,28 @@ impl Edit {
     }
 }
 
-/// Replays the edits in a MANIFEST's bytes. A torn last edit (damage with nothing valid after
-/// it) is ignored: it was never synced, so nothing relied on it.
-pub fn replay_edits(bytes: &[u8], path: &Path) -> Result<(ManifestState, u64), StorageError> {
+/// What replaying a MANIFEST found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The state after every edit that verified.
+    pub state: ManifestState,
+    /// The last edit's sequence number.
+    pub last_sequence: u64,
+    /// The last edit failed its checks and was ignored: what, and where. A crash while it
+    /// was appended leaves it so (never synced, so nothing relied on it), and so does damage
+    /// to a synced edit, whose files the store then must not delete (see
+    /// `Store::open`): the two cannot be told apart from the bytes.
+    pub damaged_tail: Option<String>,
+}
+
+/// Replays the edits in a MANIFEST's bytes. A damaged last edit (damage with nothing valid
+/// after it) is ignored and reported ([`Replayed::damaged_tail`]); damage followed by valid
+/// edits is corruption.
+pub fn replay_edits(bytes: &[u8], path: &Path) -> Result<Replayed, StorageError> {
     let mut reader = LogReader::new(bytes, EDIT_BYTES_MAX);
     let mut state = ManifestState::default();
     let mut edits = 0u64;
+    let mut damaged_tail = None;
     loop {
         match reader.next_record() {
             Step::Record(record) => {
@@ -373,8 +389,14 @@ pub fn replay_edits(bytes: &[u8], path: &Path) -> Result<(ManifestState, u64), S
                     path = %path.display(),
                     offset = damage.offset,
                     defect = %damage.defect,
-                    "ignoring a torn last MANIFEST edit"
+                    "ignoring a damaged last MANIFEST edit (torn by a crash, or damaged since)"
                 );
+                damaged_tail = Some(format!(
+                    "{}: the last edit, at offset {}, is damaged ({}) and was ignored",
+                    path.display(),
+                    damage.offset,
+                    damage.defect
+                ));
                 break;
             }
             Step::Damaged(damage) => {
@@ -396,7 +418,11 @@ pub fn replay_edits(bytes: &[u8], path: &Path) -> Result<(ManifestState, u64), S
             detail: "no edit in the MANIFEST".to_owned(),
         });
     }
-    Ok((state, reader.last_sequence()))
+    Ok(Replayed {
+        state,
+        last_sequence: reader.last_sequence(),
+        damaged_tail,
+    })
 }
 
 /// The live MANIFEST, open for appending edits.
@@ -410,11 +436,9 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Reads CURRENT and the MANIFEST it names: `None` when there is no CURRENT.
-    pub fn load<E: Env>(
-        env: &mut E,
-        dir: &Path,
-    ) -> Result<Option<(u64, ManifestState)>, StorageError> {
+    /// Reads CURRENT and the MANIFEST it names: its number and what replaying it found;
+    /// `None` when there is no CURRENT.
+    pub fn load<E: Env>(env: &mut E, dir: &Path) -> Result<Option<(u64, Replayed)>, StorageError> {
         let current = dir.join(CURRENT);
         if !env.exists(&current).map_err(io_error("stat", &current))? {
             return Ok(None);
@@ -452,8 +476,7 @@ impl Manifest {
         let number = parse_manifest_name(name).unwrap_or_default();
         let path = dir.join(name);
         let bytes = env.read(&path).map_err(io_error("read", &path))?;
-        let (state, _) = replay_edits(&bytes, &path)?;
-        Ok(Some((number, state)))
+        Ok(Some((number, replay_edits(&bytes, &path)?)))
     }
 
     /// Writes MANIFEST `number` holding `state`, syncs it and makes it current; the MANIFEST it

@@ -165,6 +165,10 @@ impl StoreOptions {
     }
 }
 
+/// Where a start puts table files it would otherwise delete, when the MANIFEST's last edit
+/// was damaged (see [`OpenReport::moved_aside`]).
+pub const LOST_FOUND: &str = "lost+found";
+
 /// Why a write is refused while the WAL is at its bound.
 const WAL_FULL: &str = "the WAL holds wal_bytes_max bytes until a flush retires them";
 
@@ -490,6 +494,10 @@ pub struct OpenReport {
     /// Files removed that no MANIFEST version lists (outputs of an interrupted flush or
     /// compaction).
     pub orphans_removed: usize,
+    /// Files no MANIFEST version lists, moved into `lost+found/` instead of removed because
+    /// the MANIFEST's last edit was damaged (`replay.manifest_damage`): that edit may have
+    /// listed them (a flush or a compaction whose inputs and WAL are gone since).
+    pub moved_aside: Vec<PathBuf>,
     /// Tables that could not be opened and were quarantined.
     pub quarantined: usize,
 }
@@ -755,37 +763,82 @@ impl<E: Env> Store<E> {
         let state = wal.manifest_state().clone();
         let mut version = Version::default();
         let mut quarantined = 0;
+        let damage = replay.manifest_damage.as_deref();
         for meta in state.tables.values() {
             let path = tables_dir.join(table_name(meta.number));
             let table = match Table::open(&path, meta.number) {
                 Ok(table) => table,
                 Err(error) => {
                     quarantined += 1;
-                    Table::broken(&path, meta, &error.to_string())
+                    // A table the MANIFEST lists that is gone: with its last edit damaged,
+                    // most likely that edit's compaction replaced it (its outputs are in
+                    // lost+found then).
+                    let reason = match damage {
+                        Some(damage) => format!(
+                            "{error}; {damage}: that edit may be the compaction that \
+                             replaced this table (see lost+found/)"
+                        ),
+                        None => error.to_string(),
+                    };
+                    Table::broken(&path, meta, &reason)
                 }
             };
             version.insert(meta.level as usize, Arc::new(table));
         }
         let live: BTreeSet<u64> = state.tables.keys().copied().collect();
         let mut orphans_removed = 0;
+        let mut moved_aside = Vec::new();
+        let lost_found = dir.join(LOST_FOUND);
         let names = std::fs::read_dir(&tables_dir).map_err(io_error("list", &tables_dir))?;
         for name in names.flatten() {
             let name = name.file_name().to_string_lossy().into_owned();
             if parse_table_name(&name).is_some_and(|number| !live.contains(&number)) {
                 let path = tables_dir.join(&name);
-                std::fs::remove_file(&path).map_err(io_error("remove", &path))?;
-                tracing::info!(path = %path.display(), "removed an SSTable no version lists");
-                orphans_removed += 1;
+                if let Some(damage) = damage {
+                    // Never delete what a damaged edit may list: keep it for the operator.
+                    std::fs::create_dir_all(&lost_found)
+                        .map_err(io_error("create", &lost_found))?;
+                    let mut aside = lost_found.join(&name);
+                    for copy in 1.. {
+                        if !aside.exists() {
+                            break;
+                        }
+                        aside = lost_found.join(format!("{name}.{copy}"));
+                    }
+                    std::fs::rename(&path, &aside).map_err(io_error("rename", &path))?;
+                    tracing::error!(
+                        path = %aside.display(),
+                        %damage,
+                        "moved aside an SSTable no version lists: the damaged MANIFEST edit \
+                         may have listed it"
+                    );
+                    moved_aside.push(aside);
+                } else {
+                    std::fs::remove_file(&path).map_err(io_error("remove", &path))?;
+                    tracing::info!(path = %path.display(), "removed an SSTable no version lists");
+                    orphans_removed += 1;
+                }
             }
         }
-        if orphans_removed > 0 {
+        if orphans_removed > 0 || !moved_aside.is_empty() {
             sync_dir(&tables_dir)?;
+        }
+        if !moved_aside.is_empty() {
+            sync_dir(&lost_found)?;
         }
         hooks.compaction.retain(&live);
         let version = Arc::new(version);
         let shared = Arc::new(Shared {
             tables_dir,
-            table_next: AtomicU64::new(state.table_next),
+            // Past the numbers moved aside too: the damaged edit may have counted them.
+            table_next: AtomicU64::new(
+                moved_aside
+                    .iter()
+                    .filter_map(|path| {
+                        parse_table_name(&path.file_name()?.to_string_lossy()).map(|n| n + 1)
+                    })
+                    .fold(state.table_next, u64::max),
+            ),
             current: Mutex::new(Arc::clone(&version)),
             hooks,
             stop: Arc::new(AtomicBool::new(false)),
@@ -822,11 +875,13 @@ impl<E: Env> Store<E> {
             replay,
             tables: live.len(),
             orphans_removed,
+            moved_aside,
             quarantined,
         };
         tracing::info!(
             tables = report.tables,
             orphans = orphans_removed,
+            moved_aside = report.moved_aside.len(),
             quarantined,
             replayed = report.replay.records,
             "store open"

@@ -159,6 +159,9 @@ pub struct ReplayReport {
     pub skipped: Vec<Skipped>,
     /// How long replay took, truncation and the new segment included.
     pub duration: Duration,
+    /// The MANIFEST's last edit was damaged and ignored (see
+    /// [`crate::manifest::Replayed::damaged_tail`]): what, and where.
+    pub manifest_damage: Option<String>,
 }
 
 /// Counters, for stats and benchmarks.
@@ -286,8 +289,8 @@ impl<E: Env> Wal<E> {
         let names = env.list(dir).map_err(io_error("list", dir))?;
         let mut numbers: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
         numbers.sort_unstable();
-        let (manifest_number, state) = match Manifest::load(&mut env, dir)? {
-            Some(found) => found,
+        let (manifest_number, state, manifest_damage) = match Manifest::load(&mut env, dir)? {
+            Some((number, replayed)) => (number, replayed.state, replayed.damaged_tail),
             None => {
                 // A crash during the very first open can leave empty segments (and a MANIFEST
                 // that never became current) before CURRENT exists: nothing was ever
@@ -322,11 +325,12 @@ impl<E: Env> Wal<E> {
                         ),
                     });
                 }
-                (0, ManifestState::default())
+                (0, ManifestState::default(), None)
             }
         };
         let mut report = ReplayReport {
             checkpoint_sequence: state.wal_checkpoint_sequence,
+            manifest_damage,
             ..ReplayReport::default()
         };
 
