@@ -141,6 +141,8 @@ pub fn error_response(error: &ShardError) -> Response {
         ShardError::DimensionMismatch(_) => ErrorCode::DimensionMismatch,
         ShardError::NotFound(_) => ErrorCode::CollectionNotFound,
         ShardError::Exists(_) => ErrorCode::CollectionExists,
+        ShardError::Fenced { .. } => ErrorCode::Fenced,
+        error if error.is_corruption() => ErrorCode::Fenced,
         ShardError::Storage(_)
         | ShardError::Io { .. }
         | ShardError::Locked(_)
@@ -271,6 +273,7 @@ fn leu_stats(shard: &Shard, leu: u16, server: &[(&str, u64)]) -> LeuStats {
         counter("memtable_bytes", stats.store.memtable_bytes as u64),
         counter("index_build_backlog", stats.index_build_backlog as u64),
         counter("pending_compactions", stats.pending_compactions as u64),
+        counter("fenced_tables", stats.store.quarantined_tables as u64),
     ];
     counters.extend(server.iter().map(|&(name, value)| counter(name, value)));
     LeuStats { leu, counters }

@@ -294,9 +294,14 @@ impl Shard {
     /// One collection with its live point count.
     pub fn describe_collection(&self, name: &str) -> Result<CollectionInfo, ShardError> {
         let (id, spec) = live_collection(&self.catalog, name)?;
+        let view = self.view.load();
+        // Its count would leave the fenced table's points out (a listing does, documented).
+        if let Some(fenced) = view.fenced(id, None) {
+            return Err(fenced);
+        }
         Ok(CollectionInfo {
             spec,
-            points: self.view.load().count_points(id)?,
+            points: view.count_points(id)?,
         })
     }
 

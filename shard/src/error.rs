@@ -43,16 +43,34 @@ pub enum ShardError {
         /// What is wrong.
         detail: String,
     },
-    /// An index failed to build, load or search.
     /// A node graph of the index tier failed a search (tier.rs).
     #[error("the node graph: {0}")]
     NodeGraph(String),
-
+    /// An index failed to build, load or search.
     #[error("index of segment {table}: {detail}")]
     Index {
         /// The segment's table number.
         table: u64,
         /// What failed.
+        detail: String,
+    },
+    /// Data the request needs is fenced: a table of the collection failed its checks and
+    /// is quarantined until it is repaired or restored. The collection's other points (for
+    /// a get) and the other collections are served.
+    #[error(
+        "collection {collection:?}: points {first} to {last} are fenced (table {table}: \
+         {detail}); requests that need them fail until the table is repaired or restored"
+    )]
+    Fenced {
+        /// The collection's name.
+        collection: String,
+        /// The lowest point id the fenced table may hold.
+        first: u64,
+        /// The highest.
+        last: u64,
+        /// The table's number.
+        table: u64,
+        /// Why it is fenced.
         detail: String,
     },
 }
@@ -65,6 +83,17 @@ impl ShardError {
             path: path.to_owned(),
             source,
         }
+    }
+
+    /// Whether the error is a table's corruption found by a read (to be answered as
+    /// [`ShardError::Fenced`], naming the collection and range, by whoever knows them).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            ShardError::Storage(
+                StorageError::TableCorrupt { .. } | StorageError::Quarantined { .. }
+            )
+        )
     }
 
     /// Whether the request may simply be retried shortly (THROTTLED).

@@ -461,53 +461,67 @@ impl SideCars {
             {
                 continue;
             }
-            if !self.wants_index(table) {
-                self.build(table)?; // no graph: keys and labels only
+            if let Some(reason) = table.quarantined() {
+                // The store could not open it: fenced, with no segment (docs/SHARD.md).
+                tracing::error!(table = table.number(), %reason, "a fenced table: not served");
                 continue;
             }
-            let path = self.dir.join(sidecar_name(table.number()));
-            let dim = self
-                .spec(table.footer().collection)
-                .map_or(0, |s| s.dimension as usize);
-            let loaded = self.rows(table, dim).and_then(|rows| {
-                Hnsw::load_over(&path, rows).map_err(|error| ShardError::Index {
-                    table: table.number(),
-                    detail: error.to_string(),
-                })
-            });
-            match loaded {
-                Ok(index) if index.len() as u64 == table.footer().vector_count => {
-                    index.release_pages(); // the load's checks read every section
-                    let contents = self.read_table(table)?;
-                    self.register(table, Some(index), contents);
-                }
-                outcome => {
-                    if let Err(error) = outcome {
-                        tracing::warn!(path = %path.display(), %error, "rebuilding a side-car index");
-                    }
-                    // Searched exactly until the builder thread has built it (after a
-                    // check of the table's blocks): an open does not wait for builds.
-                    if matches!(self.defer(table, true), Ok(true)) {
-                        rebuilt += 1;
-                        continue;
-                    }
-                    // Rebuild only from a table whose blocks and vectors check out; a damaged
-                    // one is quarantined (searches over it fail clearly) instead of failing
-                    // the whole open.
-                    let rebuilt_ok = table
-                        .verify(None, None)
-                        .map_err(ShardError::from)
-                        .and_then(|_| self.build(table));
-                    if let Err(error) = rebuilt_ok {
-                        tracing::error!(table = table.number(), %error, "cannot rebuild a side-car");
-                        table.quarantine(&format!("side-car rebuild failed: {error}"));
-                        continue;
-                    }
-                    rebuilt += 1;
+            match self.load_one(table) {
+                Ok(true) => rebuilt += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    // One table's damage fences that table, not the shard: the open goes on,
+                    // and requests that need the table answer `Fenced`.
+                    tracing::error!(
+                        table = table.number(),
+                        %error,
+                        "a table failed its checks at open: fenced"
+                    );
+                    table.quarantine(&format!("at open: {error}"));
                 }
             }
         }
         Ok(rebuilt)
+    }
+
+    /// Loads (or queues, or builds) one table's side-car; whether it is to be rebuilt.
+    fn load_one(&self, table: &Arc<Table>) -> Result<bool, ShardError> {
+        if !self.wants_index(table) {
+            self.build(table)?; // no graph: keys and labels only
+            return Ok(false);
+        }
+        let path = self.dir.join(sidecar_name(table.number()));
+        let dim = self
+            .spec(table.footer().collection)
+            .map_or(0, |s| s.dimension as usize);
+        let loaded = self.rows(table, dim).and_then(|rows| {
+            Hnsw::load_over(&path, rows).map_err(|error| ShardError::Index {
+                table: table.number(),
+                detail: error.to_string(),
+            })
+        });
+        match loaded {
+            Ok(index) if index.len() as u64 == table.footer().vector_count => {
+                index.release_pages(); // the load's checks read every section
+                let contents = self.read_table(table)?;
+                self.register(table, Some(index), contents);
+                Ok(false)
+            }
+            outcome => {
+                if let Err(error) = outcome {
+                    tracing::warn!(path = %path.display(), %error, "rebuilding a side-car index");
+                }
+                // Searched exactly until the builder thread has built it (after a
+                // check of the table's blocks): an open does not wait for builds.
+                if matches!(self.defer(table, true), Ok(true)) {
+                    return Ok(true);
+                }
+                // Rebuild only from a table whose blocks and vectors check out.
+                table.verify(None, None).map_err(ShardError::from)?;
+                self.build(table)?;
+                Ok(true)
+            }
+        }
     }
 
     /// Registers `table`'s segment: its graph, and what was read from the table itself.

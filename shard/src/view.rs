@@ -569,6 +569,42 @@ impl ShardView {
             .filter(move |entry| entry.table.footer().collection == id)
     }
 
+    /// The error for a request that needs collection `id`'s quarantined table, the one
+    /// whose key range holds `point` if given, else the first: `None` while none is.
+    pub(crate) fn fenced(&self, id: u32, point: Option<u64>) -> Option<ShardError> {
+        let quarantined = |entry: &&ViewSegment| entry.table.quarantined().is_some();
+        let holds = |entry: &&ViewSegment| {
+            let footer = entry.table.footer();
+            point.is_none_or(|point| (footer.smallest..=footer.largest).contains(&point))
+        };
+        let entry = self
+            .segments_of(id)
+            .filter(quarantined)
+            .find(holds)
+            .or_else(|| self.segments_of(id).find(quarantined))?;
+        let footer = entry.table.footer();
+        Some(ShardError::Fenced {
+            collection: self
+                .catalog
+                .by_id(id)
+                .map_or_else(|| format!("#{id}"), |c| c.spec.name.clone()),
+            first: footer.smallest,
+            last: footer.largest,
+            table: entry.table.number(),
+            detail: entry.table.quarantined().unwrap_or_default(),
+        })
+    }
+
+    /// `error` as the request's answer: a table's corruption found by a read is answered
+    /// as the fenced range of collection `id` it belongs to.
+    fn fence(&self, id: u32, point: Option<u64>, error: ShardError) -> ShardError {
+        if error.is_corruption() {
+            self.fenced(id, point).unwrap_or(error)
+        } else {
+            error
+        }
+    }
+
     /// The live table `number`, if this view holds it.
     pub(crate) fn segment(&self, number: u64) -> Option<&ViewSegment> {
         self.segments
@@ -744,7 +780,11 @@ impl ShardView {
                 collection: id,
                 point,
             };
-            if let Some(found) = self.store.get(&key)? {
+            let found = self
+                .store
+                .get(&key)
+                .map_err(|error| self.fence(id, Some(point), error.into()))?;
+            if let Some(found) = found {
                 points.push(PointRecord {
                     id: point,
                     vector: if with_vectors {
@@ -772,6 +812,9 @@ impl ShardView {
         for entry in &self.segments {
             if entry.table.footer().collection != id {
                 continue;
+            }
+            if entry.segment.is_none() && entry.table.quarantined().is_some() {
+                continue; // fenced, unread: its points are not counted (docs/SHARD.md)
             }
             let segment = entry.segment.as_ref().ok_or_else(|| ShardError::Index {
                 table: entry.table.number(),
@@ -811,6 +854,26 @@ pub fn search_node(
     graph: Option<&NodeGraph>,
     request: &SearchRequest<'_>,
 ) -> Result<Vec<Hit>, ShardError> {
+    search_node_checked(views, graph, request).map_err(|error| {
+        if !error.is_corruption() {
+            return error;
+        }
+        // A read found a table corrupt (and quarantined it): the answer names the range.
+        views
+            .iter()
+            .find_map(|view| {
+                let (id, _) = live_collection(&view.catalog, request.collection).ok()?;
+                view.fenced(id, None)
+            })
+            .unwrap_or(error)
+    })
+}
+
+fn search_node_checked(
+    views: &[&ShardView],
+    graph: Option<&NodeGraph>,
+    request: &SearchRequest<'_>,
+) -> Result<Vec<Hit>, ShardError> {
     let Some(first) = views.first() else {
         return Ok(Vec::new());
     };
@@ -821,6 +884,15 @@ pub fn search_node(
         .iter()
         .map(|view| live_collection(&view.catalog, request.collection).map(|(id, _)| id))
         .collect::<Result<Vec<u32>, _>>()?;
+    // A search ranks every point of the collection: with a table of it fenced, any answer
+    // could be wrong, so it is refused, naming the range (other collections are served).
+    if let Some(fenced) = views
+        .iter()
+        .zip(&ids)
+        .find_map(|(view, &id)| view.fenced(id, None))
+    {
+        return Err(fenced);
+    }
     let fresh = views
         .iter()
         .zip(&ids)

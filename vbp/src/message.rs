@@ -419,11 +419,14 @@ pub enum ErrorCode {
     Internal = 9,
     /// The server cannot serve now (starting, read-only after a disk error).
     Unavailable = 10,
+    /// Data the request needs is fenced after corruption; the message names the collection
+    /// and the id range. Other data is served.
+    Fenced = 11,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadFrame,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownOpcode,
@@ -434,6 +437,7 @@ impl ErrorCode {
         ErrorCode::DimensionMismatch,
         ErrorCode::Internal,
         ErrorCode::Unavailable,
+        ErrorCode::Fenced,
     ];
 
     /// The code with this wire value.

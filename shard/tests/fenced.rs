@@ -1,0 +1,202 @@
+//! Corruption is fenced, not shard-wide (issue #23 item 4): a table that fails its checks,
+//! at open or while the shard runs, is quarantined; requests that need it answer
+//! `ShardError::Fenced` naming the collection and the id range, and everything else is
+//! served: the collection's other tables for gets, the other collections for everything,
+//! writes to all. Before, one flipped bit in any part of a table made the open fail.
+
+use std::path::{Path, PathBuf};
+use vortex_shard::{SearchRequest, Shard, ShardError, ShardOptions};
+use vortex_storage::sstable::table::{Section, Table};
+use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
+
+const DIM: usize = 16;
+
+fn vector(id: u64) -> Vec<f32> {
+    (0..DIM as u64)
+        .map(|d| ((id * 31 + d * 7) % 101) as f32 / 101.0)
+        .collect()
+}
+
+fn spec(name: &str) -> CollectionSpec {
+    CollectionSpec {
+        name: name.into(),
+        dimension: DIM as u32,
+        metric: Metric::L2,
+        m: 16,
+        ef_construction: 64,
+        vector_type: VectorType::F32,
+    }
+}
+
+fn upsert(shard: &mut Shard, name: &str, ids: std::ops::Range<u64>) {
+    let ids: Vec<u64> = ids.collect();
+    let vectors: Vec<f32> = ids.iter().flat_map(|&id| vector(id)).collect();
+    let sequence = shard.upsert(name, &ids, &vectors, &[]).unwrap();
+    while shard
+        .poll(Some(std::time::Duration::from_millis(1)))
+        .unwrap()
+        < sequence
+    {}
+}
+
+fn search(shard: &Shard, name: &str, id: u64) -> Result<Vec<u64>, ShardError> {
+    let query = vector(id);
+    shard
+        .search(&SearchRequest {
+            collection: name,
+            vector: &query,
+            k: 3,
+            ef: 64,
+            filter: None,
+            with_payload: false,
+        })
+        .map(|hits| hits.iter().map(|hit| hit.id).collect())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x04;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A shard in `dir` with `docs` in two tables (ids 0..300, then 1000..1300) and `other` in
+/// one; closed. Returns the path of docs' first table (ids 0..300).
+fn build(dir: &Path) -> PathBuf {
+    let (mut shard, _) = Shard::open(dir, ShardOptions::default()).unwrap();
+    shard.create_collection(spec("docs")).unwrap();
+    shard.create_collection(spec("other")).unwrap();
+    upsert(&mut shard, "docs", 0..300);
+    shard.flush().unwrap();
+    upsert(&mut shard, "docs", 1000..1300);
+    upsert(&mut shard, "other", 0..300);
+    shard.flush().unwrap();
+    shard.wait_idle().unwrap();
+    shard.close().unwrap();
+    let mut tables: Vec<PathBuf> = std::fs::read_dir(dir.join("store/tables"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    tables.sort();
+    assert_eq!(tables.len(), 3, "{tables:?}");
+    tables.remove(0)
+}
+
+fn section_offset(path: &Path, section: Section) -> u64 {
+    let footer = *Table::open(path, 0).unwrap().footer();
+    match section {
+        Section::Data => 100,
+        Section::Vectors => footer.data_end + 5,
+        Section::VectorChecksums => footer.vcrc_offset + 1,
+        Section::Index => footer.index_offset + 6,
+        Section::Bloom => footer.bloom_offset + 2,
+        Section::Footer => footer.footer_offset + 9,
+    }
+}
+
+/// What a fenced shard serves and refuses: `docs`' ids 0..300 are fenced.
+fn assert_fenced(shard: &mut Shard, what: &str) {
+    let fenced = |result: Result<_, ShardError>, doing: &str| match result {
+        Err(ShardError::Fenced {
+            collection,
+            first,
+            last,
+            ..
+        }) => {
+            assert_eq!(collection, "docs", "{what}: {doing}");
+            assert!(
+                first <= 5 && (299..1000).contains(&last),
+                "{what}: {doing}: {first}..={last}"
+            );
+        }
+        Err(other) => panic!("{what}: {doing}: {other}"),
+        Ok(_) => panic!("{what}: {doing} was answered over a fenced table"),
+    };
+    fenced(
+        shard.get("docs", &[5], true, false).map(|_| ()),
+        "a get in the range",
+    );
+    fenced(search(shard, "docs", 1005).map(|_| ()), "a search");
+    fenced(shard.describe_collection("docs").map(|_| ()), "a describe");
+    // The rest of docs, and the other collection, are served.
+    let got = shard.get("docs", &[1005, 1299], true, false).unwrap();
+    assert_eq!(got.len(), 2, "{what}");
+    assert_eq!(got[0].vector, vector(1005), "{what}");
+    assert_eq!(search(shard, "other", 42).unwrap()[0], 42, "{what}");
+    let points = shard.describe_collection("other").unwrap().points;
+    assert!((300..=301).contains(&points), "{what}: {points}");
+    assert!(shard.list_collections().is_ok(), "{what}");
+    assert_eq!(shard.stats().store.quarantined_tables, 1, "{what}");
+    // Writes go on, and a newer version of a fenced point is served.
+    upsert(shard, "docs", 7..8);
+    upsert(shard, "other", 400..401);
+    let got = shard.get("docs", &[7], true, false).unwrap();
+    assert_eq!(got[0].vector, vector(7), "{what}");
+}
+
+/// A flipped bit in any part of a table: the shard opens (before: refused), the table is
+/// fenced, and the rest is served.
+#[test]
+fn a_damaged_table_at_open_is_fenced_and_the_rest_served() {
+    let source = tempfile::tempdir().unwrap();
+    let damaged = build(source.path());
+    for section in [
+        Section::Data,
+        Section::Vectors,
+        Section::VectorChecksums,
+        Section::Index,
+        Section::Bloom,
+        Section::Footer,
+    ] {
+        let scratch = tempfile::tempdir().unwrap();
+        copy_dir(source.path(), scratch.path());
+        let path = scratch
+            .path()
+            .join("store/tables")
+            .join(damaged.file_name().unwrap());
+        flip(&path, section_offset(&path, section));
+        let (mut shard, _) = Shard::open(scratch.path(), ShardOptions::default())
+            .unwrap_or_else(|error| panic!("{section}: the open was refused: {error}"));
+        assert_fenced(&mut shard, &format!("{section}"));
+        shard.close().unwrap();
+        // And again after a restart.
+        let (mut shard, _) = Shard::open(scratch.path(), ShardOptions::default()).unwrap();
+        assert_fenced(&mut shard, &format!("{section}, restarted"));
+        shard.close().unwrap();
+    }
+}
+
+/// A bit flipped in a vector region while the shard runs: the first read of the damaged
+/// vector finds it, and from then on that range is fenced, not the shard (before, every
+/// search and get answered Internal until a restart, and the restart was refused).
+#[test]
+fn a_table_damaged_while_serving_is_fenced_and_the_rest_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = build(dir.path());
+    let (mut shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    assert_eq!(search(&shard, "docs", 5).unwrap()[0], 5);
+    // Slot 0 of the region holds the table's smallest id, 0.
+    flip(&damaged, section_offset(&damaged, Section::Vectors));
+    match shard.get("docs", &[0], true, false) {
+        Err(ShardError::Fenced { .. }) => {}
+        other => panic!("the damaged vector was read without an error: {other:?}"),
+    }
+    assert_fenced(&mut shard, "while serving");
+    shard.close().unwrap();
+    let (mut shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    assert_fenced(&mut shard, "restarted");
+    shard.close().unwrap();
+}
