@@ -66,10 +66,19 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Flips a bit of the byte at `offset` in place (the file keeps its length: a running
+/// shard maps it, and a truncating rewrite would pull the pages from under the mapping).
 fn flip(path: &Path, offset: u64) {
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[offset as usize] ^= 0x04;
-    std::fs::write(path, bytes).unwrap();
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    byte[0] ^= 0x04;
+    file.write_all_at(&byte, offset).unwrap();
 }
 
 /// A shard in `dir` with `docs` in two tables (ids 0..300, then 1000..1300) and `other` in
