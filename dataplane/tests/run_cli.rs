@@ -4,8 +4,6 @@
 //! same data directory or the same shared port is refused and the first keeps its data; an
 //! ordinary user's 8 MiB memlock limit does not stop it.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -409,7 +407,7 @@ fn an_ordinary_users_memlock_limit_does_not_stop_the_server() {
         .args(["run", "--config"])
         .arg(&config)
         .stderr(Stdio::piped());
-    common::as_ordinary_user(&mut command, 8 << 20);
+    vortex_test_support::process::as_ordinary_user(&mut command, 8 << 20);
     let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let warnings =

@@ -15,6 +15,7 @@ use vortex_dataplane::handover::team;
 use vortex_dataplane::routing::Ring;
 use vortex_dataplane::server::{serve, ServeReport, ServerConfig};
 use vortex_shard::{Shard, ShardOptions};
+use vortex_test_support::Rng;
 use vortex_vbp::client::{Client, ClientOptions};
 use vortex_vbp::message::{
     CollectionSpec, Metric, Payload, PayloadField, PayloadValue, Search, Upsert, VectorType,
@@ -77,23 +78,6 @@ impl Team {
             .into_iter()
             .map(|t| t.join().unwrap())
             .collect()
-    }
-}
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 
@@ -616,15 +600,7 @@ fn account(
 fn every_answer_to_a_write_across_leus_leaves_the_data_as_it_says() {
     use vortex_vbp::client::ClientError;
     use vortex_vbp::sharded::ShardedClient;
-    let seed = std::env::var("VORTEX_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    println!("seed {seed} (replay with VORTEX_TEST_SEED={seed})");
+    let seed = vortex_test_support::announced_seed();
     let dir = tempfile::tempdir().unwrap();
     let team = start_with_options(dir.path(), ServerConfig::default(), |leu| {
         let mut options = ShardOptions::default();

@@ -4,13 +4,10 @@
 //! exact search: after overwrites and deletes too, which the node graph must not answer
 //! for any more.
 
-#[path = "../../storage/tests/common/mod.rs"]
-mod common;
-
-use common::{test_seed, Rng};
 use std::time::{Duration, Instant};
 use vortex_config::{ApplianceConfig, LeuConfig, LeuCount, MemoryLockPolicy, Topology};
 use vortex_dataplane::appliance::{Appliance, Ports};
+use vortex_test_support::{test_seed, Rng};
 use vortex_vbp::client::ClientOptions;
 use vortex_vbp::message::{
     CollectionSpec, LeuStats, Metric, Payload, PayloadField, PayloadValue, Search, Upsert,

@@ -2,8 +2,6 @@
 //! configs refused with exit status 2 and one line, and memory locking under a lowered
 //! RLIMIT_MEMLOCK in a child process.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -240,7 +238,7 @@ fn topology_with_low_memlock(config: &Path) -> Output {
     command
         .args(["topology", "--verify", "--config"])
         .arg(config);
-    common::as_ordinary_user(&mut command, MEMLOCK_LIMIT_BYTES)
+    vortex_test_support::process::as_ordinary_user(&mut command, MEMLOCK_LIMIT_BYTES)
         .output()
         .unwrap()
 }

@@ -3,10 +3,7 @@
 //! is back, every segment's index agrees with its SSTable, and searches return live points
 //! at their current distances. The extended run is the same binary with `--cycles 500`.
 
-#[path = "../../storage/tests/common/mod.rs"]
-mod common;
-
 #[test]
 fn sigkills_during_ingest_lose_no_acknowledged_write_and_leave_indexes_consistent() {
-    common::run_crash_loop(env!("CARGO_BIN_EXE_vortex-shard-crashloop"), 12, 300);
+    vortex_test_support::run_crash_loop(env!("CARGO_BIN_EXE_vortex-shard-crashloop"), 12, 300);
 }

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use vortex_shard::{SearchRequest, Shard, ShardError, ShardOptions};
 use vortex_storage::sstable::table::{Section, Table};
+use vortex_test_support::files::{copy_dir, flip};
 use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
 
 const DIM: usize = 16;
@@ -51,34 +52,6 @@ fn search(shard: &Shard, name: &str, id: u64) -> Result<Vec<u64>, ShardError> {
             with_payload: false,
         })
         .map(|hits| hits.iter().map(|hit| hit.id).collect())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// Flips a bit of the byte at `offset` in place (the file keeps its length: a running
-/// shard maps it, and a truncating rewrite would pull the pages from under the mapping).
-fn flip(path: &Path, offset: u64) {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, offset).unwrap();
-    byte[0] ^= 0x04;
-    file.write_all_at(&byte, offset).unwrap();
 }
 
 /// A shard in `dir` with `docs` in two tables (ids 0..300, then 1000..1300) and `other` in

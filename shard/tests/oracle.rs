@@ -2,16 +2,13 @@
 //! filters and reopens (seeded; the seed is printed), every search checked against exact
 //! brute force over a model of the live points.
 
-#[path = "../../storage/tests/common/mod.rs"]
-mod common;
-
-use common::{test_seed, Rng};
 use std::collections::BTreeMap;
 use std::path::Path;
 use vortex_index::metric::normalize;
 use vortex_shard::payload::matches;
 use vortex_shard::{SearchRequest, Shard, ShardOptions};
 use vortex_storage::StoreOptions;
+use vortex_test_support::{test_seed, Rng};
 use vortex_vbp::message::{
     CollectionSpec, Filter, FilterNode, Metric, Payload, PayloadField, PayloadValue, VectorType,
 };

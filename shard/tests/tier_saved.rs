@@ -3,15 +3,12 @@
 //! does; a graph whose files were damaged, or whose collection was dropped, is not used but
 //! removed, and the tier builds a new one; half-written saves are cleaned away.
 
-#[path = "../../storage/tests/common/mod.rs"]
-mod common;
-
-use common::{test_seed, Rng};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vortex_shard::tier::coverage;
 use vortex_shard::{search_node, IndexTier, SearchRequest, Shard, ShardOptions, ShardView};
+use vortex_test_support::{test_seed, Rng};
 use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
 
 const DIMENSION: usize = 8;

@@ -10,10 +10,6 @@
 //! `VORTEX_TEST_SEED`); the interleaving of threads is the scheduler's, so each run tries
 //! another.
 
-#[path = "../../storage/tests/common/mod.rs"]
-mod common;
-
-use common::{test_seed, Rng};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -24,6 +20,7 @@ use vortex_shard::{
     TierGraphs,
 };
 use vortex_storage::{StorageError, StoreOptions};
+use vortex_test_support::{test_seed, Rng};
 use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
 
 const DIMENSION: usize = 8;

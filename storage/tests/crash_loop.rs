@@ -3,11 +3,9 @@
 //! invented; and 20 of a process writing to the LSM store while flushes and compactions run.
 //! The extended runs are the same binaries with `--cycles 500` (docs/STORAGE.md).
 
-mod common;
-
 #[test]
 fn twenty_sigkill_cycles_lose_no_acknowledged_record() {
-    common::run_crash_loop(env!("CARGO_BIN_EXE_vortex-wal-crashloop"), 20, 200);
+    vortex_test_support::run_crash_loop(env!("CARGO_BIN_EXE_vortex-wal-crashloop"), 20, 200);
 }
 
 /// The store's crash loop in CI: 20 SIGKILL cycles of a process writing to the LSM store while
@@ -16,7 +14,8 @@ fn twenty_sigkill_cycles_lose_no_acknowledged_record() {
 /// less than it claims.
 #[test]
 fn twenty_sigkills_during_flushes_and_compactions_lose_no_acknowledged_write() {
-    let stdout = common::run_crash_loop(env!("CARGO_BIN_EXE_vortex-store-crashloop"), 20, 300);
+    let stdout =
+        vortex_test_support::run_crash_loop(env!("CARGO_BIN_EXE_vortex-store-crashloop"), 20, 300);
     let summary = stdout
         .lines()
         .find(|line| line.starts_with("ok: 20 SIGKILL cycles"))

@@ -2,9 +2,6 @@
 //! every part of an SSTable, the side-car hook, reference-counted deletion, tombstones at the
 //! bottom, and the scrubber thread.
 
-mod common;
-
-use common::{test_seed, Rng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,6 +14,8 @@ use vortex_storage::wal::WalOptions;
 use vortex_storage::{
     DirectIo, Key, Point, PosixEnv, Snapshot, StorageError, Store, StoreOptions, WriteSize,
 };
+use vortex_test_support::files::{copy_dir, flip};
+use vortex_test_support::{test_seed, Rng};
 
 type TestStore = Store<PosixEnv>;
 
@@ -222,25 +221,6 @@ fn section_offset(table: &Table, section: Section) -> u64 {
         Section::Index => footer.index_offset + 6,
         Section::Bloom => footer.bloom_offset + 2,
         Section::Footer => footer.footer_offset + 9,
-    }
-}
-
-fn flip(path: &Path, offset: u64) {
-    let mut bytes = std::fs::read(path).unwrap();
-    bytes[offset as usize] ^= 0x04;
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
 

@@ -2,9 +2,6 @@
 //! system: round trips, group commit, bounds, rotation and checkpoints, torn tails, corruption,
 //! salvage, and every injected fault with its expected outcome.
 
-mod common;
-
-use common::{test_seed, Rng};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use vortex_io::RingConfig;
@@ -12,6 +9,7 @@ use vortex_storage::fault::{Fault, FaultEnv, Target};
 use vortex_storage::record::{Defect, LogReader, Step, BLOCK_BYTES};
 use vortex_storage::wal::{segment_name, ReplayReport, Wal, WalOptions};
 use vortex_storage::{DirectIo, Env, PosixEnv, StorageError};
+use vortex_test_support::{test_seed, Rng};
 
 type Records = Vec<(u8, u64, Vec<u8>)>;
 

@@ -1,4 +1,4 @@
-//! What the process-level tests share.
+//! Running a child process as an ordinary user would.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
