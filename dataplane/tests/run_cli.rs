@@ -89,6 +89,13 @@ fn write_config_with(dir: &Path, port: u16, leus: usize) -> std::path::PathBuf {
     path
 }
 
+/// Adds `[limits] stop_timeout_s = seconds` to the config at `path`.
+fn with_stop_timeout(path: &Path, seconds: u32) {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    text.push_str(&format!("[limits]\nstop_timeout_s = {seconds}\n"));
+    std::fs::write(path, text).unwrap();
+}
+
 /// A config of one LEU with these ports and data directory, written into `dir` as `name`.
 fn config_at(dir: &Path, name: &str, port: u16, leu_port: u16, data_dir: &Path) -> PathBuf {
     let path = dir.join(name);
@@ -703,9 +710,7 @@ fn sigterm_in_the_middle_of_a_merge_exits_within_the_configured_bound() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config_with(dir.path(), port, 2);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("[limits]\nstop_timeout_s = 2\n");
-    std::fs::write(&config, text).unwrap();
+    with_stop_timeout(&config, 2);
     let address = format!("127.0.0.1:{port}");
     let (child, _) = start(&config);
     let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
@@ -802,9 +807,7 @@ fn a_client_that_never_reads_cannot_hold_a_stop_past_its_bound() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("[limits]\nstop_timeout_s = 2\n");
-    std::fs::write(&config, text).unwrap();
+    with_stop_timeout(&config, 2);
     let address = format!("127.0.0.1:{port}");
     let (child, _) = start(&config);
     let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();

@@ -80,6 +80,18 @@ pub enum Section {
     Footer,
 }
 
+impl Section {
+    /// Every part, in file order.
+    pub const ALL: [Section; 6] = [
+        Section::Data,
+        Section::Vectors,
+        Section::VectorChecksums,
+        Section::Index,
+        Section::Bloom,
+        Section::Footer,
+    ];
+}
+
 impl std::fmt::Display for Section {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -224,6 +236,18 @@ pub struct Footer {
 }
 
 impl Footer {
+    /// Where `section` starts in the file (a data block: the first one).
+    pub fn section_start(&self, section: Section) -> u64 {
+        match section {
+            Section::Data => 0,
+            Section::Vectors => self.data_end,
+            Section::VectorChecksums => self.vcrc_offset,
+            Section::Index => self.index_offset,
+            Section::Bloom => self.bloom_offset,
+            Section::Footer => self.footer_offset,
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(FOOTER_PAYLOAD_BYTES);
         bytes.extend_from_slice(&MAGIC.to_le_bytes());
