@@ -247,6 +247,8 @@ fn start_threads(
     // (and what it created can be removed): each waits for its go.
     let mut gos = Vec::with_capacity(leus);
     let background_nice = config.storage.background_nice;
+    let scrub_bytes_per_second = u64::from(config.storage.scrub_mib_per_second) << 20;
+    let scrub_interval = Duration::from_secs(u64::from(config.storage.scrub_interval_s));
     for ((links, listeners), leu) in links.into_iter().zip(listeners).zip(&mapping.leus) {
         let index = links.leu;
         let shard_dir = data_dir.join(format!("leu-{index}"));
@@ -266,6 +268,8 @@ fn start_threads(
                 }
                 let mut options = ShardOptions::default();
                 options.store.background_nice = i32::from(background_nice);
+                options.store.scrub_bytes_per_second = scrub_bytes_per_second;
+                options.store.scrub_interval = scrub_interval;
                 let (shard, report) = match Shard::open(&shard_dir, options) {
                     Ok(opened) => opened,
                     Err(error) => {

@@ -274,6 +274,11 @@ fn leu_stats(shard: &Shard, leu: u16, server: &[(&str, u64)]) -> LeuStats {
         counter("index_build_backlog", stats.index_build_backlog as u64),
         counter("pending_compactions", stats.pending_compactions as u64),
         counter("fenced_tables", stats.store.quarantined_tables as u64),
+        counter("scrub_passes", stats.store.scrub_passes),
+        counter("scrub_bytes", stats.store.scrub_bytes),
+        counter("scrub_corruptions", stats.store.scrub_corruptions),
+        counter("scrub_pass_total_bytes", stats.store.scrub_pass_total_bytes),
+        counter("scrub_pass_done_bytes", stats.store.scrub_pass_done_bytes),
     ];
     counters.extend(server.iter().map(|&(name, value)| counter(name, value)));
     LeuStats { leu, counters }

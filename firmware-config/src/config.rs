@@ -33,6 +33,10 @@ pub const FRAME_SIZE_MIN_BYTES: u32 = 4096;
 pub const FRAME_SIZE_MAX_BYTES: u32 = 1 << 30;
 /// Upper bound of `limits.connections_max`.
 pub const CONNECTIONS_MAX: u32 = 1 << 20;
+/// Upper bound of `storage.scrub_mib_per_second`.
+pub const SCRUB_MIB_PER_SECOND_MAX: u32 = 4096;
+/// Upper bound of `storage.scrub_interval_s`: a week.
+pub const SCRUB_INTERVAL_MAX_S: u32 = 604_800;
 /// Bounds of `limits.stop_timeout_s`: a second to ten minutes.
 pub const STOP_TIMEOUT_MAX_S: u32 = 600;
 /// Upper bound of `limits.idle_timeout_s`: a day.
@@ -111,6 +115,13 @@ pub struct StorageConfig {
     /// with the LEUs: loads finish sooner while searches run, and searches answer fewer.
     /// Default 10.
     pub background_nice: u8,
+    /// The scrubber's pace in MiB per second: a thread per LEU re-reads every table and
+    /// checks it against its checksums (a damaged table is fenced). 0 runs no scrubber.
+    /// Default 16; at most 4096.
+    pub scrub_mib_per_second: u32,
+    /// Seconds the scrubber rests between passes, 1 to 604800 (a week). Default 3600.
+    /// `vortexctl scrub` starts a pass at once.
+    pub scrub_interval_s: u32,
 }
 
 /// [`StorageConfig::background_nice`]'s default.
@@ -121,6 +132,8 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: PathBuf::from("vortex-data"),
             background_nice: BACKGROUND_NICE_DEFAULT,
+            scrub_mib_per_second: 16,
+            scrub_interval_s: 3600,
         }
     }
 }
@@ -420,6 +433,20 @@ impl ApplianceConfig {
                 ),
             ));
         }
+        check_range(
+            "storage.scrub_mib_per_second",
+            self.storage.scrub_mib_per_second,
+            0,
+            SCRUB_MIB_PER_SECOND_MAX,
+            "",
+        )?;
+        check_range(
+            "storage.scrub_interval_s",
+            self.storage.scrub_interval_s,
+            1,
+            SCRUB_INTERVAL_MAX_S,
+            "",
+        )?;
         let leu = &self.leu;
         if leu.cores.len() > usize::from(LEU_COUNT_MAX) {
             return Err(InvalidConfig::new(
@@ -908,7 +935,7 @@ mod properties {
         #[test]
         fn config_shaped_text_is_parsed_or_refused_on_one_line(
             section in "(network|storage|leu|memory|io_uring|limits|log|bogus)",
-            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|busy_poll_us|connections_max|frame_size_max_bytes|inflight_per_connection_max|idle_timeout_s|stop_timeout_s|level|bogus)",
+            key in "(port|leu_port_base|backend|data_dir|count|cores|lock|queue_depth|inflight_max|sqpoll|sqpoll_idle_ms|busy_poll_us|connections_max|frame_size_max_bytes|inflight_per_connection_max|idle_timeout_s|stop_timeout_s|scrub_mib_per_second|scrub_interval_s|level|bogus)",
             value in "(-?[0-9]{1,12}|\"[a-z]{0,8}\"|true|\\[[0-9, ]{0,12}\\]|[0-9]\\.[0-9])",
         ) {
             let text = format!("[{section}]\n{key} = {value}\n");

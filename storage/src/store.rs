@@ -323,6 +323,11 @@ pub struct StoreStats {
     pub scrub_bytes: u64,
     /// Corrupt tables the scrubber found.
     pub scrub_corruptions: u64,
+    /// The scrubber's pass now running (or the last one): the live tables' bytes when it
+    /// began, and the bytes of those it has done.
+    pub scrub_pass_total_bytes: u64,
+    /// See [`StoreStats::scrub_pass_total_bytes`].
+    pub scrub_pass_done_bytes: u64,
 }
 
 impl StoreStats {
@@ -401,6 +406,12 @@ struct Shared {
     scrub_passes: AtomicU64,
     scrub_bytes: AtomicU64,
     scrub_corruptions: AtomicU64,
+    /// The pass now running: the live tables' bytes when it began, and those it has done
+    /// (verified, or passed over as quarantined or compacted away).
+    scrub_pass_total: AtomicU64,
+    scrub_pass_done: AtomicU64,
+    /// A pass is wanted now ([`Store::scrub_soon`]): the scrubber ends its rest.
+    scrub_wanted: AtomicBool,
 }
 
 /// What a background job reports.
@@ -843,6 +854,9 @@ impl<E: Env> Store<E> {
             hooks,
             stop: Arc::new(AtomicBool::new(false)),
             scrub_passes: AtomicU64::new(0),
+            scrub_pass_total: AtomicU64::new(0),
+            scrub_pass_done: AtomicU64::new(0),
+            scrub_wanted: AtomicBool::new(false),
             scrub_bytes: AtomicU64::new(0),
             scrub_corruptions: AtomicU64::new(0),
         });
@@ -1257,6 +1271,15 @@ impl<E: Env> Store<E> {
         }
     }
 
+    /// Asks the scrubber thread for a pass now, at its pace, instead of after its rest
+    /// (`scrub_interval`); a pass already running goes on. Returns `false` when this store
+    /// runs no scrubber (`scrub_bytes_per_second` 0). Progress is in [`Store::stats`]
+    /// (`scrub_pass_*`, then `scrub_passes` counts it).
+    pub fn scrub_soon(&self) -> bool {
+        self.shared.scrub_wanted.store(true, Ordering::Release);
+        self.scrubber.is_some()
+    }
+
     /// Checks every live table now (outside the scrubber's pace); returns the corrupt ones'
     /// errors. Each is quarantined and reported to the repair hook.
     pub fn scrub(&self) -> Vec<StorageError> {
@@ -1298,6 +1321,8 @@ impl<E: Env> Store<E> {
         stats.scrub_passes = self.shared.scrub_passes.load(Ordering::Relaxed);
         stats.scrub_bytes = self.shared.scrub_bytes.load(Ordering::Relaxed);
         stats.scrub_corruptions = self.shared.scrub_corruptions.load(Ordering::Relaxed);
+        stats.scrub_pass_total_bytes = self.shared.scrub_pass_total.load(Ordering::Relaxed);
+        stats.scrub_pass_done_bytes = self.shared.scrub_pass_done.load(Ordering::Relaxed);
         stats.wal_bytes = stats.wal.bytes_written;
         stats.wal_live_bytes = self.wal.live_bytes();
         stats
@@ -1973,9 +1998,18 @@ fn scrub_loop(shared: &Shared, bytes_per_second: u64, interval: Duration) {
         // Numbers, not tables: a table compacted away during the pass is skipped, and its
         // file is not kept alive by the scrubber.
         let Some(version) = current() else { return };
-        let numbers: Vec<u64> = version.tables().map(|(_, t)| t.number()).collect();
+        let numbers: Vec<(u64, u64)> = version
+            .tables()
+            .map(|(_, t)| (t.number(), t.file_bytes()))
+            .collect();
         drop(version);
-        for number in numbers {
+        shared.scrub_wanted.store(false, Ordering::Release);
+        shared.scrub_pass_done.store(0, Ordering::Relaxed);
+        shared.scrub_pass_total.store(
+            numbers.iter().map(|&(_, bytes)| bytes).sum(),
+            Ordering::Relaxed,
+        );
+        for (number, bytes) in numbers {
             if shared.stop.load(Ordering::Acquire) {
                 return;
             }
@@ -1988,10 +2022,14 @@ fn scrub_loop(shared: &Shared, bytes_per_second: u64, interval: Duration) {
             if let Some(table) = table {
                 let _ = scrub_table(shared, &table, Some(&mut limiter));
             }
+            shared.scrub_pass_done.fetch_add(bytes, Ordering::Relaxed);
         }
         shared.scrub_passes.fetch_add(1, Ordering::Relaxed);
         let resume = Instant::now() + interval;
-        while Instant::now() < resume && !shared.stop.load(Ordering::Acquire) {
+        while Instant::now() < resume
+            && !shared.stop.load(Ordering::Acquire)
+            && !shared.scrub_wanted.load(Ordering::Acquire)
+        {
             std::thread::sleep(Duration::from_millis(50).min(interval));
         }
     }

@@ -1122,3 +1122,51 @@ fn a_damaged_compaction_edit_names_the_manifest_and_keeps_its_outputs() {
     assert!(aside.iter().all(|path| path.exists()));
     drop(store);
 }
+
+/// Issue #23 item 5: a scrub on demand. The scrubber rests an hour between passes; asked
+/// for a pass (`scrub_soon`), it starts one at once at its pace and reports its progress
+/// (the pass's bytes to do and done) and what it found.
+#[test]
+fn a_scrub_asked_for_runs_now_and_reports_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        memtable_bytes: 1 << 20,
+        scrub_bytes_per_second: 16 << 20,
+        scrub_interval: Duration::from_secs(3600),
+        ..small_options()
+    };
+    let (mut store, _) = open_with(dir.path(), options, StoreHooks::default());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.stats().scrub_passes < 1 {
+        assert!(Instant::now() < deadline, "the first pass never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut rng = Rng(5);
+    for point in 0..60 {
+        let p = point_for(0, point, 1, &mut rng);
+        put(&mut store, key(0, point), &p);
+    }
+    store.flush().unwrap();
+    let bytes: u64 = store.tables().iter().map(|(_, t)| t.file_bytes()).sum();
+    // Resting: nothing more happens on its own.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(store.stats().scrub_passes, 1, "a pass ran without being asked");
+    assert!(store.scrub_soon());
+    while store.stats().scrub_passes < 2 {
+        assert!(Instant::now() < deadline, "the pass asked for did not run");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = store.stats();
+    assert_eq!(stats.scrub_pass_total_bytes, bytes);
+    assert_eq!(stats.scrub_pass_done_bytes, bytes);
+    assert_eq!(stats.scrub_corruptions, 0);
+    store.close().unwrap();
+    // Without a scrubber thread there is nothing to ask.
+    let quiet = StoreOptions {
+        scrub_bytes_per_second: 0,
+        ..small_options()
+    };
+    let (store, _) = open_with(dir.path(), quiet, StoreHooks::default());
+    assert!(!store.scrub_soon());
+    store.close().unwrap();
+}
