@@ -253,6 +253,15 @@ fn run(
             let info = shard.describe_collection(count.collection.as_str())?;
             Response::Counted(CountResult { count: info.points })
         }
+        RequestRef::Scrub => {
+            if !shard.scrub_soon() {
+                return Ok(Outcome::Ready(Response::error(
+                    ErrorCode::Unavailable,
+                    "no scrubber runs here (storage.scrub_mib_per_second = 0)",
+                )));
+            }
+            Response::Scrubbing
+        }
         RequestRef::Stats => Response::Stats(StatsResult {
             leus: vec![leu_stats(shard, ownership.leu, counters)],
         }),
@@ -275,6 +284,7 @@ fn leu_stats(shard: &Shard, leu: u16, server: &[(&str, u64)]) -> LeuStats {
         counter("pending_compactions", stats.pending_compactions as u64),
         counter("fenced_tables", stats.store.quarantined_tables as u64),
         counter("scrub_passes", stats.store.scrub_passes),
+        counter("scrub_passes_started", stats.store.scrub_passes_started),
         counter("scrub_bytes", stats.store.scrub_bytes),
         counter("scrub_corruptions", stats.store.scrub_corruptions),
         counter("scrub_pass_total_bytes", stats.store.scrub_pass_total_bytes),

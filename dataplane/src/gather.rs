@@ -9,6 +9,7 @@
 //!   request order (get);
 //! - a **search** goes to every LEU; the hits are merged into the best `k` by distance;
 //! - **count, describe, list** go to every LEU; point counts are summed;
+//! - a **scrub** goes to every LEU (each starts its own scrubber's pass);
 //! - **create, drop** go to every LEU; **stats** gathers one entry per LEU.
 //!
 //! If any part fails, the gathered answer is a failure, chosen so that it does not depend
@@ -72,7 +73,8 @@ pub fn participants(request: &RequestRef<'_>, ring: &Ring, receiver: u16) -> Vec
         | RequestRef::DescribeCollection(_)
         | RequestRef::Search(_)
         | RequestRef::Count(_)
-        | RequestRef::Stats => needed.iter_mut().for_each(|leu| *leu = true),
+        | RequestRef::Stats
+        | RequestRef::Scrub => needed.iter_mut().for_each(|leu| *leu = true),
     }
     if !needed.contains(&true) {
         // An empty batch: the receiver answers it (with the same checks as any other).

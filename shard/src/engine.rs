@@ -580,6 +580,12 @@ impl Shard {
         &self.view
     }
 
+    /// Asks the store's scrubber for a pass now ([`vortex_storage::Store::scrub_soon`]);
+    /// `false` when none runs.
+    pub fn scrub_soon(&self) -> bool {
+        self.store.scrub_soon()
+    }
+
     /// Flushes the MemTable into a segment (and its index) and waits for it.
     pub fn flush(&mut self) -> Result<(), ShardError> {
         let result = self.store.flush();

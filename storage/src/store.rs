@@ -328,6 +328,9 @@ pub struct StoreStats {
     pub scrub_pass_total_bytes: u64,
     /// See [`StoreStats::scrub_pass_total_bytes`].
     pub scrub_pass_done_bytes: u64,
+    /// Scrubber passes begun: a pass asked for after this read `n` is done once
+    /// `scrub_passes` reaches `n + 1`.
+    pub scrub_passes_started: u64,
 }
 
 impl StoreStats {
@@ -410,6 +413,8 @@ struct Shared {
     /// (verified, or passed over as quarantined or compacted away).
     scrub_pass_total: AtomicU64,
     scrub_pass_done: AtomicU64,
+    /// Passes begun (`scrub_passes` counts those finished).
+    scrub_passes_started: AtomicU64,
     /// A pass is wanted now ([`Store::scrub_soon`]): the scrubber ends its rest.
     scrub_wanted: AtomicBool,
 }
@@ -855,6 +860,7 @@ impl<E: Env> Store<E> {
             stop: Arc::new(AtomicBool::new(false)),
             scrub_passes: AtomicU64::new(0),
             scrub_pass_total: AtomicU64::new(0),
+            scrub_passes_started: AtomicU64::new(0),
             scrub_pass_done: AtomicU64::new(0),
             scrub_wanted: AtomicBool::new(false),
             scrub_bytes: AtomicU64::new(0),
@@ -1323,6 +1329,7 @@ impl<E: Env> Store<E> {
         stats.scrub_corruptions = self.shared.scrub_corruptions.load(Ordering::Relaxed);
         stats.scrub_pass_total_bytes = self.shared.scrub_pass_total.load(Ordering::Relaxed);
         stats.scrub_pass_done_bytes = self.shared.scrub_pass_done.load(Ordering::Relaxed);
+        stats.scrub_passes_started = self.shared.scrub_passes_started.load(Ordering::Acquire);
         stats.wal_bytes = stats.wal.bytes_written;
         stats.wal_live_bytes = self.wal.live_bytes();
         stats
@@ -2004,6 +2011,7 @@ fn scrub_loop(shared: &Shared, bytes_per_second: u64, interval: Duration) {
             .collect();
         drop(version);
         shared.scrub_wanted.store(false, Ordering::Release);
+        shared.scrub_passes_started.fetch_add(1, Ordering::AcqRel);
         shared.scrub_pass_done.store(0, Ordering::Relaxed);
         shared.scrub_pass_total.store(
             numbers.iter().map(|&(_, bytes)| bytes).sum(),

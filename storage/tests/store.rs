@@ -1150,7 +1150,11 @@ fn a_scrub_asked_for_runs_now_and_reports_its_progress() {
     let bytes: u64 = store.tables().iter().map(|(_, t)| t.file_bytes()).sum();
     // Resting: nothing more happens on its own.
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(store.stats().scrub_passes, 1, "a pass ran without being asked");
+    assert_eq!(
+        store.stats().scrub_passes,
+        1,
+        "a pass ran without being asked"
+    );
     assert!(store.scrub_soon());
     while store.stats().scrub_passes < 2 {
         assert!(Instant::now() < deadline, "the pass asked for did not run");

@@ -574,6 +574,15 @@ impl Client {
             other => Err(unexpected(Opcode::Stats, &other)),
         }
     }
+
+    /// Starts a scrubber pass on every LEU now (a pass already running goes on); its
+    /// progress and findings are in [`Client::stats`] (`scrub_*` counters, docs/VBP.md).
+    pub fn scrub(&self) -> Result<(), ClientError> {
+        match self.call(&Request::Scrub)? {
+            Response::Scrubbing => Ok(()),
+            other => Err(unexpected(Opcode::Scrub, &other)),
+        }
+    }
 }
 
 impl Drop for Client {

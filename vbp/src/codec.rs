@@ -48,6 +48,8 @@ pub enum Request {
     Count(Count),
     /// Statistics.
     Stats,
+    /// Start a scrubber pass on every LEU.
+    Scrub,
 }
 
 impl Request {
@@ -65,6 +67,7 @@ impl Request {
             Request::Search(_) => Opcode::Search,
             Request::Count(_) => Opcode::Count,
             Request::Stats => Opcode::Stats,
+            Request::Scrub => Opcode::Scrub,
         }
     }
 
@@ -94,7 +97,7 @@ impl Request {
             Request::DropCollection(body) | Request::DescribeCollection(body) => {
                 encode_body(opcode, false, request_id, Some(body))
             }
-            Request::ListCollections | Request::Stats => {
+            Request::ListCollections | Request::Stats | Request::Scrub => {
                 encode_body::<Ping>(opcode, false, request_id, None)
             }
             Request::Upsert(body) => encode_body(opcode, false, request_id, Some(body)),
@@ -131,6 +134,8 @@ pub enum Response {
     Counted(CountResult),
     /// To `Stats`.
     Stats(StatsResult),
+    /// To `Scrub` (empty body): every LEU's scrubber began a pass, or goes on with one.
+    Scrubbing,
     /// Applied on some LEUs, failed on others: to an `Upsert` or `Delete`.
     Partial(PartialBody),
     /// A typed error, to any request.
@@ -154,6 +159,7 @@ impl Response {
             Response::Hits(_) => Opcode::Search,
             Response::Counted(_) => Opcode::Count,
             Response::Stats(_) => Opcode::Stats,
+            Response::Scrubbing => Opcode::Scrub,
             Response::Partial(_) => Opcode::Partial,
             Response::Error(_) => Opcode::Error,
             Response::Throttled(_) => Opcode::Throttled,
@@ -173,7 +179,7 @@ impl Response {
         let opcode = self.opcode();
         match self {
             Response::Pong(body) => encode_body(opcode, true, request_id, Some(body)),
-            Response::Created | Response::Dropped => {
+            Response::Created | Response::Dropped | Response::Scrubbing => {
                 encode_body::<Ping>(opcode, true, request_id, None)
             }
             Response::Collections(body) => encode_body(opcode, true, request_id, Some(body)),

@@ -66,6 +66,8 @@ pub enum Opcode {
     Count = 10,
     /// Per-LEU statistics.
     Stats = 11,
+    /// Start a scrubber pass on every LEU now (progress in `Stats`).
+    Scrub = 12,
     /// A write applied on some of the LEUs it spans and failed on others (response only).
     Partial = 0xFD,
     /// A typed error (response only).
@@ -76,7 +78,7 @@ pub enum Opcode {
 
 impl Opcode {
     /// Every opcode, for tests and docs.
-    pub const ALL: [Opcode; 14] = [
+    pub const ALL: [Opcode; 15] = [
         Opcode::Ping,
         Opcode::CreateCollection,
         Opcode::DropCollection,
@@ -88,6 +90,7 @@ impl Opcode {
         Opcode::Search,
         Opcode::Count,
         Opcode::Stats,
+        Opcode::Scrub,
         Opcode::Partial,
         Opcode::Error,
         Opcode::Throttled,
@@ -242,7 +245,7 @@ mod tests {
             assert_eq!(Opcode::from_u16(opcode as u16), Some(opcode));
         }
         assert_eq!(Opcode::from_u16(0), None);
-        assert_eq!(Opcode::from_u16(12), None);
+        assert_eq!(Opcode::from_u16(13), None);
         assert_eq!(Opcode::from_u16(0xFFFF), None);
     }
 

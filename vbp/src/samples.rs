@@ -129,6 +129,7 @@ pub fn requests() -> Vec<Request> {
             filter: Some(filter()),
         }),
         Request::Stats,
+        Request::Scrub,
     ]
 }
 
@@ -182,6 +183,7 @@ pub fn responses() -> Vec<Response> {
                 }],
             }],
         }),
+        Response::Scrubbing,
         Response::Partial(PartialBody {
             applied: 2,
             failed_ids: vec![7, 3],

@@ -293,6 +293,8 @@ pub enum RequestRef<'a> {
     Count(&'a ArchivedCount),
     /// `Stats`.
     Stats,
+    /// `Scrub`.
+    Scrub,
 }
 
 impl RequestRef<'_> {
@@ -325,6 +327,7 @@ impl RequestRef<'_> {
             RequestRef::Search(view) => Request::Search(de(Opcode::Search, view.body)?),
             RequestRef::Count(body) => Request::Count(de(Opcode::Count, *body)?),
             RequestRef::Stats => Request::Stats,
+            RequestRef::Scrub => Request::Scrub,
         })
     }
 }
@@ -518,6 +521,10 @@ fn request_body(opcode: Opcode, body: &[u8]) -> Result<RequestRef<'_>, FrameErro
             expect_empty(opcode, body)?;
             RequestRef::Stats
         }
+        Opcode::Scrub => {
+            expect_empty(opcode, body)?;
+            RequestRef::Scrub
+        }
         Opcode::Upsert => {
             if body.len() > WRITE_BODY_BYTES_MAX {
                 return Err(invalid(
@@ -601,6 +608,10 @@ fn response_body(opcode: Opcode, body: &[u8]) -> Result<Response, FrameError> {
             Response::Counted(owned::<CountResult, ArchivedCountResult>(opcode, body)?)
         }
         Opcode::Stats => Response::Stats(owned::<StatsResult, ArchivedStatsResult>(opcode, body)?),
+        Opcode::Scrub => {
+            expect_empty(opcode, body)?;
+            Response::Scrubbing
+        }
         Opcode::Partial => {
             Response::Partial(owned::<PartialBody, ArchivedPartialBody>(opcode, body)?)
         }

@@ -176,6 +176,7 @@ impl Model {
                 }),
                 None => missing(count.collection.as_str()),
             },
+            RequestRef::Scrub => Response::Scrubbing,
             RequestRef::Stats => Response::Stats(StatsResult {
                 leus: vec![LeuStats {
                     leu: 0,

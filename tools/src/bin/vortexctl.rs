@@ -189,6 +189,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check every table of every LEU against its checksums now, online, at the scrubber's
+    /// pace (`[storage] scrub_mib_per_second`), showing progress; exit 1 if a table was found
+    /// damaged (it is fenced: requests that need it answer `Fenced`).
+    Scrub {
+        /// Start the pass and return without waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Run a benchmark (a front for `vortex-bench`; `vortexctl bench -- --help`).
     Bench {
         /// The arguments for `vortex-bench`, as they are.
@@ -581,6 +589,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             Ok(0)
         }
         Command::Stats { interval, json } => stats(&cli, *interval, *json),
+        Command::Scrub { no_wait } => scrub(&cli, *no_wait),
         Command::Bench { args } => bench(args),
         Command::Demo {
             points,
@@ -768,6 +777,63 @@ fn load(
 
 fn counter(leu: &LeuStats, name: &str) -> u64 {
     leu.counter(name).unwrap_or(0)
+}
+
+/// `vortexctl scrub`: starts a pass on every LEU, then follows the passes in the stats
+/// until each LEU has finished one begun after the request.
+fn scrub(cli: &Cli, no_wait: bool) -> Result<u8, CtlError> {
+    let client = connect(cli)?;
+    let sum =
+        |leus: &[LeuStats], name: &str| -> u64 { leus.iter().map(|l| counter(l, name)).sum() };
+    let before = client.stats().map_err(CtlError::from_client)?;
+    client.scrub().map_err(CtlError::from_client)?;
+    if no_wait {
+        out!(
+            "scrub started on {} LEU(s); follow it with `vortexctl stats --json` (scrub_*)",
+            before.len()
+        );
+        return Ok(0);
+    }
+    // Passes run one after another; the one asked for begins after every pass begun before
+    // the request: done once each LEU has finished the pass after those.
+    let targets: Vec<(u16, u64)> = before
+        .iter()
+        .map(|leu| (leu.leu, counter(leu, "scrub_passes_started") + 1))
+        .collect();
+    let started = Instant::now();
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("scrub {bar:40} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let after = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = client.stats().map_err(CtlError::from_client)?;
+        bar.set_length(sum(&now, "scrub_pass_total_bytes"));
+        bar.set_position(sum(&now, "scrub_pass_done_bytes"));
+        bar.set_message(format!(
+            "{} damaged",
+            sum(&now, "scrub_corruptions") - sum(&before, "scrub_corruptions")
+        ));
+        let done = targets.iter().all(|&(leu, target)| {
+            now.iter()
+                .find(|l| l.leu == leu)
+                .is_some_and(|l| counter(l, "scrub_passes") >= target)
+        });
+        if done {
+            break now;
+        }
+    };
+    bar.finish_and_clear();
+    let corrupt = sum(&after, "scrub_corruptions") - sum(&before, "scrub_corruptions");
+    let fenced = sum(&after, "fenced_tables");
+    out!(
+        "scrub done in {:.1} s: {} MiB checked on {} LEU(s), {corrupt} table(s) found damaged, {fenced} fenced in all",
+        started.elapsed().as_secs_f64(),
+        (sum(&after, "scrub_bytes") - sum(&before, "scrub_bytes")) >> 20,
+        after.len()
+    );
+    Ok(if corrupt > 0 || fenced > 0 { 1 } else { 0 })
 }
 
 fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
