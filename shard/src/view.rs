@@ -572,7 +572,7 @@ impl ShardView {
     /// The error for a request that needs collection `id`'s quarantined table, the one
     /// whose key range holds `point` if given, else the first: `None` while none is.
     pub(crate) fn fenced(&self, id: u32, point: Option<u64>) -> Option<ShardError> {
-        let quarantined = |entry: &&ViewSegment| entry.table.quarantined().is_some();
+        let quarantined = |entry: &&ViewSegment| entry.table.is_quarantined();
         let holds = |entry: &&ViewSegment| {
             let footer = entry.table.footer();
             point.is_none_or(|point| (footer.smallest..=footer.largest).contains(&point))
@@ -813,7 +813,7 @@ impl ShardView {
             if entry.table.footer().collection != id {
                 continue;
             }
-            if entry.segment.is_none() && entry.table.quarantined().is_some() {
+            if entry.segment.is_none() && entry.table.is_quarantined() {
                 continue; // fenced, unread: its points are not counted (docs/SHARD.md)
             }
             let segment = entry.segment.as_ref().ok_or_else(|| ShardError::Index {

@@ -847,12 +847,21 @@ impl Table {
         self.obsolete.store(true, Ordering::Release);
     }
 
-    /// Why the table is quarantined, if it is.
+    /// Why the table is quarantined, if it is. A healthy table answers from an atomic flag,
+    /// without a lock: every read asks, and so does every search (to fence what needs it).
     pub fn quarantined(&self) -> Option<String> {
+        if !self.is_quarantined() {
+            return None;
+        }
         self.quarantine
             .lock()
             .ok()
             .and_then(|reason| reason.clone())
+    }
+
+    /// Whether the table is quarantined (see [`Table::quarantined`] for why).
+    pub fn is_quarantined(&self) -> bool {
+        self.is_quarantined.load(Ordering::Acquire)
     }
 
     /// Quarantines the table: every later read of it fails with
