@@ -549,22 +549,14 @@ fn a_full_ring_throttles_the_leu_and_serving_resumes_when_slots_free() {
     assert!(is_pong(&h.answers(conn)[0].1, 7));
 }
 
-/// Two LEUs in one thread, each on its own fake ring, linked by their real queues: a write
-/// whose points live on both is answered once, after both parts' log writes completed. The
-/// receiving LEU's part is durable first here and the answer still waits for the other's.
-#[test]
-fn a_write_across_two_leus_is_acknowledged_only_when_both_parts_are_durable() {
+/// Two LEUs in one thread, each on its own fake ring, linked by their real queues, with
+/// collection `docs` created through the first (a client connected to it: `conn`).
+fn two_leus_with_docs() -> ([Harness; 2], crate::routing::Ring, usize) {
     let ring = crate::routing::Ring::new(2, 64).unwrap();
     let mut links = team(ring.clone(), 16).unwrap();
     let second = links.pop().unwrap();
     let first = links.pop().unwrap();
     let mut h = [Harness::with_links(first), Harness::with_links(second)];
-    let passes = |h: &mut [Harness; 2], count: usize| {
-        for _ in 0..count {
-            h[0].pass();
-            h[1].pass();
-        }
-    };
     let conn = h[0].connect();
     // The catalog change reaches both LEUs; its answer comes from the first.
     let (_, create) = h[0].frame(&Request::CreateCollection(spec()));
@@ -572,26 +564,49 @@ fn a_write_across_two_leus_is_acknowledged_only_when_both_parts_are_durable() {
     passes(&mut h, 10);
     let created = h[0].answers(conn);
     assert!(matches!(created[0].1, Response::Created), "{created:?}");
-    // Ten points on each LEU.
-    let ids: Vec<u64> = {
-        let (mut on_first, mut on_second) = (Vec::new(), Vec::new());
-        for id in 0..1000u64 {
-            match ring.leu_of(id) {
-                0 if on_first.len() < 10 => on_first.push(id),
-                1 if on_second.len() < 10 => on_second.push(id),
-                _ => {}
-            }
+    (h, ring, conn)
+}
+
+fn passes(h: &mut [Harness; 2], count: usize) {
+    for _ in 0..count {
+        h[0].pass();
+        h[1].pass();
+    }
+}
+
+/// Ten ids the first LEU owns, then ten the second owns.
+fn ten_on_each(ring: &crate::routing::Ring) -> (Vec<u64>, Vec<u64>) {
+    let (mut on_first, mut on_second) = (Vec::new(), Vec::new());
+    for id in 0..1000u64 {
+        match ring.leu_of(id) {
+            0 if on_first.len() < 10 => on_first.push(id),
+            1 if on_second.len() < 10 => on_second.push(id),
+            _ => {}
         }
-        on_first.into_iter().chain(on_second).collect()
-    };
-    let request = Request::Upsert(Upsert {
+    }
+    (on_first, on_second)
+}
+
+/// An upsert of `ids`, each point's components its id.
+fn upsert_of(ids: &[u64]) -> Request {
+    Request::Upsert(Upsert {
         collection: "docs".into(),
         dimension: 4,
-        ids: ids.clone(),
+        ids: ids.to_vec(),
         vectors: ids.iter().flat_map(|&id| [id as f32; 4]).collect(),
         payloads: Vec::new(),
-    });
-    let (id, bytes) = h[0].frame(&request);
+    })
+}
+
+/// A write whose points live on both LEUs is answered once, after both parts' log writes
+/// completed. The receiving LEU's part is durable first here and the answer still waits for
+/// the other's.
+#[test]
+fn a_write_across_two_leus_is_acknowledged_only_when_both_parts_are_durable() {
+    let (mut h, ring, conn) = two_leus_with_docs();
+    let (on_first, on_second) = ten_on_each(&ring);
+    let ids: Vec<u64> = on_first.into_iter().chain(on_second).collect();
+    let (id, bytes) = h[0].frame(&upsert_of(&ids));
     h[0].receive(conn, &bytes);
     passes(&mut h, 10);
     let (first_writes, second_writes) = (h[0].log_writes(), h[1].log_writes());
@@ -622,5 +637,59 @@ fn a_write_across_two_leus_is_acknowledged_only_when_both_parts_are_durable() {
         h[1].server.report.served_for_others, 2,
         "{:?}",
         h[1].server.report
+    );
+}
+
+/// Issue #23 item 8: a write across two LEUs whose second part's log write fails (EIO) is
+/// answered `Partial`: what the first part applied (durable), the ids of the second part,
+/// and the failure, `Internal`, so those ids may or may not be there. Before, the answer was
+/// the second LEU's error alone, though the first part was written.
+#[test]
+fn a_write_whose_part_fails_on_another_leu_is_answered_partial() {
+    let (mut h, ring, conn) = two_leus_with_docs();
+    let (on_first, on_second) = ten_on_each(&ring);
+    // Interleaved, so that the failed ids are named in request order.
+    let ids: Vec<u64> = on_first
+        .iter()
+        .zip(&on_second)
+        .flat_map(|(&a, &b)| [a, b])
+        .collect();
+    let (id, bytes) = h[0].frame(&upsert_of(&ids));
+    h[0].receive(conn, &bytes);
+    passes(&mut h, 10);
+    while h[0].complete_log_writes(|bytes| bytes as i32) > 0 {}
+    while h[1].complete_log_writes(|_| -libc::EIO) > 0 {}
+    passes(&mut h, 20);
+    let answers = h[0].answers(conn);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0].0, id);
+    let Response::Partial(body) = &answers[0].1 else {
+        panic!("not partial: {answers:?}");
+    };
+    assert_eq!(body.applied, 10, "{body:?}");
+    assert_eq!(body.failed_ids, on_second, "{body:?}");
+    assert!(!body.throttled, "{body:?}");
+    assert_eq!(
+        body.code,
+        vortex_vbp::message::ErrorCode::Internal as u16,
+        "{body:?}"
+    );
+    assert_eq!(h[0].server.report.partial_answers, 1);
+    // The first part is durable and readable; the answer said nothing of the rest beyond
+    // "may or may not".
+    h[0].request(
+        conn,
+        &Request::Get(vortex_vbp::message::Get {
+            collection: "docs".into(),
+            ids: on_first.clone(),
+            with_vectors: false,
+            with_payload: false,
+        }),
+    );
+    passes(&mut h, 20);
+    let got = h[0].answers(conn);
+    assert!(
+        matches!(&got[0].1, Response::Points(points) if points.points.len() == 10),
+        "{got:?}"
     );
 }
