@@ -859,13 +859,17 @@ pub fn search_node(
             return error;
         }
         // A read found a table corrupt (and quarantined it): the answer names the range.
-        views
-            .iter()
-            .find_map(|view| {
-                let (id, _) = live_collection(&view.catalog, request.collection).ok()?;
-                view.fenced(id, None)
-            })
-            .unwrap_or(error)
+        fenced_in(views, request.collection).unwrap_or(error)
+    })
+}
+
+/// The error for a search of `collection` while one of its tables is fenced in any of
+/// `views` (see [`ShardView::fenced`]); for an error path (the search's own check uses the
+/// collection ids it already looked up).
+fn fenced_in(views: &[&ShardView], collection: &str) -> Option<ShardError> {
+    views.iter().find_map(|view| {
+        let (id, _) = live_collection(&view.catalog, collection).ok()?;
+        view.fenced(id, None)
     })
 }
 

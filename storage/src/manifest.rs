@@ -346,8 +346,6 @@ impl Edit {
 pub struct Replayed {
     /// The state after every edit that verified.
     pub state: ManifestState,
-    /// The last edit's sequence number.
-    pub last_sequence: u64,
     /// The last edit failed its checks and was ignored: what, and where. A crash while it
     /// was appended leaves it so (never synced, so nothing relied on it), and so does damage
     /// to a synced edit, whose files the store then must not delete (see
@@ -420,7 +418,6 @@ pub fn replay_edits(bytes: &[u8], path: &Path) -> Result<Replayed, StorageError>
     }
     Ok(Replayed {
         state,
-        last_sequence: reader.last_sequence(),
         damaged_tail,
     })
 }

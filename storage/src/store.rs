@@ -804,13 +804,17 @@ impl<E: Env> Store<E> {
         let live: BTreeSet<u64> = state.tables.keys().copied().collect();
         let mut orphans_removed = 0;
         let mut moved_aside = Vec::new();
+        // Past the numbers moved aside too: the damaged edit may have counted them.
+        let mut table_next = state.table_next;
         let lost_found = dir.join(LOST_FOUND);
         let names = std::fs::read_dir(&tables_dir).map_err(io_error("list", &tables_dir))?;
         for name in names.flatten() {
             let name = name.file_name().to_string_lossy().into_owned();
-            if parse_table_name(&name).is_some_and(|number| !live.contains(&number)) {
+            let orphan = parse_table_name(&name).filter(|number| !live.contains(number));
+            if let Some(number) = orphan {
                 let path = tables_dir.join(&name);
                 if let Some(damage) = damage {
+                    table_next = table_next.max(number + 1);
                     // Never delete what a damaged edit may list: keep it for the operator.
                     std::fs::create_dir_all(&lost_found)
                         .map_err(io_error("create", &lost_found))?;
@@ -846,15 +850,7 @@ impl<E: Env> Store<E> {
         let version = Arc::new(version);
         let shared = Arc::new(Shared {
             tables_dir,
-            // Past the numbers moved aside too: the damaged edit may have counted them.
-            table_next: AtomicU64::new(
-                moved_aside
-                    .iter()
-                    .filter_map(|path| {
-                        parse_table_name(&path.file_name()?.to_string_lossy()).map(|n| n + 1)
-                    })
-                    .fold(state.table_next, u64::max),
-            ),
+            table_next: AtomicU64::new(table_next),
             current: Mutex::new(Arc::clone(&version)),
             hooks,
             stop: Arc::new(AtomicBool::new(false)),
