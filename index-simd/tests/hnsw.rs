@@ -832,3 +832,76 @@ fn every_node_of_small_graphs_seeded_generation_after_generation_is_reachable() 
         "(chain, generation, nodes unreachable, nodes): {stranded_graphs:?}"
     );
 }
+
+/// A merged table often carries a small share of its seed graph: a compaction's output
+/// that covers part of the seed's key range, say. Dropping most of the seed's nodes left
+/// the carried ones in islands: every node was reachable from the entry point on layer 0,
+/// but a search's layer-0 beam starts where its descent through the upper layers ends, and
+/// from some of those nodes half the graph could not be reached (a search of a node's own
+/// vector with a beam wider than the graph missed it; a shard test saw it one run in
+/// twenty). The build's repair now also re-inserts nodes that cannot reach the entry point,
+/// looking for their neighbours from the entry point rather than by a descent that ends in
+/// the island again.
+#[test]
+fn graphs_seeded_with_a_small_share_of_a_larger_graph_find_every_node() {
+    let dim = 8;
+    let parameters = BuildParams {
+        m: 8,
+        ef_construction: 64,
+        ..params(Metric::L2)
+    };
+    let mut random = Random::new(SEED ^ 0x15_1A2D);
+    let mut incomplete = Vec::new();
+    for trial in 0..1000 {
+        let old: Vec<f32> = (0..(150 + random.below(100)) * dim)
+            .map(|_| random.unit() * 2.0 - 1.0)
+            .collect();
+        let seed = Hnsw::build_over(
+            dim,
+            Store::owned(&padded_rows(&old, dim)),
+            None,
+            &parameters,
+        )
+        .unwrap();
+        // A few new points, then a run of 8 to 24 of the seed's nodes.
+        let mut rows = Vec::new();
+        let mut carried = Vec::new();
+        for _ in 0..random.below(12) {
+            rows.extend((0..dim).map(|_| random.unit() * 2.0 - 1.0));
+            carried.push(u32::MAX);
+        }
+        let run = 8 + random.below(17);
+        let first = random.below(seed.len() - run);
+        for node in first..first + run {
+            rows.extend_from_slice(&old[node * dim..(node + 1) * dim]);
+            carried.push(node as u32);
+        }
+        let graph = Hnsw::build_over_seeded(
+            dim,
+            Store::owned(&padded_rows(&rows, dim)),
+            None,
+            &parameters,
+            Seed {
+                graph: &seed,
+                carried: &carried,
+            },
+        )
+        .unwrap();
+        let count = graph.len();
+        let missed = (0..count)
+            .filter(|&node| {
+                let found = graph
+                    .search(&rows[node * dim..(node + 1) * dim], count, 4 * count)
+                    .unwrap();
+                found.len() != count
+            })
+            .count();
+        if missed > 0 {
+            incomplete.push((trial, missed, count));
+        }
+    }
+    assert!(
+        incomplete.is_empty(),
+        "(trial, searches that did not reach every node, nodes): {incomplete:?}"
+    );
+}

@@ -155,8 +155,19 @@ impl NodeGraph {
 /// A codes-only graph re-ranks with these; any graph can be read through them.
 pub(crate) struct NodeRows<'a> {
     sources: &'a [Source],
-    /// By covered table: its segment's graph, whose vectors are the table's rows.
-    tables: Vec<Option<&'a Hnsw>>,
+    /// By covered table: where its rows are read.
+    tables: Vec<Option<TableRows<'a>>>,
+}
+
+/// Where a covered table's rows are read from, in the view searched.
+#[derive(Clone, Copy)]
+enum TableRows<'a> {
+    /// Its segment's graph, whose vectors are the table's rows: read from the file.
+    Graph(&'a Hnsw),
+    /// Its vector region, while the segment's graph is being built (a table published by a
+    /// flush): a view taken then has no graph for it, and a node graph built later covers
+    /// it. Read through the mapping, for as long as the build takes.
+    Region(&'a Store<f32>),
 }
 
 impl<'a> NodeRows<'a> {
@@ -165,8 +176,16 @@ impl<'a> NodeRows<'a> {
             .covered
             .iter()
             .map(|&(leu, number)| {
-                let entry = views.get(usize::from(leu))?.segment(number)?;
-                entry.segment.as_ref()?.graph.as_ref()
+                let segment = views
+                    .get(usize::from(leu))?
+                    .segment(number)?
+                    .segment
+                    .as_ref()?;
+                match (&segment.graph, &segment.rows) {
+                    (Some(graph), _) => Some(TableRows::Graph(graph)),
+                    (None, Some(rows)) => Some(TableRows::Region(rows)),
+                    (None, None) => None,
+                }
             })
             .collect();
         NodeRows {
@@ -181,11 +200,21 @@ impl Rows for NodeRows<'_> {
         let Some(source) = self.sources.get(node as usize) else {
             return false;
         };
-        let Some(Some(table)) = self.tables.get(source.table as usize) else {
-            return false;
-        };
-        // A read of the segment graph's file, not of its mapping (see `Rows`).
-        table.read_vector(source.node, out)
+        match self.tables.get(source.table as usize) {
+            // A read of the segment graph's file, not of its mapping (see `Rows`).
+            Some(Some(TableRows::Graph(table))) => table.read_vector(source.node, out),
+            Some(Some(TableRows::Region(rows))) => {
+                let start = source.node as usize * vector_stride(out.len());
+                match rows.get(start..start + out.len()) {
+                    Some(row) => {
+                        out.copy_from_slice(row);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
     }
 }
 

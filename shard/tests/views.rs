@@ -340,13 +340,14 @@ fn readers_while_merging(vector_type: VectorType) {
         searches >= 50 && held >= 5,
         "too little overlap: {totals:?}"
     );
-    // Searches are approximate (HNSW walks, and an i8 node graph re-ranks the candidates its
-    // codes rank first); ef 512 over these few points makes almost all exact. Held to
-    // recall@10 and to most searches exact: runs have given 266 of 273 exact (f32, recall
-    // 0.9974) and 294 of 310 (i8) under some interleavings; every hit is checked strictly
-    // above, whatever the run.
+    // ef 512 over at most 600 points: a walk reaches every node, and an `i8` node graph's
+    // re-rank of its 40 best by codes holds the true 10 (8 dimensions, 256 levels each). Every
+    // search finds every exact neighbour. This was loosened to recall@10 ≥ 0.99 once, for
+    // runs that missed points one in twenty: merged graphs split into islands, and a held
+    // view's re-rank left out tables whose graph it lacked (both fixed, each with a test:
+    // index-simd/tests/hnsw.rs, and the last test here).
     assert!(
-        recall >= 0.99 && exact as f64 >= 0.9 * searches as f64,
+        found == 10 * searches as usize,
         "seed {seed}: recall@10 {recall:.4}, {exact} of {searches} searches equal exact search"
     );
     assert!(with_graph > 0, "no search had a node graph: {totals:?}");
@@ -380,7 +381,10 @@ fn readers_while_merging(vector_type: VectorType) {
             check(&views, graph.as_deref(), &mut rng, &context) == 10
         })
         .count();
-    assert!(settled >= 49, "{settled} of 50 settled searches exact");
+    assert_eq!(
+        settled, 50,
+        "{settled} of 50 settled searches found every exact neighbour"
+    );
 }
 
 /// A few points flushed beside a large node graph (well under a tenth of it) wait for no
@@ -456,4 +460,79 @@ fn once_the_tables_stop_changing_the_tier_folds_in_what_is_left() {
     for shard in shards {
         shard.close().unwrap();
     }
+}
+
+/// A search holds the views it loaded while it runs, and then loads the node graph: a
+/// table's graph may finish, and the tier publish a node graph covering the table, in
+/// between. An `i8` node graph re-ranks with the covered tables' rows, read through the
+/// views searched; a view taken while the table's graph was being built has the table's
+/// vector region only, and the re-rank left every node of such a table out of the answer
+/// (a view held under the views stress test above missed points about one run in twenty).
+#[test]
+fn a_codes_only_node_graph_re_ranks_tables_whose_graph_a_held_view_lacks() {
+    let seed = test_seed();
+    println!("seed {seed} (replay with VORTEX_TEST_SEED={seed})");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    shard.create_collection(spec(VectorType::I8)).unwrap();
+    let mut points: Vec<(u64, Vec<f32>)> = Vec::new();
+    for batch in 0..2u64 {
+        // The first table gets its graph; the second's build waits (a flush defers it to
+        // the builder thread, held here).
+        shard.hold_index_builds(batch == 1);
+        let ids: Vec<u64> = (batch * 300..(batch + 1) * 300).collect();
+        let vectors: Vec<f32> = (0..ids.len() * DIMENSION)
+            .map(|_| rng.signed_unit())
+            .collect();
+        shard.upsert(COLLECTION, &ids, &vectors, &[]).unwrap();
+        shard.flush().unwrap();
+        points.extend(
+            ids.into_iter()
+                .zip(vectors.chunks(DIMENSION).map(<[f32]>::to_vec)),
+        );
+    }
+    let held = Arc::clone(&*shard.published().load());
+    assert_eq!(
+        shard.stats().indexes,
+        1,
+        "the second table has no graph yet"
+    );
+    shard.hold_index_builds(false);
+    shard.wait_idle().unwrap();
+    let tier = IndexTier::start(vec![shard.published().clone()], 1, None).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let graph = loop {
+        if let Some(graph) = tier.graphs().load().get(COLLECTION).cloned() {
+            break graph;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no node graph in a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(graph.is_codes_only());
+    for (id, vector) in points.iter().step_by(7) {
+        let hits = search_node(
+            &[held.as_ref()],
+            Some(&graph),
+            &SearchRequest {
+                collection: COLLECTION,
+                vector,
+                k: 1,
+                ef: 64,
+                filter: None,
+                with_payload: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            hits.first().map(|hit| hit.id),
+            Some(*id),
+            "seed {seed}: point {id}, searched by its own vector over the held view"
+        );
+    }
+    drop(tier);
+    shard.close().unwrap();
 }

@@ -65,8 +65,8 @@ pub enum Helpers {
 pub struct BuildControl {
     /// Set it to stop the build: in the insertion phase (nearly all of a build) the workers
     /// stop claiming nodes, each within the insertion it is in, and the build returns
-    /// [`IndexError::Cancelled`]. The short phases before and after (quantizer training,
-    /// carrying a seed graph, the repair pass) do not look at it.
+    /// [`IndexError::Cancelled`]; the repair pass after it looks between insertions too.
+    /// The short phases before (quantizer training, carrying a seed graph) do not.
     pub cancel: Option<Arc<AtomicBool>>,
     /// How the helper threads run.
     pub helpers: Helpers,
@@ -398,6 +398,17 @@ impl Builder<'_> {
 
     /// Inserts `node` (already in the vector array) into the graph.
     fn insert(&self, node: u32, scratch: &mut SearchScratch, work: &mut Work) {
+        self.insert_from(node, Descent::Greedy, scratch, work);
+    }
+
+    /// Inserts `node`, finding its neighbours on each layer as `descent` says.
+    fn insert_from(
+        &self,
+        node: u32,
+        descent: Descent<'_>,
+        scratch: &mut SearchScratch,
+        work: &mut Work,
+    ) {
         let level = self.levels[node as usize];
         let mut entry_guard = Some(lock(&self.entry));
         let (entry, top) = *entry_guard.as_deref().unwrap_or(&(0, 0));
@@ -410,19 +421,19 @@ impl Builder<'_> {
             node: entry,
         };
         for layer in (level.saturating_add(1)..=top).rev() {
-            current = greedy(self, &space, current, layer);
+            current = match descent {
+                Descent::Greedy => greedy(self, &space, current, layer),
+                Descent::Within(within) => greedy_within(self, &space, current, layer, within),
+            };
         }
         for layer in (0..=level.min(top)).rev() {
             scratch.visited.reset(self.levels.len());
-            beam(
-                self,
-                scratch,
-                &space,
-                current,
-                self.ef_construction,
-                layer,
-                &|_| true,
-            );
+            let ef = self.ef_construction;
+            match descent {
+                // (The common case's filter, inlined.)
+                Descent::Greedy => beam(self, scratch, &space, current, ef, layer, &|_| true),
+                Descent::Within(within) => beam(self, scratch, &space, current, ef, layer, &within),
+            }
             work.candidates.clear();
             // A carried node inserted again can meet itself (other nodes link to it).
             work.candidates
@@ -433,11 +444,21 @@ impl Builder<'_> {
             work.candidates.sort_unstable();
             current = work.candidates[0];
             select_neighbors(&space, &work.candidates, self.m, &mut work.selected);
-            {
-                let _guard = lock(&self.locks[node as usize]);
-                self.store(node, layer, &work.selected);
-            }
             let max = if layer == 0 { self.m0 } else { self.m };
+            match descent {
+                Descent::Greedy => {
+                    let _guard = lock(&self.locks[node as usize]);
+                    self.store(node, layer, &work.selected);
+                }
+                // A repair keeps the node's own links (into the island it bridges) beside
+                // the new ones, as a link back would be added (pruned when full).
+                Descent::Within(_) => {
+                    for index in 0..work.selected.len() {
+                        let neighbor = work.selected[index];
+                        self.link(node, neighbor.node, neighbor.distance, layer, max, work);
+                    }
+                }
+            }
             for index in 0..work.selected.len() {
                 let neighbor = work.selected[index];
                 // Every metric here is symmetric: the distance from the neighbour to the
@@ -526,6 +547,123 @@ impl Builder<'_> {
         reached
     }
 
+    /// The layer-0 links as they are now, reversed.
+    fn reversed(&self) -> Reversed {
+        let count = self.levels.len();
+        let mut starts = vec![0u32; count + 1];
+        for node in 0..count as u32 {
+            self.for_each_neighbor(node, 0, |neighbor| {
+                if let Some(start) = starts.get_mut(neighbor as usize + 1) {
+                    *start += 1;
+                }
+            });
+        }
+        for index in 1..starts.len() {
+            starts[index] += starts[index - 1];
+        }
+        let mut filled = starts.clone();
+        let mut sources = vec![0u32; starts[count] as usize];
+        for node in 0..count as u32 {
+            self.for_each_neighbor(node, 0, |neighbor| {
+                if let Some(slot) = filled.get_mut(neighbor as usize) {
+                    sources[*slot as usize] = node;
+                    *slot += 1;
+                }
+            });
+        }
+        Reversed { starts, sources }
+    }
+
+    /// Whether `from` links to `to` on layer 0 now.
+    fn links_to(&self, from: u32, to: u32) -> bool {
+        let mut found = false;
+        self.for_each_neighbor(from, 0, |neighbor| found |= neighbor == to);
+        found
+    }
+
+    /// Adds to `reached` `start` and what it reaches along layer-0 links.
+    fn spread_reached(&self, start: u32, reached: &mut NodeSet) {
+        let mut queue = vec![start];
+        reached.insert(start);
+        while let Some(node) = queue.pop() {
+            self.for_each_neighbor(node, 0, |neighbor| {
+                if reached.insert(neighbor) {
+                    queue.push(neighbor);
+                }
+            });
+        }
+    }
+
+    /// Adds to `reaching` `start` and the nodes that reach it along layer-0 links: those
+    /// that `reversed` says linked to a node and still do (an insertion since may have
+    /// pruned the link).
+    fn spread_reaching(&self, start: u32, reversed: &Reversed, reaching: &mut NodeSet) {
+        let mut queue = vec![start];
+        reaching.insert(start);
+        while let Some(node) = queue.pop() {
+            for &source in reversed.sources_of(node) {
+                if !reaching.contains(source) && self.links_to(source, node) {
+                    reaching.insert(source);
+                    queue.push(source);
+                }
+            }
+        }
+    }
+
+    /// Inserts every node that the entry point does not reach along layer-0 links or that
+    /// does not reach the entry point back, with neighbours among the nodes connected both
+    /// ways ([`Descent::Within`]), for a few rounds or until there is none. A search starts
+    /// its layer-0 beam where its descent through the upper layers ended: a part of the
+    /// graph with no layer-0 link back to the entry's is an island for every query whose
+    /// descent ends there. Within a round, what an insertion connects is marked at once
+    /// (forward from the node, and back along the links into it), so that an island costs
+    /// one insertion or a few, not one per node. A pure function of the graph: a one-thread
+    /// build stays deterministic.
+    fn repair(&self, control: &BuildControl, scratch: &mut SearchScratch, work: &mut Work) {
+        let count = self.levels.len();
+        for _ in 0..REPAIR_ROUNDS_MAX {
+            let (entry, _) = *lock(&self.entry);
+            let mut reached = self.reachable_from(entry);
+            let reversed = self.reversed();
+            let mut reaching = NodeSet::with_capacity(count);
+            self.spread_reaching(entry, &reversed, &mut reaching);
+            let stranded: Vec<u32> = (0..count as u32)
+                .filter(|&node| !reached.contains(node) || !reaching.contains(node))
+                .collect();
+            if stranded.is_empty() {
+                return;
+            }
+            for node in stranded {
+                if control.cancelled() {
+                    return;
+                }
+                if reached.contains(node) && reaching.contains(node) {
+                    continue; // connected by an insertion of this round
+                }
+                let core = |n: u32| reached.contains(n) && reaching.contains(n);
+                self.insert_from(node, Descent::Within(&core), scratch, work);
+                if !reached.contains(node) {
+                    let mut linked = false;
+                    self.for_each_neighbor(node, 0, |neighbor| {
+                        linked |= reached.contains(neighbor) && self.links_to(neighbor, node);
+                    });
+                    if linked {
+                        self.spread_reached(node, &mut reached);
+                    }
+                }
+                if !reaching.contains(node) {
+                    let mut links_in = false;
+                    self.for_each_neighbor(node, 0, |neighbor| {
+                        links_in |= reaching.contains(neighbor);
+                    });
+                    if links_in {
+                        self.spread_reaching(node, &reversed, &mut reaching);
+                    }
+                }
+            }
+        }
+    }
+
     /// Adds `node` to the list of `target` at `layer`, pruning with the heuristic when the
     /// list is full.
     fn link(&self, target: u32, node: u32, distance: f32, layer: u8, max: usize, work: &mut Work) {
@@ -560,6 +698,62 @@ impl Builder<'_> {
         work.pruned.sort_unstable();
         select_neighbors(&space, &work.pruned, max, &mut work.selected_for_link);
         self.store(target, layer, &work.selected_for_link);
+    }
+}
+
+/// Where an insertion looks for a node's neighbours on each of its layers.
+#[derive(Clone, Copy)]
+enum Descent<'a> {
+    /// The paper's: greedy from the entry point down to the node's top layer, then a beam
+    /// on each layer from the nearest node found on the layer above.
+    Greedy,
+    /// The same, but moving through and choosing only nodes the filter admits: the repair
+    /// of stranded nodes, which admits the nodes connected to the entry point both ways on
+    /// layer 0. An unrestricted descent can end in the stranded node's own island
+    /// (upper-layer links lead into it where no layer-0 link leads out of it), and an
+    /// insertion from there links the node to the island again.
+    Within(&'a dyn Fn(u32) -> bool),
+}
+
+/// [`greedy`] through the nodes `within` admits only (`current` must be one).
+fn greedy_within(
+    builder: &Builder<'_>,
+    space: &ExactSpace<'_>,
+    mut current: Scored,
+    layer: u8,
+    within: &dyn Fn(u32) -> bool,
+) -> Scored {
+    loop {
+        let before = current.node;
+        builder.for_each_neighbor(before, layer, |neighbor| {
+            if within(neighbor) {
+                let distance = space.distance(neighbor);
+                if distance < current.distance {
+                    current = Scored {
+                        distance,
+                        node: neighbor,
+                    };
+                }
+            }
+        });
+        if current.node == before {
+            return current;
+        }
+    }
+}
+
+/// Layer-0 links reversed, as compressed rows: the nodes linking to node `n` are
+/// `sources[starts[n]..starts[n + 1]]`.
+struct Reversed {
+    starts: Vec<u32>,
+    sources: Vec<u32>,
+}
+
+impl Reversed {
+    fn sources_of(&self, node: u32) -> &[u32] {
+        let start = self.starts[node as usize] as usize;
+        let end = self.starts[node as usize + 1] as usize;
+        &self.sources[start..end]
     }
 }
 
@@ -803,34 +997,22 @@ impl Hnsw {
                 return Err(IndexError::Cancelled);
             }
             if count > 0 {
-                // Every node the entry point cannot reach on layer 0 is inserted again, on
-                // this thread, until none is left (or a few rounds have passed). Concurrent
+                // Every node the entry point cannot reach on layer 0, or that cannot reach
+                // it, is inserted again, on this thread (`Builder::repair`). Concurrent
                 // insertions do not see one another: two neighbours inserted at once can
                 // each link only to older nodes, and a later pruning can then drop the one
                 // link into a node. A seeded build strands nodes too: a carried node keeps
                 // its links, and generation after generation a pruning can drop the last
                 // link into one (1 node in 40 after 13 generations of small seeded graphs;
                 // test `every_node_of_small_graphs_seeded_generation_after_generation_is_reachable`),
-                // so the pass runs after every build; it is a pure function of the graph,
-                // so a one-thread build stays deterministic. Degenerate data can still lose
+                // so the pass runs after every build. Degenerate data can still lose
                 // with threads: on 3,000 points on a line, parallel graphs here missed from
                 // none to 31 points in searches (more when the helpers get CPU time in
                 // bursts), where a single thread misses none (shard/tests/collinear.rs), so
                 // one thread stays the shard's default.
-                let mut scratch = SearchScratch::new();
-                let mut work = Work::default();
-                for _ in 0..REPAIR_ROUNDS_MAX {
-                    let (entry, _) = *lock(&builder.entry);
-                    let reached = builder.reachable_from(entry);
-                    let stranded: Vec<u32> = (0..count as u32)
-                        .filter(|&node| !reached.contains(node))
-                        .collect();
-                    if stranded.is_empty() {
-                        break;
-                    }
-                    for node in stranded {
-                        builder.insert(node, &mut scratch, &mut work);
-                    }
+                builder.repair(control, &mut SearchScratch::new(), &mut Work::default());
+                if control.cancelled() {
+                    return Err(IndexError::Cancelled);
                 }
             }
             let (entry, top_level) = *lock(&builder.entry);
