@@ -15,8 +15,8 @@ use vortex_shard::{
 };
 use vortex_vbp::codec::Response;
 use vortex_vbp::message::{
-    CollectionList, CountResult, Counter, ErrorCode, GetResult, LeuStats, Ping, SearchResult,
-    StatsResult, ThrottledBody, WriteAck,
+    CollectionList, CountResult, Counter, ErrorCode, FencedResult, FencedTable, GetResult,
+    LeuStats, Ping, SearchResult, StatsResult, ThrottledBody, WriteAck,
 };
 use vortex_vbp::validator::{RequestRef, SearchView};
 
@@ -262,6 +262,22 @@ fn run(
             }
             Response::Scrubbing
         }
+        RequestRef::Fenced => Response::FencedTables(FencedResult {
+            tables: shard
+                .published()
+                .load()
+                .fenced_tables()
+                .into_iter()
+                .map(|range| FencedTable {
+                    leu: ownership.leu,
+                    collection: range.collection,
+                    first: range.first,
+                    last: range.last,
+                    table: range.table,
+                    detail: range.detail,
+                })
+                .collect(),
+        }),
         RequestRef::Stats => Response::Stats(StatsResult {
             leus: vec![leu_stats(shard, ownership.leu, counters)],
         }),

@@ -74,7 +74,8 @@ pub fn participants(request: &RequestRef<'_>, ring: &Ring, receiver: u16) -> Vec
         | RequestRef::Search(_)
         | RequestRef::Count(_)
         | RequestRef::Stats
-        | RequestRef::Scrub => needed.iter_mut().for_each(|leu| *leu = true),
+        | RequestRef::Scrub
+        | RequestRef::Fenced => needed.iter_mut().for_each(|leu| *leu = true),
     }
     if !needed.contains(&true) {
         // An empty batch: the receiver answers it (with the same checks as any other).
@@ -174,6 +175,9 @@ impl Merge {
                 }
             }
             Response::Stats(stats) => stats.leus.sort_by_key(|entry| entry.leu),
+            Response::FencedTables(fenced) => fenced.tables.sort_by(|a, b| {
+                (a.leu, &a.collection, a.first).cmp(&(b.leu, &b.collection, b.first))
+            }),
             _ => {}
         }
         merged
@@ -290,6 +294,10 @@ fn combine(merged: Response, answer: Response, k: usize) -> Response {
             ours.leus.extend(theirs.leus);
             Response::Stats(ours)
         }
+        (Response::FencedTables(mut ours), Response::FencedTables(theirs)) => {
+            ours.tables.extend(theirs.tables);
+            Response::FencedTables(ours)
+        }
         // Created, Dropped, Pong: the same from every LEU. A mismatch (which no LEU sends)
         // keeps the first.
         (merged, _) => merged,
@@ -301,7 +309,8 @@ mod tests {
     use super::*;
     use vortex_vbp::codec::{FrameBytes, Request};
     use vortex_vbp::message::{
-        ErrorCode, Get, Hit, LeuStats, PointRecord, Search, StatsResult, WriteAck,
+        ErrorCode, FencedResult, FencedTable, Get, Hit, LeuStats, PointRecord, Search, StatsResult,
+        WriteAck,
     };
     use vortex_vbp::validator::LayoutValidator;
 
@@ -422,6 +431,52 @@ mod tests {
             panic!("not stats");
         };
         assert_eq!(stats.leus.iter().map(|l| l.leu).collect::<Vec<_>>(), [0, 1]);
+    }
+
+    /// Every LEU's fenced tables, together, by LEU, collection and first id; none from an
+    /// LEU with none.
+    #[test]
+    fn fenced_tables_of_every_leu_are_listed_together_in_order() {
+        let frame = framed(&Request::Fenced);
+        let validator = LayoutValidator::new(1 << 20);
+        let (_, request) = validator.request(&frame).unwrap();
+        let table = |leu: u16, collection: &str, first: u64| FencedTable {
+            leu,
+            collection: collection.into(),
+            first,
+            last: first + 99,
+            table: u64::from(leu) * 10 + first,
+            detail: "vector region unit 3: checksum mismatch".into(),
+        };
+        let mut merge = Merge::new(&request, &Arc::new(Ring::new(3, 64).unwrap()));
+        merge.add(
+            2,
+            Response::FencedTables(FencedResult {
+                tables: vec![table(2, "b", 0), table(2, "a", 500)],
+            }),
+        );
+        merge.add(
+            1,
+            Response::FencedTables(FencedResult { tables: Vec::new() }),
+        );
+        merge.add(
+            0,
+            Response::FencedTables(FencedResult {
+                tables: vec![table(0, "a", 300), table(0, "a", 100)],
+            }),
+        );
+        let Response::FencedTables(fenced) = merge.finish() else {
+            panic!("not a fenced list");
+        };
+        let listed: Vec<(u16, &str, u64)> = fenced
+            .tables
+            .iter()
+            .map(|t| (t.leu, t.collection.as_str(), t.first))
+            .collect();
+        assert_eq!(
+            listed,
+            [(0, "a", 100), (0, "a", 300), (2, "a", 500), (2, "b", 0)]
+        );
     }
 
     /// The answer to a write over 3 LEUs whose parts answered `answers` (LEU, answer), with

@@ -25,4 +25,4 @@ pub mod view;
 pub use engine::{Shard, ShardCloseReport, ShardOpenReport, ShardOptions, ShardStats};
 pub use error::ShardError;
 pub use tier::{IndexTier, NodeGraph, TierGraphs};
-pub use view::{search_node, search_views, PublishedView, SearchRequest, ShardView};
+pub use view::{search_node, search_views, FencedRange, PublishedView, SearchRequest, ShardView};

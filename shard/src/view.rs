@@ -350,6 +350,22 @@ fn keep_nearest(scored: &mut Vec<(f32, u64, usize)>, k: usize) {
     scored.truncate(k);
 }
 
+/// A table fenced for damage: requests that need it are refused with
+/// [`ShardError::Fenced`], naming the same range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FencedRange {
+    /// The collection's name (`#id` for one no longer in the catalog).
+    pub collection: String,
+    /// The smallest point id the table holds.
+    pub first: u64,
+    /// The largest.
+    pub last: u64,
+    /// The table's number.
+    pub table: u64,
+    /// What was found (file, part, offset).
+    pub detail: String,
+}
+
 /// Where a shard publishes its views; clones share the cell, for other LEUs to read.
 #[derive(Debug, Clone)]
 pub struct PublishedView(Arc<ArcSwap<ShardView>>);
@@ -567,6 +583,33 @@ impl ShardView {
         self.segments
             .iter()
             .filter(move |entry| entry.table.footer().collection == id)
+    }
+
+    /// Every table of this view fenced for damage (quarantined by a read, the scrubber or
+    /// the open), by collection id and first point.
+    pub fn fenced_tables(&self) -> Vec<FencedRange> {
+        let mut fenced: Vec<(u32, FencedRange)> = self
+            .segments
+            .iter()
+            .filter(|entry| entry.table.is_quarantined())
+            .map(|entry| {
+                let footer = entry.table.footer();
+                let id = footer.collection;
+                let range = FencedRange {
+                    collection: self
+                        .catalog
+                        .by_id(id)
+                        .map_or_else(|| format!("#{id}"), |c| c.spec.name.clone()),
+                    first: footer.smallest,
+                    last: footer.largest,
+                    table: entry.table.number(),
+                    detail: entry.table.quarantined().unwrap_or_default(),
+                };
+                (id, range)
+            })
+            .collect();
+        fenced.sort_by_key(|(id, range)| (*id, range.first, range.table));
+        fenced.into_iter().map(|(_, range)| range).collect()
     }
 
     /// The error for a request that needs collection `id`'s quarantined table, the one

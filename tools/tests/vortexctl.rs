@@ -615,7 +615,8 @@ fn the_readmes_vortexctl_lines_work_as_written() {
 /// Issue #23 item 5: `vortexctl scrub` checks every table of every LEU online, now rather
 /// than at the scrubber's next pass (an hour away), shows its progress, and says what it
 /// found: exit 0 on clean tables; after a bit flips in a table under the running appliance,
-/// exit 1 naming one damaged table, which is then fenced.
+/// exit 1 naming one damaged table, which is then fenced, and listed with its collection and
+/// id range by the scrub and by `vortexctl fenced` (empty, exit 0, before).
 #[test]
 fn scrub_checks_every_table_online_and_reports_damage() {
     use vortex_vbp::client::{Client, ClientOptions};
@@ -671,6 +672,9 @@ fn scrub_checks_every_table_online_and_reports_damage() {
         clean.contains("scrub done") && clean.contains("0 table(s) found damaged"),
         "{clean}"
     );
+    let none = expect(a, &["fenced"], 0);
+    assert!(none.contains("no table is fenced"), "{none}");
+    assert_eq!(expect(a, &["fenced", "--json"], 0).trim(), "[]");
     // A bit flips in the vector region, under the running appliance.
     let footer = *vortex_storage::sstable::table::Table::open(&table, 0)
         .unwrap()
@@ -681,6 +685,35 @@ fn scrub_checks_every_table_online_and_reports_damage() {
     );
     let damaged = expect(a, &["scrub"], 1);
     assert!(damaged.contains("1 table(s) found damaged"), "{damaged}");
+    // The table's own range, as its footer says, and its number from its file name.
+    let number = vortex_storage::sstable::table::parse_table_name(
+        &table.file_name().unwrap().to_string_lossy(),
+    )
+    .unwrap();
+    let line = format!(
+        "fenced: collection `docs` ids {}..={} (LEU 0, table {number}): ",
+        footer.smallest, footer.largest
+    );
+    assert!(damaged.contains(&line), "{damaged}");
+    let listed = expect(a, &["fenced"], 1);
+    assert!(
+        listed.contains(&line) && listed.contains("vector"),
+        "{listed}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&expect(a, &["fenced", "--json"], 1)).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["collection"], "docs");
+    assert_eq!(listed[0]["first"], footer.smallest);
+    assert_eq!(listed[0]["last"], footer.largest);
+    assert_eq!(listed[0]["table"], number);
+    // A client sees the same table.
+    let fenced = client.fenced().unwrap();
+    assert_eq!(fenced.len(), 1);
+    assert_eq!(
+        (fenced[0].first, fenced[0].last, fenced[0].table),
+        (footer.smallest, footer.largest, number)
+    );
     let stats = client.stats().unwrap();
     assert_eq!(
         vortex_vbp::message::counters_sum(&stats, &["fenced_tables"]),

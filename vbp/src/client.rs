@@ -583,6 +583,15 @@ impl Client {
             other => Err(unexpected(Opcode::Scrub, &other)),
         }
     }
+
+    /// The tables fenced for damage on every LEU (each refused to requests that need it,
+    /// with [`ErrorCode::Fenced`] naming the same range): empty on a healthy node.
+    pub fn fenced(&self) -> Result<Vec<FencedTable>, ClientError> {
+        match self.call(&Request::Fenced)? {
+            Response::FencedTables(body) => Ok(body.tables),
+            other => Err(unexpected(Opcode::Fenced, &other)),
+        }
+    }
 }
 
 impl Drop for Client {

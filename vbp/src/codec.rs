@@ -50,6 +50,8 @@ pub enum Request {
     Stats,
     /// Start a scrubber pass on every LEU.
     Scrub,
+    /// The fenced tables of every LEU.
+    Fenced,
 }
 
 impl Request {
@@ -68,6 +70,7 @@ impl Request {
             Request::Count(_) => Opcode::Count,
             Request::Stats => Opcode::Stats,
             Request::Scrub => Opcode::Scrub,
+            Request::Fenced => Opcode::Fenced,
         }
     }
 
@@ -97,7 +100,7 @@ impl Request {
             Request::DropCollection(body) | Request::DescribeCollection(body) => {
                 encode_body(opcode, false, request_id, Some(body))
             }
-            Request::ListCollections | Request::Stats | Request::Scrub => {
+            Request::ListCollections | Request::Stats | Request::Scrub | Request::Fenced => {
                 encode_body::<Ping>(opcode, false, request_id, None)
             }
             Request::Upsert(body) => encode_body(opcode, false, request_id, Some(body)),
@@ -136,6 +139,8 @@ pub enum Response {
     Stats(StatsResult),
     /// To `Scrub` (empty body): every LEU's scrubber began a pass, or goes on with one.
     Scrubbing,
+    /// To `Fenced`.
+    FencedTables(FencedResult),
     /// Applied on some LEUs, failed on others: to an `Upsert` or `Delete`.
     Partial(PartialBody),
     /// A typed error, to any request.
@@ -160,6 +165,7 @@ impl Response {
             Response::Counted(_) => Opcode::Count,
             Response::Stats(_) => Opcode::Stats,
             Response::Scrubbing => Opcode::Scrub,
+            Response::FencedTables(_) => Opcode::Fenced,
             Response::Partial(_) => Opcode::Partial,
             Response::Error(_) => Opcode::Error,
             Response::Throttled(_) => Opcode::Throttled,
@@ -191,6 +197,7 @@ impl Response {
             Response::Hits(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Counted(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Stats(body) => encode_body(opcode, true, request_id, Some(body)),
+            Response::FencedTables(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Partial(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Error(body) => encode_body(opcode, true, request_id, Some(body)),
             Response::Throttled(body) => encode_body(opcode, true, request_id, Some(body)),

@@ -68,6 +68,8 @@ pub enum Opcode {
     Stats = 11,
     /// Start a scrubber pass on every LEU now (progress in `Stats`).
     Scrub = 12,
+    /// The tables fenced for damage on every LEU, with their collections and id ranges.
+    Fenced = 13,
     /// A write applied on some of the LEUs it spans and failed on others (response only).
     Partial = 0xFD,
     /// A typed error (response only).
@@ -78,7 +80,7 @@ pub enum Opcode {
 
 impl Opcode {
     /// Every opcode, for tests and docs.
-    pub const ALL: [Opcode; 15] = [
+    pub const ALL: [Opcode; 16] = [
         Opcode::Ping,
         Opcode::CreateCollection,
         Opcode::DropCollection,
@@ -91,6 +93,7 @@ impl Opcode {
         Opcode::Count,
         Opcode::Stats,
         Opcode::Scrub,
+        Opcode::Fenced,
         Opcode::Partial,
         Opcode::Error,
         Opcode::Throttled,
@@ -245,7 +248,7 @@ mod tests {
             assert_eq!(Opcode::from_u16(opcode as u16), Some(opcode));
         }
         assert_eq!(Opcode::from_u16(0), None);
-        assert_eq!(Opcode::from_u16(13), None);
+        assert_eq!(Opcode::from_u16(14), None);
         assert_eq!(Opcode::from_u16(0xFFFF), None);
     }
 

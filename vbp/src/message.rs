@@ -351,6 +351,33 @@ pub struct StatsResult {
     pub leus: Vec<LeuStats>,
 }
 
+/// A table fenced for damage (docs/VBP.md, `Fenced`): requests that need it are refused
+/// with [`ErrorCode::Fenced`], naming the same range.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FencedTable {
+    /// The LEU whose store holds it.
+    pub leu: u16,
+    /// The collection.
+    pub collection: String,
+    /// The smallest point id the table holds.
+    pub first: u64,
+    /// The largest point id the table holds.
+    pub last: u64,
+    /// The table's number (its file is `store/tables/{table:06}.sst` in the LEU's directory).
+    pub table: u64,
+    /// What was found: the file, the part and the offset.
+    pub detail: String,
+}
+
+/// `Fenced` response body.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FencedResult {
+    /// Every fenced table, by LEU, collection and first id.
+    pub tables: Vec<FencedTable>,
+}
+
 /// `Error` response body.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[rkyv(derive(Debug))]

@@ -130,6 +130,7 @@ pub fn requests() -> Vec<Request> {
         }),
         Request::Stats,
         Request::Scrub,
+        Request::Fenced,
     ]
 }
 
@@ -184,6 +185,16 @@ pub fn responses() -> Vec<Response> {
             }],
         }),
         Response::Scrubbing,
+        Response::FencedTables(FencedResult {
+            tables: vec![FencedTable {
+                leu: 1,
+                collection: "docs".into(),
+                first: 4096,
+                last: 8191,
+                table: 17,
+                detail: "data block at 12288: checksum mismatch".into(),
+            }],
+        }),
         Response::Partial(PartialBody {
             applied: 2,
             failed_ids: vec![7, 3],

@@ -295,6 +295,8 @@ pub enum RequestRef<'a> {
     Stats,
     /// `Scrub`.
     Scrub,
+    /// `Fenced`.
+    Fenced,
 }
 
 impl RequestRef<'_> {
@@ -328,6 +330,7 @@ impl RequestRef<'_> {
             RequestRef::Count(body) => Request::Count(de(Opcode::Count, *body)?),
             RequestRef::Stats => Request::Stats,
             RequestRef::Scrub => Request::Scrub,
+            RequestRef::Fenced => Request::Fenced,
         })
     }
 }
@@ -525,6 +528,10 @@ fn request_body(opcode: Opcode, body: &[u8]) -> Result<RequestRef<'_>, FrameErro
             expect_empty(opcode, body)?;
             RequestRef::Scrub
         }
+        Opcode::Fenced => {
+            expect_empty(opcode, body)?;
+            RequestRef::Fenced
+        }
         Opcode::Upsert => {
             if body.len() > WRITE_BODY_BYTES_MAX {
                 return Err(invalid(
@@ -611,6 +618,9 @@ fn response_body(opcode: Opcode, body: &[u8]) -> Result<Response, FrameError> {
         Opcode::Scrub => {
             expect_empty(opcode, body)?;
             Response::Scrubbing
+        }
+        Opcode::Fenced => {
+            Response::FencedTables(owned::<FencedResult, ArchivedFencedResult>(opcode, body)?)
         }
         Opcode::Partial => {
             Response::Partial(owned::<PartialBody, ArchivedPartialBody>(opcode, body)?)

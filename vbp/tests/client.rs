@@ -177,6 +177,7 @@ impl Model {
                 None => missing(count.collection.as_str()),
             },
             RequestRef::Scrub => Response::Scrubbing,
+            RequestRef::Fenced => Response::FencedTables(FencedResult { tables: Vec::new() }),
             RequestRef::Stats => Response::Stats(StatsResult {
                 leus: vec![LeuStats {
                     leu: 0,

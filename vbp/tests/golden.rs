@@ -284,6 +284,11 @@ fn struct_layouts() -> String {
     struct_layout!(&mut out, ArchivedCounter, "Counter", [name: "string", value: "u64"]);
     struct_layout!(&mut out, ArchivedLeuStats, "LeuStats", [leu: "u16", counters: "vec<Counter>"]);
     struct_layout!(&mut out, ArchivedStatsResult, "StatsResult", [leus: "vec<LeuStats>"]);
+    struct_layout!(&mut out, ArchivedFencedTable, "FencedTable", [
+        leu: "u16", collection: "string", first: "u64", last: "u64", table: "u64",
+        detail: "string"
+    ]);
+    struct_layout!(&mut out, ArchivedFencedResult, "FencedResult", [tables: "vec<FencedTable>"]);
     struct_layout!(&mut out, ArchivedPartialBody, "PartialBody", [
         applied: "u32", failed_ids: "vec<u64>", throttled: "bool", retry_after_ms: "u32",
         code: "u16", message: "string",

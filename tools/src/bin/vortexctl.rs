@@ -17,7 +17,8 @@ use vortex_tools::ctl::json::{
 use vortex_tools::ctl::{retrying, CtlError, EXIT_FAILED};
 use vortex_vbp::client::{Client, ClientError, ClientOptions, ServerCode};
 use vortex_vbp::message::{
-    CollectionInfo, CollectionSpec, ErrorCode, Filter, LeuStats, Metric, Search, Upsert, VectorType,
+    CollectionInfo, CollectionSpec, ErrorCode, FencedTable, Filter, LeuStats, Metric, Search,
+    Upsert, VectorType,
 };
 use vortex_vbp::sharded::ShardedClient;
 
@@ -196,6 +197,13 @@ enum Command {
         /// Start the pass and return without waiting for it.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// The tables fenced for damage on every LEU, with their collections and id ranges
+    /// (requests that need one are refused with `Fenced`); exit 1 if there is any.
+    Fenced {
+        /// Print one JSON array, an object per table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a benchmark (a front for `vortex-bench`; `vortexctl bench -- --help`).
     Bench {
@@ -590,6 +598,25 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
         }
         Command::Stats { interval, json } => stats(&cli, *interval, *json),
         Command::Scrub { no_wait } => scrub(&cli, *no_wait),
+        Command::Fenced { json } => {
+            let client = connect(&cli)?;
+            let tables = client.fenced().map_err(CtlError::from_client)?;
+            if *json {
+                let tables: Vec<Value> = tables
+                    .iter()
+                    .map(|t| {
+                        json!({"leu": t.leu, "collection": t.collection, "first": t.first,
+                               "last": t.last, "table": t.table, "detail": t.detail})
+                    })
+                    .collect();
+                out!("{}", Value::Array(tables));
+            } else if tables.is_empty() {
+                out!("no table is fenced");
+            } else {
+                print_fenced(&tables);
+            }
+            Ok(u8::from(!tables.is_empty()))
+        }
         Command::Bench { args } => bench(args),
         Command::Demo {
             points,
@@ -833,7 +860,25 @@ fn scrub(cli: &Cli, no_wait: bool) -> Result<u8, CtlError> {
         (sum(&after, "scrub_bytes") - sum(&before, "scrub_bytes")) >> 20,
         after.len()
     );
+    if fenced > 0 {
+        print_fenced(&client.fenced().map_err(CtlError::from_client)?);
+    }
     Ok(if corrupt > 0 || fenced > 0 { 1 } else { 0 })
+}
+
+/// One line per fenced table: where it is, the ids it refuses, and what was found.
+fn print_fenced(tables: &[FencedTable]) {
+    for t in tables {
+        out!(
+            "fenced: collection `{}` ids {}..={} (LEU {}, table {}): {}",
+            t.collection,
+            t.first,
+            t.last,
+            t.leu,
+            t.table,
+            t.detail
+        );
+    }
 }
 
 fn stats(cli: &Cli, interval: f64, as_json: bool) -> Result<u8, CtlError> {
