@@ -38,6 +38,7 @@ pub use manifest::{Edit, Manifest, ManifestState};
 pub use memtable::{Key, Lookup, MemTable, MemTableFull, Point};
 pub use posix::{DirectIo, LogChain, LogOp, PosixEnv, SharedLogRing};
 pub use store::{
-    CompactionHook, Located, Snapshot, Store, StoreHooks, StoreOptions, StoreStats, WriteSize,
+    CompactionHook, Located, Snapshot, Store, StoreHooks, StoreOptions, StoreStats, TableRepair,
+    WriteSize,
 };
 pub use wal::{ReplayReport, ReplayedRecord, Wal, WalOptions, WalStats};

@@ -341,6 +341,36 @@ impl StoreStats {
     }
 }
 
+/// What [`Store::repair`] did with one damaged table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRepair {
+    /// The table's number.
+    pub table: u64,
+    /// Its collection's id.
+    pub collection: u32,
+    /// The smallest point id it held.
+    pub first: u64,
+    /// The largest.
+    pub last: u64,
+    /// What was found damaged.
+    pub reason: String,
+    /// Entries that verified and held their point's newest version: written again.
+    pub rewritten: usize,
+    /// Entries that verified, with a newer version elsewhere: nothing to do.
+    pub superseded: usize,
+    /// Points whose newest version was here and whose vector did not verify: deleted.
+    pub lost_points: Vec<u64>,
+    /// `(first, last)` ids of data blocks that failed their checks: which points they held,
+    /// and those points' newest versions, are lost.
+    pub lost_ranges: Vec<(u64, u64)>,
+    /// Points in `lost_ranges` that an older table holds: the damaged block may have held a
+    /// newer version or a delete, so they were deleted rather than served stale.
+    pub deleted_older: Vec<u64>,
+    /// Whether the table is out of the store (its file in `lost+found/`); `false` for a
+    /// table that could not be opened, which stays fenced.
+    pub removed: bool,
+}
+
 /// Where [`Store::locate`] found a key's newest version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
@@ -1704,6 +1734,203 @@ impl<E: Env> Store<E> {
             .partition(|table| hook.keep_collection(table.footer().collection));
         discard(&self.shared, &dropped);
         kept
+    }
+
+    /// Offline repair of every damaged table (issue #23 item 5; `vortex-dataplane repair`):
+    /// checks every table now (as the scrubber does), then, newest table first, for each
+    /// table quarantined (found damaged now, earlier, or at open):
+    ///
+    /// - every entry that verifies ([`Table::salvage`]) whose newest version is in this
+    ///   table is written again, as a new write (`rewritten`); one with a newer version
+    ///   elsewhere needs nothing (`superseded`);
+    /// - a point whose entry verified but whose vector did not, and whose newest version was
+    ///   here, is deleted: `lost_points`;
+    /// - the ids of a data block that failed its checks are unknown (`lost_ranges`); a point
+    ///   in that range that an older table holds, and no newer one, could have been
+    ///   overwritten or deleted in the damaged block: it is deleted rather than served
+    ///   stale (`deleted_older`);
+    /// - once those writes are durable, one MANIFEST edit removes the table, and its file
+    ///   goes to `lost+found/` for the operator.
+    ///
+    /// A table that could not be opened (its footer or a meta block damaged) has no index
+    /// to salvage from: it is reported with `removed: false` and stays fenced. Everything is
+    /// flushed at the end. Run again after a crash, it finds the rewritten points newer and
+    /// goes on. The store must be opened by nothing else (the data directory's lock).
+    pub fn repair(&mut self) -> Result<Vec<TableRepair>, StorageError> {
+        self.scrub();
+        let damaged: Vec<Arc<Table>> = self
+            .version
+            .tables()
+            .filter(|(_, table)| table.is_quarantined())
+            .map(|(_, table)| Arc::clone(table))
+            .collect();
+        let mut repairs = Vec::new();
+        for table in damaged {
+            let footer = *table.footer();
+            let mut repair = TableRepair {
+                table: table.number(),
+                collection: footer.collection,
+                first: footer.smallest,
+                last: footer.largest,
+                reason: table.quarantined().unwrap_or_default(),
+                ..TableRepair::default()
+            };
+            // A newer damaged table that stays (it could not be opened) may hold newer
+            // versions of this one's points: nothing here can be said newest.
+            let overlapped = repairs.iter().any(|earlier: &TableRepair| {
+                !earlier.removed
+                    && earlier.collection == footer.collection
+                    && earlier.first <= footer.largest
+                    && footer.smallest <= earlier.last
+            });
+            if !table.is_open() || overlapped {
+                if overlapped {
+                    repair.reason = format!(
+                        "{}; not repaired: a newer damaged table that could not be opened \
+                         overlaps its ids",
+                        repair.reason
+                    );
+                }
+                repairs.push(repair);
+                continue;
+            }
+            let salvage = table.salvage();
+            // Where the newest version of `point` is: `true` when it is this table's (the
+            // read stops at this table, quarantined), `false` when a newer one is elsewhere.
+            let newest_here = |store: &Store<E>, point: u64| -> Result<bool, StorageError> {
+                let key = Key {
+                    collection: footer.collection,
+                    point,
+                };
+                match store.locate(&key) {
+                    Ok(_) => Ok(false),
+                    Err(StorageError::Quarantined { path, .. }) if path == table.path() => Ok(true),
+                    Err(error) => Err(error),
+                }
+            };
+            for entry in &salvage.entries {
+                if !newest_here(self, entry.key.point)? {
+                    repair.superseded += 1;
+                    continue;
+                }
+                match &entry.point {
+                    Some(point) => {
+                        let (key, vector, payload) = (entry.key, &point.vector, &point.payload);
+                        self.write_through(|store| store.put(key, vector, payload))?;
+                    }
+                    None => {
+                        let key = entry.key;
+                        self.write_through(|store| store.delete(key))?;
+                    }
+                }
+                repair.rewritten += 1;
+            }
+            for &point in &salvage.lost_points {
+                if newest_here(self, point)? {
+                    let key = Key {
+                        collection: footer.collection,
+                        point,
+                    };
+                    self.write_through(|store| store.delete(key))?;
+                    repair.lost_points.push(point);
+                }
+            }
+            // Older tables' points in the damaged blocks' ranges.
+            let older: Vec<Arc<Table>> = self
+                .version
+                .tables()
+                .map(|(_, other)| Arc::clone(other))
+                .filter(|other| {
+                    other.number() != table.number()
+                        && other.footer().collection == footer.collection
+                        && !other.is_quarantined()
+                })
+                .collect();
+            let mut candidates = BTreeSet::new();
+            for &(first, last) in &salvage.lost_ranges {
+                for other in &older {
+                    let mut entries = other.iter_after(first.checked_sub(1));
+                    for entry in entries.by_ref() {
+                        let entry = entry?;
+                        if entry.key.point > last {
+                            break;
+                        }
+                        candidates.insert(entry.key.point);
+                    }
+                }
+            }
+            repair.lost_ranges = salvage.lost_ranges;
+            for point in candidates {
+                if newest_here(self, point)? {
+                    let key = Key {
+                        collection: footer.collection,
+                        point,
+                    };
+                    self.write_through(|store| store.delete(key))?;
+                    repair.deleted_older.push(point);
+                }
+            }
+            self.sync()?;
+            self.remove_damaged_table(&table)?;
+            repair.removed = true;
+            repairs.push(repair);
+        }
+        if !repairs.is_empty() {
+            self.flush()?;
+        }
+        Ok(repairs)
+    }
+
+    /// Runs a write, flushing and retrying while the store answers THROTTLED (offline, a
+    /// repair's writes wait for nothing else).
+    fn write_through(
+        &mut self,
+        mut write: impl FnMut(&mut Self) -> Result<u64, StorageError>,
+    ) -> Result<u64, StorageError> {
+        loop {
+            match write(self) {
+                Err(StorageError::Throttled(_)) => self.flush()?,
+                other => return other,
+            }
+        }
+    }
+
+    /// Removes a damaged table from the version in one MANIFEST edit and moves its file to
+    /// `lost+found/` (never deleted: the operator may want it).
+    fn remove_damaged_table(&mut self, table: &Arc<Table>) -> Result<(), StorageError> {
+        let edit = Edit {
+            tables_removed: vec![table.number()],
+            ..Edit::default()
+        };
+        self.wal.publish(None, edit)?;
+        let mut version = (*self.version).clone();
+        for tables in &mut version.levels {
+            tables.retain(|t| t.number() != table.number());
+        }
+        self.set_version(version);
+        let lost_found = self.dir.join(LOST_FOUND);
+        std::fs::create_dir_all(&lost_found).map_err(io_error("create", &lost_found))?;
+        let name = table
+            .path()
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| table_name(table.number()));
+        let mut aside = lost_found.join(&name);
+        for copy in 1.. {
+            if !aside.exists() {
+                break;
+            }
+            aside = lost_found.join(format!("{name}.{copy}"));
+        }
+        if table.path().exists() {
+            std::fs::rename(table.path(), &aside).map_err(io_error("rename", table.path()))?;
+        }
+        tracing::warn!(
+            table = table.number(),
+            path = %aside.display(),
+            "repair: the damaged table is out of the store; its file is kept in lost+found"
+        );
+        Ok(())
     }
 
     /// Removes every table of `collection` in one MANIFEST edit (a dropped collection's

@@ -1174,3 +1174,150 @@ fn a_scrub_asked_for_runs_now_and_reports_its_progress() {
     assert!(!store.scrub_soon());
     store.close().unwrap();
 }
+
+/// Issue #23 item 5: the offline repair of a damaged table. Three generations of one
+/// collection: every id in an older (merged) table, the even ids overwritten and one id in
+/// six deleted in table T, ids below 200 overwritten again in a newer table N. One bit flips
+/// in a vector unit of T and one in a data block of T. The repair keeps every point T's
+/// verified parts hold (written again where T held the newest version), deletes the points
+/// whose vectors are gone, deletes the points of the damaged block's range rather than serve
+/// their older versions, reports each, takes T out (its file kept in lost+found), and leaves
+/// a store that opens clean and answers as the model says for every other id.
+#[test]
+fn repair_keeps_what_verifies_and_reports_exactly_what_it_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || StoreOptions {
+        memtable_bytes: 4 << 20,
+        table_bytes_target: 64 << 20,
+        l0_compaction_trigger: 8,
+        l0_stop: 16,
+        compaction_bytes_per_second: 0,
+        scrub_bytes_per_second: 0,
+        ..StoreOptions::default()
+    };
+    let ids = 2000u64;
+    // 64-byte vectors: 64 to a 4 KiB unit of the region.
+    let value = |point: u64, version: u64| Point {
+        vector: (0..64)
+            .map(|i| (point as u8) ^ (version as u8 * 31) ^ i)
+            .collect(),
+        payload: format!("p{point} v{version}").into_bytes(),
+    };
+    let mut model: BTreeMap<u64, Point> = BTreeMap::new();
+    {
+        let (mut store, _) = open_with(dir.path(), options(), StoreHooks::default());
+        for point in 0..ids {
+            put(&mut store, key(0, point), &value(point, 1));
+            model.insert(point, value(point, 1));
+        }
+        store.sync().unwrap();
+        store.flush().unwrap();
+        store.compact_all().unwrap();
+        for point in 0..ids {
+            if point % 2 == 0 {
+                put(&mut store, key(0, point), &value(point, 2));
+                model.insert(point, value(point, 2));
+            } else if point % 6 == 1 {
+                delete(&mut store, key(0, point));
+                model.remove(&point);
+            }
+        }
+        store.sync().unwrap();
+        store.flush().unwrap();
+        for point in 0..200 {
+            put(&mut store, key(0, point), &value(point, 3));
+            model.insert(point, value(point, 3));
+        }
+        store.sync().unwrap();
+        store.flush().unwrap();
+        store.close().unwrap();
+    }
+    // T: the table with the tombstones and 1,000 vectors.
+    let tables_dir = dir.path().join("tables");
+    let (t_path, t_number) = std::fs::read_dir(&tables_dir)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find_map(|path| {
+            let name = path.file_name()?.to_string_lossy().into_owned();
+            let number = vortex_storage::sstable::table::parse_table_name(&name)?;
+            let table = Table::open(&path, number).ok()?;
+            (table.footer().tombstones > 0 && table.footer().vector_count == 1000)
+                .then_some((path, number))
+        })
+        .expect("table T");
+    let region = Table::open(&t_path, t_number)
+        .unwrap()
+        .region_points()
+        .unwrap();
+    let unit = 5usize;
+    let in_unit: BTreeSet<u64> = region[unit * 64..(unit + 1) * 64].iter().copied().collect();
+    let start = Table::open(&t_path, t_number)
+        .unwrap()
+        .footer()
+        .section_start(Section::Vectors);
+    flip(&t_path, start + unit as u64 * 4096 + 100);
+    flip(&t_path, 7 * 4096 + 100); // the eighth data block
+
+    let (mut store, _) = open_with(dir.path(), options(), StoreHooks::default());
+    let repairs = store.repair().unwrap();
+    assert_eq!(repairs.len(), 1, "{repairs:?}");
+    let repair = &repairs[0];
+    assert_eq!(repair.table, t_number);
+    assert!(repair.removed, "{repair:?}");
+    assert_eq!(repair.lost_ranges.len(), 1, "{repair:?}");
+    assert!(repair.rewritten > 0 && repair.superseded > 0, "{repair:?}");
+    let in_ranges = |point: u64| {
+        repair
+            .lost_ranges
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&point))
+    };
+    // The vectors lost: exactly the damaged unit's points (none below 200, which N holds).
+    let expected_lost: Vec<u64> = in_unit
+        .iter()
+        .copied()
+        .filter(|&point| point >= 200 && !in_ranges(point))
+        .collect();
+    assert!(!expected_lost.is_empty());
+    assert_eq!(repair.lost_points, expected_lost);
+    // The damaged block's range: every id in it without a newer version in N was deleted
+    // (each has an older version in the merged table).
+    let (first, last) = repair.lost_ranges[0];
+    let expected_deleted: Vec<u64> = (first..=last).filter(|&point| point >= 200).collect();
+    assert!(!expected_deleted.is_empty());
+    assert_eq!(repair.deleted_older, expected_deleted);
+    let deleted: BTreeSet<u64> = repair
+        .lost_points
+        .iter()
+        .chain(&repair.deleted_older)
+        .copied()
+        .collect();
+    let check = |store: &TestStore, context: &str| {
+        for point in 0..ids {
+            let got = store
+                .get(&key(0, point))
+                .unwrap_or_else(|e| panic!("{context}: get {point}: {e}"));
+            let expected = if deleted.contains(&point) {
+                None
+            } else {
+                model.get(&point)
+            };
+            assert_eq!(got.as_ref(), expected, "{context}: point {point}");
+        }
+    };
+    check(&store, "after the repair");
+    store.close().unwrap();
+    assert!(dir
+        .path()
+        .join("lost+found")
+        .join(table_name(t_number))
+        .exists());
+
+    let (mut store, report) = open_with(dir.path(), options(), StoreHooks::default());
+    assert_eq!(report.quarantined, 0, "{report:?}");
+    assert!(store.scrub().is_empty());
+    check(&store, "after a restart");
+    assert!(store.repair().unwrap().is_empty(), "nothing left to repair");
+    store.close().unwrap();
+}

@@ -377,6 +377,17 @@ struct IndexEntry {
     len: u32,
 }
 
+/// What [`Table::salvage`] found in a damaged table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Salvage {
+    /// Every entry whose block and vector verify, in key order.
+    pub entries: Vec<Entry>,
+    /// Points whose entry verified and whose vector did not.
+    pub lost_points: Vec<u64>,
+    /// `(first, last)` point ids of each data block that failed its checks.
+    pub lost_ranges: Vec<(u64, u64)>,
+}
+
 /// What an entry of a table holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -1064,6 +1075,40 @@ impl Table {
             }
             Ok(())
         })
+    }
+
+    /// What a damaged table still holds, read past its quarantine for an offline repair
+    /// (`Store::repair`): every entry whose data block and vector verify, in key order; the
+    /// points whose entry verified but whose vector did not; and the id range of each data
+    /// block that failed its checks (its entries are unknown), from the index. A table
+    /// that could not be opened ([`Table::broken`]) has no index: nothing is salvaged.
+    pub fn salvage(&self) -> Salvage {
+        let mut salvage = Salvage::default();
+        for index in 0..self.index.len() {
+            let first = match index {
+                0 => self.footer.smallest,
+                _ => self.index[index - 1].last_point.saturating_add(1),
+            };
+            match self.block(index) {
+                Err(_) => salvage
+                    .lost_ranges
+                    .push((first, self.index[index].last_point)),
+                Ok(block) => {
+                    for found in block.iter() {
+                        match self.entry_from(found.key, found.sequence, found.value) {
+                            Ok(entry) => salvage.entries.push(entry),
+                            Err(_) => salvage.lost_points.push(found.key.point),
+                        }
+                    }
+                }
+            }
+        }
+        salvage
+    }
+
+    /// Whether the table was opened (a [`Table::broken`] one was not: it has no index).
+    pub fn is_open(&self) -> bool {
+        self.map.is_some()
     }
 
     /// Whether the bloom filter and key range admit `key`.
