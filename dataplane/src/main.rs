@@ -1,8 +1,9 @@
 //! `vortex-dataplane`: the dataplane binary.
 //!
 //! Exit status: 0 success; 1 the machine failed us (pinning mismatch, io_uring unavailable,
-//! memory lock required and refused, sysfs unreadable); 2 a mistake in the config or the
-//! command line, reported on one line naming the field and what is accepted.
+//! memory lock required and refused, sysfs unreadable), or `repair` left a damaged table; 2
+//! a mistake in the config or the command line, reported on one line naming the field and
+//! what is accepted; 3 a stop that outran its bound.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -51,6 +52,15 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Offline repair of damaged tables, with the dataplane stopped: checks every table of
+    /// every LEU, keeps every record that verifies, deletes what is lost rather than serve
+    /// older versions of it, lists each lost id (or id range), and moves the damaged files
+    /// to `store/lost+found/`. Exit 0 when no table is left damaged, 1 otherwise.
+    Repair {
+        /// The appliance config (TOML). Without it, the built-in defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// A failure with the exit status it maps to.
@@ -87,6 +97,7 @@ fn main() -> ExitCode {
             json,
         } => topology(config, verify, json),
         Command::Run { config } => run(config),
+        Command::Repair { config } => repair(config),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -147,6 +158,109 @@ fn plan(config_path: Option<PathBuf>) -> Result<Planned, Failure> {
         mapping,
         data_dir,
     })
+}
+
+/// `repair`: every LEU's shard opened in turn under the data directory's lock (refused while
+/// a dataplane runs on it), repaired and closed; one report per damaged table.
+fn repair(config_path: Option<PathBuf>) -> Result<u8, Failure> {
+    let (config, _) = load_config(config_path.as_ref())?;
+    init_logging(&config);
+    let data_dir = config
+        .prepare_data_dir()
+        .map_err(Failure::from_config_error)?;
+    let _lock = vortex_storage::DirLock::acquire(&data_dir).map_err(Failure::runtime)?;
+    let mut leus: Vec<(u32, PathBuf)> = std::fs::read_dir(&data_dir)
+        .map_err(|error| Failure::runtime(format!("{}: {error}", data_dir.display())))?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let index = name.strip_prefix("leu-")?.parse::<u32>().ok()?;
+            Some((index, entry.path()))
+        })
+        .collect();
+    leus.sort();
+    if leus.is_empty() {
+        println!(
+            "no LEU directory in {}: nothing to repair",
+            data_dir.display()
+        );
+        return Ok(0);
+    }
+    let (mut damaged, mut left) = (0usize, 0usize);
+    for (index, dir) in leus {
+        let mut options = vortex_shard::ShardOptions::default();
+        options.store.scrub_bytes_per_second = 0;
+        let (mut shard, _) = vortex_shard::Shard::open(&dir, options)
+            .map_err(|error| Failure::runtime(format!("{}: {error}", dir.display())))?;
+        let repairs = shard
+            .repair()
+            .map_err(|error| Failure::runtime(format!("{}: {error}", dir.display())))?;
+        shard
+            .close()
+            .map_err(|error| Failure::runtime(format!("{}: {error}", dir.display())))?;
+        for (collection, repair) in &repairs {
+            damaged += 1;
+            left += usize::from(!repair.removed);
+            print!("{}", repair_report(index, &dir, collection, repair));
+        }
+    }
+    println!(
+        "{damaged} damaged table(s) found, {} repaired, {left} left fenced",
+        damaged - left
+    );
+    Ok(u8::from(left > 0))
+}
+
+/// What the repair of one table did, for the operator: every id lost, listed.
+fn repair_report(
+    leu: u32,
+    dir: &std::path::Path,
+    collection: &str,
+    repair: &vortex_storage::TableRepair,
+) -> String {
+    use std::fmt::Write as _;
+    let ids = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+    let mut out = format!(
+        "LEU {leu}: table {} of collection `{collection}` (ids {}..={}): {}\n",
+        repair.table, repair.first, repair.last, repair.reason
+    );
+    if !repair.removed {
+        out.push_str("  not repaired: it stays fenced (restore it from a backup, or drop and re-ingest the collection)\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  kept: {} point(s) written again, {} with a newer version elsewhere",
+        repair.rewritten, repair.superseded
+    );
+    if !repair.lost_points.is_empty() {
+        let _ = writeln!(
+            out,
+            "  lost, their vectors damaged (deleted): {} point(s): {}",
+            repair.lost_points.len(),
+            ids(&repair.lost_points)
+        );
+    }
+    for (first, last) in &repair.lost_ranges {
+        let _ = writeln!(
+            out,
+            "  lost: a damaged block held ids in {first}..={last}: which ones, and their versions here, are unknown"
+        );
+    }
+    if !repair.deleted_older.is_empty() {
+        let _ = writeln!(
+            out,
+            "  deleted rather than served stale (an older version exists, the damaged block may have held a newer one or a delete): {} point(s): {}",
+            repair.deleted_older.len(),
+            ids(&repair.deleted_older)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  removed from the store; the damaged file is kept in {}",
+        dir.join("store").join("lost+found").display()
+    );
+    out
 }
 
 fn topology(config_path: Option<PathBuf>, verify: bool, json: bool) -> Result<u8, Failure> {

@@ -941,3 +941,117 @@ fn a_damaged_table_is_fenced_and_the_node_starts_and_serves_the_rest() {
     drop(client);
     assert_eq!(terminate(child).code(), Some(0));
 }
+
+/// Issue #23 item 5: `vortex-dataplane repair`, offline. A bit flips in a vector unit of a
+/// stopped node's table (64 points share the unit); the repair names exactly those 64 ids as
+/// lost, keeps every other point, moves the damaged file aside, and the restarted node has no
+/// fenced table and serves every other point with its vector, searches included. Refused
+/// while a dataplane holds the directory; a second run finds nothing to do.
+#[test]
+fn repair_keeps_every_point_that_verifies_and_names_the_ids_it_lost() {
+    let _ports = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let address = format!("127.0.0.1:{port}");
+    let repair = || {
+        let output = Command::new(BINARY)
+            .args(["repair", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), text)
+    };
+    // What docs_upsert writes for `id`.
+    let vector = |id: u64| vec![1.0, id as f32, 0.5, 0.25];
+    let (child, _) = start(&config);
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    client.create_collection(docs_spec()).unwrap();
+    for start in (0..3000).step_by(500) {
+        client.upsert(docs_upsert(start..start + 500)).unwrap();
+    }
+    drop(client);
+    // A dataplane holds the directory: the repair is refused.
+    let (code, text) = repair();
+    assert_eq!(code, Some(1), "{text}");
+    assert_eq!(terminate(child).code(), Some(0));
+    let shard_dir = dir.path().join("data").join("leu-0");
+    {
+        let (mut shard, _) =
+            vortex_shard::Shard::open(&shard_dir, vortex_shard::ShardOptions::default()).unwrap();
+        shard.compact_all().unwrap(); // one table, ids in slot order
+        shard.wait_idle().unwrap();
+        shard.close().unwrap();
+    }
+    let tables: Vec<PathBuf> = std::fs::read_dir(shard_dir.join("store/tables"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    assert_eq!(tables.len(), 1, "{tables:?}");
+    let table = vortex_storage::sstable::table::Table::open(&tables[0], 0).unwrap();
+    let data_end = table.footer().data_end;
+    assert_eq!(
+        table.region_points().unwrap(),
+        (0..3000).collect::<Vec<u64>>()
+    );
+    drop(table);
+    // Unit 2 of the region: slots 128 to 191 (4 floats, padded to 64 bytes a slot).
+    vortex_test_support::files::flip(&tables[0], data_end + 2 * 4096 + 5);
+
+    let (code, text) = repair();
+    eprintln!("{text}");
+    assert_eq!(code, Some(0), "{text}");
+    let lost: Vec<String> = (128..192).map(|id: u64| id.to_string()).collect();
+    assert!(
+        text.contains(&format!(
+            "lost, their vectors damaged (deleted): 64 point(s): {}\n",
+            lost.join(" ")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("collection `docs` (ids 0..=2999)"), "{text}");
+    assert!(
+        text.contains("1 damaged table(s) found, 1 repaired, 0 left fenced"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(shard_dir.join("store/lost+found"))
+            .unwrap()
+            .count(),
+        1
+    );
+
+    let (child, _) = start(&config);
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    assert!(client.fenced().unwrap().is_empty());
+    assert_eq!(client.count("docs", None).unwrap(), 3000 - 64);
+    let points = client.get("docs", (0..3000).collect()).unwrap();
+    assert_eq!(points.len(), 3000 - 64);
+    for point in &points {
+        assert!(
+            !(128..192).contains(&point.id),
+            "point {} was lost",
+            point.id
+        );
+        assert_eq!(point.vector, vector(point.id), "point {}", point.id);
+    }
+    let hits = client
+        .search(Search {
+            collection: "docs".into(),
+            vector: vector(1000),
+            k: 3,
+            ef: 32,
+            filter: None,
+            with_payload: false,
+        })
+        .unwrap();
+    assert_eq!(hits[0].id, 1000);
+    drop(client);
+    assert_eq!(terminate(child).code(), Some(0));
+    let (code, text) = repair();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("0 damaged table(s) found"), "{text}");
+}

@@ -44,7 +44,7 @@ use vortex_index::{Kernels, NodeSet};
 use vortex_io::RingConfig;
 use vortex_storage::{
     DirLock, DirectIo, Key, PosixEnv, SharedLogRing, Store, StoreHooks, StoreOptions, StoreStats,
-    WalOptions, WriteSize,
+    TableRepair, WalOptions, WriteSize,
 };
 use vortex_vbp::message::{CollectionInfo, CollectionSpec, Hit, Payload, PointRecord};
 
@@ -628,6 +628,26 @@ impl Shard {
         let result = self.store.wait_idle();
         self.sidecars.wait_deferred();
         self.settle(result)
+    }
+
+    /// Offline repair of the shard's damaged tables ([`vortex_storage::Store::repair`]):
+    /// what each table kept, lost and deleted, with its collection's name (`#id` for one no
+    /// longer in the catalog). The tables written meanwhile get their side-car graphs before
+    /// this returns.
+    pub fn repair(&mut self) -> Result<Vec<(String, TableRepair)>, ShardError> {
+        let result = self.store.repair();
+        let repairs = self.settle(result)?;
+        self.wait_idle()?;
+        Ok(repairs
+            .into_iter()
+            .map(|repair| {
+                let name = self.catalog.by_id(repair.collection).map_or_else(
+                    || format!("#{}", repair.collection),
+                    |c| c.spec.name.clone(),
+                );
+                (name, repair)
+            })
+            .collect())
     }
 
     /// Statistics.

@@ -1925,6 +1925,8 @@ impl<E: Env> Store<E> {
         if table.path().exists() {
             std::fs::rename(table.path(), &aside).map_err(io_error("rename", table.path()))?;
         }
+        // Its side-car goes (the file is gone from the store's view).
+        self.shared.hooks.compaction.table_deleted(table.number());
         tracing::warn!(
             table = table.number(),
             path = %aside.display(),
