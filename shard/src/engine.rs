@@ -609,9 +609,11 @@ impl Shard {
         self.settle(result)
     }
 
-    /// Merges every segment (tests and operators).
+    /// Merges every segment (tests and operators), and waits for the merged table's graph
+    /// (built after the merge installed it; not while the builds are held).
     pub fn compact_all(&mut self) -> Result<(), ShardError> {
         let result = self.store.compact_all();
+        self.sidecars.wait_deferred();
         self.settle(result)
     }
 

@@ -24,8 +24,12 @@
 //! an open never waits for builds (at most [`DEFERRED_MAX`] of them; past that they are
 //! built before the shard opens). A flush defers its build only while the builder has
 //! nothing to do; otherwise it builds before it publishes, as before, so that ingest does
-//! not outrun index builds. Compactions still build before they publish: their inputs keep
-//! serving meanwhile, and nothing waits on them.
+//! not outrun index builds. **A compaction's outputs are deferred too**
+//! ([`SideCars::table_compacted`]), up to [`DEFERRED_MAX`] waiting builds: the merge
+//! installs at once and each graph follows, seeded from the graph of the input holding most of its points, chosen
+//! when the build is deferred (the inputs' side-cars go once they are retired; the job keeps
+//! the seed mapped). A kill during that build then loses the build, not the merge: before,
+//! a merge of level 1 built its graph before it installed, and each kill threw both away.
 
 use crate::error::ShardError;
 use crate::payload;
@@ -166,6 +170,21 @@ struct Deferred {
     table: Arc<Table>,
     /// Found without its side-car at open: its blocks are checked before the build.
     verify: bool,
+    /// A compaction's output: the graph it is seeded from, chosen when the build was
+    /// deferred (the compaction's inputs, whose side-cars go once they are retired, are
+    /// still registered then), with the carried node of each row.
+    seed: Option<(Arc<Segment>, Vec<u32>)>,
+}
+
+/// Why a build is deferred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// A flushed table.
+    Flush,
+    /// A compaction's output.
+    Compaction,
+    /// Found without its side-car at open: checked before the build.
+    Open,
 }
 
 /// The builds that wait, and the thread that runs them.
@@ -291,7 +310,8 @@ impl SideCars {
     /// queues the build; false (nothing done) when the builder is not running, or has work
     /// already for a flushed table (`verify` false), or [`DEFERRED_MAX`] builds wait for
     /// one found at open (`verify` true).
-    fn defer(&self, table: &Arc<Table>, verify: bool) -> Result<bool, ShardError> {
+    fn defer(&self, table: &Arc<Table>, why: Why) -> Result<bool, ShardError> {
+        let verify = why == Why::Open;
         let Some(spec) = self.spec(table.footer().collection) else {
             return Ok(false);
         };
@@ -304,11 +324,16 @@ impl SideCars {
         // builds its own graph, so that ingest never outruns index builds (flushes that
         // outran them filled level 0 up to its stop, and a restart then stayed THROTTLED
         // until a compaction had caught up). An open queues what it finds, up to the bound.
+        // A merge's outputs queue up to the bound: the merge is what drains level 0, and
+        // a kill during its builds must not throw it away (issue #23 item 1).
+        // The builds that wait or run, whose tables a crash leaves without a side-car: an
+        // open takes up to the bound into its queue without building them first.
         let room = self.builder.queue.lock().is_ok_and(|queue| {
-            if verify {
-                queue.len() < DEFERRED_MAX
-            } else {
-                queue.is_empty() && !self.builder.busy.load(Ordering::Acquire)
+            let busy = self.builder.busy.load(Ordering::Acquire);
+            match why {
+                Why::Open => queue.len() < DEFERRED_MAX,
+                Why::Compaction => queue.len() + usize::from(busy) < DEFERRED_MAX,
+                Why::Flush => queue.is_empty() && !busy,
             }
         });
         if !running || !room {
@@ -317,6 +342,12 @@ impl SideCars {
         // Read before the queue is locked: the builder thread does not wait on this.
         let rows = self.rows(table, spec.dimension as usize)?;
         let contents = self.read_table(table)?;
+        let seed = match why {
+            Why::Compaction => {
+                self.seed_for(table.number(), table.footer().collection, &contents.labels)
+            }
+            Why::Flush | Why::Open => None,
+        };
         let Ok(mut queue) = self.builder.queue.lock() else {
             return Ok(false);
         };
@@ -327,6 +358,7 @@ impl SideCars {
         queue.push_back(Deferred {
             table: Arc::clone(table),
             verify,
+            seed,
         });
         self.builder.changed.notify_all();
         Ok(true)
@@ -351,7 +383,7 @@ impl SideCars {
         } else {
             Ok(())
         };
-        let built = checked.and_then(|()| self.build_graph(&deferred.table));
+        let built = checked.and_then(|()| self.build_graph(&deferred.table, deferred.seed.clone()));
         match built {
             Ok(Some((graph, contents))) => {
                 // Compacted away while it was built: its side-car goes with it.
@@ -513,7 +545,7 @@ impl SideCars {
                 }
                 // Searched exactly until the builder thread has built it (after a
                 // check of the table's blocks): an open does not wait for builds.
-                if matches!(self.defer(table, true), Ok(true)) {
+                if matches!(self.defer(table, Why::Open), Ok(true)) {
                     return Ok(true);
                 }
                 // Rebuild only from a table whose blocks and vectors check out.
@@ -629,7 +661,7 @@ impl SideCars {
     }
 
     fn build(&self, table: &Table) -> Result<(), ShardError> {
-        if let Some((graph, contents)) = self.build_graph(table)? {
+        if let Some((graph, contents)) = self.build_graph(table, None)? {
             self.register(table, Some(graph), contents);
         }
         Ok(())
@@ -639,7 +671,11 @@ impl SideCars {
     /// what was read from the table. `None` when there is nothing to build: the collection
     /// is gone, or the table holds no vectors of its dimension (then registered without a
     /// graph here).
-    fn build_graph(&self, table: &Table) -> Result<Option<(Hnsw, Contents)>, ShardError> {
+    fn build_graph(
+        &self,
+        table: &Table,
+        seed: Option<(Arc<Segment>, Vec<u32>)>,
+    ) -> Result<Option<(Hnsw, Contents)>, ShardError> {
         let footer = table.footer();
         let Some(spec) = self.spec(footer.collection) else {
             return Ok(None);
@@ -672,8 +708,8 @@ impl SideCars {
         let dim = spec.dimension as usize;
         // A node is carried only with exactly the vector its seed node has (an older
         // version of the point is inserted afresh).
-        let seed = self
-            .seed_for(table.number(), footer.collection, &contents.labels)
+        let seed = seed
+            .or_else(|| self.seed_for(table.number(), footer.collection, &contents.labels))
             .filter(|(segment, _)| {
                 segment.graph.as_ref().is_some_and(|graph| {
                     graph.dim() == dim && graph.m() == params.m && graph.metric() == params.metric
@@ -809,7 +845,20 @@ impl CompactionHook for SideCars {
     /// Published now, searched by an exact scan, its graph built by the builder thread
     /// (see the module's documentation); built here when the builder has work already.
     fn table_flushed(&self, table: &Arc<Table>) -> Result<(), String> {
-        if self.wants_index(table) && self.defer(table, false).map_err(|e| e.to_string())? {
+        if self.wants_index(table) && self.defer(table, Why::Flush).map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        self.table_written(table)
+    }
+
+    /// As a flushed table: published now while the builder is idle, its graph seeded from
+    /// the inputs' (chosen now, while they are registered).
+    fn table_compacted(&self, table: &Arc<Table>) -> Result<(), String> {
+        if self.wants_index(table)
+            && self
+                .defer(table, Why::Compaction)
+                .map_err(|e| e.to_string())?
+        {
             return Ok(());
         }
         self.table_written(table)

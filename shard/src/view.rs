@@ -592,21 +592,7 @@ impl ShardView {
             .segments
             .iter()
             .filter(|entry| entry.table.is_quarantined())
-            .map(|entry| {
-                let footer = entry.table.footer();
-                let id = footer.collection;
-                let range = FencedRange {
-                    collection: self
-                        .catalog
-                        .by_id(id)
-                        .map_or_else(|| format!("#{id}"), |c| c.spec.name.clone()),
-                    first: footer.smallest,
-                    last: footer.largest,
-                    table: entry.table.number(),
-                    detail: entry.table.quarantined().unwrap_or_default(),
-                };
-                (id, range)
-            })
+            .map(|entry| (entry.table.footer().collection, self.fenced_range(entry)))
             .collect();
         fenced.sort_by_key(|(id, range)| (*id, range.first, range.table));
         fenced.into_iter().map(|(_, range)| range).collect()
@@ -625,8 +611,27 @@ impl ShardView {
             .filter(quarantined)
             .find(holds)
             .or_else(|| self.segments_of(id).find(quarantined))?;
-        let footer = entry.table.footer();
+        let FencedRange {
+            collection,
+            first,
+            last,
+            table,
+            detail,
+        } = self.fenced_range(entry);
         Some(ShardError::Fenced {
+            collection,
+            first,
+            last,
+            table,
+            detail,
+        })
+    }
+
+    /// What a quarantined table of this view refuses, and why.
+    fn fenced_range(&self, entry: &ViewSegment) -> FencedRange {
+        let footer = entry.table.footer();
+        let id = footer.collection;
+        FencedRange {
             collection: self
                 .catalog
                 .by_id(id)
@@ -635,7 +640,7 @@ impl ShardView {
             last: footer.largest,
             table: entry.table.number(),
             detail: entry.table.quarantined().unwrap_or_default(),
-        })
+        }
     }
 
     /// `error` as the request's answer: a table's corruption found by a read is answered

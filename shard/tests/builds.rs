@@ -99,14 +99,80 @@ fn a_close_during_a_merge_cancels_its_build_and_loses_nothing() {
     for id in (0..12_000).step_by(997) {
         assert!(finds_itself(&shard, id), "point {id}");
     }
-    // The merge runs again, to the end, with every point.
+    // The merge was installed before its graph was built (or runs again, if the close came
+    // while it wrote its table): to the end, with every point, and its graph after it.
     shard.compact_all().unwrap();
+    shard.wait_idle().unwrap();
     assert_eq!(shard.stats().segments, 1);
+    assert_eq!(shard.stats().indexes, 1);
     assert_eq!(shard.describe_collection("docs").unwrap().points, 12_000);
     for id in (0..12_000).step_by(997) {
         assert!(finds_itself(&shard, id), "point {id} after the merge");
     }
     assert_eq!(shard.close().unwrap().builds_cancelled, 0);
+}
+
+/// A merge does not wait for its graph either (issue #23 item 1): with the builds held, a
+/// merge of two segments installs its table at once (one segment, no graph yet, searched
+/// exactly), and a crash before the graph is built keeps the merge: the restart has the one
+/// merged table, finds every point, and builds its graph in the background. Before, a merge
+/// built its graph before it installed, and a kill during that build threw the merge away
+/// too.
+#[test]
+fn a_merge_is_installed_before_its_graph_and_a_crash_during_the_build_keeps_it() {
+    eprintln!("seed {SEED:#x}");
+    let dir = tempfile::tempdir().unwrap();
+    let options = || {
+        let mut options = ShardOptions::default();
+        options.store.l0_compaction_trigger = 8;
+        options
+    };
+    let (mut shard, _) = Shard::open(dir.path(), options()).unwrap();
+    shard
+        .create_collection(CollectionSpec {
+            name: "docs".into(),
+            dimension: DIM as u32,
+            metric: Metric::L2,
+            m: 12,
+            ef_construction: 64,
+            vector_type: VectorType::F32,
+        })
+        .unwrap();
+    upsert(&mut shard, 0..2_000);
+    shard.flush().unwrap();
+    upsert(&mut shard, 2_000..4_000);
+    shard.flush().unwrap();
+    shard.wait_idle().unwrap();
+    assert_eq!(shard.stats().segments, 2);
+    assert_eq!(shard.stats().indexes, 2);
+    shard.hold_index_builds(true);
+    shard.compact_all().unwrap(); // returns once installed: the build is held
+    let stats = shard.stats();
+    assert_eq!(stats.segments, 1, "{stats:?}");
+    assert_eq!(
+        stats.indexes, 0,
+        "the merged table has no graph yet: {stats:?}"
+    );
+    assert_eq!(stats.index_build_backlog, 4_000);
+    for id in (0..4_000).step_by(97) {
+        assert!(finds_itself(&shard, id), "point {id}");
+    }
+    drop(shard); // a crash before the build
+
+    let (mut shard, report) = Shard::open(dir.path(), options()).unwrap();
+    assert_eq!(report.replayed, 0, "{report:?}");
+    assert_eq!(shard.stats().segments, 1, "the merge was kept");
+    assert_eq!(report.indexes_rebuilt, 1, "{report:?}");
+    assert_eq!(shard.describe_collection("docs").unwrap().points, 4_000);
+    for id in (0..4_000).step_by(97) {
+        assert!(finds_itself(&shard, id), "point {id} after the restart");
+    }
+    shard.wait_idle().unwrap();
+    assert_eq!(shard.stats().indexes, 1);
+    for id in (0..4_000).step_by(97) {
+        assert!(finds_itself(&shard, id), "point {id} with the graph");
+    }
+    shard.close().unwrap();
 }
 
 /// A flush does not wait for its graph (issue #23 item 1): with the builds held, the flushed

@@ -191,6 +191,15 @@ pub trait CompactionHook: Send + Sync {
         self.table_written(table)
     }
 
+    /// A compaction wrote `table` (written, synced and verified, not yet live). As
+    /// [`table_flushed`](Self::table_flushed): the hook may publish now and make its
+    /// side-car durable later, so that a merge's work survives a crash during the build
+    /// (issue #23 item 1: a merge all or nothing with its graph started from zero after
+    /// every kill). Default: [`table_written`](Self::table_written).
+    fn table_compacted(&self, table: &Arc<Table>) -> Result<(), String> {
+        self.table_written(table)
+    }
+
     /// The table's file was deleted (it was compacted away and no reader holds it): its
     /// side-car can go too.
     fn table_deleted(&self, number: u64) {
@@ -2177,7 +2186,7 @@ fn finish_table(
     let table = Arc::new(builder.finish(number, options.bloom_bits_per_key, limiter)?);
     let hooked = match written {
         Written::Flush => shared.hooks.compaction.table_flushed(&table),
-        Written::Compaction => shared.hooks.compaction.table_written(&table),
+        Written::Compaction => shared.hooks.compaction.table_compacted(&table),
     };
     if let Err(detail) = hooked {
         obsolete(shared, &table); // the hook may have saved a side-car before it failed

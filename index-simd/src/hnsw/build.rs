@@ -21,7 +21,7 @@
 //! cancelled ([`BuildControl::cancel`]): the workers stop claiming nodes and it returns
 //! [`IndexError::Cancelled`].
 
-use super::search::{beam, greedy, ExactSpace, Links, Scored, SearchScratch, Space};
+use super::search::{beam, greedy, greedy_within, ExactSpace, Links, Scored, SearchScratch, Space};
 use super::{
     block_range, code_stride, vector_stride, Hnsw, IndexError, DIM_MAX, EF_MAX, LEVEL_MAX, M_MAX,
     NO_NODE,
@@ -713,33 +713,6 @@ enum Descent<'a> {
     /// (upper-layer links lead into it where no layer-0 link leads out of it), and an
     /// insertion from there links the node to the island again.
     Within(&'a dyn Fn(u32) -> bool),
-}
-
-/// [`greedy`] through the nodes `within` admits only (`current` must be one).
-fn greedy_within(
-    builder: &Builder<'_>,
-    space: &ExactSpace<'_>,
-    mut current: Scored,
-    layer: u8,
-    within: &dyn Fn(u32) -> bool,
-) -> Scored {
-    loop {
-        let before = current.node;
-        builder.for_each_neighbor(before, layer, |neighbor| {
-            if within(neighbor) {
-                let distance = space.distance(neighbor);
-                if distance < current.distance {
-                    current = Scored {
-                        distance,
-                        node: neighbor,
-                    };
-                }
-            }
-        });
-        if current.node == before {
-            return current;
-        }
-    }
 }
 
 /// Layer-0 links reversed, as compressed rows: the nodes linking to node `n` are

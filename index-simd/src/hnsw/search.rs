@@ -611,18 +611,31 @@ fn rerank_with<S: Space>(exact: &S, ranked: &mut [Scored]) {
 pub(crate) fn greedy<L: Links, S: Space>(
     links: &L,
     space: &S,
+    current: Scored,
+    layer: u8,
+) -> Scored {
+    greedy_within(links, space, current, layer, |_| true)
+}
+
+/// [`greedy`] through the nodes `within` admits only (`current` must be one).
+pub(crate) fn greedy_within<L: Links, S: Space>(
+    links: &L,
+    space: &S,
     mut current: Scored,
     layer: u8,
+    within: impl Fn(u32) -> bool,
 ) -> Scored {
     loop {
         let before = current.node;
         links.for_each_neighbor(before, layer, |neighbor| {
-            let distance = space.distance(neighbor);
-            if distance < current.distance {
-                current = Scored {
-                    distance,
-                    node: neighbor,
-                };
+            if within(neighbor) {
+                let distance = space.distance(neighbor);
+                if distance < current.distance {
+                    current = Scored {
+                        distance,
+                        node: neighbor,
+                    };
+                }
             }
         });
         if current.node == before {
