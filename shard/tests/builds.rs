@@ -49,31 +49,37 @@ fn finds_itself(shard: &Shard, id: u64) -> bool {
         .is_some_and(|hit| hit.id == id)
 }
 
+/// Options under which flushed segments stay apart until a merge is asked for.
+fn apart() -> ShardOptions {
+    let mut options = ShardOptions::default();
+    options.store.l0_compaction_trigger = 8;
+    options
+}
+
+/// The `docs` collection of these tests (`DIM`-dimensional, L2).
+fn docs(m: u16, ef_construction: u16) -> CollectionSpec {
+    CollectionSpec {
+        name: "docs".into(),
+        dimension: DIM as u32,
+        metric: Metric::L2,
+        m,
+        ef_construction,
+        vector_type: VectorType::F32,
+    }
+}
+
 #[test]
 fn a_close_during_a_merge_cancels_its_build_and_loses_nothing() {
     eprintln!("seed {SEED:#x}");
     let dir = tempfile::tempdir().unwrap();
     // One build thread: the merge below takes seconds, far longer than the close needs.
-    let options = || {
-        let mut options = ShardOptions {
-            index_build_threads: 1,
-            ..ShardOptions::default()
-        };
-        // The two flushed segments stay apart until the merge asked for below.
-        options.store.l0_compaction_trigger = 8;
-        options
+    // The two flushed segments stay apart until the merge asked for below.
+    let options = || ShardOptions {
+        index_build_threads: 1,
+        ..apart()
     };
     let (mut shard, _) = Shard::open(dir.path(), options()).unwrap();
-    shard
-        .create_collection(CollectionSpec {
-            name: "docs".into(),
-            dimension: DIM as u32,
-            metric: Metric::L2,
-            m: 24,
-            ef_construction: 300,
-            vector_type: VectorType::F32,
-        })
-        .unwrap();
+    shard.create_collection(docs(24, 300)).unwrap();
     // Segments of 12,000 points (the MemTable flushes on its own too), then a merge of all
     // in the background (its graph is seeded from the largest and inserts the others).
     upsert(&mut shard, 0..6_000);
@@ -122,22 +128,8 @@ fn a_close_during_a_merge_cancels_its_build_and_loses_nothing() {
 fn a_merge_is_installed_before_its_graph_and_a_crash_during_the_build_keeps_it() {
     eprintln!("seed {SEED:#x}");
     let dir = tempfile::tempdir().unwrap();
-    let options = || {
-        let mut options = ShardOptions::default();
-        options.store.l0_compaction_trigger = 8;
-        options
-    };
-    let (mut shard, _) = Shard::open(dir.path(), options()).unwrap();
-    shard
-        .create_collection(CollectionSpec {
-            name: "docs".into(),
-            dimension: DIM as u32,
-            metric: Metric::L2,
-            m: 12,
-            ef_construction: 64,
-            vector_type: VectorType::F32,
-        })
-        .unwrap();
+    let (mut shard, _) = Shard::open(dir.path(), apart()).unwrap();
+    shard.create_collection(docs(12, 64)).unwrap();
     upsert(&mut shard, 0..2_000);
     shard.flush().unwrap();
     upsert(&mut shard, 2_000..4_000);
@@ -159,7 +151,7 @@ fn a_merge_is_installed_before_its_graph_and_a_crash_during_the_build_keeps_it()
     }
     drop(shard); // a crash before the build
 
-    let (mut shard, report) = Shard::open(dir.path(), options()).unwrap();
+    let (mut shard, report) = Shard::open(dir.path(), apart()).unwrap();
     assert_eq!(report.replayed, 0, "{report:?}");
     assert_eq!(shard.stats().segments, 1, "the merge was kept");
     assert_eq!(report.indexes_rebuilt, 1, "{report:?}");
@@ -184,22 +176,8 @@ fn a_merge_is_installed_before_its_graph_and_a_crash_during_the_build_keeps_it()
 fn a_flush_is_published_and_retires_the_wal_before_its_graph_is_built() {
     eprintln!("seed {SEED:#x}");
     let dir = tempfile::tempdir().unwrap();
-    let options = || {
-        let mut options = ShardOptions::default();
-        options.store.l0_compaction_trigger = 8;
-        options
-    };
-    let (mut shard, _) = Shard::open(dir.path(), options()).unwrap();
-    shard
-        .create_collection(CollectionSpec {
-            name: "docs".into(),
-            dimension: DIM as u32,
-            metric: Metric::L2,
-            m: 12,
-            ef_construction: 64,
-            vector_type: VectorType::F32,
-        })
-        .unwrap();
+    let (mut shard, _) = Shard::open(dir.path(), apart()).unwrap();
+    shard.create_collection(docs(12, 64)).unwrap();
     shard.hold_index_builds(true);
     let count = 3_000u64;
     upsert(&mut shard, 0..count);
@@ -217,7 +195,7 @@ fn a_flush_is_published_and_retires_the_wal_before_its_graph_is_built() {
     exact(&shard);
     // A crash now (no close): the WAL was checkpointed by the flush.
     drop(shard);
-    let (mut shard, report) = Shard::open(dir.path(), options()).unwrap();
+    let (mut shard, report) = Shard::open(dir.path(), apart()).unwrap();
     assert_eq!(report.replayed, 0, "the flush retired the WAL: {report:?}");
     assert_eq!(report.indexes_rebuilt, 1, "{report:?}");
     assert_eq!(shard.describe_collection("docs").unwrap().points, count);
@@ -229,7 +207,7 @@ fn a_flush_is_published_and_retires_the_wal_before_its_graph_is_built() {
     assert_eq!(stats.index_build_backlog, 0);
     exact(&shard);
     shard.close().unwrap();
-    let (_, report) = Shard::open(dir.path(), options()).unwrap();
+    let (_, report) = Shard::open(dir.path(), apart()).unwrap();
     assert_eq!(
         report.indexes_rebuilt, 0,
         "the background build saved its side-car"
