@@ -460,7 +460,7 @@ impl Layout {
                     path.display(),
                     self.leus,
                     self.vnodes,
-                    count_shard_dirs(data_dir)
+                    shard_dirs(data_dir).len()
                 )),
             },
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -486,19 +486,24 @@ impl Layout {
     }
 }
 
-/// The `leu-<i>` directories in `data_dir`.
-fn count_shard_dirs(data_dir: &Path) -> usize {
-    std::fs::read_dir(data_dir).map_or(0, |entries| {
+/// The `leu-<i>` directories in `data_dir`, by `i` (none when it cannot be listed).
+pub fn shard_dirs(data_dir: &Path) -> Vec<(u32, PathBuf)> {
+    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir(data_dir).map_or(Vec::new(), |entries| {
         entries
             .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|name| name.strip_prefix("leu-"))
-                    .is_some_and(|index| index.parse::<u32>().is_ok())
+            .filter_map(|entry| {
+                let index = entry
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("leu-")?
+                    .parse::<u32>()
+                    .ok()?;
+                Some((index, entry.path()))
             })
-            .count()
-    })
+            .collect()
+    });
+    dirs.sort();
+    dirs
 }
 
 /// What a start wrote into a data directory that had no LAYOUT.

@@ -169,16 +169,7 @@ fn repair(config_path: Option<PathBuf>) -> Result<u8, Failure> {
         .prepare_data_dir()
         .map_err(Failure::from_config_error)?;
     let _lock = vortex_storage::DirLock::acquire(&data_dir).map_err(Failure::runtime)?;
-    let mut leus: Vec<(u32, PathBuf)> = std::fs::read_dir(&data_dir)
-        .map_err(|error| Failure::runtime(format!("{}: {error}", data_dir.display())))?
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let index = name.strip_prefix("leu-")?.parse::<u32>().ok()?;
-            Some((index, entry.path()))
-        })
-        .collect();
-    leus.sort();
+    let leus = vortex_dataplane::appliance::shard_dirs(&data_dir);
     if leus.is_empty() {
         println!(
             "no LEU directory in {}: nothing to repair",
@@ -188,16 +179,14 @@ fn repair(config_path: Option<PathBuf>) -> Result<u8, Failure> {
     }
     let (mut damaged, mut left) = (0usize, 0usize);
     for (index, dir) in leus {
+        let at_dir = |error: vortex_shard::ShardError| {
+            Failure::runtime(format!("{}: {error}", dir.display()))
+        };
         let mut options = vortex_shard::ShardOptions::default();
         options.store.scrub_bytes_per_second = 0;
-        let (mut shard, _) = vortex_shard::Shard::open(&dir, options)
-            .map_err(|error| Failure::runtime(format!("{}: {error}", dir.display())))?;
-        let repairs = shard
-            .repair()
-            .map_err(|error| Failure::runtime(format!("{}: {error}", dir.display())))?;
-        shard
-            .close()
-            .map_err(|error| Failure::runtime(format!("{}: {error}", dir.display())))?;
+        let (mut shard, _) = vortex_shard::Shard::open(&dir, options).map_err(at_dir)?;
+        let repairs = shard.repair().map_err(at_dir)?;
+        shard.close().map_err(at_dir)?;
         for (collection, repair) in &repairs {
             damaged += 1;
             left += usize::from(!repair.removed);

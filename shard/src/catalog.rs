@@ -268,6 +268,13 @@ impl Catalog {
         self.collections.get(&id)
     }
 
+    /// The name of collection `id` (live or dropped), `#id` for one the catalog does not
+    /// know: what messages about a table of it say.
+    pub fn name_of(&self, id: u32) -> String {
+        self.by_id(id)
+            .map_or_else(|| format!("#{id}"), |c| c.spec.name.clone())
+    }
+
     /// Live collections, by id.
     pub fn live(&self) -> impl Iterator<Item = &Collection> {
         self.collections.values().filter(|c| c.state == State::Live)

@@ -642,13 +642,7 @@ impl Shard {
         self.wait_idle()?;
         Ok(repairs
             .into_iter()
-            .map(|repair| {
-                let name = self.catalog.by_id(repair.collection).map_or_else(
-                    || format!("#{}", repair.collection),
-                    |c| c.spec.name.clone(),
-                );
-                (name, repair)
-            })
+            .map(|repair| (self.catalog.name_of(repair.collection), repair))
             .collect())
     }
 

@@ -366,6 +366,25 @@ pub struct FencedRange {
     pub detail: String,
 }
 
+impl From<FencedRange> for ShardError {
+    fn from(range: FencedRange) -> ShardError {
+        let FencedRange {
+            collection,
+            first,
+            last,
+            table,
+            detail,
+        } = range;
+        ShardError::Fenced {
+            collection,
+            first,
+            last,
+            table,
+            detail,
+        }
+    }
+}
+
 /// Where a shard publishes its views; clones share the cell, for other LEUs to read.
 #[derive(Debug, Clone)]
 pub struct PublishedView(Arc<ArcSwap<ShardView>>);
@@ -611,31 +630,14 @@ impl ShardView {
             .filter(quarantined)
             .find(holds)
             .or_else(|| self.segments_of(id).find(quarantined))?;
-        let FencedRange {
-            collection,
-            first,
-            last,
-            table,
-            detail,
-        } = self.fenced_range(entry);
-        Some(ShardError::Fenced {
-            collection,
-            first,
-            last,
-            table,
-            detail,
-        })
+        Some(self.fenced_range(entry).into())
     }
 
     /// What a quarantined table of this view refuses, and why.
     fn fenced_range(&self, entry: &ViewSegment) -> FencedRange {
         let footer = entry.table.footer();
-        let id = footer.collection;
         FencedRange {
-            collection: self
-                .catalog
-                .by_id(id)
-                .map_or_else(|| format!("#{id}"), |c| c.spec.name.clone()),
+            collection: self.catalog.name_of(footer.collection),
             first: footer.smallest,
             last: footer.largest,
             table: entry.table.number(),

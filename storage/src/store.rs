@@ -855,16 +855,7 @@ impl<E: Env> Store<E> {
                 if let Some(damage) = damage {
                     table_next = table_next.max(number + 1);
                     // Never delete what a damaged edit may list: keep it for the operator.
-                    std::fs::create_dir_all(&lost_found)
-                        .map_err(io_error("create", &lost_found))?;
-                    let mut aside = lost_found.join(&name);
-                    for copy in 1.. {
-                        if !aside.exists() {
-                            break;
-                        }
-                        aside = lost_found.join(format!("{name}.{copy}"));
-                    }
-                    std::fs::rename(&path, &aside).map_err(io_error("rename", &path))?;
+                    let aside = move_to_lost_found(dir, &path)?;
                     tracing::error!(
                         path = %aside.display(),
                         %damage,
@@ -1834,13 +1825,20 @@ impl<E: Env> Store<E> {
                 }
                 repair.rewritten += 1;
             }
+            // Deletes `point` where its newest version was this table's; whether it did.
+            let delete_here = |store: &mut Store<E>, point: u64| -> Result<bool, StorageError> {
+                if !newest_here(store, point)? {
+                    return Ok(false);
+                }
+                let key = Key {
+                    collection: footer.collection,
+                    point,
+                };
+                store.write_through(|store| store.delete(key))?;
+                Ok(true)
+            };
             for &point in &salvage.lost_points {
-                if newest_here(self, point)? {
-                    let key = Key {
-                        collection: footer.collection,
-                        point,
-                    };
-                    self.write_through(|store| store.delete(key))?;
+                if delete_here(self, point)? {
                     repair.lost_points.push(point);
                 }
             }
@@ -1870,12 +1868,7 @@ impl<E: Env> Store<E> {
             }
             repair.lost_ranges = salvage.lost_ranges;
             for point in candidates {
-                if newest_here(self, point)? {
-                    let key = Key {
-                        collection: footer.collection,
-                        point,
-                    };
-                    self.write_through(|store| store.delete(key))?;
+                if delete_here(self, point)? {
                     repair.deleted_older.push(point);
                 }
             }
@@ -1907,40 +1900,38 @@ impl<E: Env> Store<E> {
     /// Removes a damaged table from the version in one MANIFEST edit and moves its file to
     /// `lost+found/` (never deleted: the operator may want it).
     fn remove_damaged_table(&mut self, table: &Arc<Table>) -> Result<(), StorageError> {
+        self.remove_tables(std::slice::from_ref(table))?;
+        if table.path().exists() {
+            let aside = move_to_lost_found(&self.dir, table.path())?;
+            if let Some(tables_dir) = table.path().parent() {
+                sync_dir(tables_dir)?;
+            }
+            sync_dir(&self.dir.join(LOST_FOUND))?;
+            tracing::warn!(
+                table = table.number(),
+                path = %aside.display(),
+                "repair: the damaged table is out of the store; its file is kept in lost+found"
+            );
+        }
+        // Its side-car goes (the file is gone from the store's view).
+        self.shared.hooks.compaction.table_deleted(table.number());
+        Ok(())
+    }
+
+    /// Takes `doomed` out of the version in one MANIFEST edit (their files are the
+    /// caller's to dispose of).
+    fn remove_tables(&mut self, doomed: &[Arc<Table>]) -> Result<(), StorageError> {
+        let numbers: BTreeSet<u64> = doomed.iter().map(|t| t.number()).collect();
         let edit = Edit {
-            tables_removed: vec![table.number()],
+            tables_removed: numbers.iter().copied().collect(),
             ..Edit::default()
         };
         self.wal.publish(None, edit)?;
         let mut version = (*self.version).clone();
         for tables in &mut version.levels {
-            tables.retain(|t| t.number() != table.number());
+            tables.retain(|t| !numbers.contains(&t.number()));
         }
         self.set_version(version);
-        let lost_found = self.dir.join(LOST_FOUND);
-        std::fs::create_dir_all(&lost_found).map_err(io_error("create", &lost_found))?;
-        let name = table
-            .path()
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_else(|| table_name(table.number()));
-        let mut aside = lost_found.join(&name);
-        for copy in 1.. {
-            if !aside.exists() {
-                break;
-            }
-            aside = lost_found.join(format!("{name}.{copy}"));
-        }
-        if table.path().exists() {
-            std::fs::rename(table.path(), &aside).map_err(io_error("rename", table.path()))?;
-        }
-        // Its side-car goes (the file is gone from the store's view).
-        self.shared.hooks.compaction.table_deleted(table.number());
-        tracing::warn!(
-            table = table.number(),
-            path = %aside.display(),
-            "repair: the damaged table is out of the store; its file is kept in lost+found"
-        );
         Ok(())
     }
 
@@ -1957,19 +1948,10 @@ impl<E: Env> Store<E> {
         if doomed.is_empty() {
             return Ok(0);
         }
-        let edit = Edit {
-            tables_removed: doomed.iter().map(|t| t.number()).collect(),
-            ..Edit::default()
-        };
-        self.wal.publish(None, edit)?;
-        let mut version = (*self.version).clone();
-        for tables in &mut version.levels {
-            tables.retain(|t| t.footer().collection != collection);
-        }
+        self.remove_tables(&doomed)?;
         for table in &doomed {
             obsolete(&self.shared, table);
         }
-        self.set_version(version);
         Ok(doomed.len())
     }
 
@@ -2089,6 +2071,27 @@ fn discard(shared: &Shared, tables: &[Arc<Table>]) {
 fn obsolete(shared: &Shared, table: &Table) {
     let hook = Arc::clone(&shared.hooks.compaction);
     table.mark_obsolete(Some(Box::new(move |number| hook.table_deleted(number))));
+}
+
+/// Moves `path` into the store's `lost+found/` (created if need be) under its own name, or
+/// with `.1`, `.2`, … appended where that is taken; returns where it went. Files the store
+/// must not delete, and no longer uses, go there for the operator.
+fn move_to_lost_found(dir: &Path, path: &Path) -> Result<PathBuf, StorageError> {
+    let lost_found = dir.join(LOST_FOUND);
+    std::fs::create_dir_all(&lost_found).map_err(io_error("create", &lost_found))?;
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut aside = lost_found.join(&name);
+    for copy in 1.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = lost_found.join(format!("{name}.{copy}"));
+    }
+    std::fs::rename(path, &aside).map_err(io_error("rename", path))?;
+    Ok(aside)
 }
 
 /// What wrote a table: its side-car hook differs ([`CompactionHook::table_flushed`]).

@@ -535,15 +535,7 @@ impl Builder<'_> {
     /// on layer 0, and the upper layers' nodes are all on layer 0 too).
     fn reachable_from(&self, entry: u32) -> NodeSet {
         let mut reached = NodeSet::with_capacity(self.levels.len());
-        let mut queue = vec![entry];
-        reached.insert(entry);
-        while let Some(node) = queue.pop() {
-            self.for_each_neighbor(node, 0, |neighbor| {
-                if reached.insert(neighbor) {
-                    queue.push(neighbor);
-                }
-            });
-        }
+        self.spread_reached(entry, &mut reached);
         reached
     }
 
