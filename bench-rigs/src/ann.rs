@@ -13,6 +13,7 @@ use crate::dataset::Dataset;
 use anyhow::Context;
 use serde::Serialize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 use vortex_index::{
     BuildParams, Hnsw, Kernels, NodeSet, Quantization, SearchParams, SearchScratch,
@@ -42,6 +43,9 @@ pub struct AnnConfig {
     /// Also measure filtered search with this percentage of the nodes allowed (at
     /// [`FILTERED_EF`]).
     pub filter_percent: Option<f64>,
+    /// Build over the rows in a file and measure with and without their checksums
+    /// ([`checked_pair`]).
+    pub checked_rows: bool,
     /// Where `<dataset>/<engine>.json` goes.
     pub out: PathBuf,
 }
@@ -101,6 +105,9 @@ pub struct AnnResult {
     pub simd_level: String,
     pub rerank_factor: Option<usize>,
     pub runs: Vec<AnnRun>,
+    /// With `--checked-rows`: the same graph over the same mapped rows, searched without
+    /// their checksums, each ef measured just before the checked one.
+    pub unchecked_runs: Option<Vec<AnnRun>>,
     pub filtered: Option<FilteredRun>,
     pub host: Host,
     pub date: String,
@@ -213,7 +220,16 @@ pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
 
     let before = resident_bytes();
     let started = Instant::now();
-    let index = Hnsw::build(dataset.meta.dim, &dataset.base.values, None, &params)?;
+    let rows_dir = tempfile::tempdir()?;
+    let (index, unchecked) = if config.checked_rows {
+        let (plain, checked) = checked_pair(&dataset, &params, rows_dir.path())?;
+        (checked, Some(plain))
+    } else {
+        (
+            Hnsw::build(dataset.meta.dim, &dataset.base.values, None, &params)?,
+            None,
+        )
+    };
     let build_seconds = started.elapsed().as_secs_f64();
     let memory_bytes = resident_bytes() - before;
     eprintln!(
@@ -224,61 +240,16 @@ pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
     );
 
     let mut scratch = SearchScratch::new();
-    let mut results = Vec::with_capacity(config.k);
-    let mut latencies_ns = Vec::with_capacity(dataset.queries.len());
     let mut runs = Vec::new();
+    let mut unchecked_runs = Vec::new();
     for &ef in &config.ef {
-        let search = SearchParams {
-            k: config.k,
-            ef,
-            rerank_factor: config.rerank_factor,
-        };
-        for query in dataset.queries.values.chunks_exact(dataset.meta.dim) {
-            index.search_with(&mut scratch, query, &search, None, &mut results)?;
+        if let Some(plain) = &unchecked {
+            let run = measure(plain, &dataset, config, ef, &mut scratch)?;
+            eprintln!("{}  (without checksums)", run.line(config.k));
+            unchecked_runs.push(run);
         }
-        let mut best_ns: Option<Vec<u64>> = None;
-        let mut hits = 0usize;
-        for _ in 0..config.repeats.max(1) {
-            latencies_ns.clear();
-            hits = 0;
-            for (q, query) in dataset
-                .queries
-                .values
-                .chunks_exact(dataset.meta.dim)
-                .enumerate()
-            {
-                let started = Instant::now();
-                index.search_with(&mut scratch, query, &search, None, &mut results)?;
-                latencies_ns.push(started.elapsed().as_nanos() as u64);
-                let truth = &dataset.truth.row(q)[..config.k];
-                hits += results
-                    .iter()
-                    .filter(|found| truth.contains(&(found.node as i32)))
-                    .count();
-            }
-            let total: u64 = latencies_ns.iter().sum();
-            if best_ns
-                .as_ref()
-                .is_none_or(|best| total < best.iter().sum::<u64>())
-            {
-                best_ns = Some(latencies_ns.clone());
-            }
-        }
-        let mut latencies_ns = best_ns.unwrap_or_default();
-        let total_ns: u64 = latencies_ns.iter().sum();
-        let p99 = p99_ns(&mut latencies_ns);
-        let queries = dataset.queries.len() as f64;
-        let run = AnnRun {
-            ef,
-            recall_at_10: hits as f64 / (queries * config.k as f64),
-            qps: queries / (total_ns as f64 / 1e9),
-            latency_us_mean: total_ns as f64 / queries / 1e3,
-            latency_us_p99: p99 as f64 / 1e3,
-        };
-        eprintln!(
-            "ef {:>4}: recall@{} {:.4}  {:>9.0} QPS  mean {:.1} µs  p99 {:.1} µs",
-            ef, config.k, run.recall_at_10, run.qps, run.latency_us_mean, run.latency_us_p99
-        );
+        let run = measure(&index, &dataset, config, ef, &mut scratch)?;
+        eprintln!("{}", run.line(config.k));
         runs.push(run);
     }
 
@@ -288,8 +259,14 @@ pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
     };
 
     let quantized = config.quantization == Quantization::ScalarI8;
+    let engine = match (quantized, config.checked_rows) {
+        (false, false) => "vortex",
+        (true, false) => "vortex-i8",
+        (false, true) => "vortex-checked",
+        (true, true) => "vortex-i8-checked",
+    };
     let result = AnnResult {
-        engine: if quantized { "vortex-i8" } else { "vortex" }.into(),
+        engine: engine.into(),
         engine_version: env!("CARGO_PKG_VERSION").into(),
         dataset: dataset.meta.name.clone(),
         metric: dataset.meta.metric.clone(),
@@ -308,6 +285,7 @@ pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
         simd_level: vortex_index::Kernels::active().level.name().into(),
         rerank_factor: quantized.then_some(config.rerank_factor),
         runs,
+        unchecked_runs: unchecked.is_some().then_some(unchecked_runs),
         filtered,
         host: Host {
             cpu: cpu_model(),
@@ -321,6 +299,125 @@ pub fn run(config: &AnnConfig) -> anyhow::Result<(AnnResult, PathBuf)> {
     std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     Ok((result, path))
+}
+
+impl AnnRun {
+    /// The run as one line of the log.
+    fn line(&self, k: usize) -> String {
+        format!(
+            "ef {:>4}: recall@{k} {:.4}  {:>9.0} QPS  mean {:.1} µs  p99 {:.1} µs",
+            self.ef, self.recall_at_10, self.qps, self.latency_us_mean, self.latency_us_p99
+        )
+    }
+}
+
+/// Searches every query of `dataset` with beam `ef`: one pass to warm up, then
+/// `config.repeats` timed passes, the fastest kept.
+fn measure(
+    index: &Hnsw,
+    dataset: &Dataset,
+    config: &AnnConfig,
+    ef: usize,
+    scratch: &mut SearchScratch,
+) -> anyhow::Result<AnnRun> {
+    let search = SearchParams {
+        k: config.k,
+        ef,
+        rerank_factor: config.rerank_factor,
+    };
+    let mut results = Vec::with_capacity(config.k);
+    for query in dataset.queries.values.chunks_exact(dataset.meta.dim) {
+        index.search_with(scratch, query, &search, None, &mut results)?;
+    }
+    let mut latencies_ns = Vec::with_capacity(dataset.queries.len());
+    let mut best_ns: Option<Vec<u64>> = None;
+    let mut hits = 0usize;
+    for _ in 0..config.repeats.max(1) {
+        latencies_ns.clear();
+        hits = 0;
+        for (q, query) in dataset
+            .queries
+            .values
+            .chunks_exact(dataset.meta.dim)
+            .enumerate()
+        {
+            let started = Instant::now();
+            index.search_with(scratch, query, &search, None, &mut results)?;
+            latencies_ns.push(started.elapsed().as_nanos() as u64);
+            let truth = &dataset.truth.row(q)[..config.k];
+            hits += results
+                .iter()
+                .filter(|found| truth.contains(&(found.node as i32)))
+                .count();
+        }
+        let total: u64 = latencies_ns.iter().sum();
+        if best_ns
+            .as_ref()
+            .is_none_or(|best| total < best.iter().sum::<u64>())
+        {
+            best_ns = Some(latencies_ns.clone());
+        }
+    }
+    let mut latencies_ns = best_ns.unwrap_or_default();
+    let total_ns: u64 = latencies_ns.iter().sum();
+    let p99 = p99_ns(&mut latencies_ns);
+    let queries = dataset.queries.len() as f64;
+    Ok(AnnRun {
+        ef,
+        recall_at_10: hits as f64 / (queries * config.k as f64),
+        qps: queries / (total_ns as f64 / 1e9),
+        latency_us_mean: total_ns as f64 / queries / 1e3,
+        latency_us_p99: p99 as f64 / 1e3,
+    })
+}
+
+/// The base vectors written to a file under `dir` as an SSTable's vector region lies (rows
+/// of `vector_stride(dim)` floats from a 4 KiB offset, zero-padded to whole 4 KiB units), a
+/// graph built over them in place, and the same graph loaded again over a second mapping of
+/// them with the units' CRC32C verified as searches read them (`Hnsw::check_rows_with`, as
+/// the shard's segment graphs are). Returns (without checksums, with).
+pub fn checked_pair(
+    dataset: &Dataset,
+    params: &BuildParams,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Hnsw, Hnsw)> {
+    use vortex_index::checksums::UNIT_BYTES;
+    use vortex_index::{vector_stride, Mapping, RowChecksums, Store};
+    let dim = dataset.meta.dim;
+    let stride = vector_stride(dim);
+    let mut values = dataset.base.values.clone();
+    if params.metric.normalizes() {
+        for row in values.chunks_exact_mut(dim) {
+            vortex_index::metric::normalize(row);
+        }
+    }
+    let mut region = Vec::with_capacity(values.len() / dim * stride * 4 + UNIT_BYTES);
+    for row in values.chunks_exact(dim) {
+        region.extend(row.iter().flat_map(|x| x.to_le_bytes()));
+        region.resize(region.len() + (stride - dim) * 4, 0);
+    }
+    region.resize(region.len().next_multiple_of(UNIT_BYTES), 0);
+    let crcs: Vec<u32> = region
+        .chunks_exact(UNIT_BYTES)
+        .map(crc32c::crc32c)
+        .collect();
+    let path = dir.join("rows");
+    let mut bytes = vec![0u8; UNIT_BYTES];
+    bytes.extend(&region);
+    drop(region);
+    std::fs::write(&path, &bytes)?;
+    drop(bytes);
+    let rows = || -> anyhow::Result<Store<f32>> {
+        let mapping = Arc::new(Mapping::of(&std::fs::File::open(&path)?)?);
+        Store::mapped(&mapping, UNIT_BYTES, values.len() / dim * stride)
+            .context("the rows do not fit their file")
+    };
+    let plain = Hnsw::build_over(dim, rows()?, None, params)?;
+    let graph = dir.join("graph.hnsw");
+    plain.save(&graph)?;
+    let mut checked = Hnsw::load_over(&graph, rows()?)?;
+    checked.check_rows_with(Arc::new(RowChecksums::new(crcs, dim, None)))?;
+    Ok((plain, checked))
 }
 
 /// The 99th percentile of `latencies_ns` (nearest rank; sorts them), 0 when empty.

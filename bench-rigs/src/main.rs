@@ -218,6 +218,11 @@ enum Command {
         /// Also measure filtered search (ef 64) with this percentage of the nodes allowed.
         #[arg(long)]
         filter_percent: Option<f64>,
+        /// Build over the rows written to a file (as an SSTable's vector region, which the
+        /// shard's graphs search in place) and measure each ef with and without the rows'
+        /// checksums verified by the searches (engine `vortex-checked`).
+        #[arg(long)]
+        checked_rows: bool,
         /// Results go to OUT/<dataset>/<engine>.json.
         #[arg(long, default_value = "bench-rigs/results")]
         out: PathBuf,
@@ -430,6 +435,7 @@ fn main() -> anyhow::Result<()> {
             rerank_factor,
             repeats,
             filter_percent,
+            checked_rows,
             out,
         } => {
             let quantization = match quantization.as_str() {
@@ -448,6 +454,7 @@ fn main() -> anyhow::Result<()> {
                 rerank_factor,
                 repeats,
                 filter_percent,
+                checked_rows,
                 out,
             };
             eprintln!("{command_line}");

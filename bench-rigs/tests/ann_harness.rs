@@ -19,7 +19,12 @@ fn a_small_run_writes_a_result_the_report_can_read() {
     };
     let data = directory.path().join("smoke");
     dataset::generate(&meta, &data, 2).unwrap();
-    for quantization in [Quantization::None, Quantization::ScalarI8] {
+    for (quantization, checked_rows) in [
+        (Quantization::None, false),
+        (Quantization::ScalarI8, false),
+        (Quantization::None, true),
+        (Quantization::ScalarI8, true),
+    ] {
         let config = AnnConfig {
             data: data.clone(),
             ef: vec![16, 128],
@@ -31,10 +36,23 @@ fn a_small_run_writes_a_result_the_report_can_read() {
             rerank_factor: 4,
             repeats: 2,
             filter_percent: Some(1.0),
+            checked_rows,
             out: directory.path().join("results"),
         };
         let (result, path) = ann::run(&config).unwrap();
         assert_eq!(result.runs.len(), 2);
+        // The checks change no answer: the same recall with and without them.
+        match &result.unchecked_runs {
+            Some(unchecked) => {
+                assert!(checked_rows);
+                let recalls = |runs: &[ann::AnnRun]| -> Vec<f64> {
+                    runs.iter().map(|run| run.recall_at_10).collect()
+                };
+                assert_eq!(recalls(unchecked), recalls(&result.runs));
+                assert!(result.engine.ends_with("-checked"), "{}", result.engine);
+            }
+            None => assert!(!checked_rows),
+        }
         let best = result.runs.last().unwrap();
         assert!(
             best.recall_at_10 >= 0.98,

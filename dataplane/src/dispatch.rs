@@ -148,6 +148,7 @@ pub fn error_response(error: &ShardError) -> Response {
         | ShardError::Locked(_)
         | ShardError::Corrupt { .. }
         | ShardError::Index { .. }
+        | ShardError::Damaged(_)
         | ShardError::NodeGraph(_) => ErrorCode::Internal,
     };
     Response::error(code, error.to_string())

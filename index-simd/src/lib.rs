@@ -5,6 +5,7 @@
 //! CSR-style with 32-bit local node ids over one contiguous 64-byte-aligned vector array,
 //! persisted as a file that loads by mmap: the side-car index of a segment.
 
+pub mod checksums;
 pub mod distance;
 pub mod filter;
 pub mod hnsw;
@@ -13,6 +14,7 @@ pub mod quantize;
 pub mod random;
 pub mod store;
 
+pub use checksums::{OnDamage, RowChecksums, RowDamage};
 pub use distance::{Kernels, Level, LevelError};
 pub use filter::{Filter, NodeSet};
 pub use hnsw::{

@@ -165,6 +165,47 @@ impl<T: Plain> Store<T> {
         }
     }
 
+    /// `len` bytes from `offset` bytes after the array's start: for a mapped array they may
+    /// run past its end, as far as the mapping goes (the padding of a region whose checksums
+    /// cover whole units, see [`RowChecksums`](crate::checksums::RowChecksums)). `None`
+    /// outside.
+    pub fn bytes_after(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        match &self.inner {
+            Inner::Owned(values) => as_bytes(values).get(offset..end),
+            Inner::Mapped {
+                mapping,
+                offset_bytes,
+                ..
+            } => mapping
+                .bytes()
+                .get(offset_bytes.checked_add(offset)?..offset_bytes.checked_add(end)?),
+        }
+    }
+
+    /// [`Store::bytes_after`] copied into `out`, read from the file (`pread`) for a mapped
+    /// array (see [`Store::read_into`]). False outside, or when the read fails.
+    pub fn read_bytes_after(&self, offset: usize, out: &mut [u8]) -> bool {
+        match &self.inner {
+            Inner::Owned(_) => match self.bytes_after(offset, out.len()) {
+                Some(bytes) => {
+                    out.copy_from_slice(bytes);
+                    true
+                }
+                None => false,
+            },
+            Inner::Mapped {
+                mapping,
+                offset_bytes,
+                ..
+            } => offset_bytes.checked_add(offset).is_some_and(|at| {
+                at.checked_add(out.len())
+                    .is_some_and(|end| end <= mapping.bytes().len())
+                    && mapping.read_at(at, out).is_ok()
+            }),
+        }
+    }
+
     /// Whether the array lives in a file mapping.
     pub fn is_mapped(&self) -> bool {
         matches!(self.inner, Inner::Mapped { .. })

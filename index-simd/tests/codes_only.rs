@@ -43,14 +43,14 @@ impl Kept {
 }
 
 impl Rows for Kept {
-    fn read(&self, node: u32, out: &mut [f32]) -> bool {
-        match self.rows.get(node as usize) {
+    fn read(&self, node: u32, out: &mut [f32]) -> Result<bool, IndexError> {
+        Ok(match self.rows.get(node as usize) {
             Some(Some(row)) if row.len() == out.len() => {
                 out.copy_from_slice(row);
                 true
             }
             _ => false,
-        }
+        })
     }
 }
 

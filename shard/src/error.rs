@@ -1,6 +1,7 @@
 //! The shard engine's error type.
 
 use std::path::{Path, PathBuf};
+use vortex_index::IndexError;
 use vortex_storage::StorageError;
 
 /// What can go wrong in the shard engine.
@@ -54,6 +55,10 @@ pub enum ShardError {
         /// What failed.
         detail: String,
     },
+    /// A search read rows that failed their checksums (a unit of a table's vector region):
+    /// nothing was ranked with them, and the table is fenced (quarantined) from then on.
+    #[error("a search read damaged rows: {0}")]
+    Damaged(String),
     /// Data the request needs is fenced: a table of the collection failed its checks and
     /// is quarantined until it is repaired or restored. The collection's other points (for
     /// a get) and the other collections are served.
@@ -85,6 +90,29 @@ impl ShardError {
         }
     }
 
+    /// An index error of segment `table` (a failed search, build or load); damaged rows
+    /// ([`IndexError::Corrupt`]) are corruption (see [`ShardError::is_corruption`]).
+    pub fn index(table: u64, error: IndexError) -> Self {
+        match error {
+            IndexError::Corrupt(damage) => {
+                ShardError::Damaged(format!("segment {table}: {damage}"))
+            }
+            other => ShardError::Index {
+                table,
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    /// An error of a search of a node graph (tier.rs), damaged rows as in
+    /// [`ShardError::index`].
+    pub fn node_graph(error: IndexError) -> Self {
+        match error {
+            IndexError::Corrupt(damage) => ShardError::Damaged(format!("a node graph: {damage}")),
+            other => ShardError::NodeGraph(other.to_string()),
+        }
+    }
+
     /// Whether the error is a table's corruption found by a read (to be answered as
     /// [`ShardError::Fenced`], naming the collection and range, by whoever knows them).
     pub fn is_corruption(&self) -> bool {
@@ -92,7 +120,7 @@ impl ShardError {
             self,
             ShardError::Storage(
                 StorageError::TableCorrupt { .. } | StorageError::Quarantined { .. }
-            )
+            ) | ShardError::Damaged(_)
         )
     }
 

@@ -42,7 +42,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use vortex_index::{
     vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Mapping, Metric,
-    Quantization, Seed, Store,
+    Quantization, RowChecksums, RowDamage, Seed, Store,
 };
 use vortex_storage::sstable::table::Table;
 use vortex_storage::CompactionHook;
@@ -78,7 +78,7 @@ pub struct Segment {
     pub graph: Option<Hnsw>,
     /// While the graph is being built (a flushed table's, or one missing at open): the
     /// table's vector region, searched by an exact scan meanwhile.
-    pub rows: Option<Store<f32>>,
+    pub rows: Option<Region>,
     /// Which nodes hold which payload values.
     pub payloads: PayloadIndex,
     /// Each node's point id, ascending (slots are in key order).
@@ -122,6 +122,55 @@ impl Segment {
     pub fn holds(&self, point: u64) -> bool {
         self.keys.binary_search(&point).is_ok()
     }
+}
+
+/// A table's vector region as rows of `vector_stride(dim)` floats (node `i` = slot `i`),
+/// with the region's checksums, verified as searches read the rows in place: a unit that
+/// fails fences the table ([`region_checksums`]).
+#[derive(Debug)]
+pub struct Region {
+    /// The rows, through a mapping of the table's file.
+    pub rows: Store<f32>,
+    /// Their checksums.
+    pub checksums: Arc<RowChecksums>,
+}
+
+impl Region {
+    /// The vector of `node` (`dim` floats), its units verified; `Ok(None)` past the rows.
+    pub fn row(&self, node: u32, dim: usize) -> Result<Option<&[f32]>, RowDamage> {
+        let start = node as usize * vector_stride(dim);
+        let Some(row) = self.rows.get(start..start + dim) else {
+            return Ok(None);
+        };
+        self.checksums.check(&self.rows, node)?;
+        Ok(Some(row))
+    }
+
+    /// Copies the vector of `node` into `out` (`dim` floats) by a read of the file, not of
+    /// the mapping (see `vortex_index::Rows`), its units verified the same way; false past
+    /// the rows.
+    pub fn read(&self, node: u32, out: &mut [f32]) -> Result<bool, RowDamage> {
+        if !self.checksums.covers(node as usize + 1) {
+            return Ok(false);
+        }
+        self.checksums.check_read(&self.rows, node)?;
+        Ok(self
+            .rows
+            .read_into(node as usize * vector_stride(out.len()), out))
+    }
+}
+
+/// The checksums of `table`'s vector region (rows of `dim` floats), for the rows searches
+/// read in place: a unit that fails fences the table, as a read of the table would.
+pub(crate) fn region_checksums(table: &Table, dim: usize) -> Arc<RowChecksums> {
+    let fence = table.vector_fence();
+    Arc::new(RowChecksums::new(
+        table.vector_unit_checksums().to_vec(),
+        dim,
+        Some(Box::new(move |damage: &RowDamage| {
+            fence.damaged(damage.unit, &damage.to_string());
+        })),
+    ))
 }
 
 /// What a segment reads from its table.
@@ -340,7 +389,10 @@ impl SideCars {
             return Ok(false);
         }
         // Read before the queue is locked: the builder thread does not wait on this.
-        let rows = self.rows(table, spec.dimension as usize)?;
+        let rows = Region {
+            rows: self.rows(table, spec.dimension as usize)?,
+            checksums: region_checksums(table, spec.dimension as usize),
+        };
         let contents = self.read_table(table)?;
         let seed = match why {
             Why::Compaction => {
@@ -526,12 +578,7 @@ impl SideCars {
         let dim = self
             .spec(table.footer().collection)
             .map_or(0, |s| s.dimension as usize);
-        let loaded = self.rows(table, dim).and_then(|rows| {
-            Hnsw::load_over(&path, rows).map_err(|error| ShardError::Index {
-                table: table.number(),
-                detail: error.to_string(),
-            })
-        });
+        let loaded = self.load_graph(table, dim, &path);
         match loaded {
             Ok(index) if index.len() as u64 == table.footer().vector_count => {
                 index.release_pages(); // the load's checks read every section
@@ -568,7 +615,7 @@ impl SideCars {
         &self,
         table: &Table,
         graph: Option<Hnsw>,
-        rows: Option<Store<f32>>,
+        rows: Option<Region>,
         contents: Contents,
         replacing: bool,
     ) -> bool {
@@ -718,7 +765,8 @@ impl SideCars {
             .map(|(segment, mut carried)| {
                 let graph = segment.graph.as_ref().expect("filtered on a graph");
                 carry_unchanged(
-                    |node, out| graph.read_vector(node, out),
+                    // A damaged seed row is not carried (and fences its table).
+                    |node, out| matches!(graph.read_vector(node, out), Ok(true)),
                     &rows,
                     dim,
                     &mut carried,
@@ -761,11 +809,24 @@ impl SideCars {
         // dimension per point). The build read every row, and the load checks every
         // section: searches need only what they touch.
         drop(index);
-        let index = self.rows(table, dim).and_then(|rows| {
-            Hnsw::load_over(&path, rows).map_err(|e| index_error(e.to_string()))
-        })?;
+        let index = self.load_graph(table, dim, &path)?;
         index.release_pages();
         Ok(Some((index, contents)))
+    }
+
+    /// Loads `table`'s side-car from `path` over the table's vector region, the region's
+    /// checksums verified as searches read it ([`region_checksums`]).
+    fn load_graph(&self, table: &Table, dim: usize, path: &Path) -> Result<Hnsw, ShardError> {
+        let index_error = |detail: String| ShardError::Index {
+            table: table.number(),
+            detail,
+        };
+        let mut index = Hnsw::load_over(path, self.rows(table, dim)?)
+            .map_err(|error| index_error(error.to_string()))?;
+        index
+            .check_rows_with(region_checksums(table, dim))
+            .map_err(|error| index_error(error.to_string()))?;
+        Ok(index)
     }
 }
 

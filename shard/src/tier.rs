@@ -36,7 +36,7 @@
 
 use crate::catalog::Catalog;
 use crate::error::ShardError;
-use crate::sidecar::{carry_unchanged, index_metric};
+use crate::sidecar::{carry_unchanged, index_metric, Region};
 use crate::tier_file;
 use crate::view::{live_collection, PublishedView, ShardView};
 use arc_swap::ArcSwap;
@@ -166,8 +166,8 @@ enum TableRows<'a> {
     Graph(&'a Hnsw),
     /// Its vector region, while the segment's graph is being built (a table published by a
     /// flush): a view taken then has no graph for it, and a node graph built later covers
-    /// it. Read through the mapping, for as long as the build takes.
-    Region(&'a Store<f32>),
+    /// it. Read from the file, for as long as the build takes.
+    Region(&'a Region),
 }
 
 impl<'a> NodeRows<'a> {
@@ -196,24 +196,17 @@ impl<'a> NodeRows<'a> {
 }
 
 impl Rows for NodeRows<'_> {
-    fn read(&self, node: u32, out: &mut [f32]) -> bool {
+    fn read(&self, node: u32, out: &mut [f32]) -> Result<bool, IndexError> {
         let Some(source) = self.sources.get(node as usize) else {
-            return false;
+            return Ok(false);
         };
+        // Reads of the file, not of its mapping (see `Rows`), the units verified.
         match self.tables.get(source.table as usize) {
-            // A read of the segment graph's file, not of its mapping (see `Rows`).
             Some(Some(TableRows::Graph(table))) => table.read_vector(source.node, out),
-            Some(Some(TableRows::Region(rows))) => {
-                let start = source.node as usize * vector_stride(out.len());
-                match rows.get(start..start + out.len()) {
-                    Some(row) => {
-                        out.copy_from_slice(row);
-                        true
-                    }
-                    None => false,
-                }
+            Some(Some(TableRows::Region(region))) => {
+                region.read(source.node, out).map_err(IndexError::Corrupt)
             }
-            _ => false,
+            _ => Ok(false),
         }
     }
 }
@@ -378,11 +371,13 @@ pub fn build_node_graph(
             if entry.superseded.contains(node) {
                 continue;
             }
-            let (Some(vector), Some(&label), Some(row)) = (
-                graph.vector(node),
-                segment.labels.get(node as usize),
-                rows_out.next(),
-            ) else {
+            // Verified before it is copied: the node graph's rows get checksums of their own.
+            let vector = graph
+                .checked_vector(node)
+                .map_err(|error| ShardError::index(entry.table.number(), error))?;
+            let (Some(vector), Some(&label), Some(row)) =
+                (vector, segment.labels.get(node as usize), rows_out.next())
+            else {
                 continue;
             };
             row[..dim].copy_from_slice(vector);
@@ -433,7 +428,7 @@ pub fn build_node_graph(
             // A codes-only graph's vectors are in the tables it covered, where still live.
             let old_rows = NodeRows::of(old, views);
             carry_unchanged(
-                |node, out| old_rows.read(node, out),
+                |node, out| matches!(old_rows.read(node, out), Ok(true)),
                 &rows,
                 dim,
                 &mut carried,

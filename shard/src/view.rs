@@ -19,13 +19,15 @@
 use crate::catalog::{Catalog, State};
 use crate::error::ShardError;
 use crate::payload;
-use crate::sidecar::{index_metric, Segment};
+use crate::sidecar::{index_metric, Region, Segment};
 use crate::tier::{NodeGraph, NodeRows};
 use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use vortex_index::metric::normalize;
-use vortex_index::{Filter, Kernels, Metric, NodeSet, ScalarQuantizer, SearchParams};
+use vortex_index::{
+    Filter, IndexError, Kernels, Metric, NodeSet, RowDamage, ScalarQuantizer, SearchParams,
+};
 use vortex_storage::sstable::table::Table;
 use vortex_storage::{Key, Point, Snapshot};
 use vortex_vbp::message::{CollectionSpec, Hit, Payload, PointRecord};
@@ -307,27 +309,27 @@ impl Fresh {
 
 /// The `k` nearest nodes of a segment that has rows but no graph yet (its build is queued),
 /// by an exact scan of the rows `admitted` lets through: node `i` is row `i` of the table's
-/// vector region (rows of `vector_stride(dim)` floats, unit vectors for cosine).
+/// vector region (rows of `vector_stride(dim)` floats, unit vectors for cosine), each
+/// verified against the region's checksums before it is ranked.
 fn scan_rows(
     prepared: &Prepared<'_>,
     kernels: &Kernels,
-    rows: &[f32],
+    region: &Region,
     segment: &Segment,
     admitted: &dyn Fn(u32) -> bool,
     view: usize,
     candidates: &mut Vec<(f32, u64, usize)>,
-) {
+) -> Result<(), RowDamage> {
     let dim = prepared.query.len();
-    let stride = vortex_index::vector_stride(dim);
     let mut scored: Vec<(f32, u64, usize)> = Vec::new();
     for (node, &point) in segment.labels.iter().enumerate() {
         let node = node as u32;
-        let Some(row) = rows.get(node as usize * stride..node as usize * stride + dim) else {
-            break;
-        };
         if !admitted(node) {
             continue;
         }
+        let Some(row) = region.row(node, dim)? else {
+            break;
+        };
         scored.push((
             prepared.metric.distance(kernels, &prepared.query, row),
             point,
@@ -340,6 +342,7 @@ fn scan_rows(
     }
     keep_nearest(&mut scored, prepared.k);
     candidates.extend(scored);
+    Ok(())
 }
 
 /// Keeps the `k` nearest of `scored` (ties by point), unordered.
@@ -715,19 +718,20 @@ impl ShardView {
             };
             let Some(index) = segment.graph.as_ref() else {
                 // Its graph is being built (a table published by a flush): exact, meanwhile.
-                if let Some(rows) = segment.rows.as_deref() {
+                if let Some(region) = segment.rows.as_ref() {
                     let admitted = |node: u32| {
                         admits(node) && allowed.as_ref().is_none_or(|set| set.contains(node))
                     };
                     scan_rows(
                         prepared,
                         self.kernels,
-                        rows,
+                        region,
                         segment,
                         &admitted,
                         view,
                         candidates,
-                    );
+                    )
+                    .map_err(|damage| ShardError::index(number, IndexError::Corrupt(damage)))?;
                 }
                 continue;
             };
@@ -747,10 +751,7 @@ impl ShardView {
             } else {
                 index.search_filtered(request.vector, &params, &filter)
             }
-            .map_err(|error| ShardError::Index {
-                table: number,
-                detail: error.to_string(),
-            })?;
+            .map_err(|error| ShardError::index(number, error))?;
             candidates.extend(found.iter().map(|n| (n.distance, n.label, view)));
         }
         Ok(())
@@ -1025,7 +1026,7 @@ fn search_node_checked(
                 .graph
                 .search_filtered(request.vector, &params, &filter)
         }
-        .map_err(|error| ShardError::NodeGraph(error.to_string()))?;
+        .map_err(ShardError::node_graph)?;
         // Each hit's view: the LEU of the table its node came from.
         candidates.extend(found.iter().filter_map(|n| {
             let source = graph.sources.get(n.node as usize)?;

@@ -67,12 +67,7 @@ fn build(dir: &Path) -> PathBuf {
     shard.flush().unwrap();
     shard.wait_idle().unwrap();
     shard.close().unwrap();
-    let mut tables: Vec<PathBuf> = std::fs::read_dir(dir.join("store/tables"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .collect();
-    tables.sort();
+    let mut tables = tables(dir);
     assert_eq!(tables.len(), 3, "{tables:?}");
     tables.remove(0)
 }
@@ -172,4 +167,78 @@ fn a_table_damaged_while_serving_is_fenced_and_the_rest_served() {
     let (mut shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
     assert_fenced(&mut shard, "restarted");
     shard.close().unwrap();
+}
+
+/// A search checks what it ranks: a bit flipped in a vector region while the shard runs,
+/// found first by a search (no get read it), fences the range there and then. Before, the
+/// segment's graph ranked the damaged vector as it was (a wrong distance, or the point left
+/// out), with no error, and kept doing so.
+#[test]
+fn a_search_that_reads_a_damaged_vector_is_refused_not_misranked() {
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = build(dir.path());
+    let (mut shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    // Slot 0 of the region holds the table's smallest id, 0; the search near it reads it.
+    flip(&damaged, section_offset(&damaged, Section::Vectors));
+    match search(&shard, "docs", 0) {
+        Err(ShardError::Fenced { collection, .. }) => assert_eq!(collection, "docs"),
+        other => panic!("a search ranked the damaged vector: {other:?}"),
+    }
+    assert_fenced(&mut shard, "found by a search");
+    shard.close().unwrap();
+}
+
+/// The same for a flushed table searched by an exact scan while its graph waits to be
+/// built: each row is checked before it is ranked.
+#[test]
+fn a_table_scanned_before_its_graph_is_built_is_checked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    shard.create_collection(spec("docs")).unwrap();
+    shard.create_collection(spec("other")).unwrap();
+    upsert(&mut shard, "other", 0..300);
+    shard.flush().unwrap();
+    shard.wait_idle().unwrap();
+    let before: Vec<PathBuf> = tables(dir.path());
+    shard.hold_index_builds(true);
+    upsert(&mut shard, "docs", 0..300);
+    shard.flush().unwrap();
+    let flushed: Vec<PathBuf> = tables(dir.path())
+        .into_iter()
+        .filter(|path| !before.contains(path))
+        .collect();
+    assert_eq!(flushed.len(), 1, "{flushed:?}");
+    assert!(
+        shard.stats().index_build_backlog > 0,
+        "the build was not deferred"
+    );
+    // The last row of the region: the scan reaches it after every other.
+    let table = Table::open(&flushed[0], 0).unwrap();
+    let last =
+        table.footer().section_start(Section::Vectors) + 299 * u64::from(table.footer().stride) + 3;
+    drop(table);
+    flip(&flushed[0], last);
+    match search(&shard, "docs", 150) {
+        Err(ShardError::Fenced {
+            collection,
+            first,
+            last,
+            ..
+        }) => assert_eq!((collection.as_str(), first, last), ("docs", 0, 299)),
+        other => panic!("the scan ranked the damaged vector: {other:?}"),
+    }
+    assert_eq!(search(&shard, "other", 42).unwrap()[0], 42);
+    shard.hold_index_builds(false);
+    shard.close().unwrap();
+}
+
+/// The shard's SSTables, sorted.
+fn tables(dir: &Path) -> Vec<PathBuf> {
+    let mut tables: Vec<PathBuf> = std::fs::read_dir(dir.join("store/tables"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    tables.sort();
+    tables
 }

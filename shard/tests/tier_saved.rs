@@ -186,3 +186,91 @@ fn saved_graphs_of(vector_type: VectorType) {
         shard.close().unwrap();
     }
 }
+
+/// A node graph never ranks a damaged row either (issue #23 item 4): an `f32` graph's build
+/// copies only rows that verify (a damaged one fences its table instead of being copied
+/// with checksums of its own), and an `i8` graph, which re-ranks with the covered tables'
+/// rows, checks each row it reads. Either way the search answers `Fenced`.
+#[test]
+fn node_graphs_never_rank_a_damaged_row() {
+    for vector_type in [VectorType::F32, VectorType::I8] {
+        let seed = test_seed();
+        println!("{vector_type:?}: seed {seed} (replay with VORTEX_TEST_SEED={seed})");
+        let mut rng = Rng(seed);
+        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut shards: Vec<Shard> = dirs
+            .iter()
+            .map(|dir| Shard::open(dir.path(), ShardOptions::default()).unwrap().0)
+            .collect();
+        let mut vectors = Vec::new();
+        for (owner, shard) in shards.iter_mut().enumerate() {
+            shard.create_collection(spec(vector_type)).unwrap();
+            let ids: Vec<u64> = (0..600).map(|i| i * 2 + owner as u64).collect();
+            let rows: Vec<f32> = (0..ids.len() * DIMENSION)
+                .map(|_| rng.signed_unit())
+                .collect();
+            vectors.push(rows.clone());
+            shard.upsert(COLLECTION, &ids, &rows, &[]).unwrap();
+            shard.sync().unwrap();
+            shard.flush().unwrap();
+            shard.wait_idle().unwrap();
+        }
+        // Slot `node` of shard 0's only table holds point `2 node`.
+        let table = std::fs::read_dir(dirs[0].path().join("store/tables"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .next()
+            .unwrap();
+        let opened = vortex_storage::sstable::table::Table::open(&table, 0).unwrap();
+        let node = 100 + rng.below(400);
+        let at = opened
+            .footer()
+            .section_start(vortex_storage::sstable::table::Section::Vectors)
+            + node * u64::from(opened.footer().stride)
+            + 2;
+        drop(opened);
+        let flip = || vortex_test_support::files::flip(&table, at);
+        let published: Vec<_> = shards.iter().map(|s| s.published().clone()).collect();
+        if vector_type == VectorType::F32 {
+            flip(); // before the build that copies the rows
+        }
+        let tier = IndexTier::start(published.clone(), 1, None).unwrap();
+        if vector_type == VectorType::F32 {
+            wait("the damaged table fenced", || {
+                shards[0].stats().store.quarantined_tables == 1
+            });
+        } else {
+            wait("the node graph", || {
+                tier.graphs().load().contains_key(COLLECTION)
+            });
+            flip(); // after it: its searches re-rank with the table's rows
+        }
+        let query = &vectors[0][node as usize * DIMENSION..(node as usize + 1) * DIMENSION];
+        let loaded: Vec<_> = published.iter().map(|p| Arc::clone(&*p.load())).collect();
+        let views: Vec<&ShardView> = loaded.iter().map(Arc::as_ref).collect();
+        let graphs = tier.graphs().load();
+        let answer = search_node(
+            &views,
+            graphs.get(COLLECTION).map(Arc::as_ref),
+            &SearchRequest {
+                collection: COLLECTION,
+                vector: query,
+                k: 10,
+                ef: 64,
+                filter: None,
+                with_payload: false,
+            },
+        );
+        match answer {
+            Err(vortex_shard::ShardError::Fenced { first, last, .. }) => {
+                assert_eq!((first, last), (0, 1198), "{vector_type:?}")
+            }
+            other => panic!("{vector_type:?}: point {} damaged: {other:?}", node * 2),
+        }
+        drop(tier);
+        for shard in shards {
+            shard.close().unwrap();
+        }
+    }
+}

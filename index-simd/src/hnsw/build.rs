@@ -1019,6 +1019,7 @@ impl Hnsw {
             links0,
             upper_links,
             tombstones: NodeSet::with_capacity(count),
+            checksums: None,
             kernels,
         })
     }

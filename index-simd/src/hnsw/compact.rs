@@ -150,6 +150,7 @@ impl Hnsw {
             links0: Store::from_avec(links0),
             upper_links: Store::from_avec(upper_links),
             tombstones: NodeSet::with_capacity(count),
+            checksums: None,
             kernels: self.kernels,
         };
         Ok(Compacted { index, old_to_new })

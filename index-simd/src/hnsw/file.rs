@@ -565,6 +565,7 @@ impl Hnsw {
             links0,
             upper_links,
             tombstones: NodeSet::from_words(tombstones),
+            checksums: None,
             kernels: Kernels::active(),
         })
     }

@@ -25,11 +25,13 @@ mod compact;
 mod file;
 mod search;
 
+use crate::checksums::{RowChecksums, RowDamage};
 use crate::distance::Kernels;
 use crate::filter::NodeSet;
 use crate::metric::Metric;
 use crate::quantize::ScalarQuantizer;
 use crate::store::Store;
+use std::sync::Arc;
 
 pub use build::{BuildControl, BuildParams, Helpers, Quantization, Seed};
 pub use compact::Compacted;
@@ -75,6 +77,10 @@ pub enum IndexError {
     /// The build was cancelled ([`BuildControl::cancel`](build::BuildControl::cancel)).
     #[error("the build was cancelled")]
     Cancelled,
+    /// Rows the index read failed their checksums ([`Hnsw::check_rows_with`]): nothing was
+    /// ranked with them.
+    #[error("damaged rows: {0}")]
+    Corrupt(RowDamage),
     /// A node id is not in the index.
     #[error("node {node} is not in the index ({count} nodes)")]
     NoSuchNode {
@@ -118,6 +124,9 @@ pub struct Hnsw {
     /// The deleted nodes.
     pub(crate) tombstones: NodeSet,
     pub(crate) kernels: &'static Kernels,
+    /// The checksums of external rows, verified as searches read them
+    /// ([`Hnsw::check_rows_with`]).
+    pub(crate) checksums: Option<Arc<RowChecksums>>,
 }
 
 impl Hnsw {
@@ -172,22 +181,69 @@ impl Hnsw {
     }
 
     /// The stored vector of `node` (normalised for cosine); `None` out of range and in a
-    /// codes-only index.
+    /// codes-only index. Not checked: see [`Hnsw::checked_vector`].
     pub fn vector(&self, node: u32) -> Option<&[f32]> {
         ((node as usize) < self.count && !self.codes_only).then(|| self.row(node))
     }
 
+    /// [`Hnsw::vector`], its rows' checksums verified first where the index has them
+    /// ([`Hnsw::check_rows_with`]): for a caller that copies the vector elsewhere.
+    pub fn checked_vector(&self, node: u32) -> Result<Option<&[f32]>, IndexError> {
+        if (node as usize) < self.count && !self.codes_only {
+            if let Some(checksums) = &self.checksums {
+                checksums
+                    .check(&self.vectors, node)
+                    .map_err(IndexError::Corrupt)?;
+            }
+        }
+        Ok(self.vector(node))
+    }
+
     /// Copies the stored vector of `node` (normalised for cosine) into `out` (`dim` floats)
     /// without touching a mapping: a mapped index reads it from its file
-    /// ([`Store::read_into`](crate::store::Store::read_into)). False for a node out of
-    /// range, a codes-only index, an `out` of another length, or a failed read.
-    pub fn read_vector(&self, node: u32, out: &mut [f32]) -> bool {
-        (node as usize) < self.count
-            && !self.codes_only
-            && out.len() == self.dim
-            && self
-                .vectors
-                .read_into(node as usize * self.vector_stride, out)
+    /// ([`Store::read_into`](crate::store::Store::read_into)), its rows' checksums verified
+    /// the same way where it has them. `Ok(false)` for a node out of range, a codes-only
+    /// index, an `out` of another length, or a failed read.
+    pub fn read_vector(&self, node: u32, out: &mut [f32]) -> Result<bool, IndexError> {
+        if (node as usize) >= self.count || self.codes_only || out.len() != self.dim {
+            return Ok(false);
+        }
+        if let Some(checksums) = &self.checksums {
+            checksums
+                .check_read(&self.vectors, node)
+                .map_err(IndexError::Corrupt)?;
+        }
+        Ok(self
+            .vectors
+            .read_into(node as usize * self.vector_stride, out))
+    }
+
+    /// Verifies the rows this index reads but does not own (an SSTable's vector region,
+    /// given to [`Hnsw::build_over`] or [`Hnsw::load_over`]) against `checksums` as searches
+    /// read them: a search that reads a damaged unit fails with [`IndexError::Corrupt`]
+    /// instead of ranking it (see [`crate::checksums`]). Refused for an index whose rows
+    /// are its own or in memory, and for checksums that do not cover every row.
+    pub fn check_rows_with(&mut self, checksums: Arc<RowChecksums>) -> Result<(), IndexError> {
+        if !self.external || self.codes_only || !self.vectors.is_mapped() {
+            return Err(IndexError::InvalidParameter(
+                "row checksums are for the caller's mapped rows".into(),
+            ));
+        }
+        if !checksums.covers(self.count) {
+            return Err(IndexError::InvalidParameter(format!(
+                "{} checksum units do not cover {} rows of {} floats",
+                checksums.units(),
+                self.count,
+                self.vector_stride
+            )));
+        }
+        self.checksums = Some(checksums);
+        Ok(())
+    }
+
+    /// The checksums the rows are verified with, if any ([`Hnsw::check_rows_with`]).
+    pub fn row_checksums(&self) -> Option<&Arc<RowChecksums>> {
+        self.checksums.as_ref()
     }
 
     /// The same index without its `f32` vectors, for one that walks on `i8` codes: only the
@@ -211,8 +267,12 @@ impl Hnsw {
     /// index's, and the caller's rows of [`Hnsw::build_over`]): see
     /// [`Store::release_pages`]. For after a pass that read them all (a build reads every
     /// row, a load checks every section): searches then bring back only what they touch.
+    /// The rows' verified units are forgotten too: the next read may come from the disk.
     pub fn release_pages(&self) {
         self.vectors.release_pages();
+        if let Some(checksums) = &self.checksums {
+            checksums.forget();
+        }
         self.codes.release_pages();
         self.labels.release_pages();
         self.levels.release_pages();

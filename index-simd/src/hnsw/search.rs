@@ -12,10 +12,12 @@
 //! walk would visit, an exact scan of just those nodes is both faster and exact.
 
 use super::{block_range, Hnsw, IndexError, EF_MAX, NO_NODE};
+use crate::checksums::{RowChecksums, RowDamage};
 use crate::distance::Kernels;
 use crate::filter::Filter;
 use crate::metric::{normalize, Metric};
-use std::cell::RefCell;
+use crate::store::Store;
+use std::cell::{Cell, RefCell};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
@@ -209,12 +211,13 @@ impl Space for ExactSpace<'_> {
 /// re-rank it: the rows the index was built from, kept by the caller (an SSTable's vector
 /// region, say). A row is `dim` floats, normalised for cosine as the build's were.
 pub trait Rows {
-    /// Copies the vector of `node` into `out` (`dim` floats); false where the caller no
-    /// longer has it (the node is then left out of the answer). Read it without touching a
-    /// mapping where the rows are mapped ([`Hnsw::read_vector`]): a search reads a few
-    /// dozen rows scattered over all of them, and through a mapping each read would keep
-    /// the pages around it resident.
-    fn read(&self, node: u32, out: &mut [f32]) -> bool;
+    /// Copies the vector of `node` into `out` (`dim` floats); `Ok(false)` where the caller
+    /// no longer has it (the node is then left out of the answer), an error where the row
+    /// is damaged (the search then fails: a damaged row is never ranked). Read it without
+    /// touching a mapping where the rows are mapped ([`Hnsw::read_vector`]): a search reads
+    /// a few dozen rows scattered over all of them, and through a mapping each read would
+    /// keep the pages around it resident.
+    fn read(&self, node: u32, out: &mut [f32]) -> Result<bool, IndexError>;
 }
 
 /// An index's own rows, read without touching its mapping ([`Hnsw::read_vector`]): how an
@@ -222,33 +225,93 @@ pub trait Rows {
 struct OwnRows<'a>(&'a Hnsw);
 
 impl Rows for OwnRows<'_> {
-    fn read(&self, node: u32, out: &mut [f32]) -> bool {
+    fn read(&self, node: u32, out: &mut [f32]) -> Result<bool, IndexError> {
         self.0.read_vector(node, out)
     }
 }
 
-/// Exact distances to rows read from `rows` one at a time into `row`.
+/// Exact distances to rows read from `rows` one at a time into `row`; the first read that
+/// failed is kept in `failure` (its distance is infinite meanwhile).
 struct RowsSpace<'a> {
     metric: Metric,
     kernels: &'static Kernels,
     rows: &'a dyn Rows,
     query: &'a [f32],
     row: RefCell<Vec<f32>>,
+    failure: RefCell<Option<IndexError>>,
+}
+
+impl RowsSpace<'_> {
+    /// The scratch row back, or the first failed read.
+    fn finish(self) -> Result<Vec<f32>, IndexError> {
+        match self.failure.into_inner() {
+            Some(error) => Err(error),
+            None => Ok(self.row.into_inner()),
+        }
+    }
 }
 
 impl Space for RowsSpace<'_> {
     fn distance(&self, node: u32) -> f32 {
+        if self.failure.borrow().is_some() {
+            return f32::INFINITY; // the search fails already: no more reads
+        }
         let mut row = self.row.borrow_mut();
         row.resize(self.query.len(), 0.0);
-        if self.rows.read(node, &mut row) {
-            self.metric.distance(self.kernels, self.query, &row)
-        } else {
-            f32::INFINITY
+        match self.rows.read(node, &mut row) {
+            Ok(true) => self.metric.distance(self.kernels, self.query, &row),
+            Ok(false) => f32::INFINITY,
+            Err(error) => {
+                self.failure.borrow_mut().get_or_insert(error);
+                f32::INFINITY
+            }
         }
     }
 
     // The rows are read, not touched where they lie: nothing to prefetch.
     fn prefetch(&self, _node: u32) {}
+}
+
+/// [`ExactSpace`] over rows with checksums ([`Hnsw::check_rows_with`]): each row's units
+/// are verified before its first distance; a damaged one is kept in `damage` (its distance
+/// is infinite meanwhile) and fails the search.
+struct CheckedSpace<'a> {
+    exact: ExactSpace<'a>,
+    checksums: &'a RowChecksums,
+    rows: &'a Store<f32>,
+    damage: Cell<Option<RowDamage>>,
+}
+
+impl CheckedSpace<'_> {
+    #[cold]
+    fn verify(&self, node: u32) -> bool {
+        if self.damage.get().is_some() {
+            return false; // the search fails already: no more checks (nor reports)
+        }
+        match self.checksums.check(self.rows, node) {
+            Ok(()) => true,
+            Err(damage) => {
+                self.damage.set(Some(damage));
+                false
+            }
+        }
+    }
+}
+
+impl Space for CheckedSpace<'_> {
+    #[inline(always)]
+    fn distance(&self, node: u32) -> f32 {
+        if self.checksums.is_verified(node) || self.verify(node) {
+            self.exact.distance(node)
+        } else {
+            f32::INFINITY
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, node: u32) {
+        self.exact.prefetch(node);
+    }
 }
 
 /// Read access to neighbour lists.
@@ -427,8 +490,6 @@ impl Hnsw {
         if self.live_count() == 0 || self.entry == NO_NODE {
             return Ok(());
         }
-        let ef = params.ef.max(params.k);
-
         let mut query_buffer = std::mem::take(&mut scratch.query);
         query_buffer.clear();
         query_buffer.extend_from_slice(query);
@@ -437,36 +498,70 @@ impl Hnsw {
         }
         let query = query_buffer.as_slice();
 
+        let outcome = match self.checksums.as_deref() {
+            None => {
+                let exact = ExactSpace::of(self, query);
+                self.search_in(scratch, query, params, filter, rows, &exact, results)
+            }
+            Some(checksums) => {
+                let exact = CheckedSpace {
+                    exact: ExactSpace::of(self, query),
+                    checksums,
+                    rows: &self.vectors,
+                    damage: Cell::new(None),
+                };
+                self.search_in(scratch, query, params, filter, rows, &exact, results)
+                    .and_then(|()| {
+                        exact
+                            .damage
+                            .get()
+                            .map_or(Ok(()), |damage| Err(IndexError::Corrupt(damage)))
+                    })
+            }
+        };
+        scratch.query = query_buffer;
+        if outcome.is_err() {
+            results.clear();
+        }
+        outcome
+    }
+
+    /// The search after its checks, the query normalised: `exact` gives the `f32`
+    /// distances to the index's own rows, `rows` are the caller's (a codes-only index).
+    #[allow(clippy::too_many_arguments)]
+    fn search_in<E: Space>(
+        &self,
+        scratch: &mut SearchScratch,
+        query: &[f32],
+        params: &SearchParams,
+        filter: Option<&dyn Filter>,
+        rows: Option<&dyn Rows>,
+        exact: &E,
+        results: &mut Vec<Neighbor>,
+    ) -> Result<(), IndexError> {
+        let ef = params.ef.max(params.k);
         let allowed_count = filter.and_then(|filter| filter.allowed_count());
         if let (Some(filter), Some(allowed)) = (filter, allowed_count) {
             if self.prefers_scan(allowed, ef) {
                 match rows {
-                    None => self.scan(
-                        scratch,
-                        &ExactSpace::of(self, query),
-                        params.k,
-                        filter,
-                        results,
-                    ),
+                    None => self.scan(scratch, exact, params.k, filter, results),
                     Some(rows) => {
                         let space = self.rows_space(rows, query, std::mem::take(&mut scratch.row));
                         self.scan(scratch, &space, params.k, filter, results);
-                        scratch.row = space.row.into_inner();
+                        scratch.row = space.finish()?;
                     }
                 }
-                scratch.query = query_buffer;
                 return Ok(());
             }
         }
 
-        let exact = ExactSpace::of(self, query);
         let accepts_all = filter.is_none() && self.tombstones.is_empty();
         let accept = |node: u32| {
             accepts_all || (!self.is_deleted(node) && filter.is_none_or(|f| f.allows(node)))
         };
         match &self.quantizer {
             None => {
-                self.walk(scratch, &exact, ef, &accept);
+                self.walk(scratch, exact, ef, &accept);
                 scratch.ranked.clear();
                 scratch.ranked.extend(scratch.results.drain());
                 scratch.ranked.sort_unstable();
@@ -495,11 +590,11 @@ impl Hnsw {
                 let own = OwnRows(self);
                 let rows = rows.or_else(|| self.vectors.is_mapped().then_some(&own as &dyn Rows));
                 match rows {
-                    None => rerank_with(&exact, &mut scratch.ranked),
+                    None => rerank_with(exact, &mut scratch.ranked),
                     Some(rows) => {
                         let space = self.rows_space(rows, query, std::mem::take(&mut scratch.row));
                         rerank_with(&space, &mut scratch.ranked);
-                        scratch.row = space.row.into_inner();
+                        scratch.row = space.finish()?;
                         // Nodes whose rows the caller no longer has.
                         scratch.ranked.retain(|scored| scored.distance.is_finite());
                     }
@@ -511,7 +606,6 @@ impl Hnsw {
             label: self.labels[scored.node as usize],
             distance: scored.distance,
         }));
-        scratch.query = query_buffer;
         Ok(())
     }
 
@@ -531,6 +625,7 @@ impl Hnsw {
             rows,
             query,
             row: RefCell::new(row),
+            failure: RefCell::new(None),
         }
     }
 

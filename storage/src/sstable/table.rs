@@ -654,8 +654,7 @@ pub struct Table {
     index: Vec<IndexEntry>,
     bloom: BloomFilter,
     vector_crcs: Vec<u32>,
-    quarantine: Mutex<Option<String>>,
-    is_quarantined: AtomicBool,
+    quarantine: Arc<Quarantine>,
     obsolete: AtomicBool,
     on_delete: Mutex<Option<OnDelete>>,
 }
@@ -670,6 +669,69 @@ impl std::fmt::Debug for Table {
             .field("path", &self.path)
             .field("footer", &self.footer)
             .finish_non_exhaustive()
+    }
+}
+
+/// A table's quarantine: set once, with the reason, and read without a lock.
+#[derive(Debug)]
+struct Quarantine {
+    path: PathBuf,
+    reason: Mutex<Option<String>>,
+    is_set: AtomicBool,
+}
+
+impl Quarantine {
+    fn new(path: &Path) -> Quarantine {
+        Quarantine {
+            path: path.to_owned(),
+            reason: Mutex::new(None),
+            is_set: AtomicBool::new(false),
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        self.is_set.load(Ordering::Acquire)
+    }
+
+    fn reason(&self) -> Option<String> {
+        if !self.is_set() {
+            return None;
+        }
+        self.reason.lock().ok().and_then(|reason| reason.clone())
+    }
+
+    fn set(&self, reason: &str) {
+        if let Ok(mut slot) = self.reason.lock() {
+            if slot.is_none() {
+                tracing::error!(path = %self.path.display(), reason, "SSTable quarantined");
+                *slot = Some(reason.to_owned());
+                self.is_set.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Fences a table for damage found in its vector region by a reader outside it
+/// ([`Table::vector_fence`]).
+#[derive(Debug, Clone)]
+pub struct VectorFence {
+    quarantine: Arc<Quarantine>,
+    /// Where the vector region starts in the file.
+    region_offset: u64,
+}
+
+impl VectorFence {
+    /// Quarantines the table for damage in unit `unit` of its vector region, as a read of
+    /// the table itself would ([`StorageError::TableCorrupt`]); the error.
+    pub fn damaged(&self, unit: usize, detail: &str) -> StorageError {
+        let error = corrupt(
+            &self.quarantine.path,
+            Section::Vectors,
+            self.region_offset + (unit * UNIT) as u64,
+            detail,
+        );
+        self.quarantine.set(&error.to_string());
+        error
     }
 }
 
@@ -750,8 +812,7 @@ impl Table {
             index,
             bloom,
             vector_crcs,
-            quarantine: Mutex::new(None),
-            is_quarantined: AtomicBool::new(false),
+            quarantine: Arc::new(Quarantine::new(path)),
             obsolete: AtomicBool::new(false),
             on_delete: Mutex::new(None),
         })
@@ -776,8 +837,7 @@ impl Table {
             index: Vec::new(),
             bloom: BloomFilter::build(std::iter::empty(), 1),
             vector_crcs: Vec::new(),
-            quarantine: Mutex::new(None),
-            is_quarantined: AtomicBool::new(false),
+            quarantine: Arc::new(Quarantine::new(path)),
             obsolete: AtomicBool::new(false),
             on_delete: Mutex::new(None),
         };
@@ -861,29 +921,32 @@ impl Table {
     /// Why the table is quarantined, if it is. A healthy table answers from an atomic flag,
     /// without a lock: every read asks, and so does every search (to fence what needs it).
     pub fn quarantined(&self) -> Option<String> {
-        if !self.is_quarantined() {
-            return None;
-        }
-        self.quarantine
-            .lock()
-            .ok()
-            .and_then(|reason| reason.clone())
+        self.quarantine.reason()
     }
 
     /// Whether the table is quarantined (see [`Table::quarantined`] for why).
     pub fn is_quarantined(&self) -> bool {
-        self.is_quarantined.load(Ordering::Acquire)
+        self.quarantine.is_set()
     }
 
     /// Quarantines the table: every later read of it fails with
     /// [`StorageError::Quarantined`]. Logged once.
     pub fn quarantine(&self, reason: &str) {
-        if let Ok(mut slot) = self.quarantine.lock() {
-            if slot.is_none() {
-                tracing::error!(path = %self.path.display(), reason, "SSTable quarantined");
-                *slot = Some(reason.to_owned());
-                self.is_quarantined.store(true, Ordering::Release);
-            }
+        self.quarantine.set(reason);
+    }
+
+    /// The checksum of each 4 KiB unit of the vector region, from its start.
+    pub fn vector_unit_checksums(&self) -> &[u32] {
+        &self.vector_crcs
+    }
+
+    /// What lets a reader of the vector region outside this table (a side-car graph
+    /// searching it in place, verifying [`Table::vector_unit_checksums`]) fence the table
+    /// when a unit fails, without keeping the table alive.
+    pub fn vector_fence(&self) -> VectorFence {
+        VectorFence {
+            quarantine: Arc::clone(&self.quarantine),
+            region_offset: self.footer.data_end,
         }
     }
 
@@ -1115,7 +1178,7 @@ impl Table {
     pub fn may_contain(&self, key: &Key) -> bool {
         key.collection == self.footer.collection
             && (self.footer.smallest..=self.footer.largest).contains(&key.point)
-            && (self.is_quarantined.load(Ordering::Acquire) || self.bloom.may_contain(key))
+            && (self.quarantine.is_set() || self.bloom.may_contain(key))
     }
 
     /// The entry for `key`, if the table holds one (a tombstone included).
@@ -1284,7 +1347,7 @@ impl Iterator for TableIter {
         if self.failed {
             return None;
         }
-        if self.table.is_quarantined.load(Ordering::Acquire) {
+        if self.table.is_quarantined() {
             // A placeholder has no index: without this a scan would skip it silently.
             self.failed = true;
             return Some(self.table.check_quarantine().map(|()| unreachable_entry()));
