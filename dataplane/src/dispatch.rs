@@ -13,6 +13,7 @@ use std::time::Duration;
 use vortex_shard::{
     search_node, NodeGraph, PublishedView, SearchRequest, Shard, ShardError, ShardView, TierGraphs,
 };
+use vortex_storage::StorageError;
 use vortex_vbp::codec::Response;
 use vortex_vbp::message::{
     CollectionList, CountResult, Counter, ErrorCode, FencedResult, FencedTable, GetResult,
@@ -143,6 +144,9 @@ pub fn error_response(error: &ShardError) -> Response {
         ShardError::Exists(_) => ErrorCode::CollectionExists,
         ShardError::Fenced { .. } => ErrorCode::Fenced,
         error if error.is_corruption() => ErrorCode::Fenced,
+        // The disk took no writes at start: the write was refused before it was logged
+        // (a write failed by a log error may or may not be there: `Internal`).
+        ShardError::Storage(StorageError::NoSpace { .. }) => ErrorCode::Unavailable,
         ShardError::Storage(_)
         | ShardError::Io { .. }
         | ShardError::Locked(_)

@@ -1112,3 +1112,188 @@ fn repair_keeps_every_point_that_verifies_and_names_the_ids_it_lost() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("0 damaged table(s) found"), "{text}");
 }
+
+/// The node of [`a_node_on_a_full_disk_serves_reads_and_takes_writes_once_space_frees`]:
+/// a shell in a user and mount namespace of its own (`unshare -rm`, no privilege needed)
+/// that mounts a small tmpfs on the data directory and runs the dataplane on it twice,
+/// printing `pid N` before each run and `exit N` after.
+struct Namespaced {
+    shell: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    /// The data directory as this process reaches it (through the shell's root).
+    data: PathBuf,
+}
+
+impl Namespaced {
+    fn start(config: &Path, data: &Path, size_mib: u32) -> Namespaced {
+        let script = format!(
+            "mount -t tmpfs -o size={size_mib}m tmpfs '{data}' || {{ echo 'no mount'; exit 90; }}\n\
+             for run in 1 2; do\n\
+               '{BINARY}' run --config '{config}' &\n\
+               echo \"pid $!\"\n\
+               wait $!\n\
+               echo \"exit $?\"\n\
+             done\n",
+            data = data.display(),
+            config = config.display()
+        );
+        let mut shell = Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare (util-linux) runs");
+        let lines = BufReader::new(shell.stdout.take().unwrap()).lines();
+        let through_root = PathBuf::from(format!("/proc/{}/root", shell.id()))
+            .join(data.strip_prefix("/").unwrap());
+        Namespaced {
+            shell,
+            lines,
+            data: through_root,
+        }
+    }
+
+    /// The next line the shell or the dataplane printed.
+    fn line(&mut self) -> String {
+        self.lines
+            .next()
+            .expect("the namespaced shell ended early")
+            .unwrap()
+    }
+
+    /// Waits for the next run's pid and readiness line; its pid.
+    fn ready(&mut self) -> i32 {
+        let pid = self.line();
+        assert_ne!(
+            pid, "no mount",
+            "cannot mount a tmpfs in a user and mount namespace of our own (`unshare -rm`): \
+             this test needs user namespaces (sysctl user.max_user_namespaces > 0)"
+        );
+        let pid: i32 = pid
+            .strip_prefix("pid ")
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("not a pid line: {pid}"));
+        let ready = self.line();
+        assert!(
+            ready.starts_with("vortex-dataplane ready: serving VBP on"),
+            "the start failed: {ready}"
+        );
+        pid
+    }
+
+    /// SIGTERM to the run `pid`; its exit status as the shell saw it.
+    fn stop(&mut self, pid: i32) -> String {
+        // SAFETY: sends SIGTERM to a process this test started (through the shell).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        loop {
+            let line = self.line();
+            if let Some(status) = line.strip_prefix("exit ") {
+                return status.to_owned();
+            }
+        }
+    }
+}
+
+impl Drop for Namespaced {
+    fn drop(&mut self) {
+        let _ = self.shell.kill();
+        let _ = self.shell.wait();
+    }
+}
+
+/// Issue #23 item 11, disk full, against the real binary on a real full file system (a
+/// 24 MiB tmpfs filled by a ballast file). While it runs full: writes fail with an error,
+/// reads go on, and nothing acknowledged is lost. A restart on the full disk comes up
+/// (before: `cannot open the shard …: append …/MANIFEST-…: No space left on device`,
+/// exit 1, nothing served): it serves every acknowledged point and answers writes
+/// `Unavailable`, saying the disk takes no writes; once the ballast is removed, writes are
+/// taken again within seconds, without a restart.
+#[test]
+fn a_node_on_a_full_disk_serves_reads_and_takes_writes_once_space_frees() {
+    use std::io::Write as _;
+    let _ports = shared();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let mut node = Namespaced::start(&config, &data, 24);
+    let first = node.ready();
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    client.create_collection(docs_spec()).unwrap();
+    let mut acknowledged = Vec::new();
+    for start in (0..2000).step_by(500) {
+        client.upsert(docs_upsert(start..start + 500)).unwrap();
+        acknowledged.extend(start..start + 500);
+    }
+    // The ballast fills the disk.
+    let ballast = node.data.join("ballast");
+    let mut file = std::fs::File::create(&ballast).unwrap();
+    let chunk = vec![0x5Au8; 1 << 20];
+    let full = loop {
+        if let Err(error) = file.write_all(&chunk).and_then(|()| file.sync_data()) {
+            break error;
+        }
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+    drop(file);
+    // Writes fail, with an error; reads go on.
+    let mut failed = None;
+    for start in (10_000..20_000).step_by(500) {
+        match client.upsert(docs_upsert(start..start + 500)) {
+            Ok(_) => acknowledged.extend(start..start + 500),
+            Err(error) => {
+                failed = Some(error.to_string());
+                break;
+            }
+        }
+    }
+    let failed = failed.expect("a full disk took 10,000 more points");
+    eprintln!("a write on the full disk: {failed}");
+    let check_reads = |client: &Client, acknowledged: &[u64], what: &str| {
+        for ids in acknowledged.chunks(1000) {
+            let points = client.get("docs", ids.to_vec()).unwrap();
+            assert_eq!(
+                points.len(),
+                ids.len(),
+                "{what}: acknowledged points missing"
+            );
+        }
+        let hits = client.search(search_near_0("docs")).unwrap();
+        assert_eq!((hits[0].id, hits[0].distance), (0, 0.0), "{what}");
+    };
+    check_reads(&client, &acknowledged, "full, running");
+    drop(client);
+    let status = node.stop(first);
+    eprintln!("the first run, stopped on the full disk, exited {status}");
+
+    // The restart on the full disk comes up and serves reads.
+    let second = node.ready();
+    let client = Client::connect(&[address.as_str()], ClientOptions::default()).unwrap();
+    check_reads(&client, &acknowledged, "restarted full");
+    let refused = client
+        .upsert(docs_upsert(30_000..30_010))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("Unavailable") && refused.contains("the disk takes no writes"),
+        "{refused}"
+    );
+    // Space frees: writes are taken again within seconds, without a restart.
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.upsert(docs_upsert(30_000..30_010)) {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "writes not taken again: {error}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    acknowledged.extend(30_000..30_010);
+    check_reads(&client, &acknowledged, "space freed");
+    drop(client);
+    assert_eq!(node.stop(second), "0");
+}

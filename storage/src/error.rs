@@ -64,6 +64,18 @@ pub enum StorageError {
         /// The error.
         cause: String,
     },
+    /// The disk took no writes when the WAL was opened (full, over quota, read-only): no
+    /// write is taken until it does, which the store tries every second; reads are served.
+    #[error(
+        "the disk takes no writes ({path}: {cause}): writes are refused until it does (the \
+         store tries again every second); reads are served"
+    )]
+    NoSpace {
+        /// The segment that could not be started.
+        path: PathBuf,
+        /// The error.
+        cause: String,
+    },
     /// The open batch or the memtable is full: retry after the write or flush in flight
     /// completes.
     #[error("busy: {0} (THROTTLED; retry shortly)")]

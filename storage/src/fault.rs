@@ -83,6 +83,8 @@ struct State {
     /// Direct I/O alignment of log files; `None` for buffered logs.
     direct_alignment: Option<u32>,
     powered_off: bool,
+    /// The disk is full ([`FaultEnv::set_full`]).
+    full: bool,
     /// Completed chains are kept back from `reap` (a slow device).
     holding: bool,
     log_writes: u64,
@@ -158,6 +160,14 @@ impl FaultEnv {
     /// lets them through again (`false`).
     pub fn hold_completions(&self, hold: bool) {
         self.state.borrow_mut().holding = hold;
+    }
+
+    /// Fills the disk (`true`) or frees space again (`false`): while it is full, every
+    /// operation that adds bytes or a file (a log write, `write_synced`, `append_synced`,
+    /// creating a log) fails with ENOSPC and changes nothing; reads, truncation, removal,
+    /// renames and syncs go on, as on a real file system.
+    pub fn set_full(&self, full: bool) {
+        self.state.borrow_mut().full = full;
     }
 
     /// Disarms every fault not yet triggered.
@@ -264,6 +274,14 @@ impl State {
     fn check(&mut self, target: Target) -> io::Result<()> {
         if self.powered_off {
             return Err(errno(libc::EIO));
+        }
+        if self.full
+            && matches!(
+                target,
+                Target::LogWrite | Target::FileWrite | Target::OpenLog
+            )
+        {
+            return Err(errno(libc::ENOSPC));
         }
         match self.take_fail(target) {
             Some(code) => Err(errno(code)),

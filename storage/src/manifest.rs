@@ -516,6 +516,18 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// A handle on MANIFEST `number` as replayed (`state`), for a WAL that cannot write
+    /// (see `Wal::resume`): nothing may be appended to it.
+    pub(crate) fn unwritable(dir: &Path, number: u64, state: ManifestState) -> Self {
+        Manifest {
+            dir: dir.to_owned(),
+            number,
+            position: u64::MAX,
+            sequence: 0,
+            state,
+        }
+    }
+
     /// The state after every edit so far.
     pub fn state(&self) -> &ManifestState {
         &self.state

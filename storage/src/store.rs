@@ -1418,6 +1418,8 @@ impl<E: Env> Store<E> {
     /// Installs finished jobs and starts due ones. `force_flush` flushes a non-empty
     /// MemTable whatever its size.
     fn maintain(&mut self, force_flush: bool) -> Result<(), StorageError> {
+        // A WAL opened on a disk that took no writes starts its segment once it does.
+        self.wal.resume();
         while let Ok(finished) = self.finished_rx.try_recv() {
             self.install(finished)?;
         }

@@ -190,10 +190,18 @@ struct Failure {
     path: PathBuf,
     offset: u64,
     cause: String,
+    /// Nothing was written: the WAL waits for the disk to take writes ([`Wal::resume`]).
+    waiting: bool,
 }
 
 impl Failure {
     fn error(&self) -> StorageError {
+        if self.waiting {
+            return StorageError::NoSpace {
+                path: self.path.clone(),
+                cause: self.cause.clone(),
+            };
+        }
         StorageError::ReadOnly {
             operation: self.operation,
             path: self.path.clone(),
@@ -258,7 +266,100 @@ pub struct Wal<E: Env> {
     sequence_next: u64,
     durable_sequence: u64,
     failure: Option<Failure>,
+    /// The segment an open could not start on a disk that took no writes ([`Wal::resume`]).
+    waiting: Option<Waiting>,
     stats: WalStats,
+}
+
+/// How often [`Wal::resume`] tries again to start the segment an open could not.
+pub const RESUME_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The segment an open could not start because the disk took no writes (full, over quota,
+/// read-only): until [`Wal::resume`] starts it, `file` is a placeholder nothing is written
+/// to, `manifest` is the current MANIFEST (nothing is appended to it), and every append is
+/// refused with [`StorageError::NoSpace`].
+#[derive(Debug)]
+struct Waiting {
+    /// The segment to start.
+    number: u64,
+    /// The MANIFEST state to write with it (the replayed state, with the segment recorded).
+    state: ManifestState,
+    /// The number of the next MANIFEST tried: a new one per try, so that a try cut short
+    /// after it made its MANIFEST current is never undone by the next.
+    manifest_next: u64,
+    /// The next try, not before.
+    retry_at: Instant,
+}
+
+/// Whether `error` says the disk takes no writes now (full, over quota, or read-only): what
+/// an open waits out rather than fails on, serving reads meanwhile.
+pub fn takes_no_writes(error: &StorageError) -> bool {
+    match error {
+        StorageError::Io { source, .. } => {
+            matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS)
+            ) || matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::QuotaExceeded
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+            )
+        }
+        _ => false,
+    }
+}
+
+/// Creates segment `number` (removing an empty one a failed try left), syncs the directory,
+/// and makes MANIFEST `manifest_number` holding `state` current (removing `previous`). A
+/// failure closes and removes the new segment, best effort.
+fn start_segment<E: Env>(
+    env: &mut E,
+    dir: &Path,
+    number: u64,
+    manifest_number: u64,
+    state: ManifestState,
+    previous: Option<u64>,
+) -> Result<(LogFile, Manifest), StorageError> {
+    let path = dir.join(segment_name(number));
+    if env.exists(&path).map_err(io_error("stat", &path))? {
+        env.remove(&path).map_err(io_error("remove", &path))?;
+    }
+    let file = env.open_log(&path).map_err(io_error("create", &path))?;
+    let recorded = env
+        .sync_dir(dir)
+        .map_err(io_error("fsync", dir))
+        .and_then(|()| Manifest::create(env, dir, manifest_number, state, previous));
+    match recorded {
+        Ok(manifest) => Ok((file, manifest)),
+        Err(error) => {
+            env.close_log(file);
+            if let Err(removing) = env.remove(&path) {
+                tracing::warn!(path = %path.display(), %removing, "cannot remove an unused segment");
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Removes every MANIFEST in `dir` but `current`: leftovers of an interrupted switch, or
+/// of tries of [`Wal::resume`] cut short. Best effort: one left is removed at a later start.
+fn remove_stale_manifests<E: Env>(env: &mut E, dir: &Path, current: u64) {
+    let names = match env.list(dir) {
+        Ok(names) => names,
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "cannot list the WAL directory");
+            return;
+        }
+    };
+    for name in names {
+        if parse_manifest_name(&name).is_some_and(|n| n != current) {
+            let path = dir.join(&name);
+            if let Err(error) = env.remove(&path) {
+                tracing::warn!(path = %path.display(), %error, "cannot remove an old MANIFEST");
+            }
+        }
+    }
 }
 
 fn align_down(value: u64, alignment: u32) -> u64 {
@@ -422,15 +523,6 @@ impl<E: Env> Wal<E> {
             .segment_next
             .max(live.last().map_or(0, |&n| n + 1))
             .max(state.wal_replay_from_segment);
-        let path = dir.join(segment_name(number));
-        let file = env.open_log(&path).map_err(io_error("create", &path))?;
-        env.sync_dir(dir).map_err(io_error("fsync", dir))?;
-        let mut segments = replay.segments;
-        segments.push_back(Segment {
-            number,
-            last_sequence: 0,
-            bytes: 0,
-        });
         let next_state = ManifestState {
             wal_replay_from_segment: if live.is_empty() {
                 number
@@ -439,25 +531,67 @@ impl<E: Env> Wal<E> {
             },
             segment_next: number + 1,
             wal_sealed_sequence: report.last_sequence.max(state.wal_sealed_sequence),
-            ..state
+            ..state.clone()
         };
-        let manifest = Manifest::create(
+        let previous = Some(manifest_number).filter(|&n| n > 0);
+        let started_segment = start_segment(
             &mut env,
             dir,
+            number,
             manifest_number + 1,
-            next_state,
-            Some(manifest_number).filter(|&n| n > 0),
-        )?;
-
-        // MANIFESTs other than the new one are leftovers of an interrupted switch.
-        for name in &names {
-            let stale = parse_manifest_name(name)
-                .is_some_and(|n| n != manifest.number() && n != manifest_number);
-            if stale {
-                let path = dir.join(name);
-                env.remove(&path).map_err(io_error("remove", &path))?;
+            next_state.clone(),
+            previous,
+        );
+        let mut segments = replay.segments;
+        let (file, manifest, waiting) = match started_segment {
+            Ok((file, manifest)) => {
+                // MANIFESTs other than the new one are leftovers of an interrupted switch.
+                remove_stale_manifests(&mut env, dir, manifest.number());
+                segments.push_back(Segment {
+                    number,
+                    last_sequence: 0,
+                    bytes: 0,
+                });
+                (file, manifest, None)
             }
-        }
+            // On a disk that takes no writes, the log is served as replayed (the caller's
+            // reads go on) and appends wait for `resume` (salvage must write: refused).
+            Err(error) if takes_no_writes(&error) && report.skipped.is_empty() => {
+                tracing::error!(
+                    dir = %dir.display(),
+                    %error,
+                    "the disk takes no writes: the WAL refuses appends until it does \
+                     (tried again every second); reads are served"
+                );
+                let placeholder = LogFile {
+                    id: u32::MAX,
+                    alignment: 1,
+                    direct: false,
+                };
+                let current = Manifest::unwritable(dir, manifest_number, state);
+                let waiting = Waiting {
+                    number,
+                    state: next_state,
+                    manifest_next: manifest_number + 2,
+                    retry_at: Instant::now() + RESUME_INTERVAL,
+                };
+                (placeholder, current, Some((waiting, error.to_string())))
+            }
+            Err(error) => return Err(error),
+        };
+        let (waiting, failure) = match waiting {
+            Some((waiting, cause)) => (
+                Some(waiting),
+                Some(Failure {
+                    operation: "starting a segment",
+                    path: dir.join(segment_name(number)),
+                    offset: 0,
+                    cause,
+                    waiting: true,
+                }),
+            ),
+            None => (None, None),
+        };
 
         let blocks_per_batch = options.batch_bytes_max / BLOCK_BYTES + 2;
         let pool = (0..2 * blocks_per_batch)
@@ -485,7 +619,8 @@ impl<E: Env> Wal<E> {
             finished: Vec::new(),
             sequence_next: report.last_sequence + 1,
             durable_sequence: report.last_sequence,
-            failure: None,
+            failure,
+            waiting,
             stats: WalStats::default(),
         };
         if !report.skipped.is_empty() {
@@ -592,6 +727,57 @@ impl<E: Env> Wal<E> {
     /// Whether an I/O failure made the WAL read-only, and why.
     pub fn read_only(&self) -> Option<StorageError> {
         self.failure.as_ref().map(Failure::error)
+    }
+
+    /// Tries again, at most once per [`RESUME_INTERVAL`], to start the segment that an open
+    /// on a disk that took no writes could not (see [`Wal::open`]): the same steps (create
+    /// the segment, sync the directory, make a MANIFEST recording it current), each try with
+    /// a MANIFEST number of its own. True when the WAL takes appends (now or already); a WAL
+    /// made read-only by a failed write stays so until a restart.
+    pub fn resume(&mut self) -> bool {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return self.failure.is_none();
+        };
+        let now = Instant::now();
+        if now < waiting.retry_at {
+            return false;
+        }
+        waiting.retry_at = now + RESUME_INTERVAL;
+        let manifest_number = waiting.manifest_next;
+        waiting.manifest_next += 1;
+        let (number, state) = (waiting.number, waiting.state.clone());
+        let previous = Some(self.manifest.number()).filter(|&n| n > 0);
+        let started = start_segment(
+            &mut self.env,
+            &self.dir,
+            number,
+            manifest_number,
+            state,
+            previous,
+        );
+        match started {
+            Ok((file, manifest)) => {
+                remove_stale_manifests(&mut self.env, &self.dir, manifest.number());
+                self.file = file;
+                self.manifest = manifest;
+                self.segments.push_back(Segment {
+                    number,
+                    last_sequence: 0,
+                    bytes: 0,
+                });
+                self.waiting = None;
+                self.failure = None;
+                tracing::info!(dir = %self.dir.display(), segment = number, "the disk takes writes again: the WAL takes appends");
+                true
+            }
+            Err(error) => {
+                tracing::debug!(dir = %self.dir.display(), %error, "the disk still takes no writes");
+                if let Some(failure) = &mut self.failure {
+                    failure.cause = error.to_string();
+                }
+                false
+            }
+        }
     }
 
     /// Whether the current segment is written with Direct I/O (`O_DIRECT | O_DSYNC`) rather
@@ -1030,6 +1216,7 @@ impl<E: Env> Wal<E> {
             path,
             offset,
             cause: cause.to_owned(),
+            waiting: false,
         });
         self.in_flight = None;
     }
