@@ -66,9 +66,10 @@ pub(crate) struct Waits {
     durable: Cell<u64>,
     /// The highest sequence number a handler waits for.
     expected: Cell<u64>,
-    /// The WAL failed: writes up to this sequence number (not durable by then) get this
-    /// answer.
-    failure: RefCell<Option<(u64, Response)>>,
+    /// The WAL failed: writes from the first to the second sequence number (not durable
+    /// by then) get this answer, even once the WAL is durable past them (a WAL that a full
+    /// disk stopped passes over the numbers of the writes it failed when it resumes).
+    failure: RefCell<Option<(u64, u64, Response)>>,
     /// Handlers waiting for durability: (sequence, waker).
     acks: RefCell<Vec<(u64, Waker)>>,
     /// By gather token.
@@ -86,7 +87,7 @@ impl Waits {
             .failure
             .borrow()
             .as_ref()
-            .map_or(0, |(through, _)| *through);
+            .map_or(0, |(_, through, _)| *through);
         !self.acks.borrow().is_empty() || self.expected.get() > self.durable.get().max(answered)
     }
 
@@ -107,7 +108,11 @@ impl Waits {
 
     /// The WAL failed with `error`: every write waiting now is answered with it.
     pub fn failed(&self, error: &ShardError) {
-        *self.failure.borrow_mut() = Some((self.expected.get(), error_response(error)));
+        *self.failure.borrow_mut() = Some((
+            self.durable.get() + 1,
+            self.expected.get(),
+            error_response(error),
+        ));
         for (_, waker) in self.acks.borrow_mut().drain(..) {
             waker.wake();
         }
@@ -233,14 +238,14 @@ impl Future for Durable {
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Response> {
         let waits = Rc::clone(&self.waits);
+        if let Some((from, through, error)) = waits.failure.borrow().as_ref() {
+            if (*from..=*through).contains(&self.sequence) {
+                return Poll::Ready(error.clone());
+            }
+        }
         if self.sequence <= waits.durable.get() {
             let response = self.response.take();
             return Poll::Ready(response.unwrap_or_else(gone));
-        }
-        if let Some((through, error)) = waits.failure.borrow().as_ref() {
-            if self.sequence <= *through {
-                return Poll::Ready(error.clone());
-            }
         }
         if !self.registered {
             self.registered = true;

@@ -1203,11 +1203,12 @@ impl Drop for Namespaced {
 
 /// Issue #23 item 11, disk full, against the real binary on a real full file system (a
 /// 24 MiB tmpfs filled by a ballast file). While it runs full: writes fail with an error,
-/// reads go on, and nothing acknowledged is lost. A restart on the full disk comes up
-/// (before: `cannot open the shard …: append …/MANIFEST-…: No space left on device`,
+/// reads go on, nothing acknowledged is lost, and once the ballast goes writes are taken
+/// again within seconds (before: read-only until a restart). A restart on a full disk comes
+/// up (before: `cannot open the shard …: append …/MANIFEST-…: No space left on device`,
 /// exit 1, nothing served): it serves every acknowledged point and answers writes
-/// `Unavailable`, saying the disk takes no writes; once the ballast is removed, writes are
-/// taken again within seconds, without a restart.
+/// `Unavailable`, saying the disk takes no writes; once the ballast goes, writes are taken
+/// again, without a restart.
 #[test]
 fn a_node_on_a_full_disk_serves_reads_and_takes_writes_once_space_frees() {
     use std::io::Write as _;
@@ -1227,29 +1228,41 @@ fn a_node_on_a_full_disk_serves_reads_and_takes_writes_once_space_frees() {
         client.upsert(docs_upsert(start..start + 500)).unwrap();
         acknowledged.extend(start..start + 500);
     }
-    // The ballast fills the disk.
+    // The ballast fills the disk; writes then fail, with an error.
     let ballast = node.data.join("ballast");
-    let mut file = std::fs::File::create(&ballast).unwrap();
-    let chunk = vec![0x5Au8; 1 << 20];
-    let full = loop {
-        if let Err(error) = file.write_all(&chunk).and_then(|()| file.sync_data()) {
-            break error;
-        }
-    };
-    assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
-    drop(file);
-    // Writes fail, with an error; reads go on.
-    let mut failed = None;
-    for start in (10_000..20_000).step_by(500) {
-        match client.upsert(docs_upsert(start..start + 500)) {
-            Ok(_) => acknowledged.extend(start..start + 500),
-            Err(error) => {
-                failed = Some(error.to_string());
-                break;
+    let fill = |client: &Client, acknowledged: &mut Vec<u64>, ids: std::ops::Range<u64>| {
+        let mut file = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![0x5Au8; 1 << 20];
+        let full = loop {
+            if let Err(error) = file.write_all(&chunk).and_then(|()| file.sync_data()) {
+                break error;
+            }
+        };
+        assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+        for start in ids.step_by(500) {
+            match client.upsert(docs_upsert(start..start + 500)) {
+                Ok(_) => acknowledged.extend(start..start + 500),
+                Err(error) => return error.to_string(),
             }
         }
-    }
-    let failed = failed.expect("a full disk took 10,000 more points");
+        panic!("a full disk took every write");
+    };
+    // Writes are taken again within seconds of the ballast's removal.
+    let resume = |client: &Client, acknowledged: &mut Vec<u64>, ids: std::ops::Range<u64>| {
+        std::fs::remove_file(&ballast).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match client.upsert(docs_upsert(ids.clone())) {
+                Ok(_) => break,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "writes not taken again: {error}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        acknowledged.extend(ids);
+    };
+    let failed = fill(&client, &mut acknowledged, 10_000..20_000);
     eprintln!("a write on the full disk: {failed}");
     let check_reads = |client: &Client, acknowledged: &[u64], what: &str| {
         for ids in acknowledged.chunks(1000) {
@@ -1264,6 +1277,13 @@ fn a_node_on_a_full_disk_serves_reads_and_takes_writes_once_space_frees() {
         assert_eq!((hits[0].id, hits[0].distance), (0, 0.0), "{what}");
     };
     check_reads(&client, &acknowledged, "full, running");
+    // Room again: writes are taken again without a restart.
+    resume(&client, &mut acknowledged, 20_000..20_010);
+    check_reads(&client, &acknowledged, "room again");
+    // Full again, and stopped.
+    let failed = fill(&client, &mut acknowledged, 40_000..50_000);
+    eprintln!("a write on the disk full again: {failed}");
+    check_reads(&client, &acknowledged, "full again");
     drop(client);
     let status = node.stop(first);
     eprintln!("the first run, stopped on the full disk, exited {status}");
@@ -1280,19 +1300,7 @@ fn a_node_on_a_full_disk_serves_reads_and_takes_writes_once_space_frees() {
         refused.contains("Unavailable") && refused.contains("the disk takes no writes"),
         "{refused}"
     );
-    // Space frees: writes are taken again within seconds, without a restart.
-    std::fs::remove_file(&ballast).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match client.upsert(docs_upsert(30_000..30_010)) {
-            Ok(_) => break,
-            Err(error) => {
-                assert!(Instant::now() < deadline, "writes not taken again: {error}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-    acknowledged.extend(30_000..30_010);
+    resume(&client, &mut acknowledged, 30_000..30_010);
     check_reads(&client, &acknowledged, "space freed");
     drop(client);
     assert_eq!(node.stop(second), "0");

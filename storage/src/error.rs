@@ -48,11 +48,13 @@ pub enum StorageError {
         /// What does not fit.
         detail: String,
     },
-    /// An earlier write or sync failed: the WAL refuses appends until it is reopened.
+    /// An earlier write or sync failed: the WAL refuses appends until it is reopened (or,
+    /// after a full disk, until the disk has room again: `Wal::resume`).
     #[error(
         "the WAL is read-only since {operation} failed at {path} offset {offset}: {cause}; \
-         appends not yet durable were failed. Fix the cause and restart: recovery decides \
-         what is on disk"
+         appends not yet durable were failed (they may or may not be there). A full disk \
+         needs no restart: writes are taken again once it has room. Otherwise fix the cause \
+         and restart: recovery decides what is on disk"
     )]
     ReadOnly {
         /// The failed operation.

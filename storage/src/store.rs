@@ -991,6 +991,7 @@ impl<E: Env> Store<E> {
     /// sure to hold ([`batch_limits`](Self::batch_limits)) could never be admitted and is
     /// refused as invalid.
     pub fn admit(&mut self, writes: &[WriteSize]) -> Result<(), StorageError> {
+        self.resume_wal();
         if let Some(error) = self.wal.read_only() {
             return Err(error);
         }
@@ -1121,10 +1122,37 @@ impl<E: Env> Store<E> {
     /// MemTable, finished flushes and compactions, and new ones. Returns the durable
     /// sequence number: every write up to it is acknowledged.
     pub fn poll(&mut self, wait: Option<Duration>) -> Result<u64, StorageError> {
+        self.resume_wal();
         let durable = self.wal.poll(wait)?;
         self.apply_durable(durable);
         self.maintain(false)?;
         Ok(durable)
+    }
+
+    /// Moves a WAL that a full disk stopped on ([`Wal::resume`]: a start on a full disk, or
+    /// the disk filling up while it ran): once it takes appends again, the writes it failed
+    /// are dropped here too (they were answered with errors and are not in the log, and
+    /// their sequence numbers are passed over).
+    fn resume_wal(&mut self) {
+        if !self.wal.resume() {
+            return;
+        }
+        if let Some((from, to)) = self.wal.take_skipped() {
+            let before = self.pending.len();
+            self.pending
+                .retain(|write| write.sequence < from || write.sequence > to);
+            self.pending_bytes = self
+                .pending
+                .iter()
+                .map(|write| value_bytes(&write.value))
+                .sum();
+            tracing::info!(
+                dropped = before - self.pending.len(),
+                first = from,
+                last = to,
+                "the writes the full disk failed are dropped; the WAL takes writes again"
+            );
+        }
     }
 
     fn apply_durable(&mut self, durable: u64) {
@@ -1418,8 +1446,7 @@ impl<E: Env> Store<E> {
     /// Installs finished jobs and starts due ones. `force_flush` flushes a non-empty
     /// MemTable whatever its size.
     fn maintain(&mut self, force_flush: bool) -> Result<(), StorageError> {
-        // A WAL opened on a disk that took no writes starts its segment once it does.
-        self.wal.resume();
+        self.resume_wal();
         while let Ok(finished) = self.finished_rx.try_recv() {
             self.install(finished)?;
         }

@@ -192,6 +192,9 @@ struct Failure {
     cause: String,
     /// Nothing was written: the WAL waits for the disk to take writes ([`Wal::resume`]).
     waiting: bool,
+    /// The disk was full (ENOSPC, EDQUOT): [`Wal::resume`] may start a new segment once it
+    /// is not (other failures wait for a restart).
+    resumable: bool,
 }
 
 impl Failure {
@@ -222,7 +225,7 @@ struct Segment {
 }
 
 /// The open batch: appends not yet submitted.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Batch {
     /// Segment position where its new bytes start.
     start: u64,
@@ -266,8 +269,17 @@ pub struct Wal<E: Env> {
     sequence_next: u64,
     durable_sequence: u64,
     failure: Option<Failure>,
-    /// The segment an open could not start on a disk that took no writes ([`Wal::resume`]).
+    /// The segment an open could not start on a disk that took no writes, or that replaces
+    /// the one the disk filled up ([`Wal::resume`]).
     waiting: Option<Waiting>,
+    /// Where the durable bytes of the current segment end (every chain on it up to there
+    /// completed): what a resume keeps of it.
+    durable_end: u64,
+    /// What the last resume skipped, until [`Wal::take_skipped`].
+    skipped: Option<(u64, u64)>,
+    /// The last sequence number actually in the log (replayed, or written by a completed
+    /// chain): `durable_sequence` without the numbers a resume passed over.
+    written_sequence: u64,
     stats: WalStats,
 }
 
@@ -289,6 +301,9 @@ struct Waiting {
     manifest_next: u64,
     /// The next try, not before.
     retry_at: Instant,
+    /// Sequence numbers of appends failed by the disk filling up while the WAL ran (none
+    /// for a start on a full disk): never durable, never used again ([`Wal::take_skipped`]).
+    skipped: Option<(u64, u64)>,
 }
 
 /// Whether `error` says the disk takes no writes now (full, over quota, or read-only): what
@@ -574,6 +589,7 @@ impl<E: Env> Wal<E> {
                     state: next_state,
                     manifest_next: manifest_number + 2,
                     retry_at: Instant::now() + RESUME_INTERVAL,
+                    skipped: None,
                 };
                 (placeholder, current, Some((waiting, error.to_string())))
             }
@@ -588,6 +604,7 @@ impl<E: Env> Wal<E> {
                     offset: 0,
                     cause,
                     waiting: true,
+                    resumable: true,
                 }),
             ),
             None => (None, None),
@@ -606,14 +623,7 @@ impl<E: Env> Wal<E> {
             segments,
             file,
             closing: None,
-            batch: Batch {
-                start: 0,
-                end: 0,
-                first_block: 0,
-                blocks: Vec::new(),
-                appends: 0,
-                last_sequence: 0,
-            },
+            batch: Batch::default(),
             in_flight: None,
             pool,
             finished: Vec::new(),
@@ -621,6 +631,9 @@ impl<E: Env> Wal<E> {
             durable_sequence: report.last_sequence,
             failure,
             waiting,
+            durable_end: 0,
+            skipped: None,
+            written_sequence: report.last_sequence,
             stats: WalStats::default(),
         };
         if !report.skipped.is_empty() {
@@ -735,10 +748,17 @@ impl<E: Env> Wal<E> {
     /// a MANIFEST number of its own. True when the WAL takes appends (now or already); a WAL
     /// made read-only by a failed write stays so until a restart.
     pub fn resume(&mut self) -> bool {
+        self.resume_at(Instant::now())
+    }
+
+    /// [`Wal::resume`] as if it were `now` (tests pass a time past the interval).
+    pub fn resume_at(&mut self, now: Instant) -> bool {
+        if self.waiting.is_none() && !self.park() {
+            return self.failure.is_none();
+        }
         let Some(waiting) = self.waiting.as_mut() else {
             return self.failure.is_none();
         };
-        let now = Instant::now();
         if now < waiting.retry_at {
             return false;
         }
@@ -765,6 +785,12 @@ impl<E: Env> Wal<E> {
                     last_sequence: 0,
                     bytes: 0,
                 });
+                self.durable_end = 0;
+                if let Some(skipped) = self.waiting.as_ref().and_then(|waiting| waiting.skipped) {
+                    // The failed appends' numbers are passed over, never used again.
+                    self.durable_sequence = skipped.1;
+                    self.skipped = Some(skipped);
+                }
                 self.waiting = None;
                 self.failure = None;
                 tracing::info!(dir = %self.dir.display(), segment = number, "the disk takes writes again: the WAL takes appends");
@@ -778,6 +804,87 @@ impl<E: Env> Wal<E> {
                 false
             }
         }
+    }
+
+    /// The sequence numbers of the appends a resume passed over (they failed when the disk
+    /// filled up and were never durable), once: the caller drops what it kept of them.
+    pub fn take_skipped(&mut self) -> Option<(u64, u64)> {
+        self.skipped.take()
+    }
+
+    /// After the disk filled up while the WAL ran: once no chain is in flight, cuts the
+    /// current segment back to its durable end (the failed chain's bytes, torn or not, go),
+    /// closes it, drops the open batch (its appends failed), and waits to start a new
+    /// segment as a start on a full disk does. False while that cannot be done (another
+    /// failure, a chain still in flight, or the cut itself failed).
+    fn park(&mut self) -> bool {
+        if !self
+            .failure
+            .as_ref()
+            .is_some_and(|failure| failure.resumable)
+        {
+            return false;
+        }
+        if self.in_flight.is_some() {
+            if let Err(error) = self.env.reap(None, &mut self.finished) {
+                tracing::warn!(%error, "reaping the WAL's last chain");
+            }
+            let mut finished = std::mem::take(&mut self.finished);
+            for chain in finished.drain(..) {
+                self.complete(chain);
+            }
+            self.finished = finished;
+            if self.in_flight.is_some() {
+                return false;
+            }
+        }
+        let Some(current) = self.segments.back().map(|segment| segment.number) else {
+            return false;
+        };
+        let path = self.dir.join(segment_name(current));
+        if let Err(error) = self.env.truncate_synced(&path, self.durable_end) {
+            tracing::error!(path = %path.display(), %error, "cannot cut the WAL back to its durable end: read-only until restart");
+            if let Some(failure) = &mut self.failure {
+                failure.resumable = false;
+            }
+            return false;
+        }
+        if let Some(closing) = self.closing.take() {
+            self.env.close_log(closing);
+        }
+        let placeholder = LogFile {
+            id: u32::MAX,
+            alignment: 1,
+            direct: false,
+        };
+        let file = std::mem::replace(&mut self.file, placeholder);
+        self.env.close_log(file);
+        if let Some(segment) = self.segments.back_mut() {
+            segment.bytes = self.durable_end;
+        }
+        self.pool.append(&mut self.batch.blocks);
+        self.batch = Batch::default();
+        let skipped = (self.durable_sequence < self.sequence_next - 1)
+            .then_some((self.durable_sequence + 1, self.sequence_next - 1));
+        let state = self.manifest.state();
+        let state = ManifestState {
+            segment_next: current + 2,
+            wal_sealed_sequence: state.wal_sealed_sequence.max(self.written_sequence),
+            ..state.clone()
+        };
+        self.waiting = Some(Waiting {
+            number: current + 1,
+            state,
+            // The failed MANIFEST switch, if that was what failed, tried `number + 1`.
+            manifest_next: self.manifest.number() + 2,
+            retry_at: Instant::now(),
+            skipped,
+        });
+        if let Some(failure) = &mut self.failure {
+            failure.waiting = true;
+        }
+        tracing::info!(path = %path.display(), durable_end = self.durable_end, "the WAL waits for the disk to have room, to start a new segment");
+        true
     }
 
     /// Whether the current segment is written with Direct I/O (`O_DIRECT | O_DSYNC`) rather
@@ -814,7 +921,7 @@ impl<E: Env> Wal<E> {
         if self.in_flight.is_some() {
             let wait = wait.filter(|_| self.failure.is_none());
             if let Err(error) = self.env.reap(wait, &mut self.finished) {
-                self.fail("reap", self.batch.start, &error.to_string());
+                self.fail_io("reap", self.batch.start, &error);
             }
             let mut finished = std::mem::take(&mut self.finished);
             for chain in finished.drain(..) {
@@ -855,7 +962,7 @@ impl<E: Env> Wal<E> {
         }
         let Some(sequence) = checkpoint else {
             if let Err(error) = self.manifest.apply(&mut self.env, &edit) {
-                self.fail("MANIFEST append", 0, &error.to_string());
+                self.fail_manifest(&error);
                 return Err(error);
             }
             return Ok(());
@@ -889,7 +996,7 @@ impl<E: Env> Wal<E> {
             ..tables
         };
         if let Err(error) = self.manifest.apply(&mut self.env, &edit) {
-            self.fail("MANIFEST append", 0, &error.to_string());
+            self.fail_manifest(&error);
             return Err(error);
         }
         // The edit is durable: from here on the checkpoint has happened. A segment that
@@ -986,12 +1093,13 @@ impl<E: Env> Wal<E> {
         let file = match self.env.open_log(&path) {
             Ok(file) => file,
             Err(error) => {
-                self.fail("creating a segment", 0, &error.to_string());
+                self.fail_io("creating a segment", 0, &error);
                 return Err(io_error("create", &path)(error));
             }
         };
         if let Err(error) = self.env.sync_dir(&self.dir) {
-            self.fail("fsync of the WAL directory", 0, &error.to_string());
+            self.env.close_log(file);
+            self.fail_io("fsync of the WAL directory", 0, &error);
             return Err(io_error("fsync", &self.dir)(error));
         }
         // The MANIFEST learns of the segment only once it exists: a crash in between leaves
@@ -1002,7 +1110,7 @@ impl<E: Env> Wal<E> {
         };
         if let Err(error) = self.manifest.apply(&mut self.env, &edit) {
             self.env.close_log(file);
-            self.fail("MANIFEST append", 0, &error.to_string());
+            self.fail_manifest(&error);
             return Err(error);
         }
         let previous = std::mem::replace(&mut self.file, file);
@@ -1122,7 +1230,9 @@ impl<E: Env> Wal<E> {
                 }
             }
             self.recycle(chain);
-            self.fail("submitting a write", offset, &error.to_string());
+            // It never reached the device: nothing of it is in flight.
+            self.in_flight = None;
+            self.fail_io("submitting a write", offset, &error);
         }
     }
 
@@ -1144,7 +1254,14 @@ impl<E: Env> Wal<E> {
             if result < 0 {
                 let error = std::io::Error::from_raw_os_error(-result);
                 self.recycle(chain);
-                self.fail("write", offset, &error.to_string());
+                self.fail_io("write", offset, &error);
+                self.close_if_closing(in_flight.file);
+                return;
+            }
+            if self.failure.is_some() {
+                // Read-only already: the rest is not written (a resume cuts it off).
+                self.recycle(chain);
+                self.close_if_closing(in_flight.file);
                 return;
             }
             // Short: the rest of the chain was cancelled. Write the remainder again, from the
@@ -1158,6 +1275,7 @@ impl<E: Env> Wal<E> {
                     offset,
                     &format!("{SHORT_WRITE_RETRIES_MAX} short writes in a row"),
                 );
+                self.close_if_closing(in_flight.file);
                 return;
             }
             let mut rest: Vec<BlockWrite> = chain.writes.drain(index..).collect();
@@ -1178,15 +1296,25 @@ impl<E: Env> Wal<E> {
                 let error = std::io::Error::from_raw_os_error(-result);
                 let offset = in_flight.end;
                 self.recycle(chain);
-                self.fail("fdatasync", offset, &error.to_string());
+                self.fail_io("fdatasync", offset, &error);
+                self.close_if_closing(in_flight.file);
                 return;
             }
         }
         self.recycle(chain);
         self.durable_sequence = in_flight.last_sequence;
-        if self.closing == Some(in_flight.file) {
+        self.written_sequence = in_flight.last_sequence;
+        if self.segments.back().map(|segment| segment.number) == Some(in_flight.segment) {
+            self.durable_end = in_flight.end;
+        }
+        self.close_if_closing(in_flight.file);
+    }
+
+    /// Closes `file` if it is the previous segment's, waiting for its last chain.
+    fn close_if_closing(&mut self, file: LogFile) {
+        if self.closing == Some(file) {
             self.closing = None;
-            self.env.close_log(in_flight.file);
+            self.env.close_log(file);
         }
     }
 
@@ -1195,8 +1323,32 @@ impl<E: Env> Wal<E> {
             .extend(chain.writes.into_iter().map(|write| write.buffer));
     }
 
-    /// Makes the WAL read-only after a failed operation.
+    /// Makes the WAL read-only after a failed operation. A chain in flight stays tracked:
+    /// it is reaped as it completes (its appends become durable if it succeeded), so that
+    /// nothing is left in the kernel when [`Wal::resume`] cuts the segment back.
     fn fail(&mut self, operation: &'static str, offset: u64, cause: &str) {
+        self.fail_as(operation, offset, cause, false);
+    }
+
+    /// [`Wal::fail`] for an I/O error: resumable when it says the disk was full.
+    fn fail_io(&mut self, operation: &'static str, offset: u64, error: &std::io::Error) {
+        let full = matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        self.fail_as(operation, offset, &error.to_string(), full);
+    }
+
+    /// [`Wal::fail`] for a MANIFEST error: resumable when the disk was full (the MANIFEST's
+    /// tail may be torn; a resume replaces the MANIFEST).
+    fn fail_manifest(&mut self, error: &StorageError) {
+        let full = match error {
+            StorageError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        };
+        self.fail_as("MANIFEST append", 0, &error.to_string(), full);
+    }
+
+    fn fail_as(&mut self, operation: &'static str, offset: u64, cause: &str, resumable: bool) {
         if self.failure.is_some() {
             return;
         }
@@ -1209,7 +1361,12 @@ impl<E: Env> Wal<E> {
             cause,
             durable_sequence = self.durable_sequence,
             failed_appends = self.sequence_next - 1 - self.durable_sequence,
-            "WAL write failed; the WAL is read-only until restart"
+            "WAL write failed; the WAL is read-only {}",
+            if resumable {
+                "until the disk has room again"
+            } else {
+                "until restart"
+            }
         );
         self.failure = Some(Failure {
             operation,
@@ -1217,8 +1374,8 @@ impl<E: Env> Wal<E> {
             offset,
             cause: cause.to_owned(),
             waiting: false,
+            resumable,
         });
-        self.in_flight = None;
     }
 
     /// Salvage: writes the records that survived into the new segment with their own
