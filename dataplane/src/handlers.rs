@@ -395,6 +395,46 @@ mod tests {
         assert!(!waits.acks_waiting());
     }
 
+    /// A WAL that a full disk stopped passes over the failed writes' sequence numbers when it
+    /// resumes: durable past them, it must still not acknowledge them, even to a handler
+    /// that is polled only then; a write durable before the failure is acknowledged.
+    #[test]
+    fn writes_the_wal_failed_stay_failed_when_it_resumes_past_their_numbers() {
+        let waits = Rc::new(Waits::default());
+        let mut executor = Executor::new(16).unwrap();
+        let to = Destination::Peer { leu: 1, token: 4 };
+        waits.durable_through(2);
+        for sequence in [3, 4] {
+            waits.expect(sequence);
+        }
+        let error = ShardError::Invalid("no space left".to_owned());
+        waits.failed(&error);
+        // The WAL resumes and passes over 3 and 4; their handlers run only now.
+        waits.durable_through(4);
+        for sequence in [2, 3, 4] {
+            let task = acknowledge(Rc::clone(&waits), to, sequence, marker(sequence), None);
+            executor.spawn(task).unwrap();
+        }
+        executor.run_ready(100);
+        let answers: Vec<String> = std::iter::from_fn(|| waits.take_finished())
+            .map(|finished| text(&finished.response))
+            .collect();
+        assert_eq!(answers.len(), 3, "{answers:?}");
+        assert!(answers[0].contains("marker 2"), "{answers:?}");
+        assert!(
+            answers[1..]
+                .iter()
+                .all(|answer| answer.contains("no space left")),
+            "{answers:?}"
+        );
+        // A write after the resume is acknowledged once durable.
+        let task = acknowledge(Rc::clone(&waits), to, 5, marker(5), None);
+        executor.spawn(task).unwrap();
+        waits.durable_through(5);
+        executor.run_ready(100);
+        assert!(text(&waits.take_finished().unwrap().response).contains("marker 5"));
+    }
+
     #[test]
     fn a_failed_wal_answers_the_waiting_writes_with_its_error_and_later_ones_wait_again() {
         let waits = Rc::new(Waits::default());
