@@ -113,8 +113,22 @@ fn start(config: &Path) -> (Child, String) {
     start_command(Command::new(BINARY).args(["run", "--config"]).arg(config))
 }
 
-/// Starts a prepared `run` command and waits for its readiness line.
+/// Starts a prepared `run` command and waits for its readiness line. The child is killed
+/// when the test's thread ends (`PR_SET_PDEATHSIG`), so that a test that fails before it
+/// stops its server leaves none running (holding ports, and the pipes of a caller reading
+/// the test's output).
 fn start_command(command: &mut Command) -> (Child, String) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and makes one async-signal-safe
+    // syscall (prctl), touching no locks or allocations.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
