@@ -635,29 +635,41 @@ fn a_build_seeded_from_an_earlier_graph_keeps_recall_and_carries_its_links() {
 
 /// Issue #22: a parallel build whose helpers run at idle priority keeps the recall of a
 /// single-thread build of the same data: no more than 0.005 below it at the same, small
-/// beam width (the mean of three parallel builds, each a different graph, against the
-/// deterministic one, over 1,000 queries). At ef 16: at ef 12 one run under the whole test
-/// suite's load measured 0.9561 against 0.9616 (helpers that get CPU time in bursts insert
-/// with staler views), outside the bound; quiet runs there were within 0.001.
+/// beam width, over 1,000 queries. Both sides are the mean of three builds, with three
+/// seeds (the seed draws each node's level, so one single-thread graph is itself one draw:
+/// comparing one draw against a mean left the test at its own noise, and one run under the
+/// whole suite's load failed it). At ef 16: at ef 12 one run under load measured 0.9561
+/// against 0.9616 (helpers that get CPU time in bursts insert with staler views). Known to
+/// fail under CPU contention: with two busy loops beside it on this 2-core VM, one of three
+/// runs built one parallel graph at 0.9593 against 0.9816 for its seed on one thread (issue
+/// #22, open: the shard builds on one thread by default).
 #[test]
 fn parallel_builds_with_idle_helpers_keep_the_single_thread_recall() {
     eprintln!("seed {SEED:#x}");
     let (count, dim) = (8000, 24);
     let (data, queries) = clustered_split(count, 1000, dim, 40, SEED ^ 7, Metric::L2);
     let search = search_params(16);
-    let single = Hnsw::build(dim, &data, None, &params(Metric::L2)).unwrap();
-    let single_recall = mean_recall(&single, &data, &queries, &search, &|_| true, None);
-    let parallel = parallel_params();
-    let parallel_recall = (0..3)
-        .map(|_| {
-            let index = Hnsw::build(dim, &data, None, &parallel).unwrap();
-            assert_eq!(index.len(), count);
-            mean_recall(&index, &data, &queries, &search, &|_| true, None)
-        })
-        .sum::<f64>()
-        / 3.0;
+    let seeds = [SEED, SEED ^ 1, SEED ^ 2];
+    let mean_over_seeds = |base: &BuildParams| -> (f64, Vec<f64>) {
+        let recalls: Vec<f64> = seeds
+            .iter()
+            .map(|&seed| {
+                let params = BuildParams {
+                    seed,
+                    ..base.clone()
+                };
+                let index = Hnsw::build(dim, &data, None, &params).unwrap();
+                assert_eq!(index.len(), count);
+                mean_recall(&index, &data, &queries, &search, &|_| true, None)
+            })
+            .collect();
+        (recalls.iter().sum::<f64>() / recalls.len() as f64, recalls)
+    };
+    let (single_recall, singles) = mean_over_seeds(&params(Metric::L2));
+    let (parallel_recall, parallels) = mean_over_seeds(&parallel_params());
     eprintln!(
-        "recall@10 at ef 16: one thread {single_recall:.4}, three (mean of 3) {parallel_recall:.4}"
+        "recall@10 at ef 16: one thread {single_recall:.4} {singles:.4?}, three \
+         {parallel_recall:.4} {parallels:.4?}"
     );
     assert!(
         parallel_recall >= single_recall - 0.005,
