@@ -1130,7 +1130,8 @@ impl<E: Env> Store<E> {
     }
 
     /// Moves a WAL that a full disk stopped on ([`Wal::resume`]: a start on a full disk, or
-    /// the disk filling up while it ran): once it takes appends again, the writes it failed
+    /// the disk filling up while it ran), from every poll and every admission (a healthy
+    /// WAL answers at once): once it takes appends again, the writes it failed
     /// are dropped here too (they were answered with errors and are not in the log, and
     /// their sequence numbers are passed over).
     fn resume_wal(&mut self) {
@@ -1446,7 +1447,6 @@ impl<E: Env> Store<E> {
     /// Installs finished jobs and starts due ones. `force_flush` flushes a non-empty
     /// MemTable whatever its size.
     fn maintain(&mut self, force_flush: bool) -> Result<(), StorageError> {
-        self.resume_wal();
         while let Ok(finished) = self.finished_rx.try_recv() {
             self.install(finished)?;
         }

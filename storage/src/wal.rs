@@ -190,16 +190,16 @@ struct Failure {
     path: PathBuf,
     offset: u64,
     cause: String,
-    /// Nothing was written: the WAL waits for the disk to take writes ([`Wal::resume`]).
-    waiting: bool,
     /// The disk was full (ENOSPC, EDQUOT): [`Wal::resume`] may start a new segment once it
     /// is not (other failures wait for a restart).
     resumable: bool,
 }
 
 impl Failure {
-    fn error(&self) -> StorageError {
-        if self.waiting {
+    /// The error appends get: `NoSpace` while the WAL waits for the disk to have room
+    /// ([`Wal::resume`]), else `ReadOnly`.
+    fn error(&self, waiting: bool) -> StorageError {
+        if waiting {
             return StorageError::NoSpace {
                 path: self.path.clone(),
                 cause: self.cause.clone(),
@@ -283,6 +283,14 @@ pub struct Wal<E: Env> {
     stats: WalStats,
 }
 
+/// The current file of a WAL without a segment (one waiting for the disk to have room):
+/// nothing is written to it (appends are refused) and it is never handed to the Env.
+const NO_FILE: LogFile = LogFile {
+    id: u32::MAX,
+    alignment: 1,
+    direct: false,
+};
+
 /// How often [`Wal::resume`] tries again to start the segment an open could not.
 pub const RESUME_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -306,23 +314,25 @@ struct Waiting {
     skipped: Option<(u64, u64)>,
 }
 
+/// Whether `error` says the disk is full (ENOSPC, or EDQUOT over a quota): what a running
+/// WAL waits out ([`Wal::resume`]).
+fn disk_full(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// The I/O error inside `error`, if that is what it is.
+fn io_source(error: &StorageError) -> Option<&std::io::Error> {
+    match error {
+        StorageError::Io { source, .. } => Some(source),
+        _ => None,
+    }
+}
+
 /// Whether `error` says the disk takes no writes now (full, over quota, or read-only): what
 /// an open waits out rather than fails on, serving reads meanwhile.
 pub fn takes_no_writes(error: &StorageError) -> bool {
-    match error {
-        StorageError::Io { source, .. } => {
-            matches!(
-                source.raw_os_error(),
-                Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS)
-            ) || matches!(
-                source.kind(),
-                std::io::ErrorKind::StorageFull
-                    | std::io::ErrorKind::QuotaExceeded
-                    | std::io::ErrorKind::ReadOnlyFilesystem
-            )
-        }
-        _ => false,
-    }
+    io_source(error)
+        .is_some_and(|source| disk_full(source) || source.raw_os_error() == Some(libc::EROFS))
 }
 
 /// Creates segment `number` (removing an empty one a failed try left), syncs the directory,
@@ -558,7 +568,7 @@ impl<E: Env> Wal<E> {
             previous,
         );
         let mut segments = replay.segments;
-        let (file, manifest, waiting) = match started_segment {
+        let (file, manifest, waiting, failure) = match started_segment {
             Ok((file, manifest)) => {
                 // MANIFESTs other than the new one are leftovers of an interrupted switch.
                 remove_stale_manifests(&mut env, dir, manifest.number());
@@ -567,7 +577,7 @@ impl<E: Env> Wal<E> {
                     last_sequence: 0,
                     bytes: 0,
                 });
-                (file, manifest, None)
+                (file, manifest, None, None)
             }
             // On a disk that takes no writes, the log is served as replayed (the caller's
             // reads go on) and appends wait for `resume` (salvage must write: refused).
@@ -578,12 +588,6 @@ impl<E: Env> Wal<E> {
                     "the disk takes no writes: the WAL refuses appends until it does \
                      (tried again every second); reads are served"
                 );
-                let placeholder = LogFile {
-                    id: u32::MAX,
-                    alignment: 1,
-                    direct: false,
-                };
-                let current = Manifest::unwritable(dir, manifest_number, state);
                 let waiting = Waiting {
                     number,
                     state: next_state,
@@ -591,23 +595,17 @@ impl<E: Env> Wal<E> {
                     retry_at: Instant::now() + RESUME_INTERVAL,
                     skipped: None,
                 };
-                (placeholder, current, Some((waiting, error.to_string())))
-            }
-            Err(error) => return Err(error),
-        };
-        let (waiting, failure) = match waiting {
-            Some((waiting, cause)) => (
-                Some(waiting),
-                Some(Failure {
+                let failure = Failure {
                     operation: "starting a segment",
                     path: dir.join(segment_name(number)),
                     offset: 0,
-                    cause,
-                    waiting: true,
+                    cause: error.to_string(),
                     resumable: true,
-                }),
-            ),
-            None => (None, None),
+                };
+                let current = Manifest::unwritable(dir, manifest_number, state);
+                (NO_FILE, current, Some(waiting), Some(failure))
+            }
+            Err(error) => return Err(error),
         };
 
         let blocks_per_batch = options.batch_bytes_max / BLOCK_BYTES + 2;
@@ -739,15 +737,21 @@ impl<E: Env> Wal<E> {
 
     /// Whether an I/O failure made the WAL read-only, and why.
     pub fn read_only(&self) -> Option<StorageError> {
-        self.failure.as_ref().map(Failure::error)
+        let waiting = self.waiting.is_some();
+        self.failure.as_ref().map(|failure| failure.error(waiting))
     }
 
-    /// Tries again, at most once per [`RESUME_INTERVAL`], to start the segment that an open
-    /// on a disk that took no writes could not (see [`Wal::open`]): the same steps (create
-    /// the segment, sync the directory, make a MANIFEST recording it current), each try with
-    /// a MANIFEST number of its own. True when the WAL takes appends (now or already); a WAL
-    /// made read-only by a failed write stays so until a restart.
+    /// Takes appends again after a full disk: for a WAL the disk filled up while it ran,
+    /// first cuts the segment back (`park`); then tries, at most once per
+    /// [`RESUME_INTERVAL`], to start a new segment as an open on a full disk could not (see
+    /// [`Wal::open`]): create it, sync the directory, make a MANIFEST recording it current,
+    /// each try with a MANIFEST number of its own. True when the WAL takes appends (now or
+    /// already); a WAL made read-only by another failure stays so until a restart. Called
+    /// on every poll: a healthy WAL answers without reading the clock.
     pub fn resume(&mut self) -> bool {
+        if self.failure.is_none() {
+            return true;
+        }
         self.resume_at(Instant::now())
     }
 
@@ -826,14 +830,7 @@ impl<E: Env> Wal<E> {
             return false;
         }
         if self.in_flight.is_some() {
-            if let Err(error) = self.env.reap(None, &mut self.finished) {
-                tracing::warn!(%error, "reaping the WAL's last chain");
-            }
-            let mut finished = std::mem::take(&mut self.finished);
-            for chain in finished.drain(..) {
-                self.complete(chain);
-            }
-            self.finished = finished;
+            self.reap(None);
             if self.in_flight.is_some() {
                 return false;
             }
@@ -852,12 +849,7 @@ impl<E: Env> Wal<E> {
         if let Some(closing) = self.closing.take() {
             self.env.close_log(closing);
         }
-        let placeholder = LogFile {
-            id: u32::MAX,
-            alignment: 1,
-            direct: false,
-        };
-        let file = std::mem::replace(&mut self.file, placeholder);
+        let file = std::mem::replace(&mut self.file, NO_FILE);
         self.env.close_log(file);
         if let Some(segment) = self.segments.back_mut() {
             segment.bytes = self.durable_end;
@@ -880,9 +872,6 @@ impl<E: Env> Wal<E> {
             retry_at: Instant::now(),
             skipped,
         });
-        if let Some(failure) = &mut self.failure {
-            failure.waiting = true;
-        }
         tracing::info!(path = %path.display(), durable_end = self.durable_end, "the WAL waits for the disk to have room, to start a new segment");
         true
     }
@@ -920,18 +909,11 @@ impl<E: Env> Wal<E> {
         self.start_write();
         if self.in_flight.is_some() {
             let wait = wait.filter(|_| self.failure.is_none());
-            if let Err(error) = self.env.reap(wait, &mut self.finished) {
-                self.fail_io("reap", self.batch.start, &error);
-            }
-            let mut finished = std::mem::take(&mut self.finished);
-            for chain in finished.drain(..) {
-                self.complete(chain);
-            }
-            self.finished = finished;
+            self.reap(wait);
             self.start_write();
         }
         match &self.failure {
-            Some(failure) => Err(failure.error()),
+            Some(failure) => Err(failure.error(self.waiting.is_some())),
             None => Ok(self.durable_sequence),
         }
     }
@@ -958,7 +940,7 @@ impl<E: Env> Wal<E> {
     /// failed MANIFEST append makes the WAL read-only.
     pub fn publish(&mut self, checkpoint: Option<u64>, edit: Edit) -> Result<(), StorageError> {
         if let Some(failure) = &self.failure {
-            return Err(failure.error());
+            return Err(failure.error(self.waiting.is_some()));
         }
         let Some(sequence) = checkpoint else {
             if let Err(error) = self.manifest.apply(&mut self.env, &edit) {
@@ -1029,7 +1011,7 @@ impl<E: Env> Wal<E> {
         payload: &[u8],
     ) -> Result<(), StorageError> {
         if let Some(failure) = &self.failure {
-            return Err(failure.error());
+            return Err(failure.error(self.waiting.is_some()));
         }
         if kind == 0 {
             return Err(StorageError::ReservedKind);
@@ -1253,15 +1235,13 @@ impl<E: Env> Wal<E> {
             let offset = chain.writes[index].offset;
             if result < 0 {
                 let error = std::io::Error::from_raw_os_error(-result);
-                self.recycle(chain);
                 self.fail_io("write", offset, &error);
-                self.close_if_closing(in_flight.file);
+                self.retire(chain, in_flight.file);
                 return;
             }
             if self.failure.is_some() {
                 // Read-only already: the rest is not written (a resume cuts it off).
-                self.recycle(chain);
-                self.close_if_closing(in_flight.file);
+                self.retire(chain, in_flight.file);
                 return;
             }
             // Short: the rest of the chain was cancelled. Write the remainder again, from the
@@ -1269,13 +1249,12 @@ impl<E: Env> Wal<E> {
             self.stats.short_writes += 1;
             in_flight.retries += 1;
             if in_flight.retries > SHORT_WRITE_RETRIES_MAX {
-                self.recycle(chain);
                 self.fail(
                     "write",
                     offset,
                     &format!("{SHORT_WRITE_RETRIES_MAX} short writes in a row"),
                 );
-                self.close_if_closing(in_flight.file);
+                self.retire(chain, in_flight.file);
                 return;
             }
             let mut rest: Vec<BlockWrite> = chain.writes.drain(index..).collect();
@@ -1295,23 +1274,35 @@ impl<E: Env> Wal<E> {
             if result < 0 {
                 let error = std::io::Error::from_raw_os_error(-result);
                 let offset = in_flight.end;
-                self.recycle(chain);
                 self.fail_io("fdatasync", offset, &error);
-                self.close_if_closing(in_flight.file);
+                self.retire(chain, in_flight.file);
                 return;
             }
         }
-        self.recycle(chain);
         self.durable_sequence = in_flight.last_sequence;
         self.written_sequence = in_flight.last_sequence;
         if self.segments.back().map(|segment| segment.number) == Some(in_flight.segment) {
             self.durable_end = in_flight.end;
         }
-        self.close_if_closing(in_flight.file);
+        self.retire(chain, in_flight.file);
     }
 
-    /// Closes `file` if it is the previous segment's, waiting for its last chain.
-    fn close_if_closing(&mut self, file: LogFile) {
+    /// Reaps finished chains (waiting up to `wait` for one) and handles each.
+    fn reap(&mut self, wait: Option<Duration>) {
+        if let Err(error) = self.env.reap(wait, &mut self.finished) {
+            self.fail_io("reap", self.batch.start, &error);
+        }
+        let mut finished = std::mem::take(&mut self.finished);
+        for chain in finished.drain(..) {
+            self.complete(chain);
+        }
+        self.finished = finished;
+    }
+
+    /// Done with a chain on `file`: its buffers go back to the pool, and `file` is closed
+    /// if it is the previous segment's, which waited for its last chain.
+    fn retire(&mut self, chain: WriteChain, file: LogFile) {
+        self.recycle(chain);
         if self.closing == Some(file) {
             self.closing = None;
             self.env.close_log(file);
@@ -1332,19 +1323,13 @@ impl<E: Env> Wal<E> {
 
     /// [`Wal::fail`] for an I/O error: resumable when it says the disk was full.
     fn fail_io(&mut self, operation: &'static str, offset: u64, error: &std::io::Error) {
-        let full = matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
-        self.fail_as(operation, offset, &error.to_string(), full);
+        self.fail_as(operation, offset, &error.to_string(), disk_full(error));
     }
 
     /// [`Wal::fail`] for a MANIFEST error: resumable when the disk was full (the MANIFEST's
     /// tail may be torn; a resume replaces the MANIFEST).
     fn fail_manifest(&mut self, error: &StorageError) {
-        let full = match error {
-            StorageError::Io { source, .. } => {
-                matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-            }
-            _ => false,
-        };
+        let full = io_source(error).is_some_and(disk_full);
         self.fail_as("MANIFEST append", 0, &error.to_string(), full);
     }
 
@@ -1373,7 +1358,6 @@ impl<E: Env> Wal<E> {
             path,
             offset,
             cause: cause.to_owned(),
-            waiting: false,
             resumable,
         });
     }
