@@ -914,7 +914,12 @@ fn two_tables() -> TwoTables {
         .collect();
     tables.sort();
     // One table per collection.
-    let table = vortex_storage::sstable::table::Table::open(&tables[0], 0).unwrap();
+    let table = vortex_storage::sstable::table::Table::open(
+        &vortex_storage::PosixFiles::shared(),
+        &tables[0],
+        0,
+    )
+    .unwrap();
     let (collection, data_end) = (table.footer().collection, table.footer().data_end);
     drop(table);
     // Collection ids count from 0 in the order of creation.
@@ -1062,7 +1067,12 @@ fn repair_keeps_every_point_that_verifies_and_names_the_ids_it_lost() {
         .map(|entry| entry.path())
         .collect();
     assert_eq!(tables.len(), 1, "{tables:?}");
-    let table = vortex_storage::sstable::table::Table::open(&tables[0], 0).unwrap();
+    let table = vortex_storage::sstable::table::Table::open(
+        &vortex_storage::PosixFiles::shared(),
+        &tables[0],
+        0,
+    )
+    .unwrap();
     let data_end = table.footer().data_end;
     assert_eq!(
         table.region_points().unwrap(),

@@ -75,7 +75,7 @@ fn build(dir: &Path) -> PathBuf {
 /// A byte inside `section` of the table at `path` (in slot 0's vector, id 0, for the vector
 /// region).
 fn section_offset(path: &Path, section: Section) -> u64 {
-    Table::open(path, 0)
+    Table::open(&vortex_storage::PosixFiles::shared(), path, 0)
         .unwrap()
         .footer()
         .section_start(section)
@@ -213,7 +213,7 @@ fn a_table_scanned_before_its_graph_is_built_is_checked_too() {
         "the build was not deferred"
     );
     // The last row of the region: the scan reaches it after every other.
-    let table = Table::open(&flushed[0], 0).unwrap();
+    let table = Table::open(&vortex_storage::PosixFiles::shared(), &flushed[0], 0).unwrap();
     let last =
         table.footer().section_start(Section::Vectors) + 299 * u64::from(table.footer().stride) + 3;
     drop(table);

@@ -222,7 +222,12 @@ fn node_graphs_never_rank_a_damaged_row() {
             .map(|e| e.path())
             .next()
             .unwrap();
-        let opened = vortex_storage::sstable::table::Table::open(&table, 0).unwrap();
+        let opened = vortex_storage::sstable::table::Table::open(
+            &vortex_storage::PosixFiles::shared(),
+            &table,
+            0,
+        )
+        .unwrap();
         let node = 100 + rng.below(400);
         let at = opened
             .footer()

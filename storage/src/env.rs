@@ -8,13 +8,17 @@
 //!
 //! The log's write path is asynchronous: the WAL hands over a [`WriteChain`] (the block
 //! writes of one group commit, in order, and for a buffered file a trailing `fdatasync`) and
-//! gets it back, with one result per operation, from [`Env::reap`]. Everything else (the
-//! MANIFEST, CURRENT, directory listings, truncation at recovery) is synchronous: it happens
-//! at boot, at rotation and at checkpoints, never per append.
+//! gets it back, with one result per operation, from [`Env::reap`]. Everything else goes
+//! through [`Files`], which the environment hands out ([`Env::files`]) and which is shared
+//! with the background threads: the MANIFEST, CURRENT, directory listings and truncation at
+//! recovery (synchronous, at boot, rotation and checkpoints, never per append), and the
+//! SSTables, written front to back by flushes and compactions ([`NewFile`]) and read in
+//! place ([`Mapped`]).
 
 use aligned_vec::{AVec, ConstAlign};
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Memory alignment of log buffers: enough for any Direct I/O device in use.
@@ -82,28 +86,156 @@ pub struct FinishedChain {
     pub results: Vec<i32>,
 }
 
-/// What storage asks of the file system.
-pub trait Env {
+/// The file system under everything but the log's write path: shared by the LEU and its
+/// background threads (flushes, compactions, the scrubber, table deletion).
+pub trait Files: Send + Sync + std::fmt::Debug {
     /// Creates `dir` and its parents.
-    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// The names of the entries in `dir`.
-    fn list(&mut self, dir: &Path) -> io::Result<Vec<String>>;
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Whether `path` exists.
-    fn exists(&mut self, path: &Path) -> io::Result<bool>;
+    fn exists(&self, path: &Path) -> io::Result<bool>;
     /// The whole content of `path`.
-    fn read(&mut self, path: &Path) -> io::Result<Vec<u8>>;
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Creates or truncates `path`, writes `bytes` and `fdatasync`s it.
-    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Appends `bytes` to `path` (created if missing) and `fdatasync`s it.
-    fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    fn append_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Truncates `path` to `length` bytes and `fdatasync`s it.
-    fn truncate_synced(&mut self, path: &Path, length: u64) -> io::Result<()>;
+    fn truncate_synced(&self, path: &Path, length: u64) -> io::Result<()>;
     /// Renames `from` to `to`, replacing `to`.
-    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes the file `path`.
-    fn remove(&mut self, path: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
     /// `fsync`s the directory `dir`, making its entries durable.
-    fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates `path` (it must not exist) to be written once, front to back.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn NewFile>>;
+    /// The whole content of `path`, to be read in place (mapped, on a real file system).
+    fn map(&self, path: &Path) -> io::Result<Mapped>;
+}
+
+/// A file being written front to back ([`Files::create_new`]). Writes may fall short, as
+/// `write(2)` may: `write_all` (or a `BufWriter`) continues them.
+pub trait NewFile: io::Write + Send + std::fmt::Debug {
+    /// `fsync`s the file. After a failure nothing written is known to be durable, and
+    /// nothing may be: the file is abandoned, never synced again and trusted (a retried
+    /// `fsync` can succeed without writing what the failed one lost).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A whole file's bytes for reading in place: the file's mapping on a real file system, a
+/// copy in [`FaultEnv`](crate::FaultEnv).
+pub struct Mapped(MappedBytes);
+
+enum MappedBytes {
+    File(memmap2::Mmap),
+    Memory(Arc<BlockBuffer>),
+}
+
+impl Mapped {
+    /// A mapping of `file`, which nothing may change while it lives.
+    ///
+    /// # Safety
+    /// The caller guarantees that no one writes to or truncates the file while the mapping
+    /// lives (a truncated mapping raises SIGBUS on access).
+    pub unsafe fn of_file(file: &std::fs::File) -> io::Result<Self> {
+        if file.metadata()?.len() == 0 {
+            return Ok(Mapped::copy(&[]));
+        }
+        // SAFETY: the caller's promise above.
+        let map = unsafe { memmap2::Mmap::map(file) }?;
+        Ok(Mapped(MappedBytes::File(map)))
+    }
+
+    /// Bytes in memory (aligned as log buffers are, so that vectors in them are aligned as
+    /// in a page-aligned mapping).
+    pub fn copy(bytes: &[u8]) -> Self {
+        Mapped(MappedBytes::Memory(Arc::new(AVec::from_slice(
+            BUFFER_ALIGN_BYTES,
+            bytes,
+        ))))
+    }
+
+    /// Unlocks the pages and drops this process's page-table entries for them (later reads
+    /// fault back in what they touch); nothing for bytes in memory.
+    pub fn release_pages(&self) {
+        if let MappedBytes::File(map) = &self.0 {
+            let _ = map.unlock();
+            // SAFETY: a read-only mapping of a file nothing writes (see `of_file`): dropping
+            // the page-table entries loses nothing, and every later read sees the same bytes.
+            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            MappedBytes::File(map) => map,
+            MappedBytes::Memory(bytes) => bytes,
+        }
+    }
+}
+
+impl std::fmt::Debug for Mapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.0 {
+            MappedBytes::File(_) => "file",
+            MappedBytes::Memory(_) => "memory",
+        };
+        write!(f, "Mapped({kind}, {} bytes)", self.len())
+    }
+}
+
+/// What storage asks of the file system: [`Files`] for everything, and the log's
+/// asynchronous write path. The synchronous operations default to [`Env::files`]'.
+pub trait Env {
+    /// The file system, for sharing with background threads.
+    fn files(&self) -> Arc<dyn Files>;
+
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+        self.files().create_dir_all(dir)
+    }
+    /// The names of the entries in `dir`.
+    fn list(&mut self, dir: &Path) -> io::Result<Vec<String>> {
+        self.files().list(dir)
+    }
+    /// Whether `path` exists.
+    fn exists(&mut self, path: &Path) -> io::Result<bool> {
+        self.files().exists(path)
+    }
+    /// The whole content of `path`.
+    fn read(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+        self.files().read(path)
+    }
+    /// Creates or truncates `path`, writes `bytes` and `fdatasync`s it.
+    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.files().write_synced(path, bytes)
+    }
+    /// Appends `bytes` to `path` (created if missing) and `fdatasync`s it.
+    fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        self.files().append_synced(path, bytes)
+    }
+    /// Truncates `path` to `length` bytes and `fdatasync`s it.
+    fn truncate_synced(&mut self, path: &Path, length: u64) -> io::Result<()> {
+        self.files().truncate_synced(path, length)
+    }
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        self.files().rename(from, to)
+    }
+    /// Removes the file `path`.
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        self.files().remove(path)
+    }
+    /// `fsync`s the directory `dir`, making its entries durable.
+    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+        self.files().sync_dir(dir)
+    }
 
     /// Creates the log file `path` (it must not exist) for the write path.
     fn open_log(&mut self, path: &Path) -> io::Result<LogFile>;

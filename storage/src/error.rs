@@ -66,14 +66,16 @@ pub enum StorageError {
         /// The error.
         cause: String,
     },
-    /// The disk took no writes when the WAL was opened (full, over quota, read-only): no
-    /// write is taken until it does, which the store tries every second; reads are served.
+    /// The disk takes no writes (full, over quota, read-only): the WAL could not start a
+    /// segment, or the flush that would make room in the memtable could not write its
+    /// table. No write is taken until it can, which the store tries every second; reads
+    /// are served.
     #[error(
         "the disk takes no writes ({path}: {cause}): writes are refused until it does (the \
          store tries again every second); reads are served"
     )]
     NoSpace {
-        /// The segment that could not be started.
+        /// The file that could not be created or written.
         path: PathBuf,
         /// The error.
         cause: String,

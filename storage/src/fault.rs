@@ -8,18 +8,21 @@
 //! throws the first image away, which is exactly what a power loss does to unsynced data.
 //!
 //! On top of that it can, on request: fail a chosen operation with any errno (EIO, ENOSPC),
-//! cut a log write short, tear a log write after any byte (and then lose power), and flip a
-//! bit anywhere. A Direct I/O log checks every write's alignment as the kernel would.
+//! cut a write short, tear a log write after any byte (and then lose power), lose power
+//! after any number of operations (to crash at every step of a flush or a compaction), and
+//! flip a bit anywhere. A Direct I/O log checks every write's alignment as the kernel would.
+//! A failed `fsync` of a table file acts as Linux's does: what it did not make durable is
+//! lost, and later `fsync`s of that file succeed without writing it.
 //!
 //! `FaultEnv` is a cheap handle: clones share one file system, so a test keeps one clone to
-//! inject faults and crash while the WAL owns another.
+//! inject faults and crash while the WAL owns another and the background threads a third
+//! (as [`Files`]).
 
-use crate::env::{Env, FinishedChain, LogFile, WriteChain};
-use std::cell::RefCell;
+use crate::env::{Env, Files, FinishedChain, LogFile, Mapped, NewFile, WriteChain};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Which operations a fault applies to.
@@ -37,6 +40,18 @@ pub enum Target {
     DirSync,
     /// Creating a log file.
     OpenLog,
+    /// Creating a file with [`Files::create_new`] (a table).
+    NewFile,
+    /// A write to such a file.
+    NewFileWrite,
+    /// Its `fsync`.
+    NewFileSync,
+    /// Reading or mapping a file.
+    Read,
+    /// A rename.
+    Rename,
+    /// A removal.
+    Remove,
 }
 
 /// A fault to inject.
@@ -62,12 +77,27 @@ pub enum Fault {
         /// Bytes persisted.
         bytes: usize,
     },
+    /// The next write to a [`Files::create_new`] file writes at most `bytes` bytes (at least
+    /// one) and reports that count.
+    ShortNewFileWrite {
+        /// Bytes written.
+        bytes: usize,
+    },
+    /// `after` more operations that change the file system (reads do not count) succeed;
+    /// the one after them finds the power gone: it fails with EIO, as does everything until
+    /// [`FaultEnv::crash`].
+    PowerOff {
+        /// Operations let through first.
+        after: u32,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
 struct Inode {
     data: Vec<u8>,
     durable: Vec<u8>,
+    /// An `fsync` of it failed: later ones report success and persist nothing.
+    sync_lost: bool,
 }
 
 #[derive(Debug, Default)]
@@ -83,8 +113,9 @@ struct State {
     /// Direct I/O alignment of log files; `None` for buffered logs.
     direct_alignment: Option<u32>,
     powered_off: bool,
-    /// The disk is full ([`FaultEnv::set_full`]).
-    full: bool,
+    /// The most bytes the files may hold ([`FaultEnv::set_full`],
+    /// [`FaultEnv::set_free_bytes`]); `None`: unlimited.
+    capacity: Option<u64>,
     /// Completed chains are kept back from `reap` (a slow device).
     holding: bool,
     log_writes: u64,
@@ -93,7 +124,7 @@ struct State {
 /// The fault-injecting in-memory file system.
 #[derive(Debug, Clone, Default)]
 pub struct FaultEnv {
-    state: Rc<RefCell<State>>,
+    state: Arc<Mutex<State>>,
 }
 
 fn errno(code: i32) -> io::Error {
@@ -112,7 +143,7 @@ impl FaultEnv {
     /// when they complete, misaligned writes refused with EINVAL).
     pub fn direct(alignment: u32) -> Self {
         let env = FaultEnv::default();
-        env.state.borrow_mut().direct_alignment = Some(alignment);
+        env.state().direct_alignment = Some(alignment);
         env
     }
 
@@ -124,7 +155,7 @@ impl FaultEnv {
     /// An independent copy of the file system as it is now (open files, chains in flight and
     /// armed faults are not copied).
     pub fn snapshot(&self) -> FaultEnv {
-        let state = self.state.borrow();
+        let state = self.state();
         let copy = State {
             names: state.names.clone(),
             durable_names: state.durable_names.clone(),
@@ -135,13 +166,25 @@ impl FaultEnv {
             ..State::default()
         };
         FaultEnv {
-            state: Rc::new(RefCell::new(copy)),
+            state: Arc::new(Mutex::new(copy)),
         }
     }
 
+    /// The state; a panic in another test thread holding it leaves it usable.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the power is gone ([`Fault::PowerOff`], [`Fault::TearWrite`]).
+    pub fn is_powered_off(&self) -> bool {
+        self.state().powered_off
+    }
+
     /// The names of the files in `dir` as a process sees them now.
-    pub fn files(&self, dir: &Path) -> Vec<String> {
-        let state = self.state.borrow();
+    pub fn file_names(&self, dir: &Path) -> Vec<String> {
+        let state = self.state();
         state
             .names
             .keys()
@@ -153,37 +196,52 @@ impl FaultEnv {
 
     /// Arms a fault.
     pub fn inject(&self, fault: Fault) {
-        self.state.borrow_mut().faults.push(fault);
+        self.state().faults.push(fault);
     }
 
     /// Keeps completed log writes from being reported (`true`), as a slow device would, or
     /// lets them through again (`false`).
     pub fn hold_completions(&self, hold: bool) {
-        self.state.borrow_mut().holding = hold;
+        self.state().holding = hold;
     }
 
-    /// Fills the disk (`true`) or frees space again (`false`): while it is full, every
-    /// operation that adds bytes or a file (a log write, `write_synced`, `append_synced`,
-    /// creating a log) fails with ENOSPC and changes nothing; reads, truncation, removal,
-    /// renames and syncs go on, as on a real file system.
+    /// Fills the disk (`true`: no byte free from now on) or lifts the limit (`false`):
+    /// while it is full, every write that adds bytes and every file creation fails with
+    /// ENOSPC and changes nothing; reads, overwrites in place, truncation, removal, renames
+    /// and syncs go on, as on a real file system.
     pub fn set_full(&self, full: bool) {
-        self.state.borrow_mut().full = full;
+        let mut state = self.state();
+        state.capacity = full.then(|| state.used_bytes());
+    }
+
+    /// Leaves `bytes` free from now on: a write that would take more fails with ENOSPC
+    /// and changes nothing, and creating a file fails once none are free; removing or
+    /// truncating files frees their bytes again. [`FaultEnv::set_full`]`(false)` lifts it.
+    pub fn set_free_bytes(&self, bytes: u64) {
+        let mut state = self.state();
+        state.capacity = Some(state.used_bytes() + bytes);
+    }
+
+    /// The bytes the files hold now.
+    pub fn used_bytes(&self) -> u64 {
+        self.state().used_bytes()
     }
 
     /// Disarms every fault not yet triggered.
     pub fn clear_faults(&self) {
-        self.state.borrow_mut().faults.clear();
+        self.state().faults.clear();
     }
 
     /// Power loss: every unsynced byte and every unsynced directory change is gone, open log
     /// files are closed and chains in flight are lost.
     pub fn crash(&self) {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.state();
         state.names = state.durable_names.clone();
         let live: std::collections::HashSet<u64> = state.names.values().copied().collect();
         state.inodes.retain(|inode, _| live.contains(inode));
         for inode in state.inodes.values_mut() {
             inode.data = inode.durable.clone();
+            inode.sync_lost = false;
         }
         state.logs.clear();
         state.finished.clear();
@@ -208,27 +266,35 @@ impl FaultEnv {
 
     /// The bytes of `path` that would survive a crash now.
     pub fn durable_bytes(&self, path: &Path) -> Option<Vec<u8>> {
-        let state = self.state.borrow();
+        let state = self.state();
         let inode = state.durable_names.get(path)?;
         state.inodes.get(inode).map(|inode| inode.durable.clone())
     }
 
     /// Log writes performed so far.
     pub fn log_writes(&self) -> u64 {
-        self.state.borrow().log_writes
+        self.state().log_writes
     }
 
     /// `write_synced` and `append_synced`: the file is created if missing, changed (a write
     /// fault changes nothing), then synced (a sync fault leaves the change unsynced).
-    fn write_file(&mut self, path: &Path, change: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
+    fn write_file(&self, path: &Path, change: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        let mut state = self.state();
         state.parent_exists(path)?;
         state.check(Target::FileWrite)?;
+        let old = state
+            .names
+            .get(path)
+            .and_then(|inode| state.inodes.get(inode));
+        let mut data = old.map(|inode| inode.data.clone()).unwrap_or_default();
+        let old_len = data.len();
+        change(&mut data);
+        state.check_space((data.len().saturating_sub(old_len)) as u64)?;
         let inode = match state.names.get(path) {
             Some(&inode) => inode,
             None => state.create(path),
         };
-        change(&mut state.inodes.entry(inode).or_default().data);
+        state.inodes.entry(inode).or_default().data = data;
         state.check(Target::FileSync)?;
         let node = state.inodes.entry(inode).or_default();
         node.durable = node.data.clone();
@@ -236,7 +302,7 @@ impl FaultEnv {
     }
 
     fn modify(&self, path: &Path, change: impl Fn(&mut Vec<u8>)) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.state();
         let inode = *state.names.get(path).ok_or_else(|| not_found(path))?;
         let inode = state.inodes.entry(inode).or_default();
         change(&mut inode.data);
@@ -275,18 +341,52 @@ impl State {
         if self.powered_off {
             return Err(errno(libc::EIO));
         }
-        if self.full
-            && matches!(
-                target,
-                Target::LogWrite | Target::FileWrite | Target::OpenLog
-            )
-        {
-            return Err(errno(libc::ENOSPC));
+        if target != Target::Read {
+            let power_off = self
+                .faults
+                .iter()
+                .position(|fault| matches!(fault, Fault::PowerOff { .. }));
+            if let Some(position) = power_off {
+                if let Fault::PowerOff { after } = &mut self.faults[position] {
+                    if *after == 0 {
+                        self.faults.remove(position);
+                        self.powered_off = true;
+                        return Err(errno(libc::EIO));
+                    }
+                    *after -= 1;
+                }
+            }
         }
         match self.take_fail(target) {
             Some(code) => Err(errno(code)),
             None => Ok(()),
         }
+    }
+
+    /// The bytes of every file a name reaches.
+    fn used_bytes(&self) -> u64 {
+        let live: std::collections::HashSet<u64> = self.names.values().copied().collect();
+        live.iter()
+            .filter_map(|inode| self.inodes.get(inode))
+            .map(|inode| inode.data.len() as u64)
+            .sum()
+    }
+
+    /// The bytes left under the capacity; `None`: unlimited.
+    fn free_bytes(&self) -> Option<u64> {
+        self.capacity
+            .map(|capacity| capacity.saturating_sub(self.used_bytes()))
+    }
+
+    /// ENOSPC when `growth` more bytes do not fit (creating a file asks for one).
+    fn check_space(&self, growth: u64) -> io::Result<()> {
+        let Some(free) = self.free_bytes() else {
+            return Ok(());
+        };
+        if growth > free {
+            return Err(errno(libc::ENOSPC));
+        }
+        Ok(())
     }
 
     fn inode_of(&self, path: &Path) -> io::Result<u64> {
@@ -335,7 +435,13 @@ impl State {
                     continue;
                 }
             }
-            if let Err(error) = self.check(Target::LogWrite) {
+            let growth = self.inodes.get(&inode).map_or(0, |node| {
+                (write.offset as usize + write.len()).saturating_sub(node.data.len())
+            });
+            if let Err(error) = self
+                .check(Target::LogWrite)
+                .and_then(|()| self.check_space(growth as u64))
+            {
                 results.push(-error.raw_os_error().unwrap_or(libc::EIO));
                 broken = true;
                 continue;
@@ -393,9 +499,72 @@ impl State {
     }
 }
 
-impl Env for FaultEnv {
-    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
+/// A file being written ([`Files::create_new`]) in a [`FaultEnv`].
+#[derive(Debug)]
+struct FaultNewFile {
+    env: FaultEnv,
+    inode: u64,
+}
+
+impl io::Write for FaultNewFile {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut state = self.env.state();
+        state.check(Target::NewFileWrite)?;
+        let short = state
+            .faults
+            .iter()
+            .position(|fault| matches!(fault, Fault::ShortNewFileWrite { .. }));
+        let count = match short.map(|position| state.faults.remove(position)) {
+            Some(Fault::ShortNewFileWrite { bytes: short }) => short.clamp(1, bytes.len().max(1)),
+            _ => bytes.len(),
+        }
+        .min(bytes.len());
+        // As write(2) on a disk nearly full: what fits, then ENOSPC.
+        let count = match state.free_bytes() {
+            Some(0) if count > 0 => return Err(errno(libc::ENOSPC)),
+            Some(free) => count.min(usize::try_from(free).unwrap_or(usize::MAX)),
+            None => count,
+        };
+        let node = state
+            .inodes
+            .get_mut(&self.inode)
+            .ok_or_else(|| errno(libc::EBADF))?;
+        node.data.extend_from_slice(&bytes[..count]);
+        Ok(count)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl NewFile for FaultNewFile {
+    fn sync(&mut self) -> io::Result<()> {
+        let mut state = self.env.state();
+        let failed = state.check(Target::NewFileSync);
+        let node = state
+            .inodes
+            .get_mut(&self.inode)
+            .ok_or_else(|| errno(libc::EBADF))?;
+        match failed {
+            Err(error) => {
+                // Linux marks the pages clean: the data never reaches the disk, and no
+                // later fsync reports it.
+                node.sync_lost = true;
+                Err(error)
+            }
+            Ok(()) if node.sync_lost => Ok(()),
+            Ok(()) => {
+                node.durable = node.data.clone();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Files for FaultEnv {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state();
         for ancestor in dir.ancestors() {
             if !ancestor.as_os_str().is_empty() {
                 state.dirs.insert(ancestor.to_owned(), ());
@@ -404,30 +573,21 @@ impl Env for FaultEnv {
         Ok(())
     }
 
-    fn list(&mut self, dir: &Path) -> io::Result<Vec<String>> {
-        let state = self.state.borrow();
-        if !state.dirs.contains_key(dir) {
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        if !self.state().dirs.contains_key(dir) {
             return Err(not_found(dir));
         }
-        Ok(state
-            .names
-            .keys()
-            .filter(|path| path.parent() == Some(dir))
-            .filter_map(|path| path.file_name())
-            .map(|name| name.to_string_lossy().into_owned())
-            .collect())
+        Ok(self.file_names(dir))
     }
 
-    fn exists(&mut self, path: &Path) -> io::Result<bool> {
-        let state = self.state.borrow();
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        let state = self.state();
         Ok(state.names.contains_key(path) || state.dirs.contains_key(path))
     }
 
-    fn read(&mut self, path: &Path) -> io::Result<Vec<u8>> {
-        let state = self.state.borrow();
-        if state.powered_off {
-            return Err(errno(libc::EIO));
-        }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut state = self.state();
+        state.check(Target::Read)?;
         let inode = state.inode_of(path)?;
         Ok(state
             .inodes
@@ -436,16 +596,16 @@ impl Env for FaultEnv {
             .unwrap_or_default())
     }
 
-    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         self.write_file(path, |data| *data = bytes.to_vec())
     }
 
-    fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fn append_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         self.write_file(path, |data| data.extend_from_slice(bytes))
     }
 
-    fn truncate_synced(&mut self, path: &Path, length: u64) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
+    fn truncate_synced(&self, path: &Path, length: u64) -> io::Result<()> {
+        let mut state = self.state();
         if state.powered_off {
             return Err(errno(libc::EIO));
         }
@@ -462,22 +622,18 @@ impl Env for FaultEnv {
         Ok(())
     }
 
-    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
-        if state.powered_off {
-            return Err(errno(libc::EIO));
-        }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        state.check(Target::Rename)?;
         state.parent_exists(to)?;
         let inode = state.names.remove(from).ok_or_else(|| not_found(from))?;
         state.names.insert(to.to_owned(), inode);
         Ok(())
     }
 
-    fn remove(&mut self, path: &Path) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
-        if state.powered_off {
-            return Err(errno(libc::EIO));
-        }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        state.check(Target::Remove)?;
         state
             .names
             .remove(path)
@@ -485,8 +641,8 @@ impl Env for FaultEnv {
             .ok_or_else(|| not_found(path))
     }
 
-    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state();
         state.check(Target::DirSync)?;
         let in_dir = |path: &Path| path.parent() == Some(dir);
         state.durable_names.retain(|path, _| !in_dir(path));
@@ -500,10 +656,43 @@ impl Env for FaultEnv {
         Ok(())
     }
 
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn NewFile>> {
+        let mut state = self.state();
+        state.parent_exists(path)?;
+        state.check(Target::NewFile)?;
+        state.check_space(1)?;
+        if state.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
+        }
+        let inode = state.create(path);
+        Ok(Box::new(FaultNewFile {
+            env: self.clone(),
+            inode,
+        }))
+    }
+
+    fn map(&self, path: &Path) -> io::Result<Mapped> {
+        let mut state = self.state();
+        state.check(Target::Read)?;
+        let inode = state.inode_of(path)?;
+        let bytes = state.inodes.get(&inode).map(|inode| &inode.data[..]);
+        Ok(Mapped::copy(bytes.unwrap_or_default()))
+    }
+}
+
+impl Env for FaultEnv {
+    fn files(&self) -> Arc<dyn Files> {
+        Arc::new(self.clone())
+    }
+
     fn open_log(&mut self, path: &Path) -> io::Result<LogFile> {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.state();
         state.parent_exists(path)?;
         state.check(Target::OpenLog)?;
+        state.check_space(1)?;
         if state.names.contains_key(path) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -528,13 +717,13 @@ impl Env for FaultEnv {
     }
 
     fn close_log(&mut self, file: LogFile) {
-        if let Some(slot) = self.state.borrow_mut().logs.get_mut(file.id as usize) {
+        if let Some(slot) = self.state().logs.get_mut(file.id as usize) {
             *slot = None;
         }
     }
 
     fn submit(&mut self, chain: WriteChain) -> Result<(), (WriteChain, io::Error)> {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.state();
         if state.powered_off {
             return Err((chain, errno(libc::EIO)));
         }
@@ -550,7 +739,7 @@ impl Env for FaultEnv {
         _wait: Option<Duration>,
         finished: &mut Vec<FinishedChain>,
     ) -> io::Result<()> {
-        let mut state = self.state.borrow_mut();
+        let mut state = self.state();
         if state.powered_off {
             // The device is gone: what was in flight will never complete.
             return Err(errno(libc::EIO));

@@ -30,13 +30,13 @@ pub mod sstable;
 pub mod store;
 pub mod wal;
 
-pub use env::Env;
+pub use env::{Env, Files, Mapped, NewFile};
 pub use error::StorageError;
 pub use fault::{Fault, FaultEnv, Target};
 pub use lock::{DirLock, LockError};
 pub use manifest::{Edit, Manifest, ManifestState};
 pub use memtable::{Key, Lookup, MemTable, MemTableFull, Point};
-pub use posix::{DirectIo, LogChain, LogOp, PosixEnv, SharedLogRing};
+pub use posix::{DirectIo, LogChain, LogOp, PosixEnv, PosixFiles, SharedLogRing};
 pub use store::{
     CompactionHook, Located, Snapshot, Store, StoreHooks, StoreOptions, StoreStats, TableRepair,
     WriteSize,

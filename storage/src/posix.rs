@@ -20,7 +20,9 @@
 //! its own; a chain that was still in flight then fails with `-ECANCELED` (the WAL turns
 //! read-only, as for any failed write), and nothing is left for the kernel to write from.
 
-use crate::env::{block_buffer, BlockBuffer, Env, FinishedChain, LogFile, WriteChain};
+use crate::env::{
+    block_buffer, BlockBuffer, Env, Files, FinishedChain, LogFile, Mapped, NewFile, WriteChain,
+};
 use crate::record::BLOCK_BYTES;
 use io_uring::{opcode, squeue, types};
 use std::fmt;
@@ -30,6 +32,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 use vortex_config::{BlockDevice, DirectIoAlignment};
 use vortex_io::{Owner, PushError, RingConfig, RingDriver};
@@ -323,12 +326,43 @@ impl PosixEnv {
     }
 }
 
-impl Env for PosixEnv {
-    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+/// Real files: [`Files`] with `std::fs`, tables mapped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PosixFiles;
+
+impl PosixFiles {
+    /// Real files as a shareable [`Files`] (what [`PosixEnv::files`] hands out).
+    pub fn shared() -> Arc<dyn Files> {
+        Arc::new(PosixFiles)
+    }
+}
+
+/// A table file being written ([`Files::create_new`] on real files).
+#[derive(Debug)]
+struct PosixNewFile(File);
+
+impl Write for PosixNewFile {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl NewFile for PosixNewFile {
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+
+impl Files for PosixFiles {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
     }
 
-    fn list(&mut self, dir: &Path) -> io::Result<Vec<String>> {
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             names.push(entry?.file_name().to_string_lossy().into_owned());
@@ -336,42 +370,60 @@ impl Env for PosixEnv {
         Ok(names)
     }
 
-    fn exists(&mut self, path: &Path) -> io::Result<bool> {
+    fn exists(&self, path: &Path) -> io::Result<bool> {
         path.try_exists()
     }
 
-    fn read(&mut self, path: &Path) -> io::Result<Vec<u8>> {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
     }
 
-    fn write_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fn write_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut file = File::create(path)?;
         file.write_all(bytes)?;
         file.sync_data()
     }
 
-    fn append_synced(&mut self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fn append_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
         file.write_all(bytes)?;
         file.sync_data()
     }
 
-    fn truncate_synced(&mut self, path: &Path, length: u64) -> io::Result<()> {
+    fn truncate_synced(&self, path: &Path, length: u64) -> io::Result<()> {
         let file = OpenOptions::new().write(true).open(path)?;
         file.set_len(length)?;
         file.sync_all()
     }
 
-    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         std::fs::rename(from, to)
     }
 
-    fn remove(&mut self, path: &Path) -> io::Result<()> {
+    fn remove(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
     }
 
-    fn sync_dir(&mut self, dir: &Path) -> io::Result<()> {
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn NewFile>> {
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(Box::new(PosixNewFile(file)))
+    }
+
+    fn map(&self, path: &Path) -> io::Result<Mapped> {
+        let file = File::open(path)?;
+        // SAFETY: storage maps only files it wrote whole and never changes again (tables),
+        // and deletes one only when nothing maps it (the obsolete-on-drop rule).
+        unsafe { Mapped::of_file(&file) }
+    }
+}
+
+impl Env for PosixEnv {
+    fn files(&self) -> Arc<dyn Files> {
+        PosixFiles::shared()
     }
 
     fn open_log(&mut self, path: &Path) -> io::Result<LogFile> {

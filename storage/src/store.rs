@@ -32,14 +32,14 @@
 //! [`ReplicaRepair`] hook, where repair from a replica plugs in once there is Raft.
 
 use crate::background::{BackgroundPool, Job, PoolFull, RateLimiter};
-use crate::env::Env;
+use crate::env::{Env, Files};
 use crate::error::{io_error, StorageError};
 use crate::manifest::{Edit, TableMeta, LEVELS};
 use crate::memtable::{Key, Lookup, MemTable, Point, Value};
 use crate::merge::{memtable_entry, Merge, Source};
 use crate::sstable::table::VECTOR_BYTES_MAX;
 use crate::sstable::table::{parse_table_name, table_name, Entry, Table, TableBuilder};
-use crate::wal::{ReplayReport, Wal, WalOptions, WalStats};
+use crate::wal::{disk_full, ReplayReport, Wal, WalOptions, WalStats};
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -440,6 +440,7 @@ fn key_range<'a>(tables: impl IntoIterator<Item = &'a Arc<Table>>) -> Option<(Ke
 
 /// State shared with the background threads.
 struct Shared {
+    files: Arc<dyn Files>,
     tables_dir: PathBuf,
     table_next: AtomicU64,
     current: Mutex<Arc<Version>>,
@@ -506,6 +507,9 @@ pub struct Store<E: Env> {
     flush_running: bool,
     compaction_running: bool,
     retry_at: Option<Instant>,
+    /// The last flush failed on a full disk (the file, the error): writes that wait for a
+    /// flush are answered NoSpace until one succeeds.
+    flush_disk_full: Option<(PathBuf, String)>,
     compact_pointer: [Option<Key>; LEVELS],
     scrubber: Option<JoinHandle<()>>,
     scratch: Vec<u8>,
@@ -773,10 +777,8 @@ fn value_bytes(value: &Value) -> usize {
         }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    std::fs::File::open(dir)
-        .and_then(|file| file.sync_all())
-        .map_err(io_error("fsync", dir))
+fn sync_dir(files: &dyn Files, dir: &Path) -> Result<(), StorageError> {
+    files.sync_dir(dir).map_err(io_error("fsync", dir))
 }
 
 impl<E: Env> Store<E> {
@@ -790,8 +792,11 @@ impl<E: Env> Store<E> {
         hooks: StoreHooks,
     ) -> Result<(Self, OpenReport), StorageError> {
         options.validate().map_err(StorageError::Invalid)?;
+        let files = env.files();
         let tables_dir = dir.join("tables");
-        std::fs::create_dir_all(&tables_dir).map_err(io_error("create", &tables_dir))?;
+        files
+            .create_dir_all(&tables_dir)
+            .map_err(io_error("create", &tables_dir))?;
         let mut memtable = MemTable::new(options.memtable_bytes);
         let mut bad_record = None;
         let (wal, replay) =
@@ -814,14 +819,14 @@ impl<E: Env> Store<E> {
             });
         }
         // The `tables` and `wal` entries themselves must survive a power loss.
-        sync_dir(dir)?;
+        sync_dir(&*files, dir)?;
         let state = wal.manifest_state().clone();
         let mut version = Version::default();
         let mut quarantined = 0;
         let damage = replay.manifest_damage.as_deref();
         for meta in state.tables.values() {
             let path = tables_dir.join(table_name(meta.number));
-            let table = match Table::open(&path, meta.number) {
+            let table = match Table::open(&files, &path, meta.number) {
                 Ok(table) => table,
                 Err(error) => {
                     quarantined += 1;
@@ -835,7 +840,7 @@ impl<E: Env> Store<E> {
                         ),
                         None => error.to_string(),
                     };
-                    Table::broken(&path, meta, &reason)
+                    Table::broken(&files, &path, meta, &reason)
                 }
             };
             version.insert(meta.level as usize, Arc::new(table));
@@ -846,16 +851,17 @@ impl<E: Env> Store<E> {
         // Past the numbers moved aside too: the damaged edit may have counted them.
         let mut table_next = state.table_next;
         let lost_found = dir.join(LOST_FOUND);
-        let names = std::fs::read_dir(&tables_dir).map_err(io_error("list", &tables_dir))?;
-        for name in names.flatten() {
-            let name = name.file_name().to_string_lossy().into_owned();
+        let names = files
+            .list(&tables_dir)
+            .map_err(io_error("list", &tables_dir))?;
+        for name in names {
             let orphan = parse_table_name(&name).filter(|number| !live.contains(number));
             if let Some(number) = orphan {
                 let path = tables_dir.join(&name);
                 if let Some(damage) = damage {
                     table_next = table_next.max(number + 1);
                     // Never delete what a damaged edit may list: keep it for the operator.
-                    let aside = move_to_lost_found(dir, &path)?;
+                    let aside = move_to_lost_found(&*files, dir, &path)?;
                     tracing::error!(
                         path = %aside.display(),
                         %damage,
@@ -864,21 +870,22 @@ impl<E: Env> Store<E> {
                     );
                     moved_aside.push(aside);
                 } else {
-                    std::fs::remove_file(&path).map_err(io_error("remove", &path))?;
+                    files.remove(&path).map_err(io_error("remove", &path))?;
                     tracing::info!(path = %path.display(), "removed an SSTable no version lists");
                     orphans_removed += 1;
                 }
             }
         }
         if orphans_removed > 0 || !moved_aside.is_empty() {
-            sync_dir(&tables_dir)?;
+            sync_dir(&*files, &tables_dir)?;
         }
         if !moved_aside.is_empty() {
-            sync_dir(&lost_found)?;
+            sync_dir(&*files, &lost_found)?;
         }
         hooks.compaction.retain(&live);
         let version = Arc::new(version);
         let shared = Arc::new(Shared {
+            files,
             tables_dir,
             table_next: AtomicU64::new(table_next),
             current: Mutex::new(Arc::clone(&version)),
@@ -949,6 +956,7 @@ impl<E: Env> Store<E> {
             flush_running: false,
             compaction_running: false,
             retry_at: None,
+            flush_disk_full: None,
             compact_pointer: [None; LEVELS],
             scrubber,
             scratch: Vec::new(),
@@ -1011,7 +1019,7 @@ impl<E: Env> Store<E> {
         }
         if self.wal_full() {
             self.maintain(true)?;
-            return Err(StorageError::Throttled(WAL_FULL));
+            return Err(self.waiting_for_flush(WAL_FULL));
         }
         if room
             && self
@@ -1021,9 +1029,27 @@ impl<E: Env> Store<E> {
             return Ok(());
         }
         self.maintain(false)?;
+        if !room {
+            return Err(
+                self.waiting_for_flush("the memtable is full until the running flush completes")
+            );
+        }
         Err(StorageError::Throttled(
-            "the memtable or the WAL's open batch is full until a flush or a write completes",
+            "the WAL's open batch is full until a write completes",
         ))
+    }
+
+    /// The answer to a write that waits for a flush: THROTTLED, or, while the last flush
+    /// failed on a full disk, [`StorageError::NoSpace`] (retrying soon will not help; the
+    /// flush is retried every second and writes are taken once it succeeds).
+    fn waiting_for_flush(&self, reason: &'static str) -> StorageError {
+        match &self.flush_disk_full {
+            Some((path, cause)) => StorageError::NoSpace {
+                path: path.clone(),
+                cause: cause.clone(),
+            },
+            None => StorageError::Throttled(reason),
+        }
     }
 
     /// The checks of [`admit`](Self::admit) that depend on the batch alone, not on the
@@ -1099,13 +1125,13 @@ impl<E: Env> Store<E> {
             entries_max > 0 && self.memtable.len() + self.pending.len() >= 2 * entries_max;
         if held > 0 && (held + bytes > 2 * self.options.memtable_bytes || entries_full) {
             self.maintain(false)?;
-            return Err(StorageError::Throttled(
-                "the memtable is full until the running flush completes",
-            ));
+            return Err(
+                self.waiting_for_flush("the memtable is full until the running flush completes")
+            );
         }
         if self.wal_full() {
             self.maintain(true)?;
-            return Err(StorageError::Throttled(WAL_FULL));
+            return Err(self.waiting_for_flush(WAL_FULL));
         }
         let sequence = self.wal.append(kind, record)?;
         self.pending_bytes += bytes;
@@ -1689,10 +1715,17 @@ impl<E: Env> Store<E> {
                     Err(error) => {
                         // The frozen MemTable stays readable; maintain() flushes it again
                         // once the retry delay has passed.
+                        self.flush_disk_full = match &error {
+                            StorageError::Io { path, source, .. } if disk_full(source) => {
+                                Some((path.clone(), source.to_string()))
+                            }
+                            _ => None,
+                        };
                         self.background_failed("flush", &error);
                         return Ok(());
                     }
                 };
+                self.flush_disk_full = None;
                 let edit = Edit {
                     table_next: Some(self.shared.table_next.load(Ordering::Acquire)),
                     tables_added: outputs.iter().map(|t| table_meta(t, 0)).collect(),
@@ -1930,12 +1963,16 @@ impl<E: Env> Store<E> {
     /// `lost+found/` (never deleted: the operator may want it).
     fn remove_damaged_table(&mut self, table: &Arc<Table>) -> Result<(), StorageError> {
         self.remove_tables(std::slice::from_ref(table))?;
-        if table.path().exists() {
-            let aside = move_to_lost_found(&self.dir, table.path())?;
+        let files = &*self.shared.files;
+        let exists = files
+            .exists(table.path())
+            .map_err(io_error("stat", table.path()))?;
+        if exists {
+            let aside = move_to_lost_found(files, &self.dir, table.path())?;
             if let Some(tables_dir) = table.path().parent() {
-                sync_dir(tables_dir)?;
+                sync_dir(files, tables_dir)?;
             }
-            sync_dir(&self.dir.join(LOST_FOUND))?;
+            sync_dir(files, &self.dir.join(LOST_FOUND))?;
             tracing::warn!(
                 table = table.number(),
                 path = %aside.display(),
@@ -2105,21 +2142,25 @@ fn obsolete(shared: &Shared, table: &Table) {
 /// Moves `path` into the store's `lost+found/` (created if need be) under its own name, or
 /// with `.1`, `.2`, … appended where that is taken; returns where it went. Files the store
 /// must not delete, and no longer uses, go there for the operator.
-fn move_to_lost_found(dir: &Path, path: &Path) -> Result<PathBuf, StorageError> {
+fn move_to_lost_found(files: &dyn Files, dir: &Path, path: &Path) -> Result<PathBuf, StorageError> {
     let lost_found = dir.join(LOST_FOUND);
-    std::fs::create_dir_all(&lost_found).map_err(io_error("create", &lost_found))?;
+    files
+        .create_dir_all(&lost_found)
+        .map_err(io_error("create", &lost_found))?;
     let name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut aside = lost_found.join(&name);
     for copy in 1.. {
-        if !aside.exists() {
+        if !files.exists(&aside).map_err(io_error("stat", &aside))? {
             break;
         }
         aside = lost_found.join(format!("{name}.{copy}"));
     }
-    std::fs::rename(path, &aside).map_err(io_error("rename", path))?;
+    files
+        .rename(path, &aside)
+        .map_err(io_error("rename", path))?;
     Ok(aside)
 }
 
@@ -2185,7 +2226,10 @@ fn write_tables(
             if builder.is_none() {
                 let number = shared.table_next.fetch_add(1, Ordering::AcqRel);
                 let path = shared.tables_dir.join(table_name(number));
-                builder = Some((number, TableBuilder::create(&path, key.collection)?));
+                builder = Some((
+                    number,
+                    TableBuilder::create(&shared.files, &path, key.collection)?,
+                ));
             }
             if let Some((_, building)) = builder.as_mut() {
                 building.add(key, sequence, point.as_ref(), limiter.as_deref_mut())?;
@@ -2196,7 +2240,7 @@ fn write_tables(
                 shared, options, number, done, limiter, written,
             )?);
         }
-        sync_dir(&shared.tables_dir)
+        sync_dir(&*shared.files, &shared.tables_dir)
     })();
     match result {
         Ok(()) => Ok(outputs),

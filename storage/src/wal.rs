@@ -316,7 +316,7 @@ struct Waiting {
 
 /// Whether `error` says the disk is full (ENOSPC, or EDQUOT over a quota): what a running
 /// WAL waits out ([`Wal::resume`]).
-fn disk_full(error: &std::io::Error) -> bool {
+pub(crate) fn disk_full(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 

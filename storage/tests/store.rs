@@ -518,7 +518,12 @@ fn oversized_writes_and_unsafe_limits_are_refused() {
 fn an_abandoned_table_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(table_name(5));
-    let mut builder = vortex_storage::sstable::table::TableBuilder::create(&path, 1).unwrap();
+    let mut builder = vortex_storage::sstable::table::TableBuilder::create(
+        &vortex_storage::PosixFiles::shared(),
+        &path,
+        1,
+    )
+    .unwrap();
     builder
         .add(key(1, 1), 1, Some(&Point::new(&[1; 16], b"x")), None)
         .unwrap();
@@ -817,7 +822,12 @@ fn resident_kib_at(address: usize) -> u64 {
 fn whole_table_passes_leave_no_page_resident() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(table_name(7));
-    let mut builder = vortex_storage::sstable::table::TableBuilder::create(&path, 1).unwrap();
+    let mut builder = vortex_storage::sstable::table::TableBuilder::create(
+        &vortex_storage::PosixFiles::shared(),
+        &path,
+        1,
+    )
+    .unwrap();
     let vector = vec![7u8; 4096];
     for point in 0..2048 {
         builder
@@ -1241,18 +1251,18 @@ fn repair_keeps_what_verifies_and_reports_exactly_what_it_deleted() {
         .find_map(|path| {
             let name = path.file_name()?.to_string_lossy().into_owned();
             let number = vortex_storage::sstable::table::parse_table_name(&name)?;
-            let table = Table::open(&path, number).ok()?;
+            let table = Table::open(&vortex_storage::PosixFiles::shared(), &path, number).ok()?;
             (table.footer().tombstones > 0 && table.footer().vector_count == 1000)
                 .then_some((path, number))
         })
         .expect("table T");
-    let region = Table::open(&t_path, t_number)
+    let region = Table::open(&vortex_storage::PosixFiles::shared(), &t_path, t_number)
         .unwrap()
         .region_points()
         .unwrap();
     let unit = 5usize;
     let in_unit: BTreeSet<u64> = region[unit * 64..(unit + 1) * 64].iter().copied().collect();
-    let start = Table::open(&t_path, t_number)
+    let start = Table::open(&vortex_storage::PosixFiles::shared(), &t_path, t_number)
         .unwrap()
         .footer()
         .section_start(Section::Vectors);
@@ -1329,6 +1339,7 @@ fn repair_keeps_what_verifies_and_reports_exactly_what_it_deleted() {
     // the process died before the table was taken out. The next run finds those newer and
     // ends where one run ends.
     let salvage = Table::open(
+        &vortex_storage::PosixFiles::shared(),
         &crashed.path().join("tables").join(table_name(t_number)),
         t_number,
     )

@@ -229,14 +229,14 @@ fn checkpoints_delete_old_segments_and_replay_skips_them() {
     let (mut wal, _, _) = open(env.clone(), &dir(), small_options()).unwrap();
     let written = append_all(&mut wal, &[20_000; 100]);
     let segments_before = env
-        .files(&dir())
+        .file_names(&dir())
         .iter()
         .filter(|n| n.starts_with("wal-"))
         .count();
     assert!(segments_before >= 4, "{segments_before}");
     wal.checkpoint(40).unwrap();
     let segments_after = env
-        .files(&dir())
+        .file_names(&dir())
         .iter()
         .filter(|n| n.starts_with("wal-"))
         .count();
@@ -576,7 +576,7 @@ fn a_failed_segment_creation_at_rotation_makes_the_wal_read_only() {
 
 /// Only the MANIFEST in force is left in the WAL's directory.
 fn assert_one_manifest(env: &FaultEnv, what: &str) {
-    let files = env.files(&dir());
+    let files = env.file_names(&dir());
     let manifests = files.iter().filter(|name| name.starts_with("MANIFEST"));
     assert_eq!(manifests.count(), 1, "{what}: {files:?}");
 }
@@ -826,7 +826,7 @@ fn a_missing_current_or_segment_is_refused() {
     assert!(error.to_string().contains("CURRENT does not"), "{error}");
 
     let segments: Vec<String> = env
-        .files(&dir())
+        .file_names(&dir())
         .into_iter()
         .filter(|name| name.starts_with("wal-"))
         .collect();

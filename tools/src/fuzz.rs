@@ -560,7 +560,7 @@ pub fn sstable_file(data: &[u8]) -> usize {
     if std::fs::write(&path, &bytes).is_err() {
         return 0;
     }
-    let opened = Table::open(&path, 1);
+    let opened = Table::open(&vortex_storage::PosixFiles::shared(), &path, 1);
     let _ = std::fs::remove_file(&path); // the mapping outlives the name
     let Ok(table) = opened else {
         return 0;
@@ -604,7 +604,8 @@ pub fn sstable_file(data: &[u8]) -> usize {
 pub fn sample_table() -> Vec<u8> {
     let path = fuzz_table_path().with_extension("seed.sst");
     let _ = std::fs::remove_file(&path);
-    let mut builder = TableBuilder::create(&path, 3).expect("create a seed table");
+    let mut builder = TableBuilder::create(&vortex_storage::PosixFiles::shared(), &path, 3)
+        .expect("create a seed table");
     for point in 0..40u64 {
         let entry = (point % 7 != 3).then(|| Point {
             vector: (0..12).map(|i| (point as u8).wrapping_mul(i)).collect(),

@@ -676,9 +676,13 @@ fn scrub_checks_every_table_online_and_reports_damage() {
     assert!(none.contains("no table is fenced"), "{none}");
     assert_eq!(expect(a, &["fenced", "--json"], 0).trim(), "[]");
     // A bit flips in the vector region, under the running appliance.
-    let footer = *vortex_storage::sstable::table::Table::open(&table, 0)
-        .unwrap()
-        .footer();
+    let footer = *vortex_storage::sstable::table::Table::open(
+        &vortex_storage::PosixFiles::shared(),
+        &table,
+        0,
+    )
+    .unwrap()
+    .footer();
     vortex_test_support::files::flip(
         &table,
         footer.section_start(vortex_storage::sstable::table::Section::Vectors) + 5,

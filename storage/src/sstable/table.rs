@@ -28,10 +28,10 @@
 use super::block::{Block, BlockBuilder, BLOCK_UNIT_BYTES};
 use crate::background::RateLimiter;
 use crate::bloom::BloomFilter;
+use crate::env::{Files, Mapped, NewFile};
 use crate::error::{io_error, StorageError};
 use crate::manifest::{parse_file_number, TableMeta};
 use crate::memtable::{Key, Point};
-use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -403,9 +403,10 @@ pub struct Entry {
 /// next one may join this table (same collection, same vector length).
 #[derive(Debug)]
 pub struct TableBuilder {
+    files: Arc<dyn Files>,
     path: PathBuf,
     /// `None` once finished; a builder dropped before then deletes its file.
-    file: Option<io::BufWriter<File>>,
+    file: Option<io::BufWriter<Box<dyn NewFile>>>,
     footer: Footer,
     vector_bytes: Option<usize>,
     block: BlockBuilder,
@@ -418,14 +419,15 @@ pub struct TableBuilder {
 }
 
 impl TableBuilder {
-    /// Creates `path` (it must not exist) for a table of `collection`.
-    pub fn create(path: &Path, collection: u32) -> Result<Self, StorageError> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io_error("create", path))?;
+    /// Creates `path` in `files` (it must not exist) for a table of `collection`.
+    pub fn create(
+        files: &Arc<dyn Files>,
+        path: &Path,
+        collection: u32,
+    ) -> Result<Self, StorageError> {
+        let file = files.create_new(path).map_err(io_error("create", path))?;
         Ok(TableBuilder {
+            files: Arc::clone(files),
             path: path.to_owned(),
             file: Some(io::BufWriter::with_capacity(256 << 10, file)),
             footer: Footer {
@@ -609,10 +611,10 @@ impl TableBuilder {
         let result = writer
             .into_inner()
             .map_err(|error| io_error("write", &self.path)(error.into_error()))
-            .and_then(|file| file.sync_all().map_err(io_error("fsync", &self.path)))
+            .and_then(|mut file| file.sync().map_err(io_error("fsync", &self.path)))
             .and_then(|()| {
                 // The assertion after the write: what is on disk opens and verifies whole.
-                let table = Table::open(&self.path, number)?;
+                let table = Table::open(&self.files, &self.path, number)?;
                 table.verify(None, None)?;
                 table.release_pages();
                 Ok(table)
@@ -624,7 +626,7 @@ impl TableBuilder {
     }
 
     fn remove_file(&self) {
-        if let Err(error) = std::fs::remove_file(&self.path) {
+        if let Err(error) = self.files.remove(&self.path) {
             tracing::warn!(path = %self.path.display(), %error, "cannot remove an abandoned SSTable");
         }
     }
@@ -645,10 +647,11 @@ impl Drop for TableBuilder {
 /// version of the store no longer lists it, it is marked obsolete, and the last holder to
 /// drop it deletes the file: a file is never deleted under a reader.
 pub struct Table {
+    files: Arc<dyn Files>,
     number: u64,
     path: PathBuf,
     /// `None` for a table that could not be opened (quarantined from the start).
-    map: Option<memmap2::Mmap>,
+    map: Option<Mapped>,
     file_bytes: u64,
     footer: Footer,
     index: Vec<IndexEntry>,
@@ -740,7 +743,7 @@ impl Drop for Table {
         if !self.obsolete.load(Ordering::Acquire) {
             return;
         }
-        if let Err(error) = std::fs::remove_file(&self.path) {
+        if let Err(error) = self.files.remove(&self.path) {
             tracing::warn!(path = %self.path.display(), %error, "cannot delete an obsolete SSTable");
         }
         let on_delete = self.on_delete.get_mut().ok().and_then(Option::take);
@@ -751,10 +754,11 @@ impl Drop for Table {
 }
 
 impl Table {
-    /// Opens and maps `path`, verifying its footer, index, bloom filter and vector checksums.
-    pub fn open(path: &Path, number: u64) -> Result<Self, StorageError> {
-        let file = File::open(path).map_err(io_error("open", path))?;
-        let file_len = file.metadata().map_err(io_error("stat", path))?.len();
+    /// Opens and maps `path` in `files`, verifying its footer, index, bloom filter and
+    /// vector checksums.
+    pub fn open(files: &Arc<dyn Files>, path: &Path, number: u64) -> Result<Self, StorageError> {
+        let map = files.map(path).map_err(io_error("open", path))?;
+        let file_len = map.len() as u64;
         if file_len < UNIT as u64 || !file_len.is_multiple_of(UNIT as u64) {
             return Err(corrupt(
                 path,
@@ -763,9 +767,6 @@ impl Table {
                 format!("file of {file_len} bytes is not a whole number of 4 KiB units"),
             ));
         }
-        // SAFETY: tables are immutable once written and only deleted when no `Table` maps
-        // them (the obsolete-on-drop rule); nothing in this process writes to them.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error("mmap", path))?;
         let footer_at = file_len - UNIT as u64;
         let footer_payload = unseal(&map[footer_at as usize..])
             .map_err(|detail| corrupt(path, Section::Footer, footer_at, detail))?;
@@ -804,6 +805,7 @@ impl Table {
             corrupt(path, Section::Bloom, footer.bloom_offset, error.to_string())
         })?;
         Ok(Table {
+            files: Arc::clone(files),
             number,
             path: path.to_owned(),
             map: Some(map),
@@ -821,8 +823,9 @@ impl Table {
     /// A live table that cannot be opened (missing, or its footer or a meta block damaged):
     /// quarantined from the start, with its key range from the MANIFEST, so that reads that
     /// need it fail instead of silently reading older versions.
-    pub fn broken(path: &Path, meta: &TableMeta, reason: &str) -> Self {
+    pub fn broken(files: &Arc<dyn Files>, path: &Path, meta: &TableMeta, reason: &str) -> Self {
         let table = Table {
+            files: Arc::clone(files),
             number: meta.number,
             path: path.to_owned(),
             map: None,
@@ -893,11 +896,7 @@ impl Table {
     /// unlocked first (`madvise` refuses locked pages) and stay unlocked.
     pub fn release_pages(&self) {
         if let Some(map) = &self.map {
-            let _ = map.unlock();
-            // SAFETY: a read-only mapping of a table file, which is never written after it
-            // is finished (a replaced table is a new file): dropping this process's
-            // page-table entries loses nothing, and every later read sees the same bytes.
-            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            map.release_pages();
         }
     }
 
