@@ -401,6 +401,20 @@ impl State {
         inode
     }
 
+    /// Creates `path`, which must not exist, as an operation on `target`.
+    fn create_new(&mut self, path: &Path, target: Target) -> io::Result<u64> {
+        self.parent_exists(path)?;
+        self.check(target)?;
+        self.check_space(1)?;
+        if self.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
+        }
+        Ok(self.create(path))
+    }
+
     fn parent_exists(&self, path: &Path) -> io::Result<()> {
         match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() && !self.dirs.contains_key(parent) => {
@@ -657,17 +671,7 @@ impl Files for FaultEnv {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn NewFile>> {
-        let mut state = self.state();
-        state.parent_exists(path)?;
-        state.check(Target::NewFile)?;
-        state.check_space(1)?;
-        if state.names.contains_key(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists", path.display()),
-            ));
-        }
-        let inode = state.create(path);
+        let inode = self.state().create_new(path, Target::NewFile)?;
         Ok(Box::new(FaultNewFile {
             env: self.clone(),
             inode,
@@ -690,16 +694,7 @@ impl Env for FaultEnv {
 
     fn open_log(&mut self, path: &Path) -> io::Result<LogFile> {
         let mut state = self.state();
-        state.parent_exists(path)?;
-        state.check(Target::OpenLog)?;
-        state.check_space(1)?;
-        if state.names.contains_key(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists", path.display()),
-            ));
-        }
-        let inode = state.create(path);
+        let inode = state.create_new(path, Target::OpenLog)?;
         let id = match state.logs.iter().position(Option::is_none) {
             Some(id) => id,
             None => {

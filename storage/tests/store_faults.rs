@@ -59,6 +59,22 @@ fn key(point: u64) -> Key {
     }
 }
 
+/// A test's seed (printed), an empty file system, its random numbers and an empty model.
+fn fresh() -> (u64, FaultEnv, Rng, Model) {
+    let seed = test_seed();
+    (seed, FaultEnv::direct(512), Rng(seed), Model::default())
+}
+
+/// Loses the power (or, given a snapshot, a copy's), restarts, and checks: no table damaged
+/// and every acknowledged write there.
+fn crash_and_check(env: &FaultEnv, options: StoreOptions, model: &Model, context: &str) {
+    env.crash();
+    let (store, report) = open_with(env, options)
+        .unwrap_or_else(|error| panic!("{context}: the restart failed: {error}"));
+    assert_eq!(report.quarantined, 0, "{context}: a table is damaged");
+    check(&store, model, context);
+}
+
 /// What the store acknowledged: each id's last value (`None`: deleted).
 #[derive(Debug, Default, Clone)]
 struct Model(BTreeMap<u64, Option<Point>>);
@@ -286,10 +302,7 @@ fn a_crash_at_any_step_of_a_compaction_loses_no_acknowledged_write() {
 /// the data, the flush is retried into new files, and a crash at any point after loses
 /// nothing.
 fn flush_survives(fault: Fault, what: &str) {
-    let seed = test_seed();
-    let env = FaultEnv::direct(512);
-    let mut rng = Rng(seed);
-    let mut model = Model::default();
+    let (seed, env, mut rng, mut model) = fresh();
     let (mut store, _) = open(&env);
     write_round(&mut store, &mut model, &mut rng, 1, 150);
     env.inject(fault);
@@ -308,14 +321,8 @@ fn flush_survives(fault: Fault, what: &str) {
     check(&store, &model, &format!("{what}: after the failure"));
     // Crash now: the WAL still holds every write.
     let crashed = env.snapshot();
-    crashed.crash();
-    let (reopened, _) = open(&crashed);
-    check(
-        &reopened,
-        &model,
-        &format!("{what}: crashed after the failure (seed {seed})"),
-    );
-    drop(reopened);
+    let context = format!("{what}: crashed after the failure (seed {seed})");
+    crash_and_check(&crashed, options(), &model, &context);
     // The retry (a second after the failure) writes new files and publishes.
     store
         .flush()
@@ -402,10 +409,7 @@ fn a_failed_directory_sync_after_the_tables_is_retried() {
 
 #[test]
 fn short_table_writes_are_continued_and_the_tables_verify() {
-    let seed = test_seed();
-    let env = FaultEnv::direct(512);
-    let mut rng = Rng(seed);
-    let mut model = Model::default();
+    let (seed, env, mut rng, mut model) = fresh();
     let (mut store, _) = open(&env);
     write_round(&mut store, &mut model, &mut rng, 1, 150);
     for bytes in [1, 100, 4095, 4097, 70_000] {
@@ -419,18 +423,17 @@ fn short_table_writes_are_continued_and_the_tables_verify() {
         "a table written in short writes is damaged"
     );
     drop(store);
-    env.crash();
-    let (store, report) = open(&env);
-    assert_eq!(report.quarantined, 0);
-    check(&store, &model, &format!("short writes (seed {seed})"));
+    crash_and_check(
+        &env,
+        options(),
+        &model,
+        &format!("short writes (seed {seed})"),
+    );
 }
 
 #[test]
 fn a_table_that_cannot_be_read_at_start_is_fenced_and_the_rest_is_served() {
-    let seed = test_seed();
-    let env = FaultEnv::direct(512);
-    let mut rng = Rng(seed);
-    let mut model = Model::default();
+    let (seed, env, mut rng, mut model) = fresh();
     let (mut store, _) = open(&env);
     write_round(&mut store, &mut model, &mut rng, 1, 150);
     store.flush().unwrap();
@@ -462,7 +465,10 @@ fn a_table_that_cannot_be_read_at_start_is_fenced_and_the_rest_is_served() {
             Err(error) => panic!("get {id}: {error}"),
         }
     }
-    assert!(fenced > 0 && fenced < IDS, "{fenced} of {IDS} ids fenced");
+    assert!(
+        fenced > 0 && fenced < IDS,
+        "{fenced} of {IDS} ids fenced (seed {seed})"
+    );
 }
 
 #[test]
@@ -560,22 +566,13 @@ fn a_disk_too_full_for_a_flush_refuses_writes_with_no_space_serves_reads_and_rec
     store.flush().unwrap();
     check(&store, &model, "after space freed");
     drop(store);
-    env.crash();
-    let (store, report) = open_with(&env, options).unwrap();
-    assert_eq!(report.quarantined, 0);
-    check(
-        &store,
-        &model,
-        &format!("crashed after the full disk (seed {seed})"),
-    );
+    let context = format!("crashed after the full disk (seed {seed})");
+    crash_and_check(&env, options, &model, &context);
 }
 
 #[test]
 fn a_failed_manifest_sync_at_a_flush_stops_writes_and_a_restart_keeps_every_write() {
-    let seed = test_seed();
-    let env = FaultEnv::direct(512);
-    let mut rng = Rng(seed);
-    let mut model = Model::default();
+    let (seed, env, mut rng, mut model) = fresh();
     let (mut store, _) = open(&env);
     write_round(&mut store, &mut model, &mut rng, 1, 150);
     store.flush().unwrap();
@@ -605,22 +602,13 @@ fn a_failed_manifest_sync_at_a_flush_stops_writes_and_a_restart_keeps_every_writ
         &format!("restarted with the edit (seed {seed})"),
     );
     drop(store);
-    env.crash();
-    let (store, report) = open(&env);
-    assert_eq!(report.quarantined, 0);
-    check(
-        &store,
-        &model,
-        &format!("crashed without the edit (seed {seed})"),
-    );
+    let context = format!("crashed without the edit (seed {seed})");
+    crash_and_check(&env, options(), &model, &context);
 }
 
 #[test]
 fn a_compaction_whose_write_fails_publishes_nothing_and_loses_nothing() {
-    let seed = test_seed();
-    let env = FaultEnv::direct(512);
-    let mut rng = Rng(seed);
-    let mut model = Model::default();
+    let (seed, env, mut rng, mut model) = fresh();
     let (mut store, _) = open(&env);
     for round in 1..=3 {
         write_round(&mut store, &mut model, &mut rng, round, 120);
@@ -646,24 +634,12 @@ fn a_compaction_whose_write_fails_publishes_nothing_and_loses_nothing() {
     );
     check(&store, &model, "after the failed compaction");
     let crashed = env.snapshot();
-    crashed.crash();
-    let (reopened, report) = open(&crashed);
-    assert_eq!(report.quarantined, 0);
-    check(
-        &reopened,
-        &model,
-        &format!("crashed after the failed compaction (seed {seed})"),
-    );
-    drop(reopened);
+    let context = format!("crashed after the failed compaction (seed {seed})");
+    crash_and_check(&crashed, options(), &model, &context);
     store.compact_all().unwrap();
     assert_eq!(store.stats().compactions, before.compactions + 1);
     check(&store, &model, "after the compaction ran again");
     drop(store);
-    env.crash();
-    let (store, _) = open(&env);
-    check(
-        &store,
-        &model,
-        &format!("crashed after the compaction (seed {seed})"),
-    );
+    let context = format!("crashed after the compaction (seed {seed})");
+    crash_and_check(&env, options(), &model, &context);
 }
