@@ -23,4 +23,4 @@ pub use hnsw::{
 };
 pub use metric::Metric;
 pub use quantize::ScalarQuantizer;
-pub use store::{Mapping, Store};
+pub use store::{MappedSource, Mapping, Store};

@@ -40,11 +40,28 @@ unsafe impl Plain for f32 {}
 
 /// A read-only mapping of a whole file (`memmap2`, private and read-only), with the file
 /// kept open beside it so that a few values can also be read without touching the mapping
-/// ([`Store::read_into`]).
+/// ([`Store::read_into`]); or a file's bytes from elsewhere ([`Mapping::of_source`]: the
+/// storage engine's file system, which may keep them in memory).
 #[derive(Debug)]
-pub struct Mapping {
-    map: memmap2::Mmap,
-    file: File,
+pub struct Mapping(Source);
+
+#[derive(Debug)]
+enum Source {
+    File { map: memmap2::Mmap, file: File },
+    Other(Box<dyn MappedSource>),
+}
+
+/// A whole file's bytes, read in place, from a file system other than this crate's own.
+pub trait MappedSource: Send + Sync + std::fmt::Debug {
+    /// The bytes; they never change while the source lives.
+    fn bytes(&self) -> &[u8];
+    /// Reads `out.len()` bytes at `offset` without touching the mapping where the bytes are
+    /// a file's (`pread`), or by copying them.
+    fn read_at(&self, offset: usize, out: &mut [u8]) -> std::io::Result<()>;
+    /// Whether the bytes are a read-only mapping of a file, whose pages may be dropped
+    /// (`MADV_DONTNEED`) and read again from the file. Never true for memory the process
+    /// owns: dropping its pages would zero it.
+    fn is_file_mapping(&self) -> bool;
 }
 
 impl Mapping {
@@ -58,22 +75,41 @@ impl Mapping {
         // and never written again (a replaced file is a new file; an unlinked one stays
         // readable while mapped), so the bytes do not change under the mapping.
         let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(file)? };
-        Ok(Mapping {
+        Ok(Mapping(Source::File {
             map,
             file: file.try_clone()?,
-        })
+        }))
+    }
+
+    /// The bytes of `source`, read in place.
+    pub fn of_source(source: Box<dyn MappedSource>) -> Mapping {
+        Mapping(Source::Other(source))
     }
 
     /// Reads `out.len()` bytes at `offset` from the file (`pread`), not through the
     /// mapping: the bytes do not enter this process's resident set (only the page cache).
     pub fn read_at(&self, offset: usize, out: &mut [u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file.read_exact_at(out, offset as u64)
+        match &self.0 {
+            Source::File { file, .. } => file.read_exact_at(out, offset as u64),
+            Source::Other(source) => source.read_at(offset, out),
+        }
     }
 
     /// The mapped bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        match &self.0 {
+            Source::File { map, .. } => map,
+            Source::Other(source) => source.bytes(),
+        }
+    }
+
+    /// Whether the bytes are a read-only file mapping (see [`MappedSource::is_file_mapping`]).
+    fn is_file_mapping(&self) -> bool {
+        match &self.0 {
+            Source::File { .. } => true,
+            Source::Other(source) => source.is_file_mapping(),
+        }
     }
 }
 
@@ -228,6 +264,9 @@ impl<T: Plain> Store<T> {
             length,
         } = &self.inner
         {
+            if !mapping.is_file_mapping() {
+                return;
+            }
             const PAGE_BYTES: usize = 4096;
             let base = mapping.bytes().as_ptr() as usize;
             let start = (base + offset_bytes).next_multiple_of(PAGE_BYTES);

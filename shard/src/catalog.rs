@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use vortex_storage::Files;
 use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
 
 use crate::error::ShardError;
@@ -130,10 +131,10 @@ pub fn validate_spec(spec: &CollectionSpec) -> Result<(), ShardError> {
 }
 
 impl Catalog {
-    /// Reads `dir/CATALOG`, or an empty catalog when there is none yet.
-    pub fn load(dir: &Path) -> Result<Self, ShardError> {
+    /// Reads `dir/CATALOG` from `files`, or an empty catalog when there is none yet.
+    pub fn load(files: &dyn Files, dir: &Path) -> Result<Self, ShardError> {
         let path = dir.join(CATALOG);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match files.read(&path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Catalog::default())
@@ -245,15 +246,13 @@ impl Catalog {
         bytes
     }
 
-    /// Writes the catalog to `dir` atomically and durably.
-    pub fn save(&self, dir: &Path) -> Result<(), ShardError> {
+    /// Writes the catalog to `dir` in `files` atomically and durably.
+    pub fn save(&self, files: &dyn Files, dir: &Path) -> Result<(), ShardError> {
         let temp: PathBuf = dir.join(CATALOG_TEMP);
         let path = dir.join(CATALOG);
         let bytes = self.encode();
         debug_assert_eq!(Self::decode(&bytes).as_ref(), Ok(self));
-        crate::files::write_synced(&temp, &[&bytes])?;
-        std::fs::rename(&temp, &path).map_err(|e| ShardError::io("rename", &temp, e))?;
-        crate::files::sync_dir(dir)
+        crate::files::replace_synced(files, &temp, &path, |out| out.write_all(&bytes))
     }
 
     /// The live collection named `name`.
@@ -328,6 +327,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vortex_storage::PosixFiles;
 
     pub(crate) fn spec(name: &str, dimension: u32) -> CollectionSpec {
         CollectionSpec {
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn the_catalog_survives_a_reload_and_ids_are_never_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut catalog = Catalog::load(dir.path()).unwrap();
+        let mut catalog = Catalog::load(&PosixFiles, dir.path()).unwrap();
         let a = catalog.create(spec("a", 4)).unwrap();
         let b = catalog.create(spec("b", 8)).unwrap();
         assert!(matches!(
@@ -353,8 +353,8 @@ mod tests {
         catalog.drop_collection("a").unwrap();
         let again = catalog.create(spec("a", 16)).unwrap();
         assert!(again != a && again != b);
-        catalog.save(dir.path()).unwrap();
-        let loaded = Catalog::load(dir.path()).unwrap();
+        catalog.save(&PosixFiles, dir.path()).unwrap();
+        let loaded = Catalog::load(&PosixFiles, dir.path()).unwrap();
         assert_eq!(loaded, catalog);
         assert_eq!(loaded.by_name("a").unwrap().spec.dimension, 16);
         assert_eq!(loaded.dropped().collect::<Vec<_>>(), vec![a]);
@@ -364,7 +364,7 @@ mod tests {
             let mut bad = bytes.clone();
             bad[at] ^= 0x10;
             std::fs::write(dir.path().join(CATALOG), &bad).unwrap();
-            let error = Catalog::load(dir.path()).unwrap_err();
+            let error = Catalog::load(&PosixFiles, dir.path()).unwrap_err();
             assert!(error.to_string().contains("CATALOG"), "{error}");
         }
     }

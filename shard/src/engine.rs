@@ -43,8 +43,8 @@ use vortex_index::metric::normalize;
 use vortex_index::{Kernels, NodeSet};
 use vortex_io::RingConfig;
 use vortex_storage::{
-    DirLock, DirectIo, Key, PosixEnv, SharedLogRing, Store, StoreHooks, StoreOptions, StoreStats,
-    TableRepair, WalOptions, WriteSize,
+    DirLock, DirectIo, Env, Files, Key, PosixEnv, SharedLogRing, Store, StoreHooks, StoreOptions,
+    StoreStats, TableRepair, WalOptions, WriteSize,
 };
 use vortex_vbp::message::{CollectionInfo, CollectionSpec, Hit, Payload, PointRecord};
 
@@ -143,6 +143,8 @@ pub struct ShardStats {
 
 /// One LEU's shard.
 pub struct Shard {
+    /// The store's file system, which the catalog and the side-cars share.
+    files: Arc<dyn Files>,
     /// Shared with the views (error messages name it).
     dir: Arc<Path>,
     /// Cancels running index builds when the shard is dropped, before the store (declared
@@ -186,8 +188,12 @@ impl Shard {
         std::fs::create_dir_all(dir).map_err(|e| ShardError::io("create", dir, e))?;
         // Before anything is read: a second opener would replay and rewrite the same WAL.
         let lock = DirLock::acquire(dir)?;
-        let catalog = Catalog::load(dir)?;
+        let env = PosixEnv::new(&RingConfig::plain(256), DirectIo::Auto)
+            .map_err(|e| ShardError::io("io_uring setup", dir, e))?;
+        let files = env.files();
+        let catalog = Catalog::load(&*files, dir)?;
         let sidecars = Arc::new(SideCars::new(
+            Arc::clone(&files),
             &dir.join("indexes"),
             options.index_build_threads,
         )?);
@@ -198,8 +204,6 @@ impl Shard {
         // the tables are published; the guard stops it if the open fails from here on.
         sidecars.start_builder(options.store.background_nice)?;
         let cancel_builds = CancelBuilds(Arc::clone(&sidecars));
-        let env = PosixEnv::new(&RingConfig::plain(256), DirectIo::Auto)
-            .map_err(|e| ShardError::io("io_uring setup", dir, e))?;
         let hooks = StoreHooks {
             compaction: Arc::clone(&sidecars) as Arc<dyn vortex_storage::CompactionHook>,
             ..StoreHooks::default()
@@ -220,6 +224,7 @@ impl Shard {
             Kernels::active(),
         ));
         let mut shard = Shard {
+            files,
             dir: Arc::from(dir),
             store,
             catalog: Arc::new(catalog),
@@ -257,7 +262,7 @@ impl Shard {
     pub fn create_collection(&mut self, spec: CollectionSpec) -> Result<(), ShardError> {
         let mut catalog = Catalog::clone(&self.catalog);
         let id = catalog.create(spec.clone())?;
-        catalog.save(&self.dir)?;
+        catalog.save(&*self.files, &self.dir)?;
         self.catalog = Arc::new(catalog);
         self.sidecars.set_spec(id, Some(spec));
         self.publish();
@@ -268,7 +273,7 @@ impl Shard {
     pub fn drop_collection(&mut self, name: &str) -> Result<(), ShardError> {
         let mut catalog = Catalog::clone(&self.catalog);
         let id = catalog.drop_collection(name)?;
-        catalog.save(&self.dir)?;
+        catalog.save(&*self.files, &self.dir)?;
         self.catalog = Arc::new(catalog);
         self.sidecars.set_spec(id, None);
         self.published_at = None; // the catalog changed: publish whatever the store did

@@ -35,17 +35,16 @@ use crate::error::ShardError;
 use crate::payload;
 use crate::payload_index::PayloadIndex;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use vortex_index::{
-    vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, Mapping, Metric,
-    Quantization, RowChecksums, RowDamage, Seed, Store,
+    vector_stride, BuildControl, BuildParams, Helpers, Hnsw, IndexError, MappedSource, Mapping,
+    Metric, Quantization, RowChecksums, RowDamage, Seed, Store,
 };
 use vortex_storage::sstable::table::Table;
-use vortex_storage::CompactionHook;
+use vortex_storage::{CompactionHook, Files, Mapped};
 use vortex_vbp::message::{CollectionSpec, Metric as WireMetric, VectorType};
 
 /// The index metric of a collection's metric.
@@ -183,6 +182,8 @@ struct Contents {
 /// The side-car builder and registry, shared by the shard and the background workers.
 #[derive(Debug)]
 pub struct SideCars {
+    /// The LEU's storage file system: side-cars and the tables they map go through it.
+    files: Arc<dyn Files>,
     dir: PathBuf,
     /// Live collections' schemas by id (dropped ones are absent).
     specs: RwLock<HashMap<u32, CollectionSpec>>,
@@ -252,11 +253,18 @@ struct Builder {
 }
 
 impl SideCars {
-    /// Side-cars kept in `dir` (created if missing), each graph built by `build_threads`
-    /// threads (at least one).
-    pub fn new(dir: &Path, build_threads: usize) -> Result<Self, ShardError> {
-        std::fs::create_dir_all(dir).map_err(|e| ShardError::io("create", dir, e))?;
+    /// Side-cars kept in `dir` in `files` (created if missing), each graph built by
+    /// `build_threads` threads (at least one).
+    pub fn new(
+        files: Arc<dyn Files>,
+        dir: &Path,
+        build_threads: usize,
+    ) -> Result<Self, ShardError> {
+        files
+            .create_dir_all(dir)
+            .map_err(|e| ShardError::io("create", dir, e))?;
         Ok(SideCars {
+            files,
             dir: dir.to_owned(),
             specs: RwLock::new(HashMap::new()),
             indexes: RwLock::new(HashMap::new()),
@@ -693,8 +701,7 @@ impl SideCars {
                 ),
             });
         }
-        let file = File::open(path).map_err(|e| ShardError::io("open", path, e))?;
-        let mapping = Arc::new(Mapping::of(&file).map_err(|e| ShardError::io("mmap", path, e))?);
+        let mapping = self.map(path)?;
         let floats = footer.vector_count as usize * vector_stride(dim);
         Store::mapped(&mapping, footer.data_end as usize, floats).ok_or_else(|| {
             ShardError::Corrupt {
@@ -800,9 +807,9 @@ impl SideCars {
         self.nodes_inserted
             .fetch_add((index.len() - carried) as u64, Ordering::Relaxed);
         let path = self.dir.join(sidecar_name(table.number()));
-        index
-            .save(&path)
-            .map_err(|error| index_error(error.to_string()))?;
+        crate::files::replace_synced(&*self.files, &path.with_extension("tmp"), &path, |out| {
+            index.write_to(out)
+        })?;
         // Served from its file, as after a restart, not from the heap: once the node's tier
         // covers the table, nothing reads its graph or codes, and mapped pages leave the
         // resident set where heap would stay (an `i8` graph's codes are a byte per
@@ -821,12 +828,50 @@ impl SideCars {
             table: table.number(),
             detail,
         };
-        let mut index = Hnsw::load_over(path, self.rows(table, dim)?)
+        let mapping = self.map(path)?;
+        let mut index = Hnsw::load_mapped_over(path, mapping, self.rows(table, dim)?)
             .map_err(|error| index_error(error.to_string()))?;
         index
             .check_rows_with(region_checksums(table, dim))
             .map_err(|error| index_error(error.to_string()))?;
         Ok(index)
+    }
+}
+
+/// A file's bytes from the storage file system, as the index reads them: the mapping
+/// and, for reads that leave it untouched, `pread` (a copy, in memory).
+#[derive(Debug)]
+struct MappedFile(Mapped);
+
+impl MappedSource for MappedFile {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn read_at(&self, offset: usize, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, out)
+    }
+
+    fn is_file_mapping(&self) -> bool {
+        self.0.is_file_mapping()
+    }
+}
+
+impl SideCars {
+    /// Maps `path` (a table, a side-car) through the storage file system.
+    fn map(&self, path: &Path) -> Result<Arc<Mapping>, ShardError> {
+        let mapped = self
+            .files
+            .map(path)
+            .map_err(|e| ShardError::io("mmap", path, e))?;
+        if mapped.is_empty() {
+            return Err(ShardError::io(
+                "mmap",
+                path,
+                std::io::Error::other("empty file"),
+            ));
+        }
+        Ok(Arc::new(Mapping::of_source(Box::new(MappedFile(mapped)))))
     }
 }
 
@@ -930,7 +975,7 @@ impl CompactionHook for SideCars {
             indexes.remove(&number);
         }
         let path = self.dir.join(sidecar_name(number));
-        if let Err(error) = std::fs::remove_file(&path) {
+        if let Err(error) = self.files.remove(&path) {
             if error.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), %error, "cannot delete a side-car index");
             }
@@ -938,17 +983,16 @@ impl CompactionHook for SideCars {
     }
 
     fn retain(&self, live: &BTreeSet<u64>) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(names) = self.files.list(&self.dir) else {
             return;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in names {
             let leftover = match parse_sidecar_name(&name) {
                 Some(number) => !live.contains(&number),
                 None => name.ends_with(".tmp"),
             };
             if leftover {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = self.files.remove(&self.dir.join(&name));
             }
         }
     }

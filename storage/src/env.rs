@@ -129,7 +129,8 @@ pub trait NewFile: io::Write + Send + std::fmt::Debug {
 pub struct Mapped(MappedBytes);
 
 enum MappedBytes {
-    File(memmap2::Mmap),
+    /// The mapping, and the file for `pread`s that leave the mapping untouched.
+    File(memmap2::Mmap, std::fs::File),
     Memory(Arc<BlockBuffer>),
 }
 
@@ -145,7 +146,7 @@ impl Mapped {
         }
         // SAFETY: the caller's promise above.
         let map = unsafe { memmap2::Mmap::map(file) }?;
-        Ok(Mapped(MappedBytes::File(map)))
+        Ok(Mapped(MappedBytes::File(map, file.try_clone()?)))
     }
 
     /// Bytes in memory (aligned as log buffers are, so that vectors in them are aligned as
@@ -157,10 +158,35 @@ impl Mapped {
         ))))
     }
 
+    /// Reads `out.len()` bytes at `offset`: by `pread` from a mapped file (the mapping's
+    /// pages are not touched, so they do not enter the resident set), by copying from memory.
+    pub fn read_at(&self, offset: usize, out: &mut [u8]) -> io::Result<()> {
+        match &self.0 {
+            MappedBytes::File(_, file) => {
+                use std::os::unix::fs::FileExt;
+                file.read_exact_at(out, offset as u64)
+            }
+            MappedBytes::Memory(bytes) => {
+                let end = offset.checked_add(out.len());
+                let bytes = end.and_then(|end| bytes.get(offset..end)).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "a read past the end")
+                })?;
+                out.copy_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the bytes are a read-only mapping of a file (whose pages may be dropped and
+    /// read again), not memory.
+    pub fn is_file_mapping(&self) -> bool {
+        matches!(self.0, MappedBytes::File(..))
+    }
+
     /// Unlocks the pages and drops this process's page-table entries for them (later reads
     /// fault back in what they touch); nothing for bytes in memory.
     pub fn release_pages(&self) {
-        if let MappedBytes::File(map) = &self.0 {
+        if let MappedBytes::File(map, _) = &self.0 {
             let _ = map.unlock();
             // SAFETY: a read-only mapping of a file nothing writes (see `of_file`): dropping
             // the page-table entries loses nothing, and every later read sees the same bytes.
@@ -174,7 +200,7 @@ impl std::ops::Deref for Mapped {
 
     fn deref(&self) -> &[u8] {
         match &self.0 {
-            MappedBytes::File(map) => map,
+            MappedBytes::File(map, _) => map,
             MappedBytes::Memory(bytes) => bytes,
         }
     }
@@ -183,7 +209,7 @@ impl std::ops::Deref for Mapped {
 impl std::fmt::Debug for Mapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.0 {
-            MappedBytes::File(_) => "file",
+            MappedBytes::File(..) => "file",
             MappedBytes::Memory(_) => "memory",
         };
         write!(f, "Mapped({kind}, {} bytes)", self.len())

@@ -22,7 +22,7 @@ use crate::metric::Metric;
 use crate::quantize::ScalarQuantizer;
 use crate::store::{as_bytes, Mapping, Plain, Store, ALIGN_BYTES};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -162,13 +162,37 @@ impl Hnsw {
     /// Writes the index to `path` atomically (temporary file, sync, rename, sync the
     /// directory).
     pub fn save(&self, path: &Path) -> Result<(), FileError> {
-        if cfg!(target_endian = "big") {
-            return Err(FileError::BigEndian);
-        }
         let io = |source| FileError::Io {
             path: path.to_path_buf(),
             source,
         };
+        let temporary = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temporary)?;
+            let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+            self.write_to(&mut writer)?;
+            let file = writer.into_inner().map_err(|error| error.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, path)?;
+            let directory = path.parent().filter(|p| !p.as_os_str().is_empty());
+            File::open(directory.unwrap_or(Path::new(".")))?.sync_all()
+        };
+        write().map_err(|error| {
+            let _ = std::fs::remove_file(&temporary);
+            io(error)
+        })
+    }
+
+    /// Writes the index file's bytes to `out` (what [`save`](Self::save) puts in the file),
+    /// for a caller that writes the file itself; it syncs and renames it into place.
+    pub fn write_to(&self, out: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
+        if cfg!(target_endian = "big") {
+            return Err(std::io::Error::other(FileError::BigEndian.to_string()));
+        }
         let quantizer: Vec<f32> = self
             .quantizer
             .as_ref()
@@ -228,33 +252,16 @@ impl Hnsw {
         let checksum = crc32c::crc32c(&header[..HEADER_BYTES - 4]);
         header[HEADER_BYTES - 4..].copy_from_slice(&checksum.to_le_bytes());
 
-        let temporary = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temporary)?;
-            let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-            writer.write_all(&header)?;
-            let mut written = HEADER_BYTES;
-            for body in bodies {
-                writer.write_all(body)?;
-                written += body.len();
-                let padding = written.next_multiple_of(ALIGN_BYTES) - written;
-                writer.write_all(&[0u8; ALIGN_BYTES][..padding])?;
-                written += padding;
-            }
-            let file = writer.into_inner().map_err(|error| error.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, path)?;
-            let directory = path.parent().filter(|p| !p.as_os_str().is_empty());
-            File::open(directory.unwrap_or(Path::new(".")))?.sync_all()
-        };
-        write().map_err(|error| {
-            let _ = std::fs::remove_file(&temporary);
-            io(error)
-        })
+        out.write_all(&header)?;
+        let mut written = HEADER_BYTES;
+        for body in bodies {
+            out.write_all(body)?;
+            written += body.len();
+            let padding = written.next_multiple_of(ALIGN_BYTES) - written;
+            out.write_all(&[0u8; ALIGN_BYTES][..padding])?;
+            written += padding;
+        }
+        out.flush()
     }
 
     /// Maps the index file at `path` and checks it (see the module docs). An index built
@@ -281,26 +288,42 @@ impl Hnsw {
     }
 
     fn load_with(path: &Path, given: Given) -> Result<Hnsw, FileError> {
-        if cfg!(target_endian = "big") {
-            return Err(FileError::BigEndian);
-        }
         let io = |source| FileError::Io {
             path: path.to_path_buf(),
             source,
         };
+        let file = File::open(path).map_err(io)?;
+        if file.metadata().map_err(io)?.len() == 0 {
+            return Err(FileError::NotAnIndex {
+                path: path.to_path_buf(),
+            });
+        }
+        let mapping = Arc::new(Mapping::of(&file).map_err(io)?);
+        Self::load_mapped(path, mapping, given)
+    }
+
+    /// Checks and takes the index file whose bytes `mapping` holds (`path` names it in
+    /// errors), built by [`Hnsw::build_over`], with `rows` as its vectors, as
+    /// [`Hnsw::load_over`] does for a file it maps itself.
+    pub fn load_mapped_over(
+        path: &Path,
+        mapping: Arc<Mapping>,
+        rows: Store<f32>,
+    ) -> Result<Hnsw, FileError> {
+        Self::load_mapped(path, mapping, Given::Rows(rows))
+    }
+
+    fn load_mapped(path: &Path, mapping: Arc<Mapping>, given: Given) -> Result<Hnsw, FileError> {
+        if cfg!(target_endian = "big") {
+            return Err(FileError::BigEndian);
+        }
         let corrupt = |detail: String| FileError::Corrupt {
             path: path.to_path_buf(),
             detail,
         };
-        let mut file = File::open(path).map_err(io)?;
+        let filled = mapping.bytes().len().min(HEADER_BYTES);
         let mut header = vec![0u8; HEADER_BYTES];
-        let mut filled = 0;
-        while filled < HEADER_BYTES {
-            match file.read(&mut header[filled..]).map_err(io)? {
-                0 => break,
-                read => filled += read,
-            }
-        }
+        header[..filled].copy_from_slice(&mapping.bytes()[..filled]);
         if filled < FILE_MAGIC.len() || header[..8] != FILE_MAGIC {
             return Err(FileError::NotAnIndex {
                 path: path.to_path_buf(),
@@ -368,7 +391,6 @@ impl Hnsw {
         }
 
         // Sections: place, length and checksum.
-        let mapping = Arc::new(Mapping::of(&file).map_err(io)?);
         let bytes = mapping.bytes();
         let table = |index: usize| {
             let at = TABLE_OFFSET + index * TABLE_ENTRY_BYTES;
