@@ -164,6 +164,25 @@ impl RowChecksums {
         })
     }
 
+    /// Fails when the kernel could not read a page of `rows` (reads of it saw zeros: the
+    /// storage engine's SIGBUS guard), verified or not: for after a search or a copy, since
+    /// a unit verified before its page was lost is not checked again.
+    pub fn check_lost(&self, rows: &Store<f32>) -> Result<(), RowDamage> {
+        let Some(at) = rows.lost_page() else {
+            return Ok(());
+        };
+        let unit = at / UNIT_BYTES;
+        let damage = RowDamage {
+            unit,
+            stored: self.crcs.get(unit).copied().unwrap_or(0),
+            computed: None,
+        };
+        if let Some(hook) = &self.on_damage {
+            hook(&damage);
+        }
+        Err(damage)
+    }
+
     fn check_with(
         &self,
         node: u32,

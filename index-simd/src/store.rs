@@ -62,6 +62,11 @@ pub trait MappedSource: Send + Sync + std::fmt::Debug {
     /// (`MADV_DONTNEED`) and read again from the file. Never true for memory the process
     /// owns: dropping its pages would zero it.
     fn is_file_mapping(&self) -> bool;
+    /// The offset of the first page the kernel could not read through the mapping (reads
+    /// of it saw zeros instead; the storage engine's SIGBUS guard), if any.
+    fn lost_page(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl Mapping {
@@ -101,6 +106,15 @@ impl Mapping {
         match &self.0 {
             Source::File { map, .. } => map,
             Source::Other(source) => source.bytes(),
+        }
+    }
+
+    /// The offset of the first page lost under the mapping ([`MappedSource::lost_page`]);
+    /// this crate's own mappings have no guard and report none.
+    pub fn lost_page(&self) -> Option<usize> {
+        match &self.0 {
+            Source::File { .. } => None,
+            Source::Other(source) => source.lost_page(),
         }
     }
 
@@ -239,6 +253,22 @@ impl<T: Plain> Store<T> {
                     .is_some_and(|end| end <= mapping.bytes().len())
                     && mapping.read_at(at, out).is_ok()
             }),
+        }
+    }
+
+    /// For a mapped array: the byte offset, from the array's start, of the first page the
+    /// kernel could not read under it ([`Mapping::lost_page`]), if that page is inside it.
+    pub fn lost_page(&self) -> Option<usize> {
+        match &self.inner {
+            Inner::Owned(_) => None,
+            Inner::Mapped {
+                mapping,
+                offset_bytes,
+                length,
+            } => mapping
+                .lost_page()
+                .and_then(|lost| lost.checked_sub(*offset_bytes))
+                .filter(|&at| at < length * size_of::<T>()),
         }
     }
 

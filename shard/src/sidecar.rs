@@ -855,6 +855,10 @@ impl MappedSource for MappedFile {
     fn is_file_mapping(&self) -> bool {
         self.0.is_file_mapping()
     }
+
+    fn lost_page(&self) -> Option<usize> {
+        self.0.lost_page()
+    }
 }
 
 impl SideCars {

@@ -340,6 +340,8 @@ fn scan_rows(
             keep_nearest(&mut scored, prepared.k);
         }
     }
+    // A page lost under the mapping during the scan read as zeros, verified or not.
+    region.checksums.check_lost(&region.rows)?;
     keep_nearest(&mut scored, prepared.k);
     candidates.extend(scored);
     Ok(())

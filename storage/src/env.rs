@@ -129,8 +129,13 @@ pub trait NewFile: io::Write + Send + std::fmt::Debug {
 pub struct Mapped(MappedBytes);
 
 enum MappedBytes {
-    /// The mapping, and the file for `pread`s that leave the mapping untouched.
-    File(memmap2::Mmap, std::fs::File),
+    /// The mapping's SIGBUS guard (dropped first, before the mapping goes), the mapping, and
+    /// the file for `pread`s that leave the mapping untouched.
+    File(
+        Option<crate::lost_pages::Registration>,
+        memmap2::Mmap,
+        std::fs::File,
+    ),
     Memory(Arc<BlockBuffer>),
 }
 
@@ -146,7 +151,8 @@ impl Mapped {
         }
         // SAFETY: the caller's promise above.
         let map = unsafe { memmap2::Mmap::map(file) }?;
-        Ok(Mapped(MappedBytes::File(map, file.try_clone()?)))
+        let guard = crate::lost_pages::register(map.as_ptr(), map.len());
+        Ok(Mapped(MappedBytes::File(guard, map, file.try_clone()?)))
     }
 
     /// Bytes in memory (aligned as log buffers are, so that vectors in them are aligned as
@@ -162,7 +168,7 @@ impl Mapped {
     /// pages are not touched, so they do not enter the resident set), by copying from memory.
     pub fn read_at(&self, offset: usize, out: &mut [u8]) -> io::Result<()> {
         match &self.0 {
-            MappedBytes::File(_, file) => {
+            MappedBytes::File(_, _, file) => {
                 use std::os::unix::fs::FileExt;
                 file.read_exact_at(out, offset as u64)
             }
@@ -177,6 +183,16 @@ impl Mapped {
         }
     }
 
+    /// The offset of the first page of the file the kernel could not read through the
+    /// mapping (an I/O error, or the file cut short under it): that read saw zeros instead
+    /// (see `lost_pages.rs`), and the file is to be fenced. `None` for bytes in memory.
+    pub fn lost_page(&self) -> Option<usize> {
+        match &self.0 {
+            MappedBytes::File(guard, ..) => guard.as_ref().and_then(|g| g.lost_page()),
+            MappedBytes::Memory(_) => None,
+        }
+    }
+
     /// Whether the bytes are a read-only mapping of a file (whose pages may be dropped and
     /// read again), not memory.
     pub fn is_file_mapping(&self) -> bool {
@@ -186,7 +202,7 @@ impl Mapped {
     /// Unlocks the pages and drops this process's page-table entries for them (later reads
     /// fault back in what they touch); nothing for bytes in memory.
     pub fn release_pages(&self) {
-        if let MappedBytes::File(map, _) = &self.0 {
+        if let MappedBytes::File(_, map, _) = &self.0 {
             let _ = map.unlock();
             // SAFETY: a read-only mapping of a file nothing writes (see `of_file`): dropping
             // the page-table entries loses nothing, and every later read sees the same bytes.
@@ -200,7 +216,7 @@ impl std::ops::Deref for Mapped {
 
     fn deref(&self) -> &[u8] {
         match &self.0 {
-            MappedBytes::File(map, _) => map,
+            MappedBytes::File(_, map, _) => map,
             MappedBytes::Memory(bytes) => bytes,
         }
     }

@@ -12,6 +12,8 @@
 //! - [`background`]: the bounded pool for flushes and compactions, and the byte-rate limiter.
 //! - [`bloom`]: bloom filters for SSTable point lookups; [`sstable`]: the 4 KiB data blocks.
 //! - [`lock`]: one process per directory (`flock` on `LOCK`, the holder's PID inside).
+//! - [`lost_pages`]: a SIGBUS under a mapped file (an I/O error) fences the file instead of
+//!   killing the process.
 //! - [`env`]: what storage asks of the file system; [`posix`] runs it on real files and the
 //!   LEU's io_uring, [`fault`] in memory with injected faults.
 
@@ -21,6 +23,7 @@ pub mod env;
 pub mod error;
 pub mod fault;
 pub mod lock;
+pub mod lost_pages;
 pub mod manifest;
 pub mod memtable;
 pub mod merge;

@@ -193,6 +193,7 @@ impl Hnsw {
             if let Some(checksums) = &self.checksums {
                 checksums
                     .check(&self.vectors, node)
+                    .and_then(|()| checksums.check_lost(&self.vectors))
                     .map_err(IndexError::Corrupt)?;
             }
         }

@@ -517,6 +517,11 @@ impl Hnsw {
                             .get()
                             .map_or(Ok(()), |damage| Err(IndexError::Corrupt(damage)))
                     })
+                    .and_then(|()| {
+                        checksums
+                            .check_lost(&self.vectors)
+                            .map_err(IndexError::Corrupt)
+                    })
             }
         };
         scratch.query = query_buffer;

@@ -959,13 +959,25 @@ impl Table {
         }
     }
 
-    /// Runs a read; corruption found quarantines the table.
+    /// Runs a read; corruption found quarantines the table, and so does a page of its file
+    /// the kernel could not read (the read saw zeros instead, see `lost_pages.rs`), whatever
+    /// the read made of them.
     fn guarded<T>(
         &self,
         read: impl FnOnce() -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         self.check_quarantine()?;
         let result = read();
+        if let Some(offset) = self.map.as_ref().and_then(Mapped::lost_page) {
+            self.quarantine(&format!(
+                "an I/O error: the page at byte {offset} could not be read (SIGBUS under the \
+                 mapping); the disk or the file is damaged"
+            ));
+            return Err(StorageError::Quarantined {
+                path: self.path.clone(),
+                reason: self.quarantined().unwrap_or_default(),
+            });
+        }
         if let Err(error @ StorageError::TableCorrupt { .. }) = &result {
             self.quarantine(&error.to_string());
         }
