@@ -841,7 +841,23 @@ impl SideCars {
 /// A file's bytes from the storage file system, as the index reads them: the mapping
 /// and, for reads that leave it untouched, `pread` (a copy, in memory).
 #[derive(Debug)]
-struct MappedFile(Mapped);
+pub(crate) struct MappedFile(Mapped);
+
+/// Maps `path` through `files` for the index (guarded against SIGBUS, see
+/// `vortex_storage::lost_pages`); an empty file is refused.
+pub(crate) fn map_for_index(files: &dyn Files, path: &Path) -> Result<Arc<Mapping>, ShardError> {
+    let mapped = files
+        .map(path)
+        .map_err(|e| ShardError::io("mmap", path, e))?;
+    if mapped.is_empty() {
+        return Err(ShardError::io(
+            "mmap",
+            path,
+            std::io::Error::other("empty file"),
+        ));
+    }
+    Ok(Arc::new(Mapping::of_source(Box::new(MappedFile(mapped)))))
+}
 
 impl MappedSource for MappedFile {
     fn bytes(&self) -> &[u8] {
@@ -864,18 +880,7 @@ impl MappedSource for MappedFile {
 impl SideCars {
     /// Maps `path` (a table, a side-car) through the storage file system.
     fn map(&self, path: &Path) -> Result<Arc<Mapping>, ShardError> {
-        let mapped = self
-            .files
-            .map(path)
-            .map_err(|e| ShardError::io("mmap", path, e))?;
-        if mapped.is_empty() {
-            return Err(ShardError::io(
-                "mmap",
-                path,
-                std::io::Error::other("empty file"),
-            ));
-        }
-        Ok(Arc::new(Mapping::of_source(Box::new(MappedFile(mapped)))))
+        map_for_index(&*self.files, path)
     }
 }
 

@@ -27,13 +27,13 @@
 
 use crate::error::ShardError;
 use crate::files::{sync_dir, write_synced};
+use crate::sidecar::map_for_index;
 use crate::tier::{NodeGraph, Source};
 use crate::view::ShardView;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use vortex_index::{vector_stride, Hnsw, Mapping, Store};
+use vortex_index::{vector_stride, Hnsw, Store};
 use vortex_storage::PosixFiles;
 
 const META_MAGIC: [u8; 8] = *b"VXNGMETA";
@@ -266,12 +266,20 @@ fn load_one(dir: &Path) -> Result<NodeGraph, ShardError> {
 
     let rows_path = dir.join("rows");
     let graph_path = dir.join("graph.hnsw");
+    // Mapped through the storage file system, guarded against a page the disk cannot read.
+    let graph_mapping = map_for_index(&PosixFiles, &graph_path)?;
     let (graph, rows_dim) = if rows_path.exists() {
         let (rows, dim) = map_rows(&rows_path, nodes)?;
-        (Hnsw::load_over(&graph_path, rows), Some(dim))
+        (
+            Hnsw::load_mapped_over(&graph_path, graph_mapping, rows),
+            Some(dim),
+        )
     } else {
         // Saved without rows: a codes-only graph (refused here if it is not one).
-        (Hnsw::load_codes_only(&graph_path), None)
+        (
+            Hnsw::load_mapped_codes_only(&graph_path, graph_mapping),
+            None,
+        )
     };
     let graph = graph.map_err(|e| corrupt(&graph_path, e.to_string()))?;
     if graph.len() != nodes || rows_dim.is_some_and(|dim| dim != graph.dim()) {
@@ -293,8 +301,7 @@ fn load_one(dir: &Path) -> Result<NodeGraph, ShardError> {
 /// Maps and checks the rows file at `rows_path` of a graph of `nodes` nodes: the rows, and
 /// their dimension.
 fn map_rows(rows_path: &Path, nodes: usize) -> Result<(Store<f32>, usize), ShardError> {
-    let file = File::open(rows_path).map_err(|e| ShardError::io("open", rows_path, e))?;
-    let mapping = Arc::new(Mapping::of(&file).map_err(|e| ShardError::io("mmap", rows_path, e))?);
+    let mapping = map_for_index(&PosixFiles, rows_path)?;
     let bytes = mapping.bytes();
     if bytes.len() < ROWS_HEADER || bytes[..8] != ROWS_MAGIC {
         return Err(corrupt(rows_path, "not a node graph's rows file"));

@@ -313,6 +313,11 @@ impl Hnsw {
         Self::load_mapped(path, mapping, Given::Rows(rows))
     }
 
+    /// [`Hnsw::load_codes_only`] over bytes the caller mapped.
+    pub fn load_mapped_codes_only(path: &Path, mapping: Arc<Mapping>) -> Result<Hnsw, FileError> {
+        Self::load_mapped(path, mapping, Given::CodesOnly)
+    }
+
     fn load_mapped(path: &Path, mapping: Arc<Mapping>, given: Given) -> Result<Hnsw, FileError> {
         if cfg!(target_endian = "big") {
             return Err(FileError::BigEndian);
