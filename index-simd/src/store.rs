@@ -272,6 +272,15 @@ impl<T: Plain> Store<T> {
         }
     }
 
+    /// For a mapped array: the first page lost anywhere in its mapping
+    /// ([`Mapping::lost_page`]), inside the array or not (an index's sections share one).
+    pub fn mapping_lost_page(&self) -> Option<usize> {
+        match &self.inner {
+            Inner::Owned(_) => None,
+            Inner::Mapped { mapping, .. } => mapping.lost_page(),
+        }
+    }
+
     /// Whether the array lives in a file mapping.
     pub fn is_mapped(&self) -> bool {
         matches!(self.inner, Inner::Mapped { .. })

@@ -97,6 +97,9 @@ impl ShardError {
             IndexError::Corrupt(damage) => {
                 ShardError::Damaged(format!("segment {table}: {damage}"))
             }
+            lost @ IndexError::PageLost { .. } => {
+                ShardError::Damaged(format!("segment {table}: {lost}"))
+            }
             other => ShardError::Index {
                 table,
                 detail: other.to_string(),
@@ -109,6 +112,9 @@ impl ShardError {
     pub fn node_graph(error: IndexError) -> Self {
         match error {
             IndexError::Corrupt(damage) => ShardError::Damaged(format!("a node graph: {damage}")),
+            lost @ IndexError::PageLost { .. } => {
+                ShardError::Damaged(format!("a node graph: {lost}"))
+            }
             other => ShardError::NodeGraph(other.to_string()),
         }
     }

@@ -806,6 +806,18 @@ impl SideCars {
             .fetch_add(carried as u64, Ordering::Relaxed);
         self.nodes_inserted
             .fetch_add((index.len() - carried) as u64, Ordering::Relaxed);
+        // Rows read as zeros (a page the disk could not give, under the table's mapping or
+        // the seed's) would be saved as the graph: the build fails instead.
+        let lost = index.lost_page().or_else(|| {
+            seed.as_ref()
+                .and_then(|(segment, _)| segment.graph.as_ref()?.lost_page())
+        });
+        if let Some(offset) = lost {
+            return Err(ShardError::index(
+                table.number(),
+                IndexError::PageLost { offset },
+            ));
+        }
         let path = self.dir.join(sidecar_name(table.number()));
         crate::files::replace_synced(&*self.files, &path.with_extension("tmp"), &path, |out| {
             index.write_to(out)

@@ -753,7 +753,16 @@ impl ShardView {
             } else {
                 index.search_filtered(request.vector, &params, &filter)
             }
-            .map_err(|error| ShardError::index(number, error))?;
+            .map_err(|error| {
+                if let IndexError::PageLost { .. } = &error {
+                    // The side-car (or the table under it) lost a page: fenced, as for
+                    // damaged rows, until a restart rebuilds the side-car.
+                    entry
+                        .table
+                        .quarantine(&format!("its side-car index: {error}"));
+                }
+                ShardError::index(number, error)
+            })?;
             candidates.extend(found.iter().map(|n| (n.distance, n.label, view)));
         }
         Ok(())

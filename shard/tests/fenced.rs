@@ -271,6 +271,42 @@ fn a_table_page_the_disk_cannot_read_fences_the_table_instead_of_killing_the_nod
     shard.close().unwrap();
 }
 
+/// The same for a page of a side-car index (its links, levels, codes): a search that walked
+/// zeros there would rank wrong neighbours without an error; it is refused instead, and the
+/// table fenced until a restart builds the side-car again.
+#[test]
+fn a_side_car_page_the_disk_cannot_read_refuses_the_search_instead_of_misranking() {
+    let dir = tempfile::tempdir().unwrap();
+    let damaged = build(dir.path());
+    let (mut shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    assert_eq!(search(&shard, "docs", 5).unwrap()[0], 5);
+    let sidecar = dir
+        .path()
+        .join("indexes")
+        .join(damaged.file_name().unwrap())
+        .with_extension("hnsw");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&sidecar)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    match search(&shard, "docs", 5) {
+        Err(ShardError::Fenced { detail, .. }) => {
+            assert!(detail.contains("could not be read"), "{detail}")
+        }
+        other => panic!("a search over a side-car page the disk could not read: {other:?}"),
+    }
+    assert_eq!(search(&shard, "other", 42).unwrap()[0], 42);
+    shard.close().unwrap();
+    // The restart finds the side-car damaged and builds it again from the table.
+    let (mut shard, report) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    assert!(report.indexes_rebuilt >= 1, "{report:?}");
+    shard.wait_idle().unwrap();
+    assert_eq!(search(&shard, "docs", 5).unwrap()[0], 5);
+    shard.close().unwrap();
+}
+
 /// The shard's SSTables, sorted.
 fn tables(dir: &Path) -> Vec<PathBuf> {
     let mut tables: Vec<PathBuf> = std::fs::read_dir(dir.join("store/tables"))

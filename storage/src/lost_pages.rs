@@ -24,13 +24,17 @@ use std::sync::Once;
 
 /// Mappings protected at once at most (tables and side-cars of every LEU).
 const SLOTS: usize = 16_384;
-const PAGE_BYTES: usize = 4096;
+/// The page size (`sysconf`), read when the handler is installed.
+static PAGE: AtomicUsize = AtomicUsize::new(0);
 const FREE: u8 = 0;
 const CLAIMED: u8 = 1;
 const LIVE: u8 = 2;
 
 struct Slot {
     state: AtomicU8,
+    /// Moves at every registration, so that the handler can tell a slot reused while it
+    /// read `start` and `len` (it then reads them again).
+    generation: AtomicUsize,
     start: AtomicUsize,
     len: AtomicUsize,
     /// The offset of the first page lost, plus one; 0: none.
@@ -41,6 +45,7 @@ impl Slot {
     const fn new() -> Slot {
         Slot {
             state: AtomicU8::new(FREE),
+            generation: AtomicUsize::new(0),
             start: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
             lost: AtomicUsize::new(0),
@@ -94,8 +99,9 @@ pub(crate) fn register(start: *const u8, len: usize) -> Option<Registration> {
                 .compare_exchange(FREE, CLAIMED, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
         {
-            slot.start.store(start as usize, Ordering::Relaxed);
-            slot.len.store(len, Ordering::Relaxed);
+            slot.generation.fetch_add(1, Ordering::AcqRel);
+            slot.start.store(start as usize, Ordering::Release);
+            slot.len.store(len, Ordering::Release);
             slot.lost.store(0, Ordering::Relaxed);
             slot.state.store(LIVE, Ordering::Release);
             return Some(Registration(index));
@@ -118,6 +124,11 @@ fn install() -> bool {
         // SAFETY: plain sigaction calls with zeroed, then filled, structures; PREVIOUS is
         // written before our handler, its only reader, is installed.
         unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE);
+            if page <= 0 {
+                return;
+            }
+            PAGE.store(page as usize, Ordering::Relaxed);
             let mut previous: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut previous) != 0 {
                 return;
@@ -135,30 +146,45 @@ fn install() -> bool {
     INSTALLED.load(Ordering::Acquire)
 }
 
+/// The range of a live slot, read consistently: `None` when it is not live, or was freed or
+/// registered again while it was read.
+fn live_range(slot: &Slot) -> Option<(usize, usize)> {
+    if slot.state.load(Ordering::Acquire) != LIVE {
+        return None;
+    }
+    let generation = slot.generation.load(Ordering::Acquire);
+    let start = slot.start.load(Ordering::Acquire);
+    let len = slot.len.load(Ordering::Acquire);
+    let stable = slot.state.load(Ordering::Acquire) == LIVE
+        && slot.generation.load(Ordering::Acquire) == generation;
+    stable.then_some((start, len))
+}
+
 extern "C" fn on_sigbus(
     signal: libc::c_int,
     info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-    let address = unsafe { (*info).si_addr() } as usize;
-    for slot in &MAPPINGS {
-        if slot.state.load(Ordering::Acquire) != LIVE {
+    let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // Only a fault the kernel raised has an address; a SIGBUS another process sent (code
+    // 0 or below) is passed on.
+    let page_bytes = PAGE.load(Ordering::Relaxed);
+    for slot in MAPPINGS.iter().filter(|_| code > 0 && page_bytes > 0) {
+        let Some((start, len)) = live_range(slot) else {
             continue;
-        }
-        let start = slot.start.load(Ordering::Relaxed);
-        let len = slot.len.load(Ordering::Relaxed);
+        };
         if address < start || address - start >= len {
             continue;
         }
-        let page = address & !(PAGE_BYTES - 1);
+        let page = address & !(page_bytes - 1);
         // SAFETY: the page lies inside a live mapping of this process (the faulting thread
         // is reading it, so its owner cannot unmap it meanwhile); replacing it with zeros
         // changes only what that mapping reads.
         let zeros = unsafe {
             libc::mmap(
                 page as *mut libc::c_void,
-                PAGE_BYTES,
+                page_bytes,
                 libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_ANONYMOUS,
                 -1,

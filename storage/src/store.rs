@@ -2144,9 +2144,16 @@ fn obsolete(shared: &Shared, table: &Table) {
 /// must not delete, and no longer uses, go there for the operator.
 fn move_to_lost_found(files: &dyn Files, dir: &Path, path: &Path) -> Result<PathBuf, StorageError> {
     let lost_found = dir.join(LOST_FOUND);
-    files
-        .create_dir_all(&lost_found)
-        .map_err(io_error("create", &lost_found))?;
+    if !files
+        .exists(&lost_found)
+        .map_err(io_error("stat", &lost_found))?
+    {
+        files
+            .create_dir_all(&lost_found)
+            .map_err(io_error("create", &lost_found))?;
+        // Its own entry durable before anything is moved into it.
+        sync_dir(files, dir)?;
+    }
     let name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())

@@ -81,6 +81,18 @@ pub enum IndexError {
     /// ranked with them.
     #[error("damaged rows: {0}")]
     Corrupt(RowDamage),
+    /// A page of the index's file (or of the rows it walks) could not be read: the kernel
+    /// raised SIGBUS under the mapping and the storage engine's guard put zeros there
+    /// (`vortex_storage::lost_pages`). Nothing read since can be trusted; the search
+    /// answers this instead.
+    #[error(
+        "a page of the index file could not be read (an I/O error at byte {offset} of its \
+         mapping); nothing was ranked with it"
+    )]
+    PageLost {
+        /// The page's offset in its mapping.
+        offset: usize,
+    },
     /// A node id is not in the index.
     #[error("node {node} is not in the index ({count} nodes)")]
     NoSuchNode {
@@ -197,6 +209,7 @@ impl Hnsw {
                     .map_err(IndexError::Corrupt)?;
             }
         }
+        self.check_pages()?;
         Ok(self.vector(node))
     }
 
@@ -262,6 +275,22 @@ impl Hnsw {
         self.external = true;
         self.codes_only = true;
         Ok(self)
+    }
+
+    /// A page the kernel could not read under the index's mappings, its file's or its
+    /// rows' ([`IndexError::PageLost`]); always `None` for an index built in memory.
+    pub fn lost_page(&self) -> Option<usize> {
+        self.links0
+            .mapping_lost_page()
+            .or_else(|| self.vectors.mapping_lost_page())
+    }
+
+    /// `Ok` while no page of the index's mappings was lost ([`Hnsw::lost_page`]).
+    pub(crate) fn check_pages(&self) -> Result<(), IndexError> {
+        match self.lost_page() {
+            Some(offset) => Err(IndexError::PageLost { offset }),
+            None => Ok(()),
+        }
     }
 
     /// Lets go of the resident pages of every array kept in a file mapping (a loaded

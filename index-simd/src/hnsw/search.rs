@@ -525,6 +525,9 @@ impl Hnsw {
             }
         };
         scratch.query = query_buffer;
+        // A page lost under the walk (links, codes or rows read as zeros) taints the answer,
+        // whatever was verified.
+        let outcome = outcome.and_then(|()| self.check_pages());
         if outcome.is_err() {
             results.clear();
         }
