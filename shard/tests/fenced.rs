@@ -278,7 +278,7 @@ fn a_table_page_the_disk_cannot_read_fences_the_table_instead_of_killing_the_nod
 fn a_side_car_page_the_disk_cannot_read_refuses_the_search_instead_of_misranking() {
     let dir = tempfile::tempdir().unwrap();
     let damaged = build(dir.path());
-    let (mut shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
+    let (shard, _) = Shard::open(dir.path(), ShardOptions::default()).unwrap();
     assert_eq!(search(&shard, "docs", 5).unwrap()[0], 5);
     let sidecar = dir
         .path()
