@@ -17,7 +17,9 @@
 //! use, so the kernel gives them only CPU time nothing else wants: a build then uses the idle cores
 //! and gives way to foreground work (the LEUs) at once. Caveat: idle priority has no
 //! inheritance, so a helper preempted while it holds a node's lock (or the entry lock, for
-//! a node above the top level) stalls the workers that need that lock until it runs again. A build can be
+//! a node above the top level) stalls the workers that need that lock until it runs again.
+//! A helper preempted between two layers of an insertion does no harm to the graph: the
+//! node is linked from others only once its own lists are written on every layer. A build can be
 //! cancelled ([`BuildControl::cancel`]): the workers stop claiming nodes and it returns
 //! [`IndexError::Cancelled`].
 
@@ -426,6 +428,12 @@ impl Builder<'_> {
                 Descent::Within(within) => greedy_within(self, &space, current, layer, within),
             };
         }
+        let layers = usize::from(level.min(top)) + 1;
+        let mut chosen = std::mem::take(&mut work.chosen);
+        chosen.resize_with(chosen.len().max(layers), Vec::new);
+        for list in &mut chosen[..layers] {
+            list.clear();
+        }
         for layer in (0..=level.min(top)).rev() {
             scratch.visited.reset(self.levels.len());
             let ef = self.ef_construction;
@@ -459,13 +467,23 @@ impl Builder<'_> {
                     }
                 }
             }
-            for index in 0..work.selected.len() {
-                let neighbor = work.selected[index];
+            chosen[usize::from(layer)].extend_from_slice(&work.selected);
+        }
+        // Only now is the node linked from others: until its own list is written on every
+        // layer no search can step onto it. Linked layer by layer, a thread preempted half
+        // way (an idle-priority helper under load) left a node with upper links and empty
+        // lower lists, a dead end that the insertions meanwhile took as their only
+        // neighbour. (One thread builds the same graph either way: a layer's search reads
+        // only that layer's lists.)
+        for layer in (0..=level.min(top)).rev() {
+            let max = if layer == 0 { self.m0 } else { self.m };
+            for neighbor in &chosen[usize::from(layer)] {
                 // Every metric here is symmetric: the distance from the neighbour to the
                 // node is the one the node chose it by.
                 self.link(neighbor.node, node, neighbor.distance, layer, max, work);
             }
         }
+        work.chosen = chosen;
         if let Some(mut guard) = entry_guard {
             *guard = (node, level);
         }
@@ -729,6 +747,9 @@ struct Work {
     selected: Vec<Scored>,
     pruned: Vec<Scored>,
     selected_for_link: Vec<Scored>,
+    /// The neighbours chosen on each layer of the insertion, linked back once every
+    /// layer's own list is written.
+    chosen: Vec<Vec<Scored>>,
 }
 
 impl Hnsw {
