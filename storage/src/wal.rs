@@ -682,9 +682,10 @@ impl<E: Env> Wal<E> {
                 self.pool.len(),
             )
         };
-        for (appends, payload) in (self.batch.appends..).zip(payloads) {
+        for (index, (appends, payload)) in (self.batch.appends..).zip(payloads).enumerate() {
             if payload > self.options.record_bytes_max
                 || appends >= self.options.appends_pending_max
+                || self.sequence_next.saturating_add(index as u64) > record::SEQUENCE_MAX
             {
                 return false;
             }
@@ -1023,6 +1024,14 @@ impl<E: Env> Wal<E> {
             });
         }
         debug_assert!(sequence >= self.sequence_next);
+        if sequence > record::SEQUENCE_MAX {
+            // Replay reads a record past the bound as damage (a torn tail): one written
+            // would be acknowledged and then lost at the next start.
+            return Err(StorageError::Invalid(format!(
+                "the log has used every sequence number (up to {}); it takes no more appends",
+                record::SEQUENCE_MAX
+            )));
+        }
         if self.batch.appends == 0 && self.batch.start >= self.options.segment_bytes_target {
             self.rotate()?;
         }

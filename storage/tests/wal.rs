@@ -1137,3 +1137,38 @@ fn records_written_under_a_larger_limit_replay_after_it_is_lowered() {
     assert_eq!(replayed, written);
     assert!(report.truncated.is_empty());
 }
+
+/// A log whose last record holds the largest sequence number a log may hold (the wal_log
+/// fuzz target found it): the next append is refused. Before, it was taken, acknowledged,
+/// and read back at the next start as a torn tail (its sequence number out of range), so
+/// an acknowledged record was lost.
+#[test]
+fn a_log_at_the_last_sequence_number_refuses_appends_rather_than_lose_them() {
+    use vortex_storage::record::{encode_log, SEQUENCE_MAX};
+    let env = FaultEnv::direct(512);
+    let options = small_options();
+    let (wal, _, _) = open(env.clone(), &dir(), options.clone()).unwrap();
+    drop(wal);
+    let path = dir().join(segment_name(1));
+    let mut files = env.clone();
+    files.remove(&path).unwrap();
+    files
+        .write_synced(
+            &path,
+            &encode_log(&[(1, SEQUENCE_MAX, b"the last".to_vec())]),
+        )
+        .unwrap();
+    let (mut wal, records, _) = open(env.clone(), &dir(), options.clone()).unwrap();
+    assert_eq!(records, vec![(1, SEQUENCE_MAX, b"the last".to_vec())]);
+    assert!(
+        !wal.has_room([8]),
+        "has_room promised an append past the last number"
+    );
+    match wal.append(1, b"one more") {
+        Err(StorageError::Invalid(detail)) => assert!(detail.contains("every sequence number")),
+        other => panic!("an append past the last sequence number: {other:?}"),
+    }
+    drop(wal);
+    let (_, again, _) = open(env, &dir(), options).unwrap();
+    assert_eq!(again, records, "the log changed");
+}
