@@ -907,12 +907,7 @@ fn two_tables() -> TwoTables {
         shard.wait_idle().unwrap();
         shard.close().unwrap();
     }
-    let mut tables: Vec<PathBuf> = std::fs::read_dir(shard_dir.join("store/tables"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .collect();
-    tables.sort();
+    let mut tables = vortex_test_support::files::sorted_entries(&shard_dir.join("store/tables"));
     // One table per collection.
     let table = vortex_storage::sstable::table::Table::open(
         &vortex_storage::PosixFiles::shared(),

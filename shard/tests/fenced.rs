@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use vortex_shard::{SearchRequest, Shard, ShardError, ShardOptions};
 use vortex_storage::sstable::table::{Section, Table};
-use vortex_test_support::files::{copy_dir, flip};
+use vortex_test_support::files::{copy_dir, flip, sorted_entries};
 use vortex_vbp::message::{CollectionSpec, Metric, VectorType};
 
 const DIM: usize = 16;
@@ -309,11 +309,5 @@ fn a_side_car_page_the_disk_cannot_read_refuses_the_search_instead_of_misranking
 
 /// The shard's SSTables, sorted.
 fn tables(dir: &Path) -> Vec<PathBuf> {
-    let mut tables: Vec<PathBuf> = std::fs::read_dir(dir.join("store/tables"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .collect();
-    tables.sort();
-    tables
+    sorted_entries(&dir.join("store/tables"))
 }

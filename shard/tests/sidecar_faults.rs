@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vortex_shard::sidecar::SideCars;
 use vortex_storage::store::StoreStats;
 use vortex_storage::wal::WalOptions;
@@ -165,14 +165,8 @@ fn poll_until(
     store: &mut FaultStore,
     done: impl Fn(&StoreStats) -> bool,
 ) -> Result<(), StorageError> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done(&store.stats()) {
-        assert!(
-            Instant::now() < deadline,
-            "the job neither finished nor failed"
-        );
-        store.poll(Some(Duration::from_millis(2)))?;
-    }
+    let ended = store.poll_until(Duration::from_secs(30), done)?;
+    assert!(ended, "the job neither finished nor failed");
     Ok(())
 }
 
@@ -187,40 +181,34 @@ fn crash_at_every_step(
 ) -> (u32, usize) {
     let seed = test_seed();
     let mut rebuilt_total = 0;
-    for step in 0..10_000 {
-        let env = FaultEnv::direct(512);
-        let mut rng = Rng(seed);
-        let mut model = Model::new();
-        let (mut store, sidecars, _) = open(&env).unwrap();
-        prepare(&mut store, &mut model, &mut rng);
-        let before = store.stats();
-        env.inject(Fault::PowerOff { after: step });
-        let result = start(&mut store).and_then(|()| {
-            poll_until(&mut store, |now| {
-                ended(&before, now) || now.background_errors > before.background_errors
-            })
-        });
-        let finished = !env.is_powered_off();
-        if finished {
-            result.unwrap_or_else(|error| panic!("{name}: with the power on: {error}"));
-        }
-        drop(store);
-        drop(sidecars);
-        env.crash();
-        let context = format!("{name}, power lost after {step} operations (seed {seed})");
-        let (store, sidecars, rebuilt) =
-            open(&env).unwrap_or_else(|error| panic!("{context}: the restart failed: {error}"));
-        rebuilt_total += rebuilt;
-        check(&store, &sidecars, &model, &context);
-        if finished {
-            println!(
-                "{name}: the power was lost at each of {step} steps; the restarts rebuilt \
-                 {rebuilt_total} graphs (seed {seed})"
-            );
-            return (step, rebuilt_total);
-        }
-    }
-    panic!("{name}: the job never ended with the power on");
+    let model = std::cell::RefCell::new(Model::new());
+    let steps = FaultEnv::crash_at_every_step(
+        512,
+        10_000,
+        |env, step| {
+            let mut rng = Rng(seed);
+            let mut model = model.borrow_mut();
+            model.clear();
+            let (mut store, _sidecars, _) = open(env).unwrap();
+            prepare(&mut store, &mut model, &mut rng);
+            let result = store.run_losing_power(env, step, &start, &ended);
+            if !env.is_powered_off() {
+                result.unwrap_or_else(|error| panic!("{name}: with the power on: {error}"));
+            }
+        },
+        |env, step, _| {
+            let context = format!("{name}, power lost after {step} operations (seed {seed})");
+            let (store, sidecars, rebuilt) =
+                open(env).unwrap_or_else(|error| panic!("{context}: the restart failed: {error}"));
+            rebuilt_total += rebuilt;
+            check(&store, &sidecars, &model.borrow(), &context);
+        },
+    );
+    println!(
+        "{name}: the power was lost at each of {steps} steps; the restarts rebuilt \
+         {rebuilt_total} graphs (seed {seed})"
+    );
+    (steps, rebuilt_total)
 }
 
 #[test]

@@ -170,6 +170,32 @@ impl FaultEnv {
         }
     }
 
+    /// Crashes a job at every step: for `step` = 0, 1, 2, …, on a fresh Direct I/O file
+    /// system (`alignment`), `job(env, step)` prepares, arms [`Fault::PowerOff`] with
+    /// `after: step` where the job begins, runs it, and lets go of what holds the file
+    /// system; then the power goes ([`FaultEnv::crash`]) and `check(env, step, ended)`
+    /// checks what a restart finds (`ended`: the power was still on when the job ended).
+    /// Stops after the first run that ended with the power on, and returns its step: the
+    /// number of steps the job takes. Panics after `steps_max` runs.
+    pub fn crash_at_every_step(
+        alignment: u32,
+        steps_max: u32,
+        mut job: impl FnMut(&FaultEnv, u32),
+        mut check: impl FnMut(&FaultEnv, u32, bool),
+    ) -> u32 {
+        for step in 0..steps_max {
+            let env = FaultEnv::direct(alignment);
+            job(&env, step);
+            let ended = !env.is_powered_off();
+            env.crash();
+            check(&env, step, ended);
+            if ended {
+                return step;
+            }
+        }
+        panic!("the job did not end with the power on within {steps_max} steps");
+    }
+
     /// The state; a panic in another test thread holding it leaves it usable.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state

@@ -534,6 +534,34 @@ impl Store<crate::PosixEnv> {
     }
 }
 
+impl Store<crate::FaultEnv> {
+    /// For fault tests: arms [`Fault::PowerOff`](crate::Fault::PowerOff) after `after`
+    /// operations on `env` (this store's file system), starts a job with `start`, and
+    /// polls until `ended(before, now)` says it is done or a background job failed, for at
+    /// most 30 s (past that, an error says so). With the power lost on the way, what it
+    /// answers does not matter: the caller crashes the file system and checks the restart.
+    pub fn run_losing_power(
+        &mut self,
+        env: &crate::FaultEnv,
+        after: u32,
+        start: impl FnOnce(&mut Self) -> Result<(), StorageError>,
+        ended: impl Fn(&StoreStats, &StoreStats) -> bool,
+    ) -> Result<(), StorageError> {
+        let before = self.stats();
+        env.inject(crate::Fault::PowerOff { after });
+        start(self)?;
+        let done = self.poll_until(Duration::from_secs(30), |now| {
+            ended(&before, now) || now.background_errors > before.background_errors
+        })?;
+        if !done {
+            return Err(StorageError::Invalid(
+                "the job neither finished nor failed within 30 s".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<E: Env> std::fmt::Debug for Store<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -1337,6 +1365,26 @@ impl<E: Env> Store<E> {
             ));
         }
         Ok(())
+    }
+
+    /// Polls (as [`poll`](Self::poll), waiting up to 2 ms each time) until `done` holds
+    /// for the store's stats, or `limit` has passed; whether `done` held. A poll's error
+    /// ends the wait with it.
+    pub fn poll_until(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&StoreStats) -> bool,
+    ) -> Result<bool, StorageError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if done(&self.stats()) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            self.poll(Some(Duration::from_millis(2)))?;
+        }
     }
 
     /// Waits until no flush or compaction is running or due.

@@ -9,6 +9,7 @@ use vortex_io::RingConfig;
 use vortex_storage::{
     DirectIo, Key, PosixEnv, PosixFiles, StorageError, Store, StoreHooks, StoreOptions,
 };
+use vortex_test_support::files::sorted_entries;
 
 fn open(dir: &Path) -> Store<PosixEnv> {
     let env = PosixEnv::new(&RingConfig::plain(64), DirectIo::Auto).unwrap();
@@ -34,13 +35,7 @@ fn vector(point: u64) -> Vec<u8> {
 }
 
 fn tables(dir: &Path) -> Vec<PathBuf> {
-    let mut tables: Vec<PathBuf> = std::fs::read_dir(dir.join("tables"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .collect();
-    tables.sort();
-    tables
+    sorted_entries(&dir.join("tables"))
 }
 
 #[test]

@@ -144,14 +144,8 @@ fn poll_until(
     store: &mut FaultStore,
     done: impl Fn(&StoreStats) -> bool,
 ) -> Result<(), StorageError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done(&store.stats()) {
-        assert!(
-            Instant::now() < deadline,
-            "the job neither finished nor failed"
-        );
-        store.poll(Some(Duration::from_millis(2)))?;
-    }
+    let ended = store.poll_until(Duration::from_secs(20), done)?;
+    assert!(ended, "the job neither finished nor failed");
     Ok(())
 }
 
@@ -170,55 +164,51 @@ fn crash_at_every_step(
 ) -> u32 {
     let seed = test_seed();
     let mut restart_steps = 0;
-    for step in 0..10_000 {
-        let env = FaultEnv::direct(512);
-        let mut rng = Rng(seed);
-        let mut model = Model::default();
-        let (mut store, _) = open(&env);
-        prepare(&mut store, &mut model, &mut rng);
-        let before = store.stats();
-        env.inject(Fault::PowerOff { after: step });
-        let result = start(&mut store).and_then(|()| {
-            poll_until(&mut store, |now| {
-                ended(&before, now) || now.background_errors > before.background_errors
-            })
-        });
-        let finished = !env.is_powered_off();
-        if finished {
-            result.unwrap_or_else(|error| panic!("{name}: with the power on: {error}"));
-        }
-        drop(store);
-        env.crash();
-        let context = format!("{name}, power lost after {step} operations (seed {seed})");
-        if crash_restarts {
-            let steps = restart_crashes_at_every_step(&env, &model, &context);
-            restart_steps = restart_steps.max(steps);
-        }
-        let (mut store, report) = open_with(&env, options())
-            .unwrap_or_else(|error| panic!("{context}: the restart failed: {error}"));
-        assert_eq!(report.quarantined, 0, "{context}: a table is damaged");
-        check(&store, &model, &context);
-        write_round(&mut store, &mut model, &mut rng, 99, 40);
-        store
-            .flush()
-            .unwrap_or_else(|error| panic!("{context}: flush after: {error}"));
-        check(
-            &store,
-            &model,
-            &format!("{context}, then written and flushed"),
-        );
-        drop(store);
-        if finished {
-            let restarts = if crash_restarts {
-                format!(", and each restart at each of its steps (at most {restart_steps})")
-            } else {
-                String::new()
-            };
-            println!("{name}: the power was lost at each of {step} steps{restarts} (seed {seed})");
-            return step;
-        }
-    }
-    panic!("{name}: the job never ended with the power on");
+    let model = std::cell::RefCell::new(Model::default());
+    let steps = FaultEnv::crash_at_every_step(
+        512,
+        10_000,
+        |env, step| {
+            let mut rng = Rng(seed);
+            let mut model = model.borrow_mut();
+            *model = Model::default();
+            let (mut store, _) = open(env);
+            prepare(&mut store, &mut model, &mut rng);
+            let result = store.run_losing_power(env, step, &start, &ended);
+            if !env.is_powered_off() {
+                result.unwrap_or_else(|error| panic!("{name}: with the power on: {error}"));
+            }
+        },
+        |env, step, _| {
+            let mut model = model.borrow_mut();
+            let context = format!("{name}, power lost after {step} operations (seed {seed})");
+            if crash_restarts {
+                let steps = restart_crashes_at_every_step(env, &model, &context);
+                restart_steps = restart_steps.max(steps);
+            }
+            let (mut store, report) = open_with(env, options())
+                .unwrap_or_else(|error| panic!("{context}: the restart failed: {error}"));
+            assert_eq!(report.quarantined, 0, "{context}: a table is damaged");
+            check(&store, &model, &context);
+            let mut rng = Rng(seed ^ 99);
+            write_round(&mut store, &mut model, &mut rng, 99, 40);
+            store
+                .flush()
+                .unwrap_or_else(|error| panic!("{context}: flush after: {error}"));
+            check(
+                &store,
+                &model,
+                &format!("{context}, then written and flushed"),
+            );
+        },
+    );
+    let restarts = if crash_restarts {
+        format!(", and each restart at each of its steps (at most {restart_steps})")
+    } else {
+        String::new()
+    };
+    println!("{name}: the power was lost at each of {steps} steps{restarts} (seed {seed})");
+    steps
 }
 
 /// On a copy of the crashed `env`, loses the power after 0, 1, 2, … operations of the

@@ -1,7 +1,19 @@
-//! Files: copying a data directory, and damaging one byte of a file as a disk would.
+//! Files: copying a data directory, listing one, and damaging one byte of a file as a disk
+//! would.
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The paths of the entries of `dir`, sorted (a store's `tables/`: oldest table first).
+pub fn sorted_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("list the directory")
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    paths.sort();
+    paths
+}
 
 /// Copies the directory tree `from` into `to` (created).
 pub fn copy_dir(from: &Path, to: &Path) {
