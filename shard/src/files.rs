@@ -14,15 +14,22 @@ pub(crate) fn sync_dir(files: &dyn Files, dir: &Path) -> Result<(), ShardError> 
         .map_err(|e| ShardError::io("fsync", dir, e))
 }
 
-/// Creates `path` holding `parts`, one after another, and syncs it.
-pub(crate) fn write_synced(
+/// Creates `path` in `files` (it must not exist), fills it through a buffer with `write`,
+/// and syncs it. A failed sync is final: the file is never synced again and trusted.
+pub(crate) fn write_new(
     files: &dyn Files,
     path: &Path,
-    parts: &[&[u8]],
+    write: impl FnOnce(&mut dyn Write) -> Result<(), ShardError>,
 ) -> Result<(), ShardError> {
-    files
-        .write_synced(path, &parts.concat())
-        .map_err(|e| ShardError::io("write", path, e))
+    let file = files
+        .create_new(path)
+        .map_err(|e| ShardError::io("create", path, e))?;
+    let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    write(&mut writer)?;
+    let mut file = writer
+        .into_inner()
+        .map_err(|e| ShardError::io("write", path, e.into_error()))?;
+    file.sync().map_err(|e| ShardError::io("fsync", path, e))
 }
 
 /// Replaces `path` atomically and durably with what `write` writes: into `temporary` (a
@@ -41,22 +48,14 @@ pub(crate) fn replace_synced(
         }
         _ => {}
     }
-    let written = (|| {
-        let file = files
-            .create_new(temporary)
-            .map_err(|e| ShardError::io("create", temporary, e))?;
-        let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
-        write(&mut writer).map_err(|e| ShardError::io("write", temporary, e))?;
-        let mut file = writer
-            .into_inner()
-            .map_err(|e| ShardError::io("write", temporary, e.into_error()))?;
-        // A failed sync is final: the file is abandoned, never synced again and trusted.
-        file.sync()
-            .map_err(|e| ShardError::io("fsync", temporary, e))?;
+    let written = write_new(files, temporary, |out| {
+        write(out).map_err(|e| ShardError::io("write", temporary, e))
+    })
+    .and_then(|()| {
         files
             .rename(temporary, path)
             .map_err(|e| ShardError::io("rename", temporary, e))
-    })();
+    });
     if let Err(error) = written {
         let _ = files.remove(temporary);
         return Err(error);

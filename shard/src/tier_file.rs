@@ -26,12 +26,10 @@
 //! reach them yet.
 
 use crate::error::ShardError;
-use crate::files::{sync_dir, write_synced};
+use crate::files::{sync_dir, write_new};
 use crate::sidecar::map_for_index;
 use crate::tier::{NodeGraph, Source};
 use crate::view::ShardView;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use vortex_index::{vector_stride, Hnsw, Store};
 use vortex_storage::PosixFiles;
@@ -83,7 +81,12 @@ pub(crate) fn save(tier_dir: &Path, graph: &NodeGraph) -> Result<(), ShardError>
     head.extend_from_slice(&META_MAGIC);
     head.extend_from_slice(&META_VERSION.to_le_bytes());
     head.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    write_synced(&PosixFiles, &fresh.join("meta"), &[&head, &body])?;
+    let meta = fresh.join("meta");
+    write_new(&PosixFiles, &meta, |out| {
+        out.write_all(&head)
+            .and_then(|()| out.write_all(&body))
+            .map_err(|e| ShardError::io("write", &meta, e))
+    })?;
     sync_dir(&PosixFiles, &fresh)?;
 
     if target.exists() {
@@ -198,18 +201,11 @@ fn write_rows(rows_path: &Path, hnsw: &Hnsw) -> Result<(), ShardError> {
     header[12..16].copy_from_slice(&(stride as u32).to_le_bytes());
     header[16..24].copy_from_slice(&(hnsw.len() as u64).to_le_bytes());
     header[24..28].copy_from_slice(&crc.to_le_bytes());
-    let file = File::create(rows_path).map_err(|e| ShardError::io("create", rows_path, e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    out.write_all(&header)
-        .map_err(|e| ShardError::io("write", rows_path, e))?;
-    each_row(&mut |bytes| {
-        out.write_all(bytes)
-            .map_err(|e| ShardError::io("write", rows_path, e))
-    })?;
-    out.into_inner()
-        .map_err(|e| ShardError::io("write", rows_path, e.into_error()))?
-        .sync_all()
-        .map_err(|e| ShardError::io("sync", rows_path, e))
+    write_new(&PosixFiles, rows_path, |out| {
+        let io = |e| ShardError::io("write", rows_path, e);
+        out.write_all(&header).map_err(io)?;
+        each_row(&mut |bytes| out.write_all(bytes).map_err(io))
+    })
 }
 
 /// Reads the saved node graph in `dir` (checks every file).

@@ -58,6 +58,9 @@ fn options() -> StoreOptions {
 
 type FaultStore = Store<FaultEnv>;
 
+/// How long a test waits for a flush or a compaction to end (or fail).
+const WAIT: Duration = Duration::from_secs(30);
+
 /// Opens the store with its side-cars on `env`: graphs missing or failing their checks are
 /// built again before it returns. Returns how many were.
 fn open(env: &FaultEnv) -> Result<(FaultStore, Arc<SideCars>, usize), String> {
@@ -160,16 +163,6 @@ fn check(store: &FaultStore, sidecars: &SideCars, model: &Model, context: &str) 
     }
 }
 
-/// Polls until `done`, or an error, for at most 30 s.
-fn poll_until(
-    store: &mut FaultStore,
-    done: impl Fn(&StoreStats) -> bool,
-) -> Result<(), StorageError> {
-    let ended = store.poll_until(Duration::from_secs(30), done)?;
-    assert!(ended, "the job neither finished nor failed");
-    Ok(())
-}
-
 /// Loses the power after 0, 1, 2, … operations of the job `start` begins, until one run
 /// ends with the power on; after each crash the restart (which rebuilds lost graphs) is
 /// checked. Returns the steps and the graphs rebuilt over all restarts.
@@ -270,10 +263,9 @@ fn side_car_failure_is_retried(fault: Fault, what: &str) {
     env.inject(fault);
     let before = store.stats();
     store.flush_soon().unwrap();
-    poll_until(&mut store, |now| {
-        now.background_errors > before.background_errors
-    })
-    .unwrap();
+    store
+        .poll_until(WAIT, |now| now.background_errors > before.background_errors)
+        .unwrap();
     assert_eq!(store.stats().flushes, before.flushes, "{what}: published");
     assert!(
         store.tables().is_empty(),

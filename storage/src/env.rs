@@ -140,19 +140,20 @@ enum MappedBytes {
 }
 
 impl Mapped {
-    /// A mapping of `file`, which nothing may change while it lives.
+    /// A mapping of `file`, which nothing may change while it lives; the file is kept for
+    /// `pread`s.
     ///
     /// # Safety
     /// The caller guarantees that no one writes to or truncates the file while the mapping
     /// lives (a truncated mapping raises SIGBUS on access).
-    pub unsafe fn of_file(file: &std::fs::File) -> io::Result<Self> {
+    pub unsafe fn of_file(file: std::fs::File) -> io::Result<Self> {
         if file.metadata()?.len() == 0 {
             return Ok(Mapped::copy(&[]));
         }
         // SAFETY: the caller's promise above.
-        let map = unsafe { memmap2::Mmap::map(file) }?;
+        let map = unsafe { memmap2::Mmap::map(&file) }?;
         let guard = crate::lost_pages::register(map.as_ptr(), map.len());
-        Ok(Mapped(MappedBytes::File(guard, map, file.try_clone()?)))
+        Ok(Mapped(MappedBytes::File(guard, map, file)))
     }
 
     /// Bytes in memory (aligned as log buffers are, so that vectors in them are aligned as

@@ -308,16 +308,16 @@ impl FaultEnv {
         let mut state = self.state();
         state.parent_exists(path)?;
         state.check(Target::FileWrite)?;
-        let old = state
-            .names
-            .get(path)
-            .and_then(|inode| state.inodes.get(inode));
-        let mut data = old.map(|inode| inode.data.clone()).unwrap_or_default();
+        let existing = state.names.get(path).copied();
+        let mut data = existing
+            .and_then(|inode| state.inodes.get(&inode))
+            .map(|inode| inode.data.clone())
+            .unwrap_or_default();
         let old_len = data.len();
         change(&mut data);
         state.check_space((data.len().saturating_sub(old_len)) as u64)?;
-        let inode = match state.names.get(path) {
-            Some(&inode) => inode,
+        let inode = match existing {
+            Some(inode) => inode,
             None => state.create(path),
         };
         state.inodes.entry(inode).or_default().data = data;
@@ -356,10 +356,9 @@ impl State {
         Some(code)
     }
 
-    fn take_log_write_fault(&mut self) -> Option<Fault> {
-        let position = self.faults.iter().position(|fault| {
-            matches!(fault, Fault::ShortWrite { .. } | Fault::TearWrite { .. })
-        })?;
+    /// Takes the first armed fault that `wanted` picks.
+    fn take_fault(&mut self, wanted: impl Fn(&Fault) -> bool) -> Option<Fault> {
+        let position = self.faults.iter().position(wanted)?;
         Some(self.faults.remove(position))
     }
 
@@ -488,7 +487,9 @@ impl State {
             }
             self.log_writes += 1;
             let bytes = &write.buffer[write.start as usize..write.end as usize];
-            let (count, tear) = match self.take_log_write_fault() {
+            let (count, tear) = match self.take_fault(|fault| {
+                matches!(fault, Fault::ShortWrite { .. } | Fault::TearWrite { .. })
+            }) {
                 Some(Fault::ShortWrite { bytes: short }) => (short.min(bytes.len()), false),
                 Some(Fault::TearWrite { bytes: torn }) => (torn.min(bytes.len()), true),
                 _ => (bytes.len(), false),
@@ -550,11 +551,8 @@ impl io::Write for FaultNewFile {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let mut state = self.env.state();
         state.check(Target::NewFileWrite)?;
-        let short = state
-            .faults
-            .iter()
-            .position(|fault| matches!(fault, Fault::ShortNewFileWrite { .. }));
-        let count = match short.map(|position| state.faults.remove(position)) {
+        let short = state.take_fault(|fault| matches!(fault, Fault::ShortNewFileWrite { .. }));
+        let count = match short {
             Some(Fault::ShortNewFileWrite { bytes: short }) => short.clamp(1, bytes.len().max(1)),
             _ => bytes.len(),
         }

@@ -417,7 +417,7 @@ impl Files for PosixFiles {
         let file = File::open(path)?;
         // SAFETY: storage maps only files it wrote whole and never changes again (tables),
         // and deletes one only when nothing maps it (the obsolete-on-drop rule).
-        unsafe { Mapped::of_file(&file) }
+        unsafe { Mapped::of_file(file) }
     }
 }
 

@@ -538,7 +538,7 @@ impl Store<crate::FaultEnv> {
     /// For fault tests: arms [`Fault::PowerOff`](crate::Fault::PowerOff) after `after`
     /// operations on `env` (this store's file system), starts a job with `start`, and
     /// polls until `ended(before, now)` says it is done or a background job failed, for at
-    /// most 30 s (past that, an error says so). With the power lost on the way, what it
+    /// most 30 s ([`poll_until`](Store::poll_until)). With the power lost on the way, what it
     /// answers does not matter: the caller crashes the file system and checks the restart.
     pub fn run_losing_power(
         &mut self,
@@ -550,15 +550,9 @@ impl Store<crate::FaultEnv> {
         let before = self.stats();
         env.inject(crate::Fault::PowerOff { after });
         start(self)?;
-        let done = self.poll_until(Duration::from_secs(30), |now| {
+        self.poll_until(Duration::from_secs(30), |now| {
             ended(&before, now) || now.background_errors > before.background_errors
-        })?;
-        if !done {
-            return Err(StorageError::Invalid(
-                "the job neither finished nor failed within 30 s".to_owned(),
-            ));
-        }
-        Ok(())
+        })
     }
 }
 
@@ -1368,23 +1362,23 @@ impl<E: Env> Store<E> {
     }
 
     /// Polls (as [`poll`](Self::poll), waiting up to 2 ms each time) until `done` holds
-    /// for the store's stats, or `limit` has passed; whether `done` held. A poll's error
-    /// ends the wait with it.
+    /// for the store's stats. A poll's error ends the wait with it, and so does `limit`
+    /// passing first (`Invalid`, saying so).
     pub fn poll_until(
         &mut self,
         limit: Duration,
         done: impl Fn(&StoreStats) -> bool,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<(), StorageError> {
         let deadline = Instant::now() + limit;
-        loop {
-            if done(&self.stats()) {
-                return Ok(true);
-            }
+        while !done(&self.stats()) {
             if Instant::now() >= deadline {
-                return Ok(false);
+                return Err(StorageError::Invalid(format!(
+                    "what was waited for did not happen within {limit:?}"
+                )));
             }
             self.poll(Some(Duration::from_millis(2)))?;
         }
+        Ok(())
     }
 
     /// Waits until no flush or compaction is running or due.

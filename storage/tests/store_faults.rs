@@ -15,6 +15,9 @@ use vortex_test_support::{test_seed, Rng};
 
 type FaultStore = Store<FaultEnv>;
 
+/// How long a test waits for a flush or a compaction to end (or fail).
+const WAIT: Duration = Duration::from_secs(20);
+
 const DIR: &str = "/leu";
 const COLLECTION: u32 = 1;
 /// Points are drawn from `0..IDS`, so that rounds overwrite and delete each other's.
@@ -137,16 +140,6 @@ fn check(store: &FaultStore, model: &Model, context: &str) {
         .map(|(id, _)| *id)
         .collect();
     assert_eq!(scanned, live, "{context}: scan");
-}
-
-/// Polls until `done` says the job ended (or the store answers an error), for at most 20 s.
-fn poll_until(
-    store: &mut FaultStore,
-    done: impl Fn(&StoreStats) -> bool,
-) -> Result<(), StorageError> {
-    let ended = store.poll_until(Duration::from_secs(20), done)?;
-    assert!(ended, "the job neither finished nor failed");
-    Ok(())
 }
 
 /// Loses the power after 0, 1, 2, … operations of the job `start` begins (after `prepare`
@@ -298,10 +291,9 @@ fn flush_survives(fault: Fault, what: &str) {
     env.inject(fault);
     let before = store.stats();
     store.flush_soon().unwrap();
-    poll_until(&mut store, |now| {
-        now.background_errors > before.background_errors
-    })
-    .unwrap();
+    store
+        .poll_until(WAIT, |now| now.background_errors > before.background_errors)
+        .unwrap();
     assert_eq!(
         store.stats().flushes,
         before.flushes,
@@ -493,10 +485,9 @@ fn a_disk_too_full_for_a_flush_refuses_writes_with_no_space_serves_reads_and_rec
     env.set_free_bytes(40 << 10);
     let before = store.stats();
     store.flush_soon().unwrap();
-    poll_until(&mut store, |now| {
-        now.background_errors > before.background_errors
-    })
-    .unwrap();
+    store
+        .poll_until(WAIT, |now| now.background_errors > before.background_errors)
+        .unwrap();
     check(
         &store,
         &model,
@@ -576,7 +567,7 @@ fn a_failed_manifest_sync_at_a_flush_stops_writes_and_a_restart_keeps_every_writ
     });
     let before = store.stats();
     store.flush_soon().unwrap();
-    let polled = poll_until(&mut store, |now| now.flushes > before.flushes);
+    let polled = store.poll_until(WAIT, |now| now.flushes > before.flushes);
     assert!(polled.is_err(), "the failed MANIFEST sync went unnoticed");
     assert!(store.wal().read_only().is_some());
     let point = point_for(1, 3, &mut rng);
@@ -612,10 +603,9 @@ fn a_compaction_whose_write_fails_publishes_nothing_and_loses_nothing() {
     });
     let before = store.stats();
     assert!(store.compact_all_soon().unwrap());
-    poll_until(&mut store, |now| {
-        now.background_errors > before.background_errors
-    })
-    .unwrap();
+    store
+        .poll_until(WAIT, |now| now.background_errors > before.background_errors)
+        .unwrap();
     assert_eq!(store.stats().compactions, before.compactions);
     assert_eq!(
         store.tables().len(),
